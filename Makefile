@@ -1,0 +1,40 @@
+# fleetd: `make demo` runs it end to end on a local S3; `make test` runs every test.
+GO        ?= go
+PREFIX    ?= /usr/local
+TOOLS     := $(CURDIR)/.tools
+VERSITYGW := $(TOOLS)/bin/versitygw
+VERSITYGW_VERSION := v1.8.0
+REVISION  := $(shell git rev-parse --short=7 HEAD 2>/dev/null)
+LDFLAGS   := -X main.revision=$(REVISION)
+
+export FLEETD_VERSITYGW := $(VERSITYGW)
+
+.PHONY: build test lint demo bench bench-smoke install clean
+
+build: bin/fleetd
+
+bin/fleetd: FORCE
+	$(GO) build -ldflags "$(LDFLAGS)" -o $@ ./cmd/fleetd
+
+$(VERSITYGW):
+	GOBIN=$(TOOLS)/bin $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+
+test: $(VERSITYGW) lint
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.tools/*')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	$(GO) vet ./...
+
+demo: $(VERSITYGW) build
+	$(GO) run ./examples/demo --fleetd bin/fleetd --supervisor examples/supervisor.sh
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 bin/fleetd $(DESTDIR)$(PREFIX)/bin/fleetd
+
+clean:
+	rm -rf bin
+
+FORCE:

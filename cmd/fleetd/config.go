@@ -1,0 +1,247 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// setting is one configuration value: a flag, the environment variable that
+// sets it when the flag is absent, and the default when neither is given.
+type setting struct {
+	flag, env, def, usage string
+}
+
+// settings lists every configuration value, in --help order. The first nine
+// are cellos-fleet 0.5.1's; their names and defaults must not change.
+var settings = []setting{
+	{"bucket", "CELLOS_FLEET_BUCKET", "", "S3 bucket holding the queue (required)"},
+	{"prefix", "CELLOS_FLEET_PREFIX", "fleet", "key prefix of the queue; a trailing / is trimmed"},
+	{"queue-name", "CELLOS_FLEET_QUEUE_NAME", "", "queue lane below the prefix (empty: flat layout)"},
+	{"pool-id", "CELLOS_FLEET_POOL_ID", "", "placement pool of this runner (empty: take every spec)"},
+	{"supervisor", "CELLOS_FLEET_SUPERVISOR", "cellos-supervisor", "binary run as <supervisor> <spec-path>"},
+	{"poll-interval-ms", "CELLOS_FLEET_POLL_INTERVAL_MS", "5000", "time between listings of an idle queue"},
+	{"heartbeat-interval-ms", "CELLOS_FLEET_HEARTBEAT_INTERVAL_MS", "30000", "time between heartbeat log events"},
+	{"node-id", "CELLOS_FLEET_NODE_ID", "", "node identity in logs and claims (default: hostname)"},
+	{"concurrency", "CELLOS_FLEET_CONCURRENCY", "1", "cells run at once on this host (1-4096)"},
+	{"s3-rps", "CELLOS_FLEET_S3_RPS", "0", "limit on S3 requests per second, retries included (0: off)"},
+	{"s3-burst", "CELLOS_FLEET_S3_BURST", "0", "burst of the S3 request limit (0: the rate, at least 1)"},
+	{"endpoint-url", "AWS_ENDPOINT_URL_S3", "", "S3 endpoint URL (also read from AWS_ENDPOINT_URL)"},
+	{"s3-path-style", "CELLOS_FLEET_S3_PATH_STYLE", "", "path-style S3 addressing (default: true when an endpoint is set)"},
+	{"max-spec-bytes", "CELLOS_FLEET_MAX_SPEC_BYTES", "1048576", "largest spec accepted; larger ones go to failed/"},
+	{"lease-ttl-ms", "CELLOS_FLEET_LEASE_TTL_MS", "60000", "lease time-to-live; renewed every ttl/3"},
+	{"max-attempts", "CELLOS_FLEET_MAX_ATTEMPTS", "3", "runs of a spec before a recovered one goes to failed/"},
+	{"drain-timeout-ms", "CELLOS_FLEET_DRAIN_TIMEOUT_MS", "0", "after SIGTERM, stop cells and requeue their specs after this long (0: wait for every cell)"},
+	{"cell-timeout-ms", "CELLOS_FLEET_CELL_TIMEOUT_MS", "0", "stop a cell running longer than this; its spec fails with reason timeout (0: none)"},
+	{"log-level", "CELLOS_FLEET_LOG_LEVEL", "info", "debug, info, warn or error"},
+	{"log-format", "CELLOS_FLEET_LOG_FORMAT", "json", "json or text"},
+}
+
+// Config is fleetd's validated configuration.
+type Config struct {
+	Bucket       string
+	Prefix       string
+	QueueName    string
+	PoolID       string
+	Supervisor   string
+	PollInterval time.Duration
+	Heartbeat    time.Duration
+	NodeID       string
+	Concurrency  int
+	S3RPS        float64
+	S3Burst      int
+	Endpoint     string
+	PathStyle    bool
+	MaxSpecBytes int64
+	LeaseTTL     time.Duration
+	MaxAttempts  int
+	DrainTimeout time.Duration
+	CellTimeout  time.Duration
+	LogLevel     string
+	LogFormat    string
+	ShowVersion  bool
+	help         bool
+}
+
+// usageError is a bad flag or setting: fleetd exits with status 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Sprintf(format, args...)}
+}
+
+// parseConfig reads flags, then the environment, then defaults, and validates
+// the result. Errors name the flag or variable and the value.
+func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) (Config, error) {
+	fs := flag.NewFlagSet("fleetd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	values := make(map[string]*string, len(settings))
+	for _, s := range settings {
+		values[s.flag] = fs.String(s.flag, "", s.usage)
+	}
+	var cfg Config
+	fs.BoolVar(&cfg.ShowVersion, "version", false, "print the version and exit")
+	fs.BoolVar(&cfg.ShowVersion, "V", false, "print the version and exit")
+	fs.Usage = func() { printUsage(usageOut) }
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(usageOut)
+			cfg.help = true
+			return cfg, nil
+		}
+		return cfg, usagef("%v (see fleetd --help)", err)
+	}
+	if fs.NArg() > 0 {
+		return cfg, usagef("unexpected argument %q (see fleetd --help)", fs.Arg(0))
+	}
+	if cfg.ShowVersion {
+		return cfg, nil // --version reads no configuration
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+
+	p := parser{}
+	get := func(name string) value {
+		for _, s := range settings {
+			if s.flag != name {
+				continue
+			}
+			if given[name] {
+				return value{name: "--" + name, raw: *values[name], set: true}
+			}
+			if v := getenv(s.env); v != "" {
+				return value{name: s.env, raw: v, set: true}
+			}
+			if name == "endpoint-url" {
+				if v := getenv("AWS_ENDPOINT_URL"); v != "" {
+					return value{name: "AWS_ENDPOINT_URL", raw: v, set: true}
+				}
+			}
+			return value{name: s.env, raw: s.def}
+		}
+		panic("unknown setting " + name)
+	}
+
+	cfg.Bucket = strings.TrimSpace(get("bucket").raw)
+	if cfg.Bucket == "" {
+		return cfg, usagef("CELLOS_FLEET_BUCKET is required (or --bucket)")
+	}
+	cfg.Prefix = get("prefix").raw
+	cfg.QueueName = strings.TrimSpace(get("queue-name").raw)
+	cfg.PoolID = strings.TrimSpace(get("pool-id").raw)
+	cfg.Supervisor = get("supervisor").raw
+	cfg.NodeID = strings.TrimSpace(get("node-id").raw)
+	if cfg.NodeID == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return cfg, fmt.Errorf("node id: no CELLOS_FLEET_NODE_ID and no hostname: %w", err)
+		}
+		cfg.NodeID = h
+	}
+	cfg.PollInterval = p.millis(get("poll-interval-ms"), 1)
+	cfg.Heartbeat = p.millis(get("heartbeat-interval-ms"), 1)
+	cfg.Concurrency = p.integer(get("concurrency"), 1, 4096)
+	cfg.S3RPS = p.float(get("s3-rps"))
+	cfg.S3Burst = p.integer(get("s3-burst"), 0, math.MaxInt32)
+	endpoint := get("endpoint-url")
+	cfg.Endpoint = endpoint.raw
+	cfg.PathStyle = p.boolean(get("s3-path-style"), endpoint.set)
+	cfg.MaxSpecBytes = int64(p.integer(get("max-spec-bytes"), 1, 5<<30))
+	cfg.LeaseTTL = p.millis(get("lease-ttl-ms"), 300)
+	cfg.MaxAttempts = p.integer(get("max-attempts"), 1, 1000)
+	cfg.DrainTimeout = p.millis(get("drain-timeout-ms"), 0)
+	cfg.CellTimeout = p.millis(get("cell-timeout-ms"), 0)
+	cfg.LogLevel = p.oneOf(get("log-level"), "debug", "info", "warn", "error")
+	cfg.LogFormat = p.oneOf(get("log-format"), "json", "text")
+	if p.err != nil {
+		return cfg, p.err
+	}
+	if cfg.S3RPS > 0 && cfg.S3Burst == 0 {
+		cfg.S3Burst = max(1, int(math.Ceil(cfg.S3RPS)))
+	}
+	return cfg, nil
+}
+
+type value struct {
+	name string // the flag or variable the raw value came from
+	raw  string
+	set  bool // given by the user, not the default
+}
+
+// parser converts values and keeps the first error.
+type parser struct{ err error }
+
+func (p *parser) fail(v value, want string) {
+	if p.err == nil {
+		p.err = usagef("invalid %s=%q: want %s", v.name, v.raw, want)
+	}
+}
+
+func (p *parser) integer(v value, lo, hi int) int {
+	n, err := strconv.Atoi(strings.TrimSpace(v.raw))
+	if err != nil || n < lo || n > hi {
+		p.fail(v, fmt.Sprintf("an integer from %d to %d", lo, hi))
+	}
+	return n
+}
+
+func (p *parser) millis(v value, lo int) time.Duration {
+	return time.Duration(p.integer(v, lo, math.MaxInt32)) * time.Millisecond
+}
+
+func (p *parser) float(v value) float64 {
+	f, err := strconv.ParseFloat(strings.TrimSpace(v.raw), 64)
+	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
+		p.fail(v, "a number >= 0")
+	}
+	return f
+}
+
+func (p *parser) boolean(v value, def bool) bool {
+	if v.raw == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(strings.TrimSpace(v.raw))
+	if err != nil {
+		p.fail(v, "true or false")
+	}
+	return b
+}
+
+func (p *parser) oneOf(v value, allowed ...string) string {
+	s := strings.ToLower(strings.TrimSpace(v.raw))
+	for _, a := range allowed {
+		if s == a {
+			return s
+		}
+	}
+	p.fail(v, "one of "+strings.Join(allowed, ", "))
+	return ""
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprintf(w, "Usage: fleetd [flags]\n\n"+
+		"fleetd runs execution-cell specs from an S3 queue. Each setting is a flag or an\n"+
+		"environment variable; a flag wins over its variable. AWS credentials and region\n"+
+		"come from the AWS SDK's default chain.\n\n")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FLAG\tVARIABLE\tDEFAULT\tMEANING")
+	for _, s := range settings {
+		def := s.def
+		if def == "" {
+			def = "-"
+		}
+		fmt.Fprintf(tw, "--%s\t%s\t%s\t%s\n", s.flag, s.env, def, s.usage)
+	}
+	fmt.Fprintf(tw, "--version, -V\t\t\tprint the version and exit\n")
+	tw.Flush()
+}

@@ -1,0 +1,297 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// TestEndToEnd runs specs of every outcome through one agent on a queue lane
+// with a trailing-slash prefix, as a 0.5.1 user might have configured it.
+func TestEndToEnd(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	b.base = "jobs/lane-a" // CELLOS_FLEET_PREFIX=jobs/ + CELLOS_FLEET_QUEUE_NAME=" lane-a "
+	ok1 := b.submit("ok-1", map[string]any{})
+	ok2 := b.submit("ok-2", map[string]any{}, pool("cpu"))
+	b.submit("exit-3", map[string]any{"exit": 3})
+	gpu := b.submit("gpu-only", map[string]any{}, pool("gpu"))
+	b.putRaw("jobs/pending/other-lane.json", []byte(`{"spec":{}}`)) // not this lane
+
+	a := startAgent(t, b, map[string]string{
+		"CELLOS_FLEET_PREFIX":     "jobs/",
+		"CELLOS_FLEET_QUEUE_NAME": " lane-a ",
+		"CELLOS_FLEET_POOL_ID":    "cpu",
+	})
+	b.waitCount("completed", 2)
+	b.waitCount("failed", 1)
+
+	if got := b.ids("completed"); !slices.Equal(got, []string{"ok-1", "ok-2"}) {
+		t.Errorf("completed = %v", got)
+	}
+	for id, want := range map[string][]byte{"ok-1": ok1, "ok-2": ok2} {
+		if body, _ := b.get(b.key("completed", id)); !bytes.Equal(body, want) {
+			t.Errorf("completed/%s.json = %s, want the submitted bytes %s", id, body, want)
+		}
+	}
+	_, meta := b.get(b.key("failed", "exit-3"))
+	if meta["fleetd-reason"] != "supervisor exit 3" || meta["fleetd-exit-code"] != "3" || meta["fleetd-outcome"] != "failed" {
+		t.Errorf("failed/exit-3 metadata = %v, want reason, exit code 3 and outcome failed", meta)
+	}
+	if body, _ := b.get(b.key("pending", "gpu-only")); !bytes.Equal(body, gpu) {
+		t.Errorf("the gpu spec left pending/ or changed: %s", body)
+	}
+	if !b.exists("jobs/pending/other-lane.json") {
+		t.Error("a spec of another lane was taken")
+	}
+	// The gate rejects the gpu spec once and then stops fetching it.
+	gateLines := func() int { return a.logs.count(`"msg":"gate: spec belongs to another pool"`) }
+	before := gateLines()
+	awaitPolls(t, a, 3)
+	a.signal(syscall.SIGTERM)
+	if code := a.wait(); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM, want 0", code)
+	}
+	if before != 1 || gateLines() != 1 {
+		t.Errorf("gate rejected the gpu spec %d times, want once (same ETag)", gateLines())
+	}
+	for _, state := range []string{"claimed", "leases"} {
+		if left := b.ids(state); len(left) != 0 {
+			t.Errorf("%s/ still holds %v", state, left)
+		}
+	}
+	evs := a.cellEvents()
+	if got := starts(evs); len(got) != 3 || got["ok-1"] != 1 || got["ok-2"] != 1 || got["exit-3"] != 1 {
+		t.Errorf("cell starts = %v, want ok-1, ok-2 and exit-3 once each", got)
+	}
+	for _, e := range evs {
+		if e.what != "start" {
+			continue
+		}
+		if e.mode != "600" {
+			t.Errorf("spec file %s had mode %s, want 600", e.path, e.mode)
+		}
+		if _, err := os.Stat(e.path); !os.IsNotExist(err) {
+			t.Errorf("spec file %s not removed after the cell (stat: %v)", e.path, err)
+		}
+	}
+	if a.stdout.count("[ok-1] running ok-1") != 1 {
+		t.Errorf("supervisor stdout not passed through with the spec id:\n%s", a.stdout.text())
+	}
+	for _, l := range a.logs.jsonLines(t, `"spec_id"`) {
+		if l["node"] == nil {
+			t.Errorf("log line about a spec without node: %v", l)
+		}
+	}
+	hb := a.logs.jsonLines(t, "dev.cellos.events.fleet.v1.heartbeat")
+	if len(hb) == 0 || hb[0]["queue_name"] != "lane-a" || hb[0]["pool_id"] != "cpu" || hb[0]["in_flight"] == nil {
+		t.Errorf("heartbeat events = %v, want queue_name, pool_id and in_flight", hb)
+	}
+}
+
+// TestConcurrencyBound checks that N cells run at once and never more.
+func TestConcurrencyBound(t *testing.T) {
+	t.Parallel()
+	const n, specs = 4, 16
+	b := newBucket(t)
+	barrier := t.TempDir()
+	for i := range specs {
+		b.submit(fmt.Sprintf("c-%02d", i), map[string]any{"sleepMs": 30, "barrier": map[string]any{"dir": barrier, "n": n}})
+	}
+	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": fmt.Sprint(n)})
+	b.waitCount("completed", specs)
+	a.signal(syscall.SIGTERM)
+	if code := a.wait(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	evs := a.cellEvents()
+	if got := len(starts(evs)); got != specs {
+		t.Fatalf("%d specs started, want %d", got, specs)
+	}
+	if peak := maxOverlap(evs); peak != n {
+		t.Errorf("at most %d cells ran at once, want exactly %d", peak, n)
+	}
+}
+
+// maxOverlap is the largest number of cells running at one instant.
+func maxOverlap(evs []cellEvent) int {
+	sorted := slices.Clone(evs)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].at < sorted[j].at })
+	cur, peak := 0, 0
+	for _, e := range sorted {
+		if e.what == "start" {
+			cur++
+			peak = max(peak, cur)
+		} else {
+			cur--
+		}
+	}
+	return peak
+}
+
+// TestDrainFinishesCellsAndClaimsNothing sends SIGTERM (twice) while cells run:
+// they finish and are finalised, nothing new is claimed, and fleetd exits 0.
+func TestDrainFinishesCellsAndClaimsNothing(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	release := filepath.Join(t.TempDir(), "release")
+	b.submit("long-1", map[string]any{"waitFor": release})
+	b.submit("long-2", map[string]any{"waitFor": release})
+	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": "2"})
+	a.logs.await(t, `"msg":"cell started"`, 2)
+	for i := range 3 {
+		b.submit(fmt.Sprintf("later-%d", i), map[string]any{})
+	}
+
+	a.signal(syscall.SIGTERM)
+	a.logs.await(t, "drain started", 1)
+	a.signal(syscall.SIGTERM)
+	a.logs.await(t, "second signal ignored", 1)
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code := a.wait(); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+	if a.logs.count("drain complete") != 1 {
+		t.Error("no drain complete line")
+	}
+	if got := b.ids("completed"); !slices.Equal(got, []string{"long-1", "long-2"}) {
+		t.Errorf("completed = %v, want the two cells in flight at SIGTERM", got)
+	}
+	if got := b.ids("pending"); len(got) != 3 {
+		t.Errorf("pending = %v, want the 3 specs submitted before SIGTERM untouched", got)
+	}
+	if got := starts(a.cellEvents()); len(got) != 2 {
+		t.Errorf("cells started = %v, want only the two long ones", got)
+	}
+}
+
+// TestTwoAgentsRunEachSpecOnce puts two agents on one queue.
+func TestTwoAgentsRunEachSpecOnce(t *testing.T) {
+	t.Parallel()
+	const specs = 60
+	b := newBucket(t)
+	for i := range specs {
+		b.submit(fmt.Sprintf("s-%03d", i), map[string]any{})
+	}
+	settings := map[string]string{"CELLOS_FLEET_CONCURRENCY": "4"}
+	settings["CELLOS_FLEET_NODE_ID"] = "node-a"
+	a1 := startAgent(t, b, settings)
+	settings["CELLOS_FLEET_NODE_ID"] = "node-b"
+	a2 := startAgent(t, b, settings)
+	b.waitCount("completed", specs)
+	for _, a := range []*agent{a1, a2} {
+		a.signal(syscall.SIGTERM)
+		if code := a.wait(); code != 0 {
+			t.Errorf("exit code %d", code)
+		}
+	}
+	runs := starts(append(a1.cellEvents(), a2.cellEvents()...))
+	if len(runs) != specs {
+		t.Errorf("%d distinct specs ran, want %d", len(runs), specs)
+	}
+	for id, n := range runs {
+		if n != 1 {
+			t.Errorf("spec %s ran %d times", id, n)
+		}
+	}
+	for _, state := range []string{"pending", "claimed", "leases", "failed"} {
+		if left := b.ids(state); len(left) != 0 {
+			t.Errorf("%s/ holds %v", state, left)
+		}
+	}
+	t.Logf("node-a ran %d cells, node-b %d", len(starts(a1.cellEvents())), len(starts(a2.cellEvents())))
+}
+
+// TestBadInput: specs that can never run go to failed/ with a reason and the
+// agent keeps going; keys that are not work are left alone and logged once.
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	big := append([]byte(`{"spec":{"id":"big","pad":"`), bytes.Repeat([]byte("x"), 300)...)
+	big = append(big, `"}}`...)
+	b.putRaw(b.key("pending", "big"), big)
+	b.putRaw(b.key("pending", "not-json"), []byte(`{"spec":`))
+	b.putRaw(b.key("pending", "array"), []byte(`[1,2,3]`))
+	b.putRaw("fleet/pending/readme.txt", []byte("hello"))
+	b.putRaw("fleet/pending/nested/x.json", []byte(`{"spec":{}}`))
+	b.submit("good", map[string]any{})
+
+	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_MAX_SPEC_BYTES": "256"})
+	b.waitCount("failed", 3)
+	b.waitCount("completed", 1)
+	// Let several polls pass to show the junk keys are logged only once.
+	awaitPolls(t, a, 3)
+	a.signal(syscall.SIGTERM)
+	if code := a.wait(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	wantReason := map[string]string{
+		"big":      fmt.Sprintf("spec is %d bytes, over the limit of 256", len(big)),
+		"not-json": "invalid spec: not JSON",
+		"array":    "invalid spec: not a JSON object",
+	}
+	for id, want := range wantReason {
+		body, meta := b.get(b.key("failed", id))
+		if !strings.HasPrefix(meta["fleetd-reason"], want) || meta["fleetd-outcome"] != "rejected" {
+			t.Errorf("failed/%s metadata = %v, want reason %q", id, meta, want)
+		}
+		if len(body) == 0 {
+			t.Errorf("failed/%s.json lost its bytes", id)
+		}
+	}
+	if got := starts(a.cellEvents()); len(got) != 1 || got["good"] != 1 {
+		t.Errorf("cells started = %v, want only good", got)
+	}
+	for _, key := range []string{"fleet/pending/readme.txt", "fleet/pending/nested/x.json"} {
+		if !b.exists(key) {
+			t.Errorf("%s was touched", key)
+		}
+		if n := a.logs.count(`"key":"` + key + `"`); n != 1 {
+			t.Errorf("%s logged %d times, want once", key, n)
+		}
+	}
+}
+
+// TestNoSecretsInLogs runs at debug level through success and failure paths
+// and checks that no credential or signature reaches any output.
+func TestNoSecretsInLogs(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	b.submit("ok", map[string]any{})
+	b.putRaw(b.key("pending", "bad"), []byte("nope"))
+	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_LOG_LEVEL": "debug"})
+	b.waitCount("completed", 1)
+	b.waitCount("failed", 1)
+	a.signal(syscall.SIGTERM)
+	a.wait()
+
+	// A second agent with a wrong secret fails every request: error paths log
+	// the S3 answers, and still must not log the secret.
+	const wrongSecret = "fleetd-distinctive-secret-7f3a9c"
+	bad := startAgent(t, b, map[string]string{"AWS_SECRET_ACCESS_KEY": wrongSecret})
+	bad.logs.await(t, "list pending failed", 1)
+	bad.signal(syscall.SIGTERM)
+	bad.wait()
+
+	for _, out := range []string{a.logs.text(), a.stdout.text(), bad.logs.text(), bad.stdout.text()} {
+		for _, secret := range []string{env.server.SecretKey, wrongSecret, "Signature=", "Authorization", "X-Amz-Security-Token"} {
+			if strings.Contains(out, secret) {
+				t.Errorf("output contains %q", secret)
+			}
+		}
+	}
+}
+
+// awaitPolls waits for n more complete listings of pending/.
+func awaitPolls(t *testing.T, a *agent, n int) {
+	t.Helper()
+	a.logs.await(t, `"msg":"listed pending"`, a.logs.count(`"msg":"listed pending"`)+n)
+}

@@ -1,0 +1,430 @@
+package main
+
+// The integration harness: one versitygw per package run, a bucket per test,
+// the real fleetd binary and the test supervisor as child processes.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+
+	"github.com/cellos/fleetd/internal/versitygw"
+)
+
+// env is what TestMain set up for every test in the package.
+var env struct {
+	server     *versitygw.Server
+	fleetd     string // binary
+	supervisor string // test supervisor binary
+	client     *s3.Client
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	bin, err := versitygw.Binary()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	tmp, err := os.MkdirTemp("", "fleetd-it-*")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	env.fleetd = filepath.Join(tmp, "fleetd")
+	env.supervisor = filepath.Join(tmp, "testsupervisor")
+	for out, pkg := range map[string]string{env.fleetd: ".", env.supervisor: "../../internal/testsupervisor"} {
+		args := []string{"build", "-o", out}
+		if out == env.fleetd && raceEnabled {
+			args = append(args, "-race")
+		}
+		if b, err := exec.Command("go", append(args, pkg)...).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "go build %s: %v\n%s", pkg, err, b)
+			return 1
+		}
+	}
+	data := filepath.Join(tmp, "s3")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	env.server, err = versitygw.Start(bin, data)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer env.server.Stop()
+	env.client = s3.New(s3.Options{
+		Region:       "us-east-1",
+		BaseEndpoint: aws.String(env.server.URL),
+		UsePathStyle: true,
+		Credentials:  credentials.NewStaticCredentialsProvider(env.server.AccessKey, env.server.SecretKey, ""),
+	})
+	return m.Run()
+}
+
+var bucketSeq atomic.Int64
+
+// bucket is one test's queue.
+type bucket struct {
+	t    *testing.T
+	name string
+	base string // prefix[/queue]
+}
+
+func newBucket(t *testing.T) *bucket {
+	t.Helper()
+	name := fmt.Sprintf("it-%d-%d", os.Getpid(), bucketSeq.Add(1))
+	if _, err := env.client.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: &name}); err != nil {
+		t.Fatalf("create bucket %s: %v", name, err)
+	}
+	return &bucket{t: t, name: name, base: "fleet"}
+}
+
+func (b *bucket) key(state, id string) string { return b.base + "/" + state + "/" + id + ".json" }
+
+func (b *bucket) putRaw(key string, body []byte) {
+	b.t.Helper()
+	_, err := env.client.PutObject(context.Background(), &s3.PutObjectInput{Bucket: &b.name, Key: &key, Body: bytes.NewReader(body)})
+	if err != nil {
+		b.t.Fatalf("put %s: %v", key, err)
+	}
+}
+
+// submit puts a spec in pending/ and returns its bytes.
+func (b *bucket) submit(id string, test map[string]any, extra ...func(spec map[string]any)) []byte {
+	b.t.Helper()
+	spec := map[string]any{"id": id, "test": test}
+	for _, f := range extra {
+		f(spec)
+	}
+	body, _ := json.Marshal(map[string]any{"apiVersion": "cellos/v1", "kind": "ExecutionCell", "spec": spec})
+	b.putRaw(b.key("pending", id), body)
+	return body
+}
+
+func pool(id string) func(map[string]any) {
+	return func(spec map[string]any) { spec["placement"] = map[string]any{"poolId": id} }
+}
+
+// ids lists the spec ids in a state.
+func (b *bucket) ids(state string) []string {
+	b.t.Helper()
+	var ids []string
+	for _, k := range b.keys(b.base + "/" + state + "/") {
+		ids = append(ids, strings.TrimSuffix(strings.TrimPrefix(k, b.base+"/"+state+"/"), ".json"))
+	}
+	return ids
+}
+
+func (b *bucket) keys(prefix string) []string {
+	b.t.Helper()
+	var keys []string
+	p := s3.NewListObjectsV2Paginator(env.client, &s3.ListObjectsV2Input{Bucket: &b.name, Prefix: &prefix})
+	for p.HasMorePages() {
+		out, err := p.NextPage(context.Background())
+		if err != nil {
+			b.t.Fatalf("list %s: %v", prefix, err)
+		}
+		for _, o := range out.Contents {
+			keys = append(keys, *o.Key)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func (b *bucket) get(key string) ([]byte, map[string]string) {
+	b.t.Helper()
+	out, err := env.client.GetObject(context.Background(), &s3.GetObjectInput{Bucket: &b.name, Key: &key})
+	if err != nil {
+		b.t.Fatalf("get %s: %v", key, err)
+	}
+	defer out.Body.Close()
+	body, err := io.ReadAll(out.Body)
+	if err != nil {
+		b.t.Fatalf("read %s: %v", key, err)
+	}
+	return body, out.Metadata
+}
+
+func (b *bucket) exists(key string) bool {
+	_, err := env.client.HeadObject(context.Background(), &s3.HeadObjectInput{Bucket: &b.name, Key: &key})
+	var nf *types.NotFound
+	if errors.As(err, &nf) {
+		return false
+	}
+	if err != nil {
+		b.t.Fatalf("head %s: %v", key, err)
+	}
+	return true
+}
+
+// waitCount waits until state holds n specs. Polling the bucket is the only
+// way to observe it; the bound is generous for a loaded CI machine.
+func (b *bucket) waitCount(state string, n int) {
+	b.t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		got := len(b.ids(state))
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("%s/ holds %d specs after 90s, want %d", state, got, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// agent is one fleetd process.
+type agent struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	events string // the test supervisor's event file
+	logs   *logWatch
+	stdout *logWatch
+	exited chan struct{}
+	code   int
+}
+
+// startAgent runs fleetd on bucket b. settings are CELLOS_FLEET_* variables
+// (or any others) over the test defaults.
+func startAgent(t *testing.T, b *bucket, settings map[string]string) *agent {
+	t.Helper()
+	dir := t.TempDir()
+	vars := map[string]string{
+		"CELLOS_FLEET_BUCKET":           b.name,
+		"CELLOS_FLEET_SUPERVISOR":       env.supervisor,
+		"CELLOS_FLEET_POLL_INTERVAL_MS": "200",
+		"CELLOS_FLEET_LOG_LEVEL":        "debug",
+		"FLEETD_TEST_EVENTS":            filepath.Join(dir, "events"),
+		"TMPDIR":                        dir,
+	}
+	for k, v := range settings {
+		vars[k] = v
+	}
+	a := &agent{t: t, events: vars["FLEETD_TEST_EVENTS"], logs: newLogWatch(), stdout: newLogWatch(), exited: make(chan struct{})}
+	a.cmd = exec.Command(env.fleetd)
+	a.cmd.Env = append(os.Environ(), env.server.Env()...)
+	for k, v := range vars {
+		a.cmd.Env = append(a.cmd.Env, k+"="+v)
+	}
+	a.cmd.Stderr = a.logs
+	a.cmd.Stdout = a.stdout
+	if err := a.cmd.Start(); err != nil {
+		t.Fatalf("start fleetd: %v", err)
+	}
+	go func() {
+		_ = a.cmd.Wait()
+		a.code = a.cmd.ProcessState.ExitCode()
+		a.logs.close()
+		a.stdout.close()
+		close(a.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-a.exited:
+		default:
+			_ = a.cmd.Process.Kill()
+			<-a.exited
+		}
+		// Cells a killed fleetd left running belong to the test too.
+		for _, e := range readEvents(t, a.events) {
+			if e.what == "start" {
+				_ = syscall.Kill(e.pid, syscall.SIGKILL)
+			}
+		}
+		if t.Failed() {
+			t.Logf("fleetd log:\n%s", a.logs.text())
+		}
+	})
+	a.logs.await(t, "fleetd starting", 1)
+	return a
+}
+
+// signal sends sig to fleetd.
+func (a *agent) signal(sig syscall.Signal) {
+	a.t.Helper()
+	if err := a.cmd.Process.Signal(sig); err != nil {
+		a.t.Fatalf("signal %v: %v", sig, err)
+	}
+}
+
+// wait waits for fleetd to exit and returns its exit code.
+func (a *agent) wait() int {
+	a.t.Helper()
+	select {
+	case <-a.exited:
+		return a.code
+	case <-time.After(90 * time.Second):
+		a.t.Fatalf("fleetd did not exit within 90s")
+		return -1
+	}
+}
+
+// cellEvent is one line the test supervisor wrote.
+type cellEvent struct {
+	what, id string
+	at       int64
+	pid      int
+	path     string
+	mode     string
+}
+
+func (a *agent) cellEvents() []cellEvent {
+	a.t.Helper()
+	return readEvents(a.t, a.events)
+}
+
+func readEvents(t *testing.T, path string) []cellEvent {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []cellEvent
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 6 {
+			continue
+		}
+		at, _ := strconv.ParseInt(f[2], 10, 64)
+		pid, _ := strconv.Atoi(f[3])
+		evs = append(evs, cellEvent{what: f[0], id: f[1], at: at, pid: pid, path: f[4], mode: f[5]})
+	}
+	return evs
+}
+
+// starts counts cell starts per spec id.
+func starts(evs []cellEvent) map[string]int {
+	n := map[string]int{}
+	for _, e := range evs {
+		if e.what == "start" {
+			n[e.id]++
+		}
+	}
+	return n
+}
+
+// logWatch collects a process's output lines and lets a test await one.
+type logWatch struct {
+	mu      sync.Mutex
+	buf     []byte
+	lines   []string
+	changed chan struct{}
+	closed  bool
+}
+
+func newLogWatch() *logWatch { return &logWatch{changed: make(chan struct{})} }
+
+func (w *logWatch) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		w.lines = append(w.lines, string(w.buf[:i]))
+		w.buf = w.buf[i+1:]
+	}
+	close(w.changed)
+	w.changed = make(chan struct{})
+	return len(p), nil
+}
+
+func (w *logWatch) close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.closed = true
+	close(w.changed)
+	w.changed = make(chan struct{})
+}
+
+func (w *logWatch) text() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Join(w.lines, "\n") + string(w.buf)
+}
+
+// count returns the number of lines containing substr.
+func (w *logWatch) count(substr string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, l := range w.lines {
+		if strings.Contains(l, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// await blocks until n lines contain substr.
+func (w *logWatch) await(t *testing.T, substr string, n int) {
+	t.Helper()
+	timeout := time.After(90 * time.Second)
+	for {
+		w.mu.Lock()
+		changed, closed := w.changed, w.closed
+		w.mu.Unlock()
+		if w.count(substr) >= n {
+			return
+		}
+		if closed {
+			t.Fatalf("process exited before %d lines with %q", n, substr)
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("no %d lines with %q within 90s", n, substr)
+		}
+	}
+}
+
+// jsonLines parses the JSON log lines that contain substr.
+func (w *logWatch) jsonLines(t *testing.T, substr string) []map[string]any {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []map[string]any
+	for _, l := range w.lines {
+		if !strings.Contains(l, substr) {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("log line is not JSON: %q", l)
+		}
+		out = append(out, m)
+	}
+	return out
+}

@@ -1,0 +1,204 @@
+// Command fleetd runs execution-cell specs from an S3 prefix used as a work
+// queue, N at a time, handing each to a local cellos-supervisor.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"golang.org/x/time/rate"
+
+	"github.com/cellos/fleetd/internal/drain"
+	"github.com/cellos/fleetd/internal/exec"
+	"github.com/cellos/fleetd/internal/pipeline"
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// version is fleetd's semantic version; revision may be set with
+// -ldflags "-X main.revision=abc1234", else it comes from the build info.
+var (
+	version  = "0.6.0"
+	revision = ""
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+// run is fleetd's whole life: configure, work until signalled, drain. It
+// returns the exit code: 0 after a drain, 1 on a runtime failure, 2 on bad
+// usage or configuration.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg, err := parseConfig(args, getenv, stdout)
+	switch {
+	case err != nil:
+		fmt.Fprintf(stderr, "fleetd: %v\n", err)
+		if errors.As(err, new(usageError)) {
+			return 2
+		}
+		return 1
+	case cfg.ShowVersion:
+		fmt.Fprintln(stdout, versionString())
+		return 0
+	case cfg.help:
+		return 0
+	}
+	supervisor, err := exec.Check(cfg.Supervisor)
+	if err != nil {
+		fmt.Fprintf(stderr, "fleetd: CELLOS_FLEET_SUPERVISOR: %v\n", err)
+		return 2
+	}
+	log := newLogger(cfg, stderr).With("node", cfg.NodeID)
+
+	client, err := newS3Client(cfg, getenv)
+	if err != nil {
+		log.Error("S3 client", "err", err)
+		return 1
+	}
+	store := queue.New(client, cfg.Bucket)
+
+	// Signals are counted rather than handled with NotifyContext: the first
+	// starts the drain, a second may cut it short.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	d := drain.New(context.Background())
+	p := pipeline.New(pipeline.Config{
+		Node:         cfg.NodeID,
+		Pool:         cfg.PoolID,
+		Bucket:       cfg.Bucket,
+		Prefix:       cfg.Prefix,
+		QueueName:    cfg.QueueName,
+		Layout:       queue.NewLayout(cfg.Prefix, cfg.QueueName),
+		Concurrency:  cfg.Concurrency,
+		PollInterval: cfg.PollInterval,
+		Heartbeat:    cfg.Heartbeat,
+		MaxSpecBytes: cfg.MaxSpecBytes,
+		LeaseTTL:     cfg.LeaseTTL,
+		MaxAttempts:  cfg.MaxAttempts,
+		CellTimeout:  cfg.CellTimeout,
+		Logger:       log,
+	}, store, &exec.Runner{Path: supervisor, Grace: stopGrace, Stdout: stdout, Stderr: stderr}, d)
+
+	log.Info("fleetd starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
+		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
+		"supervisor", supervisor, "endpoint", redactURL(cfg.Endpoint), "s3_rps", cfg.S3RPS)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Run()
+	}()
+
+	sig := <-sigs
+	log.Info("drain started: no new claims; waiting for cells in flight",
+		"signal", sig.String(), "in_flight", p.Cells(), "drain_timeout_ms", cfg.DrainTimeout.Milliseconds())
+	deadline, cut := context.WithCancel(context.Background())
+	defer cut()
+	if cfg.DrainTimeout > 0 {
+		deadline, cut = context.WithTimeout(deadline, cfg.DrainTimeout)
+		defer cut()
+	}
+	go func() {
+		for s := range sigs {
+			if cfg.DrainTimeout > 0 {
+				log.Warn("second signal: stopping cells now and requeueing their specs", "signal", s.String())
+				cut()
+				return
+			}
+			log.Warn("second signal ignored: cells keep running until they end (set CELLOS_FLEET_DRAIN_TIMEOUT_MS to bound the drain)",
+				"signal", s.String(), "in_flight", p.Cells())
+		}
+	}()
+	stopped := d.Drain(deadline)
+	<-done
+	log.Info("drain complete", "cells_stopped", stopped)
+	return 0
+}
+
+// stopGrace is how long a stopped cell has between SIGTERM and SIGKILL.
+const stopGrace = 10 * time.Second
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated by parseConfig
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func newS3Client(cfg Config, getenv func(string) string) (*s3.Client, error) {
+	ctx := context.Background()
+	opts := []func(*config.LoadOptions) error{
+		// Bound every request; the SDK retries timeouts with backoff.
+		config.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(60 * time.Second)),
+		config.WithRetryMaxAttempts(5),
+	}
+	if getenv("AWS_REGION") == "" && getenv("AWS_DEFAULT_REGION") == "" {
+		opts = append(opts, config.WithRegion("us-east-1"))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("load AWS config: %w", err)
+	}
+	var limiter *rate.Limiter
+	if cfg.S3RPS > 0 {
+		limiter = rate.NewLimiter(rate.Limit(cfg.S3RPS), cfg.S3Burst)
+	}
+	return s3.NewFromConfig(awsCfg, func(o *s3.Options) {
+		o.UsePathStyle = cfg.PathStyle
+		if cfg.Endpoint != "" {
+			o.BaseEndpoint = aws.String(cfg.Endpoint)
+		}
+		// Checksums only where S3 requires them: S3-compatible stores differ.
+		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+		o.DisableLogOutputChecksumValidationSkipped = true
+		if limiter != nil {
+			o.APIOptions = append(o.APIOptions, queue.RateLimit(limiter))
+		}
+	}), nil
+}
+
+// redactURL drops any user:password from an endpoint URL before it is logged.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable)"
+	}
+	u.User = nil
+	return u.String()
+}
+
+func versionString() string {
+	rev := revision
+	if rev == "" {
+		rev = "unknown"
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			for _, s := range bi.Settings {
+				if s.Key == "vcs.revision" {
+					rev = s.Value
+				}
+			}
+		}
+	}
+	if len(rev) > 7 {
+		rev = rev[:7]
+	}
+	return fmt.Sprintf("fleetd %s (%s)", version, rev)
+}

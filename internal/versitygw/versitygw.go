@@ -1,0 +1,142 @@
+// Package versitygw starts a versitygw S3 server on loopback, for fleetd's
+// tests, demo and benchmarks.
+package versitygw
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Version is the versitygw release fleetd is tested against.
+const Version = "v1.8.0"
+
+// Server is a running versitygw with a POSIX backend in a private directory.
+type Server struct {
+	URL       string // http://127.0.0.1:<port>
+	AccessKey string
+	SecretKey string
+	Dir       string // the backend directory: buckets are its subdirectories
+	cmd       *exec.Cmd
+	exited    chan struct{}
+	log       *bytes.Buffer
+}
+
+// Binary finds the versitygw binary: $FLEETD_VERSITYGW, else .tools/bin in the
+// module root above the working directory (where `make` installs it).
+func Binary() (string, error) {
+	if p := os.Getenv("FLEETD_VERSITYGW"); p != "" {
+		return p, nil
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			p := filepath.Join(dir, ".tools", "bin", "versitygw")
+			if _, err := os.Stat(p); err != nil {
+				return "", fmt.Errorf("versitygw not found at %s: run `make test` (it installs it) or set FLEETD_VERSITYGW", p)
+			}
+			return p, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("versitygw: no go.mod above the working directory; set FLEETD_VERSITYGW")
+		}
+		dir = parent
+	}
+}
+
+// Start runs bin on a free loopback port, serving dir, and waits until it
+// accepts connections. The caller must Stop it.
+func Start(bin, dir string) (*Server, error) {
+	s := &Server{AccessKey: "fleetd-test-" + token(4), SecretKey: token(16), Dir: dir}
+	var lastErr error
+	for range 5 { // the free port may be taken between probe and bind
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		s.log = &bytes.Buffer{}
+		s.cmd = exec.Command(bin, "--port", addr, "--quiet", "posix", dir)
+		s.cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s.AccessKey, "ROOT_SECRET_KEY="+s.SecretKey)
+		s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := s.cmd.Start(); err != nil {
+			return nil, fmt.Errorf("start versitygw: %w", err)
+		}
+		s.exited = make(chan struct{})
+		go func() {
+			_ = s.cmd.Wait()
+			close(s.exited)
+		}()
+		if lastErr = waitListening(addr, s.exited); lastErr == nil {
+			s.URL = "http://" + addr
+			return s, nil
+		}
+		s.Stop()
+	}
+	return nil, fmt.Errorf("versitygw did not start: %w; output: %s", lastErr, strings.TrimSpace(s.log.String()))
+}
+
+// Stop kills the server and waits for it to exit.
+func (s *Server) Stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	<-s.exited
+}
+
+// Env returns the environment that points the AWS SDK and CLI at the server.
+func (s *Server) Env() []string {
+	return []string{
+		"AWS_ACCESS_KEY_ID=" + s.AccessKey,
+		"AWS_SECRET_ACCESS_KEY=" + s.SecretKey,
+		"AWS_REGION=us-east-1",
+		"AWS_ENDPOINT_URL_S3=" + s.URL,
+	}
+}
+
+func waitListening(addr string, exited <-chan struct{}) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			return errors.New("versitygw exited")
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("versitygw not listening on %s after 30s", addr)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func token(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
