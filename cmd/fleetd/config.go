@@ -40,6 +40,7 @@ var settings = []setting{
 	{"max-attempts", "CELLOS_FLEET_MAX_ATTEMPTS", "3", "runs of a spec before a recovered one goes to failed/"},
 	{"drain-timeout-ms", "CELLOS_FLEET_DRAIN_TIMEOUT_MS", "0", "after SIGTERM, stop cells and requeue their specs after this long (0: wait for every cell)"},
 	{"cell-timeout-ms", "CELLOS_FLEET_CELL_TIMEOUT_MS", "0", "stop a cell running longer than this; its spec fails with reason timeout (0: none)"},
+	{"stop-grace-ms", "CELLOS_FLEET_STOP_GRACE_MS", "10000", "time a stopped cell gets between SIGTERM and SIGKILL"},
 	{"log-level", "CELLOS_FLEET_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"log-format", "CELLOS_FLEET_LOG_FORMAT", "json", "json or text"},
 }
@@ -64,6 +65,7 @@ type Config struct {
 	MaxAttempts  int
 	DrainTimeout time.Duration
 	CellTimeout  time.Duration
+	StopGrace    time.Duration
 	LogLevel     string
 	LogFormat    string
 	ShowVersion  bool
@@ -160,6 +162,7 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 	cfg.MaxAttempts = p.integer(get("max-attempts"), 1, 1000)
 	cfg.DrainTimeout = p.millis(get("drain-timeout-ms"), 0)
 	cfg.CellTimeout = p.millis(get("cell-timeout-ms"), 0)
+	cfg.StopGrace = p.millis(get("stop-grace-ms"), 0)
 	cfg.LogLevel = p.oneOf(get("log-level"), "debug", "info", "warn", "error")
 	cfg.LogFormat = p.oneOf(get("log-format"), "json", "text")
 	if p.err != nil {

@@ -92,7 +92,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		MaxAttempts:  cfg.MaxAttempts,
 		CellTimeout:  cfg.CellTimeout,
 		Logger:       log,
-	}, store, &exec.Runner{Path: supervisor, Grace: stopGrace, Stdout: stdout, Stderr: stderr}, d)
+	}, store, &exec.Runner{Path: supervisor, Grace: cfg.StopGrace, Stdout: stdout, Stderr: stderr}, d)
 
 	log.Info("fleetd starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
@@ -128,9 +128,6 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	log.Info("drain complete", "cells_stopped", stopped)
 	return 0
 }
-
-// stopGrace is how long a stopped cell has between SIGTERM and SIGKILL.
-const stopGrace = 10 * time.Second
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	var level slog.Level

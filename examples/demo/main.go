@@ -1,0 +1,163 @@
+// Command demo runs fleetd end to end on a local S3: it starts versitygw on a
+// free loopback port, submits example specs, runs fleetd with concurrency 4,
+// prints where each spec ended up, then drains fleetd and stops the server.
+// `make demo` runs it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/cellos/fleetd/internal/versitygw"
+)
+
+const bucket = "fleetd-demo"
+
+// specs are the example submissions: id → spec JSON.
+var specs = []struct{ id, body string }{
+	{"hello-1", `{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"hello-1"}}`},
+	{"hello-2", `{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"hello-2"}}`},
+	{"hello-3", `{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"hello-3","placement":{"poolId":"cpu"}}}`},
+	{"hello-4", `{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"hello-4"}}`},
+	{"hello-5", `{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"hello-5"}}`},
+	{"fails-on-purpose", `{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"fails-on-purpose","fail":true}}`},
+	{"not-json", `{"apiVersion": oops`},
+	{"gpu-job", `{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"gpu-job","placement":{"poolId":"gpu"}}}`},
+}
+
+func main() {
+	fleetd := flag.String("fleetd", "bin/fleetd", "fleetd binary")
+	supervisor := flag.String("supervisor", "examples/supervisor.sh", "supervisor to run cells with")
+	flag.Parse()
+	if err := run(*fleetd, *supervisor); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+func run(fleetd, supervisor string) error {
+	bin, err := versitygw.Binary()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "fleetd-demo-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	srv, err := versitygw.Start(bin, dir)
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	fmt.Printf("==> versitygw %s serving %s on %s\n", versitygw.Version, dir, srv.URL)
+
+	ctx := context.Background()
+	client := s3.New(s3.Options{
+		Region: "us-east-1", BaseEndpoint: aws.String(srv.URL), UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, ""),
+	})
+	if _, err := client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
+		return fmt.Errorf("create bucket: %w", err)
+	}
+	for _, s := range specs {
+		key := "fleet/pending/" + s.id + ".json"
+		if _, err := client.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: &key, Body: strings.NewReader(s.body)}); err != nil {
+			return fmt.Errorf("submit %s: %w", s.id, err)
+		}
+		fmt.Printf("==> submitted s3://%s/%s\n", bucket, key)
+	}
+
+	sup, err := filepath.Abs(supervisor)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(fleetd)
+	cmd.Env = append(os.Environ(), srv.Env()...)
+	cmd.Env = append(cmd.Env,
+		"CELLOS_FLEET_BUCKET="+bucket,
+		"CELLOS_FLEET_SUPERVISOR="+sup,
+		"CELLOS_FLEET_CONCURRENCY=4",
+		"CELLOS_FLEET_POOL_ID=cpu",
+		"CELLOS_FLEET_POLL_INTERVAL_MS=500",
+		"CELLOS_FLEET_LOG_FORMAT=text",
+	)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	fmt.Println("==> starting fleetd: concurrency 4, pool cpu")
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start fleetd: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+	}()
+
+	// Every spec but the gpu one ends in completed/ or failed/.
+	want := len(specs) - 1
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		done := count(ctx, client, "fleet/completed/") + count(ctx, client, "fleet/failed/")
+		if done >= want {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d specs finished within 60s", done, want)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	fmt.Println("==> where each spec ended up")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SPEC\tSTATE\tREASON")
+	for _, s := range specs {
+		state, reason := where(ctx, client, s.id)
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.id, state, reason)
+	}
+	tw.Flush()
+
+	fmt.Println("==> SIGTERM: fleetd drains and exits")
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-exited; err != nil {
+		return fmt.Errorf("fleetd: %w", err)
+	}
+	fmt.Println("==> fleetd exited 0; stopping versitygw")
+	return nil
+}
+
+func count(ctx context.Context, c *s3.Client, prefix string) int {
+	out, err := c.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(bucket), Prefix: &prefix})
+	if err != nil {
+		return 0
+	}
+	return len(out.Contents)
+}
+
+func where(ctx context.Context, c *s3.Client, id string) (state, reason string) {
+	for _, st := range []string{"completed", "failed", "pending", "claimed"} {
+		out, err := c.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(bucket), Key: aws.String("fleet/" + st + "/" + id + ".json")})
+		if err == nil {
+			reason = out.Metadata["fleetd-reason"]
+			if st == "pending" {
+				reason = "left for a runner of its pool (gpu)"
+			}
+			return st, reason
+		}
+	}
+	return "missing", ""
+}
+
