@@ -160,4 +160,3 @@ func where(ctx context.Context, c *s3.Client, id string) (state, reason string) 
 	}
 	return "missing", ""
 }
-

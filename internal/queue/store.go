@@ -153,7 +153,8 @@ func (s *Store) Head(ctx context.Context, key string) (Object, error) {
 }
 
 // Put writes body to key and returns the new ETag. A failed condition wraps
-// ErrPrecondition; a 409 conflict with a concurrent write is retried.
+// ErrPrecondition, including If-Match on a key that no longer exists (S3
+// answers that 404); a 409 conflict with a concurrent write is retried.
 func (s *Store) Put(ctx context.Context, key string, body []byte, opt PutOptions) (string, error) {
 	in := &s3.PutObjectInput{
 		Bucket:      &s.bucket,
@@ -179,7 +180,11 @@ func (s *Store) Put(ctx context.Context, key string, body []byte, opt PutOptions
 			break
 		}
 	}
-	return "", fmt.Errorf("s3: put %s: %w", key, mapError(err))
+	err = mapError(err)
+	if opt.IfMatch != "" && errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("%w: key gone: %w", ErrPrecondition, err)
+	}
+	return "", fmt.Errorf("s3: put %s: %w", key, err)
 }
 
 // Copy copies src to dst within the bucket, replacing its metadata.

@@ -83,6 +83,9 @@ func TestConditionalPut(t *testing.T) {
 	if _, err := s.Put(ctx, "k", []byte("four"), PutOptions{IfMatch: tag1}); !errors.Is(err, ErrPrecondition) {
 		t.Fatalf("put if-match stale: %v, want ErrPrecondition", err)
 	}
+	if _, err := s.Put(ctx, "gone", []byte("x"), PutOptions{IfMatch: tag1}); !errors.Is(err, ErrPrecondition) {
+		t.Fatalf("put if-match on a missing key: %v, want ErrPrecondition", err)
+	}
 	o, err := s.Get(ctx, "k", 100)
 	if err != nil || string(o.Body) != "three" || o.ETag != tag2 || o.ServerTime.IsZero() || o.LastModified.IsZero() {
 		t.Fatalf("get = %+v, %v", o, err)

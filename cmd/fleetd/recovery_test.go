@@ -1,0 +1,289 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// fast makes leases and recovery quick enough for tests.
+func fast(settings map[string]string) map[string]string {
+	m := map[string]string{
+		"CELLOS_FLEET_LEASE_TTL_MS":     "1000",
+		"CELLOS_FLEET_POLL_INTERVAL_MS": "100",
+		"CELLOS_FLEET_STOP_GRACE_MS":    "500",
+	}
+	for k, v := range settings {
+		m[k] = v
+	}
+	return m
+}
+
+// crash kills fleetd with SIGKILL and its cells with it, as a lost host would.
+func (a *agent) crash() {
+	a.t.Helper()
+	a.signal(syscall.SIGKILL)
+	a.wait()
+	for _, e := range a.cellEvents() {
+		if e.what == "start" {
+			_ = syscall.Kill(e.pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func TestKilledNodeWorkIsRecovered(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	never := filepath.Join(t.TempDir(), "never")
+	for i := range 4 {
+		b.submit(fmt.Sprintf("k-%d", i), map[string]any{"waitFor": never})
+	}
+	a := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_CONCURRENCY": "4", "CELLOS_FLEET_NODE_ID": "doomed"}))
+	a.logs.await(t, `"msg":"cell started"`, 4)
+	a.crash()
+	if got := b.ids("claimed"); len(got) != 4 {
+		t.Fatalf("claimed/ = %v after the crash, want the 4 specs", got)
+	}
+	// The survivor's cells finish at once: the waitFor file now exists.
+	if err := os.WriteFile(never, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_CONCURRENCY": "4", "CELLOS_FLEET_NODE_ID": "survivor"}))
+	b.waitCount("completed", 4)
+	s.signal(syscall.SIGTERM)
+	s.wait()
+	for _, state := range []string{"pending", "claimed", "leases", "failed"} {
+		if left := b.ids(state); len(left) != 0 {
+			t.Errorf("%s/ holds %v", state, left)
+		}
+	}
+	for i := range 4 {
+		_, meta := b.get(b.key("completed", fmt.Sprintf("k-%d", i)))
+		if meta["fleetd-node"] != "survivor" || meta["fleetd-attempts"] != "2" {
+			t.Errorf("completed/k-%d metadata = %v, want node survivor, attempt 2", i, meta)
+		}
+	}
+	if n := s.logs.count("took over a stale lease"); n != 4 {
+		t.Errorf("%d lease takeovers logged, want 4", n)
+	}
+}
+
+func TestPausedNodeIsFencedOff(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	release := filepath.Join(t.TempDir(), "release")
+	b.submit("p", map[string]any{"waitFor": release})
+	paused := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_NODE_ID": "paused"}))
+	paused.logs.await(t, `"msg":"cell started"`, 1)
+	paused.signal(syscall.SIGSTOP)
+
+	other := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_NODE_ID": "other"}))
+	other.logs.await(t, "took over a stale lease", 1)
+	other.logs.await(t, `"msg":"cell started"`, 1)
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.waitCount("completed", 1)
+	// Both cells are now free to end; the paused node must find its lease gone.
+	paused.signal(syscall.SIGCONT)
+	paused.logs.await(t, "taken over", 1)
+	for _, a := range []*agent{paused, other} {
+		a.signal(syscall.SIGTERM)
+		if code := a.wait(); code != 0 {
+			t.Errorf("exit code %d", code)
+		}
+	}
+	if n := paused.logs.count(`"msg":"spec finalised"`); n != 0 {
+		t.Errorf("the paused node finalised %d specs after losing its lease", n)
+	}
+	if n := other.logs.count(`"msg":"spec finalised"`); n != 1 {
+		t.Errorf("the other node finalised %d times, want 1", n)
+	}
+	_, meta := b.get(b.key("completed", "p"))
+	if meta["fleetd-node"] != "other" {
+		t.Errorf("completed/p written by %q, want other", meta["fleetd-node"])
+	}
+	for _, state := range []string{"pending", "claimed", "leases", "failed"} {
+		if left := b.ids(state); len(left) != 0 {
+			t.Errorf("%s/ holds %v", state, left)
+		}
+	}
+}
+
+// TestCrashBetweenClaimAndLease recreates what a node leaves when it dies right
+// after its claim PUT: pending/ and claimed/ both hold the spec, no lease.
+func TestCrashBetweenClaimAndLease(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	body := b.submit("orphan", map[string]any{})
+	b.putRaw(b.key("claimed", "orphan"), body)
+
+	a := startAgent(t, b, fast(nil))
+	b.waitCount("completed", 1)
+	a.signal(syscall.SIGTERM)
+	a.wait()
+	if a.logs.count("claim without a lease") != 1 {
+		t.Error("no orphaned-claim recovery logged")
+	}
+	if got := starts(a.cellEvents()); got["orphan"] != 1 {
+		t.Errorf("runs = %v, want orphan once", got)
+	}
+	for _, state := range []string{"pending", "claimed", "leases"} {
+		if left := b.ids(state); len(left) != 0 {
+			t.Errorf("%s/ holds %v", state, left)
+		}
+	}
+}
+
+func TestMaxAttemptsGoesToFailed(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	body := []byte(`{"spec":{"id":"tired"}}`)
+	b.putRaw(b.key("claimed", "tired"), body)
+	b.putRaw(b.key("leases", "tired"), []byte(`{"node":"gone","token":"t","epoch":4,"ttl_ms":300,"attempts":3,"state":"running"}`))
+
+	a := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_MAX_ATTEMPTS": "3"}))
+	b.waitCount("failed", 1)
+	a.signal(syscall.SIGTERM)
+	a.wait()
+	got, meta := b.get(b.key("failed", "tired"))
+	if string(got) != string(body) || meta["fleetd-reason"] != "abandoned after 3 attempts" || meta["fleetd-outcome"] != "abandoned" {
+		t.Errorf("failed/tired = %s %v", got, meta)
+	}
+	if n := len(a.cellEvents()); n != 0 {
+		t.Errorf("an abandoned spec was run (%d events)", n)
+	}
+	for _, state := range []string{"pending", "claimed", "leases", "completed"} {
+		if left := b.ids(state); len(left) != 0 {
+			t.Errorf("%s/ holds %v", state, left)
+		}
+	}
+}
+
+func TestDrainTimeoutRequeues(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	never := filepath.Join(t.TempDir(), "never")
+	b.submit("d-1", map[string]any{"waitFor": never, "ignoreTerm": true}) // needs SIGKILL
+	b.submit("d-2", map[string]any{"waitFor": never})                     // stops on SIGTERM
+	const timeout, grace = 1000 * time.Millisecond, 500 * time.Millisecond
+	a := startAgent(t, b, fast(map[string]string{
+		"CELLOS_FLEET_CONCURRENCY":      "2",
+		"CELLOS_FLEET_DRAIN_TIMEOUT_MS": fmt.Sprint(timeout.Milliseconds()),
+		"CELLOS_FLEET_STOP_GRACE_MS":    fmt.Sprint(grace.Milliseconds()),
+	}))
+	a.logs.await(t, `"msg":"cell started"`, 2)
+	sent := time.Now()
+	a.signal(syscall.SIGTERM)
+	if code := a.wait(); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+	// Generous slack for a loaded machine; the point is that it does not wait
+	// for cells that never end.
+	if took := time.Since(sent); took > timeout+grace+15*time.Second {
+		t.Errorf("drain took %v", took)
+	}
+	if got := b.ids("pending"); !slices.Equal(got, []string{"d-1", "d-2"}) {
+		t.Errorf("pending = %v, want both specs back", got)
+	}
+	for _, id := range []string{"d-1", "d-2"} {
+		if _, meta := b.get(b.key("pending", id)); meta["fleetd-attempts"] != "0" {
+			t.Errorf("pending/%s attempts = %q, want 0 (unchanged)", id, meta["fleetd-attempts"])
+		}
+	}
+	for _, state := range []string{"claimed", "leases", "completed", "failed"} {
+		if left := b.ids(state); len(left) != 0 {
+			t.Errorf("%s/ holds %v", state, left)
+		}
+	}
+	if !strings.Contains(a.logs.text(), `"cells_stopped":true`) {
+		t.Error("drain complete does not say cells were stopped")
+	}
+}
+
+func TestCellTimeout(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	b.submit("slow", map[string]any{"waitFor": filepath.Join(t.TempDir(), "never")})
+	a := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_CELL_TIMEOUT_MS": "300"}))
+	b.waitCount("failed", 1)
+	a.signal(syscall.SIGTERM)
+	a.wait()
+	_, meta := b.get(b.key("failed", "slow"))
+	if meta["fleetd-reason"] != "timeout" || meta["fleetd-signal"] != "SIGTERM" {
+		t.Errorf("failed/slow metadata = %v, want reason timeout, signal SIGTERM", meta)
+	}
+}
+
+// TestChaos: four agents, 400 short cells, one agent killed -9 and restarted
+// twice. Every spec completes; only specs in flight at a kill may run twice.
+func TestChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long")
+	}
+	t.Parallel()
+	const specs = 400
+	b := newBucket(t)
+	for i := range specs {
+		b.submit(fmt.Sprintf("x-%03d", i), map[string]any{"sleepMs": rand.IntN(51)})
+	}
+	settings := func(node string) map[string]string {
+		return fast(map[string]string{"CELLOS_FLEET_CONCURRENCY": "4", "CELLOS_FLEET_NODE_ID": node, "CELLOS_FLEET_LOG_LEVEL": "info"})
+	}
+	agents := []*agent{startAgent(t, b, settings("n0")), startAgent(t, b, settings("n1")), startAgent(t, b, settings("n2")), startAgent(t, b, settings("n3"))}
+	var killed []*agent
+	for round := range 2 {
+		victim := agents[0]
+		// Kill it mid-run: once it has started some cells of this life.
+		victim.logs.await(t, `"msg":"cell started"`, 10)
+		victim.crash()
+		killed = append(killed, victim)
+		agents[0] = startAgent(t, b, settings(fmt.Sprintf("n0-life%d", round+2)))
+	}
+	b.waitCount("completed", specs)
+	for _, a := range agents {
+		a.signal(syscall.SIGTERM)
+		if code := a.wait(); code != 0 {
+			t.Errorf("exit code %d", code)
+		}
+	}
+
+	// Specs in flight at a kill: claimed by a killed agent and not finalised by it.
+	cut := map[string]bool{}
+	for _, a := range killed {
+		for _, l := range a.logs.jsonLines(t, `"msg":"claimed"`) {
+			cut[l["spec_id"].(string)] = true
+		}
+		for _, l := range a.logs.jsonLines(t, `"msg":"spec finalised"`) {
+			delete(cut, l["spec_id"].(string))
+		}
+	}
+	var all []cellEvent
+	for _, a := range append(agents, killed...) {
+		all = append(all, a.cellEvents()...)
+	}
+	runs := starts(all)
+	twice := 0
+	for i := range specs {
+		id := fmt.Sprintf("x-%03d", i)
+		switch n := runs[id]; {
+		case n == 1:
+		case n == 2 && cut[id]:
+			twice++
+		default:
+			t.Errorf("spec %s ran %d times (cut by a kill: %v)", id, n, cut[id])
+		}
+	}
+	for _, state := range []string{"pending", "claimed", "leases", "failed"} {
+		if left := b.ids(state); len(left) != 0 {
+			t.Errorf("%s/ holds %v", state, left)
+		}
+	}
+	t.Logf("chaos: %d specs completed; %d in flight at the 2 kills, %d of them ran twice; every other spec ran once", len(b.ids("completed")), len(cut), twice)
+}
