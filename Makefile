@@ -9,7 +9,7 @@ LDFLAGS   := -X main.revision=$(REVISION)
 
 export FLEETD_VERSITYGW := $(VERSITYGW)
 
-.PHONY: build test lint demo bench bench-smoke install clean
+.PHONY: build test lint demo bench install clean
 
 build: bin/fleetd
 
@@ -29,6 +29,9 @@ lint:
 
 demo: $(VERSITYGW) build
 	$(GO) run ./examples/demo --fleetd bin/fleetd --supervisor examples/supervisor.sh
+
+bench: $(VERSITYGW)
+	$(GO) run ./bench $(BENCH_ARGS)
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin

@@ -1,0 +1,172 @@
+// Command bench measures fleetd end to end — the real fleetd binary, a real
+// versitygw on loopback behind a request-counting proxy, a real supervisor
+// process per spec — and writes a Markdown report and a chart.
+//
+//	go run ./bench                      # every scenario, default sizes (~10 min)
+//	go run ./bench -scenarios throughput,baseline
+//	go run ./bench -smoke               # tiny sizes, to keep the harness working
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// allScenarios in report order.
+var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline"}
+
+type options struct {
+	scenarios     map[string]bool
+	specs         int
+	concurrencies []int
+	scaleN        []int
+	pickups       int
+	idle          time.Duration
+	backlogs      []int
+	backlogRun    time.Duration
+	agents        []int
+	fleetSpecs    int
+	baselineSpecs int
+	out           string
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	scen := fs.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run: "+strings.Join(allScenarios, ", "))
+	smoke := fs.Bool("smoke", false, "tiny sizes: checks the harness, measures nothing")
+	out := fs.String("out", "bench/results", "directory for the report and chart")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	o := options{
+		specs: 500, concurrencies: []int{1, 4, 16, 64}, scaleN: []int{1, 8, 32, 64},
+		pickups: 50, idle: 60 * time.Second, backlogs: []int{2000, 20000}, backlogRun: 5 * time.Second,
+		agents: []int{1, 2, 4, 8}, fleetSpecs: 1000, baselineSpecs: 30, out: *out,
+	}
+	if *smoke {
+		o = options{
+			specs: 20, concurrencies: []int{1, 4}, scaleN: []int{1, 4},
+			pickups: 2, idle: 2 * time.Second, backlogs: []int{20, 40}, backlogRun: 200 * time.Millisecond,
+			agents: []int{1, 2}, fleetSpecs: 20, baselineSpecs: 2, out: *out,
+		}
+	}
+	o.scenarios = map[string]bool{}
+	for _, s := range strings.Split(*scen, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if !contains(allScenarios, s) {
+			return fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(allScenarios, ", "))
+		}
+		o.scenarios[s] = true
+	}
+
+	dir, err := os.MkdirTemp("", "fleetd-bench-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	r, err := newRig(dir)
+	if err != nil {
+		return err
+	}
+	defer r.close()
+
+	rep := &report{opts: o, smoke: *smoke, started: time.Now()}
+	if err := measure(r, o, rep); err != nil {
+		return err
+	}
+	return rep.write(o.out)
+}
+
+func measure(r *rig, o options, rep *report) error {
+	step := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...) }
+	if o.scenarios["throughput"] {
+		for _, c := range o.concurrencies {
+			step("throughput: %d no-op specs at concurrency %d, then the raw limit", o.specs, c)
+			row, err := r.throughput(c, o.specs)
+			if err != nil {
+				return fmt.Errorf("throughput c=%d: %w", c, err)
+			}
+			rep.throughput = append(rep.throughput, row)
+		}
+	}
+	if o.scenarios["scaling"] {
+		for _, n := range o.scaleN {
+			step("scaling: %d cells of 100 ms at concurrency %d", 20*n, n)
+			row, err := r.scaling(n)
+			if err != nil {
+				return fmt.Errorf("scaling n=%d: %w", n, err)
+			}
+			rep.scaling = append(rep.scaling, row)
+		}
+	}
+	if o.scenarios["pickup"] {
+		step("pickup: %d specs at random moments, poll interval 1 s", o.pickups)
+		p, err := r.pickup(o.pickups)
+		if err != nil {
+			return fmt.Errorf("pickup: %w", err)
+		}
+		rep.pickup = &p
+	}
+	if o.scenarios["idle"] {
+		step("idle: empty queue for %v", o.idle)
+		i, err := r.idle(o.idle)
+		if err != nil {
+			return fmt.Errorf("idle: %w", err)
+		}
+		rep.idle = &i
+	}
+	if o.scenarios["backlog"] {
+		for _, n := range o.backlogs {
+			step("backlog: %d pending specs", n)
+			row, err := r.backlog(n, o.backlogRun)
+			if err != nil {
+				return fmt.Errorf("backlog %d: %w", n, err)
+			}
+			rep.backlog = append(rep.backlog, row)
+		}
+	}
+	if o.scenarios["fleet"] {
+		for _, k := range o.agents {
+			step("fleet: %d agents x concurrency 8 on %d specs", k, o.fleetSpecs)
+			row, err := r.fleet(k, o.fleetSpecs)
+			if err != nil {
+				return fmt.Errorf("fleet %d: %w", k, err)
+			}
+			if len(rep.fleet) > 0 {
+				row.WastedPerSpec = max(0, row.ReqPerSpec-rep.fleet[0].ReqPerSpec)
+			}
+			rep.fleet = append(rep.fleet, row)
+		}
+	}
+	if o.scenarios["baseline"] {
+		step("baseline: %d specs the 0.5.1 way (aws CLI per call)", o.baselineSpecs)
+		b, err := r.baseline(o.baselineSpecs)
+		if err != nil {
+			return fmt.Errorf("baseline: %w", err)
+		}
+		rep.baseline = &b
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

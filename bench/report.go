@@ -1,0 +1,224 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+
+	"github.com/cellos/fleetd/internal/versitygw"
+)
+
+type report struct {
+	opts       options
+	smoke      bool
+	started    time.Time
+	throughput []throughput
+	scaling    []scaling
+	pickup     *pickup
+	idle       *idle
+	backlog    []backlog
+	fleet      []fleet
+	baseline   *baseline
+}
+
+// S3's published rate per partitioned prefix: 3,500 writes and 5,500 reads/s.
+const awsWritesPerPrefix, awsReadsPerPrefix = 3500.0, 5500.0
+
+func (rep *report) write(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	md := rep.markdown()
+	fmt.Print(md)
+	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(md), 0o644); err != nil {
+		return err
+	}
+	if len(rep.throughput) > 0 {
+		return rep.chart(filepath.Join(dir, "throughput.png"))
+	}
+	return nil
+}
+
+func (rep *report) markdown() string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	p("# fleetd benchmark report\n\n")
+	if rep.smoke {
+		p("**Smoke run: tiny sizes; these numbers measure nothing.**\n\n")
+	}
+	p("Run %s, %s. Machine: %d cores, %s/%s, %s. Server: versitygw %s (POSIX backend) on 127.0.0.1, behind a request-counting proxy in the harness process. ",
+		rep.started.UTC().Format(time.RFC3339), time.Since(rep.started).Round(time.Second), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), versitygw.Version)
+	p("Supervisor: `/bin/true` for no-op specs, the test supervisor for timed cells. fleetd: poll interval 1 s unless noted, leases on (ttl 60 s), S3 rate limit off, log level info. ")
+	p("The machine is shared and noisy: compare ratios within this run, not absolute numbers across runs.\n\n")
+
+	if len(rep.throughput) > 0 {
+		p("## 1–2. Throughput vs concurrency, and the limit\n\n")
+		p("%d no-op specs per row. *Raw req/s*: the same server driven without fleetd by as many goroutines, with fleetd's exact per-spec request mix. *Efficiency* = specs/s × requests/spec ÷ raw req/s.\n\n", rep.opts.specs)
+		p("| concurrency | specs/s | S3 requests/spec | fleetd CPU ms/spec | peak RSS MB | raw req/s | limit specs/s | efficiency |")
+		if rep.baseline != nil && rep.baseline.SpecsPerSec > 0 {
+			p(" × 0.5.1 |\n|---|---|---|---|---|---|---|---|---|\n")
+		} else {
+			p("\n|---|---|---|---|---|---|---|---|\n")
+		}
+		for _, r := range rep.throughput {
+			p("| %d | %.1f | %.2f | %.2f | %.1f | %.0f | %.1f | %.2f |", r.Concurrency, r.SpecsPerSec, r.ReqPerSpec, r.CPUmsPerSpec, r.PeakRSSMB, r.RawReqPerSec, r.RawReqPerSec/r.ReqPerSpec, r.Efficiency)
+			if rep.baseline != nil && rep.baseline.SpecsPerSec > 0 {
+				p(" %.0f× |", r.SpecsPerSec/rep.baseline.SpecsPerSec)
+			}
+			p("\n")
+		}
+		p("\n![throughput vs concurrency](throughput.png)\n\n")
+	}
+	if len(rep.scaling) > 0 {
+		p("## 3. Scaling with real work\n\nCells sleep 100 ms; 20×N specs. Efficiency = specs/s ÷ (N / 0.1 s).\n\n")
+		p("| N | specs | specs/s | ideal | efficiency |\n|---|---|---|---|---|\n")
+		for _, r := range rep.scaling {
+			p("| %d | %d | %.1f | %.0f | %.2f |\n", r.N, r.Specs, r.SpecsPerSec, r.Ideal, r.Efficiency)
+		}
+		p("\n")
+	}
+	if rep.pickup != nil {
+		x := rep.pickup
+		p("## 4. Pickup latency\n\nIdle agent, poll interval %d ms; %d specs submitted one at a time at random moments; time from the PUT's completion to fleetd's `cell started` line.\n\n", x.PollMs, x.Specs)
+		p("| p50 | p99 | max |\n|---|---|---|\n| %v | %v | %v |\n\n", x.P50.Round(time.Millisecond), x.P99.Round(time.Millisecond), x.Max.Round(time.Millisecond))
+	}
+	if rep.idle != nil {
+		x := rep.idle
+		p("## 5. Idle cost\n\nEmpty queue, default poll interval (5 s), measured over %.0f s.\n\n", x.Seconds)
+		p("| CPU %% of one core | RSS MB | S3 requests/min |\n|---|---|---|\n| %.3f | %.1f | %.1f |\n\n", x.CPUPercent, x.RSSMB, x.ReqsPerMinute)
+	}
+	if len(rep.backlog) > 0 {
+		p("## 6. Backlog\n\nConcurrency 16; peak RSS after %v of work.\n\n", rep.opts.backlogRun)
+		p("| pending specs | time to first cell ms | peak RSS MB |\n|---|---|---|\n")
+		for _, r := range rep.backlog {
+			p("| %d | %.0f | %.1f |\n", r.Pending, r.FirstCellMs, r.PeakRSSMB)
+		}
+		p("\n")
+	}
+	if len(rep.fleet) > 0 {
+		p("## 7. Many agents on one queue\n\n%d no-op specs; each agent at concurrency 8. Conflicts: 412 answers per spec. Wasted: requests per spec beyond the one-agent run's.\n\n", rep.opts.fleetSpecs)
+		p("| agents | specs/s | requests/spec | conflicts/spec | wasted requests/spec |\n|---|---|---|---|---|\n")
+		for _, r := range rep.fleet {
+			p("| %d | %.1f | %.2f | %.3f | %.2f |\n", r.Agents, r.SpecsPerSec, r.ReqPerSpec, r.ConflictsPer, r.WastedPerSpec)
+		}
+		p("\n")
+	}
+	if rep.baseline != nil {
+		x := rep.baseline
+		p("## 8. Baseline: the 0.5.1 way\n\n")
+		if x.Skipped != "" {
+			p("Skipped: %s.\n\n", x.Skipped)
+		} else {
+			p("%d specs processed sequentially with one `aws` CLI process per S3 operation (list-objects-v2 per poll; per spec `s3 mv` pending→claimed, `s3 cp` to a temp file, the supervisor, `s3 mv` claimed→completed), against the same server. %.1f s in all: **%.3f specs/s** (%.2f s per spec), extrapolated per spec to any count.\n\n", x.Specs, x.Seconds, x.SpecsPerSec, 1/x.SpecsPerSec)
+		}
+	}
+	rep.targets(p)
+	return b.String()
+}
+
+// targets lists the issue's targets with where fleetd stands.
+func (rep *report) targets(p func(string, ...any)) {
+	p("## Targets\n\n| target | measured | met |\n|---|---|---|\n")
+	yes := func(ok bool) string {
+		if ok {
+			return "yes"
+		}
+		return "**no**"
+	}
+	if len(rep.throughput) > 0 && rep.baseline != nil && rep.baseline.SpecsPerSec > 0 {
+		best := rep.throughput[0]
+		for _, r := range rep.throughput {
+			if r.SpecsPerSec > best.SpecsPerSec {
+				best = r
+			}
+		}
+		ratio := best.SpecsPerSec / rep.baseline.SpecsPerSec
+		p("| ≥ 1000× the 0.5.1 baseline (no-op) | %.0f× at concurrency %d | %s |\n", ratio, best.Concurrency, yes(ratio >= 1000))
+		// On AWS the per-prefix request rate bounds specs/s: writes per spec
+		// are the PUTs and DELETEs of the protocol (7), reads 2.
+		awsSpecs := math.Min(awsWritesPerPrefix/7, awsReadsPerPrefix/2)
+		p("| projected on AWS S3 (one prefix: 3,500 writes/s ÷ 7 writes per spec) | %.0f specs/s = %.0f× the baseline | — |\n", awsSpecs, awsSpecs/rep.baseline.SpecsPerSec)
+	}
+	for _, r := range rep.throughput {
+		if r.Concurrency == 16 || r.Concurrency == 64 {
+			p("| efficiency vs the limit ≥ 0.7 at concurrency %d | %.2f | %s |\n", r.Concurrency, r.Efficiency, yes(r.Efficiency >= 0.7))
+		}
+	}
+	for _, r := range rep.scaling {
+		if r.N == 64 {
+			p("| scaling efficiency ≥ 0.9 at N = 64 | %.2f | %s |\n", r.Efficiency, yes(r.Efficiency >= 0.9))
+		}
+	}
+	if x := rep.pickup; x != nil {
+		limit := time.Duration(x.PollMs)*time.Millisecond/2 + 50*time.Millisecond
+		p("| pickup p50 ≤ poll/2 + 50 ms (%v) | %v | %s |\n", limit, x.P50.Round(time.Millisecond), yes(x.P50 <= limit))
+	}
+	if x := rep.idle; x != nil {
+		p("| idle ≤ 1%% of a core, ≤ 40 MB RSS | %.3f%%, %.1f MB | %s |\n", x.CPUPercent, x.RSSMB, yes(x.CPUPercent <= 1 && x.RSSMB <= 40))
+	}
+	if n := len(rep.backlog); n >= 2 {
+		lo, hi := rep.backlog[0], rep.backlog[n-1]
+		growth := hi.PeakRSSMB/lo.PeakRSSMB - 1
+		p("| backlog RSS flat within 20%% (%d → %d) | %.1f → %.1f MB (%+.0f%%) | %s |\n", lo.Pending, hi.Pending, lo.PeakRSSMB, hi.PeakRSSMB, 100*growth, yes(growth <= 0.2))
+	}
+	if len(rep.throughput) > 0 {
+		p("| requests/spec no more than the protocol needs (9 + LIST share) | %.2f at concurrency %d | %s |\n", rep.throughput[0].ReqPerSpec, rep.throughput[0].Concurrency, yes(rep.throughput[0].ReqPerSpec < 9.5))
+	}
+	for _, r := range rep.fleet {
+		if r.Agents == 8 {
+			p("| wasted requests/spec with 8 agents ≤ 1 | %.2f | %s |\n", r.WastedPerSpec, yes(r.WastedPerSpec <= 1))
+		}
+	}
+	p("\n")
+}
+
+func (rep *report) chart(path string) error {
+	pl := plot.New()
+	pl.Title.Text = "fleetd throughput vs concurrency (no-op specs)"
+	pl.X.Label.Text = "concurrency"
+	pl.Y.Label.Text = "specs/s (log)"
+	pl.Y.Scale = plot.LogScale{}
+	pl.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	var fleetd, limit, base plotter.XYs
+	for _, r := range rep.throughput {
+		fleetd = append(fleetd, plotter.XY{X: float64(r.Concurrency), Y: r.SpecsPerSec})
+		limit = append(limit, plotter.XY{X: float64(r.Concurrency), Y: r.RawReqPerSec / r.ReqPerSpec})
+		if rep.baseline != nil && rep.baseline.SpecsPerSec > 0 {
+			base = append(base, plotter.XY{X: float64(r.Concurrency), Y: rep.baseline.SpecsPerSec})
+		}
+	}
+	add := func(name string, xys plotter.XYs, c color.Color) error {
+		if len(xys) == 0 {
+			return nil
+		}
+		l, pts, err := plotter.NewLinePoints(xys)
+		if err != nil {
+			return err
+		}
+		l.Color, pts.Color = c, c
+		pl.Add(l, pts)
+		pl.Legend.Add(name, l, pts)
+		return nil
+	}
+	if err := add("fleetd", fleetd, color.RGBA{B: 200, A: 255}); err != nil {
+		return err
+	}
+	if err := add("the limit (server, same request mix)", limit, color.RGBA{G: 140, A: 255}); err != nil {
+		return err
+	}
+	if err := add("0.5.1 way (aws CLI, sequential)", base, color.RGBA{R: 200, A: 255}); err != nil {
+		return err
+	}
+	pl.Legend.Top = true
+	pl.Legend.Left = true
+	return pl.Save(7*vg.Inch, 4.5*vg.Inch, path)
+}

@@ -1,0 +1,294 @@
+package main
+
+// The rig: one versitygw, a counting proxy in front of it, and fleetd
+// processes pointed at the proxy.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/versitygw"
+)
+
+type rig struct {
+	dir        string
+	server     *versitygw.Server
+	proxyURL   string
+	counts     *counter
+	fleetd     string
+	supervisor string // the scriptable test supervisor
+	direct     *s3.Client
+	proxied    *s3.Client
+	buckets    atomic.Int64
+	closeProxy func()
+}
+
+// counter counts the requests that pass the proxy.
+type counter struct {
+	total, preconditionFailed, notFound atomic.Int64
+}
+
+func (c *counter) reset() {
+	c.total.Store(0)
+	c.preconditionFailed.Store(0)
+	c.notFound.Store(0)
+}
+
+func newRig(dir string) (*rig, error) {
+	r := &rig{dir: dir, counts: &counter{}}
+	bin, err := versitygw.Binary()
+	if err != nil {
+		return nil, err
+	}
+	data := filepath.Join(dir, "s3")
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return nil, err
+	}
+	if r.server, err = versitygw.Start(bin, data); err != nil {
+		return nil, err
+	}
+	for out, pkg := range map[string]string{"fleetd": "./cmd/fleetd", "testsupervisor": "./internal/testsupervisor"} {
+		path := filepath.Join(dir, out)
+		if b, err := exec.Command("go", "build", "-o", path, pkg).CombinedOutput(); err != nil {
+			r.close()
+			return nil, fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+		}
+	}
+	r.fleetd, r.supervisor = filepath.Join(dir, "fleetd"), filepath.Join(dir, "testsupervisor")
+
+	target, _ := url.Parse(r.server.URL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.Transport = &http.Transport{MaxIdleConnsPerHost: 1024}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		r.close()
+		return nil, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.counts.total.Add(1)
+		proxy.ServeHTTP(&statusWriter{ResponseWriter: w, c: r.counts}, req)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	r.closeProxy = func() { _ = srv.Close() }
+	r.proxyURL = "http://" + ln.Addr().String()
+	r.direct = r.client(r.server.URL)
+	r.proxied = r.client(r.proxyURL)
+	return r, nil
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	c *counter
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	switch code {
+	case http.StatusPreconditionFailed:
+		s.c.preconditionFailed.Add(1)
+	case http.StatusNotFound:
+		s.c.notFound.Add(1)
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (r *rig) client(endpoint string) *s3.Client {
+	return s3.New(s3.Options{
+		Region: "us-east-1", BaseEndpoint: aws.String(endpoint), UsePathStyle: true,
+		Credentials:                credentials.NewStaticCredentialsProvider(r.server.AccessKey, r.server.SecretKey, ""),
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
+		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+		HTTPClient:                 &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1024}},
+	})
+}
+
+func (r *rig) close() {
+	if r.closeProxy != nil {
+		r.closeProxy()
+	}
+	if r.server != nil {
+		r.server.Stop()
+	}
+}
+
+func (r *rig) newBucket() (string, error) {
+	name := fmt.Sprintf("bench-%d", r.buckets.Add(1))
+	_, err := r.direct.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: &name})
+	return name, err
+}
+
+// noopSpec is the body of a no-op spec: about the size of a small real one.
+func noopSpec(id string, test string) []byte {
+	if test == "" {
+		test = "{}"
+	}
+	return []byte(fmt.Sprintf(`{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":%q,"image":"registry.example/cells/noop:1","resources":{"cpu":"1","memory":"512Mi"},"test":%s}}`, id, test))
+}
+
+// submit puts n specs into pending/ directly (not through the proxy).
+func (r *rig) submit(bucket string, n int, test string) error {
+	store := queue.New(r.direct, bucket)
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			id := fmt.Sprintf("spec-%06d", i)
+			if _, err := store.Put(context.Background(), "fleet/pending/"+id+".json", noopSpec(id, test), queue.PutOptions{}); err != nil {
+				firstErr.CompareAndSwap(nil, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		return err
+	}
+	return nil
+}
+
+// agent is one fleetd process under measurement.
+type agent struct {
+	cmd       *exec.Cmd
+	started   time.Time
+	finalised atomic.Int64
+	cellStart chan time.Time // one per "cell started" line, if asked for
+	exited    chan struct{}
+	stderr    bytes.Buffer // last lines, for errors
+	mu        sync.Mutex
+}
+
+// startAgent runs fleetd on bucket through the proxy with extra settings.
+func (r *rig) startAgent(bucket string, settings map[string]string, watchStarts bool) (*agent, error) {
+	a := &agent{exited: make(chan struct{})}
+	if watchStarts {
+		a.cellStart = make(chan time.Time, 1<<16)
+	}
+	a.cmd = exec.Command(r.fleetd)
+	a.cmd.Env = append(os.Environ(),
+		"AWS_ACCESS_KEY_ID="+r.server.AccessKey, "AWS_SECRET_ACCESS_KEY="+r.server.SecretKey,
+		"AWS_REGION=us-east-1", "AWS_ENDPOINT_URL_S3="+r.proxyURL,
+		"CELLOS_FLEET_BUCKET="+bucket, "CELLOS_FLEET_SUPERVISOR=/bin/true",
+		"CELLOS_FLEET_HEARTBEAT_INTERVAL_MS=3600000",
+	)
+	for k, v := range settings {
+		a.cmd.Env = append(a.cmd.Env, k+"="+v)
+	}
+	a.cmd.Stdout = io.Discard
+	pipe, err := a.cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	a.started = time.Now()
+	if err := a.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		defer close(a.exited)
+		sc := bufio.NewScanner(pipe)
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.Contains(line, `"msg":"spec finalised"`):
+				a.finalised.Add(1)
+			case a.cellStart != nil && strings.Contains(line, `"msg":"cell started"`):
+				a.cellStart <- time.Now()
+			case strings.Contains(line, `"level":"ERROR"`):
+				a.mu.Lock()
+				a.stderr.WriteString(line + "\n")
+				a.mu.Unlock()
+			}
+		}
+		_ = a.cmd.Wait()
+	}()
+	return a, nil
+}
+
+// waitFinalised waits until the agents together finalised n specs.
+func waitFinalised(timeout time.Duration, n int64, agents ...*agent) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var got int64
+		for _, a := range agents {
+			got += a.finalised.Load()
+		}
+		if got >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d specs finalised within %v", got, n, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// stop drains the agent and returns fleetd's own CPU time and peak RSS, read
+// from /proc before it exits (its cells' usage is not included).
+func (a *agent) stop() (procStats, error) {
+	st, err := readProc(a.cmd.Process.Pid)
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	<-a.exited
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stderr.Len() > 0 {
+		fmt.Fprintf(os.Stderr, "fleetd logged errors:\n%s", a.stderr.String())
+	}
+	return st, err
+}
+
+type procStats struct {
+	cpu     time.Duration
+	rss     int64 // bytes now
+	peakRSS int64 // bytes, high-water mark
+}
+
+// readProc reads a process's CPU time (user+system) and RSS from /proc.
+func readProc(pid int) (procStats, error) {
+	var st procStats
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return st, err
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+	var utime, stime int64
+	fmt.Sscan(f[11], &utime)
+	fmt.Sscan(f[12], &stime)
+	st.cpu = time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return st, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		var kb int64
+		if _, err := fmt.Sscanf(line, "VmHWM: %d kB", &kb); err == nil {
+			st.peakRSS = kb * 1024
+		}
+		if _, err := fmt.Sscanf(line, "VmRSS: %d kB", &kb); err == nil {
+			st.rss = kb * 1024
+		}
+	}
+	return st, nil
+}

@@ -1,0 +1,413 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// throughput is one row of scenarios 1 and 2.
+type throughput struct {
+	Concurrency  int
+	Specs        int
+	SpecsPerSec  float64
+	ReqPerSpec   float64
+	CPUmsPerSpec float64
+	PeakRSSMB    float64
+	RawReqPerSec float64 // scenario 2: the server driven without fleetd
+	Efficiency   float64 // fleetd's request rate / the raw request rate
+}
+
+func (r *rig) throughput(c, n int) (throughput, error) {
+	row := throughput{Concurrency: c, Specs: n}
+	bucket, err := r.newBucket()
+	if err != nil {
+		return row, err
+	}
+	if err := r.submit(bucket, n, ""); err != nil {
+		return row, err
+	}
+	r.counts.reset()
+	a, err := r.startAgent(bucket, map[string]string{"CELLOS_FLEET_CONCURRENCY": fmt.Sprint(c), "CELLOS_FLEET_POLL_INTERVAL_MS": "1000"}, false)
+	if err != nil {
+		return row, err
+	}
+	werr := waitFinalised(10*time.Minute, int64(n), a)
+	elapsed := time.Since(a.started)
+	reqs := r.counts.total.Load()
+	st, err := a.stop()
+	if werr != nil {
+		return row, werr
+	}
+	if err != nil {
+		return row, err
+	}
+	row.SpecsPerSec = float64(n) / elapsed.Seconds()
+	row.ReqPerSpec = float64(reqs) / float64(n)
+	row.CPUmsPerSpec = float64(st.cpu.Milliseconds()) / float64(n)
+	row.PeakRSSMB = float64(st.peakRSS) / (1 << 20)
+
+	raw, err := r.rawRate(c, n)
+	if err != nil {
+		return row, err
+	}
+	row.RawReqPerSec = raw
+	row.Efficiency = row.SpecsPerSec * row.ReqPerSpec / raw
+	return row, nil
+}
+
+// rawRate drives the server through the proxy with fleetd's per-spec request
+// mix — same bodies, same conditional headers — from c goroutines, without
+// fleetd or a supervisor, and returns requests per second.
+func (r *rig) rawRate(c, n int) (float64, error) {
+	bucket, err := r.newBucket()
+	if err != nil {
+		return 0, err
+	}
+	if err := r.submit(bucket, n, ""); err != nil {
+		return 0, err
+	}
+	store := queue.New(r.proxied, bucket)
+	lease := []byte(`{"node":"bench","token":"0123456789abcdef01234567","nonce":"0123456789abcdef01234567","epoch":1,"ttl_ms":60000,"attempts":1,"state":"running","written":"2026-01-01T00:00:00.000000000Z"}`)
+	meta := map[string]string{"fleetd-node": "bench", "fleetd-attempts": "1", "fleetd-token": "0123456789abcdef01234567"}
+	ids := make(chan string, n)
+	for i := range n {
+		ids <- fmt.Sprintf("spec-%06d", i)
+	}
+	close(ids)
+	r.counts.reset()
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, c)
+	// One LIST, as fleetd's lister makes per page.
+	if err := store.List(context.Background(), "fleet/pending/", func(queue.Page) error { return nil }); err != nil {
+		return 0, err
+	}
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			for id := range ids {
+				if err := rawSpec(ctx, store, id, lease, meta); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return float64(r.counts.total.Load()) / time.Since(start).Seconds(), nil
+}
+
+// rawSpec is the claim protocol's happy path for one spec.
+func rawSpec(ctx context.Context, s *queue.Store, id string, lease []byte, meta map[string]string) error {
+	key := func(state string) string { return "fleet/" + state + "/" + id + ".json" }
+	o, err := s.Get(ctx, key("pending"), 1<<20)
+	if err != nil {
+		return err
+	}
+	if _, err := s.Put(ctx, key("claimed"), o.Body, queue.PutOptions{IfAbsent: true, Metadata: meta}); err != nil {
+		return err
+	}
+	if _, err := s.Head(ctx, key("pending")); err != nil {
+		return err
+	}
+	tag, err := s.Put(ctx, key("leases"), lease, queue.PutOptions{IfAbsent: true})
+	if err != nil {
+		return err
+	}
+	if err := s.Delete(ctx, key("pending")); err != nil {
+		return err
+	}
+	if _, err := s.Put(ctx, key("leases"), append(lease, ' '), queue.PutOptions{IfMatch: tag}); err != nil {
+		return err
+	}
+	if _, err := s.Put(ctx, key("completed"), o.Body, queue.PutOptions{Metadata: meta}); err != nil {
+		return err
+	}
+	if err := s.Delete(ctx, key("claimed")); err != nil {
+		return err
+	}
+	return s.Delete(ctx, key("leases"))
+}
+
+// scaling is one row of scenario 3.
+type scaling struct {
+	N           int
+	Specs       int
+	SpecsPerSec float64
+	Ideal       float64
+	Efficiency  float64
+}
+
+func (r *rig) scaling(n int) (scaling, error) {
+	row := scaling{N: n, Specs: 20 * n, Ideal: float64(n) / 0.1}
+	bucket, err := r.newBucket()
+	if err != nil {
+		return row, err
+	}
+	if err := r.submit(bucket, row.Specs, `{"sleepMs":100}`); err != nil {
+		return row, err
+	}
+	a, err := r.startAgent(bucket, map[string]string{
+		"CELLOS_FLEET_CONCURRENCY": fmt.Sprint(n), "CELLOS_FLEET_POLL_INTERVAL_MS": "1000",
+		"CELLOS_FLEET_SUPERVISOR": r.supervisor,
+	}, false)
+	if err != nil {
+		return row, err
+	}
+	werr := waitFinalised(10*time.Minute, int64(row.Specs), a)
+	elapsed := time.Since(a.started)
+	if _, err := a.stop(); err != nil || werr != nil {
+		return row, errors.Join(werr, err)
+	}
+	row.SpecsPerSec = float64(row.Specs) / elapsed.Seconds()
+	row.Efficiency = row.SpecsPerSec / row.Ideal
+	return row, nil
+}
+
+// pickup is scenario 4.
+type pickup struct {
+	Specs         int
+	PollMs        int
+	P50, P99, Max time.Duration
+}
+
+func (r *rig) pickup(n int) (pickup, error) {
+	res := pickup{Specs: n, PollMs: 1000}
+	bucket, err := r.newBucket()
+	if err != nil {
+		return res, err
+	}
+	a, err := r.startAgent(bucket, map[string]string{"CELLOS_FLEET_POLL_INTERVAL_MS": fmt.Sprint(res.PollMs)}, true)
+	if err != nil {
+		return res, err
+	}
+	defer a.stop()
+	store := queue.New(r.direct, bucket)
+	var lat []time.Duration
+	for i := range n {
+		time.Sleep(time.Duration(rand.Int64N(int64(1500 * time.Millisecond)))) // a random moment
+		id := fmt.Sprintf("pick-%03d", i)
+		if _, err := store.Put(context.Background(), "fleet/pending/"+id+".json", noopSpec(id, ""), queue.PutOptions{}); err != nil {
+			return res, err
+		}
+		put := time.Now()
+		select {
+		case started := <-a.cellStart:
+			lat = append(lat, started.Sub(put))
+		case <-time.After(30 * time.Second):
+			return res, fmt.Errorf("spec %s not started within 30s", id)
+		}
+	}
+	slices.Sort(lat)
+	res.P50, res.P99, res.Max = pct(lat, 50), pct(lat, 99), lat[len(lat)-1]
+	return res, nil
+}
+
+func pct(sorted []time.Duration, p int) time.Duration {
+	i := (len(sorted)*p + 99) / 100
+	return sorted[max(0, min(len(sorted)-1, i-1))]
+}
+
+// idle is scenario 5.
+type idle struct {
+	Seconds       float64
+	CPUPercent    float64
+	RSSMB         float64
+	ReqsPerMinute float64
+}
+
+func (r *rig) idle(d time.Duration) (idle, error) {
+	res := idle{Seconds: d.Seconds()}
+	bucket, err := r.newBucket()
+	if err != nil {
+		return res, err
+	}
+	a, err := r.startAgent(bucket, nil, false) // default poll interval: 5 s
+	if err != nil {
+		return res, err
+	}
+	defer a.stop()
+	time.Sleep(2 * time.Second) // past start-up
+	s0, err := readProc(a.cmd.Process.Pid)
+	if err != nil {
+		return res, err
+	}
+	r.counts.reset()
+	time.Sleep(d)
+	s1, err := readProc(a.cmd.Process.Pid)
+	if err != nil {
+		return res, err
+	}
+	res.CPUPercent = 100 * (s1.cpu - s0.cpu).Seconds() / d.Seconds()
+	res.RSSMB = float64(s1.rss) / (1 << 20)
+	res.ReqsPerMinute = float64(r.counts.total.Load()) / d.Minutes()
+	return res, nil
+}
+
+// backlog is one row of scenario 6.
+type backlog struct {
+	Pending     int
+	FirstCellMs float64
+	PeakRSSMB   float64
+}
+
+func (r *rig) backlog(n int, run time.Duration) (backlog, error) {
+	row := backlog{Pending: n}
+	bucket, err := r.newBucket()
+	if err != nil {
+		return row, err
+	}
+	if err := r.submit(bucket, n, ""); err != nil {
+		return row, err
+	}
+	a, err := r.startAgent(bucket, map[string]string{"CELLOS_FLEET_CONCURRENCY": "16", "CELLOS_FLEET_POLL_INTERVAL_MS": "1000"}, true)
+	if err != nil {
+		return row, err
+	}
+	select {
+	case t := <-a.cellStart:
+		row.FirstCellMs = float64(t.Sub(a.started).Microseconds()) / 1000
+	case <-time.After(time.Minute):
+		a.stop()
+		return row, errors.New("no cell started within a minute")
+	}
+	time.Sleep(run) // let it work through the backlog for a while
+	st, err := a.stop()
+	row.PeakRSSMB = float64(st.peakRSS) / (1 << 20)
+	return row, err
+}
+
+// fleet is one row of scenario 7.
+type fleet struct {
+	Agents        int
+	Specs         int
+	SpecsPerSec   float64
+	ReqPerSpec    float64
+	ConflictsPer  float64 // 412 answers per spec
+	WastedPerSpec float64 // requests per spec beyond the one-agent run's
+}
+
+func (r *rig) fleet(k, n int) (fleet, error) {
+	row := fleet{Agents: k, Specs: n}
+	bucket, err := r.newBucket()
+	if err != nil {
+		return row, err
+	}
+	if err := r.submit(bucket, n, ""); err != nil {
+		return row, err
+	}
+	r.counts.reset()
+	var agents []*agent
+	for i := range k {
+		a, err := r.startAgent(bucket, map[string]string{
+			"CELLOS_FLEET_CONCURRENCY": "8", "CELLOS_FLEET_POLL_INTERVAL_MS": "1000",
+			"CELLOS_FLEET_NODE_ID": fmt.Sprintf("bench-%d", i),
+		}, false)
+		if err != nil {
+			return row, err
+		}
+		agents = append(agents, a)
+	}
+	start := agents[0].started
+	werr := waitFinalised(10*time.Minute, int64(n), agents...)
+	elapsed := time.Since(start)
+	reqs, conflicts := r.counts.total.Load(), r.counts.preconditionFailed.Load()
+	for _, a := range agents {
+		a.stop()
+	}
+	if werr != nil {
+		return row, werr
+	}
+	row.SpecsPerSec = float64(n) / elapsed.Seconds()
+	row.ReqPerSpec = float64(reqs) / float64(n)
+	row.ConflictsPer = float64(conflicts) / float64(n)
+	return row, nil
+}
+
+// baseline is scenario 8: the 0.5.1 way, one aws CLI process per S3 call.
+type baseline struct {
+	Specs       int
+	Seconds     float64
+	SpecsPerSec float64
+	Skipped     string
+}
+
+func (r *rig) baseline(n int) (baseline, error) {
+	res := baseline{Specs: n}
+	awsCLI, err := exec.LookPath("aws")
+	if err != nil {
+		res.Skipped = "aws CLI not installed"
+		return res, nil
+	}
+	bucket, err := r.newBucket()
+	if err != nil {
+		return res, err
+	}
+	if err := r.submit(bucket, n, ""); err != nil {
+		return res, err
+	}
+	env := append(os.Environ(), "AWS_ACCESS_KEY_ID="+r.server.AccessKey, "AWS_SECRET_ACCESS_KEY="+r.server.SecretKey, "AWS_DEFAULT_REGION=us-east-1")
+	aws := func(args ...string) ([]byte, error) {
+		cmd := exec.Command(awsCLI, append([]string{"--endpoint-url", r.server.URL}, args...)...)
+		cmd.Env = env
+		out, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("aws %s: %w", strings.Join(args, " "), err)
+		}
+		return out, nil
+	}
+	tmp := filepath.Join(r.dir, "baseline-spec.json")
+	s3url := func(state, name string) string { return "s3://" + bucket + "/fleet/" + state + "/" + name }
+	start := time.Now()
+	done := 0
+	for done < n {
+		out, err := aws("s3api", "list-objects-v2", "--bucket", bucket, "--prefix", "fleet/pending/", "--output", "json")
+		if err != nil {
+			return res, err
+		}
+		var listing struct{ Contents []struct{ Key string } }
+		if err := json.Unmarshal(out, &listing); err != nil {
+			return res, fmt.Errorf("parse listing: %w", err)
+		}
+		if len(listing.Contents) == 0 {
+			break
+		}
+		for _, o := range listing.Contents {
+			name := filepath.Base(o.Key)
+			if _, err := aws("s3", "mv", s3url("pending", name), s3url("claimed", name)); err != nil {
+				return res, err
+			}
+			if _, err := aws("s3", "cp", s3url("claimed", name), tmp); err != nil {
+				return res, err
+			}
+			if err := exec.Command("/bin/true", tmp).Run(); err != nil {
+				return res, err
+			}
+			if _, err := aws("s3", "mv", s3url("claimed", name), s3url("completed", name)); err != nil {
+				return res, err
+			}
+			done++
+		}
+	}
+	res.Seconds = time.Since(start).Seconds()
+	res.SpecsPerSec = float64(done) / res.Seconds
+	return res, nil
+}
