@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -41,6 +42,7 @@ var settings = []setting{
 	{"drain-timeout-ms", "CELLOS_FLEET_DRAIN_TIMEOUT_MS", "0", "after SIGTERM, stop cells and requeue their specs after this long (0: wait for every cell)"},
 	{"cell-timeout-ms", "CELLOS_FLEET_CELL_TIMEOUT_MS", "0", "stop a cell running longer than this; its spec fails with reason timeout (0: none)"},
 	{"stop-grace-ms", "CELLOS_FLEET_STOP_GRACE_MS", "10000", "time a stopped cell gets between SIGTERM and SIGKILL"},
+	{"metrics-addr", "CELLOS_FLEET_METRICS_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464 (empty: off)"},
 	{"log-level", "CELLOS_FLEET_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"log-format", "CELLOS_FLEET_LOG_FORMAT", "json", "json or text"},
 }
@@ -66,6 +68,7 @@ type Config struct {
 	DrainTimeout time.Duration
 	CellTimeout  time.Duration
 	StopGrace    time.Duration
+	MetricsAddr  string
 	LogLevel     string
 	LogFormat    string
 	ShowVersion  bool
@@ -82,8 +85,9 @@ func usagef(format string, args ...any) error {
 }
 
 // parseConfig reads flags, then the environment, then defaults, and validates
-// the result. Errors name the flag or variable and the value.
-func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) (Config, error) {
+// the result. Errors name the flag or variable and the value. extra, if not
+// nil, adds a subcommand's own flags; the positional arguments are returned.
+func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, extra func(*flag.FlagSet)) (Config, []string, error) {
 	fs := flag.NewFlagSet("fleetd", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	values := make(map[string]*string, len(settings))
@@ -93,20 +97,20 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 	var cfg Config
 	fs.BoolVar(&cfg.ShowVersion, "version", false, "print the version and exit")
 	fs.BoolVar(&cfg.ShowVersion, "V", false, "print the version and exit")
-	fs.Usage = func() { printUsage(usageOut) }
-	if err := fs.Parse(args); err != nil {
+	if extra != nil {
+		extra(fs)
+	}
+	positional, err := parseInterleaved(fs, args)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(usageOut)
 			cfg.help = true
-			return cfg, nil
+			return cfg, nil, nil
 		}
-		return cfg, usagef("%v (see fleetd --help)", err)
-	}
-	if fs.NArg() > 0 {
-		return cfg, usagef("unexpected argument %q (see fleetd --help)", fs.Arg(0))
+		return cfg, nil, usagef("%v (see fleetd --help)", err)
 	}
 	if cfg.ShowVersion {
-		return cfg, nil // --version reads no configuration
+		return cfg, positional, nil // --version reads no configuration
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -135,7 +139,7 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 
 	cfg.Bucket = strings.TrimSpace(get("bucket").raw)
 	if cfg.Bucket == "" {
-		return cfg, usagef("CELLOS_FLEET_BUCKET is required (or --bucket)")
+		return cfg, nil, usagef("CELLOS_FLEET_BUCKET is required (or --bucket)")
 	}
 	cfg.Prefix = get("prefix").raw
 	cfg.QueueName = strings.TrimSpace(get("queue-name").raw)
@@ -145,7 +149,7 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 	if cfg.NodeID == "" {
 		h, err := os.Hostname()
 		if err != nil {
-			return cfg, fmt.Errorf("node id: no CELLOS_FLEET_NODE_ID and no hostname: %w", err)
+			return cfg, nil, fmt.Errorf("node id: no CELLOS_FLEET_NODE_ID and no hostname: %w", err)
 		}
 		cfg.NodeID = h
 	}
@@ -163,15 +167,41 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 	cfg.DrainTimeout = p.millis(get("drain-timeout-ms"), 0)
 	cfg.CellTimeout = p.millis(get("cell-timeout-ms"), 0)
 	cfg.StopGrace = p.millis(get("stop-grace-ms"), 0)
+	cfg.MetricsAddr = strings.TrimSpace(get("metrics-addr").raw)
+	if cfg.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(cfg.MetricsAddr); err != nil {
+			p.fail(get("metrics-addr"), "host:port")
+		}
+	}
 	cfg.LogLevel = p.oneOf(get("log-level"), "debug", "info", "warn", "error")
 	cfg.LogFormat = p.oneOf(get("log-format"), "json", "text")
 	if p.err != nil {
-		return cfg, p.err
+		return cfg, nil, p.err
 	}
 	if cfg.S3RPS > 0 && cfg.S3Burst == 0 {
 		cfg.S3Burst = max(1, int(math.Ceil(cfg.S3RPS)))
 	}
-	return cfg, nil
+	return cfg, positional, nil
+}
+
+// parseInterleaved parses flags placed before, between or after positional
+// arguments ("submit a.json --id x"); "--" ends the flags.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return positional, nil
+		}
+		if len(args) > 0 && len(rest) < len(args) && args[len(args)-len(rest)-1] == "--" {
+			return append(positional, rest...), nil
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
 }
 
 type value struct {
@@ -232,7 +262,11 @@ func (p *parser) oneOf(v value, allowed ...string) string {
 }
 
 func printUsage(w io.Writer) {
-	fmt.Fprintf(w, "Usage: fleetd [flags]\n\n"+
+	fmt.Fprintf(w, "Usage: fleetd [flags]                 run the agent\n"+
+		"       fleetd submit FILE... [--id ID] [--replace] [--json]\n"+
+		"       fleetd status [--json]\n"+
+		"       fleetd requeue ID... | --failed [--older-than DURATION] [--json]\n"+
+		"       fleetd inspect ID [--json]\n\n"+
 		"fleetd runs execution-cell specs from an S3 queue. Each setting is a flag or an\n"+
 		"environment variable; a flag wins over its variable. AWS credentials and region\n"+
 		"come from the AWS SDK's default chain.\n\n")

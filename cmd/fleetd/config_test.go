@@ -12,7 +12,7 @@ func envOf(m map[string]string) func(string) string {
 }
 
 func TestParseConfigDefaults(t *testing.T) {
-	cfg, err := parseConfig(nil, envOf(map[string]string{"CELLOS_FLEET_BUCKET": "b", "CELLOS_FLEET_NODE_ID": "n1"}), &bytes.Buffer{})
+	cfg, _, err := parseConfig(nil, envOf(map[string]string{"CELLOS_FLEET_BUCKET": "b", "CELLOS_FLEET_NODE_ID": "n1"}), &bytes.Buffer{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func TestParseConfigFlagsWinAndTrim(t *testing.T) {
 		"AWS_ENDPOINT_URL":         "http://127.0.0.1:9000",
 		"CELLOS_FLEET_S3_RPS":      "2.5",
 	}
-	cfg, err := parseConfig([]string{"--concurrency", "8", "--bucket=flag-bucket"}, envOf(env), &bytes.Buffer{})
+	cfg, _, err := parseConfig([]string{"--concurrency", "8", "--bucket=flag-bucket"}, envOf(env), &bytes.Buffer{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func TestParseConfigFlagsWinAndTrim(t *testing.T) {
 		t.Errorf("rps %v burst %d, want 2.5 and 3", cfg.S3RPS, cfg.S3Burst)
 	}
 	env["CELLOS_FLEET_S3_PATH_STYLE"] = "false"
-	if cfg, _ := parseConfig(nil, envOf(env), &bytes.Buffer{}); cfg.PathStyle {
+	if cfg, _, _ := parseConfig(nil, envOf(env), &bytes.Buffer{}, nil); cfg.PathStyle {
 		t.Error("CELLOS_FLEET_S3_PATH_STYLE=false ignored")
 	}
 }
@@ -78,6 +78,7 @@ func TestParseConfigErrorsNameTheSetting(t *testing.T) {
 		{map[string]string{"CELLOS_FLEET_LEASE_TTL_MS": "10"}, nil, `invalid CELLOS_FLEET_LEASE_TTL_MS="10"`},
 		{nil, []string{"--no-such-flag"}, "no-such-flag"},
 		{nil, []string{"stray"}, `unexpected argument "stray"`},
+		{map[string]string{"CELLOS_FLEET_METRICS_ADDR": "9464"}, nil, `invalid CELLOS_FLEET_METRICS_ADDR="9464"`},
 	}
 	for _, tt := range tests {
 		env := map[string]string{"CELLOS_FLEET_BUCKET": "b"}

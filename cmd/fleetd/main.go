@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -23,6 +25,7 @@ import (
 
 	"github.com/cellos/fleetd/internal/drain"
 	"github.com/cellos/fleetd/internal/exec"
+	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/pipeline"
 	"github.com/cellos/fleetd/internal/queue"
 )
@@ -42,7 +45,15 @@ func main() {
 // returns the exit code: 0 after a drain, 1 on a runtime failure, 2 on bad
 // usage or configuration.
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	cfg, err := parseConfig(args, getenv, stdout)
+	if len(args) > 0 {
+		if t, ok := tools[args[0]]; ok {
+			return runTool(t, args[1:], getenv, stdout, stderr)
+		}
+	}
+	cfg, positional, err := parseConfig(args, getenv, stdout, nil)
+	if err == nil && len(positional) > 0 {
+		err = usagef("unexpected argument %q (see fleetd --help)", positional[0])
+	}
 	switch {
 	case err != nil:
 		fmt.Fprintf(stderr, "fleetd: %v\n", err)
@@ -62,8 +73,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 2
 	}
 	log := newLogger(cfg, stderr).With("node", cfg.NodeID)
+	m := metrics.New(cfg.Concurrency, version, shortRevision())
 
-	client, err := newS3Client(cfg, getenv)
+	client, err := newS3Client(cfg, getenv, m)
 	if err != nil {
 		log.Error("S3 client", "err", err)
 		return 1
@@ -92,11 +104,20 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		MaxAttempts:  cfg.MaxAttempts,
 		CellTimeout:  cfg.CellTimeout,
 		Logger:       log,
+		Metrics:      m,
 	}, store, &exec.Runner{Path: supervisor, Grace: cfg.StopGrace, Stdout: stdout, Stderr: stderr}, d)
 
 	log.Info("fleetd starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
 		"supervisor", supervisor, "endpoint", redactURL(cfg.Endpoint), "s3_rps", cfg.S3RPS)
+	if cfg.MetricsAddr != "" {
+		stop, err := serveHTTP(cfg, log, m, p, d)
+		if err != nil {
+			log.Error("metrics server", "addr", cfg.MetricsAddr, "err", err)
+			return 1
+		}
+		defer stop()
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -139,7 +160,7 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-func newS3Client(cfg Config, getenv func(string) string) (*s3.Client, error) {
+func newS3Client(cfg Config, getenv func(string) string, m *metrics.Metrics) (*s3.Client, error) {
 	ctx := context.Background()
 	opts := []func(*config.LoadOptions) error{
 		// Bound every request; the SDK retries timeouts with backoff.
@@ -167,8 +188,9 @@ func newS3Client(cfg Config, getenv func(string) string) (*s3.Client, error) {
 		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 		o.DisableLogOutputChecksumValidationSkipped = true
 		if limiter != nil {
-			o.APIOptions = append(o.APIOptions, queue.RateLimit(limiter))
+			o.APIOptions = append(o.APIOptions, queue.RateLimit(limiter, m.RateLimitWaited))
 		}
+		o.APIOptions = append(o.APIOptions, queue.Observe(m.S3Request))
 	}), nil
 }
 
@@ -183,6 +205,11 @@ func redactURL(raw string) string {
 }
 
 func versionString() string {
+	return fmt.Sprintf("fleetd %s (%s)", version, shortRevision())
+}
+
+// shortRevision is the 7-character VCS revision fleetd was built from.
+func shortRevision() string {
 	rev := revision
 	if rev == "" {
 		rev = "unknown"
@@ -197,5 +224,48 @@ func versionString() string {
 	if len(rev) > 7 {
 		rev = rev[:7]
 	}
-	return fmt.Sprintf("fleetd %s (%s)", version, rev)
+	return rev
+}
+
+// serveHTTP serves /metrics, /healthz and /readyz until stop is called.
+func serveHTTP(cfg Config, log *slog.Logger, m *metrics.Metrics, p *pipeline.Pipeline, d *drain.Drainer) (stop func(), err error) {
+	ln, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		last := p.LastPoll()
+		switch {
+		case d.Intake().Err() != nil:
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case last.IsZero() || time.Since(last) > 3*cfg.PollInterval:
+			http.Error(w, fmt.Sprintf("no successful poll in 3 poll intervals (last: %s)", formatTime(last)), http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintf(w, "ready (last poll %s)\n", formatTime(last))
+		}
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	log.Info("serving /metrics, /healthz, /readyz", "addr", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return t.UTC().Format(time.RFC3339Nano)
 }

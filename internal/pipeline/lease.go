@@ -62,6 +62,7 @@ func (p *Pipeline) keepLease(ctx context.Context, c *cell, stopCell context.Canc
 		switch {
 		case err == nil:
 			c.leaseTag = tag
+			p.m.LeaseRenewed()
 		case errors.Is(err, queue.ErrPrecondition):
 			c.log.Warn("lease renewal refused: taken over; stopping the cell")
 			stopCell(errLeaseLost)

@@ -21,6 +21,7 @@ import (
 	"github.com/cellos/fleetd/internal/exec"
 	"github.com/cellos/fleetd/internal/gate"
 	"github.com/cellos/fleetd/internal/lister"
+	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/queue"
 )
 
@@ -60,6 +61,7 @@ type Config struct {
 	MaxAttempts  int
 	CellTimeout  time.Duration
 	Logger       *slog.Logger
+	Metrics      *metrics.Metrics
 }
 
 // Pipeline moves specs from pending/ to completed/ or failed/.
@@ -70,12 +72,18 @@ type Pipeline struct {
 	drain  *drain.Drainer
 	lister *lister.Lister
 	log    *slog.Logger
+	m      *metrics.Metrics
 	cells  atomic.Int64 // supervisors running now
+	polled atomic.Int64 // unix nanos of the last successful listing of pending/
 }
 
-// New returns a pipeline. It starts nothing until Run.
+// New returns a pipeline. It starts nothing until Run. A nil cfg.Metrics gets
+// a private set nobody serves.
 func New(cfg Config, store Store, runner Runner, d *drain.Drainer) *Pipeline {
-	p := &Pipeline{cfg: cfg, store: store, runner: runner, drain: d, log: cfg.Logger}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New(cfg.Concurrency, "", "")
+	}
+	p := &Pipeline{cfg: cfg, store: store, runner: runner, drain: d, log: cfg.Logger, m: cfg.Metrics}
 	p.lister = lister.New(lister.Config{
 		List:     p.listPending,
 		ID:       func(key string) (string, bool) { return cfg.Layout.ID(queue.Pending, key) },
@@ -117,14 +125,28 @@ func (p *Pipeline) Run() {
 // Cells returns the number of supervisors running now.
 func (p *Pipeline) Cells() int { return int(p.cells.Load()) }
 
+// LastPoll returns when pending/ was last listed successfully (zero: never).
+func (p *Pipeline) LastPoll() time.Time {
+	if n := p.polled.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
 func (p *Pipeline) listPending(ctx context.Context, fn func([]lister.Entry) error) error {
-	return p.store.List(ctx, p.cfg.Layout.Dir(queue.Pending), func(page queue.Page) error {
+	err := p.store.List(ctx, p.cfg.Layout.Dir(queue.Pending), func(page queue.Page) error {
 		entries := make([]lister.Entry, len(page.Objects))
 		for i, o := range page.Objects {
 			entries[i] = lister.Entry{Key: o.Key, ETag: o.ETag}
 		}
 		return fn(entries)
 	})
+	if err == nil {
+		now := time.Now()
+		p.polled.Store(now.UnixNano())
+		p.m.Polled(now)
+	}
+	return err
 }
 
 // process takes one pending key as far as it goes on this node.
@@ -153,6 +175,7 @@ func (p *Pipeline) process(it lister.Item) {
 	}
 	if !gate.Accepts(p.cfg.Pool, spec) {
 		log.Debug("gate: spec belongs to another pool", "spec_pool", spec.PoolID, "pool_id", p.cfg.Pool)
+		p.m.GateSkip()
 		p.lister.Reject(it.Key, obj.ETag)
 		return
 	}
@@ -195,6 +218,7 @@ func (p *Pipeline) reject(log *slog.Logger, it lister.Item, reason string) {
 		log.Error("reject: delete from pending/ failed; will retry", "err", err)
 		return
 	}
+	p.m.Finished(metrics.Rejected)
 	log.Warn("spec rejected", "reason", reason)
 }
 
@@ -218,6 +242,7 @@ func (p *Pipeline) claim(c *cell, pendingKey, etag string) bool {
 	if _, err := p.store.Put(ctx, claimedKey, c.body, queue.PutOptions{IfAbsent: true, Metadata: meta}); err != nil {
 		if errors.Is(err, queue.ErrPrecondition) {
 			c.log.Debug("claim conflict: another node holds the spec")
+			p.m.ClaimConflict()
 		} else {
 			c.log.Warn("claim failed; will retry", "err", err)
 		}
@@ -232,6 +257,7 @@ func (p *Pipeline) claim(c *cell, pendingKey, etag string) bool {
 			c.log.Warn("claim confirm failed; releasing", "err", err)
 		} else {
 			c.log.Debug("claim conflict: spec already finished elsewhere")
+			p.m.ClaimConflict()
 		}
 		p.deleteOrLog(c.log, claimedKey)
 		return false
@@ -295,6 +321,7 @@ func (p *Pipeline) runAndFinalize(c *cell) {
 	switch {
 	case errors.Is(cause, errLeaseLost):
 		c.log.Warn("lease lost while running: another node took the spec over; not finalising", "result", res.String())
+		p.m.Finished(metrics.Lost)
 		return
 	case p.drain.Work().Err() != nil:
 		c.log.Warn("cell stopped by the drain deadline; releasing to pending/", "result", res.String())
@@ -328,8 +355,10 @@ func (p *Pipeline) runCell(ctx context.Context, c *cell) exec.Result {
 	}
 	p.cells.Add(1)
 	defer p.cells.Add(-1)
+	p.m.CellStarted()
 	c.log.Info("cell started")
 	res := p.runner.Run(ctx, f.Name(), c.id)
+	p.m.CellEnded(res.Duration)
 	c.log.Info("cell ended", "result", res.String(), "duration_ms", res.Duration.Milliseconds())
 	return res
 }
@@ -339,6 +368,7 @@ func (p *Pipeline) runCell(ctx context.Context, c *cell) exec.Result {
 func (p *Pipeline) finalize(c *cell, rec record) {
 	ctx := context.Background()
 	if !p.fence(c, leaseFinishing) {
+		p.m.Finished(metrics.Lost)
 		return
 	}
 	state := queue.Completed
@@ -352,6 +382,14 @@ func (p *Pipeline) finalize(c *cell, rec record) {
 	}
 	p.deleteOrLog(c.log, p.cfg.Layout.Key(queue.Claimed, c.id))
 	p.deleteOrLog(c.log, p.leaseKey(c.id))
+	switch {
+	case rec.outcome == "completed":
+		p.m.Finished(metrics.Completed)
+	case rec.reason == "timeout":
+		p.m.Finished(metrics.Timeout)
+	default:
+		p.m.Finished(metrics.Failed)
+	}
 	attrs := []any{"state", string(state), "attempt", c.attempts}
 	if rec.reason != "" {
 		attrs = append(attrs, "reason", rec.reason)
@@ -363,6 +401,7 @@ func (p *Pipeline) finalize(c *cell, rec record) {
 // unchanged, for a cell stopped by the drain rather than by its own fault.
 func (p *Pipeline) release(c *cell) {
 	if !p.fence(c, leaseReleasing) {
+		p.m.Finished(metrics.Lost)
 		return
 	}
 	p.requeue(c.log, c.id, c.body, c.attempts-1)
@@ -384,6 +423,7 @@ func (p *Pipeline) requeue(log *slog.Logger, id string, body []byte, attempts in
 	}
 	p.deleteOrLog(log, p.cfg.Layout.Key(queue.Claimed, id))
 	p.deleteOrLog(log, p.leaseKey(id))
+	p.m.Finished(metrics.Released)
 	log.Info("spec returned to pending/", "attempts", attempts)
 }
 

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/queue"
 )
 
@@ -130,6 +131,7 @@ func (p *Pipeline) takeOverLease(id string) {
 		}
 		return
 	}
+	p.m.LeaseTakenOver()
 	log.Warn("recovery: took over a stale lease", "holder", old.Node, "holder_state", old.State,
 		"lease_age_ms", age.Milliseconds(), "epoch", mine.Epoch)
 	if old.State == leaseFinishing && p.resultWritten(ctx, id, old.Token) {
@@ -156,6 +158,7 @@ func (p *Pipeline) takeOverOrphan(id string, age time.Duration) {
 		}
 		return
 	}
+	p.m.LeaseTakenOver()
 	log.Warn("recovery: claim without a lease; releasing it", "claim_age_ms", age.Milliseconds())
 	p.returnSpec(log, id, -1)
 }
@@ -191,6 +194,7 @@ func (p *Pipeline) returnSpec(log *slog.Logger, id string, attempts int) {
 	}
 	p.deleteOrLog(log, claimedKey)
 	p.deleteOrLog(log, p.leaseKey(id))
+	p.m.Finished(metrics.Abandoned)
 	log.Warn("spec finalised", "state", string(queue.Failed), "reason", rec.reason)
 }
 

@@ -254,15 +254,42 @@ func serverTime(md middleware.Metadata) time.Time {
 }
 
 // RateLimit returns an SDK option that makes every S3 request attempt, retries
-// included, wait for a token from l. Register it with s3.Options.APIOptions.
-func RateLimit(l *rate.Limiter) func(*middleware.Stack) error {
+// included, wait for a token from l; waited (may be nil) is told each wait.
+// Register it with s3.Options.APIOptions.
+func RateLimit(l *rate.Limiter, waited func(time.Duration)) func(*middleware.Stack) error {
 	return func(stack *middleware.Stack) error {
 		return stack.Finalize.Add(middleware.FinalizeMiddlewareFunc("fleetdRateLimit",
 			func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
+				start := time.Now()
 				if err := l.Wait(ctx); err != nil {
 					return middleware.FinalizeOutput{}, middleware.Metadata{}, fmt.Errorf("rate limit: %w", err)
 				}
+				if waited != nil {
+					waited(time.Since(start))
+				}
 				return next.HandleFinalize(ctx, in)
+			}), middleware.After)
+	}
+}
+
+// Observe returns an SDK option that tells observe about every S3 request
+// attempt, retries included: the operation, the HTTP status (0 when no
+// response came) and the time it took. Register it after RateLimit so the
+// time excludes waiting for the limiter.
+func Observe(observe func(operation string, status int, d time.Duration)) func(*middleware.Stack) error {
+	return func(stack *middleware.Stack) error {
+		return stack.Finalize.Add(middleware.FinalizeMiddlewareFunc("fleetdObserve",
+			func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
+				start := time.Now()
+				out, md, err := next.HandleFinalize(ctx, in)
+				status := 0
+				if resp, ok := awsmw.GetRawResponse(md).(*smithyhttp.Response); ok {
+					status = resp.StatusCode
+				} else if s := httpStatus(err); s != 0 {
+					status = s
+				}
+				observe(middleware.GetOperationName(ctx), status, time.Since(start))
+				return out, md, err
 			}), middleware.After)
 	}
 }

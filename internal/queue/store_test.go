@@ -185,7 +185,7 @@ func TestListPages(t *testing.T) {
 func TestRateLimitCoversEveryRequest(t *testing.T) {
 	t.Parallel()
 	lim := rate.NewLimiter(rate.Every(time.Hour), 3) // three tokens, then none
-	client := newClient(func(o *s3.Options) { o.APIOptions = append(o.APIOptions, RateLimit(lim)) })
+	client := newClient(func(o *s3.Options) { o.APIOptions = append(o.APIOptions, RateLimit(lim, nil)) })
 	name := fmt.Sprintf("queue-%d", seq.Add(1))
 	ctx := context.Background()
 	if _, err := client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &name}); err != nil {

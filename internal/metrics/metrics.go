@@ -1,0 +1,132 @@
+// Package metrics is fleetd's Prometheus instrumentation. Labels stay bounded:
+// outcomes, S3 operations and status codes, never spec ids.
+package metrics
+
+import (
+	"net/http"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Outcomes of a cell, the values of fleetd_cells_finished_total's label.
+const (
+	Completed = "completed"
+	Failed    = "failed"
+	Timeout   = "timeout"
+	Rejected  = "rejected"  // never run: a bad spec
+	Released  = "released"  // returned to pending/: drain deadline or recovery
+	Abandoned = "abandoned" // max attempts reached
+	Lost      = "lost"      // lease taken over while running
+)
+
+// Metrics holds every fleetd metric. The zero value is not usable; use New.
+type Metrics struct {
+	reg            *prometheus.Registry
+	cellsStarted   prometheus.Counter
+	cellsFinished  *prometheus.CounterVec
+	cellsInFlight  prometheus.Gauge
+	cellDuration   prometheus.Histogram
+	claimConflicts prometheus.Counter
+	gateSkips      prometheus.Counter
+	s3Requests     *prometheus.CounterVec
+	s3Errors       *prometheus.CounterVec
+	s3Latency      *prometheus.HistogramVec
+	rateWait       prometheus.Counter
+	leaseRenewals  prometheus.Counter
+	leaseTakeovers prometheus.Counter
+	lastPoll       prometheus.Gauge
+}
+
+// New registers fleetd's metrics, Go runtime and process collectors included,
+// on a registry of its own.
+func New(concurrency int, version, revision string) *Metrics {
+	reg := prometheus.NewRegistry()
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &Metrics{reg: reg}
+	m.cellsStarted = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_cells_started_total", Help: "Supervisors started."})
+	m.cellsFinished = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetd_cells_finished_total", Help: "Specs finished on this node, by outcome."}, []string{"outcome"})
+	m.cellsInFlight = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_cells_in_flight", Help: "Supervisors running now."})
+	m.cellDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fleetd_cell_duration_seconds", Help: "Supervisor run time.",
+		Buckets: prometheus.ExponentialBuckets(0.01, 4, 10)}) // 10 ms .. ~44 min
+	m.claimConflicts = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_claim_conflicts_total", Help: "Claims lost to another node (normal with several nodes)."})
+	m.gateSkips = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_gate_skips_total", Help: "Specs left for another pool by the placement gate."})
+	m.s3Requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetd_s3_requests_total", Help: "S3 request attempts, by operation and HTTP status code."}, []string{"operation", "code"})
+	m.s3Errors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetd_s3_errors_total", Help: "S3 request attempts that failed (status >= 400 or no response), by operation and code."}, []string{"operation", "code"})
+	m.s3Latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "fleetd_s3_request_duration_seconds", Help: "S3 request attempt latency.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 3, 12)}, []string{"operation"}) // 0.5 ms .. ~89 s
+	m.rateWait = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_s3_rate_limit_wait_seconds_total", Help: "Time S3 requests spent waiting for the rate limiter."})
+	m.leaseRenewals = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lease_renewals_total", Help: "Lease renewals written."})
+	m.leaseTakeovers = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lease_takeovers_total", Help: "Stale leases or lease-less claims taken over by this node."})
+	m.lastPoll = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_last_poll_success_timestamp_seconds", Help: "Unix time of the last successful listing of pending/."})
+	conc := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_concurrency", Help: "Configured CELLOS_FLEET_CONCURRENCY."})
+	conc.Set(float64(concurrency))
+	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_build_info", Help: "Always 1; the labels say which build runs.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()}})
+	info.Set(1)
+	for _, c := range []prometheus.Collector{m.cellsStarted, m.cellsFinished, m.cellsInFlight, m.cellDuration, m.claimConflicts, m.gateSkips,
+		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.lastPoll, conc, info,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		f(c)
+	}
+	// Outcomes appear at zero from the start, so rates work before the first event.
+	for _, o := range []string{Completed, Failed, Timeout, Rejected, Released, Abandoned, Lost} {
+		m.cellsFinished.WithLabelValues(o)
+	}
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// CellStarted counts a supervisor start.
+func (m *Metrics) CellStarted() {
+	m.cellsStarted.Inc()
+	m.cellsInFlight.Inc()
+}
+
+// CellEnded records a supervisor's exit after d.
+func (m *Metrics) CellEnded(d time.Duration) {
+	m.cellsInFlight.Dec()
+	m.cellDuration.Observe(d.Seconds())
+}
+
+// Finished counts a spec that left this node with outcome.
+func (m *Metrics) Finished(outcome string) { m.cellsFinished.WithLabelValues(outcome).Inc() }
+
+// ClaimConflict counts a claim lost to another node.
+func (m *Metrics) ClaimConflict() { m.claimConflicts.Inc() }
+
+// GateSkip counts a spec left for another pool.
+func (m *Metrics) GateSkip() { m.gateSkips.Inc() }
+
+// LeaseRenewed counts a lease renewal.
+func (m *Metrics) LeaseRenewed() { m.leaseRenewals.Inc() }
+
+// LeaseTakenOver counts a takeover by this node.
+func (m *Metrics) LeaseTakenOver() { m.leaseTakeovers.Inc() }
+
+// Polled records a successful listing of pending/.
+func (m *Metrics) Polled(t time.Time) { m.lastPoll.Set(float64(t.UnixNano()) / 1e9) }
+
+// S3Request records one S3 request attempt; status 0 means no response.
+func (m *Metrics) S3Request(operation string, status int, d time.Duration) {
+	code := "none"
+	if status > 0 {
+		code = strconv.Itoa(status)
+	}
+	m.s3Requests.WithLabelValues(operation, code).Inc()
+	if status == 0 || status >= 400 {
+		m.s3Errors.WithLabelValues(operation, code).Inc()
+	}
+	m.s3Latency.WithLabelValues(operation).Observe(d.Seconds())
+}
+
+// RateLimitWaited adds time spent waiting for the S3 rate limiter.
+func (m *Metrics) RateLimitWaited(d time.Duration) { m.rateWait.Add(d.Seconds()) }
