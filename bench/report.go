@@ -88,7 +88,7 @@ func (rep *report) markdown() string {
 	}
 	if rep.pickup != nil {
 		x := rep.pickup
-		p("## 4. Pickup latency\n\nIdle agent, poll interval %d ms; %d specs submitted one at a time at random moments; time from the PUT's completion to fleetd's `cell started` line.\n\n", x.PollMs, x.Specs)
+		p("## 4. Pickup latency\n\nIdle agent, poll interval %d ms; %d specs submitted one at a time, each at a random moment of its own %d ms window on a fixed timeline; time from the PUT's completion to fleetd's `cell started` line.\n\n", x.PollMs, x.Specs, 2*x.PollMs)
 		p("| p50 | p99 | max |\n|---|---|---|\n| %v | %v | %v |\n\n", x.P50.Round(time.Millisecond), x.P99.Round(time.Millisecond), x.Max.Round(time.Millisecond))
 	}
 	if rep.idle != nil {

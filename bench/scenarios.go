@@ -189,6 +189,8 @@ type pickup struct {
 	P50, P99, Max time.Duration
 }
 
+// pickup submits n specs to an idle agent at random moments and measures the
+// time from each PUT's completion to fleetd's "cell started" line.
 func (r *rig) pickup(n int) (pickup, error) {
 	res := pickup{Specs: n, PollMs: 1000}
 	bucket, err := r.newBucket()
@@ -202,8 +204,13 @@ func (r *rig) pickup(n int) (pickup, error) {
 	defer a.stop()
 	store := queue.New(r.direct, bucket)
 	var lat []time.Duration
+	// Moments drawn on a fixed timeline, one in each window of two poll
+	// intervals: independent of when fleetd polls or last picked a spec up.
+	window := 2 * time.Duration(res.PollMs) * time.Millisecond
+	base := time.Now().Add(time.Second)
 	for i := range n {
-		time.Sleep(time.Duration(rand.Int64N(int64(1500 * time.Millisecond)))) // a random moment
+		at := base.Add(time.Duration(i)*window + time.Duration(rand.Int64N(int64(window))))
+		time.Sleep(time.Until(at))
 		id := fmt.Sprintf("pick-%03d", i)
 		if _, err := store.Put(context.Background(), "fleet/pending/"+id+".json", noopSpec(id, ""), queue.PutOptions{}); err != nil {
 			return res, err

@@ -4,9 +4,11 @@ package lister
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -44,6 +46,7 @@ const maxRemembered = 100_000
 type Lister struct {
 	cfg   Config
 	slots chan struct{} // one token per item handed out and not yet Done
+	stale atomic.Bool   // a worker found the listing out of date
 
 	mu       sync.Mutex
 	inFlight map[string]bool
@@ -68,24 +71,33 @@ func New(cfg Config) *Lister {
 	}
 }
 
+// errStale ends a listing that a worker found out of date.
+var errStale = errors.New("listing out of date")
+
 // Run lists and dispatches until ctx ends. dispatch is called from Run's
 // goroutine with a slot already taken for the item; the worker must call Done.
 // A listing that handed out work is followed at once by another; otherwise the
-// next comes after the interval, jittered so agents spread out.
+// next comes at the next tick of a steady cadence of one interval, each tick
+// jittered by ±5% so agents spread out. The cadence does not restart after
+// work, so how soon a new spec is seen does not depend on when the last ended.
 func (l *Lister) Run(ctx context.Context, dispatch func(Item)) {
+	next := time.Now()
 	for {
 		found, err := l.listOnce(ctx, dispatch)
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errStale) || (found && err == nil) {
+			continue
+		}
 		if err != nil {
 			l.cfg.Logger.Warn("list pending failed; retrying after the poll interval", "err", err)
 		}
-		if found && err == nil {
-			continue
+		for now := time.Now(); !next.After(now); {
+			next = next.Add(l.cfg.Interval)
 		}
-		jitter := time.Duration(rand.Int64N(int64(l.cfg.Interval)/10 + 1))
-		t := time.NewTimer(l.cfg.Interval - l.cfg.Interval/20 + jitter)
+		jitter := time.Duration(rand.Int64N(int64(l.cfg.Interval)/10+1)) - l.cfg.Interval/20
+		t := time.NewTimer(time.Until(next) + jitter)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -94,6 +106,11 @@ func (l *Lister) Run(ctx context.Context, dispatch func(Item)) {
 		}
 	}
 }
+
+// Stale tells the lister that an item it handed out was already gone or
+// claimed elsewhere: the rest of its listing is likely gone too, so it lists
+// afresh rather than hand out more keys other nodes have taken.
+func (l *Lister) Stale() { l.stale.Store(true) }
 
 // Done returns the slot of a finished item.
 func (l *Lister) Done(it Item) {
@@ -122,6 +139,7 @@ func (l *Lister) listOnce(ctx context.Context, dispatch func(Item)) (found bool,
 	l.pass++
 	pass := l.pass
 	l.mu.Unlock()
+	l.stale.Store(false)
 
 	listed := 0
 	err = l.cfg.List(ctx, func(page []Entry) error {
@@ -135,6 +153,10 @@ func (l *Lister) listOnce(ctx context.Context, dispatch func(Item)) (found bool,
 			case l.slots <- struct{}{}:
 			case <-ctx.Done():
 				return ctx.Err()
+			}
+			if l.stale.Load() {
+				<-l.slots
+				return errStale
 			}
 			l.mu.Lock()
 			if l.inFlight[it.Key] {

@@ -2,6 +2,7 @@ package lister
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -130,5 +131,23 @@ func TestRejectionsForgottenWhenKeyGoes(t *testing.T) {
 	_, _ = l.listOnce(context.Background(), func(Item) {})
 	if len(l.rejected) != 0 {
 		t.Fatalf("rejected = %v after the key left the listing, want empty", l.rejected)
+	}
+}
+
+func TestStaleListingIsAbandoned(t *testing.T) {
+	t.Parallel()
+	q := &fakeQueue{}
+	q.set(Entry{"pending/a.json", "1"}, Entry{"pending/b.json", "1"}, Entry{"pending/c.json", "1"})
+	l := newLister(q, 10)
+	var got []Item
+	_, err := l.listOnce(context.Background(), func(it Item) {
+		got = append(got, it)
+		l.Stale() // the worker found this key gone
+	})
+	if !errors.Is(err, errStale) || len(got) != 1 {
+		t.Fatalf("listOnce = %v after handing out %v; want errStale after one item", err, got)
+	}
+	if l.InFlight() != 1 {
+		t.Errorf("InFlight = %d, want only the item handed out", l.InFlight())
 	}
 }

@@ -158,6 +158,7 @@ func (p *Pipeline) process(it lister.Item) {
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		log.Debug("spec gone before peek: taken by another node")
+		p.lister.Stale()
 		return
 	case errors.Is(err, queue.ErrTooLarge):
 		p.reject(log, it, fmt.Sprintf("spec is %d bytes, over the limit of %d", obj.Size, p.cfg.MaxSpecBytes))
@@ -243,6 +244,7 @@ func (p *Pipeline) claim(c *cell, pendingKey, etag string) bool {
 		if errors.Is(err, queue.ErrPrecondition) {
 			c.log.Debug("claim conflict: another node holds the spec")
 			p.m.ClaimConflict()
+			p.lister.Stale()
 		} else {
 			c.log.Warn("claim failed; will retry", "err", err)
 		}
