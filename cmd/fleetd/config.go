@@ -20,7 +20,7 @@ type setting struct {
 	flag, env, def, usage string
 }
 
-// settings lists every configuration value, in --help order. The first nine
+// settings lists every configuration value, in --help order. The first eight
 // are cellos-fleet 0.5.1's; their names and defaults must not change.
 var settings = []setting{
 	{"bucket", "CELLOS_FLEET_BUCKET", "", "S3 bucket holding the queue (required)"},

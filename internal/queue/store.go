@@ -72,9 +72,6 @@ func New(client *s3.Client, bucket string) *Store {
 	return &Store{client: client, bucket: bucket}
 }
 
-// Bucket returns the bucket name.
-func (s *Store) Bucket() string { return s.bucket }
-
 // List calls fn with each page of the keys under prefix, in key order, one
 // ListObjectsV2 request per page; it never holds more than one page. It stops at
 // the first error, fn's included.
