@@ -149,7 +149,7 @@ func noopSpec(id string, test string) []byte {
 
 // submit puts n specs into pending/ directly (not through the proxy).
 func (r *rig) submit(bucket string, n int, test string) error {
-	store := queue.New(r.direct, bucket)
+	store := queue.New(r.direct, bucket, queue.Policy{})
 	sem := make(chan struct{}, 32)
 	var wg sync.WaitGroup
 	var firstErr atomic.Value

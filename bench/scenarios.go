@@ -78,7 +78,7 @@ func (r *rig) rawRate(c, n int) (float64, error) {
 	if err := r.submit(bucket, n, ""); err != nil {
 		return 0, err
 	}
-	store := queue.New(r.proxied, bucket)
+	store := queue.New(r.proxied, bucket, queue.Policy{})
 	lease := []byte(`{"node":"bench","token":"0123456789abcdef01234567","nonce":"0123456789abcdef01234567","epoch":1,"ttl_ms":60000,"attempts":1,"state":"running","written":"2026-01-01T00:00:00.000000000Z"}`)
 	meta := map[string]string{"fleetd-node": "bench", "fleetd-attempts": "1", "fleetd-token": "0123456789abcdef01234567"}
 	ids := make(chan string, n)
@@ -122,29 +122,27 @@ func rawSpec(ctx context.Context, s *queue.Store, id string, lease []byte, meta 
 	if err != nil {
 		return err
 	}
-	if _, err := s.Put(ctx, key("claimed"), o.Body, queue.PutOptions{IfAbsent: true, Metadata: meta}); err != nil {
+	tag, err := s.Put(ctx, key("leases"), lease, queue.PutOptions{IfAbsent: true})
+	if err != nil {
 		return err
 	}
 	if _, err := s.Head(ctx, key("pending")); err != nil {
 		return err
 	}
-	tag, err := s.Put(ctx, key("leases"), lease, queue.PutOptions{IfAbsent: true})
+	claimed, err := s.Put(ctx, key("claimed"), o.Body, queue.PutOptions{Metadata: meta})
 	if err != nil {
 		return err
 	}
-	if err := s.Delete(ctx, key("pending")); err != nil {
-		return err
-	}
-	if _, err := s.Put(ctx, key("leases"), append(lease, ' '), queue.PutOptions{IfMatch: tag}); err != nil {
+	if err := s.Delete(ctx, key("pending"), o.ETag); err != nil {
 		return err
 	}
 	if _, err := s.Put(ctx, key("completed"), o.Body, queue.PutOptions{Metadata: meta}); err != nil {
 		return err
 	}
-	if err := s.Delete(ctx, key("claimed")); err != nil {
+	if err := s.Delete(ctx, key("claimed"), claimed); err != nil {
 		return err
 	}
-	return s.Delete(ctx, key("leases"))
+	return s.Delete(ctx, key("leases"), tag)
 }
 
 // scaling is one row of scenario 3.
@@ -202,7 +200,7 @@ func (r *rig) pickup(n int) (pickup, error) {
 		return res, err
 	}
 	defer a.stop()
-	store := queue.New(r.direct, bucket)
+	store := queue.New(r.direct, bucket, queue.Policy{})
 	var lat []time.Duration
 	// Moments drawn on a fixed timeline, one in each window of two poll
 	// intervals: independent of when fleetd polls or last picked a spec up.

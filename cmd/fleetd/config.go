@@ -7,11 +7,14 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/cellos/fleetd/internal/protocol"
 )
 
 // setting is one configuration value: a flag, the environment variable that
@@ -34,10 +37,12 @@ var settings = []setting{
 	{"concurrency", "CELLOS_FLEET_CONCURRENCY", "1", "cells run at once on this host (1-4096)"},
 	{"s3-rps", "CELLOS_FLEET_S3_RPS", "0", "limit on S3 requests per second, retries included (0: off)"},
 	{"s3-burst", "CELLOS_FLEET_S3_BURST", "0", "burst of the S3 request limit (0: the rate, at least 1)"},
+	{"s3-timeout-ms", "CELLOS_FLEET_S3_TIMEOUT_MS", "10000", "time limit of one S3 request attempt"},
+	{"s3-max-attempts", "CELLOS_FLEET_S3_MAX_ATTEMPTS", "5", "attempts of one S3 request before it is reported failed (backoff with jitter between)"},
 	{"endpoint-url", "AWS_ENDPOINT_URL_S3", "", "S3 endpoint URL (also read from AWS_ENDPOINT_URL)"},
 	{"s3-path-style", "CELLOS_FLEET_S3_PATH_STYLE", "", "path-style S3 addressing (default: true when an endpoint is set)"},
 	{"max-spec-bytes", "CELLOS_FLEET_MAX_SPEC_BYTES", "1048576", "largest spec accepted; larger ones go to failed/"},
-	{"lease-ttl-ms", "CELLOS_FLEET_LEASE_TTL_MS", "60000", "lease time-to-live; renewed every ttl/3"},
+	{"lease-ttl-ms", "CELLOS_FLEET_LEASE_TTL_MS", "60000", "lease time-to-live (min 3000); renewed every ttl/3; also the longest S3 outage a running cell survives"},
 	{"max-attempts", "CELLOS_FLEET_MAX_ATTEMPTS", "3", "runs of a spec before a recovered one goes to failed/"},
 	{"drain-timeout-ms", "CELLOS_FLEET_DRAIN_TIMEOUT_MS", "0", "after SIGTERM, stop cells and requeue their specs after this long (0: wait for every cell)"},
 	{"cell-timeout-ms", "CELLOS_FLEET_CELL_TIMEOUT_MS", "0", "stop a cell running longer than this; its spec fails with reason timeout (0: none)"},
@@ -60,6 +65,8 @@ type Config struct {
 	Concurrency  int
 	S3RPS        float64
 	S3Burst      int
+	S3Timeout    time.Duration
+	S3Attempts   int
 	Endpoint     string
 	PathStyle    bool
 	MaxSpecBytes int64
@@ -158,11 +165,18 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 	cfg.Concurrency = p.integer(get("concurrency"), 1, 4096)
 	cfg.S3RPS = p.float(get("s3-rps"))
 	cfg.S3Burst = p.integer(get("s3-burst"), 0, math.MaxInt32)
+	cfg.S3Timeout = p.millis(get("s3-timeout-ms"), 100)
+	cfg.S3Attempts = p.integer(get("s3-max-attempts"), 1, 100)
 	endpoint := get("endpoint-url")
 	cfg.Endpoint = endpoint.raw
+	if cfg.Endpoint != "" {
+		if u, err := url.Parse(cfg.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			p.fail(endpoint, "an http:// or https:// URL")
+		}
+	}
 	cfg.PathStyle = p.boolean(get("s3-path-style"), endpoint.set)
 	cfg.MaxSpecBytes = int64(p.integer(get("max-spec-bytes"), 1, 5<<30))
-	cfg.LeaseTTL = p.millis(get("lease-ttl-ms"), 300)
+	cfg.LeaseTTL = p.millis(get("lease-ttl-ms"), int(protocol.MinTTL/time.Millisecond))
 	cfg.MaxAttempts = p.integer(get("max-attempts"), 1, 1000)
 	cfg.DrainTimeout = p.millis(get("drain-timeout-ms"), 0)
 	cfg.CellTimeout = p.millis(get("cell-timeout-ms"), 0)

@@ -273,13 +273,16 @@ func TestNoSecretsInLogs(t *testing.T) {
 	a.signal(syscall.SIGTERM)
 	a.wait()
 
-	// A second agent with a wrong secret fails every request: error paths log
-	// the S3 answers, and still must not log the secret.
+	// A second agent with a wrong secret is refused by S3: the self-test logs
+	// the answer and stops fleetd (exit 2), and still must not log the secret.
 	const wrongSecret = "fleetd-distinctive-secret-7f3a9c"
 	bad := startAgent(t, b, map[string]string{"AWS_SECRET_ACCESS_KEY": wrongSecret})
-	bad.logs.await(t, "list pending failed", 1)
-	bad.signal(syscall.SIGTERM)
-	bad.wait()
+	if code := bad.wait(); code != 2 {
+		t.Errorf("fleetd with a wrong secret exited %d, want 2", code)
+	}
+	if bad.logs.count("store self-test failed") != 1 {
+		t.Errorf("no self-test failure logged:\n%s", bad.logs.text())
+	}
 
 	for _, out := range []string{a.logs.text(), a.stdout.text(), bad.logs.text(), bad.stdout.text()} {
 		for _, secret := range []string{env.server.SecretKey, wrongSecret, "Signature=", "Authorization", "X-Amz-Security-Token"} {

@@ -27,6 +27,7 @@ import (
 	"github.com/cellos/fleetd/internal/exec"
 	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/pipeline"
+	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
 )
 
@@ -80,7 +81,16 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		log.Error("S3 client", "err", err)
 		return 1
 	}
-	store := queue.New(client, cfg.Bucket)
+	layout := queue.NewLayout(cfg.Prefix, cfg.QueueName)
+	store := queue.New(client, cfg.Bucket, s3Policy(cfg, m))
+	proto := protocol.New(protocol.Config{
+		Layout:      layout,
+		Node:        cfg.NodeID,
+		TTL:         cfg.LeaseTTL,
+		MaxAttempts: cfg.MaxAttempts,
+		Logger:      log,
+		Metrics:     m,
+	}, store)
 
 	// Signals are counted rather than handled with NotifyContext: the first
 	// starts the drain, a second may cut it short.
@@ -88,24 +98,26 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 
-	d := drain.New(context.Background())
+	// Past the drain deadline, cells get the stop grace to exit and their
+	// release two S3 request timeouts; then fleetd exits and leaves the rest
+	// to recovery. See the README's stop-timeout formula.
+	d := drain.New(context.Background(), cfg.StopGrace+2*cfg.S3Timeout)
 	p := pipeline.New(pipeline.Config{
 		Node:         cfg.NodeID,
 		Pool:         cfg.PoolID,
 		Bucket:       cfg.Bucket,
 		Prefix:       cfg.Prefix,
 		QueueName:    cfg.QueueName,
-		Layout:       queue.NewLayout(cfg.Prefix, cfg.QueueName),
+		Layout:       layout,
 		Concurrency:  cfg.Concurrency,
 		PollInterval: cfg.PollInterval,
 		Heartbeat:    cfg.Heartbeat,
 		MaxSpecBytes: cfg.MaxSpecBytes,
-		LeaseTTL:     cfg.LeaseTTL,
 		MaxAttempts:  cfg.MaxAttempts,
 		CellTimeout:  cfg.CellTimeout,
 		Logger:       log,
 		Metrics:      m,
-	}, store, &exec.Runner{Path: supervisor, Grace: cfg.StopGrace, Stdout: stdout, Stderr: stderr}, d)
+	}, store, proto, &exec.Runner{Path: supervisor, Grace: cfg.StopGrace, Stdout: stdout, Stderr: stderr}, d)
 
 	log.Info("fleetd starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
@@ -118,6 +130,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		}
 		defer stop()
 	}
+	if code, ok := selfTest(proto, log, sigs); !ok {
+		return code
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -125,6 +140,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}()
 
 	sig := <-sigs
+	d.CloseIntake() // before the log line, so whoever reads it sees the node not ready
 	log.Info("drain started: no new claims; waiting for cells in flight",
 		"signal", sig.String(), "in_flight", p.Cells(), "drain_timeout_ms", cfg.DrainTimeout.Milliseconds())
 	deadline, cut := context.WithCancel(context.Background())
@@ -150,6 +166,47 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	return 0
 }
 
+// selfTest runs the store self-test until it passes. A definite failure
+// stops fleetd with exit 2; no answer is retried with backoff (the store or
+// the network may still be coming up), and a signal meanwhile exits 0.
+func selfTest(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal) (code int, ok bool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		err := proto.SelfTest(ctx)
+		switch {
+		case err == nil:
+			log.Info("store self-test passed")
+			return 0, true
+		case errors.Is(err, protocol.ErrUnfit):
+			log.Error("store self-test failed: fleetd cannot run on this bucket", "err", err)
+			return 2, false
+		case ctx.Err() != nil:
+			log.Info("signalled during the store self-test; exiting")
+			return 0, false
+		}
+		log.Warn("store self-test got no answer; retrying", "err", err, "retry_in_ms", wait.Milliseconds())
+		select {
+		case <-ctx.Done():
+			log.Info("signalled during the store self-test; exiting")
+			return 0, false
+		case <-time.After(wait):
+		}
+	}
+}
+
+// s3Policy is the store's retry policy from the settings.
+func s3Policy(cfg Config, m *metrics.Metrics) queue.Policy {
+	return queue.Policy{Attempts: cfg.S3Attempts, Timeout: cfg.S3Timeout, SlowDown: m.SlowDown}
+}
+
 func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated by parseConfig
@@ -163,9 +220,10 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 func newS3Client(cfg Config, getenv func(string) string, m *metrics.Metrics) (*s3.Client, error) {
 	ctx := context.Background()
 	opts := []func(*config.LoadOptions) error{
-		// Bound every request; the SDK retries timeouts with backoff.
-		config.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(60 * time.Second)),
-		config.WithRetryMaxAttempts(5),
+		// The store bounds and retries every request itself, so that it knows
+		// when a write's outcome is unknown; the SDK must not retry.
+		config.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(cfg.S3Timeout + time.Second)),
+		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
 	}
 	if getenv("AWS_REGION") == "" && getenv("AWS_DEFAULT_REGION") == "" {
 		opts = append(opts, config.WithRegion("us-east-1"))

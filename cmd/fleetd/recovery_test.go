@@ -15,7 +15,7 @@ import (
 // fast makes leases and recovery quick enough for tests.
 func fast(settings map[string]string) map[string]string {
 	m := map[string]string{
-		"CELLOS_FLEET_LEASE_TTL_MS":     "1000",
+		"CELLOS_FLEET_LEASE_TTL_MS":     "3000",
 		"CELLOS_FLEET_POLL_INTERVAL_MS": "100",
 		"CELLOS_FLEET_STOP_GRACE_MS":    "500",
 	}
@@ -116,13 +116,13 @@ func TestPausedNodeIsFencedOff(t *testing.T) {
 	}
 }
 
-// TestCrashBetweenClaimAndLease recreates what a node leaves when it dies right
-// after its claim PUT: pending/ and claimed/ both hold the spec, no lease.
-func TestCrashBetweenClaimAndLease(t *testing.T) {
+// TestOrphanedClaimIsReturned recreates a claimed/ spec with no lease and no
+// pending/ copy (a claimed/ write that landed after its claim was given up,
+// or a 0.5.1 agent's copy-and-delete): recovery returns it and it runs.
+func TestOrphanedClaimIsReturned(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	body := b.submit("orphan", map[string]any{})
-	b.putRaw(b.key("claimed", "orphan"), body)
+	b.putRaw(b.key("claimed", "orphan"), []byte(`{"spec":{"id":"orphan"}}`))
 
 	a := startAgent(t, b, fast(nil))
 	b.waitCount("completed", 1)

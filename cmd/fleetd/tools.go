@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,8 +20,12 @@ import (
 
 	"github.com/cellos/fleetd/internal/gate"
 	"github.com/cellos/fleetd/internal/metrics"
+	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
 )
+
+// maxLeaseBytes bounds a lease read; leases are about 300 bytes.
+const maxLeaseBytes = 64 << 10
 
 // tool is one subcommand.
 type tool struct {
@@ -40,6 +45,7 @@ type toolFlags struct {
 type toolEnv struct {
 	cfg    Config
 	store  *queue.Store
+	proto  *protocol.Protocol
 	layout queue.Layout
 	flags  toolFlags
 }
@@ -73,12 +79,17 @@ func runTool(t tool, args []string, getenv func(string) string, stdout, stderr i
 		}
 		return 0
 	}
-	client, err := newS3Client(cfg, getenv, metrics.New(1, version, shortRevision()))
+	m := metrics.New(1, version, shortRevision())
+	client, err := newS3Client(cfg, getenv, m)
 	if err != nil {
 		fmt.Fprintf(stderr, "fleetd: %v\n", err)
 		return 1
 	}
-	env := &toolEnv{cfg: cfg, store: queue.New(client, cfg.Bucket), layout: queue.NewLayout(cfg.Prefix, cfg.QueueName), flags: tf}
+	store := queue.New(client, cfg.Bucket, s3Policy(cfg, m))
+	layout := queue.NewLayout(cfg.Prefix, cfg.QueueName)
+	proto := protocol.New(protocol.Config{Layout: layout, Node: cfg.NodeID, TTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts,
+		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}, store)
+	env := &toolEnv{cfg: cfg, store: store, proto: proto, layout: layout, flags: tf}
 	result, err := t.run(context.Background(), env, positional)
 	if result != nil {
 		if tf.json {
@@ -236,19 +247,14 @@ func status(ctx context.Context, t *toolEnv, args []string) (any, error) {
 		if !ok {
 			continue
 		}
-		l, err := t.store.Get(ctx, o.Key, 64<<10)
+		l, err := t.store.Get(ctx, o.Key, maxLeaseBytes)
 		if errors.Is(err, queue.ErrNotFound) {
 			continue // finished since the listing
 		}
 		if err != nil {
 			return nil, fmt.Errorf("status: %w", err)
 		}
-		var body struct {
-			Node     string `json:"node"`
-			Attempts int    `json:"attempts"`
-			State    string `json:"state"`
-		}
-		_ = json.Unmarshal(l.Body, &body)
+		body, _ := protocol.ParseLease(l.Body) // an unreadable lease shows empty fields
 		res.InFlight = append(res.InFlight, inFlight{ID: id, Node: body.Node, Attempts: body.Attempts, State: body.State,
 			LeaseAge: l.ServerTime.Sub(l.LastModified).Round(time.Second).String()})
 	}
@@ -309,25 +315,14 @@ func requeue(ctx context.Context, t *toolEnv, ids []string) (any, error) {
 	}
 	res := requeued{IDs: []string{}}
 	for _, id := range ids {
-		failedKey := t.layout.Key(queue.Failed, id)
-		o, err := t.store.Get(ctx, failedKey, 1<<62)
-		if errors.Is(err, queue.ErrNotFound) {
+		err := t.proto.Requeue(ctx, id)
+		switch {
+		case errors.Is(err, queue.ErrNotFound):
 			return res, fmt.Errorf("requeue: spec %s is not in failed/", id)
-		}
-		if err != nil {
-			return res, fmt.Errorf("requeue %s: %w", id, err)
-		}
-		// Write pending/ before deleting failed/: for a moment the spec is in
-		// both, never in neither. A fresh start: the attempt count is reset.
-		_, err = t.store.Put(ctx, t.layout.Key(queue.Pending, id), o.Body, queue.PutOptions{IfAbsent: true, Metadata: map[string]string{"fleetd-attempts": "0"}})
-		if errors.Is(err, queue.ErrPrecondition) {
-			return res, fmt.Errorf("requeue: spec %s is already pending", id)
-		}
-		if err != nil {
-			return res, fmt.Errorf("requeue %s: %w", id, err)
-		}
-		if err := t.store.Delete(ctx, failedKey); err != nil {
-			return res, fmt.Errorf("requeue %s: %w", id, err)
+		case errors.Is(err, protocol.ErrHeld):
+			return res, fmt.Errorf("requeue: spec %s is in flight; try again when it has finished", id)
+		case err != nil:
+			return res, fmt.Errorf("requeue: %w", err)
 		}
 		res.IDs = append(res.IDs, id)
 	}
@@ -372,7 +367,7 @@ func inspect(ctx context.Context, t *toolEnv, args []string) (any, error) {
 			res.Record = o.Metadata
 		}
 	}
-	l, err := t.store.Get(ctx, t.layout.Key(queue.Leases, id), 64<<10)
+	l, err := t.store.Get(ctx, t.layout.Key(queue.Leases, id), maxLeaseBytes)
 	switch {
 	case err == nil:
 		res.Lease = l.Body

@@ -3,11 +3,12 @@ package drain
 import (
 	"context"
 	"testing"
+	"time"
 )
 
 func TestDrainWaitsForWork(t *testing.T) {
 	t.Parallel()
-	d := New(context.Background())
+	d := New(context.Background(), time.Second)
 	if !d.Begin() {
 		t.Fatal("Begin before drain = false")
 	}
@@ -42,7 +43,7 @@ func TestDrainWaitsForWork(t *testing.T) {
 
 func TestDrainDeadlineStopsWork(t *testing.T) {
 	t.Parallel()
-	d := New(context.Background())
+	d := New(context.Background(), time.Second)
 	d.Begin()
 	go func() {
 		<-d.Work().Done() // the work ends only when told to stop

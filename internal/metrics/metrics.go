@@ -40,6 +40,7 @@ type Metrics struct {
 	leaseRenewals  prometheus.Counter
 	leaseTakeovers prometheus.Counter
 	lastPoll       prometheus.Gauge
+	slowDowns      prometheus.Counter
 }
 
 // New registers fleetd's metrics, Go runtime and process collectors included,
@@ -63,13 +64,14 @@ func New(concurrency int, version, revision string) *Metrics {
 	m.leaseRenewals = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lease_renewals_total", Help: "Lease renewals written."})
 	m.leaseTakeovers = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lease_takeovers_total", Help: "Stale leases or lease-less claims taken over by this node."})
 	m.lastPoll = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_last_poll_success_timestamp_seconds", Help: "Unix time of the last successful listing of pending/."})
+	m.slowDowns = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_s3_slowdowns_total", Help: "S3 answers asking this agent to slow down (503 SlowDown, 429); each raises the agent's pause between requests."})
 	conc := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_concurrency", Help: "Configured CELLOS_FLEET_CONCURRENCY."})
 	conc.Set(float64(concurrency))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_build_info", Help: "Always 1; the labels say which build runs.",
 		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()}})
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.cellsStarted, m.cellsFinished, m.cellsInFlight, m.cellDuration, m.claimConflicts, m.gateSkips,
-		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.lastPoll, conc, info,
+		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.lastPoll, m.slowDowns, conc, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -127,6 +129,9 @@ func (m *Metrics) S3Request(operation string, status int, d time.Duration) {
 	}
 	m.s3Latency.WithLabelValues(operation).Observe(d.Seconds())
 }
+
+// SlowDown counts an S3 answer asking this agent to slow down.
+func (m *Metrics) SlowDown() { m.slowDowns.Inc() }
 
 // RateLimitWaited adds time spent waiting for the S3 rate limiter.
 func (m *Metrics) RateLimitWaited(d time.Duration) { m.rateWait.Add(d.Seconds()) }

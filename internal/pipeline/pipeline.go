@@ -8,8 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -22,17 +22,15 @@ import (
 	"github.com/cellos/fleetd/internal/gate"
 	"github.com/cellos/fleetd/internal/lister"
 	"github.com/cellos/fleetd/internal/metrics"
+	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
 )
 
-// Store is the S3 queue as the pipeline uses it; *queue.Store implements it.
+// Store is the S3 queue as the pipeline reads it; *queue.Store implements
+// it. Every write goes through the protocol.
 type Store interface {
 	List(ctx context.Context, prefix string, fn func(queue.Page) error) error
 	Get(ctx context.Context, key string, limit int64) (queue.Object, error)
-	Head(ctx context.Context, key string) (queue.Object, error)
-	Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error)
-	Copy(ctx context.Context, src, dst string, metadata map[string]string) error
-	Delete(ctx context.Context, key string) error
 }
 
 var _ Store = (*queue.Store)(nil)
@@ -57,7 +55,6 @@ type Config struct {
 	PollInterval time.Duration
 	Heartbeat    time.Duration
 	MaxSpecBytes int64
-	LeaseTTL     time.Duration
 	MaxAttempts  int
 	CellTimeout  time.Duration
 	Logger       *slog.Logger
@@ -68,6 +65,7 @@ type Config struct {
 type Pipeline struct {
 	cfg    Config
 	store  Store
+	proto  *protocol.Protocol
 	runner Runner
 	drain  *drain.Drainer
 	lister *lister.Lister
@@ -79,11 +77,11 @@ type Pipeline struct {
 
 // New returns a pipeline. It starts nothing until Run. A nil cfg.Metrics gets
 // a private set nobody serves.
-func New(cfg Config, store Store, runner Runner, d *drain.Drainer) *Pipeline {
+func New(cfg Config, store Store, proto *protocol.Protocol, runner Runner, d *drain.Drainer) *Pipeline {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New(cfg.Concurrency, "", "")
 	}
-	p := &Pipeline{cfg: cfg, store: store, runner: runner, drain: d, log: cfg.Logger, m: cfg.Metrics}
+	p := &Pipeline{cfg: cfg, store: store, proto: proto, runner: runner, drain: d, log: cfg.Logger, m: cfg.Metrics}
 	p.lister = lister.New(lister.Config{
 		List:     p.listPending,
 		ID:       func(key string) (string, bool) { return cfg.Layout.ID(queue.Pending, key) },
@@ -112,7 +110,7 @@ func (p *Pipeline) Run() {
 			var pc panics.Catcher
 			pc.Try(func() { p.process(it) })
 			if r := pc.Recovered(); r != nil {
-				// A spec caught mid-cell keeps its lease; recovery returns it.
+				// A claim caught mid-way keeps its lease; recovery returns it.
 				p.log.Error("worker panic", "spec_id", it.ID, "err", r.AsError())
 			}
 		})
@@ -155,13 +153,15 @@ func (p *Pipeline) process(it lister.Item) {
 	ctx := p.drain.Intake()
 
 	obj, err := p.store.Get(ctx, it.Key, p.cfg.MaxSpecBytes)
+	spec := protocol.Spec{ID: it.ID, Key: it.Key, ETag: obj.ETag, Body: obj.Body,
+		Attempts: protocol.PriorAttempts(obj.Metadata, p.cfg.MaxAttempts)}
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		log.Debug("spec gone before peek: taken by another node")
 		p.lister.Stale()
 		return
 	case errors.Is(err, queue.ErrTooLarge):
-		p.reject(log, it, fmt.Sprintf("spec is %d bytes, over the limit of %d", obj.Size, p.cfg.MaxSpecBytes))
+		p.reject(log, spec, fmt.Sprintf("spec is %d bytes, over the limit of %d", obj.Size, p.cfg.MaxSpecBytes))
 		return
 	case err != nil:
 		if ctx.Err() == nil {
@@ -169,13 +169,13 @@ func (p *Pipeline) process(it lister.Item) {
 		}
 		return
 	}
-	spec, err := gate.Parse(obj.Body)
+	view, err := gate.Parse(obj.Body)
 	if err != nil {
-		p.reject(log, it, err.Error())
+		p.reject(log, spec, err.Error())
 		return
 	}
-	if !gate.Accepts(p.cfg.Pool, spec) {
-		log.Debug("gate: spec belongs to another pool", "spec_pool", spec.PoolID, "pool_id", p.cfg.Pool)
+	if !gate.Accepts(p.cfg.Pool, view) {
+		log.Debug("gate: spec belongs to another pool", "spec_pool", view.PoolID, "pool_id", p.cfg.Pool)
 		p.m.GateSkip()
 		p.lister.Reject(it.Key, obj.ETag)
 		return
@@ -186,115 +186,42 @@ func (p *Pipeline) process(it lister.Item) {
 		return
 	}
 	defer p.drain.End()
-	attempts, _ := strconv.Atoi(obj.Metadata[metaAttempts])
-	c := &cell{
-		id:       it.ID,
-		body:     obj.Body,
-		attempts: attempts + 1,
-		token:    newToken(),
-		log:      log,
-	}
-	if !p.claim(c, it.Key, obj.ETag) {
+	c, err := p.proto.Claim(p.drain.Abort(), ctx.Done(), spec)
+	switch {
+	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrGone):
+		log.Debug("claim conflict: another node has or had the spec", "err", err)
+		p.lister.Stale()
+		return
+	case err != nil:
+		log.Warn("claim failed; will retry", "err", err)
 		return
 	}
 	p.runAndFinalize(c)
 }
 
-// reject moves a spec that can never run to failed/ with the reason, without
-// claiming it: every node would reach the same verdict on the same bytes.
-func (p *Pipeline) reject(log *slog.Logger, it lister.Item, reason string) {
+// reject files a spec that can never run under failed/ with the reason,
+// without running it: every node would reach the same verdict on the same bytes.
+func (p *Pipeline) reject(log *slog.Logger, spec protocol.Spec, reason string) {
 	if !p.drain.Begin() {
 		return
 	}
 	defer p.drain.End()
-	ctx := context.Background()
-	rec := record{node: p.cfg.Node, outcome: "rejected", reason: reason, finished: time.Now()}
-	if err := p.store.Copy(ctx, it.Key, p.cfg.Layout.Key(queue.Failed, it.ID), rec.metadata()); err != nil {
-		if !errors.Is(err, queue.ErrNotFound) {
-			log.Error("reject: copy to failed/ failed; will retry", "err", err)
-		}
-		return
+	err := p.proto.Reject(p.drain.Abort(), p.drain.Intake().Done(), spec, reason)
+	switch {
+	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrGone):
+		p.lister.Stale()
+	case err != nil:
+		log.Warn("reject failed; will retry", "err", err)
 	}
-	if err := p.store.Delete(ctx, it.Key); err != nil {
-		log.Error("reject: delete from pending/ failed; will retry", "err", err)
-		return
-	}
-	p.m.Finished(metrics.Rejected)
-	log.Warn("spec rejected", "reason", reason)
-}
-
-// cell is one claimed spec on its way through this node.
-type cell struct {
-	id       string
-	body     []byte
-	attempts int    // runs started so far, this one included
-	token    string // this claim's identity in the lease and the result record
-	lease    lease
-	leaseTag string // ETag of our current lease write
-	log      *slog.Logger
-}
-
-// claim makes the spec this node's: claimed/ (create-only), confirm pending/ is
-// the spec we read, lease, delete pending/. It reports whether the cell may run.
-func (p *Pipeline) claim(c *cell, pendingKey, etag string) bool {
-	ctx := context.Background() // a claim once sent is finished, drain or not
-	claimedKey := p.cfg.Layout.Key(queue.Claimed, c.id)
-	meta := map[string]string{metaNode: p.cfg.Node, metaAttempts: strconv.Itoa(c.attempts), metaToken: c.token}
-	if _, err := p.store.Put(ctx, claimedKey, c.body, queue.PutOptions{IfAbsent: true, Metadata: meta}); err != nil {
-		if errors.Is(err, queue.ErrPrecondition) {
-			c.log.Debug("claim conflict: another node holds the spec")
-			p.m.ClaimConflict()
-			p.lister.Stale()
-		} else {
-			c.log.Warn("claim failed; will retry", "err", err)
-		}
-		return false
-	}
-	// Another node may have run and finalised this spec between our peek and
-	// our claim; it deletes pending/ before it releases claimed/, so pending/
-	// still holding what we read proves the claim is ours to use.
-	head, err := p.store.Head(ctx, pendingKey)
-	if err != nil || head.ETag != etag {
-		if err != nil && !errors.Is(err, queue.ErrNotFound) {
-			c.log.Warn("claim confirm failed; releasing", "err", err)
-		} else {
-			c.log.Debug("claim conflict: spec already finished elsewhere")
-			p.m.ClaimConflict()
-		}
-		p.deleteOrLog(c.log, claimedKey)
-		return false
-	}
-	c.lease = lease{Node: p.cfg.Node, Token: c.token, Epoch: 1, TTLMillis: p.cfg.LeaseTTL.Milliseconds(), Attempts: c.attempts, State: leaseRunning}
-	tag, err := p.store.Put(ctx, p.leaseKey(c.id), c.lease.encode(), queue.PutOptions{IfAbsent: true})
-	if err != nil {
-		if errors.Is(err, queue.ErrPrecondition) {
-			// We were slower than the orphan grace: a recoverer owns it now.
-			c.log.Warn("claim taken over by recovery before the lease was written")
-			return false
-		}
-		c.log.Warn("lease create failed; releasing", "err", err)
-		p.deleteOrLog(c.log, claimedKey)
-		return false
-	}
-	c.leaseTag = tag
-	if err := p.store.Delete(ctx, pendingKey); err != nil {
-		// Running now would leave pending/ behind to be run again.
-		c.log.Warn("delete from pending/ failed; releasing", "err", err)
-		p.deleteOrLog(c.log, claimedKey)
-		p.deleteOrLog(c.log, p.leaseKey(c.id))
-		return false
-	}
-	c.log.Info("claimed", "attempt", c.attempts)
-	return true
 }
 
 // Causes for ending a cell early, told apart with context.Cause.
 var (
-	errLeaseLost   = errors.New("lease lost")
+	errFenced      = errors.New("lease not held")
 	errCellTimeout = errors.New("timeout")
 )
 
-func (p *Pipeline) runAndFinalize(c *cell) {
+func (p *Pipeline) runAndFinalize(c *protocol.Claim) {
 	ctx, cancel := context.WithCancelCause(p.drain.Work())
 	defer cancel(nil)
 	if p.cfg.CellTimeout > 0 {
@@ -302,53 +229,63 @@ func (p *Pipeline) runAndFinalize(c *cell) {
 		ctx, stop = context.WithTimeoutCause(ctx, p.cfg.CellTimeout, errCellTimeout)
 		defer stop()
 	}
-
-	keeperDone := make(chan struct{})
-	keeperCtx, stopKeeper := context.WithCancel(context.Background())
+	// A holder that cannot renew its lease stops its own cell before another
+	// node may judge the lease stale and run the spec again.
 	go func() {
-		defer close(keeperDone)
-		p.keepLease(keeperCtx, c, cancel)
+		select {
+		case <-c.Fenced():
+			cancel(errFenced)
+		case <-ctx.Done():
+		}
 	}()
 
 	started := time.Now()
 	res := p.runCell(ctx, c)
-	stopKeeper()
-	<-keeperDone
-
-	rec := record{
-		node: p.cfg.Node, token: c.token, attempts: c.attempts,
-		started: started, finished: time.Now(), result: &res,
-	}
+	rec := protocol.Record{Started: started, Finished: time.Now(), Result: &res}
+	abort, quit := p.drain.Abort(), p.drain.Intake().Done()
 	cause := context.Cause(ctx)
 	switch {
-	case errors.Is(cause, errLeaseLost):
-		c.log.Warn("lease lost while running: another node took the spec over; not finalising", "result", res.String())
-		p.m.Finished(metrics.Lost)
+	case res.Stopped && errors.Is(cause, errFenced):
+		c.Log().Warn("cell stopped: the lease could not be renewed in time; returning the spec", "result", res.String())
+		p.settle(c, c.Release(abort, quit, false))
 		return
-	case p.drain.Work().Err() != nil:
-		c.log.Warn("cell stopped by the drain deadline; releasing to pending/", "result", res.String())
-		p.release(c)
+	case res.Stopped && errors.Is(cause, errCellTimeout):
+		rec.Outcome, rec.Reason = protocol.Timeout, "timeout"
+	case res.Stopped:
+		c.Log().Warn("cell stopped by the drain deadline; releasing to pending/", "result", res.String())
+		p.settle(c, c.Release(abort, quit, false))
 		return
-	case errors.Is(cause, errCellTimeout):
-		rec.outcome, rec.reason = "failed", "timeout"
 	case res.StartErr != nil:
-		rec.outcome, rec.reason = "failed", "supervisor could not be started: "+res.StartErr.Error()
+		rec.Outcome, rec.Reason = protocol.Failed, "supervisor could not be started: "+res.StartErr.Error()
 	case res.Succeeded():
-		rec.outcome = "completed"
+		rec.Outcome = protocol.Completed
 	default:
-		rec.outcome, rec.reason = "failed", "supervisor "+res.String()
+		rec.Outcome, rec.Reason = protocol.Failed, "supervisor "+res.String()
 	}
-	p.finalize(c, rec)
+	// The cell ended on its own: its result is written, never rerun, for as
+	// long as the lease is ours.
+	p.settle(c, c.Finish(abort, quit, rec))
+}
+
+// settle logs how a claim ended when it did not end cleanly.
+func (p *Pipeline) settle(c *protocol.Claim, err error) {
+	switch {
+	case err == nil:
+	case errors.Is(err, protocol.ErrLost):
+		c.Log().Warn("lease taken over by another node; not finalising")
+	default:
+		c.Log().Warn("spec left to recovery", "err", err)
+	}
 }
 
 // runCell runs the supervisor on a private copy of the spec.
-func (p *Pipeline) runCell(ctx context.Context, c *cell) exec.Result {
+func (p *Pipeline) runCell(ctx context.Context, c *protocol.Claim) exec.Result {
 	f, err := os.CreateTemp("", "fleetd-spec-*.json") // mode 0600
 	if err != nil {
 		return exec.Result{ExitCode: -1, StartErr: fmt.Errorf("spec temp file: %w", err)}
 	}
 	defer os.Remove(f.Name())
-	_, werr := f.Write(c.body)
+	_, werr := f.Write(c.Body)
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}
@@ -358,84 +295,35 @@ func (p *Pipeline) runCell(ctx context.Context, c *cell) exec.Result {
 	p.cells.Add(1)
 	defer p.cells.Add(-1)
 	p.m.CellStarted()
-	c.log.Info("cell started")
-	res := p.runner.Run(ctx, f.Name(), c.id)
+	c.Log().Info("cell started")
+	res := p.runner.Run(ctx, f.Name(), c.ID())
 	p.m.CellEnded(res.Duration)
-	c.log.Info("cell ended", "result", res.String(), "duration_ms", res.Duration.Milliseconds())
+	c.Log().Info("cell ended", "result", res.String(), "duration_ms", res.Duration.Milliseconds())
 	return res
 }
 
-// finalize records the result and clears the claim. The lease write first
-// fences: if the lease was taken over, our late result must not land.
-func (p *Pipeline) finalize(c *cell, rec record) {
-	ctx := context.Background()
-	if !p.fence(c, leaseFinishing) {
-		p.m.Finished(metrics.Lost)
-		return
-	}
-	state := queue.Completed
-	if rec.outcome != "completed" {
-		state = queue.Failed
-	}
-	if _, err := p.store.Put(ctx, p.cfg.Layout.Key(state, c.id), c.body, queue.PutOptions{Metadata: rec.metadata()}); err != nil {
-		// The lease stays; recovery returns the spec to pending/ after the ttl.
-		c.log.Error("finalize: writing the result failed; recovery will requeue the spec", "err", err)
-		return
-	}
-	p.deleteOrLog(c.log, p.cfg.Layout.Key(queue.Claimed, c.id))
-	p.deleteOrLog(c.log, p.leaseKey(c.id))
-	switch {
-	case rec.outcome == "completed":
-		p.m.Finished(metrics.Completed)
-	case rec.reason == "timeout":
-		p.m.Finished(metrics.Timeout)
-	default:
-		p.m.Finished(metrics.Failed)
-	}
-	attrs := []any{"state", string(state), "attempt", c.attempts}
-	if rec.reason != "" {
-		attrs = append(attrs, "reason", rec.reason)
-	}
-	c.log.Info("spec finalised", attrs...)
-}
-
-// release puts a spec this node holds back in pending/ with its attempt count
-// unchanged, for a cell stopped by the drain rather than by its own fault.
-func (p *Pipeline) release(c *cell) {
-	if !p.fence(c, leaseReleasing) {
-		p.m.Finished(metrics.Lost)
-		return
-	}
-	p.requeue(c.log, c.id, c.body, c.attempts-1)
-}
-
-// requeue writes spec back to pending/ and clears claimed/ and the lease.
-func (p *Pipeline) requeue(log *slog.Logger, id string, body []byte, attempts int) {
-	ctx := context.Background()
-	meta := map[string]string{metaAttempts: strconv.Itoa(attempts)}
-	_, err := p.store.Put(ctx, p.cfg.Layout.Key(queue.Pending, id), body, queue.PutOptions{IfAbsent: true, Metadata: meta})
-	if err != nil && !errors.Is(err, queue.ErrPrecondition) {
-		log.Error("requeue: write to pending/ failed; recovery will retry", "err", err)
-		return
-	}
-	if err != nil {
-		// A pending/ spec of the same id exists (resubmitted, or never deleted
-		// by a claim that died); it stands for this one.
-		log.Info("requeue: pending/ already holds this id; keeping it")
-	}
-	p.deleteOrLog(log, p.cfg.Layout.Key(queue.Claimed, id))
-	p.deleteOrLog(log, p.leaseKey(id))
-	p.m.Finished(metrics.Released)
-	log.Info("spec returned to pending/", "attempts", attempts)
-}
-
-func (p *Pipeline) deleteOrLog(log *slog.Logger, key string) {
-	if err := p.store.Delete(context.Background(), key); err != nil {
-		log.Error("delete failed", "key", key, "err", err)
+// recoverLoop looks for the work of dead nodes every poll interval until ctx
+// ends.
+func (p *Pipeline) recoverLoop(ctx context.Context) {
+	for {
+		jitter := time.Duration(rand.Int64N(int64(p.cfg.PollInterval)/5 + 1))
+		t := time.NewTimer(p.cfg.PollInterval + jitter)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if !p.drain.Begin() {
+			return
+		}
+		err := p.proto.Recover(p.drain.Abort(), ctx.Done())
+		p.drain.End()
+		if err != nil && ctx.Err() == nil {
+			p.log.Warn("recovery scan failed; will retry", "err", err)
+		}
 	}
 }
-
-func (p *Pipeline) leaseKey(id string) string { return p.cfg.Layout.Key(queue.Leases, id) }
 
 // heartbeat logs the 0.5.1 heartbeat event until ctx ends.
 func (p *Pipeline) heartbeat(ctx context.Context) {

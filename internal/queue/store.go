@@ -6,7 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -22,16 +26,35 @@ import (
 var (
 	// ErrNotFound: the key does not exist (404).
 	ErrNotFound = errors.New("not found")
-	// ErrPrecondition: a conditional write lost (412): the key exists for
-	// If-None-Match, or its ETag changed for If-Match.
+	// ErrPrecondition: a conditional request lost (412): the key exists for
+	// If-None-Match, or its ETag is not the one given in If-Match.
 	ErrPrecondition = errors.New("precondition failed")
 	// ErrTooLarge: the object is larger than the limit given to Get.
 	ErrTooLarge = errors.New("object too large")
+	// ErrUnknown: a write may or may not have landed. An attempt failed without
+	// a definite answer (no response, timeout, 5xx) and no later attempt told
+	// us; a 412 after such an attempt may be the answer to our own write. The
+	// caller resolves it by reading the object back.
+	ErrUnknown = errors.New("outcome unknown")
 )
 
-// conflictRetries bounds retries of a conditional PUT answered 409
-// ConditionalRequestConflict (a concurrent write on the same key).
-const conflictRetries = 5
+// Policy is how the store retries. Every request attempt is bounded by
+// Timeout; failed attempts that may succeed if repeated (no response, timeout,
+// 5xx, 429, 409 conflict) are retried up to Attempts in all, after a backoff
+// with full jitter between BaseDelay and MaxDelay. There is no retry quota: a
+// long outage never turns retries off.
+type Policy struct {
+	Attempts  int
+	Timeout   time.Duration
+	BaseDelay time.Duration
+	MaxDelay  time.Duration
+	// SlowDown, if set, is told each time S3 asks this agent to slow down
+	// (503 SlowDown or 429).
+	SlowDown func()
+}
+
+// DefaultPolicy is used for the zero fields of a Policy.
+var DefaultPolicy = Policy{Attempts: 5, Timeout: 10 * time.Second, BaseDelay: 100 * time.Millisecond, MaxDelay: 5 * time.Second}
 
 // Object is what the store knows of one object.
 type Object struct {
@@ -61,27 +84,141 @@ type PutOptions struct {
 	Metadata map[string]string
 }
 
-// Store is one bucket of an S3-compatible object store.
+// Store is one bucket of an S3-compatible object store. The SDK client it is
+// given must not retry (aws.NopRetryer): the store retries itself, so it knows
+// when an outcome is unknown.
 type Store struct {
 	client *s3.Client
 	bucket string
+	policy Policy
+	// slow is the pause before each attempt, in nanoseconds: raised when S3
+	// says SlowDown, lowered by every success, so the agent backs off as a whole.
+	slow atomic.Int64
 }
 
-// New returns a store for bucket through client.
-func New(client *s3.Client, bucket string) *Store {
-	return &Store{client: client, bucket: bucket}
+// New returns a store for bucket through client; zero fields of policy take
+// DefaultPolicy's values.
+func New(client *s3.Client, bucket string, policy Policy) *Store {
+	if policy.Attempts <= 0 {
+		policy.Attempts = DefaultPolicy.Attempts
+	}
+	if policy.Timeout <= 0 {
+		policy.Timeout = DefaultPolicy.Timeout
+	}
+	if policy.BaseDelay <= 0 {
+		policy.BaseDelay = DefaultPolicy.BaseDelay
+	}
+	if policy.MaxDelay <= 0 {
+		policy.MaxDelay = DefaultPolicy.MaxDelay
+	}
+	return &Store{client: client, bucket: bucket, policy: policy}
+}
+
+// attempt is the outcome of one try of a request.
+type attempt int
+
+const (
+	done      attempt = iota // success, or a definite answer: stop
+	retry                    // definitely not applied: try again
+	ambiguous                // may have been applied: try again, remember it
+)
+
+// do runs fn until it succeeds, gives a definite answer, or runs out of
+// attempts; each attempt gets its own timeout. It returns fn's last error and
+// whether any failed attempt may have been applied by the server.
+func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) (err error, unsure bool) {
+	for i := 0; ; i++ {
+		if d := time.Duration(s.slow.Load()); d > 0 {
+			if werr := sleep(ctx, rand.N(d)+1); werr != nil {
+				return errors.Join(err, werr), unsure
+			}
+		}
+		actx, cancel := context.WithTimeout(ctx, s.policy.Timeout)
+		err = fn(actx)
+		cancel()
+		kind := classify(err)
+		s.adapt(err)
+		if kind == done {
+			return err, unsure
+		}
+		if kind == ambiguous {
+			unsure = true
+		}
+		if ctx.Err() != nil || i+1 >= s.policy.Attempts {
+			return err, unsure
+		}
+		backoff := min(s.policy.MaxDelay, s.policy.BaseDelay<<min(i, 20))
+		if werr := sleep(ctx, rand.N(backoff)+1); werr != nil {
+			return err, unsure
+		}
+	}
+}
+
+// adapt raises the agent-wide pause on SlowDown and lowers it on success.
+func (s *Store) adapt(err error) {
+	if status := httpStatus(err); status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+		if s.policy.SlowDown != nil {
+			s.policy.SlowDown()
+		}
+		cur := time.Duration(s.slow.Load())
+		s.slow.Store(int64(min(s.policy.MaxDelay, max(2*cur, 50*time.Millisecond))))
+		return
+	}
+	if err == nil {
+		if cur := s.slow.Load(); cur > 0 {
+			if cur < int64(time.Millisecond) {
+				cur = 0
+			}
+			s.slow.Store(cur / 2)
+		}
+	}
+}
+
+// classify tells whether an attempt's error is final and whether a write
+// could have been applied.
+func classify(err error) attempt {
+	if err == nil {
+		return done
+	}
+	status := httpStatus(err)
+	switch {
+	case status == http.StatusConflict: // ConditionalRequestConflict: not applied
+		return retry
+	case status == http.StatusTooManyRequests || status >= 500:
+		return ambiguous
+	case status != 0:
+		return done // a definite 4xx answer
+	}
+	var api smithy.APIError
+	if errors.As(err, &api) {
+		return done // an error document without a status: definite
+	}
+	// No response: reset, refused, timed out. The request may have landed.
+	return ambiguous
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // List calls fn with each page of the keys under prefix, in key order, one
 // ListObjectsV2 request per page; it never holds more than one page. It stops at
 // the first error, fn's included.
 func (s *Store) List(ctx context.Context, prefix string, fn func(Page) error) error {
-	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{
-		Bucket: &s.bucket,
-		Prefix: &prefix,
-	})
-	for p.HasMorePages() {
-		out, err := p.NextPage(ctx)
+	in := &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix}
+	for {
+		var out *s3.ListObjectsV2Output
+		err, _ := s.do(ctx, func(ctx context.Context) (err error) {
+			out, err = s.client.ListObjectsV2(ctx, in)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("s3: list %s: %w", prefix, mapError(err))
 		}
@@ -97,45 +234,65 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(Page) error) er
 		if err := fn(page); err != nil {
 			return err
 		}
+		if !aws.ToBool(out.IsTruncated) || aws.ToString(out.NextContinuationToken) == "" {
+			return nil
+		}
+		in.ContinuationToken = out.NextContinuationToken
 	}
-	return nil
 }
 
 // Get reads an object whole. An object over limit bytes is not read: the error
 // wraps ErrTooLarge and the returned Object has everything but the body.
 func (s *Store) Get(ctx context.Context, key string, limit int64) (Object, error) {
-	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
+	var o Object
+	err, _ := s.do(ctx, func(ctx context.Context) error {
+		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
+		if err != nil {
+			return err
+		}
+		defer out.Body.Close()
+		o = Object{
+			Key:          key,
+			ETag:         aws.ToString(out.ETag),
+			Size:         aws.ToInt64(out.ContentLength),
+			LastModified: aws.ToTime(out.LastModified),
+			Metadata:     out.Metadata,
+			ServerTime:   serverTime(out.ResultMetadata),
+		}
+		if o.Size > limit {
+			return nil
+		}
+		// Read one byte past the limit in case the length header was absent or wrong.
+		body, err := io.ReadAll(io.LimitReader(out.Body, limit+1))
+		if err != nil {
+			return fmt.Errorf("read body: %w", err)
+		}
+		if int64(len(body)) > limit {
+			o.Size = int64(len(body))
+			return nil
+		}
+		o.Body = body
+		return nil
+	})
 	if err != nil {
 		return Object{}, fmt.Errorf("s3: get %s: %w", key, mapError(err))
 	}
-	defer out.Body.Close()
-	o := Object{
-		Key:          key,
-		ETag:         aws.ToString(out.ETag),
-		Size:         aws.ToInt64(out.ContentLength),
-		LastModified: aws.ToTime(out.LastModified),
-		Metadata:     out.Metadata,
-		ServerTime:   serverTime(out.ResultMetadata),
-	}
-	if o.Size > limit {
+	if o.Body == nil && o.Size > 0 || o.Size > limit {
 		return o, fmt.Errorf("s3: get %s: %d bytes, limit %d: %w", key, o.Size, limit, ErrTooLarge)
 	}
-	// Read one byte past the limit in case the length header was absent or wrong.
-	body, err := io.ReadAll(io.LimitReader(out.Body, limit+1))
-	if err != nil {
-		return Object{}, fmt.Errorf("s3: get %s: read body: %w", key, err)
+	if o.Body == nil {
+		o.Body = []byte{}
 	}
-	if int64(len(body)) > limit {
-		o.Size = int64(len(body))
-		return o, fmt.Errorf("s3: get %s: over %d bytes: %w", key, limit, ErrTooLarge)
-	}
-	o.Body = body
 	return o, nil
 }
 
 // Head describes an object without reading it.
 func (s *Store) Head(ctx context.Context, key string) (Object, error) {
-	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key})
+	var out *s3.HeadObjectOutput
+	err, _ := s.do(ctx, func(ctx context.Context) (err error) {
+		out, err = s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key})
+		return err
+	})
 	if err != nil {
 		return Object{}, fmt.Errorf("s3: head %s: %w", key, mapError(err))
 	}
@@ -151,7 +308,9 @@ func (s *Store) Head(ctx context.Context, key string) (Object, error) {
 
 // Put writes body to key and returns the new ETag. A failed condition wraps
 // ErrPrecondition, including If-Match on a key that no longer exists (S3
-// answers that 404); a 409 conflict with a concurrent write is retried.
+// answers that 404). When an attempt may have landed and no later attempt
+// settled it, the error wraps ErrUnknown (and, if the last answer was 412,
+// ErrPrecondition too: callers check ErrUnknown first).
 func (s *Store) Put(ctx context.Context, key string, body []byte, opt PutOptions) (string, error) {
 	in := &s3.PutObjectInput{
 		Bucket:      &s.bucket,
@@ -165,33 +324,53 @@ func (s *Store) Put(ctx context.Context, key string, body []byte, opt PutOptions
 	if opt.IfMatch != "" {
 		in.IfMatch = aws.String(opt.IfMatch)
 	}
-	var err error
-	for range conflictRetries {
+	var etag string
+	err, unsure := s.do(ctx, func(ctx context.Context) error {
 		in.Body = bytes.NewReader(body)
-		var out *s3.PutObjectOutput
-		out, err = s.client.PutObject(ctx, in)
+		out, err := s.client.PutObject(ctx, in)
 		if err == nil {
-			return aws.ToString(out.ETag), nil
+			etag = aws.ToString(out.ETag)
 		}
-		if httpStatus(err) != http.StatusConflict {
-			break
-		}
+		return err
+	})
+	if err == nil {
+		return etag, nil
 	}
 	err = mapError(err)
 	if opt.IfMatch != "" && errors.Is(err, ErrNotFound) {
 		err = fmt.Errorf("%w: key gone: %w", ErrPrecondition, err)
 	}
+	if unsure && (classify(err) != done || errors.Is(err, ErrPrecondition) || ctx.Err() != nil) {
+		err = fmt.Errorf("%w: %w", ErrUnknown, err)
+	}
 	return "", fmt.Errorf("s3: put %s: %w", key, err)
 }
 
-// Copy copies src to dst within the bucket, replacing its metadata.
-func (s *Store) Copy(ctx context.Context, src, dst string, metadata map[string]string) error {
-	_, err := s.client.CopyObject(ctx, &s3.CopyObjectInput{
+// CopyOptions makes a COPY conditional on the source and sets the metadata
+// of the copy.
+type CopyOptions struct {
+	// SourceIfMatch: copy only if the source's ETag equals it.
+	SourceIfMatch string
+	Metadata      map[string]string
+}
+
+// Copy copies src to dst within the bucket, replacing its metadata. A source
+// that changed or is gone wraps ErrPrecondition or ErrNotFound.
+func (s *Store) Copy(ctx context.Context, src, dst string, opt CopyOptions) error {
+	in := &s3.CopyObjectInput{
 		Bucket:            &s.bucket,
 		Key:               &dst,
-		CopySource:        aws.String(s.bucket + "/" + src),
-		Metadata:          metadata,
+		CopySource:        aws.String(copySource(s.bucket, src)),
+		Metadata:          opt.Metadata,
 		MetadataDirective: "REPLACE",
+	}
+	if opt.SourceIfMatch != "" {
+		in.CopySourceIfMatch = aws.String(opt.SourceIfMatch)
+	}
+	// An unconditional write of the same bytes: repeating it is harmless.
+	err, _ := s.do(ctx, func(ctx context.Context) error {
+		_, err := s.client.CopyObject(ctx, in)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("s3: copy %s to %s: %w", src, dst, mapError(err))
@@ -199,13 +378,41 @@ func (s *Store) Copy(ctx context.Context, src, dst string, metadata map[string]s
 	return nil
 }
 
-// Delete removes key. Deleting a missing key is not an error.
-func (s *Store) Delete(ctx context.Context, key string) error {
-	_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.bucket, Key: &key})
-	if err != nil && !errors.Is(mapError(err), ErrNotFound) {
-		return fmt.Errorf("s3: delete %s: %w", key, mapError(err))
+// copySource is the x-amz-copy-source value: bucket/key, URL-encoded, as S3
+// requires (a key with %, +, a newline or an encoded slash would otherwise
+// name another object).
+func copySource(bucket, key string) string {
+	return url.PathEscape(bucket) + "/" + strings.ReplaceAll(url.PathEscape(key), "%2F", "/")
+}
+
+// Delete removes key if its ETag is ifMatch (any version when ifMatch is "").
+// A key already gone is not an error: S3 answers 404, some stores 204. Another
+// version under the key wraps ErrPrecondition; a delete whose outcome could
+// not be learnt wraps ErrUnknown.
+func (s *Store) Delete(ctx context.Context, key, ifMatch string) error {
+	in := &s3.DeleteObjectInput{Bucket: &s.bucket, Key: &key}
+	if ifMatch != "" {
+		in.IfMatch = aws.String(ifMatch)
 	}
-	return nil
+	err, unsure := s.do(ctx, func(ctx context.Context) error {
+		_, err := s.client.DeleteObject(ctx, in)
+		return err
+	})
+	if err == nil {
+		return nil
+	}
+	err = mapError(err)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case errors.Is(err, ErrPrecondition):
+		// Whether or not an earlier attempt of ours landed, the key now holds a
+		// version that is not the one we meant to delete.
+		return fmt.Errorf("s3: delete %s: %w", key, err)
+	case unsure || classify(err) != done:
+		return fmt.Errorf("s3: delete %s: %w: %w", key, ErrUnknown, err)
+	}
+	return fmt.Errorf("s3: delete %s: %w", key, err)
 }
 
 // mapError turns the S3 answers the protocol branches on into sentinels and
@@ -214,6 +421,8 @@ func mapError(err error) error {
 	var api smithy.APIError
 	if errors.As(err, &api) {
 		switch api.ErrorCode() {
+		case "NoSuchBucket":
+			return err // not a missing key: the whole queue is unreachable
 		case "NoSuchKey", "NotFound":
 			return fmt.Errorf("%w (%s)", ErrNotFound, api.ErrorCode())
 		case "PreconditionFailed":
@@ -289,4 +498,19 @@ func Observe(observe func(operation string, status int, d time.Duration)) func(*
 				return out, md, err
 			}), middleware.After)
 	}
+}
+
+// Refused reports whether S3 definitely refused a request with an answer no
+// retry will change: a 4xx other than the ones the protocol branches on
+// (access denied, no such bucket, bad signature, unknown access key).
+func Refused(err error) bool {
+	status := httpStatus(err)
+	return status >= 400 && status < 500 && status != http.StatusNotFound && status != http.StatusConflict &&
+		status != http.StatusPreconditionFailed && status != http.StatusTooManyRequests && status != http.StatusRequestTimeout ||
+		isCode(err, "NoSuchBucket")
+}
+
+func isCode(err error, code string) bool {
+	var api smithy.APIError
+	return errors.As(err, &api) && api.ErrorCode() == code
 }

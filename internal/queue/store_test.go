@@ -62,7 +62,7 @@ func newStore(t *testing.T) *Store {
 	if _, err := client.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: &name}); err != nil {
 		t.Fatal(err)
 	}
-	return New(client, name)
+	return New(client, name, Policy{})
 }
 
 func TestConditionalPut(t *testing.T) {
@@ -129,7 +129,7 @@ func TestGetHeadDeleteErrors(t *testing.T) {
 	if _, err := s.Head(ctx, "missing"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("head missing: %v", err)
 	}
-	if err := s.Delete(ctx, "missing"); err != nil {
+	if err := s.Delete(ctx, "missing", ""); err != nil {
 		t.Errorf("delete missing: %v", err)
 	}
 	if _, err := s.Put(ctx, "big", make([]byte, 100), PutOptions{}); err != nil {
@@ -139,7 +139,7 @@ func TestGetHeadDeleteErrors(t *testing.T) {
 	if !errors.Is(err, ErrTooLarge) || o.Size != 100 || o.Body != nil {
 		t.Errorf("get over limit = %+v, %v; want ErrTooLarge with the size", o, err)
 	}
-	if err := s.Copy(ctx, "big", "copy", map[string]string{"fleetd-reason": "r"}); err != nil {
+	if err := s.Copy(ctx, "big", "copy", CopyOptions{Metadata: map[string]string{"fleetd-reason": "r"}}); err != nil {
 		t.Fatal(err)
 	}
 	h, err := s.Head(ctx, "copy")
@@ -191,7 +191,7 @@ func TestRateLimitCoversEveryRequest(t *testing.T) {
 	if _, err := client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &name}); err != nil {
 		t.Fatal(err)
 	}
-	s := New(client, name)
+	s := New(client, name, Policy{})
 	if _, err := s.Put(ctx, "a", []byte("x"), PutOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,375 @@
+package protocol
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// Lease states, written for operators and recoverers to read; recovery decides
+// from the objects themselves, not from the state.
+const (
+	stateClaiming   = "claiming"   // acquired; pending/ not yet consumed
+	stateRunning    = "running"    // pending/ consumed; the cell may run
+	stateFinishing  = "finishing"  // writing the result
+	stateReleasing  = "releasing"  // returning the spec to pending/
+	stateRecovering = "recovering" // taken over from a stale holder
+	stateRejecting  = "rejecting"  // filing a bad spec under failed/
+	stateRequeueing = "requeueing" // fleetd requeue moving failed/ to pending/
+)
+
+// leaseBody is the body of leases/<id>.json.
+type leaseBody struct {
+	Node      string `json:"node"`
+	Token     string `json:"token"`
+	Nonce     string `json:"nonce"`
+	Epoch     int    `json:"epoch"`
+	TTLMillis int64  `json:"ttl_ms"`
+	// Attempts is the number of this claim's run, counting every run that
+	// may have started before it; it counts only once pending/ is consumed.
+	Attempts int    `json:"attempts"`
+	State    string `json:"state"`
+	// PendingETag is the pending/ version this claim consumes: while pending/
+	// still holds it, no run of this claim can have started.
+	PendingETag string `json:"pending_etag,omitempty"`
+	// FailedETag is the failed/ version a requeue moves back to pending/.
+	FailedETag string `json:"failed_etag,omitempty"`
+	// PrevToken is the token of the holder a recoverer took over from.
+	PrevToken string `json:"prev_token,omitempty"`
+	Written   string `json:"written"` // holder's clock; informational only
+}
+
+func (l leaseBody) ttl() time.Duration { return time.Duration(l.TTLMillis) * time.Millisecond }
+
+// LeaseInfo is what a lease says, for the queue tools.
+type LeaseInfo struct {
+	Node     string
+	Attempts int
+	State    string
+	Epoch    int
+}
+
+// ParseLease decodes a lease body.
+func ParseLease(b []byte) (LeaseInfo, error) {
+	var l leaseBody
+	if err := json.Unmarshal(b, &l); err != nil {
+		return LeaseInfo{}, fmt.Errorf("lease: %w", err)
+	}
+	return LeaseInfo{Node: l.Node, Attempts: l.Attempts, State: l.State, Epoch: l.Epoch}, nil
+}
+
+// Claim is this node's ownership of one spec: a lease it holds, kept alive by
+// a keeper goroutine from the lease's creation until it is deleted or given
+// up. Every write the holder makes goes through act, which makes it only
+// while the lease is valid by the holder's own clock, so it lands before any
+// other node could judge the lease stale.
+type Claim struct {
+	p     *Protocol
+	id    string
+	key   string // leases/<id>.json
+	log   *slog.Logger
+	token string
+
+	// Body and Attempt describe the spec, for the pipeline.
+	Body    []byte
+	Attempt int
+
+	claimedETag string // of claimed/, once written
+
+	mu         sync.Mutex
+	lease      leaseBody
+	etag       string    // of our last lease write that landed
+	validUntil time.Time // on our clock; zero: not valid
+	lost       bool      // taken over: final
+	changed    chan struct{}
+	fenced     chan struct{} // closed the first time validity lapses or the lease is lost
+	fencedOnce sync.Once
+	expiry     interface{ Stop() bool }
+
+	// writeMu orders the keeper's renewals and the final delete, so the
+	// delete is never raced by a renewal that would change the ETag.
+	writeMu    sync.Mutex
+	ended      bool // the lease was deleted; guarded by writeMu
+	stopKeeper context.CancelFunc
+	keeperDone chan struct{}
+}
+
+func (p *Protocol) newClaim(id string, l leaseBody, etag string, sent time.Time) *Claim {
+	c := &Claim{
+		p: p, id: id, key: p.cfg.Layout.Key(queue.Leases, id), token: l.Token,
+		log:     p.log.With("spec_id", id),
+		lease:   l,
+		etag:    etag,
+		changed: make(chan struct{}),
+		fenced:  make(chan struct{}),
+	}
+	c.renewed(etag, sent)
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stopKeeper = cancel
+	c.keeperDone = make(chan struct{})
+	go func() {
+		defer close(c.keeperDone)
+		c.keep(ctx)
+	}()
+	return c
+}
+
+// ID returns the spec id.
+func (c *Claim) ID() string { return c.id }
+
+// Fenced is closed once the holder may no longer act: the lease was not
+// renewed in time, or was taken over. A cell running under the claim must stop.
+func (c *Claim) Fenced() <-chan struct{} { return c.fenced }
+
+// Lost reports whether the lease was taken over.
+func (c *Claim) Lost() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lost
+}
+
+func (c *Claim) setState(s string) {
+	c.mu.Lock()
+	c.lease.State = s
+	c.mu.Unlock()
+}
+
+// renewed records a lease write that landed, sent at sent.
+func (c *Claim) renewed(etag string, sent time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.etag = etag
+	until := sent.Add(validFor(c.lease.ttl()))
+	if until.After(c.validUntil) {
+		c.validUntil = until
+	}
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
+	c.expiry = c.p.clock.AfterFunc(c.validUntil.Sub(c.p.clock.Now()), c.checkExpiry)
+	c.signal()
+}
+
+func (c *Claim) checkExpiry() {
+	c.mu.Lock()
+	lapsed := !c.p.clock.Now().Before(c.validUntil)
+	c.mu.Unlock()
+	if lapsed {
+		c.fencedOnce.Do(func() { close(c.fenced) })
+	}
+}
+
+func (c *Claim) markLost() {
+	c.mu.Lock()
+	c.lost = true
+	c.signal()
+	c.mu.Unlock()
+	c.fencedOnce.Do(func() { close(c.fenced) })
+}
+
+// signal wakes everyone waiting for a change; c.mu is held.
+func (c *Claim) signal() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// keep renews the lease every ttl/3 and, after a failed renewal, retries
+// sooner. It never gives up on its own: a renewal is a compare-and-swap, so
+// one that lands after a lapse proves nobody took the lease over.
+func (c *Claim) keep(ctx context.Context) {
+	ttl := c.lease.ttl()
+	wait := ttl / 3
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, ttl/3)
+		err := c.renew(rctx)
+		cancel()
+		switch {
+		case err == nil:
+			c.p.cfg.Metrics.LeaseRenewed()
+			wait = ttl / 3
+		case errors.Is(err, ErrLost):
+			c.log.Warn("lease taken over by another node; this node leaves the spec alone")
+			c.markLost()
+			return
+		case ctx.Err() != nil, errors.Is(err, errEnded):
+			return
+		default:
+			c.log.Warn("lease renewal failed; retrying", "err", err)
+			wait = min(ttl/10, time.Second)
+		}
+	}
+}
+
+var errEnded = errors.New("lease ended")
+
+// renew rewrites the lease with a fresh nonce, If-Match our last write.
+func (c *Claim) renew(ctx context.Context) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	if c.ended {
+		return errEnded
+	}
+	c.mu.Lock()
+	if c.lost {
+		c.mu.Unlock()
+		return ErrLost
+	}
+	l := c.lease
+	etag := c.etag
+	c.mu.Unlock()
+	return c.writeLease(ctx, l, etag)
+}
+
+// writeLease writes l over the lease whose ETag is etag and records it.
+func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error {
+	body, nonce := encodeLease(&l, c.p.clock.Now())
+	sent := c.p.clock.Now()
+	tag, err := c.p.store.Put(ctx, c.key, body, queue.PutOptions{IfMatch: etag})
+	if errors.Is(err, queue.ErrUnknown) {
+		// Our own write may have landed and its answer been lost: a retry of
+		// it then gets 412. Only reading the lease back tells.
+		tag, err = c.p.readBack(ctx, c.key, l.Token, nonce)
+	}
+	switch {
+	case err == nil:
+		c.mu.Lock()
+		c.lease.Nonce = l.Nonce
+		c.mu.Unlock()
+		c.renewed(tag, sent)
+		return nil
+	case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrNotFound):
+		return fmt.Errorf("%w: %w", ErrLost, err)
+	}
+	return err
+}
+
+// readBack resolves a lease write whose outcome is unknown: nil and the
+// ETag if the lease holds our nonce; ErrPrecondition if it holds another
+// write; ErrNotFound if there is none; any other error if we cannot tell.
+func (p *Protocol) readBack(ctx context.Context, key, token, nonce string) (string, error) {
+	o, err := p.store.Get(ctx, key, maxLeaseBytes)
+	if err != nil {
+		return "", err
+	}
+	var l leaseBody
+	if json.Unmarshal(o.Body, &l) == nil && l.Token == token && l.Nonce == nonce {
+		return o.ETag, nil
+	}
+	if l.Token == token {
+		// An earlier write of ours is what landed; this one did not. The
+		// caller retries from the ETag it has.
+		return "", fmt.Errorf("lease %s: our write did not land: %w", key, queue.ErrUnknown)
+	}
+	return "", fmt.Errorf("lease %s: held by token %q: %w", key, l.Token, queue.ErrPrecondition)
+}
+
+func encodeLease(l *leaseBody, now time.Time) (body []byte, nonce string) {
+	l.Nonce = newToken()
+	l.Written = now.UTC().Format(time.RFC3339Nano)
+	b, _ := json.Marshal(l) // strings and ints always encode
+	return b, l.Nonce
+}
+
+// act runs op while the lease is valid: it waits for a valid lease, gives op
+// a context that ends when the validity does, and repeats op until it gives a
+// definite answer. op must be safe to repeat. It returns ErrLost once the
+// lease is taken over, and ErrLeftToRecovery when ctx ends or, with quit
+// closed, when the lease is not valid.
+func (c *Claim) act(ctx context.Context, quit <-chan struct{}, what string, op func(ctx context.Context) error) error {
+	for try := 0; ; try++ {
+		until, err := c.waitValid(ctx, quit)
+		if err != nil {
+			return err
+		}
+		octx, cancel := context.WithDeadline(ctx, until)
+		err = op(octx)
+		cancel()
+		if definite(err) {
+			return err
+		}
+		c.log.Warn("protocol step failed; retrying while the lease is held", "step", what, "err", err)
+		select {
+		case <-ctx.Done():
+			return ErrLeftToRecovery
+		case <-time.After(min(time.Duration(100<<min(try, 6))*time.Millisecond, 5*time.Second)):
+		}
+	}
+}
+
+// waitValid returns when the lease is valid, with the end of its validity.
+func (c *Claim) waitValid(ctx context.Context, quit <-chan struct{}) (time.Time, error) {
+	for {
+		c.mu.Lock()
+		lost, until, changed := c.lost, c.validUntil, c.changed
+		c.mu.Unlock()
+		switch {
+		case lost:
+			return time.Time{}, ErrLost
+		case ctx.Err() != nil:
+			return time.Time{}, ErrLeftToRecovery
+		}
+		now := c.p.clock.Now()
+		if now.Before(until) {
+			return until, nil
+		}
+		select {
+		case <-quit:
+			return time.Time{}, ErrLeftToRecovery
+		default:
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+		case <-quit:
+		}
+	}
+}
+
+// end deletes the lease, the last step of every ownership, and stops the
+// keeper. A lease that cannot be deleted is left for recovery, which finds the
+// work already done.
+func (c *Claim) end(ctx context.Context, quit <-chan struct{}) {
+	err := c.act(ctx, quit, "delete lease", func(ctx context.Context) error {
+		c.writeMu.Lock()
+		defer c.writeMu.Unlock()
+		c.mu.Lock()
+		etag := c.etag
+		c.mu.Unlock()
+		err := c.p.store.Delete(ctx, c.key, etag)
+		if err == nil {
+			c.ended = true
+		}
+		return err
+	})
+	c.drop()
+	if err != nil {
+		c.log.Warn("lease not deleted; recovery will clear it", "err", err)
+	}
+}
+
+// drop stops the keeper without touching the lease.
+func (c *Claim) drop() {
+	c.stopKeeper()
+	<-c.keeperDone
+	c.mu.Lock()
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
+	c.mu.Unlock()
+}
+
+// Log returns the claim's logger, with its spec id.
+func (c *Claim) Log() *slog.Logger { return c.log }

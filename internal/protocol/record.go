@@ -1,0 +1,108 @@
+package protocol
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cellos/fleetd/internal/exec"
+)
+
+// Object metadata keys (sent as x-amz-meta-fleetd-*). The SDK lower-cases
+// metadata keys on read, so these are lower-case.
+const (
+	metaNode        = "fleetd-node"
+	metaAttempts    = "fleetd-attempts"
+	metaToken       = "fleetd-token"
+	metaPendingETag = "fleetd-pending-etag"
+	metaOutcome     = "fleetd-outcome"
+	metaReason      = "fleetd-reason"
+	metaStarted     = "fleetd-started"
+	metaFinished    = "fleetd-finished"
+	metaDurationMS  = "fleetd-duration-ms"
+	metaExitCode    = "fleetd-exit-code"
+	metaSignal      = "fleetd-signal"
+)
+
+// MetaAttempts is the metadata key of a pending spec's count of runs so far.
+const MetaAttempts = metaAttempts
+
+// Outcome is how a spec left a node. Completed goes to completed/, the others
+// that end a spec to failed/.
+type Outcome string
+
+// The outcomes, also the values of fleetd_cells_finished_total's label.
+const (
+	Completed Outcome = "completed"
+	Failed    Outcome = "failed"
+	Timeout   Outcome = "timeout"
+	Rejected  Outcome = "rejected"  // never run: a bad spec
+	Released  Outcome = "released"  // returned to pending/: drain, fencing or recovery
+	Abandoned Outcome = "abandoned" // max attempts reached
+	Lost      Outcome = "lost"      // lease taken over while this node held it
+)
+
+// Outcomes lists every outcome.
+var Outcomes = []Outcome{Completed, Failed, Timeout, Rejected, Released, Abandoned, Lost}
+
+// maxReason keeps a result record well inside S3's 2 KB metadata limit.
+const maxReason = 512
+
+// Record is the result record written as metadata on completed/ and failed/
+// objects, beside the unchanged spec bytes.
+type Record struct {
+	Outcome  Outcome
+	Reason   string
+	Started  time.Time
+	Finished time.Time
+	Result   *exec.Result
+
+	node     string
+	token    string
+	attempts int
+}
+
+func (r Record) metadata() map[string]string {
+	outcome := r.Outcome
+	if outcome == Timeout {
+		outcome = Failed // the reason says timeout; 0.5.1 readers know two outcomes
+	}
+	m := map[string]string{
+		metaNode:     r.node,
+		metaOutcome:  string(outcome),
+		metaFinished: r.Finished.UTC().Format(time.RFC3339Nano),
+		metaToken:    r.token,
+	}
+	if r.attempts > 0 {
+		m[metaAttempts] = strconv.Itoa(r.attempts)
+	}
+	if r.Reason != "" {
+		m[metaReason] = asciiHeader(r.Reason)
+	}
+	if !r.Started.IsZero() {
+		m[metaStarted] = r.Started.UTC().Format(time.RFC3339Nano)
+		m[metaDurationMS] = strconv.FormatInt(r.Finished.Sub(r.Started).Milliseconds(), 10)
+	}
+	if r.Result != nil && r.Result.StartErr == nil {
+		if r.Result.Signal != "" {
+			m[metaSignal] = r.Result.Signal
+		} else {
+			m[metaExitCode] = strconv.Itoa(r.Result.ExitCode)
+		}
+	}
+	return m
+}
+
+// asciiHeader makes s safe as an HTTP header value: printable ASCII, bounded.
+func asciiHeader(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, s)
+	if len(s) > maxReason {
+		s = s[:maxReason]
+	}
+	return s
+}

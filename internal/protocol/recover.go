@@ -1,0 +1,252 @@
+package protocol
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// Recover takes over the stale leases and lease-less claims it finds and
+// settles each spec: back to pending/, to failed/ after the maximum attempts,
+// or only cleaned up when its result is already written. Age is judged on the
+// server's clock: LastModified against the Date of the response. quit, when
+// closed, stops the scan.
+func (p *Protocol) Recover(ctx context.Context, quit <-chan struct{}) error {
+	// Claims are listed before leases: a claim whose lease appears in between
+	// is live (a holder writes its lease before its claim).
+	var orphans []queue.Object
+	err := p.store.List(ctx, p.cfg.Layout.Dir(queue.Claimed), func(page queue.Page) error {
+		for _, o := range page.Objects {
+			if page.ServerTime.Sub(o.LastModified) > staleAfter(p.cfg.TTL) {
+				orphans = append(orphans, o)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	leased := map[string]bool{}
+	var stale []string
+	err = p.store.List(ctx, p.cfg.Layout.Dir(queue.Leases), func(page queue.Page) error {
+		for _, o := range page.Objects {
+			id, ok := p.cfg.Layout.ID(queue.Leases, o.Key)
+			if !ok {
+				continue
+			}
+			leased[id] = true
+			// The lease's own ttl is checked after reading it; ours filters.
+			if page.ServerTime.Sub(o.LastModified) > staleAfter(MinTTL) {
+				stale = append(stale, id)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, id := range stale {
+		if stopped(ctx, quit) {
+			return nil
+		}
+		p.takeOverLease(ctx, quit, id)
+	}
+	for _, o := range orphans {
+		id, ok := p.cfg.Layout.ID(queue.Claimed, o.Key)
+		if !ok || leased[id] || stopped(ctx, quit) {
+			continue
+		}
+		p.takeOverOrphan(ctx, quit, id)
+	}
+	return nil
+}
+
+func stopped(ctx context.Context, quit <-chan struct{}) bool {
+	select {
+	case <-quit:
+		return true
+	default:
+		return ctx.Err() != nil
+	}
+}
+
+// takeOverLease replaces a stale lease with our own (compare-and-swap on its
+// ETag, so one recoverer wins and the old holder is fenced off), then settles
+// the spec.
+func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id string) {
+	log := p.log.With("spec_id", id)
+	key := p.cfg.Layout.Key(queue.Leases, id)
+	obj, err := p.store.Get(ctx, key, maxLeaseBytes)
+	if err != nil {
+		if !errors.Is(err, queue.ErrNotFound) {
+			log.Warn("recovery: read lease failed", "err", err)
+		}
+		return
+	}
+	var old leaseBody
+	if err := json.Unmarshal(obj.Body, &old); err != nil {
+		log.Warn("recovery: unreadable lease; taking it over", "err", err)
+	}
+	ttl := max(old.ttl(), MinTTL)
+	age := obj.ServerTime.Sub(obj.LastModified)
+	if age <= staleAfter(ttl) {
+		return // renewed since the listing, or a longer ttl than ours
+	}
+	mine := leaseBody{Node: p.cfg.Node, Token: newToken(), Epoch: old.Epoch + 1, TTLMillis: p.cfg.TTL.Milliseconds(),
+		Attempts: old.Attempts, State: stateRecovering, PendingETag: old.PendingETag, PrevToken: old.Token}
+	body, nonce := encodeLease(&mine, p.clock.Now())
+	sent := p.clock.Now()
+	etag, err := p.store.Put(ctx, key, body, queue.PutOptions{IfMatch: obj.ETag})
+	if errors.Is(err, queue.ErrUnknown) {
+		etag, err = p.readBack(ctx, key, mine.Token, nonce)
+	}
+	if err != nil {
+		if errors.Is(err, queue.ErrPrecondition) || errors.Is(err, queue.ErrNotFound) {
+			log.Debug("recovery: lease changed under us; another node has it")
+		} else {
+			log.Warn("recovery: lease takeover failed", "err", err)
+		}
+		return
+	}
+	p.cfg.Metrics.LeaseTakenOver()
+	log.Warn("recovery: took over a stale lease", "holder", old.Node, "holder_state", old.State,
+		"lease_age_ms", age.Milliseconds(), "epoch", mine.Epoch)
+	c := p.newClaim(id, mine, etag, sent)
+	if old.State == stateRequeueing {
+		p.finishRequeue(ctx, quit, c, old.FailedETag)
+		return
+	}
+	p.settle(ctx, quit, c, old.Token, old.PendingETag, old.Attempts)
+}
+
+// takeOverOrphan handles a claim with no lease: a claimed/ write that landed
+// after its claim was given up, or a node of another kind. Creating the lease
+// ourselves (create-only) makes it ours.
+func (p *Protocol) takeOverOrphan(ctx context.Context, quit <-chan struct{}, id string) {
+	log := p.log.With("spec_id", id)
+	c, err := p.acquire(ctx, id, leaseBody{State: stateRecovering})
+	if err != nil {
+		if !errors.Is(err, ErrHeld) {
+			log.Warn("recovery: lease for an orphaned claim failed", "err", err)
+		}
+		return
+	}
+	// Read the claim under our lease: nobody changes it from here on.
+	var o queue.Object
+	err = c.act(ctx, quit, "read orphaned claim", func(ctx context.Context) (err error) {
+		o, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Claimed, id))
+		return err
+	})
+	if errors.Is(err, queue.ErrNotFound) {
+		c.end(ctx, quit) // finished and cleared since the listing
+		return
+	}
+	if err != nil {
+		c.drop()
+		return
+	}
+	p.cfg.Metrics.LeaseTakenOver()
+	log.Warn("recovery: claim without a lease; settling it")
+	attempts, _ := strconv.Atoi(o.Metadata[metaAttempts])
+	p.settle(ctx, quit, c, o.Metadata[metaToken], o.Metadata[metaPendingETag], attempts)
+}
+
+// settle decides, under our lease, what becomes of a spec whose holder
+// (token prev) stopped: nothing to return if it never consumed pending/, only
+// cleanup if its result is written, otherwise back to pending/ or, with its
+// attempts used up, to failed/.
+func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, prev, pendingETag string, attempts int) {
+	id := c.id
+	var pending queue.Object
+	err := c.act(ctx, quit, "check pending", func(ctx context.Context) (err error) {
+		pending, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Pending, id))
+		return err
+	})
+	consumed := errors.Is(err, queue.ErrNotFound) || err == nil && pendingETag != "" && pending.ETag != pendingETag
+	if err != nil && !errors.Is(err, queue.ErrNotFound) {
+		p.leave(c, err)
+		return
+	}
+	if prev != "" {
+		for _, s := range []queue.State{queue.Completed, queue.Failed} {
+			var res queue.Object
+			err := c.act(ctx, quit, "check result", func(ctx context.Context) (err error) {
+				res, err = p.store.Head(ctx, p.cfg.Layout.Key(s, id))
+				return err
+			})
+			if err != nil && !errors.Is(err, queue.ErrNotFound) {
+				p.leave(c, err)
+				return
+			}
+			if err == nil && res.Metadata[metaToken] == prev {
+				c.log.Info("recovery: result already written; clearing the claim", "state", string(s))
+				p.adoptClaimed(ctx, quit, c)
+				c.clearClaimed(ctx, quit)
+				c.end(ctx, quit)
+				return
+			}
+		}
+	}
+	if !consumed {
+		// The holder stopped before consuming pending/: no run started, and
+		// pending/ still holds the spec. Only the claim goes.
+		c.log.Info("recovery: the claim never started; pending/ still holds the spec")
+		p.adoptClaimed(ctx, quit, c)
+		c.clearClaimed(ctx, quit)
+		c.end(ctx, quit)
+		return
+	}
+	var claimed queue.Object
+	err = c.act(ctx, quit, "read claimed", func(ctx context.Context) (err error) {
+		claimed, err = p.store.Get(ctx, p.cfg.Layout.Key(queue.Claimed, id), recoverLimit)
+		return err
+	})
+	if errors.Is(err, queue.ErrNotFound) {
+		c.log.Warn("recovery: no claimed/ spec and no result of the holder; removing the lease")
+		c.end(ctx, quit)
+		return
+	}
+	if err != nil {
+		p.leave(c, err)
+		return
+	}
+	c.claimedETag, c.Body, c.Attempt = claimed.ETag, claimed.Body, attempts
+	if attempts < p.cfg.MaxAttempts {
+		if err := c.Release(ctx, quit, true); err != nil {
+			p.leave(c, err)
+		}
+		return
+	}
+	rec := Record{Outcome: Abandoned, Reason: fmt.Sprintf("abandoned after %d attempts", attempts), Finished: time.Now()}
+	if err := c.Finish(ctx, quit, rec); err != nil {
+		p.leave(c, err)
+	}
+}
+
+// adoptClaimed learns claimed/'s ETag so the cleanup deletes only that.
+func (p *Protocol) adoptClaimed(ctx context.Context, quit <-chan struct{}, c *Claim) {
+	err := c.act(ctx, quit, "read claimed", func(ctx context.Context) error {
+		o, err := p.store.Head(ctx, p.cfg.Layout.Key(queue.Claimed, c.id))
+		if err == nil {
+			c.claimedETag = o.ETag
+		}
+		return err
+	})
+	if err != nil && !errors.Is(err, queue.ErrNotFound) {
+		c.log.Warn("recovery: read claimed/ failed", "err", err)
+	}
+}
+
+// leave stops acting on a recovered claim; the lease goes stale and the next
+// scan, here or elsewhere, picks it up.
+func (p *Protocol) leave(c *Claim, err error) {
+	c.drop()
+	if !errors.Is(err, ErrLost) && !errors.Is(err, ErrLeftToRecovery) {
+		c.log.Warn("recovery: stopped; the next scan retries", "err", err)
+	}
+}
