@@ -86,7 +86,7 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 		err = fmt.Errorf("%s: %w", spec.Key, ErrGone)
 	}
 	if err != nil {
-		p.giveBack(ctx, quit, c, err)
+		p.giveBack(ctx, quit, c, false, err)
 		return nil, err
 	}
 
@@ -100,7 +100,7 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 		return err
 	})
 	if err != nil {
-		p.giveBack(ctx, quit, c, err)
+		p.giveBack(ctx, quit, c, false, err)
 		return nil, err
 	}
 
@@ -116,8 +116,8 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 		// on its own; the version we claimed runs now.
 		c.log.Info("pending spec replaced during the claim; the new version stays pending")
 	case err != nil:
-		// Unknown whether pending/ is gone: Release puts it back if it is.
-		p.giveBack(ctx, quit, c, err)
+		// Unknown whether pending/ is gone: put it back if it is.
+		p.giveBack(ctx, quit, c, true, err)
 		return nil, err
 	}
 	c.setState(stateRunning)
@@ -125,17 +125,23 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 	return c, nil
 }
 
-// giveBack undoes a claim that did not reach the run: whatever it consumed
-// goes back to pending/, then the claim ends.
-func (p *Protocol) giveBack(ctx context.Context, quit <-chan struct{}, c *Claim, cause error) {
+// giveBack undoes a claim that did not reach the run, then ends it. Only a
+// claim that may have consumed pending/ writes it back: one that found
+// pending/ gone must not, or it would resurrect a spec another node finished.
+func (p *Protocol) giveBack(ctx context.Context, quit <-chan struct{}, c *Claim, consumed bool, cause error) {
 	if errors.Is(cause, ErrLost) || errors.Is(cause, ErrLeftToRecovery) {
 		c.drop()
 		return
 	}
 	c.log.Debug("claim abandoned before the run", "err", cause)
-	if err := c.release(ctx, quit, c.Attempt-1); err != nil {
-		c.log.Warn("claim not undone; recovery will", "err", err)
+	if consumed {
+		if err := c.release(ctx, quit, c.Attempt-1); err != nil {
+			c.log.Warn("claim not undone; recovery will", "err", err)
+		}
+		return
 	}
+	c.clearClaimed(ctx, quit)
+	c.end(ctx, quit)
 }
 
 // Finish records the result of the run and ends the claim: the result under
