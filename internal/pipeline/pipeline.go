@@ -90,6 +90,7 @@ func New(cfg Config, store Store, runner Runner, d *drain.Drainer) *Pipeline {
 		Slots:    cfg.Concurrency,
 		Interval: cfg.PollInterval,
 		Logger:   cfg.Logger,
+		Bounced:  cfg.Metrics.ListingBounced,
 	})
 	return p
 }
