@@ -38,15 +38,19 @@ var (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Getenv, os.Environ(), os.Stdout, os.Stderr))
 }
 
 // run is fleetd's whole life: configure, work until signalled, drain. It
 // returns the exit code: 0 after a drain, 1 on a runtime failure, 2 on bad
-// usage or configuration.
-func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+// usage or configuration. environ is only searched for misspelt settings.
+func run(args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) int {
+	unknown := unknownVariables(environ)
 	if len(args) > 0 {
 		if t, ok := tools[args[0]]; ok {
+			if len(unknown) > 0 {
+				fmt.Fprintf(stderr, "fleetd: warning: unknown variables ignored: %s\n", describeUnknown(unknown))
+			}
 			return runTool(t, args[1:], getenv, stdout, stderr)
 		}
 	}
@@ -57,6 +61,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	switch {
 	case err != nil:
 		fmt.Fprintf(stderr, "fleetd: %v\n", err)
+		if len(unknown) > 0 {
+			fmt.Fprintf(stderr, "fleetd: warning: unknown variables ignored: %s\n", describeUnknown(unknown))
+		}
 		if errors.As(err, new(usageError)) {
 			return 2
 		}
@@ -73,6 +80,10 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 2
 	}
 	log := newLogger(cfg, stderr).With("node", cfg.NodeID)
+	if len(unknown) > 0 {
+		// Keyed by the unknown variable, valued by the closest known one.
+		log.Warn("unknown variables ignored", "did_you_mean", unknown)
+	}
 	m := metrics.New(cfg.Concurrency, version, shortRevision())
 
 	client, err := newS3Client(cfg, getenv, m)
