@@ -116,7 +116,7 @@ func run(args []string, getenv func(string) string, environ []string, stdout, st
 		CellTimeout:  cfg.CellTimeout,
 		Logger:       log,
 		Metrics:      m,
-	}, store, &exec.Runner{Path: supervisor, Grace: cfg.StopGrace, Stdout: stdout, Stderr: stderr}, d)
+	}, store, newRunner(cfg, supervisor, getenv, stdout, stderr), d)
 
 	log.Info("fleetd starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
@@ -169,6 +169,33 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// newRunner builds the supervisor runner. In JSON log mode each relayed line
+// is a JSON record on the stream it came from, so the log stays parseable
+// whatever a supervisor prints; in text mode lines pass through prefixed with
+// the spec id. The supervisor inherits fleetd's environment, secrets included,
+// so their values are redacted from what it prints.
+func newRunner(cfg Config, supervisor string, getenv func(string) string, stdout, stderr io.Writer) *exec.Runner {
+	r := &exec.Runner{Path: supervisor, Grace: cfg.StopGrace, Stdout: stdout, Stderr: stderr}
+	for _, name := range []string{"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"} {
+		if v := getenv(name); v != "" {
+			r.Redact = append(r.Redact, v)
+		}
+	}
+	if cfg.LogFormat == "json" {
+		// Their own handlers: supervisor output is relayed at every log level.
+		out := slog.New(slog.NewJSONHandler(stdout, nil)).With("node", cfg.NodeID)
+		errOut := slog.New(slog.NewJSONHandler(stderr, nil)).With("node", cfg.NodeID)
+		r.Lines = func(specID, stream, line string) {
+			log := out
+			if stream == "stderr" {
+				log = errOut
+			}
+			log.Info("supervisor output", "spec_id", specID, "stream", stream, "line", line)
+		}
+	}
+	return r
 }
 
 func newS3Client(cfg Config, getenv func(string) string, m *metrics.Metrics) (*s3.Client, error) {
