@@ -5,7 +5,11 @@ package main
 // processes, and tools facing a missing bucket.
 
 import (
+	"bytes"
 	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -120,5 +124,53 @@ func TestRelayedOutputCannotForgeLogLines(t *testing.T) {
 				t.Errorf("no relayed record with %v among %v", want, relayed)
 			}
 		})
+	}
+}
+
+// runToolWith runs a fleetd subcommand with the test server's environment and
+// vars over it, and returns its exit code and stderr.
+func runToolWith(t *testing.T, vars []string, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(env.fleetd, args...)
+	cmd.Env = append(append(os.Environ(), env.server.Env()...), vars...)
+	var errOut bytes.Buffer
+	cmd.Stderr = &errOut
+	err := cmd.Run()
+	if _, ok := err.(*exec.ExitError); err != nil && !ok {
+		t.Fatalf("run fleetd %v: %v", args, err)
+	}
+	return cmd.ProcessState.ExitCode(), errOut.String()
+}
+
+func TestToolsNameTheRealCause(t *testing.T) {
+	t.Parallel()
+	spec := writeFile(t, "job.json", `{"spec":{"id":"job-1"}}`)
+	missing := []string{"CELLOS_FLEET_BUCKET=no-such-bucket-here"}
+	for _, args := range [][]string{{"inspect", "job-1"}, {"status"}, {"requeue", "job-1"}, {"submit", spec}} {
+		if code, errOut := runToolWith(t, missing, args...); code != 1 || !strings.Contains(errOut, "no such bucket") {
+			t.Errorf("%v on a missing bucket = %d %q, want 1 naming the missing bucket", args, code, errOut)
+		}
+	}
+	if _, errOut := runToolWith(t, missing, "inspect", "job-1"); !strings.Contains(errOut, `bucket "no-such-bucket-here" does not exist`) {
+		t.Errorf("inspect on a missing bucket: %q, want the bucket named", errOut)
+	}
+
+	b := newBucket(t)
+	existing := []string{"CELLOS_FLEET_BUCKET=" + b.name}
+	if code, errOut := runToolWith(t, existing, "inspect", "job-1"); code != 1 || !strings.Contains(errOut, "spec job-1 not found") {
+		t.Errorf("inspect of a missing spec = %d %q, want 1 and not found", code, errOut)
+	}
+	wrongSecret := append(existing, "AWS_SECRET_ACCESS_KEY=wrong-secret")
+	if code, errOut := runToolWith(t, wrongSecret, "inspect", "job-1"); code != 1 || !strings.Contains(errOut, "access denied") {
+		t.Errorf("inspect with a wrong secret = %d %q, want 1 and access denied", code, errOut)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + ln.Addr().String()
+	ln.Close() // nothing listens there now
+	if code, errOut := runToolWith(t, append(existing, "AWS_ENDPOINT_URL_S3="+dead), "inspect", "job-1"); code != 1 || !strings.Contains(errOut, "cannot reach the S3 endpoint ("+dead+")") {
+		t.Errorf("inspect with S3 unreachable = %d %q, want 1 and the endpoint named", code, errOut)
 	}
 }

@@ -27,6 +27,11 @@ var (
 	ErrPrecondition = errors.New("precondition failed")
 	// ErrTooLarge: the object is larger than the limit given to Get.
 	ErrTooLarge = errors.New("object too large")
+	// ErrNoSuchBucket: the bucket does not exist. Not ErrNotFound: a key is
+	// not "gone" when its bucket is.
+	ErrNoSuchBucket = errors.New("no such bucket")
+	// ErrAccessDenied: the store refused the credentials or the request (403).
+	ErrAccessDenied = errors.New("access denied")
 )
 
 // conflictRetries bounds retries of a conditional PUT answered 409
@@ -218,9 +223,13 @@ func mapError(err error) error {
 			return fmt.Errorf("%w (%s)", ErrNotFound, api.ErrorCode())
 		case "PreconditionFailed":
 			return fmt.Errorf("%w (%s)", ErrPrecondition, api.ErrorCode())
+		case "NoSuchBucket":
+			return fmt.Errorf("%w: %w", ErrNoSuchBucket, err)
 		}
 	}
 	switch httpStatus(err) {
+	case http.StatusForbidden:
+		return fmt.Errorf("%w: %w", ErrAccessDenied, err)
 	case http.StatusNotFound:
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
 	case http.StatusPreconditionFailed:
