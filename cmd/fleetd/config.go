@@ -5,10 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -152,13 +154,17 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 	cfg.QueueName = strings.TrimSpace(get("queue-name").raw)
 	cfg.PoolID = strings.TrimSpace(get("pool-id").raw)
 	cfg.Supervisor = get("supervisor").raw
-	cfg.NodeID = strings.TrimSpace(get("node-id").raw)
-	if cfg.NodeID == "" {
+	nodeID := get("node-id")
+	cfg.NodeID = strings.TrimSpace(nodeID.raw)
+	switch {
+	case cfg.NodeID == "":
 		h, err := os.Hostname()
 		if err != nil {
 			return cfg, nil, fmt.Errorf("node id: no CELLOS_FLEET_NODE_ID and no hostname: %w", err)
 		}
-		cfg.NodeID = h
+		cfg.NodeID = sanitizeNodeID(h)
+	case !validNodeID(cfg.NodeID):
+		p.fail(nodeID, fmt.Sprintf("1 to %d printable ASCII characters, no spaces", maxNodeID))
 	}
 	cfg.PollInterval = p.millis(get("poll-interval-ms"), 1)
 	cfg.Heartbeat = p.millis(get("heartbeat-interval-ms"), 1)
@@ -196,6 +202,103 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 		cfg.S3Burst = max(1, int(math.Ceil(cfg.S3RPS)))
 	}
 	return cfg, positional, nil
+}
+
+// maxNodeID bounds the node id, which every claim, lease and log line carries.
+const maxNodeID = 128
+
+// validNodeID reports whether s may be a node id: printable ASCII without
+// spaces. It travels in x-amz-meta-* headers, where net/http refuses control
+// characters (every claim would fail), and in every log line.
+func validNodeID(s string) bool {
+	if s == "" || len(s) > maxNodeID {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// sanitizeNodeID makes a valid node id of a hostname: each character a node id
+// may not hold becomes '-', so a non-ASCII hostname still gives a default.
+func sanitizeNodeID(host string) string {
+	var b strings.Builder
+	for _, r := range host {
+		if r <= ' ' || r > '~' {
+			r = '-'
+		}
+		b.WriteRune(r)
+	}
+	s := b.String()
+	if len(s) > maxNodeID {
+		s = s[:maxNodeID]
+	}
+	if s == "" {
+		s = "-"
+	}
+	return s
+}
+
+// unknownVariables maps each CELLOS_FLEET_* variable in environ that fleetd
+// does not read to the known one closest to it: a misspelt setting would
+// otherwise be ignored without a word.
+func unknownVariables(environ []string) map[string]string {
+	const prefix = "CELLOS_FLEET_"
+	var known []string
+	for _, s := range settings {
+		if strings.HasPrefix(s.env, prefix) {
+			known = append(known, s.env)
+		}
+	}
+	unknown := map[string]string{}
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, prefix) || slices.Contains(known, name) {
+			continue
+		}
+		best, bestDist := "", math.MaxInt
+		for _, k := range known {
+			if d := levenshtein(name, k); d < bestDist {
+				best, bestDist = k, d
+			}
+		}
+		unknown[name] = best
+	}
+	return unknown
+}
+
+// describeUnknown renders unknownVariables' result as one line, sorted.
+func describeUnknown(unknown map[string]string) string {
+	names := slices.Sorted(maps.Keys(unknown))
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = fmt.Sprintf("%s (did you mean %s?)", n, unknown[n])
+	}
+	return strings.Join(parts, ", ")
+}
+
+// levenshtein is the edit distance between a and b, in bytes.
+func levenshtein(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // parseInterleaved parses flags placed before, between or after positional

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -87,7 +88,7 @@ func TestParseConfigErrorsNameTheSetting(t *testing.T) {
 			env[k] = v
 		}
 		var stdout, stderr bytes.Buffer
-		code := run(tt.args, envOf(env), &stdout, &stderr)
+		code := run(tt.args, envOf(env), nil, &stdout, &stderr)
 		if code != 2 || !strings.Contains(stderr.String(), tt.want) || strings.Count(stderr.String(), "\n") != 1 {
 			t.Errorf("run(%v, %v) = %d, stderr %q; want 2 and one line containing %q", tt.args, tt.env, code, stderr.String(), tt.want)
 		}
@@ -98,7 +99,7 @@ func TestRunVersionReadsNoConfig(t *testing.T) {
 	for _, arg := range []string{"--version", "-V"} {
 		var stdout, stderr bytes.Buffer
 		// No bucket, a bad value: --version must not look.
-		code := run([]string{arg}, envOf(map[string]string{"CELLOS_FLEET_CONCURRENCY": "bad"}), &stdout, &stderr)
+		code := run([]string{arg}, envOf(map[string]string{"CELLOS_FLEET_CONCURRENCY": "bad"}), nil, &stdout, &stderr)
 		out := stdout.String()
 		if code != 0 || !strings.HasPrefix(out, "fleetd "+version+" (") || !strings.HasSuffix(out, ")\n") || stderr.Len() != 0 {
 			t.Errorf("run(%s) = %d, %q, %q", arg, code, out, stderr.String())
@@ -108,7 +109,7 @@ func TestRunVersionReadsNoConfig(t *testing.T) {
 
 func TestRunHelpListsEverySetting(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"--help"}, envOf(nil), &stdout, &stderr); code != 0 {
+	if code := run([]string{"--help"}, envOf(nil), nil, &stdout, &stderr); code != 0 {
 		t.Fatalf("--help exit %d", code)
 	}
 	for _, s := range settings {
@@ -124,7 +125,7 @@ func TestRunHelpListsEverySetting(t *testing.T) {
 func TestRunRefusesMissingSupervisor(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	env := map[string]string{"CELLOS_FLEET_BUCKET": "b", "CELLOS_FLEET_SUPERVISOR": "/nonexistent/cellos-supervisor"}
-	if code := run(nil, envOf(env), &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "CELLOS_FLEET_SUPERVISOR") {
+	if code := run(nil, envOf(env), nil, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "CELLOS_FLEET_SUPERVISOR") {
 		t.Errorf("run = %d, %q; want 2 naming CELLOS_FLEET_SUPERVISOR", code, stderr.String())
 	}
 }
@@ -135,5 +136,113 @@ func TestVersionString(t *testing.T) {
 	revision = "0123456789abcdef"
 	if got, want := versionString(), "fleetd "+version+" (0123456)"; got != want {
 		t.Errorf("versionString = %q, want %q", got, want)
+	}
+}
+
+func TestNodeID(t *testing.T) {
+	long := strings.Repeat("n", maxNodeID)
+	tests := []struct {
+		id    string
+		valid bool
+	}{
+		{"node-1", true},
+		{"host.example.com", true},
+		{"a_b:c@d/e", true},
+		{long, true},
+		{long + "n", false},
+		{"a\nb", false},
+		{"a\x00b", false},
+		{"a\x7fb", false},
+		{"a b", false},
+		{"a\tb", false},
+		{"nœud", false},
+		{"\xff", false},
+	}
+	for _, tt := range tests {
+		env := map[string]string{"CELLOS_FLEET_BUCKET": "b", "CELLOS_FLEET_NODE_ID": tt.id}
+		cfg, _, err := parseConfig(nil, envOf(env), &bytes.Buffer{}, nil)
+		if tt.valid {
+			if err != nil || cfg.NodeID != tt.id {
+				t.Errorf("node id %q: %v, node %q; want accepted", tt.id, err, cfg.NodeID)
+			}
+			continue
+		}
+		// A bad setting parsed after the node id keeps run from starting the
+		// agent if the node id is let through.
+		env["CELLOS_FLEET_LOG_FORMAT"] = "xml"
+		var stdout, stderr bytes.Buffer
+		if code := run(nil, envOf(env), nil, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "invalid CELLOS_FLEET_NODE_ID=") {
+			t.Errorf("node id %q: run = %d, %q; want 2 naming CELLOS_FLEET_NODE_ID", tt.id, code, stderr.String())
+		}
+		delete(env, "CELLOS_FLEET_NODE_ID")
+		stderr.Reset()
+		if code := run([]string{"--node-id", tt.id}, envOf(env), nil, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "invalid --node-id=") {
+			t.Errorf("--node-id %q: run = %d, %q; want 2 naming --node-id", tt.id, code, stderr.String())
+		}
+	}
+}
+
+func TestSanitizeNodeID(t *testing.T) {
+	tests := []struct{ host, want string }{
+		{"runner-7", "runner-7"},
+		{"hôte-7", "h-te-7"},
+		{"日本", "--"},
+		{"a b\tc", "a-b-c"},
+		{"x\xffy", "x-y"},
+		{strings.Repeat("h", 300), strings.Repeat("h", maxNodeID)},
+		{"", "-"},
+	}
+	for _, tt := range tests {
+		got := sanitizeNodeID(tt.host)
+		if got != tt.want || !validNodeID(got) {
+			t.Errorf("sanitizeNodeID(%q) = %q (valid %v), want %q", tt.host, got, validNodeID(got), tt.want)
+		}
+	}
+}
+
+func TestUnknownVariables(t *testing.T) {
+	environ := []string{
+		"CELLOS_FLEET_CONCURENCY=8",
+		"CELLOS_FLEET_BUCKET=b",
+		"CELLOS_FLEET_POLL_INTERVAL=100",
+		"CELLOS_FLEET_NODEID=n",
+		"CELLOS_FLEET_LOGLEVEL=debug",
+		"CELLOS_FLEET_BUKET=x",
+		"CELLOS_SUPERVISOR_FOO=1", // not fleetd's
+		"PATH=/bin",
+	}
+	want := map[string]string{
+		"CELLOS_FLEET_CONCURENCY":    "CELLOS_FLEET_CONCURRENCY",
+		"CELLOS_FLEET_POLL_INTERVAL": "CELLOS_FLEET_POLL_INTERVAL_MS",
+		"CELLOS_FLEET_NODEID":        "CELLOS_FLEET_NODE_ID",
+		"CELLOS_FLEET_LOGLEVEL":      "CELLOS_FLEET_LOG_LEVEL",
+		"CELLOS_FLEET_BUKET":         "CELLOS_FLEET_BUCKET",
+	}
+	got := unknownVariables(environ)
+	if !maps.Equal(got, want) {
+		t.Errorf("unknownVariables = %v, want %v", got, want)
+	}
+	if len(unknownVariables([]string{"CELLOS_FLEET_BUCKET=b", "HOME=/root"})) != 0 {
+		t.Error("known variables reported as unknown")
+	}
+
+	// A tool warns once on stderr, naming each unknown variable and its match.
+	var stdout, stderr bytes.Buffer
+	run([]string{"status", "--help"}, envOf(nil), environ, &stdout, &stderr)
+	line := stderr.String()
+	if strings.Count(line, "\n") != 1 || !strings.Contains(line, "CELLOS_FLEET_CONCURENCY (did you mean CELLOS_FLEET_CONCURRENCY?)") ||
+		!strings.Contains(line, "CELLOS_FLEET_NODEID (did you mean CELLOS_FLEET_NODE_ID?)") {
+		t.Errorf("tool stderr = %q, want one warning line naming every unknown variable", line)
+	}
+}
+
+func TestLevenshtein(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		want int
+	}{{"", "", 0}, {"a", "", 1}, {"", "abc", 3}, {"kitten", "sitting", 3}, {"CONCURENCY", "CONCURRENCY", 1}, {"ab", "ba", 2}} {
+		if got := levenshtein(tt.a, tt.b); got != tt.want {
+			t.Errorf("levenshtein(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
 	}
 }

@@ -81,7 +81,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("spec file %s not removed after the cell (stat: %v)", e.path, err)
 		}
 	}
-	if a.stdout.count("[ok-1] running ok-1") != 1 {
+	if a.stdout.count(`"spec_id":"ok-1","stream":"stdout","line":"running ok-1"`) != 1 {
 		t.Errorf("supervisor stdout not passed through with the spec id:\n%s", a.stdout.text())
 	}
 	for _, l := range a.logs.jsonLines(t, `"spec_id"`) {

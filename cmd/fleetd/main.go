@@ -39,15 +39,19 @@ var (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Getenv, os.Environ(), os.Stdout, os.Stderr))
 }
 
 // run is fleetd's whole life: configure, work until signalled, drain. It
 // returns the exit code: 0 after a drain, 1 on a runtime failure, 2 on bad
-// usage or configuration.
-func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+// usage or configuration. environ is only searched for misspelt settings.
+func run(args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) int {
+	unknown := unknownVariables(environ)
 	if len(args) > 0 {
 		if t, ok := tools[args[0]]; ok {
+			if len(unknown) > 0 {
+				fmt.Fprintf(stderr, "fleetd: warning: unknown variables ignored: %s\n", describeUnknown(unknown))
+			}
 			return runTool(t, args[1:], getenv, stdout, stderr)
 		}
 	}
@@ -58,6 +62,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	switch {
 	case err != nil:
 		fmt.Fprintf(stderr, "fleetd: %v\n", err)
+		if len(unknown) > 0 {
+			fmt.Fprintf(stderr, "fleetd: warning: unknown variables ignored: %s\n", describeUnknown(unknown))
+		}
 		if errors.As(err, new(usageError)) {
 			return 2
 		}
@@ -74,6 +81,10 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 2
 	}
 	log := newLogger(cfg, stderr).With("node", cfg.NodeID)
+	if len(unknown) > 0 {
+		// Keyed by the unknown variable, valued by the closest known one.
+		log.Warn("unknown variables ignored", "did_you_mean", unknown)
+	}
 	m := metrics.New(cfg.Concurrency, version, shortRevision())
 
 	client, err := newS3Client(cfg, getenv, m)
@@ -117,7 +128,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		CellTimeout:  cfg.CellTimeout,
 		Logger:       log,
 		Metrics:      m,
-	}, store, proto, &exec.Runner{Path: supervisor, Grace: cfg.StopGrace, Stdout: stdout, Stderr: stderr}, d)
+	}, store, proto, newRunner(cfg, supervisor, getenv, stdout, stderr), d)
 
 	log.Info("fleetd starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
@@ -215,6 +226,33 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// newRunner builds the supervisor runner. In JSON log mode each relayed line
+// is a JSON record on the stream it came from, so the log stays parseable
+// whatever a supervisor prints; in text mode lines pass through prefixed with
+// the spec id. The supervisor inherits fleetd's environment, secrets included,
+// so their values are redacted from what it prints.
+func newRunner(cfg Config, supervisor string, getenv func(string) string, stdout, stderr io.Writer) *exec.Runner {
+	r := &exec.Runner{Path: supervisor, Grace: cfg.StopGrace, Stdout: stdout, Stderr: stderr}
+	for _, name := range []string{"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"} {
+		if v := getenv(name); v != "" {
+			r.Redact = append(r.Redact, v)
+		}
+	}
+	if cfg.LogFormat == "json" {
+		// Their own handlers: supervisor output is relayed at every log level.
+		out := slog.New(slog.NewJSONHandler(stdout, nil)).With("node", cfg.NodeID)
+		errOut := slog.New(slog.NewJSONHandler(stderr, nil)).With("node", cfg.NodeID)
+		r.Lines = func(specID, stream, line string) {
+			log := out
+			if stream == "stderr" {
+				log = errOut
+			}
+			log.Info("supervisor output", "spec_id", specID, "stream", stream, "line", line)
+		}
+	}
+	return r
 }
 
 func newS3Client(cfg Config, getenv func(string) string, m *metrics.Metrics) (*s3.Client, error) {

@@ -4,6 +4,7 @@ package main
 // daemon's configuration (bucket, prefix, queue, endpoint) and its store.
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -360,7 +362,7 @@ func inspect(ctx context.Context, t *toolEnv, args []string) (any, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("inspect: %w", err)
+			return nil, fmt.Errorf("inspect: %w", t.cause(err))
 		}
 		res.States = append(res.States, string(st))
 		if len(o.Metadata) > 0 && (res.Record == nil || st == queue.Completed || st == queue.Failed) {
@@ -372,12 +374,35 @@ func inspect(ctx context.Context, t *toolEnv, args []string) (any, error) {
 	case err == nil:
 		res.Lease = l.Body
 	case !errors.Is(err, queue.ErrNotFound):
-		return nil, fmt.Errorf("inspect: %w", err)
+		return nil, fmt.Errorf("inspect: %w", t.cause(err))
 	}
 	if len(res.States) == 0 && res.Lease == nil {
+		// A HEAD answers a bare 404 for a missing bucket too; a listing says which.
+		err := t.store.List(ctx, t.layout.Dir(queue.Pending), func(queue.Page) error { return errFirstPage })
+		if err != nil && !errors.Is(err, errFirstPage) {
+			return nil, fmt.Errorf("inspect: %w", t.cause(err))
+		}
 		return nil, fmt.Errorf("inspect: spec %s not found under %s", id, strings.TrimSuffix(t.layout.Dir(queue.Pending), "pending/"))
 	}
 	return res, nil
+}
+
+// errFirstPage stops a listing after its first page.
+var errFirstPage = errors.New("first page")
+
+// cause puts the reason an S3 call failed at the front of its error, naming
+// the setting to check.
+func (t *toolEnv) cause(err error) error {
+	var netErr *net.OpError
+	switch {
+	case errors.Is(err, queue.ErrNoSuchBucket):
+		return fmt.Errorf("bucket %q does not exist (CELLOS_FLEET_BUCKET): %w", t.cfg.Bucket, err)
+	case errors.Is(err, queue.ErrAccessDenied):
+		return fmt.Errorf("access denied to bucket %q (check the AWS credentials): %w", t.cfg.Bucket, err)
+	case errors.As(err, &netErr):
+		return fmt.Errorf("cannot reach the S3 endpoint (%s): %w", cmp.Or(redactURL(t.cfg.Endpoint), "AWS"), err)
+	}
+	return err
 }
 
 func inspectText(w io.Writer, result any) {

@@ -8,10 +8,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	osexec "os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Result is how a supervisor run ended.
@@ -48,27 +53,68 @@ func (r Result) String() string {
 // Runner starts the supervisor binary as `<Path> <spec-path>`.
 type Runner struct {
 	Path string
-	// Grace is how long a stopped supervisor has between SIGTERM and SIGKILL.
+	// Grace is how long a stopped supervisor, or what it leaves behind, has
+	// between SIGTERM and SIGKILL.
 	Grace time.Duration
 	// Stdout and Stderr receive the supervisor's output, each line prefixed
-	// with the spec id. Nil discards it.
+	// with the spec id (escaped). Nil discards it.
 	Stdout, Stderr io.Writer
+	// Lines, if set, receives each output line instead, without its newline;
+	// stream is "stdout" or "stderr". It may be called from several goroutines.
+	Lines func(specID, stream, line string)
+	// Redact lists values, fleetd's own secrets, replaced by "[REDACTED]" in
+	// the relayed output: the supervisor inherits them and may print them.
+	Redact []string
 }
+
+// killWait bounds the wait for a SIGKILLed process group to be gone.
+const killWait = 5 * time.Second
+
+// pipeWait bounds the wait for the output pipes once the process group is
+// gone: only a process that left the group can still hold them.
+const pipeWait = time.Second
 
 // Run starts the supervisor on specPath and blocks until it exits. When ctx
 // ends first, its whole process group gets SIGTERM, then SIGKILL after Grace.
+// The cell ends with the supervisor: what it leaves in its process group is
+// stopped the same way, so no background child outlives the cell.
 func (r *Runner) Run(ctx context.Context, specPath, specID string) Result {
 	cmd := osexec.Command(r.Path, specPath)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout := newLineWriter(r.Stdout, specID)
-	stderr := newLineWriter(r.Stderr, specID)
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	// A grandchild that keeps the output pipes open must not hold Wait forever.
-	cmd.WaitDelay = r.Grace + time.Second
+	// Pipes of our own rather than os/exec's: its Wait would also wait for
+	// every process holding them, a background child included.
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return Result{ExitCode: -1, StartErr: err}
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return Result{ExitCode: -1, StartErr: err}
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
 
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	outW.Close() // the children hold the write ends now
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
 		return Result{ExitCode: -1, StartErr: err}
+	}
+	var relays sync.WaitGroup
+	for _, p := range []struct {
+		r      *os.File
+		w      io.Writer
+		stream string
+	}{{outR, r.Stdout, "stdout"}, {errR, r.Stderr, "stderr"}} {
+		lw := r.newLineWriter(p.w, specID, p.stream)
+		relays.Go(func() {
+			_, _ = io.Copy(lw, p.r)
+			lw.flush()
+		})
 	}
 	pgid := cmd.Process.Pid
 
@@ -92,15 +138,27 @@ func (r *Runner) Run(ctx context.Context, specPath, specID string) Result {
 			_ = syscall.Kill(-pgid, syscall.SIGKILL)
 		}
 	}()
-	err := cmd.Wait()
+	err = cmd.Wait()
 	close(waited)
+	ran := time.Since(start)
 	<-stopDone
-	stdout.flush()
-	stderr.flush()
+	r.stopGroup(pgid)
 
-	res := Result{ExitCode: -1, Stopped: stopped, Duration: time.Since(start)}
+	relayed := make(chan struct{})
+	go func() { relays.Wait(); close(relayed) }()
+	select {
+	case <-relayed:
+	case <-time.After(pipeWait):
+		outR.Close()
+		errR.Close()
+		<-relayed
+	}
+	outR.Close()
+	errR.Close()
+
+	res := Result{ExitCode: -1, Stopped: stopped, Duration: ran}
 	var exitErr *osexec.ExitError
-	if err != nil && !errors.As(err, &exitErr) && !errors.Is(err, osexec.ErrWaitDelay) {
+	if err != nil && !errors.As(err, &exitErr) {
 		res.StartErr = fmt.Errorf("wait %s: %w", r.Path, err)
 		return res
 	}
@@ -110,6 +168,77 @@ func (r *Runner) Run(ctx context.Context, specPath, specID string) Result {
 	}
 	res.ExitCode = cmd.ProcessState.ExitCode()
 	return res
+}
+
+// stopGroup stops what is left of the process group pgid after its leader,
+// the supervisor, exited: SIGTERM, then SIGKILL after the grace. It returns
+// once the group is gone, or killWait after the SIGKILL.
+func (r *Runner) stopGroup(pgid int) {
+	if groupGone(pgid) {
+		return
+	}
+	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	if waitGroupGone(pgid, r.Grace) {
+		return
+	}
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	waitGroupGone(pgid, killWait)
+}
+
+// waitGroupGone polls until the group is gone or d has passed: no event
+// tells a non-parent that another process ended.
+func waitGroupGone(pgid int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !groupGone(pgid) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
+// groupGone reaps the group's dead members that are fleetd's children (they
+// are when fleetd is PID 1 or a subreaper) and reports whether the group has
+// no live process left. Zombies don't count: they hold nothing, and their
+// parent reaps them in its own time (some inits take a second).
+func groupGone(pgid int) bool {
+	for {
+		pid, err := syscall.Wait4(-pgid, nil, syscall.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			break
+		}
+	}
+	if errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH) {
+		return true
+	}
+	live, ok := liveMember(pgid)
+	return ok && !live
+}
+
+// liveMember reports whether /proc shows a process of group pgid that is not
+// a zombie; ok is false when /proc cannot be read.
+func liveMember(pgid int) (live, ok bool) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return false, false
+	}
+	want := strconv.Itoa(pgid)
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // ended meanwhile
+		}
+		// "pid (comm) state ppid pgrp ...": comm may hold anything, even ')'.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) >= 3 && f[2] == want && f[0] != "Z" && f[0] != "X" {
+			return true, true
+		}
+	}
+	return false, true
 }
 
 // Check reports whether path names an executable file, resolving it on PATH
@@ -140,23 +269,54 @@ func signalName(s syscall.Signal) string {
 	return fmt.Sprintf("signal %d", int(s))
 }
 
-// lineWriter prefixes each complete line with "[id] " and writes it whole, so
-// lines of concurrent cells don't interleave mid-line.
+// lineWriter relays whole lines, so lines of concurrent cells don't
+// interleave mid-line, with fleetd's secrets redacted: to w with the prefix
+// "[id] ", or to a Lines callback.
 type lineWriter struct {
 	mu     sync.Mutex
-	w      io.Writer
-	prefix []byte
+	emit   func(line []byte) // a line without its newline
+	redact [][]byte
+	hold   int // bytes kept back when a long line is cut, so a secret across the cut is still caught
 	buf    []byte
 }
 
 // maxLine bounds the buffer for output that never ends a line.
 const maxLine = 64 << 10
 
-func newLineWriter(w io.Writer, id string) *lineWriter {
+var redacted = []byte("[REDACTED]")
+
+func (r *Runner) newLineWriter(w io.Writer, id, stream string) *lineWriter {
+	l := &lineWriter{}
+	for _, v := range r.Redact {
+		if v != "" {
+			l.redact = append(l.redact, []byte(v))
+			l.hold = max(l.hold, len(v)-1)
+		}
+	}
+	if r.Lines != nil {
+		l.emit = func(line []byte) { r.Lines(id, stream, string(line)) }
+		return l
+	}
 	if w == nil {
 		w = io.Discard
 	}
-	return &lineWriter{w: w, prefix: []byte("[" + id + "] ")}
+	prefix := []byte(idPrefix(id))
+	l.emit = func(line []byte) {
+		out := make([]byte, 0, len(prefix)+len(line)+1)
+		out = append(append(append(out, prefix...), line...), '\n')
+		_, _ = w.Write(out)
+	}
+	return l
+}
+
+// idPrefix is "[id] ", the id quoted when it holds a character that could
+// forge a line (a newline) or hide in one (other control and non-printing
+// characters, ']').
+func idPrefix(id string) string {
+	if !utf8.ValidString(id) || strings.ContainsFunc(id, func(r rune) bool { return !unicode.IsPrint(r) || r == ']' }) {
+		id = strconv.Quote(id)
+	}
+	return "[" + id + "] "
 }
 
 func (l *lineWriter) Write(p []byte) (int, error) {
@@ -167,27 +327,32 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 		i := bytes.IndexByte(l.buf, '\n')
 		if i < 0 {
 			if len(l.buf) >= maxLine {
-				l.emit(append(l.buf, '\n'))
-				l.buf = l.buf[:0]
+				l.buf = l.redacted(l.buf)
+				cut := max(len(l.buf)-l.hold, 1)
+				l.emit(l.buf[:cut])
+				l.buf = append(l.buf[:0], l.buf[cut:]...)
 			}
 			return len(p), nil
 		}
-		l.emit(l.buf[:i+1])
+		l.emit(l.redacted(l.buf[:i]))
 		l.buf = l.buf[i+1:]
 	}
 }
 
-func (l *lineWriter) emit(line []byte) {
-	out := make([]byte, 0, len(l.prefix)+len(line))
-	out = append(append(out, l.prefix...), line...)
-	_, _ = l.w.Write(out)
+func (l *lineWriter) redacted(b []byte) []byte {
+	for _, v := range l.redact {
+		if bytes.Contains(b, v) {
+			b = bytes.ReplaceAll(b, v, redacted)
+		}
+	}
+	return b
 }
 
 func (l *lineWriter) flush() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.buf) > 0 {
-		l.emit(append(l.buf, '\n'))
+		l.emit(l.redacted(l.buf))
 		l.buf = nil
 	}
 }

@@ -3,10 +3,13 @@ package exec
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -15,7 +18,12 @@ import (
 func script(t *testing.T, body string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "sup")
-	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o700); err != nil {
+	// A parallel test's fork must not inherit the write descriptor: exec of
+	// the script would fail with "text file busy" until that child execs.
+	syscall.ForkLock.RLock()
+	err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o700)
+	syscall.ForkLock.RUnlock()
+	if err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -82,9 +90,10 @@ func TestRunPassesSpecPathAndPrefixesOutput(t *testing.T) {
 func TestRunStopsProcessGroup(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
+	held, gone := heldFifo(t, dir)
 	// The child ignores SIGTERM, so only SIGKILL after the grace ends it; its
-	// grandchild must die with the group too.
-	sup := script(t, `trap '' TERM; sleep 300 & echo $! > `+dir+`/child; touch `+dir+`/ready; wait`)
+	// grandchild, holding the FIFO, must die with the group too.
+	sup := script(t, `trap '' TERM; (exec 3>`+held+`; touch `+dir+`/ready; exec sleep 300) & wait`)
 	r := &Runner{Path: sup, Grace: 200 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan Result)
@@ -95,13 +104,113 @@ func TestRunStopsProcessGroup(t *testing.T) {
 	if !res.Stopped || res.Signal != "SIGKILL" || res.Succeeded() {
 		t.Fatalf("Run = %+v, want stopped by SIGKILL", res)
 	}
-	pid, _ := os.ReadFile(filepath.Join(dir, "child"))
-	if _, err := os.Stat("/proc/" + strings.TrimSpace(string(pid))); err == nil {
-		// A killed process may linger briefly as a zombie of init; check its state.
-		st, _ := os.ReadFile("/proc/" + strings.TrimSpace(string(pid)) + "/stat")
-		if !strings.Contains(string(st), ") Z") {
-			t.Errorf("grandchild %s still running: %s", pid, st)
+	awaitGone(t, gone)
+}
+
+func TestRunEndsWithSupervisorAndStopsLeftovers(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		trap  string
+		grace time.Duration
+	}{
+		// A grace of an hour: only the SIGTERM can end the child in time.
+		{"leftover obeys SIGTERM", "", time.Hour},
+		{"leftover ignores SIGTERM", "trap '' TERM;", 100 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			held, gone := heldFifo(t, dir)
+			// The background child keeps the supervisor's stdout and stderr.
+			sup := script(t, `(`+tt.trap+` exec 3>`+held+`; touch `+dir+`/ready; exec sleep 300) &
+while [ ! -e `+dir+`/ready ]; do sleep 0.01; done
+echo done; exit 0`)
+			var out syncBuffer
+			r := &Runner{Path: sup, Grace: tt.grace, Stdout: &out}
+			done := make(chan Result, 1)
+			go func() { done <- r.Run(context.Background(), "/dev/null", "x") }()
+			select {
+			case res := <-done:
+				if !res.Succeeded() {
+					t.Errorf("Run = %+v, want the supervisor's exit 0", res)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("cell still open 30s after the supervisor exited: waiting for its child's pipes")
+			}
+			awaitGone(t, gone)
+			if got := out.String(); got != "[x] done\n" {
+				t.Errorf("stdout = %q, want the supervisor's line", got)
+			}
+		})
+	}
+}
+
+func TestRunRedactsSecrets(t *testing.T) {
+	t.Parallel()
+	const secret, token = "s3cr3t/Value+40chars", "session-TOKEN-xyz"
+	// The long line crosses the 64 KiB cut with the secret astride it.
+	long := strings.Repeat("a", maxLine-5)
+	sup := script(t, `echo "AWS_SECRET_ACCESS_KEY=`+secret+`"; echo "t=`+token+`;`+token+`" >&2
+printf '%s' "`+long+secret+`"; echo " end"`)
+	for _, lines := range []bool{false, true} {
+		var out, errOut syncBuffer
+		r := &Runner{Path: sup, Grace: time.Second, Stdout: &out, Stderr: &errOut, Redact: []string{secret, "", token}}
+		if lines {
+			r.Lines = func(id, stream, line string) {
+				if stream == "stderr" {
+					errOut.Write([]byte(line + "\n"))
+				} else {
+					out.Write([]byte(line + "\n"))
+				}
+			}
 		}
+		if res := r.Run(context.Background(), "/dev/null", "x"); !res.Succeeded() {
+			t.Fatalf("Run = %+v", res)
+		}
+		all := out.String() + errOut.String()
+		if strings.Contains(all, secret) || strings.Contains(all, token) || strings.Contains(all, secret[:10]+"\n") {
+			t.Errorf("lines=%v: a secret was relayed:\n%.300s", lines, all)
+		}
+		if !strings.Contains(out.String(), "AWS_SECRET_ACCESS_KEY=[REDACTED]") || !strings.Contains(errOut.String(), "t=[REDACTED];[REDACTED]") ||
+			!strings.Contains(out.String(), "a[REDACTED]") {
+			t.Errorf("lines=%v: secrets not replaced by [REDACTED]:\n%.300s", lines, all)
+		}
+	}
+}
+
+func TestRunEscapesIDAndEmitsLines(t *testing.T) {
+	t.Parallel()
+	sup := script(t, `echo one; echo two >&2`)
+	tests := []struct{ id, prefix string }{
+		{"job-1", "[job-1] "},
+		{"job 1 ü", "[job 1 ü] "},
+		{"a\n{\"msg\":\"forged\"}", `["a\n{\"msg\":\"forged\"}"] `},
+		{"a\rb", `["a\rb"] `},
+		{"a] [b", `["a] [b"] `},
+		{"\xff", `["\xff"] `},
+	}
+	for _, tt := range tests {
+		var out syncBuffer
+		r := &Runner{Path: sup, Grace: time.Second, Stdout: &out}
+		r.Run(context.Background(), "/dev/null", tt.id)
+		if got := out.String(); got != tt.prefix+"one\n" {
+			t.Errorf("id %q: stdout = %q, want %q", tt.id, got, tt.prefix+"one\n")
+		}
+	}
+
+	var mu sync.Mutex
+	var got []string
+	r := &Runner{Path: sup, Grace: time.Second, Lines: func(id, stream, line string) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, id+"|"+stream+"|"+line)
+	}}
+	r.Run(context.Background(), "/dev/null", "a\nb")
+	slices.Sort(got)
+	if want := []string{"a\nb|stderr|two", "a\nb|stdout|one"}; !slices.Equal(got, want) {
+		t.Errorf("Lines got %q, want %q", got, want)
 	}
 }
 
@@ -136,4 +245,41 @@ func waitFile(t *testing.T, path string) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Fatalf("%s never appeared", path)
+}
+
+// heldFifo makes a FIFO for a test's process to hold open for writing. gone
+// is closed when the last writer has closed it: the process holding it ended.
+func heldFifo(t *testing.T, dir string) (path string, gone <-chan struct{}) {
+	t.Helper()
+	path = filepath.Join(dir, "held")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan struct{})
+	go func() {
+		f, err := os.OpenFile(path, os.O_RDONLY, 0) // blocks until a writer opens
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		_, _ = io.Copy(io.Discard, f)
+		close(ch)
+	}()
+	t.Cleanup(func() {
+		// Unblock the reader if no writer ever came.
+		if f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			f.Close()
+		}
+	})
+	return path, ch
+}
+
+// awaitGone waits for the process holding a heldFifo to end.
+func awaitGone(t *testing.T, gone <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-gone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a process of the cell's group still runs 10s after the cell ended")
+	}
 }

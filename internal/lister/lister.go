@@ -36,6 +36,11 @@ type Config struct {
 	// Interval is the time between listings when the last one found no work.
 	Interval time.Duration
 	Logger   *slog.Logger
+	// Bounced, if set, is told of each listing that handed out only keys it
+	// had handed out before at the same ETag, after which the lister waits.
+	Bounced func()
+	// After is the timer the lister waits on; nil means time.After.
+	After func(time.Duration) <-chan time.Time
 }
 
 // maxRemembered bounds the sets of keys the lister remembers, so a queue full of
@@ -50,12 +55,14 @@ type Lister struct {
 
 	mu       sync.Mutex
 	inFlight map[string]bool
-	rejected map[string]rejection // gate-rejected key → the ETag it was rejected at
-	ignored  map[string]bool      // non-work keys already logged
+	rejected map[string]remembered // gate-rejected key → the ETag it was rejected at
+	tried    map[string]remembered // key → the ETag it was last handed out at
+	ignored  map[string]bool       // non-work keys already logged
 	pass     int
 }
 
-type rejection struct {
+// remembered is a key remembered at an ETag until a listing no longer shows it.
+type remembered struct {
 	etag     string
 	lastSeen int // pass in which the key was last listed
 }
@@ -66,7 +73,8 @@ func New(cfg Config) *Lister {
 		cfg:      cfg,
 		slots:    make(chan struct{}, cfg.Slots),
 		inFlight: map[string]bool{},
-		rejected: map[string]rejection{},
+		rejected: map[string]remembered{},
+		tried:    map[string]remembered{},
 		ignored:  map[string]bool{},
 	}
 }
@@ -80,29 +88,38 @@ var errStale = errors.New("listing out of date")
 // next comes at the next tick of a steady cadence of one interval, each tick
 // jittered by ±5% so agents spread out. The cadence does not restart after
 // work, so how soon a new spec is seen does not depend on when the last ended.
+//
+// Only a key not handed out before at the same ETag counts as work: keys that
+// keep bouncing (claimed elsewhere, unreadable) come back in every listing, and
+// relisting at once for them would spin on S3 without end.
 func (l *Lister) Run(ctx context.Context, dispatch func(Item)) {
+	after := l.cfg.After
+	if after == nil {
+		after = time.After
+	}
 	next := time.Now()
 	for {
-		found, err := l.listOnce(ctx, dispatch)
+		found, handedOut, err := l.listOnce(ctx, dispatch)
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, errStale) || (found && err == nil) {
+		if found && (err == nil || errors.Is(err, errStale)) {
 			continue
 		}
-		if err != nil {
+		if handedOut > 0 && l.cfg.Bounced != nil {
+			l.cfg.Bounced()
+		}
+		if err != nil && !errors.Is(err, errStale) {
 			l.cfg.Logger.Warn("list pending failed; retrying after the poll interval", "err", err)
 		}
 		for now := time.Now(); !next.After(now); {
 			next = next.Add(l.cfg.Interval)
 		}
 		jitter := time.Duration(rand.Int64N(int64(l.cfg.Interval)/10+1)) - l.cfg.Interval/20
-		t := time.NewTimer(time.Until(next) + jitter)
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return
-		case <-t.C:
+		case <-after(time.Until(next) + jitter):
 		}
 	}
 }
@@ -126,15 +143,16 @@ func (l *Lister) Reject(key, etag string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.rejected) < maxRemembered {
-		l.rejected[key] = rejection{etag: etag, lastSeen: l.pass}
+		l.rejected[key] = remembered{etag: etag, lastSeen: l.pass}
 	}
 }
 
 // InFlight returns the number of items handed out and not yet Done.
 func (l *Lister) InFlight() int { return len(l.slots) }
 
-// listOnce makes one full listing and reports whether it handed out any work.
-func (l *Lister) listOnce(ctx context.Context, dispatch func(Item)) (found bool, err error) {
+// listOnce makes one full listing. It reports whether it handed out work (a key
+// not handed out before at the same ETag) and how many items it handed out.
+func (l *Lister) listOnce(ctx context.Context, dispatch func(Item)) (found bool, handedOut int, err error) {
 	l.mu.Lock()
 	l.pass++
 	pass := l.pass
@@ -165,17 +183,25 @@ func (l *Lister) listOnce(ctx context.Context, dispatch func(Item)) (found bool,
 				continue
 			}
 			l.inFlight[it.Key] = true
+			// A key too many to remember counts as work, as it did before.
+			t, ok := l.tried[it.Key]
+			if !ok || t.etag != it.ETag {
+				found = true
+			}
+			if ok || len(l.tried) < maxRemembered {
+				l.tried[it.Key] = remembered{etag: it.ETag, lastSeen: pass}
+			}
 			l.mu.Unlock()
-			found = true
+			handedOut++
 			dispatch(it)
 		}
 		return nil
 	})
 	if err == nil {
 		l.forgetUnlisted(pass)
-		l.cfg.Logger.Debug("listed pending", "keys", listed, "found_work", found)
+		l.cfg.Logger.Debug("listed pending", "keys", listed, "found_work", found, "handed_out", handedOut)
 	}
-	return found, err
+	return found, handedOut, err
 }
 
 // candidates filters a page down to the keys worth handing out.
@@ -200,6 +226,10 @@ func (l *Lister) candidates(page []Entry, pass int) []Item {
 			}
 			delete(l.rejected, e.Key) // the spec changed: look again
 		}
+		if t, ok := l.tried[e.Key]; ok {
+			t.lastSeen = pass
+			l.tried[e.Key] = t
+		}
 		if l.inFlight[e.Key] {
 			continue
 		}
@@ -208,13 +238,15 @@ func (l *Lister) candidates(page []Entry, pass int) []Item {
 	return items
 }
 
-// forgetUnlisted drops rejections of keys a complete listing no longer showed.
+// forgetUnlisted drops the keys a complete listing no longer showed.
 func (l *Lister) forgetUnlisted(pass int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for k, r := range l.rejected {
-		if r.lastSeen < pass {
-			delete(l.rejected, k)
+	for _, m := range []map[string]remembered{l.rejected, l.tried} {
+		for k, r := range m {
+			if r.lastSeen < pass {
+				delete(m, k)
+			}
 		}
 	}
 }

@@ -3,10 +3,12 @@ package lister
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -67,7 +69,7 @@ func TestListOnceNeverExceedsSlots(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_, _ = l.listOnce(ctx, func(it Item) { got <- it })
+		_, _, _ = l.listOnce(ctx, func(it Item) { got <- it })
 	}()
 	first, second := <-got, <-got
 	select {
@@ -94,7 +96,7 @@ func TestListOnceSkips(t *testing.T) {
 	l := newLister(q, 10)
 	collect := func() []string {
 		var ids []string
-		if _, err := l.listOnce(context.Background(), func(it Item) { ids = append(ids, it.ID) }); err != nil {
+		if _, _, err := l.listOnce(context.Background(), func(it Item) { ids = append(ids, it.ID) }); err != nil {
 			t.Fatal(err)
 		}
 		return ids
@@ -126,9 +128,9 @@ func TestRejectionsForgottenWhenKeyGoes(t *testing.T) {
 	l := newLister(q, 10)
 	l.Reject("pending/a.json", "1")
 	q.set(Entry{"pending/a.json", "1"})
-	_, _ = l.listOnce(context.Background(), func(Item) { t.Fatal("rejected key handed out") })
+	_, _, _ = l.listOnce(context.Background(), func(Item) { t.Fatal("rejected key handed out") })
 	q.set()
-	_, _ = l.listOnce(context.Background(), func(Item) {})
+	_, _, _ = l.listOnce(context.Background(), func(Item) {})
 	if len(l.rejected) != 0 {
 		t.Fatalf("rejected = %v after the key left the listing, want empty", l.rejected)
 	}
@@ -140,7 +142,7 @@ func TestStaleListingIsAbandoned(t *testing.T) {
 	q.set(Entry{"pending/a.json", "1"}, Entry{"pending/b.json", "1"}, Entry{"pending/c.json", "1"})
 	l := newLister(q, 10)
 	var got []Item
-	_, err := l.listOnce(context.Background(), func(it Item) {
+	_, _, err := l.listOnce(context.Background(), func(it Item) {
 		got = append(got, it)
 		l.Stale() // the worker found this key gone
 	})
@@ -149,5 +151,123 @@ func TestStaleListingIsAbandoned(t *testing.T) {
 	}
 	if l.InFlight() != 1 {
 		t.Errorf("InFlight = %d, want only the item handed out", l.InFlight())
+	}
+}
+
+// runWatched runs a lister whose timer is the test's: each wait for the
+// interval is reported on waits and ends when the test sends on fire. hot is
+// closed if the lister lists 20 times without waiting.
+type runWatched struct {
+	l       *Lister
+	q       *fakeQueue
+	waits   chan int // the number of listings so far, at each wait
+	fire    chan time.Time
+	hot     chan struct{}
+	bounced atomic.Int32
+}
+
+func startWatched(t *testing.T, q *fakeQueue, slots int, dispatch func(*Lister, Item)) *runWatched {
+	t.Helper()
+	w := &runWatched{q: q, waits: make(chan int), fire: make(chan time.Time), hot: make(chan struct{})}
+	var hotOnce sync.Once
+	sinceWait := 0
+	w.l = New(Config{
+		List: func(ctx context.Context, fn func([]Entry) error) error {
+			if sinceWait++; sinceWait == 20 {
+				hotOnce.Do(func() { close(w.hot) })
+			}
+			return q.list(ctx, fn)
+		},
+		ID:       id,
+		Slots:    slots,
+		Interval: time.Hour,
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Bounced:  func() { w.bounced.Add(1) },
+		After: func(time.Duration) <-chan time.Time {
+			sinceWait = 0
+			q.mu.Lock()
+			n := q.lists
+			q.mu.Unlock()
+			w.waits <- n
+			return w.fire
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.l.Run(ctx, func(it Item) { dispatch(w.l, it) })
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return w
+}
+
+// nextWait returns the number of listings made when the lister next waits
+// for its interval, failing if it relists in a loop instead.
+func (w *runWatched) nextWait(t *testing.T) int {
+	t.Helper()
+	select {
+	case n := <-w.waits:
+		return n
+	case <-w.hot:
+		t.Fatal("lister relisted 20 times without waiting for the interval")
+	case <-time.After(10 * time.Second):
+		t.Fatal("lister neither listed nor waited within 10s")
+	}
+	return 0
+}
+
+func TestBouncedListingsWaitForInterval(t *testing.T) {
+	t.Parallel()
+	// More keys that bounce than free slots: claimed elsewhere (the worker
+	// says Stale) or unreadable (the worker just gives the slot back).
+	for _, stale := range []bool{true, false} {
+		t.Run(map[bool]string{true: "claimed elsewhere", false: "unreadable"}[stale], func(t *testing.T) {
+			t.Parallel()
+			q := &fakeQueue{}
+			q.set(Entry{"pending/a.json", "1"}, Entry{"pending/b.json", "1"}, Entry{"pending/c.json", "1"})
+			w := startWatched(t, q, 2, func(l *Lister, it Item) {
+				if stale {
+					l.Stale()
+				}
+				l.Done(it)
+			})
+			// Each key is new once (the listing after it comes at once);
+			// every other listing is followed by a wait.
+			waits, lists := 1, w.nextWait(t)
+			for ; waits < 6; waits++ {
+				w.fire <- time.Now()
+				lists = w.nextWait(t)
+			}
+			if lists > waits+3 {
+				t.Errorf("%d listings for %d waits, want at most one more per key", lists, waits)
+			}
+			if got := int(w.bounced.Load()); got != waits {
+				t.Errorf("Bounced called %d times, want once per wait (%d)", got, waits)
+			}
+		})
+	}
+}
+
+func TestListingWithWorkRelistsAtOnce(t *testing.T) {
+	t.Parallel()
+	q := &fakeQueue{}
+	q.set(Entry{"pending/k1.json", "1"})
+	// Each spec, once taken, leaves pending/ and a new one is submitted, so
+	// every listing finds exactly one new key, five times.
+	w := startWatched(t, q, 1, func(l *Lister, it Item) {
+		n := int(it.ID[1] - '0')
+		if n < 5 {
+			q.set(Entry{fmt.Sprintf("pending/k%d.json", n+1), "1"})
+		} else {
+			q.set()
+		}
+		l.Done(it)
+	})
+	if n := w.nextWait(t); n != 6 {
+		t.Errorf("first wait after %d listings, want 6: five with work, then an empty one", n)
+	}
+	if got := w.bounced.Load(); got != 0 {
+		t.Errorf("Bounced called %d times, want 0", got)
 	}
 }

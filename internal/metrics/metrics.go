@@ -41,6 +41,7 @@ type Metrics struct {
 	leaseTakeovers prometheus.Counter
 	lastPoll       prometheus.Gauge
 	slowDowns      prometheus.Counter
+	bounced        prometheus.Counter
 }
 
 // New registers fleetd's metrics, Go runtime and process collectors included,
@@ -57,7 +58,8 @@ func New(concurrency int, version, revision string) *Metrics {
 	m.claimConflicts = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_claim_conflicts_total", Help: "Claims lost to another node (normal with several nodes)."})
 	m.gateSkips = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_gate_skips_total", Help: "Specs left for another pool by the placement gate."})
 	m.s3Requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetd_s3_requests_total", Help: "S3 request attempts, by operation and HTTP status code."}, []string{"operation", "code"})
-	m.s3Errors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetd_s3_errors_total", Help: "S3 request attempts that failed (status >= 400 or no response), by operation and code."}, []string{"operation", "code"})
+	m.s3Errors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetd_s3_errors_total",
+		Help: "S3 request attempts that failed: no response, 429, 5xx, or a 4xx other than the protocol's expected 304, 404, 409 and 412 (those are in fleetd_s3_requests_total), by operation and code."}, []string{"operation", "code"})
 	m.s3Latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "fleetd_s3_request_duration_seconds", Help: "S3 request attempt latency.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 3, 12)}, []string{"operation"}) // 0.5 ms .. ~89 s
 	m.rateWait = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_s3_rate_limit_wait_seconds_total", Help: "Time S3 requests spent waiting for the rate limiter."})
@@ -65,13 +67,15 @@ func New(concurrency int, version, revision string) *Metrics {
 	m.leaseTakeovers = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lease_takeovers_total", Help: "Stale leases or lease-less claims taken over by this node."})
 	m.lastPoll = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_last_poll_success_timestamp_seconds", Help: "Unix time of the last successful listing of pending/."})
 	m.slowDowns = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_s3_slowdowns_total", Help: "S3 answers asking this agent to slow down (503 SlowDown, 429); each raises the agent's pause between requests."})
+	m.bounced = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lister_bounced_listings_total",
+		Help: "Listings of pending/ that handed out only keys already tried at the same ETag (claimed elsewhere, unreadable); each is followed by a poll interval's wait."})
 	conc := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_concurrency", Help: "Configured CELLOS_FLEET_CONCURRENCY."})
 	conc.Set(float64(concurrency))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_build_info", Help: "Always 1; the labels say which build runs.",
 		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()}})
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.cellsStarted, m.cellsFinished, m.cellsInFlight, m.cellDuration, m.claimConflicts, m.gateSkips,
-		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.lastPoll, m.slowDowns, conc, info,
+		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.lastPoll, m.slowDowns, m.bounced, conc, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -117,6 +121,9 @@ func (m *Metrics) LeaseTakenOver() { m.leaseTakeovers.Inc() }
 // Polled records a successful listing of pending/.
 func (m *Metrics) Polled(t time.Time) { m.lastPoll.Set(float64(t.UnixNano()) / 1e9) }
 
+// ListingBounced counts a listing whose keys all bounced.
+func (m *Metrics) ListingBounced() { m.bounced.Inc() }
+
 // S3Request records one S3 request attempt; status 0 means no response.
 func (m *Metrics) S3Request(operation string, status int, d time.Duration) {
 	code := "none"
@@ -124,7 +131,7 @@ func (m *Metrics) S3Request(operation string, status int, d time.Duration) {
 		code = strconv.Itoa(status)
 	}
 	m.s3Requests.WithLabelValues(operation, code).Inc()
-	if status == 0 || status >= 400 {
+	if isS3Error(status) {
 		m.s3Errors.WithLabelValues(operation, code).Inc()
 	}
 	m.s3Latency.WithLabelValues(operation).Observe(d.Seconds())
@@ -132,6 +139,21 @@ func (m *Metrics) S3Request(operation string, status int, d time.Duration) {
 
 // SlowDown counts an S3 answer asking this agent to slow down.
 func (m *Metrics) SlowDown() { m.slowDowns.Inc() }
+
+// isS3Error reports whether an answer is one an operator should hear about.
+// 404 (gone), 412 (a conditional write lost), 409 (a concurrent conditional
+// write, retried) and 304 are how the claim protocol learns the queue's state:
+// two healthy nodes see them every few seconds.
+func isS3Error(status int) bool {
+	switch {
+	case status == 0, status == http.StatusTooManyRequests, status >= 500:
+		return true
+	case status == http.StatusNotModified, status == http.StatusNotFound,
+		status == http.StatusConflict, status == http.StatusPreconditionFailed:
+		return false
+	}
+	return status >= 400
+}
 
 // RateLimitWaited adds time spent waiting for the S3 rate limiter.
 func (m *Metrics) RateLimitWaited(d time.Duration) { m.rateWait.Add(d.Seconds()) }

@@ -88,6 +88,7 @@ func New(cfg Config, store Store, proto *protocol.Protocol, runner Runner, d *dr
 		Slots:    cfg.Concurrency,
 		Interval: cfg.PollInterval,
 		Logger:   cfg.Logger,
+		Bounced:  cfg.Metrics.ListingBounced,
 	})
 	return p
 }

@@ -36,6 +36,11 @@ var (
 	// us; a 412 after such an attempt may be the answer to our own write. The
 	// caller resolves it by reading the object back.
 	ErrUnknown = errors.New("outcome unknown")
+	// ErrNoSuchBucket: the bucket does not exist. Not ErrNotFound: a key is
+	// not "gone" when its bucket is.
+	ErrNoSuchBucket = errors.New("no such bucket")
+	// ErrAccessDenied: the store refused the credentials or the request (403).
+	ErrAccessDenied = errors.New("access denied")
 )
 
 // Policy is how the store retries. Every request attempt is bounded by
@@ -421,15 +426,17 @@ func mapError(err error) error {
 	var api smithy.APIError
 	if errors.As(err, &api) {
 		switch api.ErrorCode() {
-		case "NoSuchBucket":
-			return err // not a missing key: the whole queue is unreachable
 		case "NoSuchKey", "NotFound":
 			return fmt.Errorf("%w (%s)", ErrNotFound, api.ErrorCode())
 		case "PreconditionFailed":
 			return fmt.Errorf("%w (%s)", ErrPrecondition, api.ErrorCode())
+		case "NoSuchBucket":
+			return fmt.Errorf("%w: %w", ErrNoSuchBucket, err)
 		}
 	}
 	switch httpStatus(err) {
+	case http.StatusForbidden:
+		return fmt.Errorf("%w: %w", ErrAccessDenied, err)
 	case http.StatusNotFound:
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
 	case http.StatusPreconditionFailed:

@@ -4,7 +4,8 @@
 // "start|end <id> <unix-nanos> <pid> <spec-path> <spec-file-mode>".
 //
 //	{"spec": {"id": "a", "test": {"sleepMs": 100, "exit": 3, "waitFor": "/path",
-//	          "barrier": {"dir": "/path", "n": 4}, "ignoreTerm": true}}}
+//	          "barrier": {"dir": "/path", "n": 4}, "ignoreTerm": true,
+//	          "print": "text for stdout", "printEnv": true}}}
 package main
 
 import (
@@ -22,6 +23,8 @@ type behaviour struct {
 	Exit       int    `json:"exit"`
 	WaitFor    string `json:"waitFor"`
 	IgnoreTerm bool   `json:"ignoreTerm"`
+	Print      string `json:"print"`
+	PrintEnv   bool   `json:"printEnv"`
 	Barrier    *struct {
 		Dir string `json:"dir"`
 		N   int    `json:"n"`
@@ -54,6 +57,15 @@ func main() {
 	}
 	event("start", id)
 	fmt.Printf("running %s\n", id)
+	if b.Print != "" {
+		fmt.Println(b.Print)
+	}
+	if b.PrintEnv {
+		for _, kv := range os.Environ() {
+			fmt.Println(kv)
+			fmt.Fprintln(os.Stderr, kv)
+		}
+	}
 	if b.Barrier != nil {
 		barrier(id, b.Barrier.Dir, b.Barrier.N)
 	}
