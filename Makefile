@@ -9,7 +9,7 @@ LDFLAGS   := -X main.revision=$(REVISION)
 
 export FLEETD_VERSITYGW := $(VERSITYGW)
 
-.PHONY: build test lint demo bench install clean
+.PHONY: build test soak lint demo bench install clean
 
 build: bin/fleetd
 
@@ -21,6 +21,11 @@ $(VERSITYGW):
 
 test: $(VERSITYGW) lint
 	$(GO) test -race -count=1 -timeout 30m ./...
+
+# The long randomized soak of the claim protocol (4 agents, 400 specs, random S3
+# faults, a 20 s outage, an agent killed -9); FLEETD_SOAK_SEED=n replays a run.
+soak: $(VERSITYGW)
+	FLEETD_SOAK=long $(GO) test -race -count=1 -timeout 30m -run 'TestSoak$$' -v ./cmd/fleetd/ | grep -E 'soak|^(---|ok|FAIL|PASS)'
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.tools/*')); \
