@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -45,6 +46,8 @@ func run(args []string) error {
 	scen := fs.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run: "+strings.Join(allScenarios, ", "))
 	smoke := fs.Bool("smoke", false, "tiny sizes: checks the harness, measures nothing")
 	out := fs.String("out", "bench/results", "directory for the report and chart")
+	bin := fs.String("fleetd", "", "measure this fleetd binary instead of building ./cmd/fleetd (e.g. an older release, to compare in one session)")
+	conc := fs.String("concurrency", "", "comma-separated concurrencies of the throughput scenario (default 1,4,16,64)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -58,6 +61,16 @@ func run(args []string) error {
 			specs: 20, concurrencies: []int{1, 4}, scaleN: []int{1, 4},
 			pickups: 2, idle: 2 * time.Second, backlogs: []int{20, 40}, backlogRun: 200 * time.Millisecond,
 			agents: []int{1, 2}, fleetSpecs: 20, baselineSpecs: 2, out: *out,
+		}
+	}
+	if *conc != "" {
+		o.concurrencies = nil
+		for _, f := range strings.Split(*conc, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				return fmt.Errorf("-concurrency: bad value %q", f)
+			}
+			o.concurrencies = append(o.concurrencies, n)
 		}
 	}
 	o.scenarios = map[string]bool{}
@@ -77,7 +90,7 @@ func run(args []string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	r, err := newRig(dir)
+	r, err := newRig(dir, *bin)
 	if err != nil {
 		return err
 	}

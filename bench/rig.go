@@ -55,7 +55,9 @@ func (c *counter) reset() {
 	c.notFound.Store(0)
 }
 
-func newRig(dir string) (*rig, error) {
+// newRig starts the server and the proxy; fleetd, if not empty, is the binary
+// to measure instead of one built from ./cmd/fleetd.
+func newRig(dir, fleetd string) (*rig, error) {
 	r := &rig{dir: dir, counts: &counter{}}
 	bin, err := versitygw.Binary()
 	if err != nil {
@@ -76,6 +78,9 @@ func newRig(dir string) (*rig, error) {
 		}
 	}
 	r.fleetd, r.supervisor = filepath.Join(dir, "fleetd"), filepath.Join(dir, "testsupervisor")
+	if fleetd != "" {
+		r.fleetd = fleetd
+	}
 
 	target, _ := url.Parse(r.server.URL)
 	proxy := httputil.NewSingleHostReverseProxy(target)

@@ -186,12 +186,8 @@ func (c *Claim) keep(ctx context.Context) {
 	ttl := c.lease.ttl()
 	wait := ttl / 3
 	for {
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if c.p.sleep(ctx, wait) != nil {
 			return
-		case <-t.C:
 		}
 		rctx, cancel := context.WithTimeout(ctx, ttl/3)
 		err := c.renew(rctx)
@@ -301,10 +297,8 @@ func (c *Claim) act(ctx context.Context, quit <-chan struct{}, what string, op f
 			return err
 		}
 		c.log.Warn("protocol step failed; retrying while the lease is held", "step", what, "err", err)
-		select {
-		case <-ctx.Done():
+		if c.p.sleep(ctx, min(time.Duration(100<<min(try, 6))*time.Millisecond, 5*time.Second)) != nil {
 			return ErrLeftToRecovery
-		case <-time.After(min(time.Duration(100<<min(try, 6))*time.Millisecond, 5*time.Second)):
 		}
 	}
 }

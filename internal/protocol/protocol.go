@@ -44,11 +44,26 @@ type Metrics interface {
 	Finished(outcome string)
 }
 
-// Clock is the time source; tests and a future simulation may drive it.
+// Clock is the time source of every wait and every validity judgement, so a
+// simulation can drive the protocol on virtual time. (Request deadlines are
+// still context deadlines on the real clock.)
 type Clock interface {
 	Now() time.Time
 	// AfterFunc calls f in its own goroutine after d; Stop cancels it.
 	AfterFunc(d time.Duration, f func()) interface{ Stop() bool }
+}
+
+// sleep waits d on the protocol's clock, or until ctx ends (its error).
+func (p *Protocol) sleep(ctx context.Context, d time.Duration) error {
+	done := make(chan struct{})
+	t := p.clock.AfterFunc(d, func() { close(done) })
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-done:
+		return nil
+	}
 }
 
 type realClock struct{}
