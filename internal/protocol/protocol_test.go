@@ -1,0 +1,292 @@
+package protocol
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// memStore is an in-memory S3 with conditional writes, whose answers a test
+// can make ambiguous: lose lets a matching write land, then reports
+// ErrUnknown, as the store does when an answer is lost.
+type memStore struct {
+	mu   sync.Mutex
+	objs map[string]queue.Object
+	lose func(op, key string) bool
+	log  []string
+}
+
+func newMemStore() *memStore { return &memStore{objs: map[string]queue.Object{}} }
+
+func etagOf(b []byte) string {
+	sum := md5.Sum(b)
+	return `"` + hex.EncodeToString(sum[:]) + `"`
+}
+
+func (s *memStore) lost(op, key string) bool {
+	s.log = append(s.log, op+" "+key)
+	return s.lose != nil && s.lose(op, key)
+}
+
+func (s *memStore) List(_ context.Context, prefix string, fn func(queue.Page) error) error {
+	s.mu.Lock()
+	page := queue.Page{ServerTime: time.Now()}
+	for k, o := range s.objs {
+		if strings.HasPrefix(k, prefix) {
+			page.Objects = append(page.Objects, o)
+		}
+	}
+	s.mu.Unlock()
+	return fn(page)
+}
+
+func (s *memStore) Get(_ context.Context, key string, _ int64) (queue.Object, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o, ok := s.objs[key]
+	if !ok {
+		return queue.Object{}, fmt.Errorf("get %s: %w", key, queue.ErrNotFound)
+	}
+	o.ServerTime = time.Now()
+	return o, nil
+}
+
+func (s *memStore) Head(ctx context.Context, key string) (queue.Object, error) {
+	o, err := s.Get(ctx, key, 0)
+	o.Body = nil
+	return o, err
+}
+
+func (s *memStore) Put(_ context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, exists := s.objs[key]
+	switch {
+	case opt.IfAbsent && exists, opt.IfMatch != "" && (!exists || cur.ETag != opt.IfMatch):
+		return "", fmt.Errorf("put %s: %w", key, queue.ErrPrecondition)
+	}
+	o := queue.Object{Key: key, ETag: etagOf(body), Body: body, Size: int64(len(body)), Metadata: opt.Metadata, LastModified: time.Now()}
+	s.objs[key] = o
+	if s.lost("PUT", key) {
+		// The retry of a conditional write that landed is refused by it.
+		return "", fmt.Errorf("put %s: %w: %w", key, queue.ErrUnknown, queue.ErrPrecondition)
+	}
+	return o.ETag, nil
+}
+
+func (s *memStore) Copy(_ context.Context, src, dst string, opt queue.CopyOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o, ok := s.objs[src]
+	if !ok || opt.SourceIfMatch != "" && o.ETag != opt.SourceIfMatch {
+		return fmt.Errorf("copy %s: %w", src, queue.ErrPrecondition)
+	}
+	o.Key, o.Metadata = dst, opt.Metadata
+	s.objs[dst] = o
+	return nil
+}
+
+func (s *memStore) Delete(_ context.Context, key, ifMatch string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, exists := s.objs[key]
+	if exists && ifMatch != "" && cur.ETag != ifMatch {
+		return fmt.Errorf("delete %s: %w", key, queue.ErrPrecondition)
+	}
+	delete(s.objs, key)
+	if s.lost("DELETE", key) {
+		return fmt.Errorf("delete %s: %w", key, queue.ErrUnknown)
+	}
+	return nil
+}
+
+func (s *memStore) has(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.objs[key]
+	return ok
+}
+
+func (s *memStore) keys() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ks []string
+	for k := range s.objs {
+		ks = append(ks, k)
+	}
+	return ks
+}
+
+func setup(t *testing.T) (*Protocol, *memStore) {
+	t.Helper()
+	store := newMemStore()
+	p := New(Config{Layout: queue.NewLayout("fleet", ""), Node: "n1", TTL: MinTTL, MaxAttempts: 3,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, store)
+	return p, store
+}
+
+// pending submits id and returns the spec as a node reads it.
+func pending(t *testing.T, p *Protocol, s *memStore, id string) Spec {
+	t.Helper()
+	key := p.cfg.Layout.Key(queue.Pending, id)
+	body := []byte(`{"spec":{"id":"` + id + `"}}`)
+	etag, err := s.Put(context.Background(), key, body, queue.PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Spec{ID: id, Key: key, ETag: etag, Body: body}
+}
+
+func TestClaimResolvesItsOwnAmbiguousLeaseCreate(t *testing.T) {
+	p, s := setup(t)
+	spec := pending(t, p, s, "a")
+	once := true
+	s.lose = func(op, key string) bool {
+		hit := once && op == "PUT" && strings.HasPrefix(key, "fleet/leases/")
+		once = once && !hit
+		return hit
+	}
+	quit := make(chan struct{})
+	c, err := p.Claim(context.Background(), quit, spec)
+	if err != nil {
+		t.Fatalf("claim whose lease create landed with its answer lost: %v, want it resolved as ours", err)
+	}
+	s.lose = nil
+	if err := c.Finish(context.Background(), quit, Record{Outcome: Completed, Finished: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.keys(); len(got) != 1 || got[0] != "fleet/completed/a.json" {
+		t.Errorf("objects after finish = %v, want only completed/a.json", got)
+	}
+}
+
+func TestClaimOfAFinishedSpecWritesNothingBack(t *testing.T) {
+	p, s := setup(t)
+	spec := pending(t, p, s, "a")
+	// Another node claimed, ran and finished it between our read and our lease.
+	if err := s.Delete(context.Background(), spec.Key, ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err := p.Claim(context.Background(), make(chan struct{}), spec)
+	if !errors.Is(err, ErrGone) {
+		t.Fatalf("claim = %v, want ErrGone", err)
+	}
+	if got := s.keys(); len(got) != 0 {
+		t.Errorf("objects after a claim of a finished spec = %v, want none (pending/ must not come back)", got)
+	}
+}
+
+func TestClaimWithAmbiguousPendingDeleteRuns(t *testing.T) {
+	p, s := setup(t)
+	spec := pending(t, p, s, "a")
+	once := true
+	s.lose = func(op, key string) bool {
+		hit := once && op == "DELETE" && key == spec.Key
+		once = once && !hit
+		return hit
+	}
+	c, err := p.Claim(context.Background(), make(chan struct{}), spec)
+	if err != nil {
+		t.Fatalf("claim whose pending/ delete landed with its answer lost: %v, want it to run", err)
+	}
+	s.lose = nil
+	if s.has(spec.Key) {
+		t.Error("pending/ still there after the claim")
+	}
+	c.Drop()
+}
+
+// staleClaim leaves what a holder that stopped long ago leaves: its lease
+// (written ttl + 2 s ago by the server's clock) and claimed/.
+func staleClaim(t *testing.T, p *Protocol, s *memStore, spec Spec, attempts int) {
+	t.Helper()
+	l := leaseBody{Node: "dead", Token: "old", Epoch: 1, TTLMillis: MinTTL.Milliseconds(), Attempts: attempts,
+		State: stateRunning, PendingETag: spec.ETag}
+	body, _ := encodeLease(&l, time.Now())
+	key := p.cfg.Layout.Key(queue.Leases, spec.ID)
+	s.objs[key] = queue.Object{Key: key, ETag: etagOf(body), Body: body, LastModified: time.Now().Add(-MinTTL - 2*time.Second)}
+	claimed := p.cfg.Layout.Key(queue.Claimed, spec.ID)
+	s.objs[claimed] = queue.Object{Key: claimed, ETag: etagOf(spec.Body), Body: spec.Body, LastModified: time.Now()}
+}
+
+func TestRecoverySettles(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		consumed  bool // the holder deleted pending/
+		attempts  int
+		wantKeys  []string
+		wantTries string
+	}{
+		{"never consumed: no run started, only the claim goes", false, 3, []string{"fleet/pending/a.json"}, ""},
+		{"consumed: back to pending/ with its attempts", true, 2, []string{"fleet/pending/a.json"}, "2"},
+		{"consumed, attempts used up: abandoned", true, 3, []string{"fleet/failed/a.json"}, "3"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p, s := setup(t)
+			spec := pending(t, p, s, "a")
+			staleClaim(t, p, s, spec, tt.attempts)
+			if tt.consumed {
+				delete(s.objs, spec.Key)
+			}
+			if err := p.Recover(context.Background(), make(chan struct{})); err != nil {
+				t.Fatal(err)
+			}
+			got := s.keys()
+			if len(got) != 1 || got[0] != tt.wantKeys[0] {
+				t.Fatalf("objects after recovery = %v, want %v", got, tt.wantKeys)
+			}
+			if o := s.objs[got[0]]; o.Metadata[metaAttempts] != tt.wantTries {
+				t.Errorf("%s attempts = %q, want %q", got[0], o.Metadata[metaAttempts], tt.wantTries)
+			}
+		})
+	}
+}
+
+func TestRecoveryOnlyCleansUpAFinishedClaim(t *testing.T) {
+	p, s := setup(t)
+	spec := pending(t, p, s, "a")
+	staleClaim(t, p, s, spec, 1)
+	delete(s.objs, spec.Key)
+	done := p.cfg.Layout.Key(queue.Completed, "a")
+	s.objs[done] = queue.Object{Key: done, Body: spec.Body, Metadata: map[string]string{metaToken: "old"}}
+	if err := p.Recover(context.Background(), make(chan struct{})); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.keys(); len(got) != 1 || got[0] != done {
+		t.Errorf("objects after recovery = %v, want only %s", got, done)
+	}
+}
+
+func TestPriorAttemptsIsClamped(t *testing.T) {
+	for _, tt := range []struct {
+		meta string
+		want int
+	}{{"", 0}, {"2", 2}, {"-5", 0}, {"999999", 2}, {"x", 0}} {
+		if got := PriorAttempts(map[string]string{metaAttempts: tt.meta}, 3); got != tt.want {
+			t.Errorf("PriorAttempts(%q) = %d, want %d", tt.meta, got, tt.want)
+		}
+	}
+}
+
+func TestValidityLeavesRoomForTimestampResolution(t *testing.T) {
+	for _, ttl := range []time.Duration{MinTTL, time.Minute, time.Hour} {
+		// The holder stops acting at least a second before any recoverer may
+		// judge the lease stale, and renews at least twice within its window.
+		if gap := staleAfter(ttl) - validFor(ttl); gap < 2*time.Second {
+			t.Errorf("ttl %v: holder window ends only %v before staleness", ttl, gap)
+		}
+		if validFor(ttl) < 2*ttl/3-ttl/10 {
+			t.Errorf("ttl %v: window %v leaves less than two renewals", ttl, validFor(ttl))
+		}
+	}
+}
