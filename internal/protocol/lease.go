@@ -183,7 +183,11 @@ func (c *Claim) signal() {
 // sooner. It never gives up on its own: a renewal is a compare-and-swap, so
 // one that lands after a lapse proves nobody took the lease over.
 func (c *Claim) keep(ctx context.Context) {
+	// Under c.mu: ttl() copies the whole lease, whose State the holder
+	// changes meanwhile (a data race the race detector reports).
+	c.mu.Lock()
 	ttl := c.lease.ttl()
+	c.mu.Unlock()
 	wait := ttl / 3
 	for {
 		t := time.NewTimer(wait)

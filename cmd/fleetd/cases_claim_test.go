@@ -1,0 +1,298 @@
+package main
+
+// Deterministic tests of issue 8's cases 1-7: the claim protocol when S3
+// answers ambiguously, slowly or not at all. Each test puts a fault proxy
+// between fleetd and versitygw, injects exactly one fault at one step of the
+// protocol, and checks the queue's invariant directly against S3 (not through
+// the proxy): every spec in exactly one of completed/ or failed/ with its bytes
+// unchanged, nothing left in pending/, claimed/ or leases/, and each spec run
+// once where no node died.
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cellos/fleetd/internal/faultproxy"
+)
+
+// claimTTL is fast()'s lease ttl.
+const claimTTL = 3 * time.Second
+
+// claimProxy starts a fault proxy in front of versitygw for one test. It is
+// closed after the test's agents are stopped (cleanups run last-in first-out,
+// so call it before startAgent).
+func claimProxy(t *testing.T) *faultproxy.Proxy {
+	t.Helper()
+	p, err := faultproxy.Start(env.server.URL, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// claimAgent starts fleetd with fast() settings, talking to S3 through p
+// (direct to versitygw when p is nil).
+func claimAgent(t *testing.T, b *bucket, p *faultproxy.Proxy, node string, extra map[string]string) *agent {
+	t.Helper()
+	s := fast(map[string]string{"CELLOS_FLEET_NODE_ID": node})
+	if p != nil {
+		s["AWS_ENDPOINT_URL_S3"] = p.URL()
+	}
+	for k, v := range extra {
+		s[k] = v
+	}
+	return startAgent(t, b, s)
+}
+
+// claimKey matches exactly the object key of id in state.
+func claimKey(b *bucket, state, id string) *regexp.Regexp {
+	return regexp.MustCompile("^" + regexp.QuoteMeta(b.key(state, id)) + "$")
+}
+
+// claimWait waits for a proxy rule to have fired n times.
+func claimWait(t *testing.T, h *faultproxy.Handle, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := h.Wait(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// claimWaitEmpty waits until pending/, claimed/ and leases/ are empty: the
+// last step of every ownership is a delete, so a finished spec's leftovers
+// go shortly after its result appears.
+func claimWaitEmpty(t *testing.T, b *bucket) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		left := map[string][]string{}
+		for _, s := range []string{"pending", "claimed", "leases"} {
+			if ids := b.ids(s); len(ids) > 0 {
+				left[s] = ids
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("left behind after 30s: %v", left)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// claimStop drains agents with SIGTERM and checks they exit 0 without a panic.
+func claimStop(t *testing.T, agents ...*agent) {
+	t.Helper()
+	for _, a := range agents {
+		select {
+		case <-a.exited:
+			continue
+		default:
+		}
+		a.signal(syscall.SIGTERM)
+	}
+	for _, a := range agents {
+		if code := a.wait(); code != 0 {
+			t.Errorf("fleetd exit code %d", code)
+		}
+		if strings.Contains(a.logs.text(), "panic") {
+			t.Errorf("fleetd logged a panic")
+		}
+	}
+}
+
+// claimRuns counts cell starts per spec id over agents.
+func claimRuns(agents ...*agent) map[string]int {
+	var all []cellEvent
+	for _, a := range agents {
+		all = append(all, a.cellEvents()...)
+	}
+	return starts(all)
+}
+
+// claimWant is where one spec must end, with which bytes.
+type claimWant struct {
+	state string // completed or failed
+	body  []byte
+}
+
+// claimInvariant checks the queue against S3 directly: every spec of want in
+// exactly its state with its bytes unchanged, no other spec anywhere, and
+// nothing in pending/, claimed/ or leases/. It returns the result records'
+// metadata by id.
+func claimInvariant(t *testing.T, b *bucket, want map[string]claimWant) map[string]map[string]string {
+	t.Helper()
+	for _, s := range []string{"pending", "claimed", "leases"} {
+		if left := b.ids(s); len(left) != 0 {
+			t.Errorf("%s/ holds %v", s, left)
+		}
+	}
+	meta := map[string]map[string]string{}
+	seen := map[string]string{}
+	for _, s := range []string{"completed", "failed"} {
+		for _, id := range b.ids(s) {
+			if prev, ok := seen[id]; ok {
+				t.Errorf("spec %s is in both %s/ and %s/", id, prev, s)
+			}
+			seen[id] = s
+			w, ok := want[id]
+			if !ok {
+				t.Errorf("unexpected spec %s in %s/", id, s)
+				continue
+			}
+			if s != w.state {
+				t.Errorf("spec %s ended in %s/, want %s/", id, s, w.state)
+			}
+			body, m := b.get(b.key(s, id))
+			if !bytes.Equal(body, w.body) {
+				t.Errorf("%s/%s holds %q, want %q", s, id, body, w.body)
+			}
+			meta[id] = m
+		}
+	}
+	for id, w := range want {
+		if _, ok := seen[id]; !ok {
+			t.Errorf("spec %s is lost: in neither completed/ nor failed/ (want %s/)", id, w.state)
+		}
+	}
+	return meta
+}
+
+// claimRunsOnce checks every id ran exactly once over agents.
+func claimRunsOnce(t *testing.T, ids []string, agents ...*agent) {
+	t.Helper()
+	runs := claimRuns(agents...)
+	for _, id := range ids {
+		if runs[id] != 1 {
+			t.Errorf("spec %s ran %d times, want once (runs %v)", id, runs[id], runs)
+		}
+	}
+}
+
+// claimLease reads a lease body straight from S3.
+func claimLease(t *testing.T, b *bucket, id string) map[string]any {
+	t.Helper()
+	body, _ := b.get(b.key("leases", id))
+	var l map[string]any
+	if err := json.Unmarshal(body, &l); err != nil {
+		t.Fatalf("lease %s: %v", id, err)
+	}
+	return l
+}
+
+// claimETag is the ETag S3 gives a single PUT of body, quoted as sent in If-Match.
+func claimETag(body []byte) string {
+	sum := md5.Sum(body)
+	return `"` + hex.EncodeToString(sum[:]) + `"`
+}
+
+// claimLogTime is the time of the first log line of a containing substr.
+func claimLogTime(t *testing.T, a *agent, substr string) time.Time {
+	t.Helper()
+	lines := a.logs.jsonLines(t, substr)
+	if len(lines) == 0 {
+		t.Fatalf("no log line with %q", substr)
+	}
+	at, err := time.Parse(time.RFC3339Nano, lines[0]["time"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return at
+}
+
+// TestCase1_AmbiguousConditionalPut: a conditional PUT that lands but whose
+// answer is lost (500 after forwarding, or a reset after forwarding). The
+// store's retry then gets 412 from our own write; the protocol must read the
+// object back and carry on, not take it for another node's.
+func TestCase1_AmbiguousConditionalPut(t *testing.T) {
+	t.Parallel()
+	type step struct {
+		name   string
+		rule   func(b *bucket) faultproxy.Rule
+		test   map[string]any
+		prompt bool // must complete well within a ttl of the fault
+	}
+	steps := []step{
+		{"LeaseCreate", func(b *bucket) faultproxy.Rule {
+			return faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-None-Match": "*"}}
+		}, map[string]any{}, true},
+		// The cell outlives two renewals (every ttl/3 = 1 s); the first is hit.
+		{"LeaseRenewal", func(b *bucket) faultproxy.Rule {
+			return faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""}}
+		}, map[string]any{"sleepMs": 2500}, false},
+		{"ResultPut", func(b *bucket) faultproxy.Rule {
+			return faultproxy.Rule{Method: "PUT", Key: claimKey(b, "completed", "x")}
+		}, map[string]any{}, true},
+	}
+	faults := []struct {
+		name   string
+		action faultproxy.Action
+		status int
+	}{{"ErrorAfter500", faultproxy.ErrorAfter, 500}, {"ResetAfter", faultproxy.ResetAfter, 0}}
+	for _, s := range steps {
+		for _, f := range faults {
+			t.Run(s.name+"/"+f.name, func(t *testing.T) {
+				t.Parallel()
+				b := newBucket(t)
+				p := claimProxy(t)
+				rule := s.rule(b)
+				rule.Action, rule.Status, rule.Times = f.action, f.status, 1
+				h := p.Add(rule)
+				body := b.submit("x", s.test)
+				a := claimAgent(t, b, p, "n1", nil)
+				claimWait(t, h, 1)
+				faulted := time.Now()
+				b.waitCount("completed", 1)
+				if took := time.Since(faulted); s.prompt && took >= claimTTL {
+					t.Errorf("completed %v after the fault: blocked for a ttl", took)
+				}
+				claimWaitEmpty(t, b)
+				claimStop(t, a)
+				claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+				claimRunsOnce(t, []string{"x"}, a)
+				for _, bad := range []string{"recovery:", "claim conflict", "lease taken over", "left to recovery"} {
+					if n := a.logs.count(bad); n != 0 {
+						t.Errorf("%d log lines with %q", n, bad)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestCase2_AmbiguousPendingDelete: the DELETE of pending/ during the claim
+// lands but is answered 503, once, or on every attempt of the store's first
+// call so the protocol itself sees an unknown outcome. The spec must not be
+// lost, and runs once.
+func TestCase2_AmbiguousPendingDelete(t *testing.T) {
+	t.Parallel()
+	for _, times := range []int{1, 5} {
+		t.Run(fmt.Sprintf("Times%d", times), func(t *testing.T) {
+			t.Parallel()
+			b := newBucket(t)
+			p := claimProxy(t)
+			h := p.Add(faultproxy.Rule{Method: "DELETE", Key: claimKey(b, "pending", "x"),
+				Action: faultproxy.ErrorAfter, Status: 503, Times: times})
+			body := b.submit("x", map[string]any{})
+			a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_S3_MAX_ATTEMPTS": "5"})
+			claimWait(t, h, times)
+			b.waitCount("completed", 1)
+			claimWaitEmpty(t, b)
+			claimStop(t, a)
+			claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+			claimRunsOnce(t, []string{"x"}, a)
+		})
+	}
+}
