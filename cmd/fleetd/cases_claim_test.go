@@ -15,11 +15,16 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
@@ -294,5 +299,154 @@ func TestCase2_AmbiguousPendingDelete(t *testing.T) {
 			claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
 			claimRunsOnce(t, []string{"x"}, a)
 		})
+	}
+}
+
+// TestCase3_ClaimSlowerThanTTL: the DELETE of pending/ that consumes the spec
+// is held for longer than a ttl (until the lease has been renewed 5 times,
+// over the 4 s after which a lease counts as stale) with a second agent
+// running alongside, ready to recover. The lease must be kept alive through
+// the claim: no takeover, one run, completed, nothing left.
+func TestCase3_ClaimSlowerThanTTL(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := claimProxy(t)
+	hold := p.Add(faultproxy.Rule{Method: "DELETE", Key: claimKey(b, "pending", "x"), Action: faultproxy.Hold})
+	renewals := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""}})
+	body := b.submit("x", map[string]any{})
+	a1 := claimAgent(t, b, p, "n1", nil)
+	a2 := claimAgent(t, b, p, "n2", nil)
+	claimWait(t, hold, 1)
+	token := claimLease(t, b, "x")["token"]
+	claimWait(t, renewals, 5)
+	if got := claimLease(t, b, "x")["token"]; got != token {
+		t.Errorf("lease token %v after 5 renewals, want the claimer's %v: taken over mid-claim", got, token)
+	}
+	if !b.exists(b.key("pending", "x")) {
+		t.Error("pending/x gone while its DELETE is held")
+	}
+	hold.Release()
+	b.waitCount("completed", 1)
+	claimWaitEmpty(t, b)
+	claimStop(t, a1, a2)
+	meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+	if meta["x"]["fleetd-token"] != token {
+		t.Errorf("completed/x written by token %q, want the claimer's %v", meta["x"]["fleetd-token"], token)
+	}
+	claimRunsOnce(t, []string{"x"}, a1, a2)
+	for _, a := range []*agent{a1, a2} {
+		if n := a.logs.count("recovery:"); n != 0 {
+			t.Errorf("%d recovery log lines: the claim was recovered while alive", n)
+		}
+	}
+}
+
+// TestCase4_LateCleanup: the first run's DELETE of claimed/ is held past a
+// ttl after its result is written; meanwhile x is resubmitted with other
+// bytes. Nothing of the newer submission may be deleted by the late cleanup:
+// both submissions run once each, the resubmission's result is the last, and
+// nothing is left.
+func TestCase4_LateCleanup(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := claimProxy(t)
+	body1 := b.submit("x", map[string]any{"sleepMs": 0})
+	etag1 := claimETag(body1)
+	if head, err := env.client.HeadObject(context.Background(), &s3.HeadObjectInput{Bucket: &b.name, Key: aws.String(b.key("pending", "x"))}); err != nil || aws.ToString(head.ETag) != etag1 {
+		t.Fatalf("pending/x ETag %v (%v), want %s", aws.ToString(head.ETag), err, etag1)
+	}
+	// Only deletes of the first submission's claimed/ are held: the
+	// resubmission has other bytes, so another ETag.
+	hold := p.Add(faultproxy.Rule{Method: "DELETE", Key: claimKey(b, "claimed", "x"), Header: map[string]string{"If-Match": etag1}, Action: faultproxy.Hold})
+	renewals := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""}})
+	a1 := claimAgent(t, b, p, "n1", nil)
+	a2 := claimAgent(t, b, p, "n2", nil)
+	claimWait(t, hold, 1)
+	got, meta1 := b.get(b.key("completed", "x"))
+	if !bytes.Equal(got, body1) {
+		t.Fatalf("completed/x = %q before the cleanup, want the first submission", got)
+	}
+	token1 := meta1["fleetd-token"]
+	body2 := b.submit("x", map[string]any{"sleepMs": 1})
+	// Held past a ttl: the first holder renews its lease 4 more times.
+	claimWait(t, renewals, renewals.Fired()+4)
+	if got, _ := b.get(b.key("pending", "x")); !bytes.Equal(got, body2) {
+		t.Errorf("pending/x = %q while the old cleanup is held, want the resubmission", got)
+	}
+	if n := claimRuns(a1, a2)["x"]; n != 1 {
+		t.Errorf("x ran %d times while the first run's lease is held, want 1", n)
+	}
+	hold.Release()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if got, _ := b.get(b.key("completed", "x")); bytes.Equal(got, body2) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the resubmission did not complete within 30s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	claimWaitEmpty(t, b)
+	claimStop(t, a1, a2)
+	meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body2}})
+	if meta["x"]["fleetd-token"] == token1 {
+		t.Error("completed/x of the resubmission carries the first run's token")
+	}
+	if n := claimRuns(a1, a2)["x"]; n != 2 {
+		t.Errorf("x ran %d times, want once per submission (2)", n)
+	}
+	for _, a := range []*agent{a1, a2} {
+		for _, bad := range []string{"recovery:", "lease taken over", "left to recovery"} {
+			if n := a.logs.count(bad); n != 0 {
+				t.Errorf("%d log lines with %q", n, bad)
+			}
+		}
+	}
+}
+
+// TestCase5_RenewalsFailLongerThanTTL: every renewal of agent A's lease is
+// answered 503 (never forwarded) while its cell runs; agent B, talking to S3
+// directly, may recover the spec. A must stop its own cell before B can take
+// the lease over and must never write a result; the spec ends in completed/
+// once, written by a live lease, with nothing left.
+func TestCase5_RenewalsFailLongerThanTTL(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := claimProxy(t)
+	release := filepath.Join(t.TempDir(), "release")
+	body := b.submit("x", map[string]any{"waitFor": release})
+	a := claimAgent(t, b, p, "a", nil)
+	a.logs.await(t, `"msg":"cell started"`, 1)
+	tokenA := claimLease(t, b, "x")["token"]
+	fail := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""},
+		Action: faultproxy.ErrorBefore, Status: 503})
+	other := claimAgent(t, b, nil, "b", nil)
+	a.logs.await(t, "cell stopped: the lease could not be renewed in time", 1)
+	// From here on any run of x ends at once.
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other.logs.await(t, "took over a stale lease", 1)
+	b.waitCount("completed", 1)
+	if stopped, taken := claimLogTime(t, a, `"msg":"cell ended"`), claimLogTime(t, other, "took over a stale lease"); !stopped.Before(taken) {
+		t.Errorf("A's cell ended at %v, after B took the lease over at %v", stopped, taken)
+	}
+	fail.Remove()
+	// A learns it lost the lease once it can reach S3 again.
+	a.logs.await(t, "lease taken over", 1)
+	claimWaitEmpty(t, b)
+	claimStop(t, a, other)
+	meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+	if meta["x"]["fleetd-token"] == tokenA {
+		t.Errorf("completed/x written under A's lost lease (token %v)", tokenA)
+	}
+	t.Logf("completed/x written by node %s, attempt %s", meta["x"]["fleetd-node"], meta["x"]["fleetd-attempts"])
+	// A's run was stopped by its own fencing; the spec ran once more.
+	if n := claimRuns(a, other)["x"]; n != 2 {
+		t.Errorf("x ran %d times, want 2 (A's fenced run and one more)", n)
+	}
+	if fail.Fired() == 0 {
+		t.Error("no renewal was failed")
 	}
 }
