@@ -450,3 +450,136 @@ func TestCase5_RenewalsFailLongerThanTTL(t *testing.T) {
 		t.Error("no renewal was failed")
 	}
 }
+
+// TestCase6_FinalizeDuringOutage: the result PUT is answered 503 (never
+// forwarded) 8 times: every attempt of the store's first call and 3 of the
+// next. A finished cell's result is retried while the lease is kept alive
+// until it is written: the spec runs once and completes.
+func TestCase6_FinalizeDuringOutage(t *testing.T) {
+	t.Parallel()
+	const outage = 20
+	b := newBucket(t)
+	p := claimProxy(t)
+	fail := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "completed", "x"), Action: faultproxy.ErrorBefore, Status: 503, Times: outage})
+	body := b.submit("x", map[string]any{})
+	a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_S3_MAX_ATTEMPTS": "5"})
+	claimWait(t, fail, outage)
+	b.waitCount("completed", 1)
+	claimWaitEmpty(t, b)
+	claimStop(t, a)
+	claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+	claimRunsOnce(t, []string{"x"}, a)
+	if os.Getenv("CLAIM_DEBUG") != "" {
+		t.Log(a.logs.text())
+	}
+	for _, bad := range []string{"recovery:", "lease taken over", "left to recovery", "returned to pending"} {
+		if n := a.logs.count(bad); n != 0 {
+			t.Errorf("%d log lines with %q", n, bad)
+		}
+	}
+}
+
+// claimPut writes an object with user metadata straight to S3.
+func claimPut(t *testing.T, b *bucket, key string, body []byte, meta map[string]string) {
+	t.Helper()
+	_, err := env.client.PutObject(context.Background(), &s3.PutObjectInput{Bucket: &b.name, Key: &key, Body: bytes.NewReader(body), Metadata: meta})
+	if err != nil {
+		t.Fatalf("put %s: %v", key, err)
+	}
+}
+
+// TestCase7_OrphanClaimRecovery: claims without a lease, as a lost answer
+// can leave behind. (a) One whose result is already written (same token) is
+// only cleared: never requeued, never run. (b) One that never consumed
+// pending/ (pending/ still holds the version it names) and whose attempt
+// count is the maximum is not abandoned to failed/: the spec runs once and
+// completes. The agent's peek of pending/ is held until recovery has settled
+// the orphan, so recovery, not a fresh claim, meets it.
+func TestCase7_OrphanClaimRecovery(t *testing.T) {
+	t.Parallel()
+	t.Run("AlreadyCompleted", func(t *testing.T) {
+		t.Parallel()
+		b := newBucket(t)
+		p := claimProxy(t)
+		requeue := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "pending", "x")})
+		body := []byte(`{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"x","test":{}}}`)
+		result := map[string]string{"fleetd-node": "gone", "fleetd-token": "t-old", "fleetd-outcome": "completed", "fleetd-attempts": "1"}
+		claimPut(t, b, b.key("completed", "x"), body, result)
+		claimPut(t, b, b.key("claimed", "x"), body, map[string]string{"fleetd-node": "gone", "fleetd-token": "t-old",
+			"fleetd-attempts": "1", "fleetd-pending-etag": claimETag(body)})
+		a := claimAgent(t, b, p, "n1", nil)
+		a.logs.await(t, "result already written; clearing the claim", 1)
+		claimWaitEmpty(t, b)
+		claimStop(t, a)
+		meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+		for k, v := range result {
+			if meta["x"][k] != v {
+				t.Errorf("completed/x metadata %s = %q, want %q (unchanged)", k, meta["x"][k], v)
+			}
+		}
+		if n := requeue.Fired(); n != 0 {
+			t.Errorf("a completed spec was written to pending/ %d times", n)
+		}
+		if n := claimRuns(a)["x"]; n != 0 {
+			t.Errorf("a completed spec ran %d times", n)
+		}
+	})
+	t.Run("NeverStartedAtMaxAttempts", func(t *testing.T) {
+		t.Parallel()
+		b := newBucket(t)
+		p := claimProxy(t)
+		peek := p.Add(faultproxy.Rule{Method: "GET", Key: claimKey(b, "pending", "x"), Action: faultproxy.Hold})
+		body := b.submit("x", map[string]any{})
+		claimPut(t, b, b.key("claimed", "x"), body, map[string]string{"fleetd-node": "gone", "fleetd-token": "t-old",
+			"fleetd-attempts": "3", "fleetd-pending-etag": claimETag(body)})
+		a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_MAX_ATTEMPTS": "3"})
+		claimWait(t, peek, 1)
+		a.logs.await(t, "claim without a lease", 1)
+		a.logs.await(t, "the claim never started", 1)
+		peek.Release()
+		b.waitCount("completed", 1)
+		claimWaitEmpty(t, b)
+		claimStop(t, a)
+		meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+		if got := meta["x"]["fleetd-attempts"]; got != "1" {
+			t.Errorf("completed/x attempts = %q, want 1: the orphan's attempt never started", got)
+		}
+		claimRunsOnce(t, []string{"x"}, a)
+		if n := a.logs.count("abandon"); n != 0 {
+			t.Errorf("%d log lines about abandoning", n)
+		}
+	})
+}
+
+// TestCase1_AmbiguousRenewalUnresolved: a renewal lands and its answer is
+// lost, and the read-back that would tell is answered 503 on every attempt.
+// The holder's next renewal, If-Match the ETag it had, then gets 412 — from
+// its own landed write. That is not a takeover: the cell must not be killed
+// and the spec must run once.
+func TestCase1_AmbiguousRenewalUnresolved(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := claimProxy(t)
+	renewal := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""},
+		Action: faultproxy.ErrorAfter, Status: 500, Times: 1})
+	readBack := p.Add(faultproxy.Rule{Method: "GET", Key: claimKey(b, "leases", "x"), Action: faultproxy.ErrorBefore, Status: 503, Times: 2})
+	body := b.submit("x", map[string]any{"sleepMs": 2500})
+	// Two attempts a request, so the renewal and its read-back give up well
+	// within the lease's validity and the next renewal meets the 412.
+	a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_S3_MAX_ATTEMPTS": "2"})
+	claimWait(t, renewal, 1)
+	claimWait(t, readBack, 1)
+	b.waitCount("completed", 1)
+	claimWaitEmpty(t, b)
+	claimStop(t, a)
+	claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+	claimRunsOnce(t, []string{"x"}, a)
+	if os.Getenv("CLAIM_DEBUG") != "" {
+		t.Log(a.logs.text())
+	}
+	for _, bad := range []string{"recovery:", "lease taken over", "left to recovery", "cell stopped"} {
+		if n := a.logs.count(bad); n != 0 {
+			t.Errorf("%d log lines with %q", n, bad)
+		}
+	}
+}
