@@ -94,8 +94,11 @@ type Claim struct {
 
 	// writeMu orders the keeper's renewals and the final delete, so the
 	// delete is never raced by a renewal that would change the ETag.
-	writeMu    sync.Mutex
-	ended      bool // the lease was deleted; guarded by writeMu
+	writeMu sync.Mutex
+	ended   bool // the lease was deleted; guarded by writeMu
+	// unknown lists the lease writes since the last one known to have landed
+	// whose outcome we could not learn; guarded by writeMu.
+	unknown    []leaseWrite
 	stopKeeper context.CancelFunc
 	keeperDone chan struct{}
 }
@@ -183,7 +186,11 @@ func (c *Claim) signal() {
 // sooner. It never gives up on its own: a renewal is a compare-and-swap, so
 // one that lands after a lapse proves nobody took the lease over.
 func (c *Claim) keep(ctx context.Context) {
+	// Under c.mu: ttl() copies the whole lease, whose State the holder
+	// changes meanwhile (a data race the race detector reports).
+	c.mu.Lock()
 	ttl := c.lease.ttl()
+	c.mu.Unlock()
 	wait := ttl / 3
 	for {
 		if c.p.sleep(ctx, wait) != nil {
@@ -237,19 +244,63 @@ func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error 
 	if errors.Is(err, queue.ErrUnknown) {
 		// Our own write may have landed and its answer been lost: a retry of
 		// it then gets 412. Only reading the lease back tells.
-		tag, err = c.p.readBack(ctx, c.key, l.Token, nonce)
+		c.unknown = append(c.unknown, leaseWrite{nonce: nonce, sent: sent})
+		tag, sent, err = c.resolve(ctx)
+	} else if len(c.unknown) > 0 && (errors.Is(err, queue.ErrPrecondition) || errors.Is(err, queue.ErrNotFound)) {
+		// A 412 after a write whose outcome we could not learn (its answer
+		// lost, and the read-back failed too) may come from that write of
+		// ours, which landed and changed the ETag: not a takeover. Read the
+		// lease back; if it is ours, write again over it.
+		var landed time.Time
+		if tag, landed, err = c.resolve(ctx); err == nil {
+			c.unknown = nil
+			c.renewed(tag, landed)
+			return c.writeLease(ctx, l, tag)
+		}
 	}
 	switch {
 	case err == nil:
+		c.unknown = nil
 		c.mu.Lock()
 		c.lease.Nonce = l.Nonce
 		c.mu.Unlock()
 		c.renewed(tag, sent)
 		return nil
+	case errors.Is(err, queue.ErrUnknown):
+		return err
 	case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrNotFound):
 		return fmt.Errorf("%w: %w", ErrLost, err)
 	}
 	return err
+}
+
+// leaseWrite is a lease write of ours whose outcome we have not learnt.
+type leaseWrite struct {
+	nonce string
+	sent  time.Time
+}
+
+// resolve reads the lease back after writes of ours whose outcome is unknown
+// (c.unknown): the ETag and send time of the one it holds; ErrPrecondition
+// if it holds another node's write, ErrNotFound if there is none, ErrUnknown
+// or another error if we cannot tell yet. Called under writeMu.
+func (c *Claim) resolve(ctx context.Context) (string, time.Time, error) {
+	o, err := c.p.store.Get(ctx, c.key, maxLeaseBytes)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	var l leaseBody
+	if json.Unmarshal(o.Body, &l) != nil || l.Token != c.token {
+		return "", time.Time{}, fmt.Errorf("lease %s: held by token %q: %w", c.key, l.Token, queue.ErrPrecondition)
+	}
+	for _, w := range c.unknown {
+		if w.nonce == l.Nonce {
+			return o.ETag, w.sent, nil
+		}
+	}
+	// An earlier write of ours is what the lease holds; the unknown ones did
+	// not land (yet). The caller retries from the ETag it has.
+	return "", time.Time{}, fmt.Errorf("lease %s: our write did not land: %w", c.key, queue.ErrUnknown)
 }
 
 // readBack resolves a lease write whose outcome is unknown: nil and the

@@ -1,0 +1,585 @@
+package main
+
+// Deterministic tests of issue 8's cases 1-7: the claim protocol when S3
+// answers ambiguously, slowly or not at all. Each test puts a fault proxy
+// between fleetd and versitygw, injects exactly one fault at one step of the
+// protocol, and checks the queue's invariant directly against S3 (not through
+// the proxy): every spec in exactly one of completed/ or failed/ with its bytes
+// unchanged, nothing left in pending/, claimed/ or leases/, and each spec run
+// once where no node died.
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/cellos/fleetd/internal/faultproxy"
+)
+
+// claimTTL is fast()'s lease ttl.
+const claimTTL = 3 * time.Second
+
+// claimProxy starts a fault proxy in front of versitygw for one test. It is
+// closed after the test's agents are stopped (cleanups run last-in first-out,
+// so call it before startAgent).
+func claimProxy(t *testing.T) *faultproxy.Proxy {
+	t.Helper()
+	p, err := faultproxy.Start(env.server.URL, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// claimAgent starts fleetd with fast() settings, talking to S3 through p
+// (direct to versitygw when p is nil).
+func claimAgent(t *testing.T, b *bucket, p *faultproxy.Proxy, node string, extra map[string]string) *agent {
+	t.Helper()
+	s := fast(map[string]string{"CELLOS_FLEET_NODE_ID": node})
+	if p != nil {
+		s["AWS_ENDPOINT_URL_S3"] = p.URL()
+	}
+	for k, v := range extra {
+		s[k] = v
+	}
+	return startAgent(t, b, s)
+}
+
+// claimKey matches exactly the object key of id in state.
+func claimKey(b *bucket, state, id string) *regexp.Regexp {
+	return regexp.MustCompile("^" + regexp.QuoteMeta(b.key(state, id)) + "$")
+}
+
+// claimWait waits for a proxy rule to have fired n times.
+func claimWait(t *testing.T, h *faultproxy.Handle, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := h.Wait(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// claimWaitEmpty waits until pending/, claimed/ and leases/ are empty: the
+// last step of every ownership is a delete, so a finished spec's leftovers
+// go shortly after its result appears.
+func claimWaitEmpty(t *testing.T, b *bucket) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		left := map[string][]string{}
+		for _, s := range []string{"pending", "claimed", "leases"} {
+			if ids := b.ids(s); len(ids) > 0 {
+				left[s] = ids
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("left behind after 30s: %v", left)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// claimStop drains agents with SIGTERM and checks they exit 0 without a panic.
+func claimStop(t *testing.T, agents ...*agent) {
+	t.Helper()
+	for _, a := range agents {
+		select {
+		case <-a.exited:
+			continue
+		default:
+		}
+		a.signal(syscall.SIGTERM)
+	}
+	for _, a := range agents {
+		if code := a.wait(); code != 0 {
+			t.Errorf("fleetd exit code %d", code)
+		}
+		if strings.Contains(a.logs.text(), "panic") {
+			t.Errorf("fleetd logged a panic")
+		}
+	}
+}
+
+// claimRuns counts cell starts per spec id over agents.
+func claimRuns(agents ...*agent) map[string]int {
+	var all []cellEvent
+	for _, a := range agents {
+		all = append(all, a.cellEvents()...)
+	}
+	return starts(all)
+}
+
+// claimWant is where one spec must end, with which bytes.
+type claimWant struct {
+	state string // completed or failed
+	body  []byte
+}
+
+// claimInvariant checks the queue against S3 directly: every spec of want in
+// exactly its state with its bytes unchanged, no other spec anywhere, and
+// nothing in pending/, claimed/ or leases/. It returns the result records'
+// metadata by id.
+func claimInvariant(t *testing.T, b *bucket, want map[string]claimWant) map[string]map[string]string {
+	t.Helper()
+	for _, s := range []string{"pending", "claimed", "leases"} {
+		if left := b.ids(s); len(left) != 0 {
+			t.Errorf("%s/ holds %v", s, left)
+		}
+	}
+	meta := map[string]map[string]string{}
+	seen := map[string]string{}
+	for _, s := range []string{"completed", "failed"} {
+		for _, id := range b.ids(s) {
+			if prev, ok := seen[id]; ok {
+				t.Errorf("spec %s is in both %s/ and %s/", id, prev, s)
+			}
+			seen[id] = s
+			w, ok := want[id]
+			if !ok {
+				t.Errorf("unexpected spec %s in %s/", id, s)
+				continue
+			}
+			if s != w.state {
+				t.Errorf("spec %s ended in %s/, want %s/", id, s, w.state)
+			}
+			body, m := b.get(b.key(s, id))
+			if !bytes.Equal(body, w.body) {
+				t.Errorf("%s/%s holds %q, want %q", s, id, body, w.body)
+			}
+			meta[id] = m
+		}
+	}
+	for id, w := range want {
+		if _, ok := seen[id]; !ok {
+			t.Errorf("spec %s is lost: in neither completed/ nor failed/ (want %s/)", id, w.state)
+		}
+	}
+	return meta
+}
+
+// claimRunsOnce checks every id ran exactly once over agents.
+func claimRunsOnce(t *testing.T, ids []string, agents ...*agent) {
+	t.Helper()
+	runs := claimRuns(agents...)
+	for _, id := range ids {
+		if runs[id] != 1 {
+			t.Errorf("spec %s ran %d times, want once (runs %v)", id, runs[id], runs)
+		}
+	}
+}
+
+// claimLease reads a lease body straight from S3.
+func claimLease(t *testing.T, b *bucket, id string) map[string]any {
+	t.Helper()
+	body, _ := b.get(b.key("leases", id))
+	var l map[string]any
+	if err := json.Unmarshal(body, &l); err != nil {
+		t.Fatalf("lease %s: %v", id, err)
+	}
+	return l
+}
+
+// claimETag is the ETag S3 gives a single PUT of body, quoted as sent in If-Match.
+func claimETag(body []byte) string {
+	sum := md5.Sum(body)
+	return `"` + hex.EncodeToString(sum[:]) + `"`
+}
+
+// claimLogTime is the time of the first log line of a containing substr.
+func claimLogTime(t *testing.T, a *agent, substr string) time.Time {
+	t.Helper()
+	lines := a.logs.jsonLines(t, substr)
+	if len(lines) == 0 {
+		t.Fatalf("no log line with %q", substr)
+	}
+	at, err := time.Parse(time.RFC3339Nano, lines[0]["time"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return at
+}
+
+// TestCase1_AmbiguousConditionalPut: a conditional PUT that lands but whose
+// answer is lost (500 after forwarding, or a reset after forwarding). The
+// store's retry then gets 412 from our own write; the protocol must read the
+// object back and carry on, not take it for another node's.
+func TestCase1_AmbiguousConditionalPut(t *testing.T) {
+	t.Parallel()
+	type step struct {
+		name   string
+		rule   func(b *bucket) faultproxy.Rule
+		test   map[string]any
+		prompt bool // must complete well within a ttl of the fault
+	}
+	steps := []step{
+		{"LeaseCreate", func(b *bucket) faultproxy.Rule {
+			return faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-None-Match": "*"}}
+		}, map[string]any{}, true},
+		// The cell outlives two renewals (every ttl/3 = 1 s); the first is hit.
+		{"LeaseRenewal", func(b *bucket) faultproxy.Rule {
+			return faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""}}
+		}, map[string]any{"sleepMs": 2500}, false},
+		{"ResultPut", func(b *bucket) faultproxy.Rule {
+			return faultproxy.Rule{Method: "PUT", Key: claimKey(b, "completed", "x")}
+		}, map[string]any{}, true},
+	}
+	faults := []struct {
+		name   string
+		action faultproxy.Action
+		status int
+	}{{"ErrorAfter500", faultproxy.ErrorAfter, 500}, {"ResetAfter", faultproxy.ResetAfter, 0}}
+	for _, s := range steps {
+		for _, f := range faults {
+			t.Run(s.name+"/"+f.name, func(t *testing.T) {
+				t.Parallel()
+				b := newBucket(t)
+				p := claimProxy(t)
+				rule := s.rule(b)
+				rule.Action, rule.Status, rule.Times = f.action, f.status, 1
+				h := p.Add(rule)
+				body := b.submit("x", s.test)
+				a := claimAgent(t, b, p, "n1", nil)
+				claimWait(t, h, 1)
+				faulted := time.Now()
+				b.waitCount("completed", 1)
+				if took := time.Since(faulted); s.prompt && took >= claimTTL {
+					t.Errorf("completed %v after the fault: blocked for a ttl", took)
+				}
+				claimWaitEmpty(t, b)
+				claimStop(t, a)
+				claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+				claimRunsOnce(t, []string{"x"}, a)
+				for _, bad := range []string{"recovery:", "claim conflict", "lease taken over", "left to recovery"} {
+					if n := a.logs.count(bad); n != 0 {
+						t.Errorf("%d log lines with %q", n, bad)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestCase2_AmbiguousPendingDelete: the DELETE of pending/ during the claim
+// lands but is answered 503, once, or on every attempt of the store's first
+// call so the protocol itself sees an unknown outcome. The spec must not be
+// lost, and runs once.
+func TestCase2_AmbiguousPendingDelete(t *testing.T) {
+	t.Parallel()
+	for _, times := range []int{1, 5} {
+		t.Run(fmt.Sprintf("Times%d", times), func(t *testing.T) {
+			t.Parallel()
+			b := newBucket(t)
+			p := claimProxy(t)
+			h := p.Add(faultproxy.Rule{Method: "DELETE", Key: claimKey(b, "pending", "x"),
+				Action: faultproxy.ErrorAfter, Status: 503, Times: times})
+			body := b.submit("x", map[string]any{})
+			a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_S3_MAX_ATTEMPTS": "5"})
+			claimWait(t, h, times)
+			b.waitCount("completed", 1)
+			claimWaitEmpty(t, b)
+			claimStop(t, a)
+			claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+			claimRunsOnce(t, []string{"x"}, a)
+		})
+	}
+}
+
+// TestCase3_ClaimSlowerThanTTL: the DELETE of pending/ that consumes the spec
+// is held for longer than a ttl (until the lease has been renewed 5 times,
+// over the 4 s after which a lease counts as stale) with a second agent
+// running alongside, ready to recover. The lease must be kept alive through
+// the claim: no takeover, one run, completed, nothing left.
+func TestCase3_ClaimSlowerThanTTL(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := claimProxy(t)
+	hold := p.Add(faultproxy.Rule{Method: "DELETE", Key: claimKey(b, "pending", "x"), Action: faultproxy.Hold})
+	renewals := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""}})
+	body := b.submit("x", map[string]any{})
+	a1 := claimAgent(t, b, p, "n1", nil)
+	a2 := claimAgent(t, b, p, "n2", nil)
+	claimWait(t, hold, 1)
+	token := claimLease(t, b, "x")["token"]
+	claimWait(t, renewals, 5)
+	if got := claimLease(t, b, "x")["token"]; got != token {
+		t.Errorf("lease token %v after 5 renewals, want the claimer's %v: taken over mid-claim", got, token)
+	}
+	if !b.exists(b.key("pending", "x")) {
+		t.Error("pending/x gone while its DELETE is held")
+	}
+	hold.Release()
+	b.waitCount("completed", 1)
+	claimWaitEmpty(t, b)
+	claimStop(t, a1, a2)
+	meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+	if meta["x"]["fleetd-token"] != token {
+		t.Errorf("completed/x written by token %q, want the claimer's %v", meta["x"]["fleetd-token"], token)
+	}
+	claimRunsOnce(t, []string{"x"}, a1, a2)
+	for _, a := range []*agent{a1, a2} {
+		if n := a.logs.count("recovery:"); n != 0 {
+			t.Errorf("%d recovery log lines: the claim was recovered while alive", n)
+		}
+	}
+}
+
+// TestCase4_LateCleanup: the first run's DELETE of claimed/ is held past a
+// ttl after its result is written; meanwhile x is resubmitted with other
+// bytes. Nothing of the newer submission may be deleted by the late cleanup:
+// both submissions run once each, the resubmission's result is the last, and
+// nothing is left.
+func TestCase4_LateCleanup(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := claimProxy(t)
+	body1 := b.submit("x", map[string]any{"sleepMs": 0})
+	etag1 := claimETag(body1)
+	if head, err := env.client.HeadObject(context.Background(), &s3.HeadObjectInput{Bucket: &b.name, Key: aws.String(b.key("pending", "x"))}); err != nil || aws.ToString(head.ETag) != etag1 {
+		t.Fatalf("pending/x ETag %v (%v), want %s", aws.ToString(head.ETag), err, etag1)
+	}
+	// Only deletes of the first submission's claimed/ are held: the
+	// resubmission has other bytes, so another ETag.
+	hold := p.Add(faultproxy.Rule{Method: "DELETE", Key: claimKey(b, "claimed", "x"), Header: map[string]string{"If-Match": etag1}, Action: faultproxy.Hold})
+	renewals := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""}})
+	a1 := claimAgent(t, b, p, "n1", nil)
+	a2 := claimAgent(t, b, p, "n2", nil)
+	claimWait(t, hold, 1)
+	got, meta1 := b.get(b.key("completed", "x"))
+	if !bytes.Equal(got, body1) {
+		t.Fatalf("completed/x = %q before the cleanup, want the first submission", got)
+	}
+	token1 := meta1["fleetd-token"]
+	body2 := b.submit("x", map[string]any{"sleepMs": 1})
+	// Held past a ttl: the first holder renews its lease 4 more times.
+	claimWait(t, renewals, renewals.Fired()+4)
+	if got, _ := b.get(b.key("pending", "x")); !bytes.Equal(got, body2) {
+		t.Errorf("pending/x = %q while the old cleanup is held, want the resubmission", got)
+	}
+	if n := claimRuns(a1, a2)["x"]; n != 1 {
+		t.Errorf("x ran %d times while the first run's lease is held, want 1", n)
+	}
+	hold.Release()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if got, _ := b.get(b.key("completed", "x")); bytes.Equal(got, body2) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the resubmission did not complete within 30s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	claimWaitEmpty(t, b)
+	claimStop(t, a1, a2)
+	meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body2}})
+	if meta["x"]["fleetd-token"] == token1 {
+		t.Error("completed/x of the resubmission carries the first run's token")
+	}
+	if n := claimRuns(a1, a2)["x"]; n != 2 {
+		t.Errorf("x ran %d times, want once per submission (2)", n)
+	}
+	for _, a := range []*agent{a1, a2} {
+		for _, bad := range []string{"recovery:", "lease taken over", "left to recovery"} {
+			if n := a.logs.count(bad); n != 0 {
+				t.Errorf("%d log lines with %q", n, bad)
+			}
+		}
+	}
+}
+
+// TestCase5_RenewalsFailLongerThanTTL: every renewal of agent A's lease is
+// answered 503 (never forwarded) while its cell runs; agent B, talking to S3
+// directly, may recover the spec. A must stop its own cell before B can take
+// the lease over and must never write a result; the spec ends in completed/
+// once, written by a live lease, with nothing left.
+func TestCase5_RenewalsFailLongerThanTTL(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := claimProxy(t)
+	release := filepath.Join(t.TempDir(), "release")
+	body := b.submit("x", map[string]any{"waitFor": release})
+	a := claimAgent(t, b, p, "a", nil)
+	a.logs.await(t, `"msg":"cell started"`, 1)
+	tokenA := claimLease(t, b, "x")["token"]
+	fail := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""},
+		Action: faultproxy.ErrorBefore, Status: 503})
+	other := claimAgent(t, b, nil, "b", nil)
+	a.logs.await(t, "cell stopped: the lease could not be renewed in time", 1)
+	// From here on any run of x ends at once.
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other.logs.await(t, "took over a stale lease", 1)
+	b.waitCount("completed", 1)
+	if stopped, taken := claimLogTime(t, a, `"msg":"cell ended"`), claimLogTime(t, other, "took over a stale lease"); !stopped.Before(taken) {
+		t.Errorf("A's cell ended at %v, after B took the lease over at %v", stopped, taken)
+	}
+	fail.Remove()
+	// A learns it lost the lease once it can reach S3 again.
+	a.logs.await(t, "lease taken over", 1)
+	claimWaitEmpty(t, b)
+	claimStop(t, a, other)
+	meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+	if meta["x"]["fleetd-token"] == tokenA {
+		t.Errorf("completed/x written under A's lost lease (token %v)", tokenA)
+	}
+	t.Logf("completed/x written by node %s, attempt %s", meta["x"]["fleetd-node"], meta["x"]["fleetd-attempts"])
+	// A's run was stopped by its own fencing; the spec ran once more.
+	if n := claimRuns(a, other)["x"]; n != 2 {
+		t.Errorf("x ran %d times, want 2 (A's fenced run and one more)", n)
+	}
+	if fail.Fired() == 0 {
+		t.Error("no renewal was failed")
+	}
+}
+
+// TestCase6_FinalizeDuringOutage: the result PUT is answered 503 (never
+// forwarded) 8 times: every attempt of the store's first call and 3 of the
+// next. A finished cell's result is retried while the lease is kept alive
+// until it is written: the spec runs once and completes.
+func TestCase6_FinalizeDuringOutage(t *testing.T) {
+	t.Parallel()
+	const outage = 20
+	b := newBucket(t)
+	p := claimProxy(t)
+	fail := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "completed", "x"), Action: faultproxy.ErrorBefore, Status: 503, Times: outage})
+	body := b.submit("x", map[string]any{})
+	a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_S3_MAX_ATTEMPTS": "5"})
+	claimWait(t, fail, outage)
+	b.waitCount("completed", 1)
+	claimWaitEmpty(t, b)
+	claimStop(t, a)
+	claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+	claimRunsOnce(t, []string{"x"}, a)
+	if os.Getenv("CLAIM_DEBUG") != "" {
+		t.Log(a.logs.text())
+	}
+	for _, bad := range []string{"recovery:", "lease taken over", "left to recovery", "returned to pending"} {
+		if n := a.logs.count(bad); n != 0 {
+			t.Errorf("%d log lines with %q", n, bad)
+		}
+	}
+}
+
+// claimPut writes an object with user metadata straight to S3.
+func claimPut(t *testing.T, b *bucket, key string, body []byte, meta map[string]string) {
+	t.Helper()
+	_, err := env.client.PutObject(context.Background(), &s3.PutObjectInput{Bucket: &b.name, Key: &key, Body: bytes.NewReader(body), Metadata: meta})
+	if err != nil {
+		t.Fatalf("put %s: %v", key, err)
+	}
+}
+
+// TestCase7_OrphanClaimRecovery: claims without a lease, as a lost answer
+// can leave behind. (a) One whose result is already written (same token) is
+// only cleared: never requeued, never run. (b) One that never consumed
+// pending/ (pending/ still holds the version it names) and whose attempt
+// count is the maximum is not abandoned to failed/: the spec runs once and
+// completes. The agent's peek of pending/ is held until recovery has settled
+// the orphan, so recovery, not a fresh claim, meets it.
+func TestCase7_OrphanClaimRecovery(t *testing.T) {
+	t.Parallel()
+	t.Run("AlreadyCompleted", func(t *testing.T) {
+		t.Parallel()
+		b := newBucket(t)
+		p := claimProxy(t)
+		requeue := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "pending", "x")})
+		body := []byte(`{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"x","test":{}}}`)
+		result := map[string]string{"fleetd-node": "gone", "fleetd-token": "t-old", "fleetd-outcome": "completed", "fleetd-attempts": "1"}
+		claimPut(t, b, b.key("completed", "x"), body, result)
+		claimPut(t, b, b.key("claimed", "x"), body, map[string]string{"fleetd-node": "gone", "fleetd-token": "t-old",
+			"fleetd-attempts": "1", "fleetd-pending-etag": claimETag(body)})
+		a := claimAgent(t, b, p, "n1", nil)
+		a.logs.await(t, "result already written; clearing the claim", 1)
+		claimWaitEmpty(t, b)
+		claimStop(t, a)
+		meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+		for k, v := range result {
+			if meta["x"][k] != v {
+				t.Errorf("completed/x metadata %s = %q, want %q (unchanged)", k, meta["x"][k], v)
+			}
+		}
+		if n := requeue.Fired(); n != 0 {
+			t.Errorf("a completed spec was written to pending/ %d times", n)
+		}
+		if n := claimRuns(a)["x"]; n != 0 {
+			t.Errorf("a completed spec ran %d times", n)
+		}
+	})
+	t.Run("NeverStartedAtMaxAttempts", func(t *testing.T) {
+		t.Parallel()
+		b := newBucket(t)
+		p := claimProxy(t)
+		peek := p.Add(faultproxy.Rule{Method: "GET", Key: claimKey(b, "pending", "x"), Action: faultproxy.Hold})
+		body := b.submit("x", map[string]any{})
+		claimPut(t, b, b.key("claimed", "x"), body, map[string]string{"fleetd-node": "gone", "fleetd-token": "t-old",
+			"fleetd-attempts": "3", "fleetd-pending-etag": claimETag(body)})
+		a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_MAX_ATTEMPTS": "3"})
+		claimWait(t, peek, 1)
+		a.logs.await(t, "claim without a lease", 1)
+		a.logs.await(t, "the claim never started", 1)
+		peek.Release()
+		b.waitCount("completed", 1)
+		claimWaitEmpty(t, b)
+		claimStop(t, a)
+		meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+		if got := meta["x"]["fleetd-attempts"]; got != "1" {
+			t.Errorf("completed/x attempts = %q, want 1: the orphan's attempt never started", got)
+		}
+		claimRunsOnce(t, []string{"x"}, a)
+		if n := a.logs.count("abandon"); n != 0 {
+			t.Errorf("%d log lines about abandoning", n)
+		}
+	})
+}
+
+// TestCase1_AmbiguousRenewalUnresolved: a renewal lands and its answer is
+// lost, and the read-back that would tell is answered 503 on every attempt.
+// The holder's next renewal, If-Match the ETag it had, then gets 412 — from
+// its own landed write. That is not a takeover: the cell must not be killed
+// and the spec must run once.
+func TestCase1_AmbiguousRenewalUnresolved(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := claimProxy(t)
+	renewal := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""},
+		Action: faultproxy.ErrorAfter, Status: 500, Times: 1})
+	readBack := p.Add(faultproxy.Rule{Method: "GET", Key: claimKey(b, "leases", "x"), Action: faultproxy.ErrorBefore, Status: 503, Times: 2})
+	body := b.submit("x", map[string]any{"sleepMs": 2500})
+	// Two attempts a request, so the renewal and its read-back give up well
+	// within the lease's validity and the next renewal meets the 412.
+	a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_S3_MAX_ATTEMPTS": "2"})
+	claimWait(t, renewal, 1)
+	claimWait(t, readBack, 1)
+	b.waitCount("completed", 1)
+	claimWaitEmpty(t, b)
+	claimStop(t, a)
+	claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+	claimRunsOnce(t, []string{"x"}, a)
+	if os.Getenv("CLAIM_DEBUG") != "" {
+		t.Log(a.logs.text())
+	}
+	for _, bad := range []string{"recovery:", "lease taken over", "left to recovery", "cell stopped"} {
+		if n := a.logs.count(bad); n != 0 {
+			t.Errorf("%d log lines with %q", n, bad)
+		}
+	}
+}
