@@ -183,7 +183,9 @@ func (c *Claim) signal() {
 // sooner. It never gives up on its own: a renewal is a compare-and-swap, so
 // one that lands after a lapse proves nobody took the lease over.
 func (c *Claim) keep(ctx context.Context) {
+	c.mu.Lock()
 	ttl := c.lease.ttl()
+	c.mu.Unlock()
 	wait := ttl / 3
 	for {
 		t := time.NewTimer(wait)
@@ -251,9 +253,33 @@ func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error 
 		c.renewed(tag, sent)
 		return nil
 	case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrNotFound):
-		return fmt.Errorf("%w: %w", ErrLost, err)
+		return c.lostOrLate(ctx, l.Token, err)
 	}
 	return err
+}
+
+// lostOrLate resolves a renewal that lost its compare-and-swap. A 412 is not
+// proof of a takeover: an earlier write of ours whose outcome we could not
+// learn (its answer and its read-back both failed) may have landed since. Only
+// a lease under another token, or none, is lost; a lease under our own token
+// is ours, and we go on from its ETag. Its validity is not extended: we do
+// not know when that write was sent.
+func (c *Claim) lostOrLate(ctx context.Context, token string, cause error) error {
+	o, err := c.p.store.Get(ctx, c.key, maxLeaseBytes)
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		return fmt.Errorf("%w: %w", ErrLost, cause)
+	case err != nil:
+		return fmt.Errorf("lease %s: %w; reading it back: %w", c.key, cause, err)
+	}
+	var cur leaseBody
+	if json.Unmarshal(o.Body, &cur) != nil || cur.Token != token {
+		return fmt.Errorf("%w: %w", ErrLost, cause)
+	}
+	c.mu.Lock()
+	c.etag = o.ETag
+	c.mu.Unlock()
+	return fmt.Errorf("lease %s: a late write of ours landed; renewing from it: %w", c.key, queue.ErrUnknown)
 }
 
 // readBack resolves a lease write whose outcome is unknown: nil and the

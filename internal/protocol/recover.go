@@ -172,7 +172,26 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 		p.leave(c, err)
 		return
 	}
+	// The run whose result we look for is the claimer's, named in claimed/'s
+	// metadata: when the stale holder is itself a recoverer that died before
+	// settling, prev is its token, not the run's.
+	tokens := map[string]bool{}
 	if prev != "" {
+		tokens[prev] = true
+	}
+	var claimedHead queue.Object
+	err = c.act(ctx, quit, "read claimed", func(ctx context.Context) (err error) {
+		claimedHead, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Claimed, id))
+		return err
+	})
+	if err != nil && !errors.Is(err, queue.ErrNotFound) {
+		p.leave(c, err)
+		return
+	}
+	if t := claimedHead.Metadata[metaToken]; err == nil && t != "" {
+		tokens[t] = true
+	}
+	if len(tokens) > 0 {
 		for _, s := range []queue.State{queue.Completed, queue.Failed} {
 			var res queue.Object
 			err := c.act(ctx, quit, "check result", func(ctx context.Context) (err error) {
@@ -183,7 +202,7 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 				p.leave(c, err)
 				return
 			}
-			if err == nil && res.Metadata[metaToken] == prev {
+			if err == nil && tokens[res.Metadata[metaToken]] {
 				c.log.Info("recovery: result already written; clearing the claim", "state", string(s))
 				p.adoptClaimed(ctx, quit, c)
 				c.clearClaimed(ctx, quit)
