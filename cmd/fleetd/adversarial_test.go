@@ -161,3 +161,45 @@ func TestAdversarialRecoveryChainForgetsTheResult(t *testing.T) {
 	}
 	b.assertClean()
 }
+
+// TestAdversarialLateClaimedWriteReruns: a claim's write of claimed/ is held
+// past the claimer's patience; the retry lands, the spec (v1) runs and
+// completes, and a resubmission (v2) runs and completes. Then the held write
+// lands: a lease-less claimed/ of v1. Orphan recovery found no result under
+// v1's token (v2's result replaced it) and pending/ gone, so it returned v1 to
+// pending/: v1 ran a second time with no node dead, and its result replaced
+// v2's.
+func TestAdversarialLateClaimedWriteReruns(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	proxy := advProxy(t)
+	held := proxy.Add(faultproxy.Rule{Method: "PUT", Key: regexp.MustCompile(`^fleet/claimed/o\.json$`), Action: faultproxy.Hold, Times: 1})
+	b.submit("o", map[string]any{"sleepMs": 0})
+	a := startAgent(t, b, advSettings(proxy, "a", nil))
+	waitFired(t, held, 1, "claimed/ write")
+	b.waitCount("completed", 1)
+	b.waitSettled("o")
+	v2 := b.submit("o", map[string]any{"sleepMs": 1})
+	a.logs.await(t, `"msg":"spec finalised"`, 2)
+	b.waitSettled("o")
+
+	held.Release()
+	deadline := time.Now().Add(30 * time.Second)
+	for !b.exists(b.key("claimed", "o")) {
+		if time.Now().After(deadline) {
+			t.Fatal("the held claimed/ write never landed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	a.logs.await(t, "recovery: claim", 1)
+	b.waitSettled("o")
+	a.signal(syscall.SIGTERM)
+	a.wait()
+	if got := starts(a.cellEvents()); got["o"] != 2 {
+		t.Errorf("spec o ran %d times for 2 submissions, want 2", got["o"])
+	}
+	if got, _ := b.get(b.key("completed", "o")); string(got) != string(v2) {
+		t.Errorf("completed/o = %s, want the last submission %s", got, v2)
+	}
+	b.assertClean()
+}

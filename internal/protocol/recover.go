@@ -150,6 +150,18 @@ func (p *Protocol) takeOverOrphan(ctx context.Context, quit <-chan struct{}, id 
 		c.drop()
 		return
 	}
+	if o.Metadata[metaToken] != "" {
+		// Written by a fleetd claim. Every claim writes claimed/ under its
+		// lease and deletes the lease only once the spec is settled (result
+		// written, pending/ rewritten, or claimed/ cleared), so a lease-less
+		// claimed/ of ours is a late write of a claim that has ended: returning
+		// it would run a settled spec again, over any newer submission.
+		log.Warn("recovery: claimed/ written late by an ended claim; clearing it", "claim_token", o.Metadata[metaToken])
+		c.claimedETag = o.ETag
+		c.clearClaimed(ctx, quit)
+		c.end(ctx, quit)
+		return
+	}
 	p.cfg.Metrics.LeaseTakenOver()
 	log.Warn("recovery: claim without a lease; settling it")
 	attempts, _ := strconv.Atoi(o.Metadata[metaAttempts])
