@@ -241,37 +241,37 @@ func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error 
 	body, nonce := encodeLease(&l, c.p.clock.Now())
 	sent := c.p.clock.Now()
 	tag, err := c.p.store.Put(ctx, c.key, body, queue.PutOptions{IfMatch: etag})
-	if errors.Is(err, queue.ErrUnknown) {
-		// Our own write may have landed and its answer been lost: a retry of
-		// it then gets 412. Only reading the lease back tells.
-		c.unknown = append(c.unknown, leaseWrite{nonce: nonce, sent: sent})
-		tag, sent, err = c.resolve(ctx)
-	} else if len(c.unknown) > 0 && (errors.Is(err, queue.ErrPrecondition) || errors.Is(err, queue.ErrNotFound)) {
-		// A 412 after a write whose outcome we could not learn (its answer
-		// lost, and the read-back failed too) may come from that write of
-		// ours, which landed and changed the ETag: not a takeover. Read the
-		// lease back; if it is ours, write again over it.
-		var landed time.Time
-		if tag, landed, err = c.resolve(ctx); err == nil {
-			c.unknown = nil
-			c.renewed(tag, landed)
-			return c.writeLease(ctx, l, tag)
-		}
-	}
-	switch {
-	case err == nil:
+	if err == nil {
 		c.unknown = nil
-		c.mu.Lock()
-		c.lease.Nonce = l.Nonce
-		c.mu.Unlock()
 		c.renewed(tag, sent)
 		return nil
-	case errors.Is(err, queue.ErrUnknown):
-		return err
+	}
+	if errors.Is(err, queue.ErrUnknown) {
+		c.unknown = append(c.unknown, leaseWrite{nonce: nonce, sent: sent})
+	} else if !errors.Is(err, queue.ErrPrecondition) && !errors.Is(err, queue.ErrNotFound) {
+		return err // not sent, or refused: try again
+	}
+	// The write may have landed with its answer lost, and a 412 may come from
+	// a late write of ours that changed the ETag: only the lease itself tells
+	// a takeover from our own writes. The read gets its own time: the one
+	// whose answer was lost may have used up ctx.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.p.cfg.TTL/3)
+	defer cancel()
+	tag, landed, err := c.resolve(rctx)
+	switch {
 	case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrNotFound):
 		return fmt.Errorf("%w: %w", ErrLost, err)
+	case err != nil:
+		return err // cannot tell yet: try again soon, the lease is not given up
 	}
-	return err
+	c.unknown = nil
+	c.renewed(tag, landed)
+	if landed.IsZero() {
+		// The lease holds a write of ours we cannot date: go on from its ETag
+		// without extending the validity, and renew again soon.
+		return fmt.Errorf("lease %s: went on from a write of ours of unknown age: %w", c.key, queue.ErrUnknown)
+	}
+	return nil
 }
 
 // leaseWrite is a lease write of ours whose outcome we have not learnt.
@@ -280,10 +280,11 @@ type leaseWrite struct {
 	sent  time.Time
 }
 
-// resolve reads the lease back after writes of ours whose outcome is unknown
-// (c.unknown): the ETag and send time of the one it holds; ErrPrecondition
-// if it holds another node's write, ErrNotFound if there is none, ErrUnknown
-// or another error if we cannot tell yet. Called under writeMu.
+// resolve reads the lease back. If it holds our token, it returns its ETag
+// and, if the write it holds is one of ours whose outcome we had not learnt
+// (c.unknown), when that write was sent (zero otherwise). ErrPrecondition:
+// it holds another node's write; ErrNotFound: there is none; any other error:
+// we cannot tell yet. Called under writeMu.
 func (c *Claim) resolve(ctx context.Context) (string, time.Time, error) {
 	o, err := c.p.store.Get(ctx, c.key, maxLeaseBytes)
 	if err != nil {
@@ -298,9 +299,7 @@ func (c *Claim) resolve(ctx context.Context) (string, time.Time, error) {
 			return o.ETag, w.sent, nil
 		}
 	}
-	// An earlier write of ours is what the lease holds; the unknown ones did
-	// not land (yet). The caller retries from the ETag it has.
-	return "", time.Time{}, fmt.Errorf("lease %s: our write did not land: %w", c.key, queue.ErrUnknown)
+	return o.ETag, time.Time{}, nil
 }
 
 // readBack resolves a lease write whose outcome is unknown: nil and the

@@ -150,6 +150,18 @@ func (p *Protocol) takeOverOrphan(ctx context.Context, quit <-chan struct{}, id 
 		c.drop()
 		return
 	}
+	if o.Metadata[metaToken] != "" {
+		// Written by a fleetd claim. Every claim writes claimed/ under its
+		// lease and deletes the lease only once the spec is settled (result
+		// written, pending/ rewritten, or claimed/ cleared), so a lease-less
+		// claimed/ of ours is a late write of a claim that has ended: returning
+		// it would run a settled spec again, over any newer submission.
+		log.Warn("recovery: claimed/ written late by an ended claim; clearing it", "claim_token", o.Metadata[metaToken])
+		c.claimedETag = o.ETag
+		c.clearClaimed(ctx, quit)
+		c.end(ctx, quit)
+		return
+	}
 	p.cfg.Metrics.LeaseTakenOver()
 	log.Warn("recovery: claim without a lease; settling it")
 	attempts, _ := strconv.Atoi(o.Metadata[metaAttempts])
@@ -172,7 +184,26 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 		p.leave(c, err)
 		return
 	}
+	// The run whose result we look for is the claimer's, named in claimed/'s
+	// metadata: when the stale holder is itself a recoverer that died before
+	// settling, prev is its token, not the run's.
+	tokens := map[string]bool{}
 	if prev != "" {
+		tokens[prev] = true
+	}
+	var claimedHead queue.Object
+	err = c.act(ctx, quit, "read claimed", func(ctx context.Context) (err error) {
+		claimedHead, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Claimed, id))
+		return err
+	})
+	if err != nil && !errors.Is(err, queue.ErrNotFound) {
+		p.leave(c, err)
+		return
+	}
+	if t := claimedHead.Metadata[metaToken]; err == nil && t != "" {
+		tokens[t] = true
+	}
+	if len(tokens) > 0 {
 		for _, s := range []queue.State{queue.Completed, queue.Failed} {
 			var res queue.Object
 			err := c.act(ctx, quit, "check result", func(ctx context.Context) (err error) {
@@ -183,7 +214,7 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 				p.leave(c, err)
 				return
 			}
-			if err == nil && res.Metadata[metaToken] == prev {
+			if err == nil && tokens[res.Metadata[metaToken]] {
 				c.log.Info("recovery: result already written; clearing the claim", "state", string(s))
 				p.adoptClaimed(ctx, quit, c)
 				c.clearClaimed(ctx, quit)

@@ -1,0 +1,205 @@
+package main
+
+// Adversarial scenarios against the claim protocol: each one is a sequence of
+// S3 answers (and, where it takes one, a kill) that broke the invariant —
+// every spec ends in exactly one of completed/ or failed/, runs once unless a
+// node died holding it, nothing left in pending/, claimed/ or leases/.
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cellos/fleetd/internal/faultproxy"
+)
+
+func advProxy(t *testing.T) *faultproxy.Proxy {
+	t.Helper()
+	proxy, err := faultproxy.Start(env.server.URL, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	return proxy
+}
+
+// advSettings: an agent behind the proxy with a 3 s lease.
+func advSettings(proxy *faultproxy.Proxy, node string, extra map[string]string) map[string]string {
+	m := fast(map[string]string{
+		"AWS_ENDPOINT_URL_S3":          proxy.URL(),
+		"CELLOS_FLEET_NODE_ID":         node,
+		"CELLOS_FLEET_S3_TIMEOUT_MS":   "2000",
+		"CELLOS_FLEET_S3_MAX_ATTEMPTS": "3",
+	})
+	for k, v := range extra {
+		m[k] = v
+	}
+	return m
+}
+
+func waitFired(t *testing.T, h *faultproxy.Handle, n int, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := h.Wait(ctx, n); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// waitSettled waits until pending/, claimed/ and leases/ are empty and id
+// has a result.
+func (b *bucket) waitSettled(id string) {
+	b.t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		left := len(b.ids("pending")) + len(b.ids("claimed")) + len(b.ids("leases"))
+		if left == 0 && (b.exists(b.key("completed", id)) || b.exists(b.key("failed", id))) {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("%s not settled after 90s: pending %v claimed %v leases %v", id, b.ids("pending"), b.ids("claimed"), b.ids("leases"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (b *bucket) assertClean() {
+	b.t.Helper()
+	for _, state := range []string{"pending", "claimed", "leases"} {
+		if left := b.ids(state); len(left) != 0 {
+			b.t.Errorf("%s/ holds %v", state, left)
+		}
+	}
+}
+
+// TestAdversarialRenewalLandsUnseen: a renewal lands and its answer is lost
+// (reset after forwarding); the SDK-level retry gets 412 from that very write,
+// and the read-back that would tell fails (503). The keeper retries from the
+// ETag it knew and gets a definite 412 — from its own write — and took that
+// for a takeover: a healthy cell was killed, and recovery ran the spec again
+// with no node dead.
+func TestAdversarialRenewalLandsUnseen(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	proxy := advProxy(t)
+	release := filepath.Join(t.TempDir(), "release")
+	b.submit("r", map[string]any{"waitFor": release})
+	a := startAgent(t, b, advSettings(proxy, "a", nil))
+	a.logs.await(t, `"msg":"cell started"`, 1)
+
+	lease := regexp.MustCompile(`^fleet/leases/r\.json$`)
+	proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: map[string]string{"If-Match": ""}, Action: faultproxy.ResetAfter, Times: 1})
+	readBack := proxy.Add(faultproxy.Rule{Method: "GET", Key: lease, Action: faultproxy.ErrorBefore, Status: 503, Times: 3})
+	renewals := proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: map[string]string{"If-Match": ""}, Action: faultproxy.Pass})
+	waitFired(t, readBack, 3, "read-back of the renewal")
+	// The renewal after the failed one, and two more: a keeper that kept the
+	// lease renews every second.
+	waitFired(t, renewals, 4, "renewals after the lost answer")
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.waitSettled("r")
+	a.signal(syscall.SIGTERM)
+	a.wait()
+	if n := a.logs.count("taken over"); n != 0 {
+		t.Errorf("the node took its own late renewal for a takeover (%d lines)", n)
+	}
+	if got := starts(a.cellEvents()); got["r"] != 1 {
+		t.Errorf("spec r ran %d times with no node dead, want 1", got["r"])
+	}
+	if !b.exists(b.key("completed", "r")) || b.exists(b.key("failed", "r")) {
+		t.Errorf("completed %v failed %v, want completed only", b.ids("completed"), b.ids("failed"))
+	}
+	b.assertClean()
+}
+
+// TestAdversarialRecoveryChainForgetsTheResult: node h writes its result
+// (failed: its cell timed out) and dies before clearing claimed/ and the
+// lease. Recoverer r takes the lease over and dies before settling. Recoverer
+// r2 takes over from r and looks for a result under r's token only: it finds
+// none, returns the spec to pending/ and it runs again — and completes. The
+// spec is in both failed/ and completed/.
+func TestAdversarialRecoveryChainForgetsTheResult(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	proxy := advProxy(t)
+	release := filepath.Join(t.TempDir(), "release")
+	b.submit("c", map[string]any{"waitFor": release})
+
+	clearClaimed := proxy.Add(faultproxy.Rule{Method: "DELETE", Key: regexp.MustCompile(`^fleet/claimed/c\.json$`), Action: faultproxy.Hold})
+	h := startAgent(t, b, advSettings(proxy, "h", map[string]string{"CELLOS_FLEET_CELL_TIMEOUT_MS": "300"}))
+	waitFired(t, clearClaimed, 1, "h clearing claimed/")
+	h.crash()
+	if !b.exists(b.key("failed", "c")) {
+		t.Fatal("h's result is not in failed/")
+	}
+
+	settle := proxy.Add(faultproxy.Rule{Method: "HEAD", Key: regexp.MustCompile(`^fleet/pending/c\.json$`), Action: faultproxy.Hold})
+	r := startAgent(t, b, advSettings(proxy, "r", nil))
+	r.logs.await(t, "took over a stale lease", 1)
+	waitFired(t, settle, 1, "r settling")
+	r.crash()
+	proxy.Clear()
+
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r2 := startAgent(t, b, advSettings(proxy, "r2", nil))
+	r2.logs.await(t, "took over a stale lease", 1)
+	b.waitSettled("c")
+	r2.signal(syscall.SIGTERM)
+	r2.wait()
+	if b.exists(b.key("completed", "c")) {
+		t.Errorf("spec c is in both failed/ and completed/")
+	}
+	if got := starts(r2.cellEvents()); got["c"] != 0 {
+		t.Errorf("spec c ran again %d times after its result was written", got["c"])
+	}
+	b.assertClean()
+}
+
+// TestAdversarialLateClaimedWriteReruns: a claim's write of claimed/ is held
+// past the claimer's patience; the retry lands, the spec (v1) runs and
+// completes, and a resubmission (v2) runs and completes. Then the held write
+// lands: a lease-less claimed/ of v1. Orphan recovery found no result under
+// v1's token (v2's result replaced it) and pending/ gone, so it returned v1 to
+// pending/: v1 ran a second time with no node dead, and its result replaced
+// v2's.
+func TestAdversarialLateClaimedWriteReruns(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	proxy := advProxy(t)
+	held := proxy.Add(faultproxy.Rule{Method: "PUT", Key: regexp.MustCompile(`^fleet/claimed/o\.json$`), Action: faultproxy.Hold, Times: 1})
+	b.submit("o", map[string]any{"sleepMs": 0})
+	a := startAgent(t, b, advSettings(proxy, "a", nil))
+	waitFired(t, held, 1, "claimed/ write")
+	b.waitCount("completed", 1)
+	b.waitSettled("o")
+	v2 := b.submit("o", map[string]any{"sleepMs": 1})
+	a.logs.await(t, `"msg":"spec finalised"`, 2)
+	b.waitSettled("o")
+
+	held.Release()
+	deadline := time.Now().Add(30 * time.Second)
+	for !b.exists(b.key("claimed", "o")) {
+		if time.Now().After(deadline) {
+			t.Fatal("the held claimed/ write never landed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	a.logs.await(t, "recovery: claim", 1)
+	b.waitSettled("o")
+	a.signal(syscall.SIGTERM)
+	a.wait()
+	if got := starts(a.cellEvents()); got["o"] != 2 {
+		t.Errorf("spec o ran %d times for 2 submissions, want 2", got["o"])
+	}
+	if got, _ := b.get(b.key("completed", "o")); string(got) != string(v2) {
+		t.Errorf("completed/o = %s, want the last submission %s", got, v2)
+	}
+	b.assertClean()
+}
