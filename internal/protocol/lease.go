@@ -183,7 +183,11 @@ func (c *Claim) signal() {
 // sooner. It never gives up on its own: a renewal is a compare-and-swap, so
 // one that lands after a lapse proves nobody took the lease over.
 func (c *Claim) keep(ctx context.Context) {
+	// Under c.mu: setState writes the lease body while the keeper runs (a
+	// copy of the body for ttl() without the lock was a data race).
+	c.mu.Lock()
 	ttl := c.lease.ttl()
+	c.mu.Unlock()
 	wait := ttl / 3
 	for {
 		t := time.NewTimer(wait)
@@ -193,9 +197,7 @@ func (c *Claim) keep(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		rctx, cancel := context.WithTimeout(ctx, ttl/3)
-		err := c.renew(rctx)
-		cancel()
+		err := c.renew(ctx)
 		switch {
 		case err == nil:
 			c.p.cfg.Metrics.LeaseRenewed()
@@ -233,17 +235,34 @@ func (c *Claim) renew(ctx context.Context) error {
 	return c.writeLease(ctx, l, etag)
 }
 
-// writeLease writes l over the lease whose ETag is etag and records it.
+// writeLease writes l over the lease whose ETag is etag and records it. The
+// write and the read-back each get a third of the ttl.
 func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error {
 	body, nonce := encodeLease(&l, c.p.clock.Now())
 	sent := c.p.clock.Now()
-	tag, err := c.p.store.Put(ctx, c.key, body, queue.PutOptions{IfMatch: etag})
-	if errors.Is(err, queue.ErrUnknown) {
+	wctx, cancel := context.WithTimeout(ctx, l.ttl()/3)
+	tag, err := c.p.store.Put(wctx, c.key, body, queue.PutOptions{IfMatch: etag})
+	cancel()
+	if errors.Is(err, queue.ErrUnknown) || errors.Is(err, queue.ErrPrecondition) {
 		// Our own write may have landed and its answer been lost: a retry of
-		// it then gets 412. Only reading the lease back tells.
-		tag, err = c.p.readBack(ctx, c.key, l.Token, nonce)
+		// it then gets 412. So may an earlier renewal whose outcome we never
+		// learnt, landing late (a slow or held request): this write then gets
+		// a definite 412, from ourselves. Only reading the lease back tells.
+		// Its own timeout: the write's may have been used up.
+		rctx, cancel := context.WithTimeout(ctx, l.ttl()/3)
+		tag, err = c.p.readBack(rctx, c.key, l.Token, nonce)
+		cancel()
 	}
+	var earlier *earlierWrite
 	switch {
+	case errors.As(err, &earlier):
+		// Still ours: nobody but us writes our token. Renew from the ETag of
+		// the write that landed; its send time is unknown, so the validity
+		// is not extended until a renewal of our own is confirmed.
+		c.mu.Lock()
+		c.etag = earlier.etag
+		c.mu.Unlock()
+		return err
 	case err == nil:
 		c.mu.Lock()
 		c.lease.Nonce = l.Nonce
@@ -270,11 +289,22 @@ func (p *Protocol) readBack(ctx context.Context, key, token, nonce string) (stri
 	}
 	if l.Token == token {
 		// An earlier write of ours is what landed; this one did not. The
-		// caller retries from the ETag it has.
-		return "", fmt.Errorf("lease %s: our write did not land: %w", key, queue.ErrUnknown)
+		// caller may retry from the ETag of the one that did.
+		return "", &earlierWrite{key: key, etag: o.ETag}
 	}
 	return "", fmt.Errorf("lease %s: held by token %q: %w", key, l.Token, queue.ErrPrecondition)
 }
+
+// earlierWrite is readBack's answer when the lease holds an earlier write of
+// ours than the one being resolved. It wraps queue.ErrUnknown: the write being
+// resolved did not land, but the lease is still ours.
+type earlierWrite struct{ key, etag string }
+
+func (e *earlierWrite) Error() string {
+	return fmt.Sprintf("lease %s: an earlier write of ours landed, not this one: %v", e.key, queue.ErrUnknown)
+}
+
+func (e *earlierWrite) Unwrap() error { return queue.ErrUnknown }
 
 func encodeLease(l *leaseBody, now time.Time) (body []byte, nonce string) {
 	l.Nonce = newToken()
