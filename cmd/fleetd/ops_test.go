@@ -182,9 +182,19 @@ func TestReadyzWhenS3Unreachable(t *testing.T) {
 // runCLI runs a fleetd subcommand against bucket b.
 func runCLI(t *testing.T, b *bucket, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	return runCLIEnv(t, b, nil, args...)
+}
+
+// runCLIEnv is runCLI with extra environment variables, which win over the
+// defaults (AWS_ENDPOINT_URL_S3 to go through a fault proxy, say).
+func runCLIEnv(t *testing.T, b *bucket, vars map[string]string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	cmd := exec.Command(env.fleetd, args...)
 	cmd.Env = append(os.Environ(), env.server.Env()...)
 	cmd.Env = append(cmd.Env, "CELLOS_FLEET_BUCKET="+b.name)
+	for k, v := range vars {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()

@@ -38,7 +38,9 @@ type Action int
 const (
 	// Pass forwards the request untouched: a rule that only counts or waits.
 	Pass Action = iota
-	// ErrorBefore answers Status with an S3 XML error and never forwards.
+	// ErrorBefore answers Status with an S3 XML error and never forwards. A
+	// 2xx Status is answered with no body: a fake success, as from a store
+	// that accepts a request and ignores it (or its conditions).
 	ErrorBefore
 	// ErrorAfter forwards, reads the whole upstream response, then answers
 	// Status instead: the write landed, the answer is lost.
@@ -498,6 +500,14 @@ func writeError(w http.ResponseWriter, r *http.Request, status int, code string,
 	}
 	id := fmt.Sprintf("faultproxy-%d", n)
 	w.Header().Set("X-Amz-Request-Id", id)
+	if status < 300 {
+		// An S3 client reads a 2xx with an <Error> body as a 500 (S3's
+		// "200 error"); a fake success must have no body.
+		w.Header().Set("ETag", fmt.Sprintf(`"faultproxy-%d"`, n))
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(status)
+		return
+	}
 	if r.Method == http.MethodHead {
 		// A HEAD answer has no body; the SDK reads the status alone.
 		w.WriteHeader(status)

@@ -192,6 +192,7 @@ func TestErrorBefore(t *testing.T) {
 		{"500", "PUT", 500, "", 500, "InternalError"},
 		{"code", "DELETE", 409, "OperationAborted", 409, "OperationAborted"},
 		{"head", "HEAD", 500, "", 500, ""},
+		{"fake success", "PUT", 200, "", 200, ""}, // no body: a 2xx <Error> reads as 500
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

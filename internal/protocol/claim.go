@@ -154,7 +154,12 @@ func (c *Claim) Finish(ctx context.Context, quit <-chan struct{}, rec Record) er
 	if rec.Outcome == Completed {
 		state = queue.Completed
 	}
-	err := c.act(ctx, quit, "write result", func(ctx context.Context) error {
+	// Not quit: a draining node gives up waiting for the store only at ctx's
+	// end (the drain's abort bound). Giving up on a finished cell because its
+	// lease lapsed on a slow renewal would leave it to recovery, which runs it
+	// again (issue 8, case 8). Cleanup after the result may give up: recovery
+	// finds the result by its token.
+	err := c.act(ctx, nil, "write result", func(ctx context.Context) error {
 		_, err := c.p.store.Put(ctx, c.p.cfg.Layout.Key(state, c.id), c.Body, queue.PutOptions{Metadata: rec.metadata()})
 		return err
 	})

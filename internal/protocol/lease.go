@@ -196,9 +196,7 @@ func (c *Claim) keep(ctx context.Context) {
 		if c.p.sleep(ctx, wait) != nil {
 			return
 		}
-		rctx, cancel := context.WithTimeout(ctx, ttl/3)
-		err := c.renew(rctx)
-		cancel()
+		err := c.renew(ctx)
 		switch {
 		case err == nil:
 			c.p.cfg.Metrics.LeaseRenewed()
@@ -236,7 +234,8 @@ func (c *Claim) renew(ctx context.Context) error {
 	return c.writeLease(ctx, l, etag)
 }
 
-// writeLease writes l over the lease whose ETag is etag and records it.
+// writeLease writes l over the lease whose ETag is etag and records it. The
+// write and the read-back each get a third of the ttl.
 func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error {
 	body, nonce := encodeLease(&l, c.p.clock.Now())
 	sent := c.p.clock.Now()
@@ -315,8 +314,7 @@ func (p *Protocol) readBack(ctx context.Context, key, token, nonce string) (stri
 		return o.ETag, nil
 	}
 	if l.Token == token {
-		// An earlier write of ours is what landed; this one did not. The
-		// caller retries from the ETag it has.
+		// An earlier write of ours is what landed; this one did not.
 		return "", fmt.Errorf("lease %s: our write did not land: %w", key, queue.ErrUnknown)
 	}
 	return "", fmt.Errorf("lease %s: held by token %q: %w", key, l.Token, queue.ErrPrecondition)

@@ -385,9 +385,12 @@ func (s *Store) Copy(ctx context.Context, src, dst string, opt CopyOptions) erro
 
 // copySource is the x-amz-copy-source value: bucket/key, URL-encoded, as S3
 // requires (a key with %, +, a newline or an encoded slash would otherwise
-// name another object).
+// name another object). PathEscape leaves "+" alone, but servers decode the
+// header as a query value, "+" as a space (versitygw does): the copy then
+// names a missing key, and a rejection retried it forever.
 func copySource(bucket, key string) string {
-	return url.PathEscape(bucket) + "/" + strings.ReplaceAll(url.PathEscape(key), "%2F", "/")
+	esc := strings.NewReplacer("%2F", "/", "+", "%2B")
+	return url.PathEscape(bucket) + "/" + esc.Replace(url.PathEscape(key))
 }
 
 // Delete removes key if its ETag is ifMatch (any version when ifMatch is "").
