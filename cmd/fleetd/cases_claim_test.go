@@ -488,12 +488,12 @@ func claimPut(t *testing.T, b *bucket, key string, body []byte, meta map[string]
 	}
 }
 
-// TestCase7_OrphanClaimRecovery: claims without a lease, as a lost answer
-// can leave behind. (a) One whose result is already written (same token) is
-// only cleared: never requeued, never run. (b) One that never consumed
-// pending/ (pending/ still holds the version it names) and whose attempt
-// count is the maximum is not abandoned to failed/: the spec runs once and
-// completes. The agent's peek of pending/ is held until recovery has settled
+// TestCase7_OrphanClaimRecovery: claims without a lease, as a late write can
+// leave behind (a claim deletes its lease only once the spec is settled, so a
+// lease-less claimed/ with a fleetd token is such a write). (a) One whose
+// result is already written is only cleared: never requeued, never run. (b)
+// One that never consumed pending/ and whose attempt count is the maximum is
+// not abandoned to failed/: the spec runs once and completes. The agent's peek of pending/ is held until recovery has settled
 // the orphan, so recovery, not a fresh claim, meets it.
 func TestCase7_OrphanClaimRecovery(t *testing.T) {
 	t.Parallel()
@@ -508,7 +508,7 @@ func TestCase7_OrphanClaimRecovery(t *testing.T) {
 		claimPut(t, b, b.key("claimed", "x"), body, map[string]string{"fleetd-node": "gone", "fleetd-token": "t-old",
 			"fleetd-attempts": "1", "fleetd-pending-etag": claimETag(body)})
 		a := claimAgent(t, b, p, "n1", nil)
-		a.logs.await(t, "result already written; clearing the claim", 1)
+		a.logs.await(t, "claimed/ written late by an ended claim", 1)
 		claimWaitEmpty(t, b)
 		claimStop(t, a)
 		meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
@@ -534,8 +534,7 @@ func TestCase7_OrphanClaimRecovery(t *testing.T) {
 			"fleetd-attempts": "3", "fleetd-pending-etag": claimETag(body)})
 		a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_MAX_ATTEMPTS": "3"})
 		claimWait(t, peek, 1)
-		a.logs.await(t, "claim without a lease", 1)
-		a.logs.await(t, "the claim never started", 1)
+		a.logs.await(t, "claimed/ written late by an ended claim", 1)
 		peek.Release()
 		b.waitCount("completed", 1)
 		claimWaitEmpty(t, b)
