@@ -120,6 +120,18 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 		p.giveBack(ctx, quit, c, true, err)
 		return nil, err
 	}
+	// Start the cell with most of a validity window ahead: one started just
+	// before its lease lapses would be stopped at once and run again.
+	err = c.act(ctx, quit, "renew before the run", func(ctx context.Context) error {
+		if c.remaining() > validFor(p.cfg.TTL)/2 {
+			return nil
+		}
+		return c.renew(ctx)
+	})
+	if err != nil {
+		p.giveBack(ctx, quit, c, true, err)
+		return nil, err
+	}
 	c.setState(stateRunning)
 	c.log.Info("claimed", "attempt", c.Attempt)
 	return c, nil

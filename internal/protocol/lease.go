@@ -137,6 +137,13 @@ func (c *Claim) Lost() bool {
 	return c.lost
 }
 
+// remaining is how long the lease stays valid from now.
+func (c *Claim) remaining() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.validUntil.Sub(c.p.clock.Now())
+}
+
 func (c *Claim) setState(s string) {
 	c.mu.Lock()
 	c.lease.State = s

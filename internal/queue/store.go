@@ -134,6 +134,11 @@ const (
 func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) (err error, unsure bool) {
 	for i := 0; ; i++ {
 		if d := time.Duration(s.slow.Load()); d > 0 {
+			// The pause takes at most a quarter of what the caller has left: a
+			// lease renewal must still get its turn.
+			if dl, ok := ctx.Deadline(); ok {
+				d = max(1, min(d, time.Until(dl)/4))
+			}
 			if werr := sleep(ctx, rand.N(d)+1); werr != nil {
 				return errors.Join(err, werr), unsure
 			}
