@@ -125,6 +125,7 @@ func run(args []string, getenv func(string) string, environ []string, stdout, st
 		Heartbeat:    cfg.Heartbeat,
 		MaxSpecBytes: cfg.MaxSpecBytes,
 		MaxAttempts:  cfg.MaxAttempts,
+		LeaseTTL:     cfg.LeaseTTL,
 		CellTimeout:  cfg.CellTimeout,
 		Logger:       log,
 		Metrics:      m,

@@ -56,6 +56,7 @@ type Config struct {
 	Heartbeat    time.Duration
 	MaxSpecBytes int64
 	MaxAttempts  int
+	LeaseTTL     time.Duration // recovery offers to scan once per ttl
 	CellTimeout  time.Duration
 	Logger       *slog.Logger
 	Metrics      *metrics.Metrics
@@ -303,22 +304,24 @@ func (p *Pipeline) runCell(ctx context.Context, c *protocol.Claim) exec.Result {
 	return res
 }
 
-// recoverLoop looks for the work of dead nodes every poll interval until ctx
-// ends.
+// recoverLoop offers to scan for the work of dead nodes about once a lease
+// ttl (±10%, so agents spread out) until ctx ends; the protocol lets one
+// agent of the fleet scan per ttl/2.
 func (p *Pipeline) recoverLoop(ctx context.Context) {
+	wait := time.Duration(rand.Int64N(int64(p.cfg.LeaseTTL))) // first look: anywhere in a ttl
 	for {
-		jitter := time.Duration(rand.Int64N(int64(p.cfg.PollInterval)/5 + 1))
-		t := time.NewTimer(p.cfg.PollInterval + jitter)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
 		}
+		wait = p.cfg.LeaseTTL*9/10 + time.Duration(rand.Int64N(int64(p.cfg.LeaseTTL)/5+1))
 		if !p.drain.Begin() {
 			return
 		}
-		err := p.proto.Recover(p.drain.Abort(), ctx.Done())
+		_, err := p.proto.RecoverIfDue(p.drain.Abort(), ctx.Done())
 		p.drain.End()
 		if err != nil && ctx.Err() == nil {
 			p.log.Warn("recovery scan failed; will retry", "err", err)

@@ -112,6 +112,7 @@ type Protocol struct {
 	store Store
 	log   *slog.Logger
 	clock Clock
+	turn  scanTurn
 }
 
 // New returns the protocol for cfg.Layout on store.

@@ -40,6 +40,7 @@ func (s *memStore) lost(op, key string) bool {
 
 func (s *memStore) List(_ context.Context, prefix string, fn func(queue.Page) error) error {
 	s.mu.Lock()
+	s.log = append(s.log, "LIST "+prefix)
 	page := queue.Page{ServerTime: time.Now()}
 	for k, o := range s.objs {
 		if strings.HasPrefix(k, prefix) {
@@ -288,5 +289,33 @@ func TestValidityLeavesRoomForTimestampResolution(t *testing.T) {
 		if validFor(ttl) < 2*ttl/3-ttl/10 {
 			t.Errorf("ttl %v: window %v leaves less than two renewals", ttl, validFor(ttl))
 		}
+	}
+}
+
+func TestOneNodeOfTheFleetScans(t *testing.T) {
+	a, s := setup(t)
+	b := New(a.cfg, s)
+	b.cfg.Node = "n2"
+	ctx, quit := context.Background(), make(chan struct{})
+	lists := func() int {
+		n := 0
+		for _, op := range s.log {
+			if strings.HasPrefix(op, "LIST") {
+				n++
+			}
+		}
+		return n
+	}
+	if ran, err := a.RecoverIfDue(ctx, quit); !ran || err != nil {
+		t.Fatalf("first node: ran %v, %v; want a scan", ran, err)
+	}
+	if got := lists(); got != 2 {
+		t.Errorf("first scan made %d LISTs, want 2 (claimed/, leases/)", got)
+	}
+	if ran, err := b.RecoverIfDue(ctx, quit); ran || err != nil {
+		t.Fatalf("second node right after: ran %v, %v; want no scan", ran, err)
+	}
+	if got := lists(); got != 2 {
+		t.Errorf("%d LISTs after the second node's turn, want still 2", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/cellos/fleetd/internal/queue"
@@ -17,23 +18,29 @@ import (
 // server's clock: LastModified against the Date of the response. quit, when
 // closed, stops the scan.
 func (p *Protocol) Recover(ctx context.Context, quit <-chan struct{}) error {
+	return p.recoverScan(ctx, quit, true)
+}
+
+func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withClaims bool) error {
 	// Claims are listed before leases: a claim whose lease appears in between
 	// is live (a holder writes its lease before its claim).
 	var orphans []queue.Object
-	err := p.store.List(ctx, p.cfg.Layout.Dir(queue.Claimed), func(page queue.Page) error {
-		for _, o := range page.Objects {
-			if page.ServerTime.Sub(o.LastModified) > staleAfter(p.cfg.TTL) {
-				orphans = append(orphans, o)
+	if withClaims {
+		err := p.store.List(ctx, p.cfg.Layout.Dir(queue.Claimed), func(page queue.Page) error {
+			for _, o := range page.Objects {
+				if page.ServerTime.Sub(o.LastModified) > staleAfter(p.cfg.TTL) {
+					orphans = append(orphans, o)
+				}
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		return nil
-	})
-	if err != nil {
-		return err
 	}
 	leased := map[string]bool{}
 	var stale []string
-	err = p.store.List(ctx, p.cfg.Layout.Dir(queue.Leases), func(page queue.Page) error {
+	err := p.store.List(ctx, p.cfg.Layout.Dir(queue.Leases), func(page queue.Page) error {
 		for _, o := range page.Objects {
 			id, ok := p.cfg.Layout.ID(queue.Leases, o.Key)
 			if !ok {
@@ -280,4 +287,54 @@ func (p *Protocol) leave(c *Claim, err error) {
 	if !errors.Is(err, ErrLost) && !errors.Is(err, ErrLeftToRecovery) {
 		c.log.Warn("recovery: stopped; the next scan retries", "err", err)
 	}
+}
+
+// scanTurn is what this node knows of the fleet's recovery marker.
+type scanTurn struct {
+	mu    sync.Mutex
+	etag  string // of recovery/scan.json when we last saw or wrote it
+	scans int
+}
+
+// RecoverIfDue runs a recovery scan if it is this node's turn, and reports
+// whether it ran one. The fleet needs about one scan per ttl/2, not one per
+// node per poll: the turn is taken through S3 by moving recovery/scan.json
+// forward with a compare-and-swap, which one node wins. Call it about once a
+// ttl: it costs one PUT (and a HEAD when another node moved the marker), and
+// the winner's LISTs. The LIST of claimed/ (for lease-less claims, which only
+// late writes and 0.5.1 agents leave) is made on every third scan.
+func (p *Protocol) RecoverIfDue(ctx context.Context, quit <-chan struct{}) (bool, error) {
+	key := p.cfg.Layout.Key("recovery", "scan")
+	p.turn.mu.Lock()
+	defer p.turn.mu.Unlock()
+	body := []byte(`{"node":"` + p.cfg.Node + `","nonce":"` + newToken() + `"}`)
+	opt := queue.PutOptions{IfMatch: p.turn.etag}
+	if p.turn.etag == "" {
+		o, err := p.store.Head(ctx, key)
+		switch {
+		case errors.Is(err, queue.ErrNotFound):
+			opt = queue.PutOptions{IfAbsent: true}
+		case err != nil:
+			return false, err
+		case o.ServerTime.Sub(o.LastModified) < p.cfg.TTL/2:
+			p.turn.etag = o.ETag // scanned lately by someone; our next try moves it
+			return false, nil
+		default:
+			opt.IfMatch = o.ETag
+		}
+	}
+	etag, err := p.store.Put(ctx, key, body, opt)
+	switch {
+	case errors.Is(err, queue.ErrUnknown):
+		p.turn.etag = "" // a scan too many is harmless: every takeover is a compare-and-swap
+	case errors.Is(err, queue.ErrPrecondition):
+		p.turn.etag = "" // another node moved it since: look again next time
+		return false, nil
+	case err != nil:
+		return false, err
+	default:
+		p.turn.etag = etag
+	}
+	p.turn.scans++
+	return true, p.recoverScan(ctx, quit, p.turn.scans%3 == 1)
 }
