@@ -25,9 +25,13 @@ type soakPlan struct {
 	agents, specs, long int
 	concurrency         string
 	ttl                 time.Duration
-	outage              time.Duration // must stay under what a lease survives (see README)
-	faultRate           float64
-	deadline            time.Duration
+	// outage must stay well under what a running cell survives,
+	// ttl − max(1 s, ttl/5) − ttl/3 (docs/PROTOCOL.md), with room for the
+	// random faults and the SlowDown pause after it: a longer one stops cells,
+	// and they run again, by design.
+	outage    time.Duration
+	faultRate float64
+	deadline  time.Duration
 }
 
 func soakPlanFromEnv() soakPlan {
@@ -35,7 +39,7 @@ func soakPlanFromEnv() soakPlan {
 		return soakPlan{agents: 4, specs: 400, long: 12, concurrency: "6", ttl: 60 * time.Second,
 			outage: 20 * time.Second, faultRate: 0.14, deadline: 20 * time.Minute}
 	}
-	return soakPlan{agents: 3, specs: 120, long: 4, concurrency: "4", ttl: 6 * time.Second,
+	return soakPlan{agents: 3, specs: 120, long: 4, concurrency: "4", ttl: 9 * time.Second,
 		outage: 2 * time.Second, faultRate: 0.12, deadline: 4 * time.Minute}
 }
 
