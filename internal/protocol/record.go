@@ -24,9 +24,6 @@ const (
 	metaSignal      = "fleetd-signal"
 )
 
-// MetaAttempts is the metadata key of a pending spec's count of runs so far.
-const MetaAttempts = metaAttempts
-
 // Outcome is how a spec left a node. Completed goes to completed/, the others
 // that end a spec to failed/.
 type Outcome string
@@ -41,9 +38,6 @@ const (
 	Abandoned Outcome = "abandoned" // max attempts reached
 	Lost      Outcome = "lost"      // lease taken over while this node held it
 )
-
-// Outcomes lists every outcome.
-var Outcomes = []Outcome{Completed, Failed, Timeout, Rejected, Released, Abandoned, Lost}
 
 // maxReason keeps a result record well inside S3's 2 KB metadata limit.
 const maxReason = 512

@@ -129,9 +129,9 @@ const (
 )
 
 // do runs fn until it succeeds, gives a definite answer, or runs out of
-// attempts; each attempt gets its own timeout. It returns fn's last error and
-// whether any failed attempt may have been applied by the server.
-func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) (err error, unsure bool) {
+// attempts; each attempt gets its own timeout. It returns whether any failed
+// attempt may have been applied by the server, and fn's last error.
+func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) (unsure bool, err error) {
 	for i := 0; ; i++ {
 		if d := time.Duration(s.slow.Load()); d > 0 {
 			// The pause takes at most a quarter of what the caller has left: a
@@ -140,7 +140,7 @@ func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) (err
 				d = max(1, min(d, time.Until(dl)/4))
 			}
 			if werr := sleep(ctx, rand.N(d)+1); werr != nil {
-				return errors.Join(err, werr), unsure
+				return unsure, errors.Join(err, werr)
 			}
 		}
 		actx, cancel := context.WithTimeout(ctx, s.policy.Timeout)
@@ -149,17 +149,17 @@ func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) (err
 		kind := classify(err)
 		s.adapt(err)
 		if kind == done {
-			return err, unsure
+			return unsure, err
 		}
 		if kind == ambiguous {
 			unsure = true
 		}
 		if ctx.Err() != nil || i+1 >= s.policy.Attempts {
-			return err, unsure
+			return unsure, err
 		}
 		backoff := min(s.policy.MaxDelay, s.policy.BaseDelay<<min(i, 20))
 		if werr := sleep(ctx, rand.N(backoff)+1); werr != nil {
-			return err, unsure
+			return unsure, err
 		}
 	}
 }
@@ -225,7 +225,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(Page) error) er
 	in := &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix}
 	for {
 		var out *s3.ListObjectsV2Output
-		err, _ := s.do(ctx, func(ctx context.Context) (err error) {
+		_, err := s.do(ctx, func(ctx context.Context) (err error) {
 			out, err = s.client.ListObjectsV2(ctx, in)
 			return err
 		})
@@ -255,7 +255,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(Page) error) er
 // wraps ErrTooLarge and the returned Object has everything but the body.
 func (s *Store) Get(ctx context.Context, key string, limit int64) (Object, error) {
 	var o Object
-	err, _ := s.do(ctx, func(ctx context.Context) error {
+	_, err := s.do(ctx, func(ctx context.Context) error {
 		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
 		if err != nil {
 			return err
@@ -299,7 +299,7 @@ func (s *Store) Get(ctx context.Context, key string, limit int64) (Object, error
 // Head describes an object without reading it.
 func (s *Store) Head(ctx context.Context, key string) (Object, error) {
 	var out *s3.HeadObjectOutput
-	err, _ := s.do(ctx, func(ctx context.Context) (err error) {
+	_, err := s.do(ctx, func(ctx context.Context) (err error) {
 		out, err = s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key})
 		return err
 	})
@@ -335,7 +335,7 @@ func (s *Store) Put(ctx context.Context, key string, body []byte, opt PutOptions
 		in.IfMatch = aws.String(opt.IfMatch)
 	}
 	var etag string
-	err, unsure := s.do(ctx, func(ctx context.Context) error {
+	unsure, err := s.do(ctx, func(ctx context.Context) error {
 		in.Body = bytes.NewReader(body)
 		out, err := s.client.PutObject(ctx, in)
 		if err == nil {
@@ -378,7 +378,7 @@ func (s *Store) Copy(ctx context.Context, src, dst string, opt CopyOptions) erro
 		in.CopySourceIfMatch = aws.String(opt.SourceIfMatch)
 	}
 	// An unconditional write of the same bytes: repeating it is harmless.
-	err, _ := s.do(ctx, func(ctx context.Context) error {
+	_, err := s.do(ctx, func(ctx context.Context) error {
 		_, err := s.client.CopyObject(ctx, in)
 		return err
 	})
@@ -407,7 +407,7 @@ func (s *Store) Delete(ctx context.Context, key, ifMatch string) error {
 	if ifMatch != "" {
 		in.IfMatch = aws.String(ifMatch)
 	}
-	err, unsure := s.do(ctx, func(ctx context.Context) error {
+	unsure, err := s.do(ctx, func(ctx context.Context) error {
 		_, err := s.client.DeleteObject(ctx, in)
 		return err
 	})
