@@ -210,6 +210,7 @@ func (p *Pipeline) reject(log *slog.Logger, spec protocol.Spec, reason string) {
 	err := p.proto.Reject(p.drain.Abort(), p.drain.Intake().Done(), spec, reason)
 	switch {
 	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrGone):
+		log.Debug("reject: spec held, changed or gone since it was read; judged again if still pending", "err", err)
 		p.lister.Stale()
 	case err != nil:
 		log.Warn("reject failed; will retry", "err", err)

@@ -183,7 +183,9 @@ func (c *Claim) signal() {
 // sooner. It never gives up on its own: a renewal is a compare-and-swap, so
 // one that lands after a lapse proves nobody took the lease over.
 func (c *Claim) keep(ctx context.Context) {
+	c.mu.Lock() // setState writes the lease beside us
 	ttl := c.lease.ttl()
+	c.mu.Unlock()
 	wait := ttl / 3
 	for {
 		t := time.NewTimer(wait)

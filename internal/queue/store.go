@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -385,9 +384,20 @@ func (s *Store) Copy(ctx context.Context, src, dst string, opt CopyOptions) erro
 
 // copySource is the x-amz-copy-source value: bucket/key, URL-encoded, as S3
 // requires (a key with %, +, a newline or an encoded slash would otherwise
-// name another object).
+// name another object). Every byte but the unreserved ones and "/" is
+// escaped: url.PathEscape keeps "+", which S3 and versitygw read as a space.
 func copySource(bucket, key string) string {
-	return url.PathEscape(bucket) + "/" + strings.ReplaceAll(url.PathEscape(key), "%2F", "/")
+	var b strings.Builder
+	for _, c := range []byte(bucket + "/" + key) {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			c == '-', c == '_', c == '.', c == '~', c == '/':
+			b.WriteByte(c)
+		default:
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
 }
 
 // Delete removes key if its ETag is ifMatch (any version when ifMatch is "").
