@@ -29,8 +29,9 @@ type Item struct {
 type Config struct {
 	// List calls fn with each page of pending keys, in order.
 	List func(ctx context.Context, fn func([]Entry) error) error
-	// ID returns the spec id of a pending key, ok false for keys that are not work.
-	ID func(key string) (id string, ok bool)
+	// ID returns the spec id of a pending key, or an error saying why the key
+	// is not work.
+	ID func(key string) (id string, err error)
 	// Slots is the number of workers: items handed out and not yet Done.
 	Slots int
 	// Interval is the time between listings when the last one found no work.
@@ -210,11 +211,11 @@ func (l *Lister) candidates(page []Entry, pass int) []Item {
 	defer l.mu.Unlock()
 	items := make([]Item, 0, len(page))
 	for _, e := range page {
-		id, ok := l.cfg.ID(e.Key)
-		if !ok {
+		id, err := l.cfg.ID(e.Key)
+		if err != nil {
 			if !l.ignored[e.Key] && len(l.ignored) < maxRemembered {
 				l.ignored[e.Key] = true
-				l.cfg.Logger.Warn("ignoring key under pending/: not <id>.json", "key", e.Key)
+				l.cfg.Logger.Warn("ignoring key under pending/: not work", "key", e.Key, "reason", err.Error())
 			}
 			continue
 		}

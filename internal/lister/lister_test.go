@@ -39,13 +39,14 @@ func (f *fakeQueue) set(entries ...Entry) {
 	f.mu.Unlock()
 }
 
-func id(key string) (string, bool) {
+var errNotWork = errors.New("not work")
+
+func id(key string) (string, error) {
 	name, ok := strings.CutPrefix(key, "pending/")
-	if !ok || strings.Contains(name, "/") || !strings.HasSuffix(name, ".json") {
-		return "", false
+	if !ok || strings.Contains(name, "/") || !strings.HasSuffix(name, ".json") || name == ".json" {
+		return "", errNotWork
 	}
-	name = strings.TrimSuffix(name, ".json")
-	return name, name != ""
+	return strings.TrimSuffix(name, ".json"), nil
 }
 
 func newLister(q *fakeQueue, slots int) *Lister {

@@ -84,7 +84,7 @@ func New(cfg Config, store Store, proto *protocol.Protocol, runner Runner, d *dr
 	p := &Pipeline{cfg: cfg, store: store, proto: proto, runner: runner, drain: d, log: cfg.Logger, m: cfg.Metrics}
 	p.lister = lister.New(lister.Config{
 		List:     p.listPending,
-		ID:       func(key string) (string, bool) { return cfg.Layout.ID(queue.Pending, key) },
+		ID:       func(key string) (string, error) { return cfg.Layout.ParseID(queue.Pending, key) },
 		Slots:    cfg.Concurrency,
 		Interval: cfg.PollInterval,
 		Logger:   cfg.Logger,
