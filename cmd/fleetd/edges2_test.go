@@ -5,10 +5,15 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/cellos/fleetd/internal/queue"
 )
@@ -148,5 +153,37 @@ func TestSubmitRefusesOverlongIDs(t *testing.T) {
 	}
 	if keys := b.keys("fleet/"); len(keys) != 0 {
 		t.Errorf("submit wrote %d keys", len(keys))
+	}
+}
+
+// TestSubmittedAttemptsClamped: a submitter's fleetd-attempts metadata can
+// neither deny a spec its run nor give it more than the maximum: each spec
+// runs once, and its record counts at least 1 and at most the maximum runs.
+func TestSubmittedAttemptsClamped(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	want := map[string]string{"neg": "1", "huge": "3", "junk": "1", "max": "3"}
+	for id, attempts := range map[string]string{"neg": "-5", "huge": "999999", "junk": "many", "max": "3"} {
+		body, _ := json.Marshal(map[string]any{"spec": map[string]any{"id": id}})
+		_, err := env.client.PutObject(context.Background(), &s3.PutObjectInput{Bucket: &b.name, Key: aws.String(b.key("pending", id)),
+			Body: bytes.NewReader(body), Metadata: map[string]string{"fleetd-attempts": attempts}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_MAX_ATTEMPTS": "3"})
+	b.waitCount("completed", len(want))
+	a.signal(syscall.SIGTERM)
+	if code := a.wait(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	runs := starts(a.cellEvents())
+	for id, n := range want {
+		if runs[id] != 1 {
+			t.Errorf("spec %s ran %d times, want once", id, runs[id])
+		}
+		if _, meta := b.get(b.key("completed", id)); meta["fleetd-attempts"] != n || meta["fleetd-outcome"] != "completed" {
+			t.Errorf("completed/%s metadata = %v, want fleetd-attempts %s", id, meta, n)
+		}
 	}
 }
