@@ -8,9 +8,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -185,5 +188,60 @@ func TestSubmittedAttemptsClamped(t *testing.T) {
 		if _, meta := b.get(b.key("completed", id)); meta["fleetd-attempts"] != n || meta["fleetd-outcome"] != "completed" {
 			t.Errorf("completed/%s metadata = %v, want fleetd-attempts %s", id, meta, n)
 		}
+	}
+}
+
+// TestBusyNodeStaysReady: a node at capacity with a backlog keeps polling
+// and stays ready. Each poll shows as fleetd_last_poll_success_timestamp_seconds
+// advancing; /readyz answers 200 at every step over several poll intervals.
+func TestBusyNodeStaysReady(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	release := filepath.Join(t.TempDir(), "release")
+	b.submit("long", map[string]any{"waitFor": release})
+	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": "1", "CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0"})
+	addr := metricsAddr(t, a)
+	a.logs.await(t, `"msg":"cell started"`, 1)
+	for i := range 5 {
+		b.submit(fmt.Sprintf("backlog-%d", i), map[string]any{})
+	}
+	const interval = 0.2 // CELLOS_FLEET_POLL_INTERVAL_MS of the harness, in seconds
+	start := float64(time.Now().UnixNano()) / 1e9
+	deadline := time.Now().Add(60 * time.Second)
+	advances, last := 0, 0.0
+	// Polling the metric is how an observer sees polls; each step checks
+	// readiness, so a gap in polling long enough to fail it would show.
+	for last < start+8*interval {
+		if time.Now().After(deadline) {
+			t.Fatalf("last poll %.3f, want past %.3f within 60s", last, start+8*interval)
+		}
+		if code, body := httpGet(t, "http://"+addr+"/readyz"); code != 200 {
+			t.Fatalf("/readyz = %d %q on a busy node", code, body)
+		}
+		if got := sample(t, scrape(t, addr), "fleetd_last_poll_success_timestamp_seconds"); got > last {
+			if last > start {
+				advances++
+			}
+			last = got
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if advances < 4 {
+		t.Errorf("last poll advanced %d times over 8 poll intervals at capacity, want about one per interval", advances)
+	}
+	fams := scrape(t, addr)
+	if got := sample(t, fams, "fleetd_cells_in_flight"); got != 1 {
+		t.Errorf("cells in flight = %v, want 1: the node was not at capacity", got)
+	}
+	if got := len(b.ids("pending")); got != 5 {
+		t.Errorf("pending/ holds %d specs, want the backlog of 5", got)
+	}
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.waitCount("completed", 6)
+	a.signal(syscall.SIGTERM)
+	if code := a.wait(); code != 0 {
+		t.Fatalf("exit code %d", code)
 	}
 }

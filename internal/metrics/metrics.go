@@ -65,7 +65,7 @@ func New(concurrency int, version, revision string) *Metrics {
 	m.rateWait = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_s3_rate_limit_wait_seconds_total", Help: "Time S3 requests spent waiting for the rate limiter."})
 	m.leaseRenewals = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lease_renewals_total", Help: "Lease renewals written."})
 	m.leaseTakeovers = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lease_takeovers_total", Help: "Stale leases or lease-less claims taken over by this node."})
-	m.lastPoll = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_last_poll_success_timestamp_seconds", Help: "Unix time of the last successful listing of pending/."})
+	m.lastPoll = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_last_poll_success_timestamp_seconds", Help: "Unix time of the last page of pending/ listed successfully."})
 	m.slowDowns = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_s3_slowdowns_total", Help: "S3 answers asking this agent to slow down (503 SlowDown, 429); each raises the agent's pause between requests."})
 	m.bounced = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lister_bounced_listings_total",
 		Help: "Listings of pending/ that handed out only keys already tried at the same ETag (claimed elsewhere, unreadable); each is followed by a poll interval's wait."})
@@ -118,7 +118,7 @@ func (m *Metrics) LeaseRenewed() { m.leaseRenewals.Inc() }
 // LeaseTakenOver counts a takeover by this node.
 func (m *Metrics) LeaseTakenOver() { m.leaseTakeovers.Inc() }
 
-// Polled records a successful listing of pending/.
+// Polled records a page of pending/ listed successfully.
 func (m *Metrics) Polled(t time.Time) { m.lastPoll.Set(float64(t.UnixNano()) / 1e9) }
 
 // ListingBounced counts a listing whose keys all bounced.

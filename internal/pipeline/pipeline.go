@@ -124,7 +124,8 @@ func (p *Pipeline) Run() {
 // Cells returns the number of supervisors running now.
 func (p *Pipeline) Cells() int { return int(p.cells.Load()) }
 
-// LastPoll returns when pending/ was last listed successfully (zero: never).
+// LastPoll returns when a page of pending/ was last listed successfully (zero:
+// never).
 func (p *Pipeline) LastPoll() time.Time {
 	if n := p.polled.Load(); n != 0 {
 		return time.Unix(0, n)
@@ -132,20 +133,20 @@ func (p *Pipeline) LastPoll() time.Time {
 	return time.Time{}
 }
 
+// listPending lists pending/ for the lister. Every page fetched is a
+// successful poll: a busy node may spend an interval on one page waiting for
+// a free worker, and it is still polling.
 func (p *Pipeline) listPending(ctx context.Context, fn func([]lister.Entry) error) error {
-	err := p.store.List(ctx, p.cfg.Layout.Dir(queue.Pending), func(page queue.Page) error {
+	return p.store.List(ctx, p.cfg.Layout.Dir(queue.Pending), func(page queue.Page) error {
+		now := time.Now()
+		p.polled.Store(now.UnixNano())
+		p.m.Polled(now)
 		entries := make([]lister.Entry, len(page.Objects))
 		for i, o := range page.Objects {
 			entries[i] = lister.Entry{Key: o.Key, ETag: o.ETag}
 		}
 		return fn(entries)
 	})
-	if err == nil {
-		now := time.Now()
-		p.polled.Store(now.UnixNano())
-		p.m.Polled(now)
-	}
-	return err
 }
 
 // process takes one pending key as far as it goes on this node.
