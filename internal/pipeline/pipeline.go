@@ -35,9 +35,10 @@ type Store interface {
 
 var _ Store = (*queue.Store)(nil)
 
-// Runner runs the supervisor on one spec file; *exec.Runner implements it.
+// Runner runs the supervisor on one spec file, calling started (if not nil)
+// once it runs; *exec.Runner implements it.
 type Runner interface {
-	Run(ctx context.Context, specPath, specID string) exec.Result
+	Run(ctx context.Context, specPath, specID string, started func()) exec.Result
 }
 
 var _ Runner = (*exec.Runner)(nil)
@@ -69,6 +70,7 @@ type Pipeline struct {
 	runner Runner
 	drain  *drain.Drainer
 	lister *lister.Lister
+	host   *host
 	log    *slog.Logger
 	m      *metrics.Metrics
 	cells  atomic.Int64 // supervisors running now
@@ -81,7 +83,8 @@ func New(cfg Config, store Store, proto *protocol.Protocol, runner Runner, d *dr
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New(cfg.Concurrency, "", "")
 	}
-	p := &Pipeline{cfg: cfg, store: store, proto: proto, runner: runner, drain: d, log: cfg.Logger, m: cfg.Metrics}
+	p := &Pipeline{cfg: cfg, store: store, proto: proto, runner: runner, drain: d, log: cfg.Logger, m: cfg.Metrics,
+		host: newHost(cfg.PollInterval, cfg.Logger, cfg.Metrics)}
 	p.lister = lister.New(lister.Config{
 		List:     p.listPending,
 		ID:       func(key string) (string, error) { return cfg.Layout.ParseID(queue.Pending, key) },
@@ -121,6 +124,10 @@ func (p *Pipeline) Run() {
 	background.Wait()
 }
 
+// HostBroken returns why this host cannot start the supervisor, nil when it
+// can. While it cannot, the node claims nothing but a probe now and then.
+func (p *Pipeline) HostBroken() error { return p.host.err() }
+
 // Cells returns the number of supervisors running now.
 func (p *Pipeline) Cells() int { return int(p.cells.Load()) }
 
@@ -153,6 +160,12 @@ func (p *Pipeline) listPending(ctx context.Context, fn func([]lister.Entry) erro
 func (p *Pipeline) process(it lister.Item) {
 	log := p.log.With("spec_id", it.ID)
 	ctx := p.drain.Intake()
+	// A host that cannot start the supervisor takes nothing but its probe.
+	ticket, ok := p.host.admit(ctx)
+	if !ok {
+		return
+	}
+	defer p.host.done(ticket)
 
 	obj, err := p.store.Get(ctx, it.Key, p.cfg.MaxSpecBytes)
 	spec := protocol.Spec{ID: it.ID, Key: it.Key, ETag: obj.ETag, Body: obj.Body,
@@ -198,7 +211,7 @@ func (p *Pipeline) process(it lister.Item) {
 		log.Warn("claim failed; will retry", "err", err)
 		return
 	}
-	p.runAndFinalize(c)
+	p.runAndFinalize(c, ticket)
 }
 
 // reject files a spec that can never run under failed/ with the reason,
@@ -224,7 +237,7 @@ var (
 	errCellTimeout = errors.New("timeout")
 )
 
-func (p *Pipeline) runAndFinalize(c *protocol.Claim) {
+func (p *Pipeline) runAndFinalize(c *protocol.Claim, ticket uint64) {
 	ctx, cancel := context.WithCancelCause(p.drain.Work())
 	defer cancel(nil)
 	if p.cfg.CellTimeout > 0 {
@@ -259,7 +272,12 @@ func (p *Pipeline) runAndFinalize(c *protocol.Claim) {
 		p.settle(c, c.Release(abort, quit, false))
 		return
 	case res.StartErr != nil:
-		rec.Outcome, rec.Reason = protocol.Failed, "supervisor could not be started: "+res.StartErr.Error()
+		// The host's fault, not the spec's: the spec goes back as it came,
+		// its attempt not counted, and the node stops claiming.
+		p.host.startFailed(ticket, res.StartErr)
+		c.Log().Warn("supervisor could not be started; returning the spec to pending/", "err", res.StartErr)
+		p.settle(c, c.Release(abort, quit, false))
+		return
 	case res.Succeeded():
 		rec.Outcome = protocol.Completed
 	default:
@@ -299,7 +317,7 @@ func (p *Pipeline) runCell(ctx context.Context, c *protocol.Claim) exec.Result {
 	defer p.cells.Add(-1)
 	p.m.CellStarted()
 	c.Log().Info("cell started")
-	res := p.runner.Run(ctx, f.Name(), c.ID())
+	res := p.runner.Run(ctx, f.Name(), c.ID(), p.host.started)
 	p.m.CellEnded(res.Duration)
 	c.Log().Info("cell ended", "result", res.String(), "duration_ms", res.Duration.Milliseconds())
 	return res
