@@ -336,10 +336,12 @@ func serveHTTP(cfg Config, log *slog.Logger, m *metrics.Metrics, p *pipeline.Pip
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		last := p.LastPoll()
+		last, broken := p.LastPoll(), p.HostBroken()
 		switch {
 		case d.Intake().Err() != nil:
 			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case broken != nil:
+			http.Error(w, fmt.Sprintf("supervisor cannot be started: %v", broken), http.StatusServiceUnavailable)
 		case last.IsZero() || time.Since(last) > 3*cfg.PollInterval:
 			http.Error(w, fmt.Sprintf("no successful poll in 3 poll intervals (last: %s)", formatTime(last)), http.StatusServiceUnavailable)
 		default:

@@ -161,6 +161,10 @@ func submit(ctx context.Context, t *toolEnv, files []string) (any, error) {
 		if id == "" {
 			id = strings.TrimSuffix(filepath.Base(f), ".json")
 		}
+		if err := t.layout.CheckID(id); errors.Is(err, queue.ErrIDTooLong) {
+			// fleetd leaves such a key alone: refuse it here rather than let it sit.
+			return nil, fmt.Errorf("submit %s: spec id of %d bytes is too long for this queue: %w", f, len(id), err)
+		}
 		if _, ok := t.layout.ID(queue.Pending, t.layout.Key(queue.Pending, id)); !ok || strings.ContainsAny(id, " \t\n") {
 			return nil, fmt.Errorf("submit %s: %q is not a usable spec id (no '/', no spaces)", f, id)
 		}

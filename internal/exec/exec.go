@@ -74,11 +74,12 @@ const killWait = 5 * time.Second
 // gone: only a process that left the group can still hold them.
 const pipeWait = time.Second
 
-// Run starts the supervisor on specPath and blocks until it exits. When ctx
+// Run starts the supervisor on specPath and blocks until it exits; started,
+// if not nil, is called once the process is running. When ctx
 // ends first, its whole process group gets SIGTERM, then SIGKILL after Grace.
 // The cell ends with the supervisor: what it leaves in its process group is
 // stopped the same way, so no background child outlives the cell.
-func (r *Runner) Run(ctx context.Context, specPath, specID string) Result {
+func (r *Runner) Run(ctx context.Context, specPath, specID string, started func()) Result {
 	cmd := osexec.Command(r.Path, specPath)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// Pipes of our own rather than os/exec's: its Wait would also wait for
@@ -103,6 +104,9 @@ func (r *Runner) Run(ctx context.Context, specPath, specID string) Result {
 		outR.Close()
 		errR.Close()
 		return Result{ExitCode: -1, StartErr: err}
+	}
+	if started != nil {
+		started()
 	}
 	var relays sync.WaitGroup
 	for _, p := range []struct {

@@ -64,7 +64,7 @@ func TestRunClassifiesExits(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			r := &Runner{Path: script(t, tt.body), Grace: time.Second}
-			res := r.Run(context.Background(), "/dev/null", "x")
+			res := r.Run(context.Background(), "/dev/null", "x", nil)
 			if res.Succeeded() != tt.wantOK || res.ExitCode != tt.wantCode || res.Signal != tt.wantSignal || res.StartErr != nil || res.Stopped {
 				t.Fatalf("Run = %+v, want ok=%v code=%d signal=%q", res, tt.wantOK, tt.wantCode, tt.wantSignal)
 			}
@@ -76,7 +76,7 @@ func TestRunPassesSpecPathAndPrefixesOutput(t *testing.T) {
 	t.Parallel()
 	var out, errOut syncBuffer
 	r := &Runner{Path: script(t, `echo "got $1"; echo oops >&2; printf tail`), Grace: time.Second, Stdout: &out, Stderr: &errOut}
-	if res := r.Run(context.Background(), "/tmp/spec.json", "job-1"); !res.Succeeded() {
+	if res := r.Run(context.Background(), "/tmp/spec.json", "job-1", nil); !res.Succeeded() {
 		t.Fatalf("Run = %+v", res)
 	}
 	if got, want := out.String(), "[job-1] got /tmp/spec.json\n[job-1] tail\n"; got != want {
@@ -97,7 +97,7 @@ func TestRunStopsProcessGroup(t *testing.T) {
 	r := &Runner{Path: sup, Grace: 200 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan Result)
-	go func() { done <- r.Run(ctx, "/dev/null", "x") }()
+	go func() { done <- r.Run(ctx, "/dev/null", "x", nil) }()
 	waitFile(t, filepath.Join(dir, "ready"))
 	cancel()
 	res := <-done
@@ -130,7 +130,7 @@ echo done; exit 0`)
 			var out syncBuffer
 			r := &Runner{Path: sup, Grace: tt.grace, Stdout: &out}
 			done := make(chan Result, 1)
-			go func() { done <- r.Run(context.Background(), "/dev/null", "x") }()
+			go func() { done <- r.Run(context.Background(), "/dev/null", "x", nil) }()
 			select {
 			case res := <-done:
 				if !res.Succeeded() {
@@ -166,7 +166,7 @@ printf '%s' "`+long+secret+`"; echo " end"`)
 				}
 			}
 		}
-		if res := r.Run(context.Background(), "/dev/null", "x"); !res.Succeeded() {
+		if res := r.Run(context.Background(), "/dev/null", "x", nil); !res.Succeeded() {
 			t.Fatalf("Run = %+v", res)
 		}
 		all := out.String() + errOut.String()
@@ -194,7 +194,7 @@ func TestRunEscapesIDAndEmitsLines(t *testing.T) {
 	for _, tt := range tests {
 		var out syncBuffer
 		r := &Runner{Path: sup, Grace: time.Second, Stdout: &out}
-		r.Run(context.Background(), "/dev/null", tt.id)
+		r.Run(context.Background(), "/dev/null", tt.id, nil)
 		if got := out.String(); got != tt.prefix+"one\n" {
 			t.Errorf("id %q: stdout = %q, want %q", tt.id, got, tt.prefix+"one\n")
 		}
@@ -207,7 +207,7 @@ func TestRunEscapesIDAndEmitsLines(t *testing.T) {
 		defer mu.Unlock()
 		got = append(got, id+"|"+stream+"|"+line)
 	}}
-	r.Run(context.Background(), "/dev/null", "a\nb")
+	r.Run(context.Background(), "/dev/null", "a\nb", nil)
 	slices.Sort(got)
 	if want := []string{"a\nb|stderr|two", "a\nb|stdout|one"}; !slices.Equal(got, want) {
 		t.Errorf("Lines got %q, want %q", got, want)
@@ -221,9 +221,10 @@ func TestRunStartFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, path := range []string{"/nonexistent/supervisor", notExec} {
-		res := (&Runner{Path: path, Grace: time.Second}).Run(context.Background(), "/dev/null", "x")
-		if res.StartErr == nil || res.Succeeded() {
-			t.Errorf("Run(%s) = %+v, want a start error", path, res)
+		started := false
+		res := (&Runner{Path: path, Grace: time.Second}).Run(context.Background(), "/dev/null", "x", func() { started = true })
+		if res.StartErr == nil || res.Succeeded() || started {
+			t.Errorf("Run(%s) = %+v, started %v; want a start error and no start", path, res, started)
 		}
 		if _, err := Check(path); err == nil {
 			t.Errorf("Check(%s) = nil, want an error", path)
@@ -231,6 +232,10 @@ func TestRunStartFailure(t *testing.T) {
 	}
 	if _, err := Check("sh"); err != nil {
 		t.Errorf("Check(sh) = %v", err)
+	}
+	started := false
+	if res := (&Runner{Path: "true", Grace: time.Second}).Run(context.Background(), "/dev/null", "x", func() { started = true }); !res.Succeeded() || !started {
+		t.Errorf("Run(true) = %+v, started %v; want success, started", res, started)
 	}
 }
 

@@ -29,8 +29,9 @@ type Item struct {
 type Config struct {
 	// List calls fn with each page of pending keys, in order.
 	List func(ctx context.Context, fn func([]Entry) error) error
-	// ID returns the spec id of a pending key, ok false for keys that are not work.
-	ID func(key string) (id string, ok bool)
+	// ID returns the spec id of a pending key, or an error saying why the key
+	// is not work.
+	ID func(key string) (id string, err error)
 	// Slots is the number of workers: items handed out and not yet Done.
 	Slots int
 	// Interval is the time between listings when the last one found no work.
@@ -82,6 +83,10 @@ func New(cfg Config) *Lister {
 // errStale ends a listing that a worker found out of date.
 var errStale = errors.New("listing out of date")
 
+// errBusy ends a listing that waited a whole interval for a free slot: the
+// rest of the page has aged, and a fresh listing keeps the poll alive.
+var errBusy = errors.New("every slot busy for an interval")
+
 // Run lists and dispatches until ctx ends. dispatch is called from Run's
 // goroutine with a slot already taken for the item; the worker must call Done.
 // A listing that handed out work is followed at once by another; otherwise the
@@ -92,16 +97,20 @@ var errStale = errors.New("listing out of date")
 // Only a key not handed out before at the same ETag counts as work: keys that
 // keep bouncing (claimed elsewhere, unreadable) come back in every listing, and
 // relisting at once for them would spin on S3 without end.
+//
+// With every slot busy, the lister waits for one at most an interval, then
+// lists afresh: a busy node keeps polling once an interval (its readiness
+// rests on it) and never hands out a key from a listing older than that.
 func (l *Lister) Run(ctx context.Context, dispatch func(Item)) {
-	after := l.cfg.After
-	if after == nil {
-		after = time.After
-	}
+	after := l.after()
 	next := time.Now()
 	for {
 		found, handedOut, err := l.listOnce(ctx, dispatch)
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errBusy) {
+			continue // it waited an interval already
 		}
 		if found && (err == nil || errors.Is(err, errStale)) {
 			continue
@@ -121,6 +130,32 @@ func (l *Lister) Run(ctx context.Context, dispatch func(Item)) {
 			return
 		case <-after(time.Until(next) + jitter):
 		}
+	}
+}
+
+func (l *Lister) after() func(time.Duration) <-chan time.Time {
+	if l.cfg.After != nil {
+		return l.cfg.After
+	}
+	return time.After
+}
+
+// takeSlot waits for a free slot: at once if one is free, else for up to an
+// interval (errBusy after that).
+func (l *Lister) takeSlot(ctx context.Context) error {
+	select {
+	case l.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	busy := l.after()(l.cfg.Interval)
+	select {
+	case l.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-busy:
+		return errBusy
 	}
 }
 
@@ -167,10 +202,8 @@ func (l *Lister) listOnce(ctx context.Context, dispatch func(Item)) (found bool,
 		// makes them collide on the same key far less often.
 		rand.Shuffle(len(items), func(i, j int) { items[i], items[j] = items[j], items[i] })
 		for _, it := range items {
-			select {
-			case l.slots <- struct{}{}:
-			case <-ctx.Done():
-				return ctx.Err()
+			if err := l.takeSlot(ctx); err != nil {
+				return err
 			}
 			if l.stale.Load() {
 				<-l.slots
@@ -197,9 +230,12 @@ func (l *Lister) listOnce(ctx context.Context, dispatch func(Item)) (found bool,
 		}
 		return nil
 	})
-	if err == nil {
+	switch {
+	case err == nil:
 		l.forgetUnlisted(pass)
 		l.cfg.Logger.Debug("listed pending", "keys", listed, "found_work", found, "handed_out", handedOut)
+	case errors.Is(err, errBusy):
+		l.cfg.Logger.Debug("every worker busy for a poll interval; listing afresh", "keys", listed, "handed_out", handedOut)
 	}
 	return found, handedOut, err
 }
@@ -210,11 +246,11 @@ func (l *Lister) candidates(page []Entry, pass int) []Item {
 	defer l.mu.Unlock()
 	items := make([]Item, 0, len(page))
 	for _, e := range page {
-		id, ok := l.cfg.ID(e.Key)
-		if !ok {
+		id, err := l.cfg.ID(e.Key)
+		if err != nil {
 			if !l.ignored[e.Key] && len(l.ignored) < maxRemembered {
 				l.ignored[e.Key] = true
-				l.cfg.Logger.Warn("ignoring key under pending/: not <id>.json", "key", e.Key)
+				l.cfg.Logger.Warn("ignoring key under pending/: not work", "key", e.Key, "reason", err.Error())
 			}
 			continue
 		}

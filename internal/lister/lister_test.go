@@ -39,13 +39,14 @@ func (f *fakeQueue) set(entries ...Entry) {
 	f.mu.Unlock()
 }
 
-func id(key string) (string, bool) {
+var errNotWork = errors.New("not work")
+
+func id(key string) (string, error) {
 	name, ok := strings.CutPrefix(key, "pending/")
-	if !ok || strings.Contains(name, "/") || !strings.HasSuffix(name, ".json") {
-		return "", false
+	if !ok || strings.Contains(name, "/") || !strings.HasSuffix(name, ".json") || name == ".json" {
+		return "", errNotWork
 	}
-	name = strings.TrimSuffix(name, ".json")
-	return name, name != ""
+	return strings.TrimSuffix(name, ".json"), nil
 }
 
 func newLister(q *fakeQueue, slots int) *Lister {
@@ -270,4 +271,41 @@ func TestListingWithWorkRelistsAtOnce(t *testing.T) {
 	if got := w.bounced.Load(); got != 0 {
 		t.Errorf("Bounced called %d times, want 0", got)
 	}
+}
+
+// TestBusyListerKeepsPolling: with every slot held by a long cell, the lister
+// lists afresh once an interval instead of waiting on an old listing for a
+// slot, and counts that as neither work nor bounced.
+func TestBusyListerKeepsPolling(t *testing.T) {
+	t.Parallel()
+	q := &fakeQueue{}
+	q.set(Entry{"pending/a.json", "1"}, Entry{"pending/b.json", "1"}, Entry{"pending/c.json", "1"})
+	got := make(chan Item, 3)
+	w := startWatched(t, q, 1, func(_ *Lister, it Item) { got <- it }) // holds its slot
+	first := <-got
+	lists := w.nextWait(t)
+	for range 4 {
+		w.fire <- time.Now()
+		if n := w.nextWait(t); n != lists+1 {
+			t.Fatalf("%d listings after an interval at capacity, want %d: one per interval", n, lists+1)
+		}
+		lists++
+	}
+	if n := len(got); n != 0 {
+		t.Fatalf("%d items handed out with the only slot held", n)
+	}
+	if b := w.bounced.Load(); b != 0 {
+		t.Errorf("Bounced called %d times at capacity, want 0", b)
+	}
+	// The slot frees while the lister waits for it: the next key goes at once.
+	w.l.Done(first)
+	select {
+	case it := <-got:
+		if it.Key == first.Key {
+			t.Errorf("handed out %v again", it)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no item handed out within 10s of a slot freeing")
+	}
+	w.nextWait(t) // at capacity again: waiting for a slot, as cleanup expects
 }

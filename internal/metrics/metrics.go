@@ -42,6 +42,8 @@ type Metrics struct {
 	lastPoll       prometheus.Gauge
 	slowDowns      prometheus.Counter
 	bounced        prometheus.Counter
+	hostBroken     prometheus.Gauge
+	startFailures  prometheus.Counter
 }
 
 // New registers fleetd's metrics, Go runtime and process collectors included,
@@ -65,17 +67,21 @@ func New(concurrency int, version, revision string) *Metrics {
 	m.rateWait = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_s3_rate_limit_wait_seconds_total", Help: "Time S3 requests spent waiting for the rate limiter."})
 	m.leaseRenewals = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lease_renewals_total", Help: "Lease renewals written."})
 	m.leaseTakeovers = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lease_takeovers_total", Help: "Stale leases or lease-less claims taken over by this node."})
-	m.lastPoll = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_last_poll_success_timestamp_seconds", Help: "Unix time of the last successful listing of pending/."})
+	m.lastPoll = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_last_poll_success_timestamp_seconds", Help: "Unix time of the last page of pending/ listed successfully."})
 	m.slowDowns = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_s3_slowdowns_total", Help: "S3 answers asking this agent to slow down (503 SlowDown, 429); each raises the agent's pause between requests."})
 	m.bounced = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lister_bounced_listings_total",
 		Help: "Listings of pending/ that handed out only keys already tried at the same ETag (claimed elsewhere, unreadable); each is followed by a poll interval's wait."})
+	m.hostBroken = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_host_broken",
+		Help: "1 while this host cannot start the supervisor and so claims nothing (see fleetd_supervisor_start_failures_total), else 0."})
+	m.startFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_supervisor_start_failures_total",
+		Help: "Supervisors that could not be started (binary missing or not executable, temp dir full, fork refused); their specs went back to pending/."})
 	conc := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_concurrency", Help: "Configured CELLOS_FLEET_CONCURRENCY."})
 	conc.Set(float64(concurrency))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_build_info", Help: "Always 1; the labels say which build runs.",
 		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()}})
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.cellsStarted, m.cellsFinished, m.cellsInFlight, m.cellDuration, m.claimConflicts, m.gateSkips,
-		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.lastPoll, m.slowDowns, m.bounced, conc, info,
+		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.lastPoll, m.slowDowns, m.bounced, m.hostBroken, m.startFailures, conc, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -118,7 +124,7 @@ func (m *Metrics) LeaseRenewed() { m.leaseRenewals.Inc() }
 // LeaseTakenOver counts a takeover by this node.
 func (m *Metrics) LeaseTakenOver() { m.leaseTakeovers.Inc() }
 
-// Polled records a successful listing of pending/.
+// Polled records a page of pending/ listed successfully.
 func (m *Metrics) Polled(t time.Time) { m.lastPoll.Set(float64(t.UnixNano()) / 1e9) }
 
 // ListingBounced counts a listing whose keys all bounced.
@@ -153,6 +159,18 @@ func isS3Error(status int) bool {
 		return false
 	}
 	return status >= 400
+}
+
+// SupervisorStartFailed counts a supervisor that could not be started.
+func (m *Metrics) SupervisorStartFailed() { m.startFailures.Inc() }
+
+// SetHostBroken says whether this host can start the supervisor.
+func (m *Metrics) SetHostBroken(broken bool) {
+	v := 0.0
+	if broken {
+		v = 1
+	}
+	m.hostBroken.Set(v)
 }
 
 // RateLimitWaited adds time spent waiting for the S3 rate limiter.

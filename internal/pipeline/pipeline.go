@@ -35,9 +35,10 @@ type Store interface {
 
 var _ Store = (*queue.Store)(nil)
 
-// Runner runs the supervisor on one spec file; *exec.Runner implements it.
+// Runner runs the supervisor on one spec file, calling started (if not nil)
+// once it runs; *exec.Runner implements it.
 type Runner interface {
-	Run(ctx context.Context, specPath, specID string) exec.Result
+	Run(ctx context.Context, specPath, specID string, started func()) exec.Result
 }
 
 var _ Runner = (*exec.Runner)(nil)
@@ -70,6 +71,7 @@ type Pipeline struct {
 	runner Runner
 	drain  *drain.Drainer
 	lister *lister.Lister
+	host   *host
 	log    *slog.Logger
 	m      *metrics.Metrics
 	cells  atomic.Int64 // supervisors running now
@@ -82,10 +84,11 @@ func New(cfg Config, store Store, proto *protocol.Protocol, runner Runner, d *dr
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New(cfg.Concurrency, "", "")
 	}
-	p := &Pipeline{cfg: cfg, store: store, proto: proto, runner: runner, drain: d, log: cfg.Logger, m: cfg.Metrics}
+	p := &Pipeline{cfg: cfg, store: store, proto: proto, runner: runner, drain: d, log: cfg.Logger, m: cfg.Metrics,
+		host: newHost(cfg.PollInterval, cfg.Logger, cfg.Metrics)}
 	p.lister = lister.New(lister.Config{
 		List:     p.listPending,
-		ID:       func(key string) (string, bool) { return cfg.Layout.ID(queue.Pending, key) },
+		ID:       func(key string) (string, error) { return cfg.Layout.ParseID(queue.Pending, key) },
 		Slots:    cfg.Concurrency,
 		Interval: cfg.PollInterval,
 		Logger:   cfg.Logger,
@@ -122,10 +125,15 @@ func (p *Pipeline) Run() {
 	background.Wait()
 }
 
+// HostBroken returns why this host cannot start the supervisor, nil when it
+// can. While it cannot, the node claims nothing but a probe now and then.
+func (p *Pipeline) HostBroken() error { return p.host.err() }
+
 // Cells returns the number of supervisors running now.
 func (p *Pipeline) Cells() int { return int(p.cells.Load()) }
 
-// LastPoll returns when pending/ was last listed successfully (zero: never).
+// LastPoll returns when a page of pending/ was last listed successfully (zero:
+// never).
 func (p *Pipeline) LastPoll() time.Time {
 	if n := p.polled.Load(); n != 0 {
 		return time.Unix(0, n)
@@ -133,26 +141,32 @@ func (p *Pipeline) LastPoll() time.Time {
 	return time.Time{}
 }
 
+// listPending lists pending/ for the lister. Every page fetched is a
+// successful poll: a busy node may spend an interval on one page waiting for
+// a free worker, and it is still polling.
 func (p *Pipeline) listPending(ctx context.Context, fn func([]lister.Entry) error) error {
-	err := p.store.List(ctx, p.cfg.Layout.Dir(queue.Pending), func(page queue.Page) error {
+	return p.store.List(ctx, p.cfg.Layout.Dir(queue.Pending), func(page queue.Page) error {
+		now := time.Now()
+		p.polled.Store(now.UnixNano())
+		p.m.Polled(now)
 		entries := make([]lister.Entry, len(page.Objects))
 		for i, o := range page.Objects {
 			entries[i] = lister.Entry{Key: o.Key, ETag: o.ETag}
 		}
 		return fn(entries)
 	})
-	if err == nil {
-		now := time.Now()
-		p.polled.Store(now.UnixNano())
-		p.m.Polled(now)
-	}
-	return err
 }
 
 // process takes one pending key as far as it goes on this node.
 func (p *Pipeline) process(it lister.Item) {
 	log := p.log.With("spec_id", it.ID)
 	ctx := p.drain.Intake()
+	// A host that cannot start the supervisor takes nothing but its probe.
+	ticket, ok := p.host.admit(ctx)
+	if !ok {
+		return
+	}
+	defer p.host.done(ticket)
 
 	obj, err := p.store.Get(ctx, it.Key, p.cfg.MaxSpecBytes)
 	spec := protocol.Spec{ID: it.ID, Key: it.Key, ETag: obj.ETag, Body: obj.Body,
@@ -198,7 +212,7 @@ func (p *Pipeline) process(it lister.Item) {
 		log.Warn("claim failed; will retry", "err", err)
 		return
 	}
-	p.runAndFinalize(c)
+	p.runAndFinalize(c, ticket)
 }
 
 // reject files a spec that can never run under failed/ with the reason,
@@ -211,6 +225,7 @@ func (p *Pipeline) reject(log *slog.Logger, spec protocol.Spec, reason string) {
 	err := p.proto.Reject(p.drain.Abort(), p.drain.Intake().Done(), spec, reason)
 	switch {
 	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrGone):
+		log.Debug("reject: spec held, changed or gone since it was read; judged again if still pending", "err", err)
 		p.lister.Stale()
 	case err != nil:
 		log.Warn("reject failed; will retry", "err", err)
@@ -223,7 +238,7 @@ var (
 	errCellTimeout = errors.New("timeout")
 )
 
-func (p *Pipeline) runAndFinalize(c *protocol.Claim) {
+func (p *Pipeline) runAndFinalize(c *protocol.Claim, ticket uint64) {
 	ctx, cancel := context.WithCancelCause(p.drain.Work())
 	defer cancel(nil)
 	if p.cfg.CellTimeout > 0 {
@@ -258,7 +273,12 @@ func (p *Pipeline) runAndFinalize(c *protocol.Claim) {
 		p.settle(c, c.Release(abort, quit, false))
 		return
 	case res.StartErr != nil:
-		rec.Outcome, rec.Reason = protocol.Failed, "supervisor could not be started: "+res.StartErr.Error()
+		// The host's fault, not the spec's: the spec goes back as it came,
+		// its attempt not counted, and the node stops claiming.
+		p.host.startFailed(ticket, res.StartErr)
+		c.Log().Warn("supervisor could not be started; returning the spec to pending/", "err", res.StartErr)
+		p.settle(c, c.Release(abort, quit, false))
+		return
 	case res.Succeeded():
 		rec.Outcome = protocol.Completed
 	default:
@@ -298,7 +318,7 @@ func (p *Pipeline) runCell(ctx context.Context, c *protocol.Claim) exec.Result {
 	defer p.cells.Add(-1)
 	p.m.CellStarted()
 	c.Log().Info("cell started")
-	res := p.runner.Run(ctx, f.Name(), c.ID())
+	res := p.runner.Run(ctx, f.Name(), c.ID(), p.host.started)
 	p.m.CellEnded(res.Duration)
 	c.Log().Info("cell ended", "result", res.String(), "duration_ms", res.Duration.Milliseconds())
 	return res

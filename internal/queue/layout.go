@@ -3,6 +3,8 @@
 package queue
 
 import (
+	"errors"
+	"fmt"
 	"path"
 	"strings"
 )
@@ -53,13 +55,62 @@ func (l Layout) Key(s State, id string) string {
 	return l.Dir(s) + id + ".json"
 }
 
-// ID returns the spec id of a key in state s. ok is false for keys that are not
-// work: outside the directory, not ending in ".json", empty, or in a subdirectory.
-func (l Layout) ID(s State, key string) (id string, ok bool) {
-	name, found := strings.CutPrefix(key, l.Dir(s))
-	if !found || strings.Contains(name, "/") || path.Ext(name) != ".json" {
-		return "", false
+// MaxKeyBytes is the longest key S3 accepts, in bytes.
+const MaxKeyBytes = 1024
+
+// states are the directories an id gets a key in.
+var states = []State{Pending, Claimed, Completed, Failed, Leases}
+
+// Why a key or an id is not work. Callers test them with errors.Is.
+var (
+	// ErrNotWork: the key is not <dir>/<id>.json: outside the directory, in
+	// a subdirectory, not ending in ".json", or with an empty id.
+	ErrNotWork = errors.New("not <id>.json")
+	// ErrIDTooLong: one of the id's keys would be longer than S3 allows, so
+	// some step of the protocol (the result, say) could never be written.
+	ErrIDTooLong = errors.New("id too long")
+)
+
+// CheckID returns an error wrapping ErrNotWork or ErrIDTooLong when id cannot
+// be a spec id under l.
+func (l Layout) CheckID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: empty id", ErrNotWork)
+	case strings.Contains(id, "/"):
+		return fmt.Errorf("%w: the id holds a /", ErrNotWork)
 	}
-	id = strings.TrimSuffix(name, ".json")
-	return id, id != ""
+	for _, s := range states {
+		if n := len(l.Key(s, id)); n > MaxKeyBytes {
+			return fmt.Errorf("%w: its %s/ key would be %d bytes, over S3's limit of %d", ErrIDTooLong, s, n, MaxKeyBytes)
+		}
+	}
+	return nil
+}
+
+// ParseID returns the spec id of a key in state s, or an error saying why the
+// key is not work (see CheckID).
+func (l Layout) ParseID(s State, key string) (string, error) {
+	name, found := strings.CutPrefix(key, l.Dir(s))
+	switch {
+	case !found:
+		return "", fmt.Errorf("%w: outside %s", ErrNotWork, l.Dir(s))
+	case strings.Contains(name, "/"):
+		return "", fmt.Errorf("%w: in a subdirectory", ErrNotWork)
+	case path.Ext(name) != ".json":
+		return "", fmt.Errorf("%w: no .json suffix", ErrNotWork)
+	}
+	id := strings.TrimSuffix(name, ".json")
+	if err := l.CheckID(id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// ID returns the spec id of a key in state s. ok is false for keys that are not
+// work: outside the directory, not ending in ".json", empty, in a
+// subdirectory, or with an id too long for every key of it to fit in S3.
+func (l Layout) ID(s State, key string) (id string, ok bool) {
+	id, err := l.ParseID(s, key)
+	return id, err == nil
 }

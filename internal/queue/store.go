@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -390,12 +389,20 @@ func (s *Store) Copy(ctx context.Context, src, dst string, opt CopyOptions) erro
 
 // copySource is the x-amz-copy-source value: bucket/key, URL-encoded, as S3
 // requires (a key with %, +, a newline or an encoded slash would otherwise
-// name another object). PathEscape leaves "+" alone, but servers decode the
-// header as a query value, "+" as a space (versitygw does): the copy then
-// names a missing key, and a rejection retried it forever.
+// name another object). Every byte but the unreserved ones and "/" is
+// escaped: url.PathEscape keeps "+", which S3 and versitygw read as a space.
 func copySource(bucket, key string) string {
-	esc := strings.NewReplacer("%2F", "/", "+", "%2B")
-	return url.PathEscape(bucket) + "/" + esc.Replace(url.PathEscape(key))
+	var b strings.Builder
+	for _, c := range []byte(bucket + "/" + key) {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			c == '-', c == '_', c == '.', c == '~', c == '/':
+			b.WriteByte(c)
+		default:
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
 }
 
 // Delete removes key if its ETag is ifMatch (any version when ifMatch is "").

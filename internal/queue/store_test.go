@@ -205,3 +205,38 @@ func TestRateLimitCoversEveryRequest(t *testing.T) {
 		t.Fatal("fourth request went through a limiter with no tokens left")
 	}
 }
+
+// TestCopyAwkwardKeys: a COPY reaches the object named, whatever its key
+// holds; an unescaped source would name another object or none.
+func TestCopyAwkwardKeys(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStore(t)
+	for _, key := range []string{"p/pct%41", "p/plus+1", "p/enc%2Fslash", "p/new\nline", "p/sp ace?#&=;:@$!'()*,", "p/ünï日本", "p/all %2F+\n%"} {
+		if _, err := s.Put(ctx, key, []byte(key), PutOptions{}); err != nil {
+			t.Fatalf("put %q: %v", key, err)
+		}
+		if err := s.Copy(ctx, key, key+".copy", CopyOptions{Metadata: map[string]string{"fleetd-reason": "r"}}); err != nil {
+			t.Errorf("copy %q: %v", key, err)
+			continue
+		}
+		o, err := s.Get(ctx, key+".copy", 1<<10)
+		if err != nil || string(o.Body) != key || o.Metadata["fleetd-reason"] != "r" {
+			t.Errorf("copy of %q = %q %v, %v", key, o.Body, o.Metadata, err)
+		}
+	}
+}
+
+func TestCopySource(t *testing.T) {
+	for key, want := range map[string]string{
+		"fleet/pending/a-b_c.d~e.json": "bkt/fleet/pending/a-b_c.d~e.json",
+		"p/plus+1":                     "bkt/p/plus%2B1",
+		"p/enc%2Fslash":                "bkt/p/enc%252Fslash",
+		"p/new\nline sp":               "bkt/p/new%0Aline%20sp",
+		"p/ü":                          "bkt/p/%C3%BC",
+	} {
+		if got := copySource("bkt", key); got != want {
+			t.Errorf("copySource(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
