@@ -23,7 +23,7 @@ func TestPriorAttempts(t *testing.T) {
 		{"5", 1, 0},
 	}
 	for _, tt := range tests {
-		meta := map[string]string{MetaAttempts: tt.meta}
+		meta := map[string]string{metaAttempts: tt.meta}
 		if tt.meta == "" {
 			meta = nil
 		}
