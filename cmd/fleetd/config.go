@@ -84,6 +84,9 @@ type Config struct {
 	help         bool
 }
 
+// errNoBucket: the one setting with no default is missing.
+var errNoBucket = usageError{"CELLOS_FLEET_BUCKET is required (or --bucket)"}
+
 // usageError is a bad flag or setting: fleetd exits with status 2.
 type usageError struct{ msg string }
 
@@ -112,11 +115,15 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 	positional, err := parseInterleaved(fs, args)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			printUsage(usageOut)
+			if usageOut != nil {
+				printUsage(usageOut)
+			}
 			cfg.help = true
 			return cfg, nil, nil
 		}
-		return cfg, nil, usagef("%v (see fleetd --help)", err)
+		// The flag package names flags with one dash; the help uses two.
+		msg := strings.NewReplacer("flag -", "flag --", "defined: -", "defined: --").Replace(err.Error())
+		return cfg, nil, usagef("%s (see fleetd --help)", msg)
 	}
 	if cfg.ShowVersion {
 		return cfg, positional, nil // --version reads no configuration
@@ -148,7 +155,7 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 
 	cfg.Bucket = strings.TrimSpace(get("bucket").raw)
 	if cfg.Bucket == "" {
-		return cfg, nil, usagef("CELLOS_FLEET_BUCKET is required (or --bucket)")
+		return cfg, positional, errNoBucket
 	}
 	cfg.Prefix = get("prefix").raw
 	cfg.QueueName = strings.TrimSpace(get("queue-name").raw)
@@ -383,7 +390,8 @@ func printUsage(w io.Writer) {
 		"       fleetd submit FILE... [--id ID] [--replace] [--json]\n"+
 		"       fleetd status [--json]\n"+
 		"       fleetd requeue ID... | --failed [--older-than DURATION] [--json]\n"+
-		"       fleetd inspect ID [--json]\n\n"+
+		"       fleetd inspect ID [--json]\n"+
+		"       fleetd help [TOOL] | fleetd version\n\n"+
 		"fleetd runs execution-cell specs from an S3 queue. Each setting is a flag or an\n"+
 		"environment variable; a flag wins over its variable. AWS credentials and region\n"+
 		"come from the AWS SDK's default chain.\n\n")

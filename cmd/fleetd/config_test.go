@@ -88,7 +88,7 @@ func TestParseConfigErrorsNameTheSetting(t *testing.T) {
 			env[k] = v
 		}
 		var stdout, stderr bytes.Buffer
-		code := run(tt.args, envOf(env), nil, &stdout, &stderr)
+		code := run(tt.args, envOf(env), nil, nil, &stdout, &stderr)
 		if code != 2 || !strings.Contains(stderr.String(), tt.want) || strings.Count(stderr.String(), "\n") != 1 {
 			t.Errorf("run(%v, %v) = %d, stderr %q; want 2 and one line containing %q", tt.args, tt.env, code, stderr.String(), tt.want)
 		}
@@ -99,7 +99,7 @@ func TestRunVersionReadsNoConfig(t *testing.T) {
 	for _, arg := range []string{"--version", "-V"} {
 		var stdout, stderr bytes.Buffer
 		// No bucket, a bad value: --version must not look.
-		code := run([]string{arg}, envOf(map[string]string{"CELLOS_FLEET_CONCURRENCY": "bad"}), nil, &stdout, &stderr)
+		code := run([]string{arg}, envOf(map[string]string{"CELLOS_FLEET_CONCURRENCY": "bad"}), nil, nil, &stdout, &stderr)
 		out := stdout.String()
 		if code != 0 || !strings.HasPrefix(out, "fleetd "+version+" (") || !strings.HasSuffix(out, ")\n") || stderr.Len() != 0 {
 			t.Errorf("run(%s) = %d, %q, %q", arg, code, out, stderr.String())
@@ -109,7 +109,7 @@ func TestRunVersionReadsNoConfig(t *testing.T) {
 
 func TestRunHelpListsEverySetting(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"--help"}, envOf(nil), nil, &stdout, &stderr); code != 0 {
+	if code := run([]string{"--help"}, envOf(nil), nil, nil, &stdout, &stderr); code != 0 {
 		t.Fatalf("--help exit %d", code)
 	}
 	for _, s := range settings {
@@ -125,7 +125,7 @@ func TestRunHelpListsEverySetting(t *testing.T) {
 func TestRunRefusesMissingSupervisor(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	env := map[string]string{"CELLOS_FLEET_BUCKET": "b", "CELLOS_FLEET_SUPERVISOR": "/nonexistent/cellos-supervisor"}
-	if code := run(nil, envOf(env), nil, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "CELLOS_FLEET_SUPERVISOR") {
+	if code := run(nil, envOf(env), nil, nil, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "CELLOS_FLEET_SUPERVISOR") {
 		t.Errorf("run = %d, %q; want 2 naming CELLOS_FLEET_SUPERVISOR", code, stderr.String())
 	}
 }
@@ -171,12 +171,12 @@ func TestNodeID(t *testing.T) {
 		// agent if the node id is let through.
 		env["CELLOS_FLEET_LOG_FORMAT"] = "xml"
 		var stdout, stderr bytes.Buffer
-		if code := run(nil, envOf(env), nil, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "invalid CELLOS_FLEET_NODE_ID=") {
+		if code := run(nil, envOf(env), nil, nil, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "invalid CELLOS_FLEET_NODE_ID=") {
 			t.Errorf("node id %q: run = %d, %q; want 2 naming CELLOS_FLEET_NODE_ID", tt.id, code, stderr.String())
 		}
 		delete(env, "CELLOS_FLEET_NODE_ID")
 		stderr.Reset()
-		if code := run([]string{"--node-id", tt.id}, envOf(env), nil, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "invalid --node-id=") {
+		if code := run([]string{"--node-id", tt.id}, envOf(env), nil, nil, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "invalid --node-id=") {
 			t.Errorf("--node-id %q: run = %d, %q; want 2 naming --node-id", tt.id, code, stderr.String())
 		}
 	}
@@ -228,7 +228,7 @@ func TestUnknownVariables(t *testing.T) {
 
 	// A tool warns once on stderr, naming each unknown variable and its match.
 	var stdout, stderr bytes.Buffer
-	run([]string{"status", "--help"}, envOf(nil), environ, &stdout, &stderr)
+	run([]string{"status", "--help"}, envOf(nil), environ, nil, &stdout, &stderr)
 	line := stderr.String()
 	if strings.Count(line, "\n") != 1 || !strings.Contains(line, "CELLOS_FLEET_CONCURENCY (did you mean CELLOS_FLEET_CONCURRENCY?)") ||
 		!strings.Contains(line, "CELLOS_FLEET_NODEID (did you mean CELLOS_FLEET_NODE_ID?)") {

@@ -39,20 +39,33 @@ var (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Getenv, os.Environ(), os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Getenv, os.Environ(), os.Stdin, os.Stdout, os.Stderr))
 }
 
 // run is fleetd's whole life: configure, work until signalled, drain. It
 // returns the exit code: 0 after a drain, 1 on a runtime failure, 2 on bad
 // usage or configuration. environ is only searched for misspelt settings.
-func run(args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) int {
+func run(args []string, getenv func(string) string, environ []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	unknown := unknownVariables(environ)
 	if len(args) > 0 {
-		if t, ok := tools[args[0]]; ok {
-			if len(unknown) > 0 {
-				fmt.Fprintf(stderr, "fleetd: warning: unknown variables ignored: %s\n", describeUnknown(unknown))
+		switch name := args[0]; name {
+		case "help":
+			if t, ok := tools[cmpOr(args[1:])]; ok {
+				printToolUsage(stdout, args[1], t)
+			} else {
+				printUsage(stdout)
 			}
-			return runTool(t, args[1:], getenv, stdout, stderr)
+			return 0
+		case "version":
+			fmt.Fprintln(stdout, versionString())
+			return 0
+		default:
+			if t, ok := tools[name]; ok {
+				if len(unknown) > 0 {
+					fmt.Fprintf(stderr, "fleetd: warning: unknown variables ignored: %s\n", describeUnknown(unknown))
+				}
+				return runTool(name, t, args[1:], getenv, stdin, stdout, stderr)
+			}
 		}
 	}
 	cfg, positional, err := parseConfig(args, getenv, stdout, nil)
@@ -217,6 +230,14 @@ func selfTest(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal)
 // s3Policy is the store's retry policy from the settings.
 func s3Policy(cfg Config, m *metrics.Metrics) queue.Policy {
 	return queue.Policy{Attempts: cfg.S3Attempts, Timeout: cfg.S3Timeout, SlowDown: m.SlowDown}
+}
+
+// cmpOr returns the first argument, or "" when there is none.
+func cmpOr(args []string) string {
+	if len(args) == 0 {
+		return ""
+	}
+	return args[0]
 }
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {

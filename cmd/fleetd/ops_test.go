@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/cellos/fleetd/internal/admin"
 	"io"
 	"net"
 	"net/http"
@@ -189,7 +190,19 @@ func runCLI(t *testing.T, b *bucket, args ...string) (code int, stdout, stderr s
 // defaults (AWS_ENDPOINT_URL_S3 to go through a fault proxy, say).
 func runCLIEnv(t *testing.T, b *bucket, vars map[string]string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	return runCLIWith(t, b, vars, "", args...)
+}
+
+// runCLIStdin is runCLI with stdin as the command's standard input.
+func runCLIStdin(t *testing.T, b *bucket, stdin string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	return runCLIWith(t, b, nil, stdin, args...)
+}
+
+func runCLIWith(t *testing.T, b *bucket, vars map[string]string, stdin string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	cmd := exec.Command(env.fleetd, args...)
+	cmd.Stdin = strings.NewReader(stdin)
 	cmd.Env = append(os.Environ(), env.server.Env()...)
 	cmd.Env = append(cmd.Env, "CELLOS_FLEET_BUCKET="+b.name)
 	for k, v := range vars {
@@ -275,7 +288,7 @@ func TestStatusRequeueInspect(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status = %d %q", code, errOut)
 	}
-	var st statusResult
+	var st admin.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v: %s", err, out)
 	}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cellos/fleetd/internal/admin"
+)
+
+var statusTool = tool{
+	usage: "fleetd status [--json]\n\nCounts the specs in each state and lists those in flight, with their node and lease age.",
+	args:  noArgs,
+	run: func(ctx context.Context, t *toolEnv, _ []string) (any, error) {
+		st, err := t.admin.Status(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return st, nil
+	},
+	text: func(w io.Writer, result any) {
+		r := result.(admin.Status)
+		fmt.Fprintf(w, "pending %d  claimed %d  completed %d  failed %d\n",
+			r.Counts["pending"], r.Counts["claimed"], r.Counts["completed"], r.Counts["failed"])
+		if r.Counts["pending"] > 0 {
+			fmt.Fprintf(w, "oldest pending: %s\n", seconds(r.OldestPendingSeconds))
+		}
+		if len(r.InFlight) == 0 {
+			fmt.Fprintln(w, "in flight: none")
+			return
+		}
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "IN FLIGHT\tNODE\tATTEMPT\tSTATE\tLEASE AGE")
+		for _, f := range r.InFlight {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", f.ID, f.Node, f.Attempts, f.State, seconds(f.LeaseAgeSeconds))
+		}
+		tw.Flush()
+	},
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

@@ -1,0 +1,307 @@
+// Package admin holds the queue rules of fleetd's tools — submit, status,
+// requeue, inspect — so that the command line only parses flags and prints.
+// Every write that moves a spec between states goes through the protocol.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cellos/fleetd/internal/gate"
+	"github.com/cellos/fleetd/internal/protocol"
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// Store is the S3 queue as the tools use it; *queue.Store implements it.
+type Store interface {
+	List(ctx context.Context, prefix string, fn func(queue.Page) error) error
+	Get(ctx context.Context, key string, limit int64) (queue.Object, error)
+	Head(ctx context.Context, key string) (queue.Object, error)
+	Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error)
+}
+
+var _ Store = (*queue.Store)(nil)
+
+// maxLeaseBytes bounds a lease read; leases are about 300 bytes.
+const maxLeaseBytes = 64 << 10
+
+// ErrUsage marks an error in how a tool was called.
+var ErrUsage = errors.New("usage")
+
+func usagef(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrUsage, fmt.Sprintf(format, args...))
+}
+
+// Admin runs the tools on one queue.
+type Admin struct {
+	store        Store
+	proto        *protocol.Protocol
+	layout       queue.Layout
+	maxSpecBytes int64
+}
+
+// New returns the tools for layout on store.
+func New(store Store, proto *protocol.Protocol, layout queue.Layout, maxSpecBytes int64) *Admin {
+	return &Admin{store: store, proto: proto, layout: layout, maxSpecBytes: maxSpecBytes}
+}
+
+// SpecFile is a spec to submit: its bytes and where they came from (a file
+// name, or "-" for standard input), which names the spec when nothing else does.
+type SpecFile struct {
+	Name string
+	Body []byte
+}
+
+// Submitted is one submitted spec.
+type Submitted struct {
+	ID  string `json:"id"`
+	Key string `json:"key"`
+}
+
+// Submit checks every spec, then puts each in pending/. id, if set, names the
+// one spec; otherwise spec.id, else the file name. Without replace a spec
+// already pending or in flight is refused.
+func (a *Admin) Submit(ctx context.Context, files []SpecFile, id string, replace bool) ([]Submitted, error) {
+	done := []Submitted{}
+	if len(files) == 0 {
+		return done, usagef("submit: no FILE given")
+	}
+	if id != "" && len(files) > 1 {
+		return done, usagef("submit: --id needs exactly one FILE")
+	}
+	// Check every file before uploading any, so bad input changes nothing.
+	type spec struct {
+		id   string
+		body []byte
+	}
+	var specs []spec
+	for _, f := range files {
+		sid, err := a.check(f, id)
+		if err != nil {
+			return done, err
+		}
+		specs = append(specs, spec{sid, f.Body})
+	}
+	for _, s := range specs {
+		if !replace {
+			for _, st := range []queue.State{queue.Pending, queue.Claimed} {
+				_, err := a.store.Head(ctx, a.layout.Key(st, s.id))
+				if err == nil {
+					return done, fmt.Errorf("submit: spec %s is already in %s/; use --replace to overwrite it", s.id, st)
+				}
+				if !errors.Is(err, queue.ErrNotFound) {
+					return done, fmt.Errorf("submit %s: %w", s.id, err)
+				}
+			}
+		}
+		key := a.layout.Key(queue.Pending, s.id)
+		if _, err := a.store.Put(ctx, key, s.body, queue.PutOptions{IfAbsent: !replace}); err != nil {
+			if errors.Is(err, queue.ErrPrecondition) && !errors.Is(err, queue.ErrUnknown) {
+				err = fmt.Errorf("spec %s was submitted meanwhile; use --replace to overwrite it", s.id)
+			}
+			return done, fmt.Errorf("submit: %w", err)
+		}
+		done = append(done, Submitted{ID: s.id, Key: key})
+	}
+	return done, nil
+}
+
+// check validates one spec and returns its id.
+func (a *Admin) check(f SpecFile, id string) (string, error) {
+	if int64(len(f.Body)) > a.maxSpecBytes {
+		return "", fmt.Errorf("submit %s: %d bytes, over CELLOS_FLEET_MAX_SPEC_BYTES=%d", f.Name, len(f.Body), a.maxSpecBytes)
+	}
+	view, err := gate.Parse(f.Body)
+	if err != nil {
+		return "", fmt.Errorf("submit %s: %w", f.Name, err)
+	}
+	var doc map[string]json.RawMessage
+	_ = json.Unmarshal(f.Body, &doc) // gate.Parse proved it is an object
+	if s := doc["spec"]; len(s) == 0 || s[0] != '{' {
+		return "", fmt.Errorf("submit %s: no \"spec\" object", f.Name)
+	}
+	if id == "" {
+		id = view.ID
+	}
+	if id == "" && f.Name != "-" {
+		id = strings.TrimSuffix(baseName(f.Name), ".json")
+	}
+	if id == "" {
+		return "", usagef("submit %s: no spec id: give --id or spec.id", f.Name)
+	}
+	if err := a.layout.CheckID(id); errors.Is(err, queue.ErrIDTooLong) {
+		// fleetd leaves such a key alone: refuse it here rather than let it sit.
+		return "", fmt.Errorf("submit %s: spec id of %d bytes is too long for this queue: %w", f.Name, len(id), err)
+	}
+	if _, ok := a.layout.ID(queue.Pending, a.layout.Key(queue.Pending, id)); !ok || strings.ContainsAny(id, " \t\n") {
+		return "", fmt.Errorf("submit %s: %q is not a usable spec id (no '/', no spaces)", f.Name, id)
+	}
+	return id, nil
+}
+
+func baseName(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[i+1:]
+	}
+	return p
+}
+
+// Status is the queue at a glance. Ages are in seconds.
+type Status struct {
+	Counts               map[string]int `json:"counts"`
+	OldestPendingSeconds float64        `json:"oldest_pending_seconds"`
+	InFlight             []InFlight     `json:"in_flight"`
+}
+
+// InFlight is one spec held by a lease.
+type InFlight struct {
+	ID              string  `json:"id"`
+	Node            string  `json:"node"`
+	Attempts        int     `json:"attempts"`
+	State           string  `json:"state"`
+	LeaseAgeSeconds float64 `json:"lease_age_seconds"`
+}
+
+// Status counts the specs in each state and lists those in flight.
+func (a *Admin) Status(ctx context.Context) (Status, error) {
+	res := Status{Counts: map[string]int{}, InFlight: []InFlight{}}
+	for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed} {
+		res.Counts[string(st)] = 0
+		var oldest time.Duration
+		err := a.store.List(ctx, a.layout.Dir(st), func(p queue.Page) error {
+			for _, o := range p.Objects {
+				if _, ok := a.layout.ID(st, o.Key); ok {
+					res.Counts[string(st)]++
+					oldest = max(oldest, p.ServerTime.Sub(o.LastModified))
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return res, fmt.Errorf("status: %w", err)
+		}
+		if st == queue.Pending {
+			res.OldestPendingSeconds = oldest.Round(time.Second).Seconds()
+		}
+	}
+	var leases []queue.Object
+	err := a.store.List(ctx, a.layout.Dir(queue.Leases), func(p queue.Page) error {
+		leases = append(leases, p.Objects...)
+		return nil
+	})
+	if err != nil {
+		return res, fmt.Errorf("status: %w", err)
+	}
+	for _, o := range leases {
+		id, ok := a.layout.ID(queue.Leases, o.Key)
+		if !ok {
+			continue
+		}
+		l, err := a.store.Get(ctx, o.Key, maxLeaseBytes)
+		if errors.Is(err, queue.ErrNotFound) {
+			continue // finished since the listing
+		}
+		if err != nil {
+			return res, fmt.Errorf("status: %w", err)
+		}
+		body, _ := protocol.ParseLease(l.Body) // an unreadable lease shows empty fields
+		// Both times are the server's, to the second: a lease written this second
+		// can look a second old or, never shown, younger than new.
+		age := max(0, l.ServerTime.Sub(l.LastModified).Round(time.Second))
+		res.InFlight = append(res.InFlight, InFlight{ID: id, Node: body.Node, Attempts: body.Attempts, State: body.State,
+			LeaseAgeSeconds: age.Seconds()})
+	}
+	return res, nil
+}
+
+// Requeue moves specs from failed/ back to pending/ with a fresh attempt
+// count: the ids given, or with all every failed spec older than olderThan.
+func (a *Admin) Requeue(ctx context.Context, ids []string, all bool, olderThan time.Duration) ([]string, error) {
+	done := []string{}
+	switch {
+	case all && len(ids) > 0:
+		return done, usagef("requeue: give IDs or --failed, not both")
+	case !all && len(ids) == 0:
+		return done, usagef("requeue: give IDs or --failed")
+	case olderThan != 0 && !all:
+		return done, usagef("requeue: --older-than goes with --failed")
+	}
+	if all {
+		err := a.store.List(ctx, a.layout.Dir(queue.Failed), func(p queue.Page) error {
+			for _, o := range p.Objects {
+				if id, ok := a.layout.ID(queue.Failed, o.Key); ok && p.ServerTime.Sub(o.LastModified) >= olderThan {
+					ids = append(ids, id)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return done, fmt.Errorf("requeue: %w", err)
+		}
+	}
+	for _, id := range ids {
+		err := a.proto.Requeue(ctx, id)
+		switch {
+		case errors.Is(err, queue.ErrNotFound):
+			return done, fmt.Errorf("requeue: spec %s is not in failed/", id)
+		case errors.Is(err, protocol.ErrHeld):
+			return done, fmt.Errorf("requeue: spec %s is in flight; try again when it has finished", id)
+		case err != nil:
+			return done, fmt.Errorf("requeue: %w", err)
+		}
+		done = append(done, id)
+	}
+	return done, nil
+}
+
+// Inspection is where a spec is, its result record and its lease.
+type Inspection struct {
+	ID     string            `json:"id"`
+	States []string          `json:"states"`
+	Record map[string]string `json:"record"`
+	Lease  json.RawMessage   `json:"lease"`
+}
+
+// ErrNoSpec: no state and no lease holds the id.
+var ErrNoSpec = errors.New("no such spec")
+
+// Inspect finds a spec in every state.
+func (a *Admin) Inspect(ctx context.Context, id string) (Inspection, error) {
+	res := Inspection{ID: id, States: []string{}, Record: map[string]string{}, Lease: json.RawMessage("null")}
+	for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed} {
+		o, err := a.store.Head(ctx, a.layout.Key(st, id))
+		if errors.Is(err, queue.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return res, fmt.Errorf("inspect: %w", err)
+		}
+		res.States = append(res.States, string(st))
+		if len(o.Metadata) > 0 && (len(res.Record) == 0 || st == queue.Completed || st == queue.Failed) {
+			res.Record = o.Metadata
+		}
+	}
+	l, err := a.store.Get(ctx, a.layout.Key(queue.Leases, id), maxLeaseBytes)
+	switch {
+	case err == nil:
+		res.Lease = l.Body
+	case !errors.Is(err, queue.ErrNotFound):
+		return res, fmt.Errorf("inspect: %w", err)
+	}
+	if len(res.States) == 0 && err != nil {
+		// A HEAD answers a bare 404 for a missing bucket too; a listing says which.
+		err := a.store.List(ctx, a.layout.Dir(queue.Pending), func(queue.Page) error { return errFirstPage })
+		if err != nil && !errors.Is(err, errFirstPage) {
+			return res, fmt.Errorf("inspect: %w", err)
+		}
+		return res, fmt.Errorf("inspect: spec %s not found under %s: %w", id, strings.TrimSuffix(a.layout.Dir(queue.Pending), "pending/"), ErrNoSpec)
+	}
+	return res, nil
+}
+
+// errFirstPage stops a listing after its first page.
+var errFirstPage = errors.New("first page")
