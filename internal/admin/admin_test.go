@@ -1,0 +1,84 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// fakeStore is a map with create-only PUT; enough for the submit rules.
+type fakeStore struct{ objs map[string][]byte }
+
+func (f *fakeStore) List(context.Context, string, func(queue.Page) error) error { return nil }
+func (f *fakeStore) Get(_ context.Context, key string, _ int64) (queue.Object, error) {
+	return f.Head(context.Background(), key)
+}
+func (f *fakeStore) Head(_ context.Context, key string) (queue.Object, error) {
+	if _, ok := f.objs[key]; !ok {
+		return queue.Object{}, queue.ErrNotFound
+	}
+	return queue.Object{Key: key}, nil
+}
+func (f *fakeStore) Put(_ context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
+	if _, ok := f.objs[key]; ok && opt.IfAbsent {
+		return "", queue.ErrPrecondition
+	}
+	f.objs[key] = body
+	return `"e"`, nil
+}
+
+func TestSubmitRules(t *testing.T) {
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name    string
+		files   []SpecFile
+		id      string
+		wantIDs []string
+		wantErr string
+	}{
+		{"id from spec.id", []SpecFile{{"a.json", []byte(`{"spec":{"id":"x"}}`)}}, "", []string{"x"}, ""},
+		{"id from the file name", []SpecFile{{"dir/job-7.json", []byte(`{"spec":{}}`)}}, "", []string{"job-7"}, ""},
+		{"--id wins", []SpecFile{{"a.json", []byte(`{"spec":{"id":"x"}}`)}}, "y", []string{"y"}, ""},
+		{"stdin needs an id", []SpecFile{{"-", []byte(`{"spec":{}}`)}}, "", nil, "no spec id"},
+		{"no spec object", []SpecFile{{"a.json", []byte(`{"kind":"x"}`)}}, "", nil, `no "spec" object`},
+		{"one bad file changes nothing", []SpecFile{{"a.json", []byte(`{"spec":{"id":"a"}}`)}, {"b.json", []byte(`[1]`)}}, "", nil, "not a JSON object"},
+		{"a slash is not an id", []SpecFile{{"a.json", []byte(`{"spec":{"id":"a/b"}}`)}}, "", nil, "not a usable spec id"},
+		{"too large", []SpecFile{{"a.json", []byte(`{"spec":{"id":"` + strings.Repeat("x", 100) + `"}}`)}}, "", nil, "over CELLOS_FLEET_MAX_SPEC_BYTES"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			store := &fakeStore{objs: map[string][]byte{}}
+			a := New(store, nil, queue.NewLayout("fleet", ""), 64)
+			got, err := a.Submit(ctx, tt.files, tt.id, false)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Submit = %v, want an error with %q", err, tt.wantErr)
+				}
+				if len(store.objs) != 0 {
+					t.Errorf("a refused submit wrote %d objects", len(store.objs))
+				}
+				return
+			}
+			if err != nil || len(got) != len(tt.wantIDs) || got[0].ID != tt.wantIDs[0] {
+				t.Fatalf("Submit = %v, %v; want ids %v", got, err, tt.wantIDs)
+			}
+			if _, ok := store.objs["fleet/pending/"+tt.wantIDs[0]+".json"]; !ok {
+				t.Errorf("pending/%s.json not written", tt.wantIDs[0])
+			}
+		})
+	}
+}
+
+func TestSubmitRefusesADuplicate(t *testing.T) {
+	store := &fakeStore{objs: map[string][]byte{"fleet/claimed/x.json": nil}}
+	a := New(store, nil, queue.NewLayout("fleet", ""), 1<<20)
+	_, err := a.Submit(context.Background(), []SpecFile{{"a.json", []byte(`{"spec":{"id":"x"}}`)}}, "", false)
+	if err == nil || !strings.Contains(err.Error(), "already in claimed/") {
+		t.Errorf("Submit of an in-flight id = %v, want a refusal naming claimed/", err)
+	}
+	if _, err := a.Submit(context.Background(), nil, "", false); !errors.Is(err, ErrUsage) {
+		t.Errorf("Submit of nothing = %v, want ErrUsage", err)
+	}
+}
