@@ -14,12 +14,6 @@ func TestSmoke(t *testing.T) {
 		t.Skip("starts servers and agents")
 	}
 	out := t.TempDir()
-	// The harness builds ./cmd/fleetd from the module root.
-	wd, _ := os.Getwd()
-	if err := os.Chdir(".."); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Chdir(wd)
 	if err := run([]string{"-smoke", "-out", out}); err != nil {
 		t.Fatal(err)
 	}

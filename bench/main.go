@@ -2,9 +2,12 @@
 // versitygw on loopback behind a request-counting proxy, a real supervisor
 // process per spec — and writes a Markdown report and a chart.
 //
-//	go run ./bench                      # every scenario, default sizes (~10 min)
-//	go run ./bench -scenarios throughput,baseline
-//	go run ./bench -smoke               # tiny sizes, to keep the harness working
+// It is a module of its own (its chart library is no dependency of the
+// daemon); run it from bench/ (or `make bench` from the root):
+//
+//	go run .                            # every scenario, default sizes (~10 min)
+//	go run . -scenarios throughput,baseline
+//	go run . -smoke                     # tiny sizes, to keep the harness working
 package main
 
 import (
@@ -45,7 +48,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	scen := fs.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run: "+strings.Join(allScenarios, ", "))
 	smoke := fs.Bool("smoke", false, "tiny sizes: checks the harness, measures nothing")
-	out := fs.String("out", "bench/results", "directory for the report and chart")
+	out := fs.String("out", "results", "directory for the report and chart")
 	bin := fs.String("fleetd", "", "measure this fleetd binary instead of building ./cmd/fleetd (e.g. an older release, to compare in one session)")
 	conc := fs.String("concurrency", "", "comma-separated concurrencies of the throughput scenario (default 1,4,16,64)")
 	if err := fs.Parse(args); err != nil {

@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -55,6 +56,25 @@ func (c *counter) reset() {
 	c.notFound.Store(0)
 }
 
+// repoRoot is the daemon's module root: the first directory at or above the
+// working directory that holds cmd/fleetd.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if st, err := os.Stat(filepath.Join(dir, "cmd", "fleetd")); err == nil && st.IsDir() {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("bench: no cmd/fleetd at or above the working directory")
+		}
+		dir = parent
+	}
+}
+
 // newRig starts the server and the proxy; fleetd, if not empty, is the binary
 // to measure instead of one built from ./cmd/fleetd.
 func newRig(dir, fleetd string) (*rig, error) {
@@ -70,9 +90,16 @@ func newRig(dir, fleetd string) (*rig, error) {
 	if r.server, err = versitygw.Start(bin, data); err != nil {
 		return nil, err
 	}
+	root, err := repoRoot()
+	if err != nil {
+		r.close()
+		return nil, err
+	}
 	for out, pkg := range map[string]string{"fleetd": "./cmd/fleetd", "testsupervisor": "./internal/testsupervisor"} {
 		path := filepath.Join(dir, out)
-		if b, err := exec.Command("go", "build", "-o", path, pkg).CombinedOutput(); err != nil {
+		build := exec.Command("go", "build", "-o", path, pkg)
+		build.Dir = root // the daemon's module, not the bench's
+		if b, err := build.CombinedOutput(); err != nil {
 			r.close()
 			return nil, fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
 		}

@@ -32,7 +32,8 @@ type Server struct {
 }
 
 // Binary finds the versitygw binary: $FLEETD_VERSITYGW, else .tools/bin in the
-// module root above the working directory (where `make` installs it).
+// nearest directory at or above the working directory that has one (where
+// `make` installs it: the repository root, also above bench/'s own module).
 func Binary() (string, error) {
 	if p := os.Getenv("FLEETD_VERSITYGW"); p != "" {
 		return p, nil
@@ -42,16 +43,13 @@ func Binary() (string, error) {
 		return "", err
 	}
 	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			p := filepath.Join(dir, ".tools", "bin", "versitygw")
-			if _, err := os.Stat(p); err != nil {
-				return "", fmt.Errorf("versitygw not found at %s: run `make test` (it installs it) or set FLEETD_VERSITYGW", p)
-			}
+		p := filepath.Join(dir, ".tools", "bin", "versitygw")
+		if _, err := os.Stat(p); err == nil {
 			return p, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("versitygw: no go.mod above the working directory; set FLEETD_VERSITYGW")
+			return "", errors.New("versitygw not found in .tools/bin at or above the working directory: run `make test` (it installs it) or set FLEETD_VERSITYGW")
 		}
 		dir = parent
 	}
