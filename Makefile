@@ -4,12 +4,18 @@ PREFIX    ?= /usr/local
 TOOLS     := $(CURDIR)/.tools
 VERSITYGW := $(TOOLS)/bin/versitygw
 VERSITYGW_VERSION := v1.8.0
+PROMTOOL  := $(TOOLS)/bin/promtool
+# promtool checks deploy/prometheus/alerts.yaml. Debian's prometheus package
+# ships it: only that one binary is taken from the package (no daemon, no
+# dependencies installed). Elsewhere it is built from the Go module proxy.
+PROMTOOL_GO_VERSION := v0.316.0
 REVISION  := $(shell git rev-parse --short=7 HEAD 2>/dev/null)
 LDFLAGS   := -X main.revision=$(REVISION)
 
 export FLEETD_VERSITYGW := $(VERSITYGW)
+export FLEETD_PROMTOOL := $(PROMTOOL)
 
-.PHONY: build test soak lint demo bench install clean
+.PHONY: build test soak lint demo bench install clean promtool
 
 build: bin/fleetd
 
@@ -19,7 +25,19 @@ bin/fleetd: FORCE
 $(VERSITYGW):
 	GOBIN=$(TOOLS)/bin $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
-test: $(VERSITYGW) lint
+promtool: $(PROMTOOL)
+
+$(PROMTOOL):
+	mkdir -p $(TOOLS)/bin $(TOOLS)/dl
+	if command -v apt-get >/dev/null; then \
+	  cd $(TOOLS)/dl && rm -f prometheus_*.deb && \
+	  { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; } && \
+	  dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > $@.tmp && \
+	  chmod 0755 $@.tmp && mv $@.tmp $@ && rm -f prometheus_*.deb; \
+	fi; \
+	test -x $@ || GOBIN=$(TOOLS)/bin $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_GO_VERSION)
+
+test: $(VERSITYGW) $(PROMTOOL) lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 
 # The long randomized soak of the claim protocol (4 agents, 400 specs, random S3
