@@ -10,12 +10,18 @@ PROMTOOL  := $(TOOLS)/bin/promtool
 # dependencies installed). Elsewhere it is built from the Go module proxy.
 PROMTOOL_GO_VERSION := v0.316.0
 REVISION  := $(shell git rev-parse --short=7 HEAD 2>/dev/null)
+VERSION   := $(shell sed -n 's/^[[:space:]]*version[[:space:]]*= "\(.*\)"$$/\1/p' cmd/fleetd/main.go)
 LDFLAGS   := -X main.revision=$(REVISION)
+# make dist: static release binaries (no cgo: they run on any Linux, in any
+# image), stripped, with the version and revision stamped.
+DIST      ?= dist
+DIST_PLATFORMS := linux/amd64 linux/arm64
+DIST_LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 
 export FLEETD_VERSITYGW := $(VERSITYGW)
 export FLEETD_PROMTOOL := $(PROMTOOL)
 
-.PHONY: build test soak lint demo bench install clean promtool
+.PHONY: build test soak lint demo bench install clean promtool dist
 
 build: bin/fleetd
 
@@ -60,7 +66,16 @@ install: build
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 bin/fleetd $(DESTDIR)$(PREFIX)/bin/fleetd
 
+dist:
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	for p in $(DIST_PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -buildvcs=false -ldflags "$(DIST_LDFLAGS)" \
+	    -o $(DIST)/fleetd-$(VERSION)-$$os-$$arch ./cmd/fleetd || exit 1; \
+	done
+	cd $(DIST) && sha256sum fleetd-* > SHA256SUMS
+
 clean:
-	rm -rf bin
+	rm -rf bin dist
 
 FORCE:
