@@ -4,12 +4,24 @@ PREFIX    ?= /usr/local
 TOOLS     := $(CURDIR)/.tools
 VERSITYGW := $(TOOLS)/bin/versitygw
 VERSITYGW_VERSION := v1.8.0
+PROMTOOL  := $(TOOLS)/bin/promtool
+# promtool checks deploy/prometheus/alerts.yaml. Debian's prometheus package
+# ships it: only that one binary is taken from the package (no daemon, no
+# dependencies installed). Elsewhere it is built from the Go module proxy.
+PROMTOOL_GO_VERSION := v0.316.0
 REVISION  := $(shell git rev-parse --short=7 HEAD 2>/dev/null)
+VERSION   := $(shell sed -n 's/^[[:space:]]*version[[:space:]]*= "\(.*\)"$$/\1/p' cmd/fleetd/main.go)
 LDFLAGS   := -X main.revision=$(REVISION)
+# make dist: static release binaries (no cgo: they run on any Linux, in any
+# image), stripped, with the version and revision stamped.
+DIST      ?= dist
+DIST_PLATFORMS := linux/amd64 linux/arm64
+DIST_LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 
 export FLEETD_VERSITYGW := $(VERSITYGW)
+export FLEETD_PROMTOOL := $(PROMTOOL)
 
-.PHONY: build test soak lint demo bench install clean
+.PHONY: build test soak lint demo bench install clean promtool dist
 
 build: bin/fleetd
 
@@ -19,9 +31,21 @@ bin/fleetd: FORCE
 $(VERSITYGW):
 	GOBIN=$(TOOLS)/bin $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 
+promtool: $(PROMTOOL)
+
+$(PROMTOOL):
+	mkdir -p $(TOOLS)/bin $(TOOLS)/dl
+	if command -v apt-get >/dev/null; then \
+	  cd $(TOOLS)/dl && rm -f prometheus_*.deb && \
+	  { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; } && \
+	  dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > $@.tmp && \
+	  chmod 0755 $@.tmp && mv $@.tmp $@ && rm -f prometheus_*.deb; \
+	fi; \
+	test -x $@ || GOBIN=$(TOOLS)/bin $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_GO_VERSION)
+
 # bench/ is a module of its own (its chart library is no dependency of the
 # daemon); its smoke test keeps the harness working.
-test: $(VERSITYGW) lint
+test: $(VERSITYGW) $(PROMTOOL) lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 	cd bench && $(GO) test -race -count=1 -timeout 30m ./...
 
@@ -46,7 +70,16 @@ install: build
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 bin/fleetd $(DESTDIR)$(PREFIX)/bin/fleetd
 
+dist:
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	for p in $(DIST_PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -buildvcs=false -ldflags "$(DIST_LDFLAGS)" \
+	    -o $(DIST)/fleetd-$(VERSION)-$$os-$$arch ./cmd/fleetd || exit 1; \
+	done
+	cd $(DIST) && sha256sum fleetd-* > SHA256SUMS
+
 clean:
-	rm -rf bin
+	rm -rf bin dist
 
 FORCE:

@@ -99,8 +99,9 @@ func run(args []string, getenv func(string) string, environ []string, stdin io.R
 		log.Warn("unknown variables ignored", "did_you_mean", unknown)
 	}
 	m := metrics.New(cfg.Concurrency, version, shortRevision())
+	prog := newProgress(time.Now())
 
-	client, err := newS3Client(cfg, getenv, m)
+	client, err := newS3Client(cfg, getenv, m, prog.S3Attempt)
 	if err != nil {
 		log.Error("S3 client", "err", err)
 		return 1
@@ -142,13 +143,13 @@ func run(args []string, getenv func(string) string, environ []string, stdin io.R
 		CellTimeout:  cfg.CellTimeout,
 		Logger:       log,
 		Metrics:      m,
-	}, store, proto, newRunner(cfg, supervisor, getenv, stdout, stderr), d)
+	}, store, proto, prog.Runner(newRunner(cfg, supervisor, getenv, stdout, stderr)), d)
 
 	log.Info("fleetd starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
 		"supervisor", supervisor, "endpoint", redactURL(cfg.Endpoint), "s3_rps", cfg.S3RPS)
 	if cfg.MetricsAddr != "" {
-		stop, err := serveHTTP(cfg, log, m, p, d)
+		stop, err := serveHTTP(cfg, log, m, p, d, prog)
 		if err != nil {
 			log.Error("metrics server", "addr", cfg.MetricsAddr, "err", err)
 			return 1
@@ -277,7 +278,9 @@ func newRunner(cfg Config, supervisor string, getenv func(string) string, stdout
 	return r
 }
 
-func newS3Client(cfg Config, getenv func(string) string, m *metrics.Metrics) (*s3.Client, error) {
+// newS3Client builds the S3 client; each request attempt's status (0: no
+// answer) is also told to every function in attempts.
+func newS3Client(cfg Config, getenv func(string) string, m *metrics.Metrics, attempts ...func(status int)) (*s3.Client, error) {
 	ctx := context.Background()
 	opts := []func(*config.LoadOptions) error{
 		// The store bounds and retries every request itself, so that it knows
@@ -308,7 +311,12 @@ func newS3Client(cfg Config, getenv func(string) string, m *metrics.Metrics) (*s
 		if limiter != nil {
 			o.APIOptions = append(o.APIOptions, queue.RateLimit(limiter, m.RateLimitWaited))
 		}
-		o.APIOptions = append(o.APIOptions, queue.Observe(m.S3Request))
+		o.APIOptions = append(o.APIOptions, queue.Observe(func(operation string, status int, d time.Duration) {
+			m.S3Request(operation, status, d)
+			for _, f := range attempts {
+				f(status)
+			}
+		}))
 	}), nil
 }
 
@@ -346,7 +354,9 @@ func shortRevision() string {
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz until stop is called.
-func serveHTTP(cfg Config, log *slog.Logger, m *metrics.Metrics, p *pipeline.Pipeline, d *drain.Drainer) (stop func(), err error) {
+// /healthz fails when the agent is wedged, /readyz when it takes no work;
+// health.live and health.ready say what those mean.
+func serveHTTP(cfg Config, log *slog.Logger, m *metrics.Metrics, p *pipeline.Pipeline, d *drain.Drainer, prog *progress) (stop func(), err error) {
 	ln, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
 		return nil, err
@@ -354,20 +364,23 @@ func serveHTTP(cfg Config, log *slog.Logger, m *metrics.Metrics, p *pipeline.Pip
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := prog.health(cfg, p, d.Intake().Err() != nil).live(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		last, broken := p.LastPoll(), p.HostBroken()
-		switch {
-		case d.Intake().Err() != nil:
-			http.Error(w, "draining", http.StatusServiceUnavailable)
-		case broken != nil:
+		if broken := p.HostBroken(); broken != nil && d.Intake().Err() == nil {
 			http.Error(w, fmt.Sprintf("supervisor cannot be started: %v", broken), http.StatusServiceUnavailable)
-		case last.IsZero() || time.Since(last) > 3*cfg.PollInterval:
-			http.Error(w, fmt.Sprintf("no successful poll in 3 poll intervals (last: %s)", formatTime(last)), http.StatusServiceUnavailable)
-		default:
-			fmt.Fprintf(w, "ready (last poll %s)\n", formatTime(last))
+			return
 		}
+		msg, err := prog.health(cfg, p, d.Intake().Err() != nil).ready()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, msg)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
