@@ -22,8 +22,14 @@ var statusTool = tool{
 	},
 	text: func(w io.Writer, result any) {
 		r := result.(admin.Status)
-		fmt.Fprintf(w, "pending %d  claimed %d  completed %d  failed %d\n",
-			r.Counts["pending"], r.Counts["claimed"], r.Counts["completed"], r.Counts["failed"])
+		count := func(st string) string {
+			if r.AtLeast[st] {
+				return fmt.Sprintf("≥%d", r.Counts[st])
+			}
+			return fmt.Sprint(r.Counts[st])
+		}
+		fmt.Fprintf(w, "pending %s  claimed %s  completed %s  failed %s\n",
+			count("pending"), count("claimed"), count("completed"), count("failed"))
 		if r.Counts["pending"] > 0 {
 			fmt.Fprintf(w, "oldest pending: %s\n", seconds(r.OldestPendingSeconds))
 		}

@@ -42,6 +42,8 @@ type toolFlags struct {
 	replace   bool
 	failed    bool
 	olderThan duration
+	state     string
+	dryRun    bool
 }
 
 type toolEnv struct {
@@ -56,6 +58,7 @@ var tools = map[string]tool{
 	"status":  statusTool,
 	"requeue": requeueTool,
 	"inspect": inspectTool,
+	"prune":   pruneTool,
 }
 
 // runTool runs a subcommand and returns the exit code.

@@ -22,6 +22,7 @@ type Store interface {
 	Get(ctx context.Context, key string, limit int64) (queue.Object, error)
 	Head(ctx context.Context, key string) (queue.Object, error)
 	Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error)
+	DeleteMany(ctx context.Context, objs []queue.Versioned) (int, error)
 }
 
 var _ Store = (*queue.Store)(nil)
@@ -150,11 +151,18 @@ func baseName(p string) string {
 	return p
 }
 
+// CountLimit bounds the keys Status lists per state: completed/ and failed/
+// grow without end, and a status must stay cheap. A count at the limit is a
+// lower bound and says so.
+const CountLimit = 10_000
+
 // Status is the queue at a glance. Ages are in seconds.
 type Status struct {
-	Counts               map[string]int `json:"counts"`
-	OldestPendingSeconds float64        `json:"oldest_pending_seconds"`
-	InFlight             []InFlight     `json:"in_flight"`
+	Counts map[string]int `json:"counts"`
+	// AtLeast says, per state, that its count stopped at CountLimit.
+	AtLeast              map[string]bool `json:"at_least"`
+	OldestPendingSeconds float64         `json:"oldest_pending_seconds"`
+	InFlight             []InFlight      `json:"in_flight"`
 }
 
 // InFlight is one spec held by a lease.
@@ -168,9 +176,10 @@ type InFlight struct {
 
 // Status counts the specs in each state and lists those in flight.
 func (a *Admin) Status(ctx context.Context) (Status, error) {
-	res := Status{Counts: map[string]int{}, InFlight: []InFlight{}}
+	res := Status{Counts: map[string]int{}, AtLeast: map[string]bool{}, InFlight: []InFlight{}}
 	for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed} {
 		res.Counts[string(st)] = 0
+		res.AtLeast[string(st)] = false
 		var oldest time.Duration
 		err := a.store.List(ctx, a.layout.Dir(st), func(p queue.Page) error {
 			for _, o := range p.Objects {
@@ -179,9 +188,13 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 					oldest = max(oldest, p.ServerTime.Sub(o.LastModified))
 				}
 			}
+			if res.Counts[string(st)] >= CountLimit {
+				res.AtLeast[string(st)] = true
+				return errFirstPage
+			}
 			return nil
 		})
-		if err != nil {
+		if err != nil && !errors.Is(err, errFirstPage) {
 			return res, fmt.Errorf("status: %w", err)
 		}
 		if st == queue.Pending {
@@ -305,3 +318,44 @@ func (a *Admin) Inspect(ctx context.Context, id string) (Inspection, error) {
 
 // errFirstPage stops a listing after its first page.
 var errFirstPage = errors.New("first page")
+
+// Pruned is what Prune did in one state.
+type Pruned struct {
+	State   string `json:"state"`
+	Matched int    `json:"matched"`
+	Deleted int    `json:"deleted"`
+}
+
+// Prune deletes the results in states (completed/, failed/) last written
+// longer ago than olderThan by the server's clock, a listed page at a time
+// (one DeleteObjects request per page of up to 1,000), each at the ETag it was
+// listed with. With dryRun it only counts.
+func (a *Admin) Prune(ctx context.Context, states []queue.State, olderThan time.Duration, dryRun bool) ([]Pruned, error) {
+	res := []Pruned{}
+	for _, st := range states {
+		if st != queue.Completed && st != queue.Failed {
+			return res, usagef("prune: --state is completed or failed, not %q", st)
+		}
+		p := Pruned{State: string(st)}
+		err := a.store.List(ctx, a.layout.Dir(st), func(page queue.Page) error {
+			var old []queue.Versioned
+			for _, o := range page.Objects {
+				if _, ok := a.layout.ID(st, o.Key); ok && page.ServerTime.Sub(o.LastModified) > olderThan {
+					old = append(old, queue.Versioned{Key: o.Key, ETag: o.ETag})
+				}
+			}
+			p.Matched += len(old)
+			if dryRun || len(old) == 0 {
+				return nil
+			}
+			n, err := a.store.DeleteMany(ctx, old)
+			p.Deleted += n
+			return err
+		})
+		res = append(res, p)
+		if err != nil {
+			return res, fmt.Errorf("prune %s: %w", st, err)
+		}
+	}
+	return res, nil
+}

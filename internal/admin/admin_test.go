@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -80,5 +81,49 @@ func TestSubmitRefusesADuplicate(t *testing.T) {
 	}
 	if _, err := a.Submit(context.Background(), nil, "", false); !errors.Is(err, ErrUsage) {
 		t.Errorf("Submit of nothing = %v, want ErrUsage", err)
+	}
+}
+
+func (f *fakeStore) DeleteMany(_ context.Context, objs []queue.Versioned) (int, error) {
+	for _, o := range objs {
+		delete(f.objs, o.Key)
+	}
+	return len(objs), nil
+}
+
+// pagedStore lists n work keys under every directory, 1,000 a page.
+type pagedStore struct {
+	fakeStore
+	n     int
+	pages int
+}
+
+func (p *pagedStore) List(_ context.Context, prefix string, fn func(queue.Page) error) error {
+	for start := 0; start < p.n; start += 1000 {
+		page := queue.Page{}
+		for i := start; i < min(start+1000, p.n); i++ {
+			page.Objects = append(page.Objects, queue.Object{Key: prefix + "k" + strconv.Itoa(i) + ".json"})
+		}
+		p.pages++
+		if err := fn(page); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func TestStatusCountsAreBounded(t *testing.T) {
+	s := &pagedStore{fakeStore: fakeStore{objs: map[string][]byte{}}, n: 3 * CountLimit}
+	a := New(s, nil, queue.NewLayout("fleet", ""), 1<<20)
+	st, err := a.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Counts["completed"] != CountLimit || !st.AtLeast["completed"] {
+		t.Errorf("completed = %d (at least: %v), want %d as a lower bound", st.Counts["completed"], st.AtLeast["completed"], CountLimit)
+	}
+	// Four states stop at the limit, and leases/ is read whole.
+	if max := 4*CountLimit/1000 + 3*CountLimit/1000; s.pages > max {
+		t.Errorf("status listed %d pages, want at most %d", s.pages, max)
 	}
 }
