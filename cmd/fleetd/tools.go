@@ -51,6 +51,7 @@ type toolEnv struct {
 	admin *admin.Admin
 	flags toolFlags
 	stdin io.Reader
+	user  string // who runs the tool, for records of what it did
 }
 
 var tools = map[string]tool{
@@ -59,6 +60,7 @@ var tools = map[string]tool{
 	"requeue": requeueTool,
 	"inspect": inspectTool,
 	"prune":   pruneTool,
+	"cancel":  cancelTool,
 }
 
 // runTool runs a subcommand and returns the exit code.
@@ -95,7 +97,7 @@ func runTool(name string, t tool, args []string, getenv func(string) string, std
 	layout := queue.NewLayout(cfg.Prefix, cfg.QueueName)
 	proto := protocol.New(protocol.Config{Layout: layout, Node: cfg.NodeID, TTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts,
 		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}, store)
-	env := &toolEnv{cfg: cfg, admin: admin.New(store, proto, layout, cfg.MaxSpecBytes), flags: tf, stdin: stdin}
+	env := &toolEnv{cfg: cfg, admin: admin.New(store, proto, layout, cfg.MaxSpecBytes), flags: tf, stdin: stdin, user: getenv("USER")}
 	result, err := t.run(context.Background(), env, positional)
 	if result != nil {
 		if tf.json {

@@ -359,3 +359,10 @@ func (a *Admin) Prune(ctx context.Context, states []queue.State, olderThan time.
 	}
 	return res, nil
 }
+
+// Cancel stops a spec: a pending one is filed under failed/ as cancelled, a
+// running one is marked so that its holder stops it within a lease renewal
+// period. by says who asked, for the result record.
+func (a *Admin) Cancel(ctx context.Context, id, by string) (protocol.CancelResult, error) {
+	return a.proto.Cancel(ctx, id, by)
+}

@@ -40,6 +40,9 @@ type leaseBody struct {
 	PendingETag string `json:"pending_etag,omitempty"`
 	// FailedETag is the failed/ version a requeue moves back to pending/.
 	FailedETag string `json:"failed_etag,omitempty"`
+	// Cancel, when set, names who asked for the spec to be cancelled; the
+	// holder stops its cell and files it cancelled (see Protocol.Cancel).
+	Cancel string `json:"cancel,omitempty"`
 	// PrevToken is the token of the holder a recoverer took over from.
 	PrevToken string `json:"prev_token,omitempty"`
 	Written   string `json:"written"` // holder's clock; informational only
@@ -90,6 +93,8 @@ type Claim struct {
 	changed    chan struct{}
 	fenced     chan struct{} // closed the first time validity lapses or the lease is lost
 	fencedOnce sync.Once
+	cancelled  chan struct{} // closed when the lease carries a cancel mark
+	cancelOnce sync.Once
 	expiry     interface{ Stop() bool }
 
 	// writeMu orders the keeper's renewals and the final delete, so the
@@ -106,11 +111,15 @@ type Claim struct {
 func (p *Protocol) newClaim(id string, l leaseBody, etag string, sent time.Time) *Claim {
 	c := &Claim{
 		p: p, id: id, key: p.cfg.Layout.Key(queue.Leases, id), token: l.Token,
-		log:     p.log.With("spec_id", id),
-		lease:   l,
-		etag:    etag,
-		changed: make(chan struct{}),
-		fenced:  make(chan struct{}),
+		log:       p.log.With("spec_id", id),
+		lease:     l,
+		etag:      etag,
+		changed:   make(chan struct{}),
+		fenced:    make(chan struct{}),
+		cancelled: make(chan struct{}),
+	}
+	if l.Cancel != "" {
+		c.markCancelled(l.Cancel)
 	}
 	c.renewed(etag, sent)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -129,6 +138,24 @@ func (c *Claim) ID() string { return c.id }
 // Fenced is closed once the holder may no longer act: the lease was not
 // renewed in time, or was taken over. A cell running under the claim must stop.
 func (c *Claim) Fenced() <-chan struct{} { return c.fenced }
+
+// Cancelled is closed once someone asked, through the lease, for the spec to
+// be cancelled; CancelledBy says who.
+func (c *Claim) Cancelled() <-chan struct{} { return c.cancelled }
+
+// CancelledBy names who cancelled the spec ("" if nobody did).
+func (c *Claim) CancelledBy() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lease.Cancel
+}
+
+func (c *Claim) markCancelled(by string) {
+	c.mu.Lock()
+	c.lease.Cancel = by // kept in every later write, for a recoverer to honour
+	c.mu.Unlock()
+	c.cancelOnce.Do(func() { close(c.cancelled) })
+}
 
 // Lost reports whether the lease was taken over.
 func (c *Claim) Lost() bool {
@@ -300,6 +327,9 @@ func (c *Claim) resolve(ctx context.Context) (string, time.Time, error) {
 	if json.Unmarshal(o.Body, &l) != nil || l.Token != c.token {
 		return "", time.Time{}, fmt.Errorf("lease %s: held by token %q: %w", c.key, l.Token, queue.ErrPrecondition)
 	}
+	if l.Cancel != "" {
+		c.markCancelled(l.Cancel) // fleetd cancel wrote over our last renewal
+	}
 	for _, w := range c.unknown {
 		if w.nonce == l.Nonce {
 			return o.ETag, w.sent, nil
@@ -398,6 +428,16 @@ func (c *Claim) end(ctx context.Context, quit <-chan struct{}) {
 		etag := c.etag
 		c.mu.Unlock()
 		err := c.p.store.Delete(ctx, c.key, etag)
+		if errors.Is(err, queue.ErrPrecondition) {
+			// A cancel mark, or a late write of ours, may have changed the
+			// ETag: if the lease is still ours, delete that version.
+			if tag, _, rerr := c.resolve(ctx); rerr == nil {
+				c.mu.Lock()
+				c.etag = tag
+				c.mu.Unlock()
+				err = c.p.store.Delete(ctx, c.key, tag)
+			}
+		}
 		if err == nil {
 			c.ended = true
 		}

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -15,14 +16,24 @@ import (
 // neither deleted nor filed with the old version's reason. spec.Body may be
 // nil for a spec too large to read; it is then copied server-side.
 func (p *Protocol) Reject(ctx context.Context, quit <-chan struct{}, spec Spec, reason string) error {
+	err := p.file(ctx, quit, spec, Rejected, reason)
+	if err == nil {
+		p.log.Warn("spec rejected", "spec_id", spec.ID, "reason", reason)
+	}
+	return err
+}
+
+// file moves the pending version spec.ETag to failed/ without running it,
+// under the spec's lease, with outcome and reason.
+func (p *Protocol) file(ctx context.Context, quit <-chan struct{}, spec Spec, outcome Outcome, reason string) error {
 	c, err := p.acquire(ctx, spec.ID, leaseBody{State: stateRejecting, PendingETag: spec.ETag})
 	if err != nil {
 		return err
 	}
 	c.Body = spec.Body
-	rec := Record{Outcome: Rejected, Reason: reason, Finished: time.Now(), node: p.cfg.Node, token: c.token}
+	rec := Record{Outcome: outcome, Reason: reason, Finished: time.Now(), node: p.cfg.Node, token: c.token}
 	failedKey := p.cfg.Layout.Key(queue.Failed, spec.ID)
-	err = c.act(ctx, quit, "write rejection", func(ctx context.Context) error {
+	err = c.act(ctx, quit, "write "+string(outcome), func(ctx context.Context) error {
 		if spec.Body != nil {
 			// The body we judged, not whatever pending/ holds now.
 			head, err := p.store.Head(ctx, spec.Key)
@@ -40,7 +51,7 @@ func (p *Protocol) Reject(ctx context.Context, quit <-chan struct{}, spec Spec, 
 	if err != nil {
 		if errors.Is(err, ErrGone) || errors.Is(err, queue.ErrNotFound) || errors.Is(err, queue.ErrPrecondition) {
 			c.end(ctx, quit) // changed since we judged it: judge again next poll
-			return fmt.Errorf("reject %s: %w", spec.ID, ErrGone)
+			return fmt.Errorf("%s %s: %w", outcome, spec.ID, ErrGone)
 		}
 		return c.stop(err)
 	}
@@ -51,9 +62,96 @@ func (p *Protocol) Reject(ctx context.Context, quit <-chan struct{}, spec Spec, 
 		return c.stop(err)
 	}
 	c.end(ctx, quit)
-	p.cfg.Metrics.Finished(string(Rejected))
-	c.log.Warn("spec rejected", "reason", reason)
+	p.cfg.Metrics.Finished(string(outcome))
 	return nil
+}
+
+// CancelResult is what Cancel did.
+type CancelResult struct {
+	// Filed: the spec was pending and is now in failed/ as cancelled.
+	Filed bool
+	// Node holds the running spec and was asked to stop it.
+	Node string
+}
+
+// ErrNotCancellable: the spec is neither pending nor in flight.
+var ErrNotCancellable = errors.New("neither pending nor in flight")
+
+// Cancel stops a spec on behalf of by. A pending spec is filed under
+// failed/ with outcome cancelled, under its lease like a rejection. A running
+// one is marked in its lease (a compare-and-swap, so it lands between two of
+// the holder's renewals): the holder reads the mark on its next renewal, stops
+// the cell and files it cancelled; a holder that dies meanwhile leaves the mark
+// to its recoverer, which files it so too.
+func (p *Protocol) Cancel(ctx context.Context, id, by string) (CancelResult, error) {
+	reason := "cancelled by " + by
+	pendingKey := p.cfg.Layout.Key(queue.Pending, id)
+	for range 5 {
+		o, err := p.store.Get(ctx, pendingKey, recoverLimit)
+		switch {
+		case err == nil:
+			quit := make(chan struct{})
+			close(quit) // a tool does not wait out an outage
+			err = p.file(ctx, quit, Spec{ID: id, Key: pendingKey, ETag: o.ETag, Body: o.Body}, Cancelled, reason)
+			if err == nil {
+				return CancelResult{Filed: true}, nil
+			}
+			if !errors.Is(err, ErrHeld) && !errors.Is(err, ErrGone) {
+				return CancelResult{}, fmt.Errorf("cancel %s: %w", id, err)
+			}
+			// Claimed meanwhile: cancel it where it runs.
+		case !errors.Is(err, queue.ErrNotFound):
+			return CancelResult{}, fmt.Errorf("cancel %s: %w", id, err)
+		}
+		node, err := p.markCancel(ctx, id, by)
+		if !errors.Is(err, queue.ErrNotFound) {
+			return CancelResult{Node: node}, err
+		}
+		// Neither pending nor leased now; it may have moved between the two
+		// reads: look once more before saying so.
+		if _, err := p.store.Head(ctx, pendingKey); errors.Is(err, queue.ErrNotFound) {
+			return CancelResult{}, fmt.Errorf("cancel %s: %w", id, ErrNotCancellable)
+		}
+	}
+	return CancelResult{}, fmt.Errorf("cancel %s: the spec kept moving; try again", id)
+}
+
+// markCancel writes the cancel mark into a live lease, keeping its holder's
+// token: to the holder it is a write of unknown age over its own, which it
+// adopts (see writeLease). ErrNotFound: there is no lease.
+func (p *Protocol) markCancel(ctx context.Context, id, by string) (string, error) {
+	key := p.cfg.Layout.Key(queue.Leases, id)
+	for range 5 {
+		o, err := p.store.Get(ctx, key, maxLeaseBytes)
+		if err != nil {
+			return "", err
+		}
+		var l leaseBody
+		if err := json.Unmarshal(o.Body, &l); err != nil {
+			return "", fmt.Errorf("cancel %s: unreadable lease: %w", id, err)
+		}
+		if l.Cancel != "" {
+			return l.Node, nil // asked already
+		}
+		l.Cancel = by
+		body, nonce := encodeLease(&l, p.clock.Now())
+		_, err = p.store.Put(ctx, key, body, queue.PutOptions{IfMatch: o.ETag})
+		if errors.Is(err, queue.ErrUnknown) {
+			_, err = p.readBack(ctx, key, l.Token, nonce)
+		}
+		switch {
+		case err == nil:
+			p.log.Info("cancel requested", "spec_id", id, "holder", l.Node, "by", by)
+			return l.Node, nil
+		case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrUnknown):
+			continue // renewed meanwhile: mark the new version
+		case errors.Is(err, queue.ErrNotFound):
+			return "", err
+		default:
+			return "", fmt.Errorf("cancel %s: %w", id, err)
+		}
+	}
+	return "", fmt.Errorf("cancel %s: the lease kept changing; try again", id)
 }
 
 // Requeue moves a spec from failed/ back to pending/ with a fresh attempt

@@ -319,3 +319,43 @@ func TestOneNodeOfTheFleetScans(t *testing.T) {
 		t.Errorf("%d LISTs after the second node's turn, want still 2", got)
 	}
 }
+
+func TestCancelPendingFilesIt(t *testing.T) {
+	p, s := setup(t)
+	spec := pending(t, p, s, "a")
+	res, err := p.Cancel(context.Background(), "a", "alice")
+	if err != nil || !res.Filed {
+		t.Fatalf("Cancel = %+v, %v; want it filed", res, err)
+	}
+	got := s.keys()
+	if len(got) != 1 || got[0] != "fleet/failed/a.json" {
+		t.Fatalf("objects = %v, want only failed/a.json", got)
+	}
+	o := s.objs["fleet/failed/a.json"]
+	if o.Metadata[metaOutcome] != "cancelled" || o.Metadata[metaReason] != "cancelled by alice" || string(o.Body) != string(spec.Body) {
+		t.Errorf("failed/a.json = %s %v", o.Body, o.Metadata)
+	}
+}
+
+func TestCancelRunningReachesTheHolder(t *testing.T) {
+	p, s := setup(t)
+	spec := pending(t, p, s, "a")
+	c, err := p.Claim(context.Background(), make(chan struct{}), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Drop()
+	tool := New(p.cfg, s)
+	res, err := tool.Cancel(context.Background(), "a", "bob")
+	if err != nil || res.Filed || res.Node != "n1" {
+		t.Fatalf("Cancel = %+v, %v; want the holder n1 asked", res, err)
+	}
+	select {
+	case <-c.Cancelled(): // seen on the holder's next renewal, within ttl/3
+	case <-time.After(3 * MinTTL):
+		t.Fatal("the holder never saw the cancel mark")
+	}
+	if c.CancelledBy() != "bob" || c.Lost() {
+		t.Errorf("CancelledBy = %q, lost %v; want bob, and the lease still held", c.CancelledBy(), c.Lost())
+	}
+}

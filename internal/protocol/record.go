@@ -37,6 +37,7 @@ const (
 	Released  Outcome = "released"  // returned to pending/: drain, fencing or recovery
 	Abandoned Outcome = "abandoned" // max attempts reached
 	Lost      Outcome = "lost"      // lease taken over while this node held it
+	Cancelled Outcome = "cancelled" // by fleetd cancel: filed under failed/
 )
 
 // maxReason keeps a result record well inside S3's 2 KB metadata limit.

@@ -105,7 +105,7 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 		return // renewed since the listing, or a longer ttl than ours
 	}
 	mine := leaseBody{Node: p.cfg.Node, Token: newToken(), Epoch: old.Epoch + 1, TTLMillis: p.cfg.TTL.Milliseconds(),
-		Attempts: old.Attempts, State: stateRecovering, PendingETag: old.PendingETag, PrevToken: old.Token}
+		Attempts: old.Attempts, State: stateRecovering, PendingETag: old.PendingETag, PrevToken: old.Token, Cancel: old.Cancel}
 	body, nonce := encodeLease(&mine, p.clock.Now())
 	sent := p.clock.Now()
 	etag, err := p.store.Put(ctx, key, body, queue.PutOptions{IfMatch: obj.ETag})
@@ -254,6 +254,13 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 		return
 	}
 	c.claimedETag, c.Body, c.Attempt = claimed.ETag, claimed.Body, attempts
+	if by := c.CancelledBy(); by != "" {
+		// Cancelled while its holder ran it: honour the mark the holder left.
+		if err := c.Finish(ctx, quit, Record{Outcome: Cancelled, Reason: "cancelled by " + by, Finished: time.Now()}); err != nil {
+			p.leave(c, err)
+		}
+		return
+	}
 	if attempts < p.cfg.MaxAttempts {
 		if err := c.Release(ctx, quit, true); err != nil {
 			p.leave(c, err)
