@@ -71,6 +71,8 @@ func (rep *report) costSections(p func(string, ...any)) {
 				r.SeenToStart, r.RTs(r.SeenToStart), r.ExitToDurable, r.RTs(r.ExitToDurable), r.DurableToDone, r.RTs(r.DurableToDone))
 		}
 		p("\n")
+		p("Seen → started is five round trips in a row: GET pending, PUT lease (create-only), HEAD pending (confirm), PUT claimed, DELETE pending (If-Match). Exited → durable is one, the result PUT. Durable → done is two: DELETE claimed, then DELETE lease. At a fixed concurrency the slot is held for all eight, so specs/s ≈ concurrency ÷ (8 round trips + the cell) until the server or the CPU binds.\n\n")
+		p("Two cuts were examined and **not made**, because each opens a window in the invariant: (1) the HEAD confirm beside the PUT of claimed/: when the HEAD finds pending/ gone (another node finished the spec between our GET and our lease), we hold a claimed/ of our own for a spec already finished; if its delete never lands — the node dies, or an outage outlasts the ttl — recovery finds our lease stale, pending/ gone, claimed/ present and no result under our token, and returns the spec to pending/: a finished spec runs again, and may end in both completed/ and failed/. With the HEAD first, that claimed/ is never written. (2) The DELETE of claimed/ beside the DELETE of the lease: claimed/'s ETag is the spec's MD5, the same for a resubmission of the same bytes, so only the lease makes that delete ours; a delete that lands late or is retried after the lease is gone can remove the claimed/ of a new claim of a resubmission, which recovery then cannot return if that node dies. The before/after rows therefore run the same protocol; their difference is this machine's noise.\n\n")
 	}
 	rep.dollars(p)
 }
