@@ -172,7 +172,7 @@ func measure(r *rig, o options, rep *report) error {
 	}
 	if o.scenarios["fleet"] {
 		for _, k := range o.agents {
-			step("fleet: %d agents x concurrency 8 on %d specs", k, o.fleetSpecs)
+			step("fleet: %d agents x concurrency 4 on %d specs", k, o.fleetSpecs)
 			row, err := r.fleet(k, o.fleetSpecs)
 			if err != nil {
 				return fmt.Errorf("fleet %d: %w", k, err)
