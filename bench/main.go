@@ -5,9 +5,10 @@
 // It is a module of its own (its chart library is no dependency of the
 // daemon); run it from bench/ (or `make bench` from the root):
 //
-//	go run .                            # every scenario, default sizes (~10 min)
+//	go run .                            # every scenario, default sizes (~20 min)
 //	go run . -scenarios throughput,baseline
 //	go run . -smoke                     # tiny sizes, to keep the harness working
+//	go run . -scenarios latency -compare /tmp/fleetd-old   # before/after a change
 package main
 
 import (
@@ -20,7 +21,7 @@ import (
 )
 
 // allScenarios in report order.
-var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline"}
+var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline", "deadnode", "recovery", "latency"}
 
 type options struct {
 	scenarios     map[string]bool
@@ -34,6 +35,14 @@ type options struct {
 	agents        []int
 	fleetSpecs    int
 	baselineSpecs int
+	deadTTL       time.Duration
+	deadTrials    int
+	recAgents     []int
+	recTTL        time.Duration
+	recWindow     time.Duration
+	latencyConc   []int
+	latencyDelay  time.Duration
+	compare       string // a second fleetd binary for the latency scenario's before/after
 	out           string
 }
 
@@ -51,19 +60,28 @@ func run(args []string) error {
 	out := fs.String("out", "results", "directory for the report and chart")
 	bin := fs.String("fleetd", "", "measure this fleetd binary instead of building ./cmd/fleetd (e.g. an older release, to compare in one session)")
 	conc := fs.String("concurrency", "", "comma-separated concurrencies of the throughput scenario (default 1,4,16,64)")
+	compare := fs.String("compare", "", "also run the latency scenario with this fleetd binary (e.g. the build before a protocol change): before/after in one run")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	o := options{
 		specs: 500, concurrencies: []int{1, 4, 16, 64}, scaleN: []int{1, 8, 32, 64},
 		pickups: 50, idle: 60 * time.Second, backlogs: []int{2000, 20000}, backlogRun: 5 * time.Second,
-		agents: []int{1, 2, 4, 8}, fleetSpecs: 1000, baselineSpecs: 30, out: *out,
+		agents: []int{1, 2, 4, 8, 16}, fleetSpecs: 1000, baselineSpecs: 30,
+		deadTTL: 10 * time.Second, deadTrials: 3,
+		recAgents: []int{1, 4, 16}, recTTL: 6 * time.Second, recWindow: time.Minute,
+		latencyConc: []int{16, 64}, latencyDelay: 20 * time.Millisecond,
+		out: *out,
 	}
 	if *smoke {
 		o = options{
 			specs: 20, concurrencies: []int{1, 4}, scaleN: []int{1, 4},
 			pickups: 2, idle: 2 * time.Second, backlogs: []int{20, 40}, backlogRun: 200 * time.Millisecond,
-			agents: []int{1, 2}, fleetSpecs: 20, baselineSpecs: 2, out: *out,
+			agents: []int{1, 2}, fleetSpecs: 20, baselineSpecs: 2,
+			deadTTL: 3 * time.Second, deadTrials: 1,
+			recAgents: []int{1, 2}, recTTL: 3 * time.Second, recWindow: 2 * time.Second,
+			latencyConc: []int{2}, latencyDelay: 20 * time.Millisecond,
+			out: *out,
 		}
 	}
 	if *conc != "" {
@@ -76,6 +94,7 @@ func run(args []string) error {
 			o.concurrencies = append(o.concurrencies, n)
 		}
 	}
+	o.compare = *compare
 	o.scenarios = map[string]bool{}
 	for _, s := range strings.Split(*scen, ",") {
 		s = strings.TrimSpace(s)
@@ -156,7 +175,7 @@ func measure(r *rig, o options, rep *report) error {
 	}
 	if o.scenarios["fleet"] {
 		for _, k := range o.agents {
-			step("fleet: %d agents x concurrency 8 on %d specs", k, o.fleetSpecs)
+			step("fleet: %d agents x concurrency 4 on %d specs", k, o.fleetSpecs)
 			row, err := r.fleet(k, o.fleetSpecs)
 			if err != nil {
 				return fmt.Errorf("fleet %d: %w", k, err)
@@ -165,6 +184,42 @@ func measure(r *rig, o options, rep *report) error {
 				row.WastedPerSpec = max(0, row.ReqPerSpec-rep.fleet[0].ReqPerSpec)
 			}
 			rep.fleet = append(rep.fleet, row)
+		}
+	}
+	if o.scenarios["deadnode"] {
+		for i := range o.deadTrials {
+			step("deadnode %d/%d: kill -9 the holder of a running spec among 4 agents, ttl %v", i+1, o.deadTrials, o.deadTTL)
+			d, err := r.deadNode(o.deadTTL)
+			if err != nil {
+				return fmt.Errorf("deadnode: %w", err)
+			}
+			rep.dead = append(rep.dead, d)
+		}
+	}
+	if o.scenarios["recovery"] {
+		for _, k := range o.recAgents {
+			step("recovery: %d idle agents, ttl %v, for %v", k, o.recTTL, o.recWindow)
+			row, err := r.recoveryCost(k, o.recTTL, o.recWindow)
+			if err != nil {
+				return fmt.Errorf("recovery %d: %w", k, err)
+			}
+			rep.recovery = append(rep.recovery, row)
+		}
+	}
+	if o.scenarios["latency"] {
+		builds := [][2]string{{r.fleetd, "this build"}}
+		if o.compare != "" {
+			builds = append([][2]string{{o.compare, "-compare build"}}, builds...)
+		}
+		for _, b := range builds {
+			for _, c := range o.latencyConc {
+				step("latency: %s, %d no-op specs at concurrency %d, %v per request", b[1], 25*c, c, o.latencyDelay)
+				row, err := r.latency(b[0], b[1], c, 25*c, o.latencyDelay)
+				if err != nil {
+					return fmt.Errorf("latency c=%d: %w", c, err)
+				}
+				rep.latency = append(rep.latency, row)
+			}
 		}
 	}
 	if o.scenarios["baseline"] {

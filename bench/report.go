@@ -28,6 +28,9 @@ type report struct {
 	backlog    []backlog
 	fleet      []fleet
 	baseline   *baseline
+	dead       []deadNode
+	recovery   []recoveryCost
+	latency    []latency
 }
 
 // S3's published rate per partitioned prefix: 3,500 writes and 5,500 reads/s.
@@ -79,10 +82,10 @@ func (rep *report) markdown() string {
 		p("\n![throughput vs concurrency](throughput.png)\n\n")
 	}
 	if len(rep.scaling) > 0 {
-		p("## 3. Scaling with real work\n\nCells sleep 100 ms; 20×N specs. Efficiency = specs/s ÷ (N / 0.1 s).\n\n")
-		p("| N | specs | specs/s | ideal | efficiency |\n|---|---|---|---|---|\n")
+		p("## 3. Scaling with real work\n\nCells sleep 100 ms (the test supervisor, a process per cell); 20×N specs. *N / cell time* = N / 0.1 s. *Server limit*: the server's raw request rate from N goroutines with fleetd's per-spec mix (as in scenario 2), ÷ fleetd's requests per spec in this run. *Reachable* = the smaller of the two. The raw rate has no supervisor processes to start; fleetd's run starts one per spec on the same 2 cores.\n\n")
+		p("| N | specs | specs/s | N / cell time | efficiency vs that | requests/spec | server limit specs/s | reachable | efficiency vs reachable |\n|---|---|---|---|---|---|---|---|---|\n")
 		for _, r := range rep.scaling {
-			p("| %d | %d | %.1f | %.0f | %.2f |\n", r.N, r.Specs, r.SpecsPerSec, r.Ideal, r.Efficiency)
+			p("| %d | %d | %.1f | %.0f | %.2f | %.2f | %.0f | %.0f | %.2f |\n", r.N, r.Specs, r.SpecsPerSec, r.Ideal, r.Efficiency, r.ReqPerSpec, r.ServerLimit, r.Reachable, r.EffReach)
 		}
 		p("\n")
 	}
@@ -95,6 +98,14 @@ func (rep *report) markdown() string {
 		x := rep.idle
 		p("## 5. Idle cost\n\nEmpty queue, default poll interval (5 s), measured over %.0f s.\n\n", x.Seconds)
 		p("| CPU %% of one core | RSS MB | S3 requests/min |\n|---|---|---|\n| %.3f | %.1f | %.1f |\n\n", x.CPUPercent, x.RSSMB, x.ReqsPerMinute)
+		p("By operation and what it touched (requests/min, one idle agent, ttl 60 s): `LIST pending` is the poll; `LIST leases`/`LIST claimed` are recovery scans; `recovery` is `recovery/scan.json`, through which agents take turns to scan.\n\n")
+		p("| operation | area | requests/min |\n|---|---|---|\n")
+		for _, op := range billedOps {
+			for _, area := range sortedAreas(x.PerMin, op) {
+				p("| %s | %s | %.2f |\n", op, area, x.PerMin[opArea{op, area}])
+			}
+		}
+		p("\n")
 	}
 	if len(rep.backlog) > 0 {
 		p("## 6. Backlog\n\nConcurrency 16; peak RSS after %v of work.\n\n", rep.opts.backlogRun)
@@ -105,10 +116,10 @@ func (rep *report) markdown() string {
 		p("\n")
 	}
 	if len(rep.fleet) > 0 {
-		p("## 7. Many agents on one queue\n\n%d no-op specs; each agent at concurrency 8. Conflicts: 412 answers per spec. Wasted: requests per spec beyond the one-agent run's.\n\n", rep.opts.fleetSpecs)
-		p("| agents | specs/s | requests/spec | conflicts/spec | wasted requests/spec |\n|---|---|---|---|---|\n")
+		p("## 7. Many agents on one queue\n\n%d no-op specs (the test supervisor, which records every start); each agent at concurrency 4. Requests exclude each agent's start-up self-test (7 requests, 3 of them 412 by design). Conflicts: 412 answers per spec. Wasted: requests per spec beyond the one-agent run's (the happy path with its LIST share). *Run twice*/*never run*: specs whose supervisor started more than once / never, from the supervisor's own records.\n\n", rep.opts.fleetSpecs)
+		p("| agents | specs/s | requests/spec | conflicts/spec | wasted requests/spec | run twice | never run |\n|---|---|---|---|---|---|---|\n")
 		for _, r := range rep.fleet {
-			p("| %d | %.1f | %.2f | %.3f | %.2f |\n", r.Agents, r.SpecsPerSec, r.ReqPerSpec, r.ConflictsPer, r.WastedPerSpec)
+			p("| %d | %.1f | %.2f | %.3f | %.2f | %d | %d |\n", r.Agents, r.SpecsPerSec, r.ReqPerSpec, r.ConflictsPer, r.WastedPerSpec, r.RunTwice, r.NeverRun)
 		}
 		p("\n")
 	}
@@ -121,6 +132,7 @@ func (rep *report) markdown() string {
 			p("%d specs processed sequentially with one `aws` CLI process per S3 operation (list-objects-v2 per poll; per spec `s3 mv` pending→claimed, `s3 cp` to a temp file, the supervisor, `s3 mv` claimed→completed), against the same server. %.1f s in all: **%.3f specs/s** (%.2f s per spec), extrapolated per spec to any count.\n\n", x.Specs, x.Seconds, x.SpecsPerSec, 1/x.SpecsPerSec)
 		}
 	}
+	rep.costSections(p)
 	rep.targets(p)
 	return b.String()
 }
@@ -174,8 +186,31 @@ func (rep *report) targets(p func(string, ...any)) {
 		p("| requests/spec no more than the protocol needs (9 + LIST share) | %.2f at concurrency %d | %s |\n", rep.throughput[0].ReqPerSpec, rep.throughput[0].Concurrency, yes(rep.throughput[0].ReqPerSpec < 9.5))
 	}
 	for _, r := range rep.fleet {
-		if r.Agents == 8 {
-			p("| wasted requests/spec with 8 agents ≤ 1 | %.2f | %s |\n", r.WastedPerSpec, yes(r.WastedPerSpec <= 1))
+		if r.Agents == 8 || r.Agents == 16 {
+			p("| wasted requests/spec with %d agents ≤ 1 | %.2f | %s |\n", r.Agents, r.WastedPerSpec, yes(r.WastedPerSpec <= 1))
+		}
+		if r.Agents == 16 {
+			p("| 16 agents: no spec run twice, none left unrun | %d run twice, %d never | %s |\n", r.RunTwice, r.NeverRun, yes(r.RunTwice == 0 && r.NeverRun == 0))
+		}
+	}
+	// Issue 12.
+	if x := rep.idle; x != nil {
+		p("| idle ≤ 15 S3 requests/min per agent, default settings | %.1f | %s |\n", x.ReqsPerMinute, yes(x.ReqsPerMinute <= 15))
+	}
+	for i, d := range rep.dead {
+		p("| dead node's spec runs elsewhere within ~2 × ttl (trial %d, ttl %v) | %.1f s = %.2f × ttl | %s |\n", i+1, d.TTL, d.Recovery.Seconds(), d.Recovery.Seconds()/d.TTL.Seconds(), yes(d.Recovery <= 2*d.TTL))
+	}
+	if n := len(rep.recovery); n >= 2 {
+		// Flat from the second row on: a lone agent scans half as often (section 11).
+		lo, hi := rep.recovery[1], rep.recovery[n-1]
+		lc, ll := lo.recoveryLists()
+		hc, hl := hi.recoveryLists()
+		growth := (hc+hl)/(lc+ll) - 1
+		p("| recovery LISTs/min flat with the fleet (%d → %d agents within 25%%) | %.1f → %.1f (%+.0f%%) | %s |\n", lo.Agents, hi.Agents, lc+ll, hc+hl, 100*growth, yes(growth <= 0.25))
+	}
+	for _, r := range rep.scaling {
+		if r.N == 8 || r.N == 32 || r.N == 64 {
+			p("| scaling efficiency vs reachable ≥ 0.85 at N = %d | %.2f | %s |\n", r.N, r.EffReach, yes(r.EffReach >= 0.85))
 		}
 	}
 	p("\n")

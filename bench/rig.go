@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +18,9 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,18 +45,87 @@ type rig struct {
 	direct     *s3.Client
 	proxied    *s3.Client
 	buckets    atomic.Int64
+	delay      atomic.Int64 // added to every proxied request, ns
 	closeProxy func()
 }
 
-// counter counts the requests that pass the proxy.
+// counter counts the requests that pass the proxy: in all, by answer, and by
+// operation and area, which is what S3 bills and what tells a recovery LIST
+// from a poll.
 type counter struct {
 	total, preconditionFailed, notFound atomic.Int64
+
+	mu      sync.Mutex
+	byOp    map[opArea]int64
+	tracing bool
+	trace   []traced // with tracing on: every request on a spec's own keys
+}
+
+// opArea is an S3 operation (GET, PUT, COPY, HEAD, DELETE, LIST) and the
+// queue directory it touched: "pending" for pending/<id>.json, or the
+// listing's prefix ("leases" for a LIST of fleet/leases/).
+type opArea struct{ Op, Area string }
+
+// traced is one request on a spec's key, timed at the proxy.
+type traced struct {
+	op, area, id string
+	start, end   time.Time
 }
 
 func (c *counter) reset() {
 	c.total.Store(0)
 	c.preconditionFailed.Store(0)
 	c.notFound.Store(0)
+	c.mu.Lock()
+	c.byOp = map[opArea]int64{}
+	c.trace = nil
+	c.mu.Unlock()
+}
+
+// ops returns a copy of the counts by operation and area.
+func (c *counter) ops() map[opArea]int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := make(map[opArea]int64, len(c.byOp))
+	for k, v := range c.byOp {
+		m[k] = v
+	}
+	return m
+}
+
+// setTracing turns the per-request trace on or off (and clears it).
+func (c *counter) setTracing(on bool) {
+	c.mu.Lock()
+	c.tracing, c.trace = on, nil
+	c.mu.Unlock()
+}
+
+func (c *counter) traced() []traced {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.trace)
+}
+
+// classify names a path-style request's operation, area and spec id.
+func classify(req *http.Request) (op, area, id string) {
+	// /bucket/fleet/<area>/<id>.json, or /bucket?list-type=2&prefix=fleet/<area>/
+	parts := strings.SplitN(strings.TrimPrefix(req.URL.Path, "/"), "/", 2)
+	key := ""
+	if len(parts) == 2 {
+		key = parts[1]
+	}
+	op = req.Method
+	switch {
+	case key == "" && req.Method == http.MethodGet:
+		op, key = "LIST", req.URL.Query().Get("prefix")
+	case req.Method == http.MethodPut && req.Header.Get("X-Amz-Copy-Source") != "":
+		op = "COPY"
+	}
+	dir, name := path.Split(strings.TrimSuffix(key, "/"))
+	if op == "LIST" {
+		return op, name, ""
+	}
+	return op, path.Base(dir), strings.TrimSuffix(name, ".json")
 }
 
 // repoRoot is the daemon's module root: the first directory at or above the
@@ -78,7 +150,7 @@ func repoRoot() (string, error) {
 // newRig starts the server and the proxy; fleetd, if not empty, is the binary
 // to measure instead of one built from ./cmd/fleetd.
 func newRig(dir, fleetd string) (*rig, error) {
-	r := &rig{dir: dir, counts: &counter{}}
+	r := &rig{dir: dir, counts: &counter{byOp: map[opArea]int64{}}}
 	bin, err := versitygw.Binary()
 	if err != nil {
 		return nil, err
@@ -120,8 +192,31 @@ func newRig(dir, fleetd string) (*rig, error) {
 		return nil, err
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		start := time.Now()
 		r.counts.total.Add(1)
-		proxy.ServeHTTP(&statusWriter{ResponseWriter: w, c: r.counts}, req)
+		op, area, id := classify(req)
+		// The delay stands for a store farther away than loopback: every
+		// request pays it once, before the server sees it.
+		if d := time.Duration(r.delay.Load()); d > 0 {
+			time.Sleep(d)
+		}
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		proxy.ServeHTTP(sw, req)
+		c := r.counts
+		// The self-test's refusals are by design, not conflicts over work.
+		switch {
+		case area == "selftest":
+		case sw.code == http.StatusPreconditionFailed:
+			c.preconditionFailed.Add(1)
+		case sw.code == http.StatusNotFound:
+			c.notFound.Add(1)
+		}
+		c.mu.Lock()
+		c.byOp[opArea{op, area}]++
+		if c.tracing && id != "" {
+			c.trace = append(c.trace, traced{op: op, area: area, id: id, start: start, end: time.Now()})
+		}
+		c.mu.Unlock()
 	})}
 	go func() { _ = srv.Serve(ln) }()
 	r.closeProxy = func() { _ = srv.Close() }
@@ -131,18 +226,14 @@ func newRig(dir, fleetd string) (*rig, error) {
 	return r, nil
 }
 
+// statusWriter remembers the status of the answer it passes on.
 type statusWriter struct {
 	http.ResponseWriter
-	c *counter
+	code int
 }
 
 func (s *statusWriter) WriteHeader(code int) {
-	switch code {
-	case http.StatusPreconditionFailed:
-		s.c.preconditionFailed.Add(1)
-	case http.StatusNotFound:
-		s.c.notFound.Add(1)
-	}
+	s.code = code
 	s.ResponseWriter.WriteHeader(code)
 }
 
@@ -212,12 +303,51 @@ type agent struct {
 	cellStart chan time.Time // one per "cell started" line, if asked for
 	exited    chan struct{}
 	stderr    bytes.Buffer // last lines, for errors
+	cells     map[string]*cellTimes
 	mu        sync.Mutex
+}
+
+// cellTimes is when fleetd logged a spec's cell start and end (the log's own
+// timestamps, so the pipe's delay does not count).
+type cellTimes struct{ started, ended time.Time }
+
+// cellLog returns a copy of the cell times seen so far, by spec id.
+func (a *agent) cellLog() map[string]cellTimes {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m := make(map[string]cellTimes, len(a.cells))
+	for id, t := range a.cells {
+		m[id] = *t
+	}
+	return m
+}
+
+func (a *agent) noteCell(line string) {
+	var ev struct {
+		Time   time.Time `json:"time"`
+		Msg    string    `json:"msg"`
+		SpecID string    `json:"spec_id"`
+	}
+	if json.Unmarshal([]byte(line), &ev) != nil || ev.SpecID == "" {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t := a.cells[ev.SpecID]
+	if t == nil {
+		t = &cellTimes{}
+		a.cells[ev.SpecID] = t
+	}
+	if ev.Msg == "cell started" {
+		t.started = ev.Time
+	} else {
+		t.ended = ev.Time
+	}
 }
 
 // startAgent runs fleetd on bucket through the proxy with extra settings.
 func (r *rig) startAgent(bucket string, settings map[string]string, watchStarts bool) (*agent, error) {
-	a := &agent{exited: make(chan struct{})}
+	a := &agent{exited: make(chan struct{}), cells: map[string]*cellTimes{}}
 	if watchStarts {
 		a.cellStart = make(chan time.Time, 1<<16)
 	}
@@ -248,8 +378,13 @@ func (r *rig) startAgent(bucket string, settings map[string]string, watchStarts 
 			switch {
 			case strings.Contains(line, `"msg":"spec finalised"`):
 				a.finalised.Add(1)
-			case a.cellStart != nil && strings.Contains(line, `"msg":"cell started"`):
-				a.cellStart <- time.Now()
+			case strings.Contains(line, `"msg":"cell started"`):
+				a.noteCell(line)
+				if a.cellStart != nil {
+					a.cellStart <- time.Now()
+				}
+			case strings.Contains(line, `"msg":"cell ended"`):
+				a.noteCell(line)
 			case strings.Contains(line, `"level":"ERROR"`):
 				a.mu.Lock()
 				a.stderr.WriteString(line + "\n")
@@ -291,6 +426,13 @@ func (a *agent) stop() (procStats, error) {
 		fmt.Fprintf(os.Stderr, "fleetd logged errors:\n%s", a.stderr.String())
 	}
 	return st, err
+}
+
+// kill ends the agent with SIGKILL, as a host that dies: no drain, no
+// cleanup, its leases left to go stale.
+func (a *agent) kill() {
+	_ = a.cmd.Process.Kill()
+	<-a.exited
 }
 
 type procStats struct {

@@ -25,8 +25,9 @@ type throughput struct {
 	ReqPerSpec   float64
 	CPUmsPerSpec float64
 	PeakRSSMB    float64
-	RawReqPerSec float64 // scenario 2: the server driven without fleetd
-	Efficiency   float64 // fleetd's request rate / the raw request rate
+	RawReqPerSec float64            // scenario 2: the server driven without fleetd
+	Efficiency   float64            // fleetd's request rate / the raw request rate
+	ByOp         map[string]float64 // requests per spec by operation, self-test excluded
 }
 
 func (r *rig) throughput(c, n int) (throughput, error) {
@@ -46,6 +47,7 @@ func (r *rig) throughput(c, n int) (throughput, error) {
 	werr := waitFinalised(10*time.Minute, int64(n), a)
 	elapsed := time.Since(a.started)
 	reqs := r.counts.total.Load()
+	row.ByOp = perOp(r.counts.ops(), float64(n))
 	st, err := a.stop()
 	if werr != nil {
 		return row, werr
@@ -150,8 +152,16 @@ type scaling struct {
 	N           int
 	Specs       int
 	SpecsPerSec float64
-	Ideal       float64
-	Efficiency  float64
+	Ideal       float64 // N / cell time: what the cells alone allow
+	Efficiency  float64 // against Ideal
+	ReqPerSpec  float64 // fleetd's, self-test excluded
+	// ServerLimit is the specs/s the server allows for this request mix: its
+	// raw request rate from N goroutines with fleetd's per-spec mix, divided
+	// by fleetd's requests per spec. N cells of 0.1 s can ask for more
+	// requests per second than a loopback versitygw on this machine answers.
+	ServerLimit float64
+	Reachable   float64 // min(Ideal, ServerLimit)
+	EffReach    float64 // specs/s ÷ Reachable
 }
 
 func (r *rig) scaling(n int) (scaling, error) {
@@ -163,6 +173,7 @@ func (r *rig) scaling(n int) (scaling, error) {
 	if err := r.submit(bucket, row.Specs, `{"sleepMs":100}`); err != nil {
 		return row, err
 	}
+	r.counts.reset()
 	a, err := r.startAgent(bucket, map[string]string{
 		"CELLOS_FLEET_CONCURRENCY": fmt.Sprint(n), "CELLOS_FLEET_POLL_INTERVAL_MS": "1000",
 		"CELLOS_FLEET_SUPERVISOR": r.supervisor,
@@ -172,11 +183,19 @@ func (r *rig) scaling(n int) (scaling, error) {
 	}
 	werr := waitFinalised(10*time.Minute, int64(row.Specs), a)
 	elapsed := time.Since(a.started)
+	row.ReqPerSpec = float64(countWork(r.counts.ops())) / float64(row.Specs)
 	if _, err := a.stop(); err != nil || werr != nil {
 		return row, errors.Join(werr, err)
 	}
 	row.SpecsPerSec = float64(row.Specs) / elapsed.Seconds()
 	row.Efficiency = row.SpecsPerSec / row.Ideal
+	raw, err := r.rawRate(n, row.Specs)
+	if err != nil {
+		return row, err
+	}
+	row.ServerLimit = raw / row.ReqPerSpec
+	row.Reachable = min(row.Ideal, row.ServerLimit)
+	row.EffReach = row.SpecsPerSec / row.Reachable
 	return row, nil
 }
 
@@ -237,6 +256,7 @@ type idle struct {
 	CPUPercent    float64
 	RSSMB         float64
 	ReqsPerMinute float64
+	PerMin        map[opArea]float64 // by operation and area
 }
 
 func (r *rig) idle(d time.Duration) (idle, error) {
@@ -264,6 +284,10 @@ func (r *rig) idle(d time.Duration) (idle, error) {
 	res.CPUPercent = 100 * (s1.cpu - s0.cpu).Seconds() / d.Seconds()
 	res.RSSMB = float64(s1.rss) / (1 << 20)
 	res.ReqsPerMinute = float64(r.counts.total.Load()) / d.Minutes()
+	res.PerMin = map[opArea]float64{}
+	for k, v := range r.counts.ops() {
+		res.PerMin[k] = float64(v) / d.Minutes()
+	}
 	return res, nil
 }
 
@@ -308,6 +332,8 @@ type fleet struct {
 	ReqPerSpec    float64
 	ConflictsPer  float64 // 412 answers per spec
 	WastedPerSpec float64 // requests per spec beyond the one-agent run's
+	RunTwice      int     // specs whose supervisor started more than once
+	NeverRun      int     // specs whose supervisor never started
 }
 
 func (r *rig) fleet(k, n int) (fleet, error) {
@@ -320,11 +346,15 @@ func (r *rig) fleet(k, n int) (fleet, error) {
 		return row, err
 	}
 	r.counts.reset()
+	// The test supervisor records each start: a spec run twice shows there,
+	// whatever fleetd believes.
+	events := filepath.Join(r.dir, fmt.Sprintf("%s-events", bucket))
 	var agents []*agent
 	for i := range k {
 		a, err := r.startAgent(bucket, map[string]string{
-			"CELLOS_FLEET_CONCURRENCY": "8", "CELLOS_FLEET_POLL_INTERVAL_MS": "1000",
-			"CELLOS_FLEET_NODE_ID": fmt.Sprintf("bench-%d", i),
+			"CELLOS_FLEET_CONCURRENCY": "4", "CELLOS_FLEET_POLL_INTERVAL_MS": "1000",
+			"CELLOS_FLEET_NODE_ID":    fmt.Sprintf("bench-%d", i),
+			"CELLOS_FLEET_SUPERVISOR": r.supervisor, "FLEETD_TEST_EVENTS": events,
 		}, false)
 		if err != nil {
 			return row, err
@@ -334,12 +364,26 @@ func (r *rig) fleet(k, n int) (fleet, error) {
 	start := agents[0].started
 	werr := waitFinalised(10*time.Minute, int64(n), agents...)
 	elapsed := time.Since(start)
-	reqs, conflicts := r.counts.total.Load(), r.counts.preconditionFailed.Load()
+	// The self-test (7 requests per agent at start-up) is not work.
+	reqs, conflicts := countWork(r.counts.ops()), r.counts.preconditionFailed.Load()
 	for _, a := range agents {
 		a.stop()
 	}
 	if werr != nil {
 		return row, werr
+	}
+	runs, err := runCounts(events)
+	if err != nil {
+		return row, err
+	}
+	for i := range n {
+		switch runs[fmt.Sprintf("spec-%06d", i)] {
+		case 0:
+			row.NeverRun++
+		case 1:
+		default:
+			row.RunTwice++
+		}
 	}
 	row.SpecsPerSec = float64(n) / elapsed.Seconds()
 	row.ReqPerSpec = float64(reqs) / float64(n)

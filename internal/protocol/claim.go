@@ -91,7 +91,11 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 	}
 
 	// claimed/ holds the spec while it runs (0.5.1's layout). Under our lease
-	// the write is ours alone, so repeating it is harmless.
+	// the write is ours alone, so repeating it is harmless. It waits for the
+	// confirm, though it could go beside it: a claimed/ written before we
+	// learn pending/ is gone (another node finished the spec) is one recovery
+	// would return to pending/ — a second run — if our cleanup of it never
+	// landed (a death, or an outage past the ttl).
 	meta := map[string]string{metaNode: p.cfg.Node, metaToken: c.token,
 		metaAttempts: strconv.Itoa(c.Attempt), metaPendingETag: spec.ETag}
 	claimedKey := p.cfg.Layout.Key(queue.Claimed, spec.ID)
@@ -178,6 +182,10 @@ func (c *Claim) Finish(ctx context.Context, quit <-chan struct{}, rec Record) er
 	if err != nil {
 		return c.stop(err)
 	}
+	// One after the other, not side by side: claimed/'s ETag is the spec's
+	// MD5, the same for a resubmission of these bytes, so only our lease makes
+	// the delete ours. Sent beside the lease's delete, a late or retried one
+	// could remove the claimed/ of a new claim made in between.
 	c.clearClaimed(ctx, quit)
 	c.end(ctx, quit)
 	c.p.cfg.Metrics.Finished(string(rec.Outcome))
