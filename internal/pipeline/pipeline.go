@@ -326,7 +326,7 @@ func (p *Pipeline) runCell(ctx context.Context, c *protocol.Claim) exec.Result {
 
 // recoverLoop offers to scan for the work of dead nodes about once a lease
 // ttl (±10%, so agents spread out) until ctx ends; the protocol lets one
-// agent of the fleet scan per ttl/2.
+// fleet scan about once a ttl, whatever its size.
 func (p *Pipeline) recoverLoop(ctx context.Context) {
 	wait := time.Duration(rand.Int64N(int64(p.cfg.LeaseTTL))) // first look: anywhere in a ttl
 	for {

@@ -299,49 +299,67 @@ func (p *Protocol) leave(c *Claim, err error) {
 // scanTurn is what this node knows of the fleet's recovery marker.
 type scanTurn struct {
 	mu    sync.Mutex
-	etag  string // of recovery/scan.json when we last saw or wrote it
+	etag  string // of recovery/scan.json as this node last wrote it ("" if another wrote since)
 	scans int
 }
 
+// scanEvery is how often the fleet scans: about once a ttl, whatever its
+// size. Each agent offers about once a ttl too (±10%), so a lone agent scans
+// on every offer and a fleet scans no more often than a lone agent.
+func scanEvery(ttl time.Duration) time.Duration { return ttl * 8 / 10 }
+
 // RecoverIfDue runs a recovery scan if it is this node's turn, and reports
-// whether it ran one. The fleet needs about one scan per ttl/2, not one per
-// node per poll: the turn is taken through S3 by moving recovery/scan.json
-// forward with a compare-and-swap, which one node wins. Call it about once a
-// ttl: it costs one PUT (and a HEAD when another node moved the marker), and
-// the winner's LISTs. The LIST of claimed/ (for lease-less claims, which only
-// late writes and 0.5.1 agents leave) is made on every third scan.
+// whether it ran one. The turn is taken through S3: the node that moves
+// recovery/scan.json forward (a compare-and-swap on its ETag) once it is
+// older than scanEvery scans. An agent that wrote the marker last tries the
+// swap at once (one PUT: a lone agent's whole cost); any other first reads the
+// marker's age (one HEAD) and writes only when a scan is due. The winner's
+// LISTs follow; claimed/ (where only late writes and 0.5.1 agents leave
+// lease-less claims) is listed on every third scan.
 func (p *Protocol) RecoverIfDue(ctx context.Context, quit <-chan struct{}) (bool, error) {
 	key := p.cfg.Layout.Key("recovery", "scan")
 	p.turn.mu.Lock()
 	defer p.turn.mu.Unlock()
 	body := []byte(`{"node":"` + p.cfg.Node + `","nonce":"` + newToken() + `"}`)
-	opt := queue.PutOptions{IfMatch: p.turn.etag}
-	if p.turn.etag == "" {
-		o, err := p.store.Head(ctx, key)
-		switch {
-		case errors.Is(err, queue.ErrNotFound):
-			opt = queue.PutOptions{IfAbsent: true}
-		case err != nil:
-			return false, err
-		case o.ServerTime.Sub(o.LastModified) < p.cfg.TTL/2:
-			p.turn.etag = o.ETag // scanned lately by someone; our next try moves it
-			return false, nil
-		default:
-			opt.IfMatch = o.ETag
+	if p.turn.etag != "" {
+		etag, err := p.store.Put(ctx, key, body, queue.PutOptions{IfMatch: p.turn.etag})
+		if err == nil {
+			return p.scanNow(ctx, quit, etag)
 		}
+		p.turn.etag = ""
+		if errors.Is(err, queue.ErrUnknown) {
+			return p.scanNow(ctx, quit, "") // a scan too many is harmless: every takeover is a compare-and-swap
+		}
+		if !errors.Is(err, queue.ErrPrecondition) {
+			return false, err
+		}
+		// Another node scanned since ours: look at the marker like everyone else.
+	}
+	opt := queue.PutOptions{IfAbsent: true}
+	o, err := p.store.Head(ctx, key)
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+	case err != nil:
+		return false, err
+	case o.ServerTime.Sub(o.LastModified) < scanEvery(p.cfg.TTL):
+		return false, nil // scanned lately by someone
+	default:
+		opt = queue.PutOptions{IfMatch: o.ETag}
 	}
 	etag, err := p.store.Put(ctx, key, body, opt)
 	switch {
 	case errors.Is(err, queue.ErrUnknown):
-		p.turn.etag = "" // a scan too many is harmless: every takeover is a compare-and-swap
+		return p.scanNow(ctx, quit, "")
 	case errors.Is(err, queue.ErrPrecondition):
-		p.turn.etag = "" // another node moved it since: look again next time
-		return false, nil
+		return false, nil // another node took this turn
 	case err != nil:
 		return false, err
-	default:
-		p.turn.etag = etag
 	}
+	return p.scanNow(ctx, quit, etag)
+}
+
+func (p *Protocol) scanNow(ctx context.Context, quit <-chan struct{}, etag string) (bool, error) {
+	p.turn.etag = etag
 	p.turn.scans++
 	return true, p.recoverScan(ctx, quit, p.turn.scans%3 == 1)
 }
