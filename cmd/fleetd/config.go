@@ -392,6 +392,7 @@ func printUsage(w io.Writer) {
 		"       fleetd requeue ID... | --failed [--older-than DURATION] [--json]\n"+
 		"       fleetd inspect ID [--json]\n"+
 		"       fleetd cancel ID [--json]\n"+
+		"       fleetd pause [--all] | fleetd resume [--all]\n"+
 		"       fleetd prune --older-than DURATION [--state completed|failed] [--dry-run] [--json]\n"+
 		"       fleetd help [TOOL] | fleetd version\n\n"+
 		"fleetd runs execution-cell specs from an S3 queue. Each setting is a flag or an\n"+

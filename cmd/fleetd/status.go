@@ -22,6 +22,9 @@ var statusTool = tool{
 	},
 	text: func(w io.Writer, result any) {
 		r := result.(admin.Status)
+		if r.Paused != "" {
+			fmt.Fprintf(w, "paused by %s: agents claim nothing (fleetd resume)\n", r.Paused)
+		}
 		count := func(st string) string {
 			if r.AtLeast[st] {
 				return fmt.Sprintf("≥%d", r.Counts[st])

@@ -44,6 +44,7 @@ type toolFlags struct {
 	olderThan duration
 	state     string
 	dryRun    bool
+	all       bool
 }
 
 type toolEnv struct {
@@ -61,6 +62,8 @@ var tools = map[string]tool{
 	"inspect": inspectTool,
 	"prune":   pruneTool,
 	"cancel":  cancelTool,
+	"pause":   pauseTool,
+	"resume":  resumeTool,
 }
 
 // runTool runs a subcommand and returns the exit code.

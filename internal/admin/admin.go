@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,6 +24,8 @@ type Store interface {
 	Head(ctx context.Context, key string) (queue.Object, error)
 	Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error)
 	DeleteMany(ctx context.Context, objs []queue.Versioned) (int, error)
+	Delete(ctx context.Context, key, ifMatch string) error
+	Dirs(ctx context.Context, prefix string) ([]string, error)
 }
 
 var _ Store = (*queue.Store)(nil)
@@ -158,6 +161,8 @@ const CountLimit = 10_000
 
 // Status is the queue at a glance. Ages are in seconds.
 type Status struct {
+	// Paused names who paused the lane ("" if it is not paused).
+	Paused string         `json:"paused"`
 	Counts map[string]int `json:"counts"`
 	// AtLeast says, per state, that its count stopped at CountLimit.
 	AtLeast              map[string]bool `json:"at_least"`
@@ -177,6 +182,11 @@ type InFlight struct {
 // Status counts the specs in each state and lists those in flight.
 func (a *Admin) Status(ctx context.Context) (Status, error) {
 	res := Status{Counts: map[string]int{}, AtLeast: map[string]bool{}, InFlight: []InFlight{}}
+	by, err := a.pausedBy(ctx, a.layout)
+	if err != nil {
+		return res, fmt.Errorf("status: %w", err)
+	}
+	res.Paused = by
 	for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed} {
 		res.Counts[string(st)] = 0
 		res.AtLeast[string(st)] = false
@@ -202,7 +212,7 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 		}
 	}
 	var leases []queue.Object
-	err := a.store.List(ctx, a.layout.Dir(queue.Leases), func(p queue.Page) error {
+	err = a.store.List(ctx, a.layout.Dir(queue.Leases), func(p queue.Page) error {
 		leases = append(leases, p.Objects...)
 		return nil
 	})
@@ -365,4 +375,93 @@ func (a *Admin) Prune(ctx context.Context, states []queue.State, olderThan time.
 // period. by says who asked, for the result record.
 func (a *Admin) Cancel(ctx context.Context, id, by string) (protocol.CancelResult, error) {
 	return a.proto.Cancel(ctx, id, by)
+}
+
+// pause is the body of a lane's pause marker.
+type pause struct {
+	By string `json:"by"`
+	At string `json:"at"`
+}
+
+// Pause stops every agent on the lane (with all, on every lane under the
+// prefix found now) from claiming within a poll interval: cells running
+// finish, agents stay up. It returns the lanes paused, by their key prefix.
+func (a *Admin) Pause(ctx context.Context, prefix string, all bool, by string) ([]string, error) {
+	lanes, err := a.lanes(ctx, prefix, all)
+	if err != nil {
+		return nil, err
+	}
+	body, _ := json.Marshal(pause{By: by, At: time.Now().UTC().Format(time.RFC3339)})
+	done := []string{}
+	for _, l := range lanes {
+		if _, err := a.store.Put(ctx, l.PauseKey(), body, queue.PutOptions{}); err != nil {
+			return done, fmt.Errorf("pause %s: %w", l.Base(), err)
+		}
+		done = append(done, l.Base())
+	}
+	return done, nil
+}
+
+// Resume undoes Pause.
+func (a *Admin) Resume(ctx context.Context, prefix string, all bool) ([]string, error) {
+	lanes, err := a.lanes(ctx, prefix, all)
+	if err != nil {
+		return nil, err
+	}
+	done := []string{}
+	for _, l := range lanes {
+		// The marker is a flag, not a spec: any version of it goes.
+		if err := a.store.Delete(ctx, l.PauseKey(), ""); err != nil {
+			return done, fmt.Errorf("resume %s: %w", l.Base(), err)
+		}
+		done = append(done, l.Base())
+	}
+	return done, nil
+}
+
+// lanes is this admin's lane, or with all the flat layout under prefix and
+// every queue lane found below it (a directory holding a pending/).
+func (a *Admin) lanes(ctx context.Context, prefix string, all bool) ([]queue.Layout, error) {
+	if !all {
+		return []queue.Layout{a.layout}, nil
+	}
+	flat := queue.NewLayout(prefix, "")
+	root := strings.TrimSuffix(flat.Dir(queue.Pending), "pending/")
+	dirs, err := a.store.Dirs(ctx, root)
+	if err != nil {
+		return nil, err
+	}
+	lanes := []queue.Layout{flat}
+	for _, d := range dirs {
+		name := strings.TrimSuffix(strings.TrimPrefix(d, root), "/")
+		switch queue.State(name) {
+		case queue.Pending, queue.Claimed, queue.Completed, queue.Failed, queue.Leases, "recovery", "selftest":
+			continue
+		}
+		lane := queue.NewLayout(prefix, name)
+		sub, err := a.store.Dirs(ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		if slices.Contains(sub, lane.Dir(queue.Pending)) {
+			lanes = append(lanes, lane)
+		}
+	}
+	return lanes, nil
+}
+
+// pausedBy reads the lane's pause marker: who paused it, "" if nobody did.
+func (a *Admin) pausedBy(ctx context.Context, l queue.Layout) (string, error) {
+	o, err := a.store.Get(ctx, l.PauseKey(), 4<<10)
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		return "", nil
+	case err != nil:
+		return "", err
+	}
+	var p pause
+	if json.Unmarshal(o.Body, &p) != nil || p.By == "" {
+		return "someone", nil
+	}
+	return p.By, nil
 }

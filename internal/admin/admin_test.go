@@ -127,3 +127,10 @@ func TestStatusCountsAreBounded(t *testing.T) {
 		t.Errorf("status listed %d pages, want at most %d", s.pages, max)
 	}
 }
+
+func (f *fakeStore) Delete(_ context.Context, key, _ string) error {
+	delete(f.objs, key)
+	return nil
+}
+
+func (f *fakeStore) Dirs(context.Context, string) ([]string, error) { return nil, nil }

@@ -55,6 +55,15 @@ func (l Layout) Key(s State, id string) string {
 	return l.Dir(s) + id + ".json"
 }
 
+// PauseKey is the key whose presence pauses the lane. It sits in pending/,
+// where every agent lists anyway (so pausing costs no request), and sorts
+// before any id that starts with a letter or digit, so it is seen on the first
+// page, before the work it holds back. It does not end in .json: not work.
+func (l Layout) PauseKey() string { return l.Dir(Pending) + "!paused" }
+
+// Base is the key prefix of the lane: {prefix}[/{queue}].
+func (l Layout) Base() string { return l.base }
+
 // MaxKeyBytes is the longest key S3 accepts, in bytes.
 const MaxKeyBytes = 1024
 

@@ -251,6 +251,30 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(Page) error) er
 	}
 }
 
+// Dirs returns the "directories" directly under prefix (which ends in "/"):
+// the distinct next path segments, each ending in "/".
+func (s *Store) Dirs(ctx context.Context, prefix string) ([]string, error) {
+	in := &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, Delimiter: aws.String("/")}
+	var dirs []string
+	for {
+		var out *s3.ListObjectsV2Output
+		_, err := s.do(ctx, func(ctx context.Context) (err error) {
+			out, err = s.client.ListObjectsV2(ctx, in)
+			return err
+		})
+		if err != nil {
+			return dirs, fmt.Errorf("s3: list dirs %s: %w", prefix, mapError(err))
+		}
+		for _, p := range out.CommonPrefixes {
+			dirs = append(dirs, aws.ToString(p.Prefix))
+		}
+		if !aws.ToBool(out.IsTruncated) || aws.ToString(out.NextContinuationToken) == "" {
+			return dirs, nil
+		}
+		in.ContinuationToken = out.NextContinuationToken
+	}
+}
+
 // Get reads an object whole. An object over limit bytes is not read: the error
 // wraps ErrTooLarge and the returned Object has everything but the body.
 func (s *Store) Get(ctx context.Context, key string, limit int64) (Object, error) {
