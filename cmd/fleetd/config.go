@@ -254,7 +254,7 @@ func sanitizeNodeID(host string) string {
 // otherwise be ignored without a word.
 func unknownVariables(environ []string) map[string]string {
 	const prefix = "CELLOS_FLEET_"
-	var known []string
+	known := []string{uiTokenVariable}
 	for _, s := range settings {
 		if strings.HasPrefix(s.env, prefix) {
 			known = append(known, s.env)
@@ -394,6 +394,7 @@ func printUsage(w io.Writer) {
 		"       fleetd cancel ID [--json]\n"+
 		"       fleetd pause [--all] | fleetd resume [--all]\n"+
 		"       fleetd prune --older-than DURATION [--state completed|failed] [--dry-run] [--json]\n"+
+		"       fleetd ui [--listen 127.0.0.1:8080] [--allow-remote] [--allow-actions]\n"+
 		"       fleetd help [TOOL] | fleetd version\n\n"+
 		"fleetd runs execution-cell specs from an S3 queue. Each setting is a flag or an\n"+
 		"environment variable; a flag wins over its variable. AWS credentials and region\n"+

@@ -45,6 +45,7 @@ type toolFlags struct {
 	state     string
 	dryRun    bool
 	all       bool
+	ui        uiFlags
 }
 
 type toolEnv struct {
@@ -53,6 +54,11 @@ type toolEnv struct {
 	flags toolFlags
 	stdin io.Reader
 	user  string // who runs the tool, for records of what it did
+	// For a tool that serves (ui): the store it reads, the environment
+	// (secrets are not flags) and where it logs.
+	store  *queue.Store
+	getenv func(string) string
+	stderr io.Writer
 }
 
 var tools = map[string]tool{
@@ -64,6 +70,7 @@ var tools = map[string]tool{
 	"cancel":  cancelTool,
 	"pause":   pauseTool,
 	"resume":  resumeTool,
+	"ui":      uiTool,
 }
 
 // runTool runs a subcommand and returns the exit code.
@@ -100,7 +107,8 @@ func runTool(name string, t tool, args []string, getenv func(string) string, std
 	layout := queue.NewLayout(cfg.Prefix, cfg.QueueName)
 	proto := protocol.New(protocol.Config{Layout: layout, Node: cfg.NodeID, TTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts,
 		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}, store)
-	env := &toolEnv{cfg: cfg, admin: admin.New(store, proto, layout, cfg.MaxSpecBytes), flags: tf, stdin: stdin, user: getenv("USER")}
+	env := &toolEnv{cfg: cfg, admin: admin.New(store, proto, layout, cfg.MaxSpecBytes), flags: tf, stdin: stdin, user: getenv("USER"),
+		store: store, getenv: getenv, stderr: stderr}
 	result, err := t.run(context.Background(), env, positional)
 	if result != nil {
 		if tf.json {

@@ -56,6 +56,9 @@ type LeaseInfo struct {
 	Attempts int
 	State    string
 	Epoch    int
+	// TTL is the holder's ttl: the lease is stale once its last write is
+	// older than TTL + 1 s on the server's clock.
+	TTL time.Duration
 }
 
 // ParseLease decodes a lease body.
@@ -64,7 +67,7 @@ func ParseLease(b []byte) (LeaseInfo, error) {
 	if err := json.Unmarshal(b, &l); err != nil {
 		return LeaseInfo{}, fmt.Errorf("lease: %w", err)
 	}
-	return LeaseInfo{Node: l.Node, Attempts: l.Attempts, State: l.State, Epoch: l.Epoch}, nil
+	return LeaseInfo{Node: l.Node, Attempts: l.Attempts, State: l.State, Epoch: l.Epoch, TTL: l.ttl()}, nil
 }
 
 // Claim is this node's ownership of one spec: a lease it holds, kept alive by

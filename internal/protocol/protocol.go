@@ -81,6 +81,11 @@ const MinTTL = 3 * time.Second
 // before it is taken over: its true age is then over ttl for certain.
 func staleAfter(ttl time.Duration) time.Duration { return ttl + time.Second }
 
+// Stale reports whether an object of the lease protocol whose last write is
+// age old on the server's clock is past its ttl: recovery may take a lease (or
+// a claim with no lease) over from then on.
+func Stale(age, ttl time.Duration) bool { return age > staleAfter(ttl) }
+
 // validFor is how long after sending a lease write its holder may act on it.
 // The write landed after it was sent, so the server will not judge it stale
 // before ttl has passed since the send; the margin covers a request that is

@@ -88,6 +88,41 @@ func (r Record) metadata() map[string]string {
 	return m
 }
 
+// RecordInfo is what a result record says, for the queue tools. A field the
+// record lacks (a result filed by cellos-fleet 0.5.1 or by hand has none) is
+// zero; an unparsable time or number is zero too.
+type RecordInfo struct {
+	Outcome  string
+	Reason   string
+	Node     string
+	Attempts int
+	Started  time.Time
+	Finished time.Time
+	// ExitCode is set when the supervisor exited; Signal when a signal ended it.
+	ExitCode *int
+	Signal   string
+}
+
+// ParseRecord reads the result record from the metadata of a completed/ or
+// failed/ object.
+func ParseRecord(meta map[string]string) RecordInfo {
+	r := RecordInfo{
+		Outcome: meta[metaOutcome],
+		Reason:  meta[metaReason],
+		Node:    meta[metaNode],
+		Signal:  meta[metaSignal],
+	}
+	r.Attempts, _ = strconv.Atoi(meta[metaAttempts])
+	r.Started, _ = time.Parse(time.RFC3339Nano, meta[metaStarted])
+	r.Finished, _ = time.Parse(time.RFC3339Nano, meta[metaFinished])
+	if v, ok := meta[metaExitCode]; ok {
+		if n, err := strconv.Atoi(v); err == nil {
+			r.ExitCode = &n
+		}
+	}
+	return r
+}
+
 // asciiHeader makes s safe as an HTTP header value: printable ASCII, bounded.
 func asciiHeader(s string) string {
 	s = strings.Map(func(r rune) rune {

@@ -1,0 +1,391 @@
+package ui
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cellos/fleetd/internal/protocol"
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// Snapshot is the queue as one refresh saw it. Ages are on the server's
+// clock (LastModified against the listing's Date), so a skewed browser or UI
+// host does not change them.
+type Snapshot struct {
+	// Paused: the lane's pause marker is there (fleetd pause).
+	Paused bool
+	Counts []Count
+	// OldestPending is the age of the oldest pending spec listed; with the
+	// pending count a lower bound, it is a lower bound too.
+	OldestPending time.Duration
+	InFlight      []Flight
+	// Failures are the latest failures, newest first.
+	Failures []Failure
+	Nodes    []Node
+	// Problems are what could not be read; the rest of the snapshot stands.
+	Problems []string
+}
+
+// Count is the number of specs in one state.
+type Count struct {
+	State string
+	N     int
+	// AtLeast: the listing stopped at the limit, so N is a lower bound.
+	AtLeast bool
+}
+
+// Flight is one spec in flight: a claimed/ object, a lease, or both.
+type Flight struct {
+	ID       string
+	Node     string
+	Attempt  int
+	State    string // the lease's state; "no lease" for a claim without one
+	LeaseAge time.Duration
+	// Running is how long ago claimed/ was written: about when the cell started.
+	Running  time.Duration
+	HasClaim bool
+	// Stale: past ttl + 1 s since its last write, so recovery may take it over.
+	Stale bool
+}
+
+// Failure is one spec in failed/ with its result record.
+type Failure struct {
+	ID  string
+	Age time.Duration // since the record was written
+	protocol.RecordInfo
+}
+
+// Result is a node's latest result among those read.
+type Result struct {
+	ID      string
+	Outcome string
+	Reason  string
+	Age     time.Duration
+}
+
+// Node is every node seen in a lease or a recent result.
+type Node struct {
+	Name    string
+	Running []string // ids it holds leases on now
+	Last    *Result
+}
+
+// limits bound the work of one snapshot.
+type limits struct {
+	keys     int // keys listed per state
+	results  int // latest failed/ and completed/ objects read (HEAD) per refresh
+	inFlight int // leases read (GET) per refresh
+}
+
+// errLimit stops a listing at the limit.
+var errLimit = errors.New("listing limit reached")
+
+// reader takes snapshots. It caches what it read by key and version, so a
+// refresh reads only what changed: a result record is HEADed once, a lease
+// once per renewal.
+type reader struct {
+	store  Store
+	layout queue.Layout
+	ttl    time.Duration // ours, for a claim with no lease to read one from
+	lim    limits
+
+	mu      sync.Mutex
+	records map[string]cached[queue.Object]
+	leases  map[string]cached[leaseRead]
+}
+
+// cached is a read of one version of an object.
+type cached[T any] struct {
+	version string
+	value   T
+}
+
+type leaseRead struct {
+	info protocol.LeaseInfo
+	ok   bool // false: the lease could not be parsed
+}
+
+// version identifies what was read. A result's ETag is its spec bytes', the
+// same for every run of them, so the write time is part of it.
+func version(o queue.Object) string {
+	return o.ETag + "@" + o.LastModified.UTC().Format(time.RFC3339Nano)
+}
+
+func newReader(store Store, layout queue.Layout, ttl time.Duration, lim limits) *reader {
+	return &reader{store: store, layout: layout, ttl: ttl, lim: lim,
+		records: map[string]cached[queue.Object]{}, leases: map[string]cached[leaseRead]{}}
+}
+
+// listing is the work keys of one state, up to the limit.
+type listing struct {
+	objs       []queue.Object
+	serverTime time.Time
+	atLeast    bool
+	paused     bool // pending/ only: the pause marker, listed first
+}
+
+func (r *reader) list(ctx context.Context, st queue.State) (listing, error) {
+	var l listing
+	err := r.store.List(ctx, r.layout.Dir(st), func(p queue.Page) error {
+		l.serverTime = p.ServerTime
+		for _, o := range p.Objects {
+			if _, ok := r.layout.ID(st, o.Key); !ok {
+				l.paused = l.paused || st == queue.Pending && o.Key == r.layout.PauseKey()
+				continue
+			}
+			if len(l.objs) == r.lim.keys {
+				l.atLeast = true
+				return errLimit
+			}
+			l.objs = append(l.objs, o)
+		}
+		return nil
+	})
+	if errors.Is(err, errLimit) {
+		err = nil
+	}
+	return l, err
+}
+
+// Snapshot reads the queue. It fails only when no state could be listed; a
+// part that could not be read is named in Problems.
+func (r *reader) Snapshot(ctx context.Context) (*Snapshot, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := &Snapshot{Counts: []Count{}, InFlight: []Flight{}, Failures: []Failure{}, Nodes: []Node{}}
+	// claimed/ before leases/, as recovery lists them: a claim whose lease
+	// appears in between is live, since a holder writes its lease first.
+	lists := map[queue.State]listing{}
+	var firstErr error
+	for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed, queue.Leases} {
+		l, err := r.list(ctx, st)
+		if err != nil {
+			firstErr = cmp.Or(firstErr, err)
+			s.Problems = append(s.Problems, fmt.Sprintf("list %s: %v", st, err))
+			continue
+		}
+		lists[st] = l
+		if st != queue.Leases {
+			s.Counts = append(s.Counts, Count{State: string(st), N: len(l.objs), AtLeast: l.atLeast})
+		}
+	}
+	if len(lists) == 0 {
+		return nil, fmt.Errorf("ui: read the queue: %w", firstErr)
+	}
+	s.Paused = lists[queue.Pending].paused
+	if p := lists[queue.Pending]; len(p.objs) > 0 {
+		for _, o := range p.objs {
+			s.OldestPending = max(s.OldestPending, p.serverTime.Sub(o.LastModified))
+		}
+	}
+	s.InFlight = r.inFlight(ctx, lists[queue.Claimed], lists[queue.Leases], s)
+	failed := r.latest(ctx, queue.Failed, lists[queue.Failed], s)
+	completed := r.latest(ctx, queue.Completed, lists[queue.Completed], s)
+	for _, o := range failed {
+		id, _ := r.layout.ID(queue.Failed, o.Key)
+		s.Failures = append(s.Failures, Failure{ID: id, Age: age(o), RecordInfo: protocol.ParseRecord(o.Metadata)})
+	}
+	s.Nodes = nodes(r.layout, s.InFlight, failed, completed)
+	return s, nil
+}
+
+// age is how old o was when it was read, never negative.
+func age(o queue.Object) time.Duration {
+	return max(0, o.ServerTime.Sub(o.LastModified).Round(time.Second))
+}
+
+// inFlight joins claimed/ and leases/ by id, reading each lease (once per
+// version) for its node, attempt and state.
+func (r *reader) inFlight(ctx context.Context, claimed, leases listing, s *Snapshot) []Flight {
+	byID := map[string]*Flight{}
+	var order []string
+	get := func(id string) *Flight {
+		f, ok := byID[id]
+		if !ok {
+			f = &Flight{ID: id}
+			byID[id] = f
+			order = append(order, id)
+		}
+		return f
+	}
+	for _, o := range claimed.objs {
+		id, _ := r.layout.ID(queue.Claimed, o.Key)
+		f := get(id)
+		f.HasClaim = true
+		f.Running = max(0, claimed.serverTime.Sub(o.LastModified).Round(time.Second))
+		// Without a lease, the claim is judged by our ttl, as recovery does.
+		f.State, f.LeaseAge = "no lease", f.Running
+		f.Stale = protocol.Stale(claimed.serverTime.Sub(o.LastModified), r.ttl)
+	}
+	seen := map[string]bool{}
+	reads := 0
+	for _, o := range leases.objs {
+		id, _ := r.layout.ID(queue.Leases, o.Key)
+		seen[o.Key] = true
+		c, ok := r.leases[o.Key]
+		if !ok || c.version != version(o) {
+			if reads == r.lim.inFlight {
+				continue // shown at the next refresh
+			}
+			reads++
+			lr, err := r.readLease(ctx, o.Key)
+			if errors.Is(err, queue.ErrNotFound) {
+				continue // finished since the listing
+			}
+			if err != nil {
+				s.Problems = append(s.Problems, fmt.Sprintf("read lease of %s: %v", id, err))
+				continue
+			}
+			c = cached[leaseRead]{version: version(o), value: lr}
+			r.leases[o.Key] = c
+		}
+		f := get(id)
+		// The age is the listing's: a cached read is as old as its version.
+		a := leases.serverTime.Sub(o.LastModified)
+		f.LeaseAge = max(0, a.Round(time.Second))
+		if !c.value.ok {
+			f.State, f.Stale = "unreadable", protocol.Stale(a, r.ttl)
+			continue
+		}
+		l := c.value.info
+		f.Node, f.Attempt, f.State = l.Node, l.Attempts, l.State
+		f.Stale = protocol.Stale(a, l.TTL)
+	}
+	for k := range r.leases {
+		if !seen[k] {
+			delete(r.leases, k)
+		}
+	}
+	out := make([]Flight, 0, len(order))
+	for _, id := range order {
+		out = append(out, *byID[id])
+	}
+	slices.SortFunc(out, func(a, b Flight) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+func (r *reader) readLease(ctx context.Context, key string) (leaseRead, error) {
+	o, err := r.store.Get(ctx, key, maxLeaseBytes)
+	if err != nil && !errors.Is(err, queue.ErrTooLarge) {
+		return leaseRead{}, err
+	}
+	info, perr := protocol.ParseLease(o.Body)
+	return leaseRead{info: info, ok: err == nil && perr == nil}, nil
+}
+
+// maxLeaseBytes bounds a lease read; leases are about 300 bytes.
+const maxLeaseBytes = 64 << 10
+
+// headers bounds the HEAD requests of one refresh that run at once.
+const headers = 8
+
+// latest returns the newest results of a listing, newest first, with their
+// metadata (HEAD, once per version). S3 lists in key order, so "newest" is
+// among the keys listed: with the count a lower bound, newer ones may exist.
+func (r *reader) latest(ctx context.Context, st queue.State, l listing, s *Snapshot) []queue.Object {
+	objs := slices.Clone(l.objs)
+	slices.SortFunc(objs, func(a, b queue.Object) int {
+		return cmp.Or(b.LastModified.Compare(a.LastModified), cmp.Compare(a.Key, b.Key))
+	})
+	objs = objs[:min(len(objs), r.lim.results)]
+	// Drop the cached records of this state that are no longer among the
+	// latest, so the cache holds at most the latest of each state.
+	keep := map[string]bool{}
+	for _, o := range objs {
+		keep[o.Key] = true
+	}
+	dir := r.layout.Dir(st)
+	for k := range r.records {
+		if strings.HasPrefix(k, dir) && !keep[k] {
+			delete(r.records, k)
+		}
+	}
+	out := make([]queue.Object, len(objs))
+	errs := make([]error, len(objs))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, headers)
+	for i, o := range objs {
+		if c, ok := r.records[o.Key]; ok && c.version == version(o) {
+			out[i] = c.value
+			out[i].ServerTime = l.serverTime
+			continue
+		}
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			h, err := r.store.Head(ctx, o.Key)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			// Keep the listing's version: a HEAD of a newer version
+			// would be cached under the older one otherwise.
+			h.ETag, h.LastModified = o.ETag, o.LastModified
+			out[i] = h
+		})
+	}
+	wg.Wait()
+	res := make([]queue.Object, 0, len(out))
+	for i, o := range out {
+		switch {
+		case errors.Is(errs[i], queue.ErrNotFound):
+			// requeued or pruned since the listing
+		case errs[i] != nil:
+			s.Problems = append(s.Problems, fmt.Sprintf("read %s: %v", objs[i].Key, errs[i]))
+		default:
+			r.records[o.Key] = cached[queue.Object]{version: version(o), value: o}
+			res = append(res, o)
+		}
+	}
+	return res
+}
+
+// nodes gathers every node named by a lease or a recent result.
+func nodes(layout queue.Layout, inFlight []Flight, failed, completed []queue.Object) []Node {
+	byName := map[string]*Node{}
+	get := func(name string) *Node {
+		n, ok := byName[name]
+		if !ok {
+			n = &Node{Name: name, Running: []string{}}
+			byName[name] = n
+		}
+		return n
+	}
+	for _, f := range inFlight {
+		if f.Node != "" {
+			n := get(f.Node)
+			n.Running = append(n.Running, f.ID)
+		}
+	}
+	// The newest result per node, across both states.
+	for _, results := range []struct {
+		st   queue.State
+		objs []queue.Object
+	}{{queue.Failed, failed}, {queue.Completed, completed}} {
+		st := results.st
+		for _, o := range results.objs {
+			rec := protocol.ParseRecord(o.Metadata)
+			if rec.Node == "" {
+				continue
+			}
+			n := get(rec.Node)
+			a := age(o)
+			if n.Last == nil || a < n.Last.Age {
+				id, _ := layout.ID(st, o.Key)
+				n.Last = &Result{ID: id, Outcome: cmp.Or(rec.Outcome, string(st)), Reason: rec.Reason, Age: a}
+			}
+		}
+	}
+	out := make([]Node, 0, len(byName))
+	for _, n := range byName {
+		out = append(out, *n)
+	}
+	slices.SortFunc(out, func(a, b Node) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
