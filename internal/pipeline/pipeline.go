@@ -15,7 +15,6 @@ import (
 
 	"github.com/sourcegraph/conc"
 	"github.com/sourcegraph/conc/panics"
-	"github.com/sourcegraph/conc/pool"
 
 	"github.com/cellos/fleetd/internal/drain"
 	"github.com/cellos/fleetd/internal/exec"
@@ -89,7 +88,6 @@ func New(cfg Config, store Store, proto *protocol.Protocol, runner Runner, d *dr
 	p.lister = lister.New(lister.Config{
 		List:     p.listPending,
 		ID:       func(key string) (string, error) { return cfg.Layout.ParseID(queue.Pending, key) },
-		Slots:    cfg.Concurrency,
 		Interval: cfg.PollInterval,
 		Logger:   cfg.Logger,
 		Bounced:  cfg.Metrics.ListingBounced,
@@ -102,27 +100,37 @@ func New(cfg Config, store Store, proto *protocol.Protocol, runner Runner, d *dr
 // drainer's Work context ends.
 func (p *Pipeline) Run() {
 	intake := p.drain.Intake()
-	workers := pool.New().WithMaxGoroutines(p.cfg.Concurrency)
 
 	hbCtx, stopHeartbeat := context.WithCancel(context.Background())
 	var background conc.WaitGroup
 	background.Go(func() { p.heartbeat(hbCtx) })
 	background.Go(func() { p.recoverLoop(intake) })
 
-	p.lister.Run(intake, func(it lister.Item) {
-		workers.Go(func() {
-			defer p.lister.Done(it)
-			var pc panics.Catcher
-			pc.Try(func() { p.process(it) })
-			if r := pc.Recovered(); r != nil {
-				// A claim caught mid-way keeps its lease; recovery returns it.
-				p.log.Error("worker panic", "spec_id", it.ID, "err", r.AsError())
-			}
-		})
-	})
+	// Unbuffered: the lister's send completes only when a worker takes the
+	// key, so the number of workers is the one bound on work in flight.
+	keys := make(chan lister.Item)
+	var workers conc.WaitGroup
+	for range p.cfg.Concurrency {
+		workers.Go(func() { p.work(keys) })
+	}
+	p.lister.Run(intake, keys)
+	close(keys) // intake closed: the workers finish what they hold and return
 	workers.Wait()
 	stopHeartbeat()
 	background.Wait()
+}
+
+// work takes keys through the stages until keys is closed.
+func (p *Pipeline) work(keys <-chan lister.Item) {
+	for it := range keys {
+		var pc panics.Catcher
+		pc.Try(func() { p.process(it) })
+		if r := pc.Recovered(); r != nil {
+			// A claim caught mid-way keeps its lease; recovery returns it.
+			p.log.Error("worker panic", "spec_id", it.ID, "err", r.AsError())
+		}
+		p.lister.Done(it)
+	}
 }
 
 // HostBroken returns why this host cannot start the supervisor, nil when it
@@ -174,10 +182,10 @@ func (p *Pipeline) process(it lister.Item) {
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		log.Debug("spec gone before peek: taken by another node")
-		p.lister.Stale()
+		p.lister.Stale(it)
 		return
 	case errors.Is(err, queue.ErrTooLarge):
-		p.reject(log, spec, fmt.Sprintf("spec is %d bytes, over the limit of %d", obj.Size, p.cfg.MaxSpecBytes))
+		p.reject(log, it, spec, fmt.Sprintf("spec is %d bytes, over the limit of %d", obj.Size, p.cfg.MaxSpecBytes))
 		return
 	case err != nil:
 		if ctx.Err() == nil {
@@ -187,7 +195,7 @@ func (p *Pipeline) process(it lister.Item) {
 	}
 	view, err := gate.Parse(obj.Body)
 	if err != nil {
-		p.reject(log, spec, err.Error())
+		p.reject(log, it, spec, err.Error())
 		return
 	}
 	if !gate.Accepts(p.cfg.Pool, view) {
@@ -206,7 +214,7 @@ func (p *Pipeline) process(it lister.Item) {
 	switch {
 	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrGone):
 		log.Debug("claim conflict: another node has or had the spec", "err", err)
-		p.lister.Stale()
+		p.lister.Stale(it)
 		return
 	case err != nil:
 		log.Warn("claim failed; will retry", "err", err)
@@ -217,7 +225,7 @@ func (p *Pipeline) process(it lister.Item) {
 
 // reject files a spec that can never run under failed/ with the reason,
 // without running it: every node would reach the same verdict on the same bytes.
-func (p *Pipeline) reject(log *slog.Logger, spec protocol.Spec, reason string) {
+func (p *Pipeline) reject(log *slog.Logger, it lister.Item, spec protocol.Spec, reason string) {
 	if !p.drain.Begin() {
 		return
 	}
@@ -226,7 +234,7 @@ func (p *Pipeline) reject(log *slog.Logger, spec protocol.Spec, reason string) {
 	switch {
 	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrGone):
 		log.Debug("reject: spec held, changed or gone since it was read; judged again if still pending", "err", err)
-		p.lister.Stale()
+		p.lister.Stale(it)
 	case err != nil:
 		log.Warn("reject failed; will retry", "err", err)
 	}
