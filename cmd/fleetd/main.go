@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"sync"
 	"syscall"
 	"time"
 
@@ -25,10 +26,12 @@ import (
 
 	"github.com/cellos/fleetd/internal/drain"
 	"github.com/cellos/fleetd/internal/exec"
+	"github.com/cellos/fleetd/internal/heartbeat"
 	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/pipeline"
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/recovery"
 )
 
 // version is fleetd's semantic version; revision may be set with
@@ -116,20 +119,18 @@ func run(args []string, getenv func(string) string, environ []string, stdout, st
 	p := pipeline.New(pipeline.Config{
 		Node:         cfg.NodeID,
 		Pool:         cfg.PoolID,
-		Bucket:       cfg.Bucket,
-		Prefix:       cfg.Prefix,
-		QueueName:    cfg.QueueName,
 		Layout:       layout,
 		Concurrency:  cfg.Concurrency,
 		PollInterval: cfg.PollInterval,
-		Heartbeat:    cfg.Heartbeat,
 		MaxSpecBytes: cfg.MaxSpecBytes,
 		MaxAttempts:  cfg.MaxAttempts,
-		LeaseTTL:     cfg.LeaseTTL,
 		CellTimeout:  cfg.CellTimeout,
 		Logger:       log,
 		Metrics:      m,
 	}, store, proto, newRunner(cfg, supervisor, getenv, stdout, stderr), d)
+	rescuer := recovery.New(proto, d, cfg.LeaseTTL, log)
+	beat := heartbeat.Config{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
+		Pool: cfg.PoolID, Concurrency: cfg.Concurrency, InFlight: p.Cells, Logger: log}
 
 	log.Info("fleetd starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
@@ -148,7 +149,15 @@ func run(args []string, getenv func(string) string, environ []string, stdout, st
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		// The heartbeat lasts until the last cell is finished; recovery
+		// stops with intake.
+		beating, stopBeat := context.WithCancel(context.Background())
+		var background sync.WaitGroup
+		background.Go(func() { heartbeat.Run(beating, beat) })
+		background.Go(func() { rescuer.Run(d.Intake()) })
 		p.Run()
+		stopBeat()
+		background.Wait()
 	}()
 
 	sig := <-sigs

@@ -1,6 +1,6 @@
-// Package pipeline is fleetd's work loop: it takes pending keys from the lister
-// and moves each spec through peek, gate, claim, run and finalize on a bounded
-// pool of workers, and recovers the specs of nodes that died.
+// Package pipeline is fleetd's work loop: a lister goroutine feeds pending
+// keys into a channel drained by N workers, each taking a key through the
+// stages peek, gate, claim, run and finish.
 package pipeline
 
 import (
@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"sync/atomic"
 	"time"
@@ -47,16 +46,11 @@ var _ Runner = (*exec.Runner)(nil)
 type Config struct {
 	Node         string
 	Pool         string
-	Bucket       string // for heartbeat events only
-	Prefix       string // for heartbeat events only
-	QueueName    string // for heartbeat events only
 	Layout       queue.Layout
 	Concurrency  int
 	PollInterval time.Duration
-	Heartbeat    time.Duration
 	MaxSpecBytes int64
 	MaxAttempts  int
-	LeaseTTL     time.Duration // recovery offers to scan once per ttl
 	CellTimeout  time.Duration
 	Logger       *slog.Logger
 	Metrics      *metrics.Metrics
@@ -100,12 +94,6 @@ func New(cfg Config, store Store, proto *protocol.Protocol, runner Runner, d *dr
 // drainer's Work context ends.
 func (p *Pipeline) Run() {
 	intake := p.drain.Intake()
-
-	hbCtx, stopHeartbeat := context.WithCancel(context.Background())
-	var background conc.WaitGroup
-	background.Go(func() { p.heartbeat(hbCtx) })
-	background.Go(func() { p.recoverLoop(intake) })
-
 	// Unbuffered: the lister's send completes only when a worker takes the
 	// key, so the number of workers is the one bound on work in flight.
 	keys := make(chan lister.Item)
@@ -116,8 +104,6 @@ func (p *Pipeline) Run() {
 	p.lister.Run(intake, keys)
 	close(keys) // intake closed: the workers finish what they hold and return
 	workers.Wait()
-	stopHeartbeat()
-	background.Wait()
 }
 
 // work takes keys through the stages until keys is closed.
@@ -330,47 +316,4 @@ func (p *Pipeline) runCell(ctx context.Context, c *protocol.Claim) exec.Result {
 	p.m.CellEnded(res.Duration)
 	c.Log().Info("cell ended", "result", res.String(), "duration_ms", res.Duration.Milliseconds())
 	return res
-}
-
-// recoverLoop offers to scan for the work of dead nodes about once a lease
-// ttl (±10%, so agents spread out) until ctx ends; the protocol lets one
-// agent of the fleet scan per ttl/2.
-func (p *Pipeline) recoverLoop(ctx context.Context) {
-	wait := time.Duration(rand.Int64N(int64(p.cfg.LeaseTTL))) // first look: anywhere in a ttl
-	for {
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		wait = p.cfg.LeaseTTL*9/10 + time.Duration(rand.Int64N(int64(p.cfg.LeaseTTL)/5+1))
-		if !p.drain.Begin() {
-			return
-		}
-		_, err := p.proto.RecoverIfDue(p.drain.Abort(), ctx.Done())
-		p.drain.End()
-		if err != nil && ctx.Err() == nil {
-			p.log.Warn("recovery scan failed; will retry", "err", err)
-		}
-	}
-}
-
-// heartbeat logs the 0.5.1 heartbeat event until ctx ends.
-func (p *Pipeline) heartbeat(ctx context.Context) {
-	t := time.NewTicker(p.cfg.Heartbeat)
-	defer t.Stop()
-	for {
-		p.log.Info("heartbeat",
-			"event_type", "dev.cellos.events.fleet.v1.heartbeat",
-			"bucket", p.cfg.Bucket, "prefix", p.cfg.Prefix,
-			"queue_name", p.cfg.QueueName, "pool_id", p.cfg.Pool,
-			"in_flight", p.Cells(), "concurrency", p.cfg.Concurrency)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
