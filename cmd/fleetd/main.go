@@ -88,7 +88,7 @@ func run(args []string, getenv func(string) string, environ []string, stdout, st
 		// Keyed by the unknown variable, valued by the closest known one.
 		log.Warn("unknown variables ignored", "did_you_mean", unknown)
 	}
-	m := metrics.New(cfg.Concurrency, version, shortRevision())
+	m := metrics.New(cfg.Concurrency, version, shortRevision(), protocol.OutcomeLabels()...)
 
 	client, err := newS3Client(cfg, getenv, m)
 	if err != nil {

@@ -166,7 +166,9 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 		p.settle(c, c.Release(abort, quit, false))
 		return
 	case res.Stopped && errors.Is(end.cause, errCellTimeout):
-		rec.Outcome, rec.Reason = protocol.Timeout, "timeout"
+		// Filed as failed (0.5.1 readers know two outcomes); the reason
+		// names the outcome.
+		rec.Outcome, rec.Reason = protocol.Timeout, string(protocol.Timeout)
 	case res.Stopped:
 		c.Log().Warn("cell stopped by the drain deadline; releasing to pending/", "result", res.String())
 		p.settle(c, c.Release(abort, quit, false))
