@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"sync"
 	"syscall"
 	"time"
 
@@ -25,10 +26,12 @@ import (
 
 	"github.com/cellos/fleetd/internal/drain"
 	"github.com/cellos/fleetd/internal/exec"
+	"github.com/cellos/fleetd/internal/heartbeat"
 	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/pipeline"
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/recovery"
 )
 
 // version is fleetd's semantic version; revision may be set with
@@ -98,7 +101,7 @@ func run(args []string, getenv func(string) string, environ []string, stdin io.R
 		// Keyed by the unknown variable, valued by the closest known one.
 		log.Warn("unknown variables ignored", "did_you_mean", unknown)
 	}
-	m := metrics.New(cfg.Concurrency, version, shortRevision())
+	m := metrics.New(cfg.Concurrency, version, shortRevision(), protocol.OutcomeLabels()...)
 	prog := newProgress(time.Now())
 
 	client, err := newS3Client(cfg, getenv, m, prog.S3Attempt)
@@ -130,20 +133,18 @@ func run(args []string, getenv func(string) string, environ []string, stdin io.R
 	p := pipeline.New(pipeline.Config{
 		Node:         cfg.NodeID,
 		Pool:         cfg.PoolID,
-		Bucket:       cfg.Bucket,
-		Prefix:       cfg.Prefix,
-		QueueName:    cfg.QueueName,
 		Layout:       layout,
 		Concurrency:  cfg.Concurrency,
 		PollInterval: cfg.PollInterval,
-		Heartbeat:    cfg.Heartbeat,
 		MaxSpecBytes: cfg.MaxSpecBytes,
 		MaxAttempts:  cfg.MaxAttempts,
-		LeaseTTL:     cfg.LeaseTTL,
 		CellTimeout:  cfg.CellTimeout,
 		Logger:       log,
 		Metrics:      m,
 	}, store, proto, prog.Runner(newRunner(cfg, supervisor, getenv, stdout, stderr)), d)
+	rescuer := recovery.New(proto, d, cfg.LeaseTTL, log)
+	beat := heartbeat.Config{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
+		Pool: cfg.PoolID, Concurrency: cfg.Concurrency, InFlight: p.Cells, Logger: log}
 
 	log.Info("fleetd starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
@@ -162,7 +163,15 @@ func run(args []string, getenv func(string) string, environ []string, stdin io.R
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		// The heartbeat lasts until the last cell is finished; recovery
+		// stops with intake.
+		beating, stopBeat := context.WithCancel(context.Background())
+		var background sync.WaitGroup
+		background.Go(func() { heartbeat.Run(beating, beat) })
+		background.Go(func() { rescuer.Run(d.Intake()) })
 		p.Run()
+		stopBeat()
+		background.Wait()
 	}()
 
 	sig := <-sigs

@@ -1,5 +1,7 @@
-// Package lister turns a listing of pending keys into a stream of work items,
-// never handing out more items than there are free worker slots.
+// Package lister turns a listing of pending keys into a stream of work items
+// on a channel. It sends each item only when a worker takes it, so it never
+// holds more keys than there are idle workers; how many workers there are is
+// the receiver's business alone.
 package lister
 
 import (
@@ -23,6 +25,8 @@ type Item struct {
 	Key  string
 	ID   string
 	ETag string // as listed
+
+	pass int // the listing that handed it out
 }
 
 // Config configures a Lister.
@@ -32,27 +36,30 @@ type Config struct {
 	// ID returns the spec id of a pending key, or an error saying why the key
 	// is not work.
 	ID func(key string) (id string, err error)
-	// Slots is the number of workers: items handed out and not yet Done.
-	Slots int
 	// Interval is the time between listings when the last one found no work.
 	Interval time.Duration
 	Logger   *slog.Logger
 	// Bounced, if set, is told of each listing that handed out only keys it
 	// had handed out before at the same ETag, after which the lister waits.
 	Bounced func()
-	// After is the timer the lister waits on; nil means time.After.
+	// After is the timer the lister waits on between listings; nil means
+	// time.After.
 	After func(time.Duration) <-chan time.Time
+	// BusyAfter is the timer that bounds a wait for an idle worker; nil means
+	// time.After. It is its own hook because it may start while a worker is
+	// only between two items, which a test's timer must not count as a wait.
+	BusyAfter func(time.Duration) <-chan time.Time
 }
 
 // maxRemembered bounds the sets of keys the lister remembers, so a queue full of
 // junk cannot grow the agent's memory without end.
 const maxRemembered = 100_000
 
-// Lister lists pending keys and hands each to a worker once a slot is free.
+// Lister lists pending keys and hands each to a worker once one is idle.
 type Lister struct {
-	cfg   Config
-	slots chan struct{} // one token per item handed out and not yet Done
-	stale atomic.Bool   // a worker found the listing out of date
+	cfg        Config
+	stale      atomic.Bool   // a worker found the listing out of date
+	staleAlarm chan struct{} // wakes a send blocked on busy workers; capacity 1
 
 	mu       sync.Mutex
 	inFlight map[string]bool
@@ -71,24 +78,27 @@ type remembered struct {
 // New returns a Lister.
 func New(cfg Config) *Lister {
 	return &Lister{
-		cfg:      cfg,
-		slots:    make(chan struct{}, cfg.Slots),
-		inFlight: map[string]bool{},
-		rejected: map[string]remembered{},
-		tried:    map[string]remembered{},
-		ignored:  map[string]bool{},
+		cfg:        cfg,
+		staleAlarm: make(chan struct{}, 1),
+		inFlight:   map[string]bool{},
+		rejected:   map[string]remembered{},
+		tried:      map[string]remembered{},
+		ignored:    map[string]bool{},
 	}
 }
 
 // errStale ends a listing that a worker found out of date.
 var errStale = errors.New("listing out of date")
 
-// errBusy ends a listing that waited a whole interval for a free slot: the
+// errBusy ends a listing that waited a whole interval for an idle worker: the
 // rest of the page has aged, and a fresh listing keeps the poll alive.
-var errBusy = errors.New("every slot busy for an interval")
+var errBusy = errors.New("every worker busy for an interval")
 
-// Run lists and dispatches until ctx ends. dispatch is called from Run's
-// goroutine with a slot already taken for the item; the worker must call Done.
+// Run lists and sends items on out until ctx ends; it never closes out. out
+// should be unbuffered, so that a send completes only when a worker takes the
+// item: the lister then holds at most one key no worker has, and the number
+// of workers receiving is the one bound on work in flight. The worker must
+// call Done with each item it received.
 // A listing that handed out work is followed at once by another; otherwise the
 // next comes at the next tick of a steady cadence of one interval, each tick
 // jittered by ±5% so agents spread out. The cadence does not restart after
@@ -98,14 +108,14 @@ var errBusy = errors.New("every slot busy for an interval")
 // keep bouncing (claimed elsewhere, unreadable) come back in every listing, and
 // relisting at once for them would spin on S3 without end.
 //
-// With every slot busy, the lister waits for one at most an interval, then
+// With every worker busy, the lister waits for one at most an interval, then
 // lists afresh: a busy node keeps polling once an interval (its readiness
 // rests on it) and never hands out a key from a listing older than that.
-func (l *Lister) Run(ctx context.Context, dispatch func(Item)) {
-	after := l.after()
+func (l *Lister) Run(ctx context.Context, out chan<- Item) {
+	after := orTimeAfter(l.cfg.After)
 	next := time.Now()
 	for {
-		found, handedOut, err := l.listOnce(ctx, dispatch)
+		found, handedOut, err := l.listOnce(ctx, out)
 		if ctx.Err() != nil {
 			return
 		}
@@ -133,25 +143,32 @@ func (l *Lister) Run(ctx context.Context, dispatch func(Item)) {
 	}
 }
 
-func (l *Lister) after() func(time.Duration) <-chan time.Time {
-	if l.cfg.After != nil {
-		return l.cfg.After
+func orTimeAfter(f func(time.Duration) <-chan time.Time) func(time.Duration) <-chan time.Time {
+	if f != nil {
+		return f
 	}
 	return time.After
 }
 
-// takeSlot waits for a free slot: at once if one is free, else for up to an
-// interval (errBusy after that).
-func (l *Lister) takeSlot(ctx context.Context) error {
+// send hands it to an idle worker: at once if one waits, else when one comes
+// free within an interval (errBusy after that). A worker that finds the
+// listing stale says so before it takes another item, so the stale check
+// comes first and a blocked send wakes for it.
+func (l *Lister) send(ctx context.Context, out chan<- Item, it Item) error {
+	if l.stale.Load() {
+		return errStale
+	}
 	select {
-	case l.slots <- struct{}{}:
+	case out <- it:
 		return nil
 	default:
 	}
-	busy := l.after()(l.cfg.Interval)
+	busy := orTimeAfter(l.cfg.BusyAfter)(l.cfg.Interval)
 	select {
-	case l.slots <- struct{}{}:
+	case out <- it:
 		return nil
+	case <-l.staleAlarm:
+		return errStale
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-busy:
@@ -159,17 +176,30 @@ func (l *Lister) takeSlot(ctx context.Context) error {
 	}
 }
 
-// Stale tells the lister that an item it handed out was already gone or
+// Stale tells the lister that it, an item it handed out, was already gone or
 // claimed elsewhere: the rest of its listing is likely gone too, so it lists
-// afresh rather than hand out more keys other nodes have taken.
-func (l *Lister) Stale() { l.stale.Store(true) }
+// afresh rather than hand out more keys other nodes have taken. An item of an
+// older listing says nothing about the current one, which is newer.
+func (l *Lister) Stale(it Item) {
+	l.mu.Lock()
+	current := it.pass == l.pass
+	l.mu.Unlock()
+	if !current {
+		return
+	}
+	l.stale.Store(true)
+	select {
+	case l.staleAlarm <- struct{}{}:
+	default:
+	}
+}
 
-// Done returns the slot of a finished item.
+// Done marks an item a worker received as finished: its key may be handed
+// out again.
 func (l *Lister) Done(it Item) {
 	l.mu.Lock()
 	delete(l.inFlight, it.Key)
 	l.mu.Unlock()
-	<-l.slots
 }
 
 // Reject remembers that key was refused at etag, so it is not handed out again
@@ -182,17 +212,18 @@ func (l *Lister) Reject(key, etag string) {
 	}
 }
 
-// InFlight returns the number of items handed out and not yet Done.
-func (l *Lister) InFlight() int { return len(l.slots) }
-
 // listOnce makes one full listing. It reports whether it handed out work (a key
 // not handed out before at the same ETag) and how many items it handed out.
-func (l *Lister) listOnce(ctx context.Context, dispatch func(Item)) (found bool, handedOut int, err error) {
+func (l *Lister) listOnce(ctx context.Context, out chan<- Item) (found bool, handedOut int, err error) {
 	l.mu.Lock()
 	l.pass++
 	pass := l.pass
 	l.mu.Unlock()
 	l.stale.Store(false)
+	select {
+	case <-l.staleAlarm: // from the last listing
+	default:
+	}
 
 	listed := 0
 	err = l.cfg.List(ctx, func(page []Entry) error {
@@ -202,20 +233,22 @@ func (l *Lister) listOnce(ctx context.Context, dispatch func(Item)) (found bool,
 		// makes them collide on the same key far less often.
 		rand.Shuffle(len(items), func(i, j int) { items[i], items[j] = items[j], items[i] })
 		for _, it := range items {
-			if err := l.takeSlot(ctx); err != nil {
-				return err
-			}
-			if l.stale.Load() {
-				<-l.slots
-				return errStale
-			}
 			l.mu.Lock()
 			if l.inFlight[it.Key] {
 				l.mu.Unlock()
-				<-l.slots
 				continue
 			}
+			// In flight before the send: the worker may call Done before the
+			// send returns here.
 			l.inFlight[it.Key] = true
+			l.mu.Unlock()
+			if err := l.send(ctx, out, it); err != nil {
+				l.mu.Lock()
+				delete(l.inFlight, it.Key)
+				l.mu.Unlock()
+				return err
+			}
+			l.mu.Lock()
 			// A key too many to remember counts as work, as it did before.
 			t, ok := l.tried[it.Key]
 			if !ok || t.etag != it.ETag {
@@ -226,7 +259,6 @@ func (l *Lister) listOnce(ctx context.Context, dispatch func(Item)) (found bool,
 			}
 			l.mu.Unlock()
 			handedOut++
-			dispatch(it)
 		}
 		return nil
 	})
@@ -269,7 +301,7 @@ func (l *Lister) candidates(page []Entry, pass int) []Item {
 		if l.inFlight[e.Key] {
 			continue
 		}
-		items = append(items, Item{Key: e.Key, ID: id, ETag: e.ETag})
+		items = append(items, Item{Key: e.Key, ID: id, ETag: e.ETag, pass: pass})
 	}
 	return items
 }

@@ -18,12 +18,19 @@ type fakeQueue struct {
 	mu      sync.Mutex
 	entries []Entry
 	lists   int
+	before  func(n int) // if set, called before the nth listing (from 1)
 }
 
 func (f *fakeQueue) list(ctx context.Context, fn func([]Entry) error) error {
 	f.mu.Lock()
-	entries := append([]Entry(nil), f.entries...)
 	f.lists++
+	n, before := f.lists, f.before
+	f.mu.Unlock()
+	if before != nil {
+		before(n)
+	}
+	f.mu.Lock()
+	entries := append([]Entry(nil), f.entries...)
 	f.mu.Unlock()
 	for i := 0; i < len(entries); i += 2 {
 		if err := fn(entries[i:min(i+2, len(entries))]); err != nil {
@@ -49,42 +56,73 @@ func id(key string) (string, error) {
 	return strings.TrimSuffix(name, ".json"), nil
 }
 
-func newLister(q *fakeQueue, slots int) *Lister {
+func newLister(q *fakeQueue) *Lister {
 	return New(Config{
 		List:     q.list,
 		ID:       id,
-		Slots:    slots,
 		Interval: time.Hour, // only explicit listings in these tests
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 }
 
-func TestListOnceNeverExceedsSlots(t *testing.T) {
+// collect makes one listing with a worker always ready, which never calls
+// Done, and returns the ids handed out.
+func collect(t *testing.T, l *Lister) []string {
+	t.Helper()
+	out := make(chan Item)
+	got := make(chan []string)
+	go func() {
+		var ids []string
+		for it := range out {
+			ids = append(ids, it.ID)
+		}
+		got <- ids
+	}()
+	_, _, err := l.listOnce(context.Background(), out)
+	close(out)
+	ids := <-got
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+func TestListOnceHandsOutOnlyToIdleWorkers(t *testing.T) {
 	t.Parallel()
 	q := &fakeQueue{}
 	q.set(Entry{"pending/a.json", "1"}, Entry{"pending/b.json", "1"}, Entry{"pending/c.json", "1"})
-	l := newLister(q, 2)
+	l := newLister(q)
+	out := make(chan Item)
 	got := make(chan Item, 3)
+	release := make(chan struct{})
+	for range 2 { // two workers, each holding its item until released
+		go func() {
+			for it := range out {
+				got <- it
+				<-release
+				l.Done(it)
+			}
+		}()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_, _, _ = l.listOnce(ctx, func(it Item) { got <- it })
+		_, _, _ = l.listOnce(ctx, out)
 	}()
 	first, second := <-got, <-got
 	select {
 	case it := <-got:
-		t.Fatalf("third item %v handed out with both slots taken", it)
+		t.Fatalf("third item %v handed out with both workers busy", it)
 	case <-time.After(50 * time.Millisecond):
 		// Proving a negative: give the lister time to misbehave.
 	}
-	if l.InFlight() != 2 {
-		t.Fatalf("InFlight = %d, want 2", l.InFlight())
-	}
-	l.Done(first)
+	release <- struct{}{}
 	third := <-got
 	<-done
+	close(out)
+	close(release)
 	seen := map[string]bool{first.ID: true, second.ID: true, third.ID: true}
 	if len(seen) != 3 {
 		t.Fatalf("handed out %v %v %v, want a, b, c once each", first, second, third)
@@ -94,28 +132,21 @@ func TestListOnceNeverExceedsSlots(t *testing.T) {
 func TestListOnceSkips(t *testing.T) {
 	t.Parallel()
 	q := &fakeQueue{}
-	l := newLister(q, 10)
-	collect := func() []string {
-		var ids []string
-		if _, _, err := l.listOnce(context.Background(), func(it Item) { ids = append(ids, it.ID) }); err != nil {
-			t.Fatal(err)
-		}
-		return ids
-	}
+	l := newLister(q)
 	q.set(Entry{"pending/a.json", "1"}, Entry{"pending/sub/b.json", "1"}, Entry{"pending/c.txt", "1"}, Entry{"pending/.json", "1"})
-	if got := collect(); len(got) != 1 || got[0] != "a" {
+	if got := collect(t, l); len(got) != 1 || got[0] != "a" {
 		t.Fatalf("first listing handed out %v, want [a]", got)
 	}
-	if got := collect(); len(got) != 0 {
+	if got := collect(t, l); len(got) != 0 {
 		t.Fatalf("a is in flight, yet handed out %v", got)
 	}
 	l.Done(Item{Key: "pending/a.json"})
 	l.Reject("pending/a.json", "1")
-	if got := collect(); len(got) != 0 {
+	if got := collect(t, l); len(got) != 0 {
 		t.Fatalf("rejected a at the same ETag, yet handed out %v", got)
 	}
 	q.set(Entry{"pending/a.json", "2"})
-	if got := collect(); len(got) != 1 || got[0] != "a" {
+	if got := collect(t, l); len(got) != 1 || got[0] != "a" {
 		t.Fatalf("a changed ETag: handed out %v, want [a]", got)
 	}
 	if len(l.ignored) != 3 {
@@ -126,12 +157,14 @@ func TestListOnceSkips(t *testing.T) {
 func TestRejectionsForgottenWhenKeyGoes(t *testing.T) {
 	t.Parallel()
 	q := &fakeQueue{}
-	l := newLister(q, 10)
+	l := newLister(q)
 	l.Reject("pending/a.json", "1")
 	q.set(Entry{"pending/a.json", "1"})
-	_, _, _ = l.listOnce(context.Background(), func(Item) { t.Fatal("rejected key handed out") })
+	if got := collect(t, l); len(got) != 0 {
+		t.Fatalf("rejected key handed out: %v", got)
+	}
 	q.set()
-	_, _, _ = l.listOnce(context.Background(), func(Item) {})
+	collect(t, l)
 	if len(l.rejected) != 0 {
 		t.Fatalf("rejected = %v after the key left the listing, want empty", l.rejected)
 	}
@@ -141,23 +174,26 @@ func TestStaleListingIsAbandoned(t *testing.T) {
 	t.Parallel()
 	q := &fakeQueue{}
 	q.set(Entry{"pending/a.json", "1"}, Entry{"pending/b.json", "1"}, Entry{"pending/c.json", "1"})
-	l := newLister(q, 10)
-	var got []Item
-	_, _, err := l.listOnce(context.Background(), func(it Item) {
-		got = append(got, it)
-		l.Stale() // the worker found this key gone
-	})
+	l := newLister(q)
+	out := make(chan Item)
+	got := make(chan Item, 3)
+	go func() { // one worker: it finds its key gone and is busy after
+		it := <-out
+		got <- it
+		l.Stale(it)
+	}()
+	_, _, err := l.listOnce(context.Background(), out)
 	if !errors.Is(err, errStale) || len(got) != 1 {
-		t.Fatalf("listOnce = %v after handing out %v; want errStale after one item", err, got)
+		t.Fatalf("listOnce = %v after handing out %d items; want errStale after one item", err, len(got))
 	}
-	if l.InFlight() != 1 {
-		t.Errorf("InFlight = %d, want only the item handed out", l.InFlight())
+	if n := len(l.inFlight); n != 1 {
+		t.Errorf("%d keys in flight, want only the item handed out", n)
 	}
 }
 
-// runWatched runs a lister whose timer is the test's: each wait for the
-// interval is reported on waits and ends when the test sends on fire. hot is
-// closed if the lister lists 20 times without waiting.
+// runWatched runs a lister whose timer between listings is the test's: each
+// wait for the interval is reported on waits and ends when the test sends on
+// fire. hot is closed if the lister lists 20 times without waiting.
 type runWatched struct {
 	l       *Lister
 	q       *fakeQueue
@@ -167,7 +203,9 @@ type runWatched struct {
 	bounced atomic.Int32
 }
 
-func startWatched(t *testing.T, q *fakeQueue, slots int, dispatch func(*Lister, Item)) *runWatched {
+// startWatched starts the lister and n workers that pass each item to handle,
+// which must call Done. busyAfter, if set, is the lister's BusyAfter.
+func startWatched(t *testing.T, q *fakeQueue, n int, handle func(*Lister, Item), busyAfter func(time.Duration) <-chan time.Time) *runWatched {
 	t.Helper()
 	w := &runWatched{q: q, waits: make(chan int), fire: make(chan time.Time), hot: make(chan struct{})}
 	var hotOnce sync.Once
@@ -180,27 +218,44 @@ func startWatched(t *testing.T, q *fakeQueue, slots int, dispatch func(*Lister, 
 			return q.list(ctx, fn)
 		},
 		ID:       id,
-		Slots:    slots,
 		Interval: time.Hour,
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Bounced:  func() { w.bounced.Add(1) },
 		After: func(time.Duration) <-chan time.Time {
 			sinceWait = 0
-			q.mu.Lock()
-			n := q.lists
-			q.mu.Unlock()
-			w.waits <- n
+			w.waits <- q.listings()
 			return w.fire
 		},
+		BusyAfter: busyAfter,
 	})
+	out := make(chan Item)
+	var workers sync.WaitGroup
+	for range n {
+		workers.Go(func() {
+			for it := range out {
+				handle(w.l, it)
+			}
+		})
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		w.l.Run(ctx, func(it Item) { dispatch(w.l, it) })
+		w.l.Run(ctx, out)
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		close(out)
+		workers.Wait()
+	})
 	return w
+}
+
+func (f *fakeQueue) listings() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lists
 }
 
 // nextWait returns the number of listings made when the lister next waits
@@ -220,8 +275,8 @@ func (w *runWatched) nextWait(t *testing.T) int {
 
 func TestBouncedListingsWaitForInterval(t *testing.T) {
 	t.Parallel()
-	// More keys that bounce than free slots: claimed elsewhere (the worker
-	// says Stale) or unreadable (the worker just gives the slot back).
+	// More keys that bounce than workers: claimed elsewhere (the worker
+	// says Stale) or unreadable (the worker just finishes with it).
 	for _, stale := range []bool{true, false} {
 		t.Run(map[bool]string{true: "claimed elsewhere", false: "unreadable"}[stale], func(t *testing.T) {
 			t.Parallel()
@@ -229,10 +284,10 @@ func TestBouncedListingsWaitForInterval(t *testing.T) {
 			q.set(Entry{"pending/a.json", "1"}, Entry{"pending/b.json", "1"}, Entry{"pending/c.json", "1"})
 			w := startWatched(t, q, 2, func(l *Lister, it Item) {
 				if stale {
-					l.Stale()
+					l.Stale(it)
 				}
 				l.Done(it)
-			})
+			}, nil)
 			// Each key is new once (the listing after it comes at once);
 			// every other listing is followed by a wait.
 			waits, lists := 1, w.nextWait(t)
@@ -255,7 +310,14 @@ func TestListingWithWorkRelistsAtOnce(t *testing.T) {
 	q := &fakeQueue{}
 	q.set(Entry{"pending/k1.json", "1"})
 	// Each spec, once taken, leaves pending/ and a new one is submitted, so
-	// every listing finds exactly one new key, five times.
+	// every listing finds exactly one new key, five times. A listing waits
+	// for the worker to have handled the last key, as S3 would show it.
+	handled := make(chan struct{}, 5)
+	q.before = func(n int) {
+		if n > 1 && n <= 6 {
+			<-handled
+		}
+	}
 	w := startWatched(t, q, 1, func(l *Lister, it Item) {
 		n := int(it.ID[1] - '0')
 		if n < 5 {
@@ -264,7 +326,8 @@ func TestListingWithWorkRelistsAtOnce(t *testing.T) {
 			q.set()
 		}
 		l.Done(it)
-	})
+		handled <- struct{}{}
+	}, nil)
 	if n := w.nextWait(t); n != 6 {
 		t.Errorf("first wait after %d listings, want 6: five with work, then an empty one", n)
 	}
@@ -273,39 +336,68 @@ func TestListingWithWorkRelistsAtOnce(t *testing.T) {
 	}
 }
 
-// TestBusyListerKeepsPolling: with every slot held by a long cell, the lister
-// lists afresh once an interval instead of waiting on an old listing for a
-// slot, and counts that as neither work nor bounced.
+// TestBusyListerKeepsPolling: with every worker held by a long cell, the
+// lister lists afresh once an interval instead of waiting on an old listing
+// for a worker, and counts that as neither work nor bounced.
 func TestBusyListerKeepsPolling(t *testing.T) {
 	t.Parallel()
 	q := &fakeQueue{}
 	q.set(Entry{"pending/a.json", "1"}, Entry{"pending/b.json", "1"}, Entry{"pending/c.json", "1"})
 	got := make(chan Item, 3)
-	w := startWatched(t, q, 1, func(_ *Lister, it Item) { got <- it }) // holds its slot
-	first := <-got
-	lists := w.nextWait(t)
-	for range 4 {
-		w.fire <- time.Now()
-		if n := w.nextWait(t); n != lists+1 {
-			t.Fatalf("%d listings after an interval at capacity, want %d: one per interval", n, lists+1)
+	release := make(chan struct{})
+	// The busy timer is the test's. It may also start while the worker is
+	// only on its way back to the channel, so its starts are recorded, not
+	// waited for; busy ends when the test sends on busyFire.
+	busyStarts := make(chan int, 100)
+	busyFire := make(chan time.Time)
+	w := startWatched(t, q, 1, func(l *Lister, it Item) { // holds its item until released
+		got <- it
+		<-release
+		l.Done(it)
+	}, func(time.Duration) <-chan time.Time {
+		busyStarts <- q.listings()
+		return busyFire
+	})
+	t.Cleanup(func() { close(release) }) // before the lister's cleanup waits for the worker
+	// nextBusy returns when the lister waits for the worker in listing n.
+	nextBusy := func(n int) {
+		t.Helper()
+		for {
+			select {
+			case got := <-busyStarts:
+				if got > n {
+					t.Fatalf("listing %d while waiting for listing %d to be busy", got, n)
+				}
+				if got == n {
+					return
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("listing %d did not wait for a busy worker within 10s", n)
+			}
 		}
+	}
+	first := <-got
+	lists := 1
+	nextBusy(lists)
+	for range 4 {
+		busyFire <- time.Now() // received only by a lister waiting on it
 		lists++
+		nextBusy(lists)
 	}
 	if n := len(got); n != 0 {
-		t.Fatalf("%d items handed out with the only slot held", n)
+		t.Fatalf("%d items handed out with the only worker busy", n)
 	}
 	if b := w.bounced.Load(); b != 0 {
 		t.Errorf("Bounced called %d times at capacity, want 0", b)
 	}
-	// The slot frees while the lister waits for it: the next key goes at once.
-	w.l.Done(first)
+	// The worker frees while the lister waits for it: the next key goes at once.
+	release <- struct{}{}
 	select {
 	case it := <-got:
 		if it.Key == first.Key {
 			t.Errorf("handed out %v again", it)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("no item handed out within 10s of a slot freeing")
+		t.Fatal("no item handed out within 10s of the worker freeing")
 	}
-	w.nextWait(t) // at capacity again: waiting for a slot, as cleanup expects
 }

@@ -13,17 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Outcomes of a cell, the values of fleetd_cells_finished_total's label.
-const (
-	Completed = "completed"
-	Failed    = "failed"
-	Timeout   = "timeout"
-	Rejected  = "rejected"  // never run: a bad spec
-	Released  = "released"  // returned to pending/: drain deadline or recovery
-	Abandoned = "abandoned" // max attempts reached
-	Lost      = "lost"      // lease taken over while running
-)
-
 // Metrics holds every fleetd metric. The zero value is not usable; use New.
 type Metrics struct {
 	reg            *prometheus.Registry
@@ -47,8 +36,11 @@ type Metrics struct {
 }
 
 // New registers fleetd's metrics, Go runtime and process collectors included,
-// on a registry of its own.
-func New(concurrency int, version, revision string) *Metrics {
+// on a registry of its own. outcomes are the values of
+// fleetd_cells_finished_total's outcome label (protocol.OutcomeLabels): each
+// is shown at zero from the start, so rates work before the first event.
+// Metrics defines none of its own, so the protocol's set is the only one.
+func New(concurrency int, version, revision string, outcomes ...string) *Metrics {
 	reg := prometheus.NewRegistry()
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
 	m := &Metrics{reg: reg}
@@ -85,8 +77,7 @@ func New(concurrency int, version, revision string) *Metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
-	// Outcomes appear at zero from the start, so rates work before the first event.
-	for _, o := range []string{Completed, Failed, Timeout, Rejected, Released, Abandoned, Lost} {
+	for _, o := range outcomes {
 		m.cellsFinished.WithLabelValues(o)
 	}
 	return m
@@ -109,7 +100,8 @@ func (m *Metrics) CellEnded(d time.Duration) {
 	m.cellDuration.Observe(d.Seconds())
 }
 
-// Finished counts a spec that left this node with outcome.
+// Finished counts a spec that left this node with outcome, one of New's
+// outcomes.
 func (m *Metrics) Finished(outcome string) { m.cellsFinished.WithLabelValues(outcome).Inc() }
 
 // ClaimConflict counts a claim lost to another node.

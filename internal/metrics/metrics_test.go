@@ -56,3 +56,26 @@ func TestS3ErrorsCountOnlyWhatPagesAnOperator(t *testing.T) {
 		}
 	}
 }
+
+func TestOutcomesShownAtZeroFromTheStart(t *testing.T) {
+	t.Parallel()
+	m := New(1, "v", "r", "done", "broke")
+	families, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "fleetd_cells_finished_total" {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				got[l.GetValue()] = s.GetCounter().GetValue()
+			}
+		}
+	}
+	if len(got) != 2 || got["done"] != 0 || got["broke"] != 0 {
+		t.Errorf("fleetd_cells_finished_total series %v, want done and broke at 0", got)
+	}
+}

@@ -1,25 +1,19 @@
-// Package pipeline is fleetd's work loop: it takes pending keys from the lister
-// and moves each spec through peek, gate, claim, run and finalize on a bounded
-// pool of workers, and recovers the specs of nodes that died.
+// Package pipeline is fleetd's work loop: a lister goroutine feeds pending
+// keys into a channel drained by N workers, each taking a key through the
+// stages peek, gate, claim, run and finish (stages.go).
 package pipeline
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"os"
 	"sync/atomic"
 	"time"
 
 	"github.com/sourcegraph/conc"
 	"github.com/sourcegraph/conc/panics"
-	"github.com/sourcegraph/conc/pool"
 
 	"github.com/cellos/fleetd/internal/drain"
 	"github.com/cellos/fleetd/internal/exec"
-	"github.com/cellos/fleetd/internal/gate"
 	"github.com/cellos/fleetd/internal/lister"
 	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/protocol"
@@ -43,21 +37,26 @@ type Runner interface {
 
 var _ Runner = (*exec.Runner)(nil)
 
+// intake is what the workers tell the lister about the keys it handed out;
+// *lister.Lister implements it.
+type intake interface {
+	Stale(lister.Item)
+	Reject(key, etag string)
+	Done(lister.Item)
+}
+
+var _ intake = (*lister.Lister)(nil)
+
 // Config is what the pipeline needs to know. Durations must be positive, except
 // CellTimeout where zero means none.
 type Config struct {
 	Node         string
 	Pool         string
-	Bucket       string // for heartbeat events only
-	Prefix       string // for heartbeat events only
-	QueueName    string // for heartbeat events only
 	Layout       queue.Layout
 	Concurrency  int
 	PollInterval time.Duration
-	Heartbeat    time.Duration
 	MaxSpecBytes int64
 	MaxAttempts  int
-	LeaseTTL     time.Duration // recovery offers to scan once per ttl
 	CellTimeout  time.Duration
 	Logger       *slog.Logger
 	Metrics      *metrics.Metrics
@@ -67,10 +66,11 @@ type Config struct {
 type Pipeline struct {
 	cfg    Config
 	store  Store
-	proto  *protocol.Protocol
+	proto  Protocol
 	runner Runner
 	drain  *drain.Drainer
 	lister *lister.Lister
+	intake intake // the lister, but for tests
 	host   *host
 	log    *slog.Logger
 	m      *metrics.Metrics
@@ -81,6 +81,10 @@ type Pipeline struct {
 // New returns a pipeline. It starts nothing until Run. A nil cfg.Metrics gets
 // a private set nobody serves.
 func New(cfg Config, store Store, proto *protocol.Protocol, runner Runner, d *drain.Drainer) *Pipeline {
+	return newPipeline(cfg, store, claims{proto}, runner, d)
+}
+
+func newPipeline(cfg Config, store Store, proto Protocol, runner Runner, d *drain.Drainer) *Pipeline {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New(cfg.Concurrency, "", "")
 	}
@@ -89,11 +93,11 @@ func New(cfg Config, store Store, proto *protocol.Protocol, runner Runner, d *dr
 	p.lister = lister.New(lister.Config{
 		List:     p.listPending,
 		ID:       func(key string) (string, error) { return cfg.Layout.ParseID(queue.Pending, key) },
-		Slots:    cfg.Concurrency,
 		Interval: cfg.PollInterval,
 		Logger:   cfg.Logger,
 		Bounced:  cfg.Metrics.ListingBounced,
 	})
+	p.intake = p.lister
 	return p
 }
 
@@ -101,28 +105,30 @@ func New(cfg Config, store Store, proto *protocol.Protocol, runner Runner, d *dr
 // worker to finish. Cells already started run to their end unless the
 // drainer's Work context ends.
 func (p *Pipeline) Run() {
-	intake := p.drain.Intake()
-	workers := pool.New().WithMaxGoroutines(p.cfg.Concurrency)
-
-	hbCtx, stopHeartbeat := context.WithCancel(context.Background())
-	var background conc.WaitGroup
-	background.Go(func() { p.heartbeat(hbCtx) })
-	background.Go(func() { p.recoverLoop(intake) })
-
-	p.lister.Run(intake, func(it lister.Item) {
-		workers.Go(func() {
-			defer p.lister.Done(it)
-			var pc panics.Catcher
-			pc.Try(func() { p.process(it) })
-			if r := pc.Recovered(); r != nil {
-				// A claim caught mid-way keeps its lease; recovery returns it.
-				p.log.Error("worker panic", "spec_id", it.ID, "err", r.AsError())
-			}
-		})
-	})
+	// Unbuffered: the lister's send completes only when a worker takes the
+	// key, so the number of workers is the one bound on work in flight.
+	keys := make(chan lister.Item)
+	var workers conc.WaitGroup
+	for range p.cfg.Concurrency {
+		workers.Go(func() { p.work(keys) })
+	}
+	p.lister.Run(p.drain.Intake(), keys)
+	close(keys) // intake closed: the workers finish what they hold and return
 	workers.Wait()
-	stopHeartbeat()
-	background.Wait()
+}
+
+// work takes keys through the stages until keys is closed. A panic fails
+// only the key it happened on.
+func (p *Pipeline) work(keys <-chan lister.Item) {
+	for it := range keys {
+		var pc panics.Catcher
+		pc.Try(func() { p.process(it) })
+		if r := pc.Recovered(); r != nil {
+			// A claim caught mid-way keeps its lease; recovery returns it.
+			p.log.Error("worker panic", "spec_id", it.ID, "err", r.AsError())
+		}
+		p.intake.Done(it)
+	}
 }
 
 // HostBroken returns why this host cannot start the supervisor, nil when it
@@ -155,214 +161,4 @@ func (p *Pipeline) listPending(ctx context.Context, fn func([]lister.Entry) erro
 		}
 		return fn(entries)
 	})
-}
-
-// process takes one pending key as far as it goes on this node.
-func (p *Pipeline) process(it lister.Item) {
-	log := p.log.With("spec_id", it.ID)
-	ctx := p.drain.Intake()
-	// A host that cannot start the supervisor takes nothing but its probe.
-	ticket, ok := p.host.admit(ctx)
-	if !ok {
-		return
-	}
-	defer p.host.done(ticket)
-
-	obj, err := p.store.Get(ctx, it.Key, p.cfg.MaxSpecBytes)
-	spec := protocol.Spec{ID: it.ID, Key: it.Key, ETag: obj.ETag, Body: obj.Body,
-		Attempts: protocol.PriorAttempts(obj.Metadata, p.cfg.MaxAttempts)}
-	switch {
-	case errors.Is(err, queue.ErrNotFound):
-		log.Debug("spec gone before peek: taken by another node")
-		p.lister.Stale()
-		return
-	case errors.Is(err, queue.ErrTooLarge):
-		p.reject(log, spec, fmt.Sprintf("spec is %d bytes, over the limit of %d", obj.Size, p.cfg.MaxSpecBytes))
-		return
-	case err != nil:
-		if ctx.Err() == nil {
-			log.Warn("peek failed; will retry", "err", err)
-		}
-		return
-	}
-	view, err := gate.Parse(obj.Body)
-	if err != nil {
-		p.reject(log, spec, err.Error())
-		return
-	}
-	if !gate.Accepts(p.cfg.Pool, view) {
-		log.Debug("gate: spec belongs to another pool", "spec_pool", view.PoolID, "pool_id", p.cfg.Pool)
-		p.m.GateSkip()
-		p.lister.Reject(it.Key, obj.ETag)
-		return
-	}
-	// From here on the spec is this node's to finish, so nothing may start
-	// once the drain has begun.
-	if !p.drain.Begin() {
-		return
-	}
-	defer p.drain.End()
-	c, err := p.proto.Claim(p.drain.Abort(), ctx.Done(), spec)
-	switch {
-	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrGone):
-		log.Debug("claim conflict: another node has or had the spec", "err", err)
-		p.lister.Stale()
-		return
-	case err != nil:
-		log.Warn("claim failed; will retry", "err", err)
-		return
-	}
-	p.runAndFinalize(c, ticket)
-}
-
-// reject files a spec that can never run under failed/ with the reason,
-// without running it: every node would reach the same verdict on the same bytes.
-func (p *Pipeline) reject(log *slog.Logger, spec protocol.Spec, reason string) {
-	if !p.drain.Begin() {
-		return
-	}
-	defer p.drain.End()
-	err := p.proto.Reject(p.drain.Abort(), p.drain.Intake().Done(), spec, reason)
-	switch {
-	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrGone):
-		log.Debug("reject: spec held, changed or gone since it was read; judged again if still pending", "err", err)
-		p.lister.Stale()
-	case err != nil:
-		log.Warn("reject failed; will retry", "err", err)
-	}
-}
-
-// Causes for ending a cell early, told apart with context.Cause.
-var (
-	errFenced      = errors.New("lease not held")
-	errCellTimeout = errors.New("timeout")
-)
-
-func (p *Pipeline) runAndFinalize(c *protocol.Claim, ticket uint64) {
-	ctx, cancel := context.WithCancelCause(p.drain.Work())
-	defer cancel(nil)
-	if p.cfg.CellTimeout > 0 {
-		var stop context.CancelFunc
-		ctx, stop = context.WithTimeoutCause(ctx, p.cfg.CellTimeout, errCellTimeout)
-		defer stop()
-	}
-	// A holder that cannot renew its lease stops its own cell before another
-	// node may judge the lease stale and run the spec again.
-	go func() {
-		select {
-		case <-c.Fenced():
-			cancel(errFenced)
-		case <-ctx.Done():
-		}
-	}()
-
-	started := time.Now()
-	res := p.runCell(ctx, c)
-	rec := protocol.Record{Started: started, Finished: time.Now(), Result: &res}
-	abort, quit := p.drain.Abort(), p.drain.Intake().Done()
-	cause := context.Cause(ctx)
-	switch {
-	case res.Stopped && errors.Is(cause, errFenced):
-		c.Log().Warn("cell stopped: the lease could not be renewed in time; returning the spec", "result", res.String())
-		p.settle(c, c.Release(abort, quit, false))
-		return
-	case res.Stopped && errors.Is(cause, errCellTimeout):
-		rec.Outcome, rec.Reason = protocol.Timeout, "timeout"
-	case res.Stopped:
-		c.Log().Warn("cell stopped by the drain deadline; releasing to pending/", "result", res.String())
-		p.settle(c, c.Release(abort, quit, false))
-		return
-	case res.StartErr != nil:
-		// The host's fault, not the spec's: the spec goes back as it came,
-		// its attempt not counted, and the node stops claiming.
-		p.host.startFailed(ticket, res.StartErr)
-		c.Log().Warn("supervisor could not be started; returning the spec to pending/", "err", res.StartErr)
-		p.settle(c, c.Release(abort, quit, false))
-		return
-	case res.Succeeded():
-		rec.Outcome = protocol.Completed
-	default:
-		rec.Outcome, rec.Reason = protocol.Failed, "supervisor "+res.String()
-	}
-	// The cell ended on its own: its result is written, never rerun, for as
-	// long as the lease is ours.
-	p.settle(c, c.Finish(abort, quit, rec))
-}
-
-// settle logs how a claim ended when it did not end cleanly.
-func (p *Pipeline) settle(c *protocol.Claim, err error) {
-	switch {
-	case err == nil:
-	case errors.Is(err, protocol.ErrLost):
-		c.Log().Warn("lease taken over by another node; not finalising")
-	default:
-		c.Log().Warn("spec left to recovery", "err", err)
-	}
-}
-
-// runCell runs the supervisor on a private copy of the spec.
-func (p *Pipeline) runCell(ctx context.Context, c *protocol.Claim) exec.Result {
-	f, err := os.CreateTemp("", "fleetd-spec-*.json") // mode 0600
-	if err != nil {
-		return exec.Result{ExitCode: -1, StartErr: fmt.Errorf("spec temp file: %w", err)}
-	}
-	defer os.Remove(f.Name())
-	_, werr := f.Write(c.Body)
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		return exec.Result{ExitCode: -1, StartErr: fmt.Errorf("spec temp file: %w", werr)}
-	}
-	p.cells.Add(1)
-	defer p.cells.Add(-1)
-	p.m.CellStarted()
-	c.Log().Info("cell started")
-	res := p.runner.Run(ctx, f.Name(), c.ID(), p.host.started)
-	p.m.CellEnded(res.Duration)
-	c.Log().Info("cell ended", "result", res.String(), "duration_ms", res.Duration.Milliseconds())
-	return res
-}
-
-// recoverLoop offers to scan for the work of dead nodes about once a lease
-// ttl (±10%, so agents spread out) until ctx ends; the protocol lets one
-// fleet scan about once a ttl, whatever its size.
-func (p *Pipeline) recoverLoop(ctx context.Context) {
-	wait := time.Duration(rand.Int64N(int64(p.cfg.LeaseTTL))) // first look: anywhere in a ttl
-	for {
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		wait = p.cfg.LeaseTTL*9/10 + time.Duration(rand.Int64N(int64(p.cfg.LeaseTTL)/5+1))
-		if !p.drain.Begin() {
-			return
-		}
-		_, err := p.proto.RecoverIfDue(p.drain.Abort(), ctx.Done())
-		p.drain.End()
-		if err != nil && ctx.Err() == nil {
-			p.log.Warn("recovery scan failed; will retry", "err", err)
-		}
-	}
-}
-
-// heartbeat logs the 0.5.1 heartbeat event until ctx ends.
-func (p *Pipeline) heartbeat(ctx context.Context) {
-	t := time.NewTicker(p.cfg.Heartbeat)
-	defer t.Stop()
-	for {
-		p.log.Info("heartbeat",
-			"event_type", "dev.cellos.events.fleet.v1.heartbeat",
-			"bucket", p.cfg.Bucket, "prefix", p.cfg.Prefix,
-			"queue_name", p.cfg.QueueName, "pool_id", p.cfg.Pool,
-			"in_flight", p.Cells(), "concurrency", p.cfg.Concurrency)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }

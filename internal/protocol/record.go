@@ -40,6 +40,13 @@ const (
 	Cancelled Outcome = "cancelled" // by fleetd cancel: filed under failed/
 )
 
+// OutcomeLabels returns every outcome as a string, for whoever must know them
+// all in advance: metrics show each at zero from the start.
+func OutcomeLabels() []string {
+	return []string{string(Completed), string(Failed), string(Timeout), string(Rejected),
+		string(Released), string(Abandoned), string(Lost)}
+}
+
 // maxReason keeps a result record well inside S3's 2 KB metadata limit.
 const maxReason = 512
 

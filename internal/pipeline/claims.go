@@ -1,0 +1,53 @@
+package pipeline
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/cellos/fleetd/internal/protocol"
+)
+
+// Protocol is the claim protocol as the pipeline uses it: the only way it
+// writes to the queue. claims adapts *protocol.Protocol to it.
+type Protocol interface {
+	// Claim makes spec this node's to run (see protocol.Protocol.Claim);
+	// protocol.ErrHeld or ErrGone: another node has or had it.
+	Claim(ctx context.Context, quit <-chan struct{}, spec protocol.Spec) (Claim, error)
+	// Reject files a spec that can never run under failed/ with reason.
+	Reject(ctx context.Context, quit <-chan struct{}, spec protocol.Spec, reason string) error
+}
+
+// Claim is a spec whose lease this node holds, ended by Finish or Release.
+type Claim interface {
+	ID() string
+	Body() []byte
+	Log() *slog.Logger // with the spec's attributes
+	// Fenced is closed once the lease may have lapsed: the cell must stop.
+	Fenced() <-chan struct{}
+	Finish(ctx context.Context, quit <-chan struct{}, rec protocol.Record) error
+	Release(ctx context.Context, quit <-chan struct{}, countRun bool) error
+}
+
+// claims is the real protocol behind Protocol.
+type claims struct{ p *protocol.Protocol }
+
+var _ Protocol = claims{}
+
+func (c claims) Claim(ctx context.Context, quit <-chan struct{}, spec protocol.Spec) (Claim, error) {
+	cl, err := c.p.Claim(ctx, quit, spec)
+	if err != nil {
+		return nil, err
+	}
+	return heldClaim{cl}, nil
+}
+
+func (c claims) Reject(ctx context.Context, quit <-chan struct{}, spec protocol.Spec, reason string) error {
+	return c.p.Reject(ctx, quit, spec, reason)
+}
+
+// heldClaim gives *protocol.Claim's Body field the method Claim asks for.
+type heldClaim struct{ *protocol.Claim }
+
+var _ Claim = heldClaim{}
+
+func (c heldClaim) Body() []byte { return c.Claim.Body }

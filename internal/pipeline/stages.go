@@ -1,0 +1,226 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/cellos/fleetd/internal/exec"
+	"github.com/cellos/fleetd/internal/gate"
+	"github.com/cellos/fleetd/internal/lister"
+	"github.com/cellos/fleetd/internal/protocol"
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// process takes one pending key as far as it goes on this node: peek, gate,
+// claim, run, finish. Each stage logs why it stops a key.
+func (p *Pipeline) process(it lister.Item) {
+	log := p.log.With("spec_id", it.ID)
+	ctx := p.drain.Intake()
+	// A host that cannot start the supervisor takes nothing but its probe.
+	ticket, ok := p.host.admit(ctx)
+	if !ok {
+		return
+	}
+	defer p.host.done(ticket)
+
+	spec, ok := p.peek(ctx, log, it)
+	if !ok || !p.gate(log, it, spec) {
+		return
+	}
+	// From here on the spec is this node's to finish, so nothing may start
+	// once the drain has begun.
+	if !p.drain.Begin() {
+		return
+	}
+	defer p.drain.End()
+	c, ok := p.claim(ctx, log, it, spec)
+	if !ok {
+		return
+	}
+	p.finish(c, p.run(c), ticket)
+}
+
+// peek reads the pending spec, the version gate judges and claim takes. A
+// spec over the size limit is rejected unread.
+func (p *Pipeline) peek(ctx context.Context, log *slog.Logger, it lister.Item) (protocol.Spec, bool) {
+	obj, err := p.store.Get(ctx, it.Key, p.cfg.MaxSpecBytes)
+	spec := protocol.Spec{ID: it.ID, Key: it.Key, ETag: obj.ETag, Body: obj.Body,
+		Attempts: protocol.PriorAttempts(obj.Metadata, p.cfg.MaxAttempts)}
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		log.Debug("spec gone before peek: taken by another node")
+		p.intake.Stale(it)
+		return spec, false
+	case errors.Is(err, queue.ErrTooLarge):
+		p.reject(log, it, spec, fmt.Sprintf("spec is %d bytes, over the limit of %d", obj.Size, p.cfg.MaxSpecBytes))
+		return spec, false
+	case err != nil:
+		if ctx.Err() == nil {
+			log.Warn("peek failed; will retry", "err", err)
+		}
+		return spec, false
+	}
+	return spec, true
+}
+
+// gate rejects a spec that is not a JSON object and leaves one of another
+// pool alone, remembered at its ETag so it is not read again while unchanged.
+func (p *Pipeline) gate(log *slog.Logger, it lister.Item, spec protocol.Spec) bool {
+	view, err := gate.Parse(spec.Body)
+	if err != nil {
+		p.reject(log, it, spec, err.Error())
+		return false
+	}
+	if !gate.Accepts(p.cfg.Pool, view) {
+		log.Debug("gate: spec belongs to another pool", "spec_pool", view.PoolID, "pool_id", p.cfg.Pool)
+		p.m.GateSkip()
+		p.intake.Reject(it.Key, spec.ETag)
+		return false
+	}
+	return true
+}
+
+// claim takes the spec for this node. Losing it to another node means the
+// listing is out of date.
+func (p *Pipeline) claim(ctx context.Context, log *slog.Logger, it lister.Item, spec protocol.Spec) (Claim, bool) {
+	c, err := p.proto.Claim(p.drain.Abort(), ctx.Done(), spec)
+	switch {
+	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrGone):
+		log.Debug("claim conflict: another node has or had the spec", "err", err)
+		p.intake.Stale(it)
+		return nil, false
+	case err != nil:
+		log.Warn("claim failed; will retry", "err", err)
+		return nil, false
+	}
+	return c, true
+}
+
+// reject files a spec that can never run under failed/ with the reason,
+// without running it: every node would reach the same verdict on the same bytes.
+func (p *Pipeline) reject(log *slog.Logger, it lister.Item, spec protocol.Spec, reason string) {
+	if !p.drain.Begin() {
+		return
+	}
+	defer p.drain.End()
+	err := p.proto.Reject(p.drain.Abort(), p.drain.Intake().Done(), spec, reason)
+	switch {
+	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrGone):
+		log.Debug("reject: spec held, changed or gone since it was read; judged again if still pending", "err", err)
+		p.intake.Stale(it)
+	case err != nil:
+		log.Warn("reject failed; will retry", "err", err)
+	}
+}
+
+// Causes for ending a cell early, told apart with context.Cause.
+var (
+	errFenced      = errors.New("lease not held")
+	errCellTimeout = errors.New("cell timeout")
+)
+
+// cellEnd is how a cell's run ended.
+type cellEnd struct {
+	res               exec.Result
+	cause             error // why the cell's context ended, if it did
+	started, finished time.Time
+}
+
+// run runs the supervisor until it exits, or the cell timeout, the lease's
+// fencing or the drain deadline stops it.
+func (p *Pipeline) run(c Claim) cellEnd {
+	ctx, cancel := context.WithCancelCause(p.drain.Work())
+	defer cancel(nil)
+	if p.cfg.CellTimeout > 0 {
+		var stop context.CancelFunc
+		ctx, stop = context.WithTimeoutCause(ctx, p.cfg.CellTimeout, errCellTimeout)
+		defer stop()
+	}
+	// A holder that cannot renew its lease stops its own cell before another
+	// node may judge the lease stale and run the spec again.
+	go func() {
+		select {
+		case <-c.Fenced():
+			cancel(errFenced)
+		case <-ctx.Done():
+		}
+	}()
+	started := time.Now()
+	res := p.runCell(ctx, c)
+	return cellEnd{res: res, cause: context.Cause(ctx), started: started, finished: time.Now()}
+}
+
+// finish ends the claim as the run's end calls for: a result written, or the
+// spec returned to pending/ when the run was not the spec's fault.
+func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
+	res := end.res
+	rec := protocol.Record{Started: end.started, Finished: end.finished, Result: &res}
+	abort, quit := p.drain.Abort(), p.drain.Intake().Done()
+	switch {
+	case res.Stopped && errors.Is(end.cause, errFenced):
+		c.Log().Warn("cell stopped: the lease could not be renewed in time; returning the spec", "result", res.String())
+		p.settle(c, c.Release(abort, quit, false))
+		return
+	case res.Stopped && errors.Is(end.cause, errCellTimeout):
+		// Filed as failed (0.5.1 readers know two outcomes); the reason
+		// names the outcome.
+		rec.Outcome, rec.Reason = protocol.Timeout, string(protocol.Timeout)
+	case res.Stopped:
+		c.Log().Warn("cell stopped by the drain deadline; releasing to pending/", "result", res.String())
+		p.settle(c, c.Release(abort, quit, false))
+		return
+	case res.StartErr != nil:
+		// The host's fault, not the spec's: the spec goes back as it came,
+		// its attempt not counted, and the node stops claiming.
+		p.host.startFailed(ticket, res.StartErr)
+		c.Log().Warn("supervisor could not be started; returning the spec to pending/", "err", res.StartErr)
+		p.settle(c, c.Release(abort, quit, false))
+		return
+	case res.Succeeded():
+		rec.Outcome = protocol.Completed
+	default:
+		rec.Outcome, rec.Reason = protocol.Failed, "supervisor "+res.String()
+	}
+	// The cell ended on its own: its result is written, never rerun, for as
+	// long as the lease is ours.
+	p.settle(c, c.Finish(abort, quit, rec))
+}
+
+// settle logs how a claim ended when it did not end cleanly.
+func (p *Pipeline) settle(c Claim, err error) {
+	switch {
+	case err == nil:
+	case errors.Is(err, protocol.ErrLost):
+		c.Log().Warn("lease taken over by another node; not finalising")
+	default:
+		c.Log().Warn("spec left to recovery", "err", err)
+	}
+}
+
+// runCell runs the supervisor on a private copy of the spec.
+func (p *Pipeline) runCell(ctx context.Context, c Claim) exec.Result {
+	f, err := os.CreateTemp("", "fleetd-spec-*.json") // mode 0600
+	if err != nil {
+		return exec.Result{ExitCode: -1, StartErr: fmt.Errorf("spec temp file: %w", err)}
+	}
+	defer os.Remove(f.Name())
+	_, werr := f.Write(c.Body())
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return exec.Result{ExitCode: -1, StartErr: fmt.Errorf("spec temp file: %w", werr)}
+	}
+	p.cells.Add(1)
+	defer p.cells.Add(-1)
+	p.m.CellStarted()
+	c.Log().Info("cell started")
+	res := p.runner.Run(ctx, f.Name(), c.ID(), p.host.started)
+	p.m.CellEnded(res.Duration)
+	c.Log().Info("cell ended", "result", res.String(), "duration_ms", res.Duration.Milliseconds())
+	return res
+}

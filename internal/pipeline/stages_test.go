@@ -1,0 +1,374 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cellos/fleetd/internal/drain"
+	"github.com/cellos/fleetd/internal/exec"
+	"github.com/cellos/fleetd/internal/lister"
+	"github.com/cellos/fleetd/internal/protocol"
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// fakeStore serves reads from function fields.
+type fakeStore struct {
+	get func(ctx context.Context, key string, limit int64) (queue.Object, error)
+}
+
+func (f *fakeStore) List(context.Context, string, func(queue.Page) error) error {
+	return errors.New("fakeStore: List not expected")
+}
+
+func (f *fakeStore) Get(ctx context.Context, key string, limit int64) (queue.Object, error) {
+	return f.get(ctx, key, limit)
+}
+
+type fakeRunner struct {
+	run func(ctx context.Context, specPath, specID string, started func()) exec.Result
+}
+
+func (f *fakeRunner) Run(ctx context.Context, specPath, specID string, started func()) exec.Result {
+	return f.run(ctx, specPath, specID, started)
+}
+
+type fakeProtocol struct {
+	claim  func(ctx context.Context, quit <-chan struct{}, spec protocol.Spec) (Claim, error)
+	reject func(ctx context.Context, quit <-chan struct{}, spec protocol.Spec, reason string) error
+}
+
+func (f *fakeProtocol) Claim(ctx context.Context, quit <-chan struct{}, spec protocol.Spec) (Claim, error) {
+	return f.claim(ctx, quit, spec)
+}
+
+func (f *fakeProtocol) Reject(ctx context.Context, quit <-chan struct{}, spec protocol.Spec, reason string) error {
+	return f.reject(ctx, quit, spec, reason)
+}
+
+// fakeClaim records how the pipeline ended it.
+type fakeClaim struct {
+	spec   protocol.Spec
+	fenced chan struct{}
+
+	mu       sync.Mutex
+	finished []protocol.Record
+	released []bool // countRun of each Release
+}
+
+func (c *fakeClaim) ID() string              { return c.spec.ID }
+func (c *fakeClaim) Body() []byte            { return c.spec.Body }
+func (c *fakeClaim) Log() *slog.Logger       { return slog.New(slog.DiscardHandler) }
+func (c *fakeClaim) Fenced() <-chan struct{} { return c.fenced }
+
+func (c *fakeClaim) Finish(_ context.Context, _ <-chan struct{}, rec protocol.Record) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.finished = append(c.finished, rec)
+	return nil
+}
+
+func (c *fakeClaim) Release(_ context.Context, _ <-chan struct{}, countRun bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.released = append(c.released, countRun)
+	return nil
+}
+
+// fakeIntake records what the workers tell the lister.
+type fakeIntake struct {
+	mu       sync.Mutex
+	stale    []string          // keys
+	rejected map[string]string // key → ETag
+}
+
+func (f *fakeIntake) Stale(it lister.Item) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stale = append(f.stale, it.Key)
+}
+
+func (f *fakeIntake) Reject(key, etag string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rejected[key] = etag
+}
+
+func (f *fakeIntake) Done(lister.Item) {}
+
+// bundle holds the fakes around a pipeline under test. By default the store
+// holds one valid spec, claims succeed, and the supervisor exits 0.
+type bundle struct {
+	store    *fakeStore
+	proto    *fakeProtocol
+	runner   *fakeRunner
+	claim    *fakeClaim
+	intake   *fakeIntake
+	drain    *drain.Drainer
+	claims   int
+	rejected []string // reasons
+}
+
+const (
+	key  = "fleet/pending/x.json"
+	etag = `"e0"`
+)
+
+var item = lister.Item{Key: key, ID: "x", ETag: etag}
+
+func setup(t *testing.T, cfg Config) (*Pipeline, *bundle) {
+	t.Helper()
+	b := &bundle{
+		claim:  &fakeClaim{fenced: make(chan struct{})},
+		intake: &fakeIntake{rejected: map[string]string{}},
+		drain:  drain.New(context.Background(), time.Second),
+	}
+	b.store = &fakeStore{get: func(context.Context, string, int64) (queue.Object, error) {
+		return queue.Object{Key: key, ETag: etag, Body: []byte(`{"kind":"ExecutionCell","spec":{"id":"x"}}`)}, nil
+	}}
+	b.proto = &fakeProtocol{
+		claim: func(_ context.Context, _ <-chan struct{}, spec protocol.Spec) (Claim, error) {
+			b.claims++
+			b.claim.spec = spec
+			return b.claim, nil
+		},
+		reject: func(_ context.Context, _ <-chan struct{}, _ protocol.Spec, reason string) error {
+			b.rejected = append(b.rejected, reason)
+			return nil
+		},
+	}
+	b.runner = &fakeRunner{run: func(_ context.Context, _, _ string, started func()) exec.Result {
+		started()
+		return exec.Result{}
+	}}
+	cfg.Layout = queue.NewLayout("fleet", "")
+	cfg.Concurrency, cfg.PollInterval, cfg.MaxSpecBytes, cfg.MaxAttempts = 1, time.Hour, 1<<20, 3
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	p := newPipeline(cfg, b.store, b.proto, b.runner, b.drain)
+	p.intake = b.intake
+	return p, b
+}
+
+func withBody(b *bundle, body string) {
+	b.store.get = func(context.Context, string, int64) (queue.Object, error) {
+		return queue.Object{Key: key, ETag: etag, Body: []byte(body)}, nil
+	}
+}
+
+func TestGateMismatchIsRememberedNotClaimed(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{Pool: "gpu"})
+	withBody(b, `{"spec":{"id":"x","placement":{"poolId":"cpu"}}}`)
+	p.process(item)
+	if b.claims != 0 || len(b.rejected) != 0 {
+		t.Errorf("%d claims, rejections %q; want a spec of another pool left alone", b.claims, b.rejected)
+	}
+	if got := b.intake.rejected[key]; got != etag {
+		t.Errorf("lister told rejected %v, want %s at %s", b.intake.rejected, key, etag)
+	}
+}
+
+func TestBadSpecIsRejectedNotClaimed(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		get    func(context.Context, string, int64) (queue.Object, error)
+		reason string // a part of it
+	}{
+		{"not JSON", func(context.Context, string, int64) (queue.Object, error) {
+			return queue.Object{ETag: etag, Body: []byte("{")}, nil
+		}, "not JSON"},
+		{"not an object", func(context.Context, string, int64) (queue.Object, error) {
+			return queue.Object{ETag: etag, Body: []byte("[]")}, nil
+		}, "not a JSON object"},
+		{"too large", func(_ context.Context, _ string, limit int64) (queue.Object, error) {
+			return queue.Object{ETag: etag, Size: limit + 1}, fmt.Errorf("get %s: %w", key, queue.ErrTooLarge)
+		}, "over the limit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p, b := setup(t, Config{})
+			b.store.get = tt.get
+			p.process(item)
+			if b.claims != 0 {
+				t.Errorf("a bad spec was claimed")
+			}
+			if len(b.rejected) != 1 || !strings.Contains(b.rejected[0], tt.reason) {
+				t.Errorf("rejections %q, want one with %q", b.rejected, tt.reason)
+			}
+		})
+	}
+}
+
+func TestLosingTheSpecMarksTheListingStale(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		get   error
+		claim error
+	}{
+		{"gone before peek", fmt.Errorf("get: %w", queue.ErrNotFound), nil},
+		{"claim held elsewhere", nil, fmt.Errorf("create lease: %w", protocol.ErrHeld)},
+		{"pending changed during the claim", nil, fmt.Errorf("confirm: %w", protocol.ErrGone)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p, b := setup(t, Config{})
+			if tt.get != nil {
+				b.store.get = func(context.Context, string, int64) (queue.Object, error) { return queue.Object{}, tt.get }
+			}
+			if tt.claim != nil {
+				b.proto.claim = func(context.Context, <-chan struct{}, protocol.Spec) (Claim, error) { return nil, tt.claim }
+			}
+			b.runner.run = func(context.Context, string, string, func()) exec.Result {
+				t.Error("a cell ran for a spec this node does not hold")
+				return exec.Result{}
+			}
+			p.process(item)
+			if len(b.intake.stale) != 1 || b.intake.stale[0] != key {
+				t.Errorf("lister told stale %v, want [%s]", b.intake.stale, key)
+			}
+		})
+	}
+}
+
+func TestClaimFailureIsRetriedNotStale(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	b.proto.claim = func(context.Context, <-chan struct{}, protocol.Spec) (Claim, error) {
+		return nil, fmt.Errorf("create lease: %w", queue.ErrUnknown)
+	}
+	p.process(item)
+	if len(b.intake.stale) != 0 {
+		t.Errorf("lister told stale %v on an unknown outcome, want nothing: the key stays work", b.intake.stale)
+	}
+}
+
+func TestCellThatEndsOnItsOwnIsFinished(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		res     exec.Result
+		outcome protocol.Outcome
+		reason  string
+	}{
+		{"exit 0", exec.Result{}, protocol.Completed, ""},
+		{"exit 3", exec.Result{ExitCode: 3}, protocol.Failed, "supervisor exit 3"},
+		{"killed", exec.Result{ExitCode: -1, Signal: "SIGKILL"}, protocol.Failed, "supervisor killed by SIGKILL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p, b := setup(t, Config{})
+			var ran string
+			b.runner.run = func(_ context.Context, _, specID string, started func()) exec.Result {
+				started()
+				ran = specID
+				return tt.res
+			}
+			p.process(item)
+			if ran != "x" {
+				t.Errorf("supervisor ran for %q, want x", ran)
+			}
+			if len(b.claim.released) != 0 || len(b.claim.finished) != 1 {
+				t.Fatalf("released %v, finished %+v; want one Finish", b.claim.released, b.claim.finished)
+			}
+			if rec := b.claim.finished[0]; rec.Outcome != tt.outcome || rec.Reason != tt.reason || rec.Started.IsZero() {
+				t.Errorf("finished with %q %q (started %v), want %q %q", rec.Outcome, rec.Reason, rec.Started, tt.outcome, tt.reason)
+			}
+		})
+	}
+}
+
+func TestStartFailureReleasesUncountedAndBreaksTheHost(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	b.runner.run = func(context.Context, string, string, func()) exec.Result {
+		return exec.Result{ExitCode: -1, StartErr: errors.New("exec: permission denied")}
+	}
+	p.process(item)
+	if len(b.claim.finished) != 0 || len(b.claim.released) != 1 || b.claim.released[0] {
+		t.Errorf("finished %+v, released %v; want one Release not counting the run", b.claim.finished, b.claim.released)
+	}
+	if p.HostBroken() == nil {
+		t.Error("host not broken after a start failure")
+	}
+}
+
+// blockingRunner runs a cell until its context ends, closing running once it
+// runs.
+func blockingRunner(running chan<- struct{}) func(context.Context, string, string, func()) exec.Result {
+	return func(ctx context.Context, _, _ string, started func()) exec.Result {
+		started()
+		close(running)
+		<-ctx.Done()
+		return exec.Result{ExitCode: -1, Signal: "SIGTERM", Stopped: true}
+	}
+}
+
+func TestFencedCellIsReleasedUncounted(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	running := make(chan struct{})
+	b.runner.run = blockingRunner(running)
+	go func() {
+		<-running
+		close(b.claim.fenced) // the lease could not be renewed in time
+	}()
+	p.process(item)
+	if len(b.claim.finished) != 0 || len(b.claim.released) != 1 || b.claim.released[0] {
+		t.Errorf("finished %+v, released %v; want one Release not counting the run", b.claim.finished, b.claim.released)
+	}
+}
+
+func TestDrainDeadlineReleasesUncounted(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	running := make(chan struct{})
+	b.runner.run = blockingRunner(running)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.process(item)
+	}()
+	<-running
+	past, cancel := context.WithCancel(context.Background())
+	cancel()
+	if stopped := b.drain.Drain(past); !stopped {
+		t.Error("Drain reports no cell stopped")
+	}
+	<-done // Drain waited for it: the claim was settled first
+	if len(b.claim.finished) != 0 || len(b.claim.released) != 1 || b.claim.released[0] {
+		t.Errorf("finished %+v, released %v; want one Release not counting the run", b.claim.finished, b.claim.released)
+	}
+}
+
+func TestCellTimeoutFinishesWithOutcomeTimeout(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{CellTimeout: 10 * time.Millisecond})
+	b.runner.run = blockingRunner(make(chan struct{}))
+	p.process(item)
+	if len(b.claim.released) != 0 || len(b.claim.finished) != 1 {
+		t.Fatalf("released %v, finished %+v; want one Finish", b.claim.released, b.claim.finished)
+	}
+	if rec := b.claim.finished[0]; rec.Outcome != protocol.Timeout || rec.Reason != "timeout" {
+		t.Errorf("finished with %q %q, want outcome timeout, reason timeout", rec.Outcome, rec.Reason)
+	}
+}
+
+func TestNothingIsClaimedOnceTheDrainBegins(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	b.drain.CloseIntake()
+	p.process(item)
+	if b.claims != 0 {
+		t.Errorf("%d claims after the drain began, want 0", b.claims)
+	}
+}
