@@ -45,6 +45,12 @@ type Config struct {
 	// After is the timer the lister waits on between listings; nil means
 	// time.After.
 	After func(time.Duration) <-chan time.Time
+	// PauseKey, if listed, pauses the lane: the lister hands out nothing while
+	// a listing shows it. It sorts before the ids it holds back (see
+	// queue.Layout.PauseKey), so it is seen on the first page.
+	PauseKey string
+	// Paused, if set, is told after each listing whether the lane is paused.
+	Paused func(paused bool)
 	// BusyAfter is the timer that bounds a wait for an idle worker; nil means
 	// time.After. It is its own hook because it may start while a worker is
 	// only between two items, which a test's timer must not count as a wait.
@@ -90,6 +96,9 @@ func New(cfg Config) *Lister {
 // errStale ends a listing that a worker found out of date.
 var errStale = errors.New("listing out of date")
 
+// errPaused ends a listing that found the lane paused.
+var errPaused = errors.New("lane paused")
+
 // errBusy ends a listing that waited a whole interval for an idle worker: the
 // rest of the page has aged, and a fresh listing keeps the poll alive.
 var errBusy = errors.New("every worker busy for an interval")
@@ -119,6 +128,9 @@ func (l *Lister) Run(ctx context.Context, out chan<- Item) {
 		if ctx.Err() != nil {
 			return
 		}
+		if l.cfg.Paused != nil && (err == nil || errors.Is(err, errPaused)) {
+			l.cfg.Paused(errors.Is(err, errPaused))
+		}
 		if errors.Is(err, errBusy) {
 			continue // it waited an interval already
 		}
@@ -128,9 +140,13 @@ func (l *Lister) Run(ctx context.Context, out chan<- Item) {
 		if handedOut > 0 && l.cfg.Bounced != nil {
 			l.cfg.Bounced()
 		}
-		if err != nil && !errors.Is(err, errStale) {
+		if err != nil && !errors.Is(err, errStale) && !errors.Is(err, errPaused) {
 			l.cfg.Logger.Warn("list pending failed; retrying after the poll interval", "err", err)
 		}
+		// The next tick is one interval after the last: a wait that ended
+		// early (its jitter was negative) must not be followed by another
+		// listing at once. After work, the cadence catches up to now.
+		next = next.Add(l.cfg.Interval)
 		for now := time.Now(); !next.After(now); {
 			next = next.Add(l.cfg.Interval)
 		}
@@ -228,7 +244,10 @@ func (l *Lister) listOnce(ctx context.Context, out chan<- Item) (found bool, han
 	listed := 0
 	err = l.cfg.List(ctx, func(page []Entry) error {
 		listed += len(page)
-		items := l.candidates(page, pass)
+		items, paused := l.candidates(page, pass)
+		if paused {
+			return errPaused
+		}
 		// Agents listing the same queue see the same order; shuffling the page
 		// makes them collide on the same key far less often.
 		rand.Shuffle(len(items), func(i, j int) { items[i], items[j] = items[j], items[i] })
@@ -266,18 +285,24 @@ func (l *Lister) listOnce(ctx context.Context, out chan<- Item) (found bool, han
 	case err == nil:
 		l.forgetUnlisted(pass)
 		l.cfg.Logger.Debug("listed pending", "keys", listed, "found_work", found, "handed_out", handedOut)
+	case errors.Is(err, errPaused):
+		l.cfg.Logger.Debug("listed pending", "keys", listed, "paused", true)
 	case errors.Is(err, errBusy):
 		l.cfg.Logger.Debug("every worker busy for a poll interval; listing afresh", "keys", listed, "handed_out", handedOut)
 	}
 	return found, handedOut, err
 }
 
-// candidates filters a page down to the keys worth handing out.
-func (l *Lister) candidates(page []Entry, pass int) []Item {
+// candidates filters a page down to the keys worth handing out, and reports
+// whether the page holds the pause marker.
+func (l *Lister) candidates(page []Entry, pass int) (items []Item, paused bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	items := make([]Item, 0, len(page))
+	items = make([]Item, 0, len(page))
 	for _, e := range page {
+		if l.cfg.PauseKey != "" && e.Key == l.cfg.PauseKey {
+			return nil, true
+		}
 		id, err := l.cfg.ID(e.Key)
 		if err != nil {
 			if !l.ignored[e.Key] && len(l.ignored) < maxRemembered {
@@ -303,7 +328,7 @@ func (l *Lister) candidates(page []Entry, pass int) []Item {
 		}
 		items = append(items, Item{Key: e.Key, ID: id, ETag: e.ETag, pass: pass})
 	}
-	return items
+	return items, false
 }
 
 // forgetUnlisted drops the keys a complete listing no longer showed.

@@ -401,3 +401,54 @@ func TestBusyListerKeepsPolling(t *testing.T) {
 		t.Fatal("no item handed out within 10s of the worker freeing")
 	}
 }
+
+func TestPauseMarkerHoldsBackEveryKey(t *testing.T) {
+	t.Parallel()
+	q := &fakeQueue{}
+	q.set(Entry{"pending/!paused", "p"}, Entry{"pending/a.json", "1"}, Entry{"pending/b.json", "1"})
+	l := New(Config{List: q.list, ID: id, Interval: time.Hour, PauseKey: "pending/!paused", Logger: slog.New(slog.DiscardHandler)})
+	out := make(chan Item)
+	_, handed, err := l.listOnce(context.Background(), out)
+	if !errors.Is(err, errPaused) || handed != 0 {
+		t.Errorf("paused listing: handed out %d, err %v; want none, errPaused", handed, err)
+	}
+	q.set(Entry{"pending/a.json", "1"})
+	if got := collect(t, l); len(got) != 1 {
+		t.Errorf("after resume: %v, want a", got)
+	}
+}
+
+// TestIdleCadenceIsOneListingPerInterval: a wait whose jitter ended it early
+// must not be followed by another listing at once (it was: about twice the
+// LISTs an idle agent should make).
+func TestIdleCadenceIsOneListingPerInterval(t *testing.T) {
+	t.Parallel()
+	q := &fakeQueue{}
+	var mu sync.Mutex
+	var waits []time.Duration
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := New(Config{List: q.list, ID: id, Interval: time.Second, Logger: slog.New(slog.DiscardHandler),
+		After: func(d time.Duration) <-chan time.Time {
+			mu.Lock()
+			waits = append(waits, d)
+			n := len(waits)
+			mu.Unlock()
+			if n == 20 {
+				cancel()
+			}
+			ch := make(chan time.Time, 1)
+			ch <- time.Now() // fire at once: the lister must still ask for about an interval each time
+			return ch
+		}})
+	l.Run(ctx, make(chan Item))
+	mu.Lock()
+	defer mu.Unlock()
+	for i, d := range waits[1:] {
+		// Each tick is an interval after the last (±5 % jitter); the clock did
+		// not move, so every wait asks for about one more interval.
+		if want := time.Duration(i+2) * time.Second; d < want-100*time.Millisecond {
+			t.Fatalf("wait %d asked for %v, want about %v: the cadence did not advance", i+1, d, want)
+		}
+	}
+}

@@ -33,6 +33,10 @@ type Metrics struct {
 	bounced        prometheus.Counter
 	hostBroken     prometheus.Gauge
 	startFailures  prometheus.Counter
+	paused         prometheus.Gauge
+	pending        prometheus.Gauge
+	oldestPending  prometheus.Gauge
+	fleetLeases    prometheus.Gauge
 }
 
 // New registers fleetd's metrics, Go runtime and process collectors included,
@@ -67,13 +71,22 @@ func New(concurrency int, version, revision string, outcomes ...string) *Metrics
 		Help: "1 while this host cannot start the supervisor and so claims nothing (see fleetd_supervisor_start_failures_total), else 0."})
 	m.startFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_supervisor_start_failures_total",
 		Help: "Supervisors that could not be started (binary missing or not executable, temp dir full, fork refused); their specs went back to pending/."})
+	m.paused = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_queue_paused",
+		Help: "1 while the lane is paused (fleetd pause): this agent claims nothing, else 0."})
+	m.pending = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_queue_pending",
+		Help: "Specs in the lane's pending/ at this agent's last poll (no extra request: the poll's own listing; a lower bound when the poll stopped early)."})
+	m.oldestPending = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_queue_oldest_pending_seconds",
+		Help: "Age, by the server's clock, of the oldest spec that poll listed (0: none)."})
+	m.fleetLeases = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_fleet_leases",
+		Help: "Specs held by a lease across the fleet (in flight, being filed or recovered) at this agent's last recovery scan; agents take turns scanning, so take the max over agents of the latest."})
 	conc := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_concurrency", Help: "Configured CELLOS_FLEET_CONCURRENCY."})
 	conc.Set(float64(concurrency))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_build_info", Help: "Always 1; the labels say which build runs.",
 		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()}})
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.cellsStarted, m.cellsFinished, m.cellsInFlight, m.cellDuration, m.claimConflicts, m.gateSkips,
-		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.lastPoll, m.slowDowns, m.bounced, m.hostBroken, m.startFailures, conc, info,
+		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.lastPoll, m.slowDowns, m.bounced, m.hostBroken, m.startFailures,
+		m.paused, m.pending, m.oldestPending, m.fleetLeases, conc, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -164,6 +177,24 @@ func (m *Metrics) SetHostBroken(broken bool) {
 	}
 	m.hostBroken.Set(v)
 }
+
+// SetPaused records whether the lane is paused.
+func (m *Metrics) SetPaused(paused bool) {
+	v := 0.0
+	if paused {
+		v = 1
+	}
+	m.paused.Set(v)
+}
+
+// QueueDepth records what the last poll of pending/ saw.
+func (m *Metrics) QueueDepth(pending int, oldest time.Duration) {
+	m.pending.Set(float64(pending))
+	m.oldestPending.Set(oldest.Seconds())
+}
+
+// FleetLeases records the leases a recovery scan listed.
+func (m *Metrics) FleetLeases(n int) { m.fleetLeases.Set(float64(n)) }
 
 // RateLimitWaited adds time spent waiting for the S3 rate limiter.
 func (m *Metrics) RateLimitWaited(d time.Duration) { m.rateWait.Add(d.Seconds()) }

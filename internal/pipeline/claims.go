@@ -24,6 +24,10 @@ type Claim interface {
 	Log() *slog.Logger // with the spec's attributes
 	// Fenced is closed once the lease may have lapsed: the cell must stop.
 	Fenced() <-chan struct{}
+	// Cancelled is closed once fleetd cancel asked for the spec to stop;
+	// CancelledBy names who asked.
+	Cancelled() <-chan struct{}
+	CancelledBy() string
 	Finish(ctx context.Context, quit <-chan struct{}, rec protocol.Record) error
 	Release(ctx context.Context, quit <-chan struct{}, countRun bool) error
 }

@@ -74,6 +74,7 @@ type Pipeline struct {
 	host   *host
 	log    *slog.Logger
 	m      *metrics.Metrics
+	paused atomic.Bool
 	cells  atomic.Int64 // supervisors running now
 	polled atomic.Int64 // unix nanos of the last successful listing of pending/
 }
@@ -96,6 +97,8 @@ func newPipeline(cfg Config, store Store, proto Protocol, runner Runner, d *drai
 		Interval: cfg.PollInterval,
 		Logger:   cfg.Logger,
 		Bounced:  cfg.Metrics.ListingBounced,
+		PauseKey: cfg.Layout.PauseKey(),
+		Paused:   p.setPaused,
 	})
 	p.intake = p.lister
 	return p
@@ -151,6 +154,9 @@ func (p *Pipeline) LastPoll() time.Time {
 // successful poll: a busy node may spend an interval on one page waiting for
 // a free worker, and it is still polling.
 func (p *Pipeline) listPending(ctx context.Context, fn func([]lister.Entry) error) error {
+	// The depth gauges come from this listing: no request of their own.
+	count, oldest := 0, time.Duration(0)
+	defer func() { p.m.QueueDepth(count, oldest) }()
 	return p.store.List(ctx, p.cfg.Layout.Dir(queue.Pending), func(page queue.Page) error {
 		now := time.Now()
 		p.polled.Store(now.UnixNano())
@@ -158,7 +164,28 @@ func (p *Pipeline) listPending(ctx context.Context, fn func([]lister.Entry) erro
 		entries := make([]lister.Entry, len(page.Objects))
 		for i, o := range page.Objects {
 			entries[i] = lister.Entry{Key: o.Key, ETag: o.ETag}
+			if _, err := p.cfg.Layout.ParseID(queue.Pending, o.Key); err == nil {
+				count++
+				oldest = max(oldest, page.ServerTime.Sub(o.LastModified))
+			}
 		}
 		return fn(entries)
 	})
 }
+
+// setPaused is told after each listing whether the lane is paused; it says
+// so once per change.
+func (p *Pipeline) setPaused(paused bool) {
+	if p.paused.Swap(paused) == paused {
+		return
+	}
+	p.m.SetPaused(paused)
+	if paused {
+		p.log.Warn("queue paused: claiming nothing until fleetd resume", "event", "queue.paused")
+	} else {
+		p.log.Info("queue resumed", "event", "queue.resumed")
+	}
+}
+
+// Paused reports whether the lane was paused at the last listing.
+func (p *Pipeline) Paused() bool { return p.paused.Load() }

@@ -121,6 +121,7 @@ func (p *Pipeline) reject(log *slog.Logger, it lister.Item, spec protocol.Spec, 
 var (
 	errFenced      = errors.New("lease not held")
 	errCellTimeout = errors.New("cell timeout")
+	errCancelled   = errors.New("cancelled")
 )
 
 // cellEnd is how a cell's run ended.
@@ -142,10 +143,13 @@ func (p *Pipeline) run(c Claim) cellEnd {
 	}
 	// A holder that cannot renew its lease stops its own cell before another
 	// node may judge the lease stale and run the spec again.
+	// fleetd cancel reaches the holder through its lease.
 	go func() {
 		select {
 		case <-c.Fenced():
 			cancel(errFenced)
+		case <-c.Cancelled():
+			cancel(errCancelled)
 		case <-ctx.Done():
 		}
 	}()
@@ -165,6 +169,9 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 		c.Log().Warn("cell stopped: the lease could not be renewed in time; returning the spec", "result", res.String())
 		p.settle(c, c.Release(abort, quit, false))
 		return
+	case res.Stopped && errors.Is(end.cause, errCancelled):
+		rec.Outcome, rec.Reason = protocol.Cancelled, "cancelled by "+c.CancelledBy()
+		c.Log().Warn("cell stopped: cancelled", "by", c.CancelledBy(), "event", "spec.cancelled")
 	case res.Stopped && errors.Is(end.cause, errCellTimeout):
 		// Filed as failed (0.5.1 readers know two outcomes); the reason
 		// names the outcome.

@@ -53,8 +53,9 @@ func (f *fakeProtocol) Reject(ctx context.Context, quit <-chan struct{}, spec pr
 
 // fakeClaim records how the pipeline ended it.
 type fakeClaim struct {
-	spec   protocol.Spec
-	fenced chan struct{}
+	spec      protocol.Spec
+	fenced    chan struct{}
+	cancelled chan struct{}
 
 	mu       sync.Mutex
 	finished []protocol.Record
@@ -65,6 +66,10 @@ func (c *fakeClaim) ID() string              { return c.spec.ID }
 func (c *fakeClaim) Body() []byte            { return c.spec.Body }
 func (c *fakeClaim) Log() *slog.Logger       { return slog.New(slog.DiscardHandler) }
 func (c *fakeClaim) Fenced() <-chan struct{} { return c.fenced }
+
+func (c *fakeClaim) Cancelled() <-chan struct{} { return c.cancelled }
+
+func (c *fakeClaim) CancelledBy() string { return "alice@host" }
 
 func (c *fakeClaim) Finish(_ context.Context, _ <-chan struct{}, rec protocol.Record) error {
 	c.mu.Lock()
@@ -124,7 +129,7 @@ var item = lister.Item{Key: key, ID: "x", ETag: etag}
 func setup(t *testing.T, cfg Config) (*Pipeline, *bundle) {
 	t.Helper()
 	b := &bundle{
-		claim:  &fakeClaim{fenced: make(chan struct{})},
+		claim:  &fakeClaim{fenced: make(chan struct{}), cancelled: make(chan struct{})},
 		intake: &fakeIntake{rejected: map[string]string{}},
 		drain:  drain.New(context.Background(), time.Second),
 	}
@@ -370,5 +375,23 @@ func TestNothingIsClaimedOnceTheDrainBegins(t *testing.T) {
 	p.process(item)
 	if b.claims != 0 {
 		t.Errorf("%d claims after the drain began, want 0", b.claims)
+	}
+}
+
+func TestCancelledCellIsFiledCancelled(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	running := make(chan struct{})
+	b.runner.run = blockingRunner(running)
+	go func() {
+		<-running
+		close(b.claim.cancelled) // fleetd cancel marked the lease
+	}()
+	p.process(item)
+	if len(b.claim.released) != 0 || len(b.claim.finished) != 1 {
+		t.Fatalf("finished %+v, released %v; want one Finish", b.claim.finished, b.claim.released)
+	}
+	if rec := b.claim.finished[0]; rec.Outcome != protocol.Cancelled || rec.Reason != "cancelled by alice@host" {
+		t.Errorf("record = %+v, want outcome cancelled, by alice@host", rec)
 	}
 }

@@ -42,6 +42,8 @@ type Metrics interface {
 	LeaseRenewed()
 	LeaseTakenOver()
 	Finished(outcome string)
+	// FleetLeases is told how many leases a recovery scan listed.
+	FleetLeases(n int)
 }
 
 // Clock is the time source of every wait and every validity judgement, so a
@@ -137,6 +139,7 @@ func (nopMetrics) ClaimConflict()  {}
 func (nopMetrics) LeaseRenewed()   {}
 func (nopMetrics) LeaseTakenOver() {}
 func (nopMetrics) Finished(string) {}
+func (nopMetrics) FleetLeases(int) {}
 
 // Errors a claim ends with. Callers test them with errors.Is.
 var (

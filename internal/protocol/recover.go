@@ -39,6 +39,7 @@ func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withCl
 		}
 	}
 	leased := map[string]bool{}
+	leases := 0
 	var stale []string
 	err := p.store.List(ctx, p.cfg.Layout.Dir(queue.Leases), func(page queue.Page) error {
 		for _, o := range page.Objects {
@@ -47,6 +48,7 @@ func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withCl
 				continue
 			}
 			leased[id] = true
+			leases++
 			// The lease's own ttl is checked after reading it; ours filters.
 			if page.ServerTime.Sub(o.LastModified) > staleAfter(MinTTL) {
 				stale = append(stale, id)
@@ -57,6 +59,7 @@ func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withCl
 	if err != nil {
 		return err
 	}
+	p.cfg.Metrics.FleetLeases(leases)
 	for _, id := range stale {
 		if stopped(ctx, quit) {
 			return nil
