@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -26,8 +24,8 @@ import (
 
 	"github.com/cellos/fleetd/internal/drain"
 	"github.com/cellos/fleetd/internal/exec"
-	"github.com/cellos/fleetd/internal/heartbeat"
 	"github.com/cellos/fleetd/internal/metrics"
+	"github.com/cellos/fleetd/internal/ops"
 	"github.com/cellos/fleetd/internal/pipeline"
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
@@ -102,7 +100,7 @@ func run(args []string, getenv func(string) string, environ []string, stdin io.R
 		log.Warn("unknown variables ignored", "did_you_mean", unknown)
 	}
 	m := metrics.New(cfg.Concurrency, version, shortRevision(), protocol.OutcomeLabels()...)
-	prog := newProgress(time.Now())
+	prog := ops.NewProgress(time.Now())
 
 	client, err := newS3Client(cfg, getenv, m, prog.S3Attempt)
 	if err != nil {
@@ -143,14 +141,16 @@ func run(args []string, getenv func(string) string, environ []string, stdin io.R
 		Metrics:      m,
 	}, store, proto, prog.Runner(newRunner(cfg, supervisor, getenv, stdout, stderr)), d)
 	rescuer := recovery.New(proto, d, cfg.LeaseTTL, log)
-	beat := heartbeat.Config{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
+	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
 		Pool: cfg.PoolID, Concurrency: cfg.Concurrency, InFlight: p.Cells, Logger: log}
 
 	log.Info("fleetd starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
 		"supervisor", supervisor, "endpoint", redactURL(cfg.Endpoint), "s3_rps", cfg.S3RPS)
 	if cfg.MetricsAddr != "" {
-		stop, err := serveHTTP(cfg, log, m, p, d, prog)
+		stop, err := ops.Serve(ops.Config{Addr: cfg.MetricsAddr, Metrics: m.Handler(), Agent: p, Progress: prog,
+			Draining: func() bool { return d.Intake().Err() != nil }, Logger: log,
+			Concurrency: cfg.Concurrency, PollInterval: cfg.PollInterval, LeaseTTL: cfg.LeaseTTL, S3Timeout: cfg.S3Timeout})
 		if err != nil {
 			log.Error("metrics server", "addr", cfg.MetricsAddr, "err", err)
 			return 1
@@ -167,7 +167,7 @@ func run(args []string, getenv func(string) string, environ []string, stdin io.R
 		// stops with intake.
 		beating, stopBeat := context.WithCancel(context.Background())
 		var background sync.WaitGroup
-		background.Go(func() { heartbeat.Run(beating, beat) })
+		background.Go(func() { ops.Heartbeat(beating, beat) })
 		background.Go(func() { rescuer.Run(d.Intake()) })
 		p.Run()
 		stopBeat()
@@ -360,54 +360,4 @@ func shortRevision() string {
 		rev = rev[:7]
 	}
 	return rev
-}
-
-// serveHTTP serves /metrics, /healthz and /readyz until stop is called.
-// /healthz fails when the agent is wedged, /readyz when it takes no work;
-// health.live and health.ready say what those mean.
-func serveHTTP(cfg Config, log *slog.Logger, m *metrics.Metrics, p *pipeline.Pipeline, d *drain.Drainer, prog *progress) (stop func(), err error) {
-	ln, err := net.Listen("tcp", cfg.MetricsAddr)
-	if err != nil {
-		return nil, err
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", m.Handler())
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := prog.health(cfg, p, d.Intake().Err() != nil).live(); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if broken := p.HostBroken(); broken != nil && d.Intake().Err() == nil {
-			http.Error(w, fmt.Sprintf("supervisor cannot be started: %v", broken), http.StatusServiceUnavailable)
-			return
-		}
-		msg, err := prog.health(cfg, p, d.Intake().Err() != nil).ready()
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, msg)
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", "err", err)
-		}
-	}()
-	log.Info("serving /metrics, /healthz, /readyz", "addr", ln.Addr().String())
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	}, nil
-}
-
-func formatTime(t time.Time) string {
-	if t.IsZero() {
-		return "never"
-	}
-	return t.UTC().Format(time.RFC3339Nano)
 }
