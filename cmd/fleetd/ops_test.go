@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -370,5 +371,49 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	}
 	if out, err := exec.Command(analyze, "verify", path).CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// TestBusyAgentIsReadyAndLive: with its one slot running a long cell and
+// another spec pending, an agent keeps listing once a poll interval (a
+// fetched page is a successful poll) and is ready and live.
+func TestBusyAgentIsReadyAndLive(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	release := filepath.Join(t.TempDir(), "release")
+	b.submit("long", map[string]any{"waitFor": release})
+	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": "1", "CELLOS_FLEET_POLL_INTERVAL_MS": "100",
+		"CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0"})
+	addr := metricsAddr(t, a)
+	a.logs.await(t, `"msg":"cell started"`, 1)
+	b.submit("next", map[string]any{})
+	lastPoll := func() float64 {
+		return sample(t, scrape(t, addr), "fleetd_last_poll_success_timestamp_seconds")
+	}
+	// Busy for over 3 poll intervals, the lister still records fresh polls.
+	busySince := float64(time.Now().UnixNano()) / 1e9
+	deadline := time.Now().Add(30 * time.Second)
+	for lastPoll() < busySince+0.5 {
+		if time.Now().After(deadline) {
+			t.Fatal("no successful poll while the only slot was busy")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if code, body := httpGet(t, "http://"+addr+"/readyz"); code != 200 {
+		t.Errorf("/readyz = %d %q on a busy agent, want 200", code, body)
+	}
+	if code, body := httpGet(t, "http://"+addr+"/healthz"); code != 200 {
+		t.Errorf("/healthz = %d %q on a busy agent, want 200", code, body)
+	}
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.logs.await(t, `"msg":"spec finalised"`, 2)
+	if code, body := httpGet(t, "http://"+addr+"/readyz"); code != 200 {
+		t.Errorf("/readyz = %d %q once idle, want 200", code, body)
+	}
+	a.signal(syscall.SIGTERM)
+	if code := a.wait(); code != 0 {
+		t.Fatalf("exit code %d", code)
 	}
 }

@@ -1,9 +1,6 @@
-package main
+package ops
 
 import (
-	"os"
-	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -50,57 +47,11 @@ func TestHealthLiveAndReady(t *testing.T) {
 }
 
 func TestLivenessWindow(t *testing.T) {
-	cfg := Config{PollInterval: 5 * time.Second, LeaseTTL: time.Minute, S3Timeout: 10 * time.Second}
-	if got, want := livenessWindow(cfg), 80*time.Second; got != want {
+	if got, want := livenessWindow(5*time.Second, time.Minute, 10*time.Second), 80*time.Second; got != want {
 		t.Errorf("window with the defaults = %v, want %v", got, want)
 	}
 	// The store self-test retries every 30 s at worst: the window leaves room.
-	cfg = Config{PollInterval: 100 * time.Millisecond, LeaseTTL: 3 * time.Second, S3Timeout: time.Second}
-	if got := livenessWindow(cfg); got < 30*time.Second+cfg.S3Timeout {
+	if got := livenessWindow(100*time.Millisecond, 3*time.Second, time.Second); got < 31*time.Second {
 		t.Errorf("window %v is shorter than a self-test retry", got)
-	}
-}
-
-// TestBusyAgentIsReadyAndLive: with its one slot running a long cell and
-// another spec pending, an agent keeps listing once a poll interval (a
-// fetched page is a successful poll) and is ready and live.
-func TestBusyAgentIsReadyAndLive(t *testing.T) {
-	t.Parallel()
-	b := newBucket(t)
-	release := filepath.Join(t.TempDir(), "release")
-	b.submit("long", map[string]any{"waitFor": release})
-	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": "1", "CELLOS_FLEET_POLL_INTERVAL_MS": "100",
-		"CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0"})
-	addr := metricsAddr(t, a)
-	a.logs.await(t, `"msg":"cell started"`, 1)
-	b.submit("next", map[string]any{})
-	lastPoll := func() float64 {
-		return sample(t, scrape(t, addr), "fleetd_last_poll_success_timestamp_seconds")
-	}
-	// Busy for over 3 poll intervals, the lister still records fresh polls.
-	busySince := float64(time.Now().UnixNano()) / 1e9
-	deadline := time.Now().Add(30 * time.Second)
-	for lastPoll() < busySince+0.5 {
-		if time.Now().After(deadline) {
-			t.Fatal("no successful poll while the only slot was busy")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if code, body := httpGet(t, "http://"+addr+"/readyz"); code != 200 {
-		t.Errorf("/readyz = %d %q on a busy agent, want 200", code, body)
-	}
-	if code, body := httpGet(t, "http://"+addr+"/healthz"); code != 200 {
-		t.Errorf("/healthz = %d %q on a busy agent, want 200", code, body)
-	}
-	if err := os.WriteFile(release, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	a.logs.await(t, `"msg":"spec finalised"`, 2)
-	if code, body := httpGet(t, "http://"+addr+"/readyz"); code != 200 {
-		t.Errorf("/readyz = %d %q once idle, want 200", code, body)
-	}
-	a.signal(syscall.SIGTERM)
-	if code := a.wait(); code != 0 {
-		t.Fatalf("exit code %d", code)
 	}
 }

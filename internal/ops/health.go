@@ -1,77 +1,16 @@
-package main
+package ops
 
 import (
-	"context"
 	"fmt"
-	"net/http"
-	"sync/atomic"
 	"time"
-
-	"github.com/cellos/fleetd/internal/exec"
-	"github.com/cellos/fleetd/internal/pipeline"
 )
-
-// progress records the signs that fleetd's loops are turning, for /healthz
-// and /readyz. main feeds it from the two places it wires: the supervisor
-// runner (a cell started or ended) and the S3 request observer.
-type progress struct {
-	last    atomic.Int64 // unix nanos of the last sign of progress
-	started atomic.Int64 // unix nanos of the last cell start
-	running atomic.Int64 // cells running now
-}
-
-func newProgress(now time.Time) *progress {
-	p := &progress{}
-	p.last.Store(now.UnixNano()) // the window starts with the process
-	return p
-}
-
-// Runner wraps r so that each cell's start and end count as progress.
-func (p *progress) Runner(r pipeline.Runner) pipeline.Runner { return progressRunner{r, p} }
-
-type progressRunner struct {
-	pipeline.Runner
-	p *progress
-}
-
-func (r progressRunner) Run(ctx context.Context, specPath, specID string, started func()) exec.Result {
-	var began atomic.Bool
-	res := r.Runner.Run(ctx, specPath, specID, func() {
-		now := time.Now().UnixNano()
-		r.p.started.Store(now)
-		r.p.last.Store(now)
-		r.p.running.Add(1)
-		began.Store(true)
-		if started != nil {
-			started()
-		}
-	})
-	if began.Load() {
-		r.p.running.Add(-1)
-	}
-	r.p.last.Store(time.Now().UnixNano())
-	return res
-}
-
-// S3Attempt is told of every S3 request attempt (status 0: no answer). A
-// failed attempt counts as progress: it shows a loop trying, and an S3 outage
-// is not something a restart fixes (it would only add a crash back-off to the
-// outage). A successful one counts only while a cell runs, when it stands for
-// the lease renewals (every ttl/3) of a cell that may run for hours; an idle
-// agent shows progress by listing pending/.
-func (p *progress) S3Attempt(status int) {
-	failed := status == 0 || status == http.StatusTooManyRequests || status >= 500
-	if failed || p.running.Load() > 0 {
-		p.last.Store(time.Now().UnixNano())
-	}
-}
 
 // health is what /healthz and /readyz judge, read at one instant.
 type health struct {
 	now          time.Time
 	draining     bool
 	lastPoll     time.Time // last successful listing of pending/ (zero: never)
-	lastProgress time.Time // last cell start or end, or S3 attempt counted by progress
+	lastProgress time.Time // last cell start or end, or S3 attempt counted by Progress
 	lastStart    time.Time // last cell start (zero: never)
 	running      int       // cells running now
 	concurrency  int
@@ -84,22 +23,23 @@ type health struct {
 // lease every ttl/3, the store self-test retries at least every 30 s, and any
 // one S3 attempt ends within the S3 timeout (twice, for the slowest listing
 // page and its retry).
-func livenessWindow(cfg Config) time.Duration {
-	return max(3*cfg.PollInterval, cfg.LeaseTTL, 30*time.Second) + 2*cfg.S3Timeout
+func livenessWindow(pollInterval, leaseTTL, s3Timeout time.Duration) time.Duration {
+	return max(3*pollInterval, leaseTTL, 30*time.Second) + 2*s3Timeout
 }
 
-func (p *progress) health(cfg Config, pl *pipeline.Pipeline, draining bool) health {
+// health reads the agent's state now.
+func (s *server) health() health {
 	h := health{
 		now:          time.Now(),
-		draining:     draining,
-		lastPoll:     pl.LastPoll(),
-		lastProgress: time.Unix(0, p.last.Load()),
-		running:      int(p.running.Load()),
-		concurrency:  cfg.Concurrency,
-		pollInterval: cfg.PollInterval,
-		window:       livenessWindow(cfg),
+		draining:     s.cfg.Draining(),
+		lastPoll:     s.cfg.Agent.LastPoll(),
+		lastProgress: time.Unix(0, s.cfg.Progress.last.Load()),
+		running:      int(s.cfg.Progress.running.Load()),
+		concurrency:  s.cfg.Concurrency,
+		pollInterval: s.cfg.PollInterval,
+		window:       livenessWindow(s.cfg.PollInterval, s.cfg.LeaseTTL, s.cfg.S3Timeout),
 	}
-	if n := p.started.Load(); n != 0 {
+	if n := s.cfg.Progress.started.Load(); n != 0 {
 		h.lastStart = time.Unix(0, n)
 	}
 	return h
@@ -145,4 +85,11 @@ func (h health) ready() (string, error) {
 		return fmt.Sprintf("ready (busy: a cell started %s; last poll %s)", formatTime(h.lastStart), formatTime(h.lastPoll)), nil
 	}
 	return "", fmt.Errorf("no successful poll in 3 poll intervals (last: %s)", formatTime(h.lastPoll))
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return t.UTC().Format(time.RFC3339Nano)
 }

@@ -1,4 +1,4 @@
-package heartbeat
+package ops
 
 import (
 	"bytes"
@@ -9,12 +9,12 @@ import (
 	"time"
 )
 
-func TestRunLogsOneEventAtOnce(t *testing.T) {
+func TestHeartbeatLogsOneEventAtOnce(t *testing.T) {
 	t.Parallel()
 	var buf bytes.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // Run still logs its first beat, then returns
-	Run(ctx, Config{Interval: time.Hour, Bucket: "b", Prefix: "fleet", QueueName: "q", Pool: "p",
+	cancel() // Heartbeat still logs its first beat, then returns
+	Heartbeat(ctx, HeartbeatConfig{Interval: time.Hour, Bucket: "b", Prefix: "fleet", QueueName: "q", Pool: "p",
 		Concurrency: 4, InFlight: func() int { return 2 }, Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
 	var ev struct {
 		EventType   string `json:"event_type"`
@@ -40,7 +40,7 @@ func TestRunLogsOneEventAtOnce(t *testing.T) {
 		PoolID      string `json:"pool_id"`
 		InFlight    int    `json:"in_flight"`
 		Concurrency int    `json:"concurrency"`
-	}{EventType, "b", "fleet", "q", "p", 2, 4}
+	}{HeartbeatEventType, "b", "fleet", "q", "p", 2, 4}
 	if ev != want {
 		t.Errorf("heartbeat %+v, want %+v", ev, want)
 	}

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cellos/fleetd/internal/drain"
+	"github.com/cellos/fleetd/internal/exec"
+	"github.com/cellos/fleetd/internal/metrics"
+	"github.com/cellos/fleetd/internal/ops"
+	"github.com/cellos/fleetd/internal/pipeline"
+	"github.com/cellos/fleetd/internal/protocol"
+	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/recovery"
+)
+
+// runAgent is the daemon: wire the store, protocol, pipeline, recovery and
+// ops from cfg, pass the store self-test, work until signalled, drain. It
+// returns the exit code (see run). unknown holds misspelt environment
+// variables, to be warned about once the logger exists.
+func runAgent(cfg Config, unknown map[string]string, getenv func(string) string, stdout, stderr io.Writer) int {
+	supervisor, err := exec.Check(cfg.Supervisor)
+	if err != nil {
+		fmt.Fprintf(stderr, "fleetd: CELLOS_FLEET_SUPERVISOR: %v\n", err)
+		return 2
+	}
+	log := newLogger(cfg, stderr).With("node", cfg.NodeID)
+	if len(unknown) > 0 {
+		// Keyed by the unknown variable, valued by the closest known one.
+		log.Warn("unknown variables ignored", "did_you_mean", unknown)
+	}
+	m := metrics.New(cfg.Concurrency, version, shortRevision(), protocol.OutcomeLabels()...)
+	prog := ops.NewProgress(time.Now())
+
+	client, err := newS3Client(cfg, getenv, m, prog.S3Attempt)
+	if err != nil {
+		log.Error("S3 client", "err", err)
+		return 1
+	}
+	layout := queue.NewLayout(cfg.Prefix, cfg.QueueName)
+	store := queue.New(client, cfg.Bucket, s3Policy(cfg, m))
+	proto := protocol.New(protocol.Config{
+		Layout:      layout,
+		Node:        cfg.NodeID,
+		TTL:         cfg.LeaseTTL,
+		MaxAttempts: cfg.MaxAttempts,
+		Logger:      log,
+		Metrics:     m,
+	}, store)
+
+	// Signals are counted rather than handled with NotifyContext: the first
+	// starts the drain, a second may cut it short.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	// Past the drain deadline, cells get the stop grace to exit and their
+	// release two S3 request timeouts; then fleetd exits and leaves the rest
+	// to recovery. See the README's stop-timeout formula.
+	d := drain.New(context.Background(), cfg.StopGrace+2*cfg.S3Timeout)
+	p := pipeline.New(pipeline.Config{
+		Node:         cfg.NodeID,
+		Pool:         cfg.PoolID,
+		Layout:       layout,
+		Concurrency:  cfg.Concurrency,
+		PollInterval: cfg.PollInterval,
+		MaxSpecBytes: cfg.MaxSpecBytes,
+		MaxAttempts:  cfg.MaxAttempts,
+		CellTimeout:  cfg.CellTimeout,
+		Logger:       log,
+		Metrics:      m,
+	}, store, proto, prog.Runner(newRunner(cfg, supervisor, getenv, stdout, stderr)), d)
+	rescuer := recovery.New(proto, d, cfg.LeaseTTL, log)
+	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
+		Pool: cfg.PoolID, Concurrency: cfg.Concurrency, InFlight: p.Cells, Logger: log}
+
+	log.Info("fleetd starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
+		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
+		"supervisor", supervisor, "endpoint", redactURL(cfg.Endpoint), "s3_rps", cfg.S3RPS)
+	if cfg.MetricsAddr != "" {
+		stop, err := ops.Serve(ops.Config{Addr: cfg.MetricsAddr, Metrics: m.Handler(), Agent: p, Progress: prog,
+			Draining: func() bool { return d.Intake().Err() != nil }, Logger: log,
+			Concurrency: cfg.Concurrency, PollInterval: cfg.PollInterval, LeaseTTL: cfg.LeaseTTL, S3Timeout: cfg.S3Timeout})
+		if err != nil {
+			log.Error("metrics server", "addr", cfg.MetricsAddr, "err", err)
+			return 1
+		}
+		defer stop()
+	}
+	if code, ok := selfTest(proto, log, sigs); !ok {
+		return code
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// The heartbeat lasts until the last cell is finished; recovery
+		// stops with intake.
+		beating, stopBeat := context.WithCancel(context.Background())
+		var background sync.WaitGroup
+		background.Go(func() { ops.Heartbeat(beating, beat) })
+		background.Go(func() { rescuer.Run(d.Intake()) })
+		p.Run()
+		stopBeat()
+		background.Wait()
+	}()
+
+	stopped := awaitDrain(cfg, log, sigs, d, p.Cells)
+	<-done
+	log.Info("drain complete", "cells_stopped", stopped)
+	return 0
+}
+
+// awaitDrain waits for the first signal, closes intake and drains the cells
+// in flight, bounded by the drain timeout if one is set; a second signal then
+// cuts the drain short. It reports whether cells had to be stopped.
+func awaitDrain(cfg Config, log *slog.Logger, sigs <-chan os.Signal, d *drain.Drainer, inFlight func() int) (stopped bool) {
+	sig := <-sigs
+	d.CloseIntake() // before the log line, so whoever reads it sees the node not ready
+	log.Info("drain started: no new claims; waiting for cells in flight",
+		"signal", sig.String(), "in_flight", inFlight(), "drain_timeout_ms", cfg.DrainTimeout.Milliseconds())
+	deadline, cut := context.WithCancel(context.Background())
+	defer cut()
+	if cfg.DrainTimeout > 0 {
+		deadline, cut = context.WithTimeout(deadline, cfg.DrainTimeout)
+		defer cut()
+	}
+	go func() {
+		for s := range sigs {
+			if cfg.DrainTimeout > 0 {
+				log.Warn("second signal: stopping cells now and requeueing their specs", "signal", s.String())
+				cut()
+				return
+			}
+			log.Warn("second signal ignored: cells keep running until they end (set CELLOS_FLEET_DRAIN_TIMEOUT_MS to bound the drain)",
+				"signal", s.String(), "in_flight", inFlight())
+		}
+	}()
+	return d.Drain(deadline)
+}
+
+// selfTest runs the store self-test until it passes. A definite failure
+// stops fleetd with exit 2; no answer is retried with backoff (the store or
+// the network may still be coming up), and a signal meanwhile exits 0.
+func selfTest(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal) (code int, ok bool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		err := proto.SelfTest(ctx)
+		switch {
+		case err == nil:
+			log.Info("store self-test passed")
+			return 0, true
+		case errors.Is(err, protocol.ErrUnfit):
+			log.Error("store self-test failed: fleetd cannot run on this bucket", "err", err)
+			return 2, false
+		case ctx.Err() != nil:
+			log.Info("signalled during the store self-test; exiting")
+			return 0, false
+		}
+		log.Warn("store self-test got no answer; retrying", "err", err, "retry_in_ms", wait.Milliseconds())
+		select {
+		case <-ctx.Done():
+			log.Info("signalled during the store self-test; exiting")
+			return 0, false
+		case <-time.After(wait):
+		}
+	}
+}
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated by parseConfig
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// newRunner builds the supervisor runner. In JSON log mode each relayed line
+// is a JSON record on the stream it came from, so the log stays parseable
+// whatever a supervisor prints; in text mode lines pass through prefixed with
+// the spec id. The supervisor inherits fleetd's environment, secrets included,
+// so their values are redacted from what it prints.
+func newRunner(cfg Config, supervisor string, getenv func(string) string, stdout, stderr io.Writer) *exec.Runner {
+	r := &exec.Runner{Path: supervisor, Grace: cfg.StopGrace, Stdout: stdout, Stderr: stderr}
+	for _, name := range []string{"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"} {
+		if v := getenv(name); v != "" {
+			r.Redact = append(r.Redact, v)
+		}
+	}
+	if cfg.LogFormat == "json" {
+		// Their own handlers: supervisor output is relayed at every log level.
+		out := slog.New(slog.NewJSONHandler(stdout, nil)).With("node", cfg.NodeID)
+		errOut := slog.New(slog.NewJSONHandler(stderr, nil)).With("node", cfg.NodeID)
+		r.Lines = func(specID, stream, line string) {
+			log := out
+			if stream == "stderr" {
+				log = errOut
+			}
+			log.Info("supervisor output", "spec_id", specID, "stream", stream, "line", line)
+		}
+	}
+	return r
+}
