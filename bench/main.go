@@ -66,7 +66,9 @@ func run(args []string) error {
 	}
 	o := options{
 		specs: 500, concurrencies: []int{1, 4, 16, 64}, scaleN: []int{1, 8, 32, 64},
-		pickups: 50, idle: 60 * time.Second, backlogs: []int{2000, 20000}, backlogRun: 5 * time.Second,
+		// Idle runs 3 minutes: recovery costs its agent a few requests about
+		// once a ttl (60 s), so a shorter window over-weights the first offer.
+		pickups: 50, idle: 3 * time.Minute, backlogs: []int{2000, 20000}, backlogRun: 5 * time.Second,
 		agents: []int{1, 2, 4, 8, 16}, fleetSpecs: 1000, baselineSpecs: 30,
 		deadTTL: 10 * time.Second, deadTrials: 3,
 		recAgents: []int{1, 4, 16}, recTTL: 6 * time.Second, recWindow: time.Minute,
