@@ -325,7 +325,7 @@ func (a *agent) cellLog() map[string]cellTimes {
 func (a *agent) noteCell(line string) {
 	var ev struct {
 		Time   time.Time `json:"time"`
-		Msg    string    `json:"msg"`
+		Event  string    `json:"event"`
 		SpecID string    `json:"spec_id"`
 	}
 	if json.Unmarshal([]byte(line), &ev) != nil || ev.SpecID == "" {
@@ -338,7 +338,7 @@ func (a *agent) noteCell(line string) {
 		t = &cellTimes{}
 		a.cells[ev.SpecID] = t
 	}
-	if ev.Msg == "cell started" {
+	if ev.Event == "cell.started" {
 		t.started = ev.Time
 	} else {
 		t.ended = ev.Time
@@ -375,17 +375,25 @@ func (r *rig) startAgent(bucket string, settings map[string]string, watchStarts 
 		sc := bufio.NewScanner(pipe)
 		for sc.Scan() {
 			line := sc.Text()
+			var rec struct {
+				Event string `json:"event"`
+				Level string `json:"level"`
+			}
+			// fleetd's log lines are JSON; the event names them, not the msg.
+			if json.Unmarshal([]byte(line), &rec) != nil {
+				continue
+			}
 			switch {
-			case strings.Contains(line, `"msg":"spec finalised"`):
+			case rec.Event == "spec.finalised":
 				a.finalised.Add(1)
-			case strings.Contains(line, `"msg":"cell started"`):
+			case rec.Event == "cell.started":
 				a.noteCell(line)
 				if a.cellStart != nil {
 					a.cellStart <- time.Now()
 				}
-			case strings.Contains(line, `"msg":"cell ended"`):
+			case rec.Event == "cell.ended":
 				a.noteCell(line)
-			case strings.Contains(line, `"level":"ERROR"`):
+			case rec.Level == "ERROR":
 				a.mu.Lock()
 				a.stderr.WriteString(line + "\n")
 				a.mu.Unlock()

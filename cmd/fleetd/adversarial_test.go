@@ -89,7 +89,7 @@ func TestAdversarialRenewalLandsUnseen(t *testing.T) {
 	release := filepath.Join(t.TempDir(), "release")
 	b.submit("r", map[string]any{"waitFor": release})
 	a := startAgent(t, b, advSettings(proxy, "a", nil))
-	a.logs.await(t, `"msg":"cell started"`, 1)
+	a.logs.awaitEvent(t, "cell.started", 1)
 
 	lease := regexp.MustCompile(`^fleet/leases/r\.json$`)
 	proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: map[string]string{"If-Match": ""}, Action: faultproxy.ResetAfter, Times: 1})
@@ -105,7 +105,7 @@ func TestAdversarialRenewalLandsUnseen(t *testing.T) {
 	b.waitSettled("r")
 	a.signal(syscall.SIGTERM)
 	a.wait()
-	if n := a.logs.count("taken over"); n != 0 {
+	if n := a.logs.countEvent("lease.lost"); n != 0 {
 		t.Errorf("the node took its own late renewal for a takeover (%d lines)", n)
 	}
 	if got := starts(a.cellEvents()); got["r"] != 1 {
@@ -140,7 +140,7 @@ func TestAdversarialRecoveryChainForgetsTheResult(t *testing.T) {
 
 	settle := proxy.Add(faultproxy.Rule{Method: "HEAD", Key: regexp.MustCompile(`^fleet/pending/c\.json$`), Action: faultproxy.Hold})
 	r := startAgent(t, b, advSettings(proxy, "r", nil))
-	r.logs.await(t, "took over a stale lease", 1)
+	r.logs.awaitEvent(t, "lease.takeover", 1)
 	waitFired(t, settle, 1, "r settling")
 	r.crash()
 	proxy.Clear()
@@ -149,7 +149,7 @@ func TestAdversarialRecoveryChainForgetsTheResult(t *testing.T) {
 		t.Fatal(err)
 	}
 	r2 := startAgent(t, b, advSettings(proxy, "r2", nil))
-	r2.logs.await(t, "took over a stale lease", 1)
+	r2.logs.awaitEvent(t, "lease.takeover", 1)
 	b.waitSettled("c")
 	r2.signal(syscall.SIGTERM)
 	r2.wait()
@@ -180,7 +180,7 @@ func TestAdversarialLateClaimedWriteReruns(t *testing.T) {
 	b.waitCount("completed", 1)
 	b.waitSettled("o")
 	v2 := b.submit("o", map[string]any{"sleepMs": 1})
-	a.logs.await(t, `"msg":"spec finalised"`, 2)
+	a.logs.awaitEvent(t, "spec.finalised", 2)
 	b.waitSettled("o")
 
 	held.Release()
@@ -191,7 +191,7 @@ func TestAdversarialLateClaimedWriteReruns(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	a.logs.await(t, "recovery: claim", 1)
+	a.logs.awaitEvents(t, 1, "recovery.orphan", "recovery.late_claim_cleared")
 	b.waitSettled("o")
 	a.signal(syscall.SIGTERM)
 	a.wait()

@@ -35,14 +35,14 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 	log := newLogger(cfg, stderr).With("node", cfg.NodeID)
 	if len(unknown) > 0 {
 		// Keyed by the unknown variable, valued by the closest known one.
-		log.Warn("unknown variables ignored", "did_you_mean", unknown)
+		log.Warn("unknown variables ignored", "event", "config.unknown_vars", "did_you_mean", unknown)
 	}
 	m := metrics.New(cfg.Concurrency, version, shortRevision(), protocol.OutcomeLabels()...)
 	prog := ops.NewProgress(time.Now())
 
 	client, err := newS3Client(cfg, getenv, m, prog.S3Attempt)
 	if err != nil {
-		log.Error("S3 client", "err", err)
+		log.Error("S3 client", "event", "agent.s3_client_failed", "err", err)
 		return 1
 	}
 	layout := queue.NewLayout(cfg.Prefix, cfg.QueueName)
@@ -82,7 +82,7 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
 		Pool: cfg.PoolID, Concurrency: cfg.Concurrency, InFlight: p.Cells, Logger: log}
 
-	log.Info("fleetd starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
+	log.Info("fleetd starting", "event", "agent.starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
 		"supervisor", supervisor, "endpoint", redactURL(cfg.Endpoint), "s3_rps", cfg.S3RPS)
 	if cfg.MetricsAddr != "" {
@@ -90,7 +90,7 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 			Draining: func() bool { return d.Intake().Err() != nil }, Logger: log,
 			Concurrency: cfg.Concurrency, PollInterval: cfg.PollInterval, LeaseTTL: cfg.LeaseTTL, S3Timeout: cfg.S3Timeout})
 		if err != nil {
-			log.Error("metrics server", "addr", cfg.MetricsAddr, "err", err)
+			log.Error("metrics server", "event", "ops.listen_failed", "addr", cfg.MetricsAddr, "err", err)
 			return 1
 		}
 		defer stop()
@@ -114,7 +114,7 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 
 	stopped := awaitDrain(cfg, log, sigs, d, p.Cells)
 	<-done
-	log.Info("drain complete", "cells_stopped", stopped)
+	log.Info("drain complete", "event", "drain.complete", "cells_stopped", stopped)
 	return 0
 }
 
@@ -124,7 +124,7 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 func awaitDrain(cfg Config, log *slog.Logger, sigs <-chan os.Signal, d *drain.Drainer, inFlight func() int) (stopped bool) {
 	sig := <-sigs
 	d.CloseIntake() // before the log line, so whoever reads it sees the node not ready
-	log.Info("drain started: no new claims; waiting for cells in flight",
+	log.Info("drain started: no new claims; waiting for cells in flight", "event", "drain.started",
 		"signal", sig.String(), "in_flight", inFlight(), "drain_timeout_ms", cfg.DrainTimeout.Milliseconds())
 	deadline, cut := context.WithCancel(context.Background())
 	defer cut()
@@ -135,11 +135,11 @@ func awaitDrain(cfg Config, log *slog.Logger, sigs <-chan os.Signal, d *drain.Dr
 	go func() {
 		for s := range sigs {
 			if cfg.DrainTimeout > 0 {
-				log.Warn("second signal: stopping cells now and requeueing their specs", "signal", s.String())
+				log.Warn("second signal: stopping cells now and requeueing their specs", "event", "drain.second_signal.stop", "signal", s.String())
 				cut()
 				return
 			}
-			log.Warn("second signal ignored: cells keep running until they end (set CELLOS_FLEET_DRAIN_TIMEOUT_MS to bound the drain)",
+			log.Warn("second signal ignored: cells keep running until they end (set CELLOS_FLEET_DRAIN_TIMEOUT_MS to bound the drain)", "event", "drain.second_signal.ignored",
 				"signal", s.String(), "in_flight", inFlight())
 		}
 	}()
@@ -163,19 +163,19 @@ func selfTest(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal)
 		err := proto.SelfTest(ctx)
 		switch {
 		case err == nil:
-			log.Info("store self-test passed")
+			log.Info("store self-test passed", "event", "selftest.passed")
 			return 0, true
 		case errors.Is(err, protocol.ErrUnfit):
-			log.Error("store self-test failed: fleetd cannot run on this bucket", "err", err)
+			log.Error("store self-test failed: fleetd cannot run on this bucket", "event", "selftest.failed", "err", err)
 			return 2, false
 		case ctx.Err() != nil:
-			log.Info("signalled during the store self-test; exiting")
+			log.Info("signalled during the store self-test; exiting", "event", "selftest.interrupted")
 			return 0, false
 		}
-		log.Warn("store self-test got no answer; retrying", "err", err, "retry_in_ms", wait.Milliseconds())
+		log.Warn("store self-test got no answer; retrying", "event", "selftest.retry", "err", err, "retry_in_ms", wait.Milliseconds())
 		select {
 		case <-ctx.Done():
-			log.Info("signalled during the store self-test; exiting")
+			log.Info("signalled during the store self-test; exiting", "event", "selftest.interrupted")
 			return 0, false
 		case <-time.After(wait):
 		}
@@ -213,7 +213,7 @@ func newRunner(cfg Config, supervisor string, getenv func(string) string, stdout
 			if stream == "stderr" {
 				log = errOut
 			}
-			log.Info("supervisor output", "spec_id", specID, "stream", stream, "line", line)
+			log.Info("supervisor output", "event", "supervisor.output", "spec_id", specID, "stream", stream, "line", line)
 		}
 	}
 	return r

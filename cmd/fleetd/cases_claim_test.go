@@ -112,6 +112,8 @@ func claimStop(t *testing.T, agents ...*agent) {
 		if code := a.wait(); code != 0 {
 			t.Errorf("fleetd exit code %d", code)
 		}
+		// A crash is the Go runtime's panic text on stderr, not a JSON line with
+		// an event (a recovered worker.panic has both), so the word is matched.
 		if strings.Contains(a.logs.text(), "panic") {
 			t.Errorf("fleetd logged a panic")
 		}
@@ -203,12 +205,32 @@ func claimETag(body []byte) string {
 	return `"` + hex.EncodeToString(sum[:]) + `"`
 }
 
-// claimLogTime is the time of the first log line of a containing substr.
-func claimLogTime(t *testing.T, a *agent, substr string) time.Time {
+// recoveryEvents are the events of recovery settling another claim: a live
+// claim must log none of them.
+var recoveryEvents = []string{
+	"lease.takeover", "recovery.read_lease_failed", "recovery.unreadable_lease",
+	"recovery.lease_changed", "recovery.takeover_failed", "recovery.orphan_lease_failed",
+	"recovery.late_claim_cleared", "recovery.orphan", "recovery.result_found",
+	"recovery.never_started", "recovery.lease_removed", "recovery.read_claim_failed",
+	"recovery.stopped",
+}
+
+// claimBadEvents checks that a logged none of recoveryEvents and none of more.
+func claimBadEvents(t *testing.T, a *agent, more ...string) {
 	t.Helper()
-	lines := a.logs.jsonLines(t, substr)
+	for _, bad := range append(append([]string(nil), recoveryEvents...), more...) {
+		if n := a.logs.countEvent(bad); n != 0 {
+			t.Errorf("%d %q events", n, bad)
+		}
+	}
+}
+
+// claimLogTime is the time of the first log line of a with the event name.
+func claimLogTime(t *testing.T, a *agent, name string) time.Time {
+	t.Helper()
+	lines := a.logs.events(name)
 	if len(lines) == 0 {
-		t.Fatalf("no log line with %q", substr)
+		t.Fatalf("no %q event", name)
 	}
 	at, err := time.Parse(time.RFC3339Nano, lines[0]["time"].(string))
 	if err != nil {
@@ -267,11 +289,7 @@ func TestCase1_AmbiguousConditionalPut(t *testing.T) {
 				claimStop(t, a)
 				claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
 				claimRunsOnce(t, []string{"x"}, a)
-				for _, bad := range []string{"recovery:", "claim conflict", "lease taken over", "left to recovery"} {
-					if n := a.logs.count(bad); n != 0 {
-						t.Errorf("%d log lines with %q", n, bad)
-					}
-				}
+				claimBadEvents(t, a, "claim.conflict", "lease.lost", "spec.left_to_recovery")
 			})
 		}
 	}
@@ -335,7 +353,7 @@ func TestCase3_ClaimSlowerThanTTL(t *testing.T) {
 	}
 	claimRunsOnce(t, []string{"x"}, a1, a2)
 	for _, a := range []*agent{a1, a2} {
-		if n := a.logs.count("recovery:"); n != 0 {
+		if n := a.logs.countEvents(recoveryEvents...); n != 0 {
 			t.Errorf("%d recovery log lines: the claim was recovered while alive", n)
 		}
 	}
@@ -397,11 +415,7 @@ func TestCase4_LateCleanup(t *testing.T) {
 		t.Errorf("x ran %d times, want once per submission (2)", n)
 	}
 	for _, a := range []*agent{a1, a2} {
-		for _, bad := range []string{"recovery:", "lease taken over", "left to recovery"} {
-			if n := a.logs.count(bad); n != 0 {
-				t.Errorf("%d log lines with %q", n, bad)
-			}
-		}
+		claimBadEvents(t, a, "lease.lost", "spec.left_to_recovery")
 	}
 }
 
@@ -417,24 +431,24 @@ func TestCase5_RenewalsFailLongerThanTTL(t *testing.T) {
 	release := filepath.Join(t.TempDir(), "release")
 	body := b.submit("x", map[string]any{"waitFor": release})
 	a := claimAgent(t, b, p, "a", nil)
-	a.logs.await(t, `"msg":"cell started"`, 1)
+	a.logs.awaitEvent(t, "cell.started", 1)
 	tokenA := claimLease(t, b, "x")["token"]
 	fail := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""},
 		Action: faultproxy.ErrorBefore, Status: 503})
 	other := claimAgent(t, b, nil, "b", nil)
-	a.logs.await(t, "cell stopped: the lease could not be renewed in time", 1)
+	a.logs.awaitEvent(t, "cell.fenced", 1)
 	// From here on any run of x ends at once.
 	if err := os.WriteFile(release, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	other.logs.await(t, "took over a stale lease", 1)
+	other.logs.awaitEvent(t, "lease.takeover", 1)
 	b.waitCount("completed", 1)
-	if stopped, taken := claimLogTime(t, a, `"msg":"cell ended"`), claimLogTime(t, other, "took over a stale lease"); !stopped.Before(taken) {
+	if stopped, taken := claimLogTime(t, a, "cell.ended"), claimLogTime(t, other, "lease.takeover"); !stopped.Before(taken) {
 		t.Errorf("A's cell ended at %v, after B took the lease over at %v", stopped, taken)
 	}
 	fail.Remove()
 	// A learns it lost the lease once it can reach S3 again.
-	a.logs.await(t, "lease taken over", 1)
+	a.logs.awaitEvent(t, "lease.lost", 1)
 	claimWaitEmpty(t, b)
 	claimStop(t, a, other)
 	meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
@@ -472,11 +486,7 @@ func TestCase6_FinalizeDuringOutage(t *testing.T) {
 	if os.Getenv("CLAIM_DEBUG") != "" {
 		t.Log(a.logs.text())
 	}
-	for _, bad := range []string{"recovery:", "lease taken over", "left to recovery", "returned to pending"} {
-		if n := a.logs.count(bad); n != 0 {
-			t.Errorf("%d log lines with %q", n, bad)
-		}
-	}
+	claimBadEvents(t, a, "lease.lost", "spec.left_to_recovery", "spec.released")
 }
 
 // claimPut writes an object with user metadata straight to S3.
@@ -508,7 +518,7 @@ func TestCase7_OrphanClaimRecovery(t *testing.T) {
 		claimPut(t, b, b.key("claimed", "x"), body, map[string]string{"fleetd-node": "gone", "fleetd-token": "t-old",
 			"fleetd-attempts": "1", "fleetd-pending-etag": claimETag(body)})
 		a := claimAgent(t, b, p, "n1", nil)
-		a.logs.await(t, "claimed/ written late by an ended claim", 1)
+		a.logs.awaitEvent(t, "recovery.late_claim_cleared", 1)
 		claimWaitEmpty(t, b)
 		claimStop(t, a)
 		meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
@@ -534,7 +544,7 @@ func TestCase7_OrphanClaimRecovery(t *testing.T) {
 			"fleetd-attempts": "3", "fleetd-pending-etag": claimETag(body)})
 		a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_MAX_ATTEMPTS": "3"})
 		claimWait(t, peek, 1)
-		a.logs.await(t, "claimed/ written late by an ended claim", 1)
+		a.logs.awaitEvent(t, "recovery.late_claim_cleared", 1)
 		peek.Release()
 		b.waitCount("completed", 1)
 		claimWaitEmpty(t, b)
@@ -544,7 +554,7 @@ func TestCase7_OrphanClaimRecovery(t *testing.T) {
 			t.Errorf("completed/x attempts = %q, want 1: the orphan's attempt never started", got)
 		}
 		claimRunsOnce(t, []string{"x"}, a)
-		if n := a.logs.count("abandon"); n != 0 {
+		if n := a.logs.countEvent("claim.abandoned"); n != 0 {
 			t.Errorf("%d log lines about abandoning", n)
 		}
 	})
@@ -576,9 +586,6 @@ func TestCase1_AmbiguousRenewalUnresolved(t *testing.T) {
 	if os.Getenv("CLAIM_DEBUG") != "" {
 		t.Log(a.logs.text())
 	}
-	for _, bad := range []string{"recovery:", "lease taken over", "left to recovery", "cell stopped"} {
-		if n := a.logs.count(bad); n != 0 {
-			t.Errorf("%d log lines with %q", n, bad)
-		}
-	}
+	claimBadEvents(t, a, "lease.lost", "spec.left_to_recovery",
+		"cell.fenced", "spec.cancelled", "cell.drain_stopped", "cell.start_failed")
 }

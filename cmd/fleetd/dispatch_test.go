@@ -51,7 +51,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Error("a spec of another lane was taken")
 	}
 	// The gate rejects the gpu spec once and then stops fetching it.
-	gateLines := func() int { return a.logs.count(`"msg":"gate: spec belongs to another pool"`) }
+	gateLines := func() int { return a.logs.countEvent("gate.skip") }
 	before := gateLines()
 	awaitPolls(t, a, 3)
 	a.signal(syscall.SIGTERM)
@@ -89,7 +89,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("log line about a spec without node: %v", l)
 		}
 	}
-	hb := a.logs.jsonLines(t, "dev.cellos.events.fleet.v1.heartbeat")
+	hb := a.logs.events("ops.heartbeat")
 	if len(hb) == 0 || hb[0]["queue_name"] != "lane-a" || hb[0]["pool_id"] != "cpu" || hb[0]["in_flight"] == nil {
 		t.Errorf("heartbeat events = %v, want queue_name, pool_id and in_flight", hb)
 	}
@@ -144,22 +144,22 @@ func TestDrainFinishesCellsAndClaimsNothing(t *testing.T) {
 	b.submit("long-1", map[string]any{"waitFor": release})
 	b.submit("long-2", map[string]any{"waitFor": release})
 	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": "2"})
-	a.logs.await(t, `"msg":"cell started"`, 2)
+	a.logs.awaitEvent(t, "cell.started", 2)
 	for i := range 3 {
 		b.submit(fmt.Sprintf("later-%d", i), map[string]any{})
 	}
 
 	a.signal(syscall.SIGTERM)
-	a.logs.await(t, "drain started", 1)
+	a.logs.awaitEvent(t, "drain.started", 1)
 	a.signal(syscall.SIGTERM)
-	a.logs.await(t, "second signal ignored", 1)
+	a.logs.awaitEvent(t, "drain.second_signal.ignored", 1)
 	if err := os.WriteFile(release, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if code := a.wait(); code != 0 {
 		t.Fatalf("exit code %d, want 0", code)
 	}
-	if a.logs.count("drain complete") != 1 {
+	if a.logs.countEvent("drain.complete") != 1 {
 		t.Error("no drain complete line")
 	}
 	if got := b.ids("completed"); !slices.Equal(got, []string{"long-1", "long-2"}) {
@@ -254,7 +254,7 @@ func TestBadInput(t *testing.T) {
 		if !b.exists(key) {
 			t.Errorf("%s was touched", key)
 		}
-		if n := a.logs.count(`"key":"` + key + `"`); n != 1 {
+		if n := len(a.logs.eventsWith("lister.not_work", "key", key)); n != 1 {
 			t.Errorf("%s logged %d times, want once", key, n)
 		}
 	}
@@ -280,7 +280,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 	if code := bad.wait(); code != 2 {
 		t.Errorf("fleetd with a wrong secret exited %d, want 2", code)
 	}
-	if bad.logs.count("store self-test failed") != 1 {
+	if bad.logs.countEvent("selftest.failed") != 1 {
 		t.Errorf("no self-test failure logged:\n%s", bad.logs.text())
 	}
 
@@ -296,5 +296,5 @@ func TestNoSecretsInLogs(t *testing.T) {
 // awaitPolls waits for n more complete listings of pending/.
 func awaitPolls(t *testing.T, a *agent, n int) {
 	t.Helper()
-	a.logs.await(t, `"msg":"listed pending"`, a.logs.count(`"msg":"listed pending"`)+n)
+	a.logs.awaitEvent(t, "lister.listed", a.logs.countEvent("lister.listed")+n)
 }

@@ -77,7 +77,7 @@ func TestHostileIDs(t *testing.T) {
 			t.Errorf("spec %q ran %d times, want once", id, runs[specID])
 		}
 	}
-	if n := a.logs.count(`"msg":"reject failed; will retry"`); n != 0 {
+	if n := a.logs.countEvent("reject.failed"); n != 0 {
 		t.Errorf("%d failed rejections, want none", n)
 	}
 }
@@ -120,7 +120,7 @@ func TestOverlongIDsLeftAlone(t *testing.T) {
 		if !b.exists(key) {
 			t.Errorf("pending/ key of %d bytes was taken", len(key))
 		}
-		lines := a.logs.jsonLines(t, `"key":"`+key+`"`)
+		lines := a.logs.eventsWith("lister.not_work", "key", key)
 		if len(lines) != 1 || !strings.Contains(lines[0]["reason"].(string), "over S3's limit of 1024") {
 			t.Errorf("pending/ key of %d bytes logged %d times (%v), want once with the reason", len(key), len(lines), lines)
 		}
@@ -201,7 +201,7 @@ func TestBusyNodeStaysReady(t *testing.T) {
 	b.submit("long", map[string]any{"waitFor": release})
 	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": "1", "CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0"})
 	addr := metricsAddr(t, a)
-	a.logs.await(t, `"msg":"cell started"`, 1)
+	a.logs.awaitEvent(t, "cell.started", 1)
 	for i := range 5 {
 		b.submit(fmt.Sprintf("backlog-%d", i), map[string]any{})
 	}
@@ -273,7 +273,7 @@ func TestBrokenHostDoesNotEatTheQueue(t *testing.T) {
 	for i := range n {
 		b.submit(fmt.Sprintf("s-%02d", i), map[string]any{})
 	}
-	broken.logs.await(t, `"msg":"supervisor cannot be started on this host`, 1)
+	broken.logs.awaitEvent(t, "host.broken", 1)
 	if code, body := httpGet(t, "http://"+addr+"/readyz"); code != 503 || !strings.Contains(body, "supervisor cannot be started") || !strings.Contains(body, "permission denied") {
 		t.Errorf("/readyz of the broken node = %d %q, want 503 with the reason", code, body)
 	}
@@ -300,7 +300,7 @@ func TestBrokenHostDoesNotEatTheQueue(t *testing.T) {
 			t.Errorf("completed/%s metadata = %v, want run once by healthy", id, meta)
 		}
 	}
-	if lines := broken.logs.count(`"msg":"supervisor cannot be started on this host`); lines != 1 {
+	if lines := broken.logs.countEvent("host.broken"); lines != 1 {
 		t.Errorf("%d lines say the host is broken, want 1", lines)
 	}
 	if code, _ := httpGet(t, "http://"+addr+"/readyz"); code != 503 {
@@ -315,7 +315,7 @@ func TestBrokenHostDoesNotEatTheQueue(t *testing.T) {
 		b.submit(fmt.Sprintf("after-%d", i), map[string]any{})
 	}
 	b.waitCount("completed", n+3)
-	broken.logs.await(t, `"msg":"supervisor starts again: claiming resumed"`, 1)
+	broken.logs.awaitEvent(t, "host.recovered", 1)
 	if code, body := httpGet(t, "http://"+addr+"/readyz"); code != 200 {
 		t.Errorf("/readyz of the fixed node = %d %q, want 200", code, body)
 	}

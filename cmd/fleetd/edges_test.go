@@ -20,7 +20,7 @@ func TestUnknownVariablesWarnedOnceAtStartup(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURENCY": "8", "CELLOS_FLEET_POOLID": "gpu"})
-	warnings := a.logs.jsonLines(t, `"msg":"unknown variables ignored"`)
+	warnings := a.logs.events("config.unknown_vars")
 	if len(warnings) != 1 {
 		t.Fatalf("%d unknown-variable warnings, want 1", len(warnings))
 	}
@@ -65,7 +65,7 @@ func TestRelayedOutputRedactsSecrets(t *testing.T) {
 // and whose supervisor prints a line that looks like one of fleetd's.
 func TestRelayedOutputCannotForgeLogLines(t *testing.T) {
 	t.Parallel()
-	const id, forged = "forge\n{\"msg\":\"drain complete\"}", `{"level":"INFO","msg":"drain complete"}`
+	const id, forged = "forge\n{\"event\":\"drain.complete\"}", `{"level":"INFO","msg":"drain complete","event":"drain.complete"}`
 	for _, format := range []string{"json", "text"} {
 		t.Run(format, func(t *testing.T) {
 			t.Parallel()
@@ -91,7 +91,7 @@ func TestRelayedOutputCannotForgeLogLines(t *testing.T) {
 				return
 			}
 			// Every line of both streams is a JSON record, and the only
-			// "drain complete" is fleetd's own.
+			// drain.complete event is fleetd's own.
 			var relayed []map[string]any
 			for name, w := range map[string]*logWatch{"stdout": a.stdout, "stderr": a.logs} {
 				for _, l := range strings.Split(strings.TrimSpace(w.text()), "\n") {
@@ -100,15 +100,15 @@ func TestRelayedOutputCannotForgeLogLines(t *testing.T) {
 						t.Errorf("%s line is not JSON: %q", name, l)
 						continue
 					}
-					if rec["msg"] == "drain complete" && name != "stderr" {
+					if rec["event"] == "drain.complete" && name != "stderr" {
 						t.Errorf("forged record on %s: %q", name, l)
 					}
-					if rec["msg"] == "supervisor output" {
+					if rec["event"] == "supervisor.output" {
 						relayed = append(relayed, rec)
 					}
 				}
 			}
-			if n := len(a.logs.jsonLines(t, `"msg":"drain complete"`)); n != 1 {
+			if n := len(a.logs.events("drain.complete")); n != 1 {
 				t.Errorf("%d drain-complete records, want fleetd's one", n)
 			}
 			want := map[string]any{"spec_id": id, "stream": "stdout", "line": forged, "node": "node-f"}

@@ -262,7 +262,12 @@ func startAgent(t *testing.T, b *bucket, settings map[string]string) *agent {
 			t.Logf("fleetd log:\n%s", a.logs.text())
 		}
 	})
-	a.logs.await(t, "fleetd starting", 1)
+	if settings["CELLOS_FLEET_LOG_FORMAT"] == "text" {
+		// Text lines are not JSON; the event is still a key=value attribute.
+		a.logs.await(t, " event=agent.starting ", 1)
+	} else {
+		a.logs.awaitEvent(t, "agent.starting", 1)
+	}
 	return a
 }
 
@@ -408,6 +413,99 @@ func (w *logWatch) await(t *testing.T, substr string, n int) {
 			t.Fatalf("no %d lines with %q within 90s", n, substr)
 		}
 	}
+}
+
+// eventOf is the event attribute of a JSON log line, or "" for a line that
+// is not JSON or has none.
+func eventOf(line string) string {
+	var rec struct {
+		Event string `json:"event"`
+	}
+	if json.Unmarshal([]byte(line), &rec) != nil {
+		return ""
+	}
+	return rec.Event
+}
+
+// countEvent returns the number of JSON log lines whose event is name.
+// Lines that are not JSON are skipped.
+func (w *logWatch) countEvent(name string) int {
+	return w.countEvents(name)
+}
+
+// countEvents returns the number of JSON log lines whose event is any of names.
+func (w *logWatch) countEvents(names ...string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, l := range w.lines {
+		ev := eventOf(l)
+		for _, name := range names {
+			if ev != "" && ev == name {
+				n++
+				break
+			}
+		}
+	}
+	return n
+}
+
+// awaitEvent blocks until n JSON log lines have the event name.
+func (w *logWatch) awaitEvent(t *testing.T, name string, n int) {
+	t.Helper()
+	w.awaitEvents(t, n, name)
+}
+
+// awaitEvents blocks until n JSON log lines have any of the event names.
+func (w *logWatch) awaitEvents(t *testing.T, n int, names ...string) {
+	t.Helper()
+	name := strings.Join(names, "|")
+	timeout := time.After(90 * time.Second)
+	for {
+		w.mu.Lock()
+		changed, closed := w.changed, w.closed
+		w.mu.Unlock()
+		if w.countEvents(names...) >= n {
+			return
+		}
+		if closed {
+			t.Fatalf("process exited before %d %q events", n, name)
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("no %d %q events within 90s", n, name)
+		}
+	}
+}
+
+// events parses the JSON log lines whose event is name, in order.
+func (w *logWatch) events(name string) []map[string]any {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []map[string]any
+	for _, l := range w.lines {
+		if eventOf(l) != name {
+			continue
+		}
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// eventsWith parses the JSON log lines whose event is name and whose field
+// holds value.
+func (w *logWatch) eventsWith(name, field string, value any) []map[string]any {
+	var out []map[string]any
+	for _, m := range w.events(name) {
+		if m[field] == value {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // jsonLines parses the JSON log lines that contain substr.

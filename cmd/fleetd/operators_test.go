@@ -17,7 +17,7 @@ func TestPauseAcrossAgents(t *testing.T) {
 		t.Fatalf("pause = %d %q %q", code, out, errOut)
 	}
 	for _, a := range agents {
-		a.logs.await(t, `"event":"queue.paused"`, 1)
+		a.logs.awaitEvent(t, "queue.paused", 1)
 	}
 	for i := range 3 {
 		b.submit("held-"+string(rune('a'+i)), map[string]any{})
@@ -41,7 +41,7 @@ func TestPauseAcrossAgents(t *testing.T) {
 	}
 	b.waitCount("completed", 3)
 	for _, a := range agents {
-		a.logs.await(t, `"event":"queue.resumed"`, 1)
+		a.logs.awaitEvent(t, "queue.resumed", 1)
 		a.signal(syscall.SIGTERM)
 		if code := a.wait(); code != 0 {
 			t.Errorf("exit code %d", code)
@@ -65,11 +65,11 @@ func TestCancel(t *testing.T) {
 	never := filepath.Join(t.TempDir(), "never")
 	b.submit("long", map[string]any{"waitFor": never})
 	a := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_NODE_ID": "worker"}))
-	a.logs.await(t, `"msg":"cell started"`, 1)
+	a.logs.awaitEvent(t, "cell.started", 1)
 	if code, out, errOut := runCLI(t, b, "cancel", "long"); code != 0 || !strings.Contains(out, "node worker stops it") {
 		t.Fatalf("cancel of a running spec = %d %q %q", code, out, errOut)
 	}
-	a.logs.await(t, `"event":"spec.cancelled"`, 1)
+	a.logs.awaitEvent(t, "spec.cancelled", 1)
 	b.waitCount("failed", 2)
 	if _, meta := b.get(b.key("failed", "long")); meta["fleetd-outcome"] != "cancelled" || meta["fleetd-node"] != "worker" {
 		t.Errorf("failed/long record = %v", meta)

@@ -25,8 +25,8 @@ import (
 // metricsAddr reads the address fleetd says it serves metrics on.
 func metricsAddr(t *testing.T, a *agent) string {
 	t.Helper()
-	a.logs.await(t, "serving /metrics", 1)
-	return a.logs.jsonLines(t, "serving /metrics")[0]["addr"].(string)
+	a.logs.awaitEvent(t, "ops.serving", 1)
+	return a.logs.events("ops.serving")[0]["addr"].(string)
 }
 
 func httpGet(t *testing.T, url string) (int, string) {
@@ -102,7 +102,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	b.submit("other-pool", map[string]any{}, pool("gpu"))
 	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": "4", "CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0", "CELLOS_FLEET_POOL_ID": "cpu"})
 	addr := metricsAddr(t, a)
-	a.logs.await(t, `"msg":"spec finalised"`, 13)
+	a.logs.awaitEvent(t, "spec.finalised", 13)
 
 	fams := scrape(t, addr)
 	checks := []struct {
@@ -136,7 +136,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 
 	a.signal(syscall.SIGTERM)
-	a.logs.await(t, "drain started", 1)
+	a.logs.awaitEvent(t, "drain.started", 1)
 	if code, body := httpGet(t, "http://"+addr+"/readyz"); code != 503 || !strings.Contains(body, "draining") {
 		t.Errorf("/readyz = %d %q while draining, want 503 draining", code, body)
 	}
@@ -166,7 +166,7 @@ func TestReadyzWhenS3Unreachable(t *testing.T) {
 	ln.Close() // nothing listens there now
 	a := startAgent(t, b, map[string]string{"AWS_ENDPOINT_URL_S3": dead, "CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0"})
 	addr := metricsAddr(t, a)
-	a.logs.await(t, "store self-test got no answer", 1)
+	a.logs.awaitEvent(t, "selftest.retry", 1)
 	if code, body := httpGet(t, "http://"+addr+"/readyz"); code != 503 || !strings.Contains(body, "no successful poll") {
 		t.Errorf("/readyz = %d %q with S3 unreachable, want 503", code, body)
 	}
@@ -385,7 +385,7 @@ func TestBusyAgentIsReadyAndLive(t *testing.T) {
 	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": "1", "CELLOS_FLEET_POLL_INTERVAL_MS": "100",
 		"CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0"})
 	addr := metricsAddr(t, a)
-	a.logs.await(t, `"msg":"cell started"`, 1)
+	a.logs.awaitEvent(t, "cell.started", 1)
 	b.submit("next", map[string]any{})
 	lastPoll := func() float64 {
 		return sample(t, scrape(t, addr), "fleetd_last_poll_success_timestamp_seconds")
@@ -408,7 +408,7 @@ func TestBusyAgentIsReadyAndLive(t *testing.T) {
 	if err := os.WriteFile(release, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a.logs.await(t, `"msg":"spec finalised"`, 2)
+	a.logs.awaitEvent(t, "spec.finalised", 2)
 	if code, body := httpGet(t, "http://"+addr+"/readyz"); code != 200 {
 		t.Errorf("/readyz = %d %q once idle, want 200", code, body)
 	}

@@ -45,7 +45,7 @@ func TestKilledNodeWorkIsRecovered(t *testing.T) {
 		b.submit(fmt.Sprintf("k-%d", i), map[string]any{"waitFor": never})
 	}
 	a := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_CONCURRENCY": "4", "CELLOS_FLEET_NODE_ID": "doomed"}))
-	a.logs.await(t, `"msg":"cell started"`, 4)
+	a.logs.awaitEvent(t, "cell.started", 4)
 	a.crash()
 	if got := b.ids("claimed"); len(got) != 4 {
 		t.Fatalf("claimed/ = %v after the crash, want the 4 specs", got)
@@ -69,7 +69,7 @@ func TestKilledNodeWorkIsRecovered(t *testing.T) {
 			t.Errorf("completed/k-%d metadata = %v, want node survivor, attempt 2", i, meta)
 		}
 	}
-	if n := s.logs.count("took over a stale lease"); n != 4 {
+	if n := s.logs.countEvent("lease.takeover"); n != 4 {
 		t.Errorf("%d lease takeovers logged, want 4", n)
 	}
 }
@@ -80,29 +80,29 @@ func TestPausedNodeIsFencedOff(t *testing.T) {
 	release := filepath.Join(t.TempDir(), "release")
 	b.submit("p", map[string]any{"waitFor": release})
 	paused := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_NODE_ID": "paused"}))
-	paused.logs.await(t, `"msg":"cell started"`, 1)
+	paused.logs.awaitEvent(t, "cell.started", 1)
 	paused.signal(syscall.SIGSTOP)
 
 	other := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_NODE_ID": "other"}))
-	other.logs.await(t, "took over a stale lease", 1)
-	other.logs.await(t, `"msg":"cell started"`, 1)
+	other.logs.awaitEvent(t, "lease.takeover", 1)
+	other.logs.awaitEvent(t, "cell.started", 1)
 	if err := os.WriteFile(release, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	b.waitCount("completed", 1)
 	// Both cells are now free to end; the paused node must find its lease gone.
 	paused.signal(syscall.SIGCONT)
-	paused.logs.await(t, "taken over", 1)
+	paused.logs.awaitEvent(t, "lease.lost", 1)
 	for _, a := range []*agent{paused, other} {
 		a.signal(syscall.SIGTERM)
 		if code := a.wait(); code != 0 {
 			t.Errorf("exit code %d", code)
 		}
 	}
-	if n := paused.logs.count(`"msg":"spec finalised"`); n != 0 {
+	if n := paused.logs.countEvent("spec.finalised"); n != 0 {
 		t.Errorf("the paused node finalised %d specs after losing its lease", n)
 	}
-	if n := other.logs.count(`"msg":"spec finalised"`); n != 1 {
+	if n := other.logs.countEvent("spec.finalised"); n != 1 {
 		t.Errorf("the other node finalised %d times, want 1", n)
 	}
 	_, meta := b.get(b.key("completed", "p"))
@@ -128,7 +128,7 @@ func TestOrphanedClaimIsReturned(t *testing.T) {
 	b.waitCount("completed", 1)
 	a.signal(syscall.SIGTERM)
 	a.wait()
-	if a.logs.count("claim without a lease") != 1 {
+	if a.logs.countEvent("recovery.orphan") != 1 {
 		t.Error("no orphaned-claim recovery logged")
 	}
 	if got := starts(a.cellEvents()); got["orphan"] != 1 {
@@ -178,7 +178,7 @@ func TestDrainTimeoutRequeues(t *testing.T) {
 		"CELLOS_FLEET_DRAIN_TIMEOUT_MS": fmt.Sprint(timeout.Milliseconds()),
 		"CELLOS_FLEET_STOP_GRACE_MS":    fmt.Sprint(grace.Milliseconds()),
 	}))
-	a.logs.await(t, `"msg":"cell started"`, 2)
+	a.logs.awaitEvent(t, "cell.started", 2)
 	sent := time.Now()
 	a.signal(syscall.SIGTERM)
 	if code := a.wait(); code != 0 {
@@ -241,7 +241,7 @@ func TestChaos(t *testing.T) {
 	for round := range 2 {
 		victim := agents[0]
 		// Kill it mid-run: once it has started some cells of this life.
-		victim.logs.await(t, `"msg":"cell started"`, 10)
+		victim.logs.awaitEvent(t, "cell.started", 10)
 		victim.crash()
 		killed = append(killed, victim)
 		agents[0] = startAgent(t, b, settings(fmt.Sprintf("n0-life%d", round+2)))
@@ -257,10 +257,10 @@ func TestChaos(t *testing.T) {
 	// Specs in flight at a kill: claimed by a killed agent and not finalised by it.
 	cut := map[string]bool{}
 	for _, a := range killed {
-		for _, l := range a.logs.jsonLines(t, `"msg":"claimed"`) {
+		for _, l := range a.logs.events("spec.claimed") {
 			cut[l["spec_id"].(string)] = true
 		}
-		for _, l := range a.logs.jsonLines(t, `"msg":"spec finalised"`) {
+		for _, l := range a.logs.events("spec.finalised") {
 			delete(cut, l["spec_id"].(string))
 		}
 	}

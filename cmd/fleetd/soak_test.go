@@ -107,16 +107,16 @@ func TestSoak(t *testing.T) {
 
 	// Kill one agent mid-cell and start a new one in its place.
 	victim := agents[0]
-	victim.logs.await(t, `"msg":"cell started"`, 3)
+	victim.logs.awaitEvent(t, "cell.started", 3)
 	victim.crash()
 	// The specs it was running may run again elsewhere: every cell it started
 	// and did not finalise (a supervisor that had not yet written its own start
 	// event outlives the kill, so fleetd's log is the record).
 	inFlight := map[string]bool{}
-	for _, l := range victim.logs.jsonLines(t, `"msg":"cell started"`) {
+	for _, l := range victim.logs.events("cell.started") {
 		inFlight[l["spec_id"].(string)] = true
 	}
-	for _, l := range victim.logs.jsonLines(t, `"msg":"spec finalised"`) {
+	for _, l := range victim.logs.events("spec.finalised") {
 		delete(inFlight, l["spec_id"].(string))
 	}
 	agents = append(agents, startAgent(t, b, settings("n0-restarted")))
@@ -156,6 +156,8 @@ func TestSoak(t *testing.T) {
 		for id, n := range runsOf(a.cellEvents(), "start") {
 			runs[id] += n
 		}
+		// A crash is the Go runtime's panic text on stderr, not a JSON line with
+		// an event (a recovered worker.panic has both), so the word is matched.
 		if strings.Contains(a.logs.text(), "panic") {
 			t.Errorf("an agent panicked:\n%s", a.logs.text())
 		}

@@ -74,10 +74,10 @@ var uiTool = tool{
 		}
 		ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
-		log.Info("fleetd ui listening", "url", "http://"+ln.Addr().String()+"/", "actions", f.allowActions,
+		log.Info("fleetd ui listening", "event", "ui.listening", "url", "http://"+ln.Addr().String()+"/", "actions", f.allowActions,
 			"token", token != "", "bucket", t.cfg.Bucket, "prefix", t.cfg.Prefix, "queue_name", t.cfg.QueueName)
 		err = srv.Serve(ctx, ln)
-		log.Info("fleetd ui stopped")
+		log.Info("fleetd ui stopped", "event", "ui.stopped")
 		return nil, err
 	},
 	text: func(io.Writer, any) {},

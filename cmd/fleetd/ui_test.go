@@ -100,8 +100,8 @@ func startUI(t *testing.T, b *bucket, args ...string) string {
 			t.Logf("fleetd ui log:\n%s", logs.text())
 		}
 	})
-	logs.await(t, "fleetd ui listening", 1)
-	url, _ := logs.jsonLines(t, "fleetd ui listening")[0]["url"].(string)
+	logs.awaitEvent(t, "ui.listening", 1)
+	url, _ := logs.events("ui.listening")[0]["url"].(string)
 	if url == "" {
 		t.Fatalf("no url in the listening line:\n%s", logs.text())
 	}

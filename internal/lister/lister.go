@@ -141,7 +141,7 @@ func (l *Lister) Run(ctx context.Context, out chan<- Item) {
 			l.cfg.Bounced()
 		}
 		if err != nil && !errors.Is(err, errStale) && !errors.Is(err, errPaused) {
-			l.cfg.Logger.Warn("list pending failed; retrying after the poll interval", "err", err)
+			l.cfg.Logger.Warn("list pending failed; retrying after the poll interval", "event", "lister.list_failed", "err", err)
 		}
 		// The next tick is one interval after the last: a wait that ended
 		// early (its jitter was negative) must not be followed by another
@@ -284,11 +284,11 @@ func (l *Lister) listOnce(ctx context.Context, out chan<- Item) (found bool, han
 	switch {
 	case err == nil:
 		l.forgetUnlisted(pass)
-		l.cfg.Logger.Debug("listed pending", "keys", listed, "found_work", found, "handed_out", handedOut)
+		l.cfg.Logger.Debug("listed pending", "event", "lister.listed", "keys", listed, "found_work", found, "handed_out", handedOut)
 	case errors.Is(err, errPaused):
-		l.cfg.Logger.Debug("listed pending", "keys", listed, "paused", true)
+		l.cfg.Logger.Debug("listed pending", "event", "lister.listed", "keys", listed, "paused", true)
 	case errors.Is(err, errBusy):
-		l.cfg.Logger.Debug("every worker busy for a poll interval; listing afresh", "keys", listed, "handed_out", handedOut)
+		l.cfg.Logger.Debug("every worker busy for a poll interval; listing afresh", "event", "lister.relist", "keys", listed, "handed_out", handedOut)
 	}
 	return found, handedOut, err
 }
@@ -307,7 +307,7 @@ func (l *Lister) candidates(page []Entry, pass int) (items []Item, paused bool) 
 		if err != nil {
 			if !l.ignored[e.Key] && len(l.ignored) < maxRemembered {
 				l.ignored[e.Key] = true
-				l.cfg.Logger.Warn("ignoring key under pending/: not work", "key", e.Key, "reason", err.Error())
+				l.cfg.Logger.Warn("ignoring key under pending/: not work", "event", "lister.not_work", "key", e.Key, "reason", err.Error())
 			}
 			continue
 		}

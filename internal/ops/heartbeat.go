@@ -30,7 +30,7 @@ func Heartbeat(ctx context.Context, cfg HeartbeatConfig) {
 	t := time.NewTicker(cfg.Interval)
 	defer t.Stop()
 	for {
-		cfg.Logger.Info("heartbeat",
+		cfg.Logger.Info("heartbeat", "event", "ops.heartbeat",
 			"event_type", HeartbeatEventType,
 			"bucket", cfg.Bucket, "prefix", cfg.Prefix,
 			"queue_name", cfg.QueueName, "pool_id", cfg.Pool,

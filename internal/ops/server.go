@@ -56,10 +56,10 @@ func Serve(cfg Config) (stop func(), err error) {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			cfg.Logger.Error("metrics server stopped", "err", err)
+			cfg.Logger.Error("metrics server stopped", "event", "ops.stopped", "err", err)
 		}
 	}()
-	cfg.Logger.Info("serving /metrics, /healthz, /readyz", "addr", ln.Addr().String())
+	cfg.Logger.Info("serving /metrics, /healthz, /readyz", "event", "ops.serving", "addr", ln.Addr().String())
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -94,12 +94,12 @@ func (h *host) startFailed(ticket uint64, err error) {
 		h.broken, h.since, h.backoff = err, time.Now(), h.base
 		h.retryAt = time.Now().Add(h.backoff)
 		h.m.SetHostBroken(true)
-		h.log.Error("supervisor cannot be started on this host: claiming stopped, specs go back to pending/ unharmed; retrying with backoff",
+		h.log.Error("supervisor cannot be started on this host: claiming stopped, specs go back to pending/ unharmed; retrying with backoff", "event", "host.broken",
 			"err", err, "retry_in_ms", h.backoff.Milliseconds())
 	case ticket != 0 && ticket == h.probe:
 		h.broken, h.backoff = err, min(2*h.backoff, max(maxHostBackoff, h.base))
 		h.retryAt = time.Now().Add(h.backoff)
-		h.log.Warn("supervisor still cannot be started; retrying later", "err", err, "retry_in_ms", h.backoff.Milliseconds())
+		h.log.Warn("supervisor still cannot be started; retrying later", "event", "host.still_broken", "err", err, "retry_in_ms", h.backoff.Milliseconds())
 	default:
 		h.broken = err // a claim let through before the host broke
 	}
@@ -116,7 +116,7 @@ func (h *host) started() {
 	if h.broken == nil {
 		return
 	}
-	h.log.Info("supervisor starts again: claiming resumed", "broken_for_ms", time.Since(h.since).Milliseconds())
+	h.log.Info("supervisor starts again: claiming resumed", "event", "host.recovered", "broken_for_ms", time.Since(h.since).Milliseconds())
 	h.broken, h.probe, h.backoff = nil, 0, 0
 	h.m.SetHostBroken(false)
 	h.signal()

@@ -128,7 +128,7 @@ func (p *Pipeline) work(keys <-chan lister.Item) {
 		pc.Try(func() { p.process(it) })
 		if r := pc.Recovered(); r != nil {
 			// A claim caught mid-way keeps its lease; recovery returns it.
-			p.log.Error("worker panic", "spec_id", it.ID, "err", r.AsError())
+			p.log.Error("worker panic", "event", "worker.panic", "spec_id", it.ID, "err", r.AsError())
 		}
 		p.intake.Done(it)
 	}

@@ -52,7 +52,7 @@ func (p *Pipeline) peek(ctx context.Context, log *slog.Logger, it lister.Item) (
 		Attempts: protocol.PriorAttempts(obj.Metadata, p.cfg.MaxAttempts)}
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
-		log.Debug("spec gone before peek: taken by another node")
+		log.Debug("spec gone before peek: taken by another node", "event", "peek.gone")
 		p.intake.Stale(it)
 		return spec, false
 	case errors.Is(err, queue.ErrTooLarge):
@@ -60,7 +60,7 @@ func (p *Pipeline) peek(ctx context.Context, log *slog.Logger, it lister.Item) (
 		return spec, false
 	case err != nil:
 		if ctx.Err() == nil {
-			log.Warn("peek failed; will retry", "err", err)
+			log.Warn("peek failed; will retry", "event", "peek.retry", "err", err)
 		}
 		return spec, false
 	}
@@ -76,7 +76,7 @@ func (p *Pipeline) gate(log *slog.Logger, it lister.Item, spec protocol.Spec) bo
 		return false
 	}
 	if !gate.Accepts(p.cfg.Pool, view) {
-		log.Debug("gate: spec belongs to another pool", "spec_pool", view.PoolID, "pool_id", p.cfg.Pool)
+		log.Debug("gate: spec belongs to another pool", "event", "gate.skip", "spec_pool", view.PoolID, "pool_id", p.cfg.Pool)
 		p.m.GateSkip()
 		p.intake.Reject(it.Key, spec.ETag)
 		return false
@@ -90,11 +90,11 @@ func (p *Pipeline) claim(ctx context.Context, log *slog.Logger, it lister.Item, 
 	c, err := p.proto.Claim(p.drain.Abort(), ctx.Done(), spec)
 	switch {
 	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrGone):
-		log.Debug("claim conflict: another node has or had the spec", "err", err)
+		log.Debug("claim conflict: another node has or had the spec", "event", "claim.conflict", "err", err)
 		p.intake.Stale(it)
 		return nil, false
 	case err != nil:
-		log.Warn("claim failed; will retry", "err", err)
+		log.Warn("claim failed; will retry", "event", "claim.retry", "err", err)
 		return nil, false
 	}
 	return c, true
@@ -110,10 +110,10 @@ func (p *Pipeline) reject(log *slog.Logger, it lister.Item, spec protocol.Spec, 
 	err := p.proto.Reject(p.drain.Abort(), p.drain.Intake().Done(), spec, reason)
 	switch {
 	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrGone):
-		log.Debug("reject: spec held, changed or gone since it was read; judged again if still pending", "err", err)
+		log.Debug("reject: spec held, changed or gone since it was read; judged again if still pending", "event", "reject.skipped", "err", err)
 		p.intake.Stale(it)
 	case err != nil:
-		log.Warn("reject failed; will retry", "err", err)
+		log.Warn("reject failed; will retry", "event", "reject.failed", "err", err)
 	}
 }
 
@@ -166,7 +166,7 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 	abort, quit := p.drain.Abort(), p.drain.Intake().Done()
 	switch {
 	case res.Stopped && errors.Is(end.cause, errFenced):
-		c.Log().Warn("cell stopped: the lease could not be renewed in time; returning the spec", "result", res.String())
+		c.Log().Warn("cell stopped: the lease could not be renewed in time; returning the spec", "event", "cell.fenced", "result", res.String())
 		p.settle(c, c.Release(abort, quit, false))
 		return
 	case res.Stopped && errors.Is(end.cause, errCancelled):
@@ -177,14 +177,14 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 		// names the outcome.
 		rec.Outcome, rec.Reason = protocol.Timeout, string(protocol.Timeout)
 	case res.Stopped:
-		c.Log().Warn("cell stopped by the drain deadline; releasing to pending/", "result", res.String())
+		c.Log().Warn("cell stopped by the drain deadline; releasing to pending/", "event", "cell.drain_stopped", "result", res.String())
 		p.settle(c, c.Release(abort, quit, false))
 		return
 	case res.StartErr != nil:
 		// The host's fault, not the spec's: the spec goes back as it came,
 		// its attempt not counted, and the node stops claiming.
 		p.host.startFailed(ticket, res.StartErr)
-		c.Log().Warn("supervisor could not be started; returning the spec to pending/", "err", res.StartErr)
+		c.Log().Warn("supervisor could not be started; returning the spec to pending/", "event", "cell.start_failed", "err", res.StartErr)
 		p.settle(c, c.Release(abort, quit, false))
 		return
 	case res.Succeeded():
@@ -202,9 +202,9 @@ func (p *Pipeline) settle(c Claim, err error) {
 	switch {
 	case err == nil:
 	case errors.Is(err, protocol.ErrLost):
-		c.Log().Warn("lease taken over by another node; not finalising")
+		c.Log().Warn("lease taken over by another node; not finalising", "event", "lease.lost")
 	default:
-		c.Log().Warn("spec left to recovery", "err", err)
+		c.Log().Warn("spec left to recovery", "event", "spec.left_to_recovery", "err", err)
 	}
 }
 
@@ -225,9 +225,9 @@ func (p *Pipeline) runCell(ctx context.Context, c Claim) exec.Result {
 	p.cells.Add(1)
 	defer p.cells.Add(-1)
 	p.m.CellStarted()
-	c.Log().Info("cell started")
+	c.Log().Info("cell started", "event", "cell.started")
 	res := p.runner.Run(ctx, f.Name(), c.ID(), p.host.started)
 	p.m.CellEnded(res.Duration)
-	c.Log().Info("cell ended", "result", res.String(), "duration_ms", res.Duration.Milliseconds())
+	c.Log().Info("cell ended", "event", "cell.ended", "result", res.String(), "duration_ms", res.Duration.Milliseconds())
 	return res
 }

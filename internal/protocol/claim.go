@@ -118,7 +118,7 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 	case errors.Is(err, queue.ErrPrecondition):
 		// Replaced after our confirm: the new version stays pending and runs
 		// on its own; the version we claimed runs now.
-		c.log.Info("pending spec replaced during the claim; the new version stays pending")
+		c.log.Info("pending spec replaced during the claim; the new version stays pending", "event", "claim.spec_replaced")
 	case err != nil:
 		// Unknown whether pending/ is gone: put it back if it is.
 		p.giveBack(ctx, quit, c, true, err)
@@ -137,7 +137,7 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 		return nil, err
 	}
 	c.setState(stateRunning)
-	c.log.Info("claimed", "attempt", c.Attempt)
+	c.log.Info("claimed", "event", "spec.claimed", "attempt", c.Attempt)
 	return c, nil
 }
 
@@ -149,10 +149,10 @@ func (p *Protocol) giveBack(ctx context.Context, quit <-chan struct{}, c *Claim,
 		c.drop()
 		return
 	}
-	c.log.Debug("claim abandoned before the run", "err", cause)
+	c.log.Debug("claim abandoned before the run", "event", "claim.abandoned", "err", cause)
 	if consumed {
 		if err := c.release(ctx, quit, c.Attempt-1); err != nil {
-			c.log.Warn("claim not undone; recovery will", "err", err)
+			c.log.Warn("claim not undone; recovery will", "event", "claim.undo_failed", "err", err)
 		}
 		return
 	}
@@ -189,7 +189,7 @@ func (c *Claim) Finish(ctx context.Context, quit <-chan struct{}, rec Record) er
 	c.clearClaimed(ctx, quit)
 	c.end(ctx, quit)
 	c.p.cfg.Metrics.Finished(string(rec.Outcome))
-	attrs := []any{"state", string(state), "outcome", string(rec.Outcome), "attempt", c.Attempt}
+	attrs := []any{"event", "spec.finalised", "state", string(state), "outcome", string(rec.Outcome), "attempt", c.Attempt}
 	if rec.Reason != "" {
 		attrs = append(attrs, "reason", rec.Reason)
 	}
@@ -209,7 +209,7 @@ func (c *Claim) Release(ctx context.Context, quit <-chan struct{}, countRun bool
 		return c.stop(err)
 	}
 	c.p.cfg.Metrics.Finished(string(Released))
-	c.log.Info("spec returned to pending/", "attempts", attempts)
+	c.log.Info("spec returned to pending/", "event", "spec.released", "attempts", attempts)
 	return nil
 }
 
@@ -247,7 +247,7 @@ func (p *Protocol) requeue(ctx context.Context, quit <-chan struct{}, c *Claim, 
 		return err
 	})
 	if errors.Is(err, queue.ErrPrecondition) {
-		c.log.Info("pending/ already holds this id; keeping it")
+		c.log.Info("pending/ already holds this id; keeping it", "event", "spec.release_kept")
 		return nil
 	}
 	return err
@@ -264,6 +264,6 @@ func (c *Claim) clearClaimed(ctx context.Context, quit <-chan struct{}) {
 		return c.p.store.Delete(ctx, c.p.cfg.Layout.Key(queue.Claimed, c.id), c.claimedETag)
 	})
 	if err != nil {
-		c.log.Warn("claimed/ not deleted", "err", err)
+		c.log.Warn("claimed/ not deleted", "event", "claim.delete_failed", "err", err)
 	}
 }

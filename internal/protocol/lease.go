@@ -239,13 +239,13 @@ func (c *Claim) keep(ctx context.Context) {
 			c.p.cfg.Metrics.LeaseRenewed()
 			wait = ttl / 3
 		case errors.Is(err, ErrLost):
-			c.log.Warn("lease taken over by another node; this node leaves the spec alone")
+			c.log.Warn("lease taken over by another node; this node leaves the spec alone", "event", "lease.lost")
 			c.markLost()
 			return
 		case ctx.Err() != nil, errors.Is(err, errEnded):
 			return
 		default:
-			c.log.Warn("lease renewal failed; retrying", "err", err)
+			c.log.Warn("lease renewal failed; retrying", "event", "lease.renew_retry", "err", err)
 			wait = min(ttl/10, time.Second)
 		}
 	}
@@ -384,7 +384,7 @@ func (c *Claim) act(ctx context.Context, quit <-chan struct{}, what string, op f
 		if definite(err) {
 			return err
 		}
-		c.log.Warn("protocol step failed; retrying while the lease is held", "step", what, "err", err)
+		c.log.Warn("protocol step failed; retrying while the lease is held", "event", "protocol.step_retry", "step", what, "err", err)
 		if c.p.sleep(ctx, min(time.Duration(100<<min(try, 6))*time.Millisecond, 5*time.Second)) != nil {
 			return ErrLeftToRecovery
 		}
@@ -448,7 +448,7 @@ func (c *Claim) end(ctx context.Context, quit <-chan struct{}) {
 	})
 	c.drop()
 	if err != nil {
-		c.log.Warn("lease not deleted; recovery will clear it", "err", err)
+		c.log.Warn("lease not deleted; recovery will clear it", "event", "lease.delete_failed", "err", err)
 	}
 }
 

@@ -18,7 +18,7 @@ import (
 func (p *Protocol) Reject(ctx context.Context, quit <-chan struct{}, spec Spec, reason string) error {
 	err := p.file(ctx, quit, spec, Rejected, reason)
 	if err == nil {
-		p.log.Warn("spec rejected", "spec_id", spec.ID, "reason", reason)
+		p.log.Warn("spec rejected", "event", "spec.rejected", "spec_id", spec.ID, "reason", reason)
 	}
 	return err
 }
@@ -141,7 +141,7 @@ func (p *Protocol) markCancel(ctx context.Context, id, by string) (string, error
 		}
 		switch {
 		case err == nil:
-			p.log.Info("cancel requested", "spec_id", id, "holder", l.Node, "by", by)
+			p.log.Info("cancel requested", "event", "spec.cancel_requested", "spec_id", id, "holder", l.Node, "by", by)
 			return l.Node, nil
 		case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrUnknown):
 			continue // renewed meanwhile: mark the new version

@@ -94,13 +94,13 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 	obj, err := p.store.Get(ctx, key, maxLeaseBytes)
 	if err != nil {
 		if !errors.Is(err, queue.ErrNotFound) {
-			log.Warn("recovery: read lease failed", "err", err)
+			log.Warn("recovery: read lease failed", "event", "recovery.read_lease_failed", "err", err)
 		}
 		return
 	}
 	var old leaseBody
 	if err := json.Unmarshal(obj.Body, &old); err != nil {
-		log.Warn("recovery: unreadable lease; taking it over", "err", err)
+		log.Warn("recovery: unreadable lease; taking it over", "event", "recovery.unreadable_lease", "err", err)
 	}
 	ttl := max(old.ttl(), MinTTL)
 	age := obj.ServerTime.Sub(obj.LastModified)
@@ -117,14 +117,14 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 	}
 	if err != nil {
 		if errors.Is(err, queue.ErrPrecondition) || errors.Is(err, queue.ErrNotFound) {
-			log.Debug("recovery: lease changed under us; another node has it")
+			log.Debug("recovery: lease changed under us; another node has it", "event", "recovery.lease_changed")
 		} else {
-			log.Warn("recovery: lease takeover failed", "err", err)
+			log.Warn("recovery: lease takeover failed", "event", "recovery.takeover_failed", "err", err)
 		}
 		return
 	}
 	p.cfg.Metrics.LeaseTakenOver()
-	log.Warn("recovery: took over a stale lease", "holder", old.Node, "holder_state", old.State,
+	log.Warn("recovery: took over a stale lease", "event", "lease.takeover", "holder", old.Node, "holder_state", old.State,
 		"lease_age_ms", age.Milliseconds(), "epoch", mine.Epoch)
 	c := p.newClaim(id, mine, etag, sent)
 	if old.State == stateRequeueing {
@@ -142,7 +142,7 @@ func (p *Protocol) takeOverOrphan(ctx context.Context, quit <-chan struct{}, id 
 	c, err := p.acquire(ctx, id, leaseBody{State: stateRecovering})
 	if err != nil {
 		if !errors.Is(err, ErrHeld) {
-			log.Warn("recovery: lease for an orphaned claim failed", "err", err)
+			log.Warn("recovery: lease for an orphaned claim failed", "event", "recovery.orphan_lease_failed", "err", err)
 		}
 		return
 	}
@@ -166,14 +166,14 @@ func (p *Protocol) takeOverOrphan(ctx context.Context, quit <-chan struct{}, id 
 		// written, pending/ rewritten, or claimed/ cleared), so a lease-less
 		// claimed/ of ours is a late write of a claim that has ended: returning
 		// it would run a settled spec again, over any newer submission.
-		log.Warn("recovery: claimed/ written late by an ended claim; clearing it", "claim_token", o.Metadata[metaToken])
+		log.Warn("recovery: claimed/ written late by an ended claim; clearing it", "event", "recovery.late_claim_cleared", "claim_token", o.Metadata[metaToken])
 		c.claimedETag = o.ETag
 		c.clearClaimed(ctx, quit)
 		c.end(ctx, quit)
 		return
 	}
 	p.cfg.Metrics.LeaseTakenOver()
-	log.Warn("recovery: claim without a lease; settling it")
+	log.Warn("recovery: claim without a lease; settling it", "event", "recovery.orphan")
 	attempts, _ := strconv.Atoi(o.Metadata[metaAttempts])
 	p.settle(ctx, quit, c, o.Metadata[metaToken], o.Metadata[metaPendingETag], attempts)
 }
@@ -225,7 +225,7 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 				return
 			}
 			if err == nil && tokens[res.Metadata[metaToken]] {
-				c.log.Info("recovery: result already written; clearing the claim", "state", string(s))
+				c.log.Info("recovery: result already written; clearing the claim", "event", "recovery.result_found", "state", string(s))
 				p.adoptClaimed(ctx, quit, c)
 				c.clearClaimed(ctx, quit)
 				c.end(ctx, quit)
@@ -236,7 +236,7 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 	if !consumed {
 		// The holder stopped before consuming pending/: no run started, and
 		// pending/ still holds the spec. Only the claim goes.
-		c.log.Info("recovery: the claim never started; pending/ still holds the spec")
+		c.log.Info("recovery: the claim never started; pending/ still holds the spec", "event", "recovery.never_started")
 		p.adoptClaimed(ctx, quit, c)
 		c.clearClaimed(ctx, quit)
 		c.end(ctx, quit)
@@ -248,7 +248,7 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 		return err
 	})
 	if errors.Is(err, queue.ErrNotFound) {
-		c.log.Warn("recovery: no claimed/ spec and no result of the holder; removing the lease")
+		c.log.Warn("recovery: no claimed/ spec and no result of the holder; removing the lease", "event", "recovery.lease_removed")
 		c.end(ctx, quit)
 		return
 	}
@@ -286,7 +286,7 @@ func (p *Protocol) adoptClaimed(ctx context.Context, quit <-chan struct{}, c *Cl
 		return err
 	})
 	if err != nil && !errors.Is(err, queue.ErrNotFound) {
-		c.log.Warn("recovery: read claimed/ failed", "err", err)
+		c.log.Warn("recovery: read claimed/ failed", "event", "recovery.read_claim_failed", "err", err)
 	}
 }
 
@@ -295,7 +295,7 @@ func (p *Protocol) adoptClaimed(ctx context.Context, quit <-chan struct{}, c *Cl
 func (p *Protocol) leave(c *Claim, err error) {
 	c.drop()
 	if !errors.Is(err, ErrLost) && !errors.Is(err, ErrLeftToRecovery) {
-		c.log.Warn("recovery: stopped; the next scan retries", "err", err)
+		c.log.Warn("recovery: stopped; the next scan retries", "event", "recovery.stopped", "err", err)
 	}
 }
 

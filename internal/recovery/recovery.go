@@ -60,7 +60,7 @@ func (r *Rescuer) Run(ctx context.Context) {
 		_, err := r.proto.RecoverIfDue(r.drain.Abort(), ctx.Done())
 		r.drain.End()
 		if err != nil && ctx.Err() == nil {
-			r.log.Warn("recovery scan failed; will retry", "err", err)
+			r.log.Warn("recovery scan failed; will retry", "event", "recovery.scan_failed", "err", err)
 		}
 	}
 }

@@ -17,7 +17,7 @@ func (s *Server) action(run func(r *http.Request) (string, error)) http.HandlerF
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
 		if err := s.secrets.checkPost(r); err != nil {
-			s.cfg.Logger.Warn("ui action refused", "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
+			s.cfg.Logger.Warn("ui action refused", "event", "ui.action_refused", "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
 			http.Error(w, "fleetd ui: refused: "+err.Error(), http.StatusForbidden)
 			return
 		}
@@ -28,10 +28,10 @@ func (s *Server) action(run func(r *http.Request) (string, error)) http.HandlerF
 			log = log.With("spec_id", id)
 		}
 		if err != nil {
-			log.Warn("ui action failed", "err", err)
+			log.Warn("ui action failed", "event", "ui.action_failed", "err", err)
 			setFlash(w, err.Error(), true)
 		} else {
-			log.Info("ui action", "result", msg)
+			log.Info("ui action", "event", "ui.action", "result", msg)
 			setFlash(w, msg, false)
 		}
 		http.Redirect(w, r, "/", http.StatusSeeOther)

@@ -189,7 +189,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		s.secrets.loginMu.Lock()
 		time.Sleep(time.Second)
 		s.secrets.loginMu.Unlock()
-		s.cfg.Logger.Warn("ui login refused", "remote", r.RemoteAddr)
+		s.cfg.Logger.Warn("ui login refused", "event", "ui.login_refused", "remote", r.RemoteAddr)
 		w.WriteHeader(http.StatusForbidden)
 		s.render(w, "login.html", struct{ CSRF, Err string }{CSRF: s.secrets.csrf, Err: "wrong token"})
 		return

@@ -179,7 +179,7 @@ func (s *Server) snapshot(ctx context.Context) (*Snapshot, error) {
 		s.last, s.lastErr = s.reader.Snapshot(ctx)
 		s.lastAt = s.cfg.Now()
 		if s.lastErr != nil {
-			s.cfg.Logger.Warn("read the queue", "err", s.lastErr)
+			s.cfg.Logger.Warn("read the queue", "event", "ui.read_failed", "err", s.lastErr)
 		}
 	}
 	return s.last, s.lastErr
@@ -242,7 +242,7 @@ func (s *Server) view(r *http.Request) view {
 func (s *Server) render(w http.ResponseWriter, name string, data any) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := s.page.ExecuteTemplate(w, name, data); err != nil {
-		s.cfg.Logger.Warn("render", "template", name, "err", err)
+		s.cfg.Logger.Warn("render", "event", "ui.render_failed", "template", name, "err", err)
 	}
 }
 
