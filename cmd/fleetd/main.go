@@ -29,7 +29,7 @@ func run(args []string, getenv func(string) string, environ []string, stdin io.R
 	if len(args) > 0 {
 		switch name := args[0]; name {
 		case "help":
-			if t, ok := tools[cmpOr(args[1:])]; ok {
+			if t, ok := tools[firstArg(args[1:])]; ok {
 				printToolUsage(stdout, args[1], t)
 			} else {
 				printUsage(stdout)
@@ -70,8 +70,8 @@ func run(args []string, getenv func(string) string, environ []string, stdin io.R
 	return runAgent(cfg, unknown, getenv, stdout, stderr)
 }
 
-// cmpOr returns the first argument, or "" when there is none.
-func cmpOr(args []string) string {
+// firstArg returns the first argument, or "" when there is none.
+func firstArg(args []string) string {
 	if len(args) == 0 {
 		return ""
 	}
