@@ -309,14 +309,15 @@ func TestOneNodeOfTheFleetScans(t *testing.T) {
 	if ran, err := a.RecoverIfDue(ctx, quit); !ran || err != nil {
 		t.Fatalf("first node: ran %v, %v; want a scan", ran, err)
 	}
-	if got := lists(); got != 2 {
-		t.Errorf("first scan made %d LISTs, want 2 (claimed/, leases/)", got)
+	first := lists() // leases/, and claimed/ on one scan in three
+	if first < 1 || first > 2 {
+		t.Errorf("first scan made %d LISTs, want leases/ and perhaps claimed/", first)
 	}
 	if ran, err := b.RecoverIfDue(ctx, quit); ran || err != nil {
 		t.Fatalf("second node right after: ran %v, %v; want no scan", ran, err)
 	}
-	if got := lists(); got != 2 {
-		t.Errorf("%d LISTs after the second node's turn, want still 2", got)
+	if got := lists(); got != first {
+		t.Errorf("%d LISTs after the second node's turn, want still %d", got, first)
 	}
 }
 

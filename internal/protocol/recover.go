@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -301,9 +302,8 @@ func (p *Protocol) leave(c *Claim, err error) {
 
 // scanTurn is what this node knows of the fleet's recovery marker.
 type scanTurn struct {
-	mu    sync.Mutex
-	etag  string // of recovery/scan.json as this node last wrote it ("" if another wrote since)
-	scans int
+	mu   sync.Mutex
+	etag string // of recovery/scan.json as this node last wrote it ("" if another wrote since)
 }
 
 // scanEvery is how often the fleet scans: about once a ttl, whatever its
@@ -318,7 +318,7 @@ func scanEvery(ttl time.Duration) time.Duration { return ttl * 8 / 10 }
 // swap at once (one PUT: a lone agent's whole cost); any other first reads the
 // marker's age (one HEAD) and writes only when a scan is due. The winner's
 // LISTs follow; claimed/ (where only late writes and 0.5.1 agents leave
-// lease-less claims) is listed on every third scan.
+// lease-less claims) is listed on one scan in three.
 func (p *Protocol) RecoverIfDue(ctx context.Context, quit <-chan struct{}) (bool, error) {
 	key := p.cfg.Layout.Key("recovery", "scan")
 	p.turn.mu.Lock()
@@ -363,6 +363,7 @@ func (p *Protocol) RecoverIfDue(ctx context.Context, quit <-chan struct{}) (bool
 
 func (p *Protocol) scanNow(ctx context.Context, quit <-chan struct{}, etag string) (bool, error) {
 	p.turn.etag = etag
-	p.turn.scans++
-	return true, p.recoverScan(ctx, quit, p.turn.scans%3 == 1)
+	// One scan in three lists claimed/, whichever agent makes it: a count of
+	// this agent's own scans would list it on most of a large fleet's scans.
+	return true, p.recoverScan(ctx, quit, rand.IntN(3) == 0)
 }
