@@ -82,10 +82,10 @@ func (rep *report) markdown() string {
 		p("\n![throughput vs concurrency](throughput.png)\n\n")
 	}
 	if len(rep.scaling) > 0 {
-		p("## 3. Scaling with real work\n\nCells sleep 100 ms (the test supervisor, a process per cell); 20×N specs. *N / cell time* = N / 0.1 s. *Server limit*: the server's raw request rate from N goroutines with fleetd's per-spec mix (as in scenario 2), ÷ fleetd's requests per spec in this run. *Reachable* = the smaller of the two. The raw rate has no supervisor processes to start; fleetd's run starts one per spec on the same 2 cores.\n\n")
-		p("| N | specs | specs/s | N / cell time | efficiency vs that | requests/spec | server limit specs/s | reachable | efficiency vs reachable |\n|---|---|---|---|---|---|---|---|---|\n")
+		p("## 3. Scaling with real work\n\nCells sleep 100 ms (the test supervisor, a process per cell); 20×N specs. *N / cell time* = N / 0.1 s. *Server limit*: the server's raw request rate from N goroutines with fleetd's per-spec mix (as in scenario 2), ÷ fleetd's requests per spec in this run. *Machine limit*: the same requests from N goroutines with the same supervisor process started per spec (sleeping 100 ms), without fleetd: what this machine allows for the whole job on the cores it shares with the server. *Reachable* = the smallest of the three.\n\n")
+		p("| N | specs | specs/s | N / cell time | efficiency vs that | requests/spec | server limit specs/s | machine limit specs/s | reachable | efficiency vs reachable |\n|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, r := range rep.scaling {
-			p("| %d | %d | %.1f | %.0f | %.2f | %.2f | %.0f | %.0f | %.2f |\n", r.N, r.Specs, r.SpecsPerSec, r.Ideal, r.Efficiency, r.ReqPerSpec, r.ServerLimit, r.Reachable, r.EffReach)
+			p("| %d | %d | %.1f | %.0f | %.2f | %.2f | %.0f | %.0f | %.0f | %.2f |\n", r.N, r.Specs, r.SpecsPerSec, r.Ideal, r.Efficiency, r.ReqPerSpec, r.ServerLimit, r.MachineLimit, r.Reachable, r.EffReach)
 		}
 		p("\n")
 	}

@@ -73,12 +73,20 @@ func (r *rig) throughput(c, n int) (throughput, error) {
 // mix — same bodies, same conditional headers — from c goroutines, without
 // fleetd or a supervisor, and returns requests per second.
 func (r *rig) rawRate(c, n int) (float64, error) {
+	reqs, _, err := r.rawRun(c, n, nil)
+	return reqs, err
+}
+
+// rawRun drives the server with fleetd's exact per-spec request mix from c
+// goroutines for n specs, without fleetd, running cell (if set) where fleetd
+// runs the supervisor. It returns requests/s and specs/s.
+func (r *rig) rawRun(c, n int, cell func() error) (reqsPerSec, specsPerSec float64, err error) {
 	bucket, err := r.newBucket()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if err := r.submit(bucket, n, ""); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	store := queue.New(r.proxied, bucket, queue.Policy{})
 	lease := []byte(`{"node":"bench","token":"0123456789abcdef01234567","nonce":"0123456789abcdef01234567","epoch":1,"ttl_ms":60000,"attempts":1,"state":"running","written":"2026-01-01T00:00:00.000000000Z"}`)
@@ -94,7 +102,7 @@ func (r *rig) rawRate(c, n int) (float64, error) {
 	errs := make(chan error, c)
 	// One LIST, as fleetd's lister makes per page.
 	if err := store.List(context.Background(), "fleet/pending/", func(queue.Page) error { return nil }); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	for range c {
 		wg.Add(1)
@@ -102,7 +110,7 @@ func (r *rig) rawRate(c, n int) (float64, error) {
 			defer wg.Done()
 			ctx := context.Background()
 			for id := range ids {
-				if err := rawSpec(ctx, store, id, lease, meta); err != nil {
+				if err := rawSpec(ctx, store, id, lease, meta, cell); err != nil {
 					errs <- err
 					return
 				}
@@ -112,13 +120,14 @@ func (r *rig) rawRate(c, n int) (float64, error) {
 	wg.Wait()
 	close(errs)
 	if err := <-errs; err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return float64(r.counts.total.Load()) / time.Since(start).Seconds(), nil
+	elapsed := time.Since(start).Seconds()
+	return float64(r.counts.total.Load()) / elapsed, float64(n) / elapsed, nil
 }
 
 // rawSpec is the claim protocol's happy path for one spec.
-func rawSpec(ctx context.Context, s *queue.Store, id string, lease []byte, meta map[string]string) error {
+func rawSpec(ctx context.Context, s *queue.Store, id string, lease []byte, meta map[string]string, cell func() error) error {
 	key := func(state string) string { return "fleet/" + state + "/" + id + ".json" }
 	o, err := s.Get(ctx, key("pending"), 1<<20)
 	if err != nil {
@@ -137,6 +146,11 @@ func rawSpec(ctx context.Context, s *queue.Store, id string, lease []byte, meta 
 	}
 	if err := s.Delete(ctx, key("pending"), o.ETag); err != nil {
 		return err
+	}
+	if cell != nil {
+		if err := cell(); err != nil {
+			return err
+		}
 	}
 	if _, err := s.Put(ctx, key("completed"), o.Body, queue.PutOptions{Metadata: meta}); err != nil {
 		return err
@@ -160,8 +174,12 @@ type scaling struct {
 	// by fleetd's requests per spec. N cells of 0.1 s can ask for more
 	// requests per second than a loopback versitygw on this machine answers.
 	ServerLimit float64
-	Reachable   float64 // min(Ideal, ServerLimit)
-	EffReach    float64 // specs/s ÷ Reachable
+	// MachineLimit is the specs/s this machine allows for the whole job
+	// without fleetd: N goroutines making the same requests and starting the
+	// same supervisor process per spec, on the same cores as the server.
+	MachineLimit float64
+	Reachable    float64 // min(Ideal, ServerLimit, MachineLimit)
+	EffReach     float64 // specs/s ÷ Reachable
 }
 
 func (r *rig) scaling(n int) (scaling, error) {
@@ -194,7 +212,17 @@ func (r *rig) scaling(n int) (scaling, error) {
 		return row, err
 	}
 	row.ServerLimit = raw / row.ReqPerSpec
-	row.Reachable = min(row.Ideal, row.ServerLimit)
+	specFile := filepath.Join(r.dir, "cell.json")
+	if err := os.WriteFile(specFile, []byte(`{"spec":{"id":"raw","test":{"sleepMs":100}}}`), 0o600); err != nil {
+		return row, err
+	}
+	_, row.MachineLimit, err = r.rawRun(n, row.Specs, func() error {
+		return exec.Command(r.supervisor, specFile).Run()
+	})
+	if err != nil {
+		return row, err
+	}
+	row.Reachable = min(row.Ideal, row.ServerLimit, row.MachineLimit)
 	row.EffReach = row.SpecsPerSec / row.Reachable
 	return row, nil
 }

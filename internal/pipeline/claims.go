@@ -17,7 +17,8 @@ type Protocol interface {
 	Reject(ctx context.Context, quit <-chan struct{}, spec protocol.Spec, reason string) error
 }
 
-// Claim is a spec whose lease this node holds, ended by Finish or Release.
+// Claim is a spec whose lease this node holds, ended by WriteResult and its
+// clean-up, or by Release.
 type Claim interface {
 	ID() string
 	Body() []byte
@@ -28,7 +29,9 @@ type Claim interface {
 	// CancelledBy names who asked.
 	Cancelled() <-chan struct{}
 	CancelledBy() string
-	Finish(ctx context.Context, quit <-chan struct{}, rec protocol.Record) error
+	// WriteResult writes the result and returns the claim's clean-up, to run
+	// after (see protocol.Claim.WriteResult).
+	WriteResult(ctx context.Context, rec protocol.Record) (cleanup func(ctx context.Context, quit <-chan struct{}), err error)
 	Release(ctx context.Context, quit <-chan struct{}, countRun bool) error
 }
 

@@ -194,7 +194,22 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 	}
 	// The cell ended on its own: its result is written, never rerun, for as
 	// long as the lease is ours.
-	p.settle(c, c.Finish(abort, quit, rec))
+	cleanup, err := c.WriteResult(abort, rec)
+	if err != nil {
+		p.settle(c, err)
+		return
+	}
+	// The spec is settled once its result is durable: the clean-up's two
+	// deletes go on beside the next spec, so the worker takes its next key two
+	// round trips sooner. The drain still waits for them.
+	if !p.drain.Begin() {
+		cleanup(abort, quit)
+		return
+	}
+	go func() {
+		defer p.drain.End()
+		cleanup(abort, quit)
+	}()
 }
 
 // settle logs how a claim ended when it did not end cleanly.

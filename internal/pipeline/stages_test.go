@@ -71,11 +71,11 @@ func (c *fakeClaim) Cancelled() <-chan struct{} { return c.cancelled }
 
 func (c *fakeClaim) CancelledBy() string { return "alice@host" }
 
-func (c *fakeClaim) Finish(_ context.Context, _ <-chan struct{}, rec protocol.Record) error {
+func (c *fakeClaim) WriteResult(_ context.Context, rec protocol.Record) (func(context.Context, <-chan struct{}), error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.finished = append(c.finished, rec)
-	return nil
+	return func(context.Context, <-chan struct{}) {}, nil
 }
 
 func (c *fakeClaim) Release(_ context.Context, _ <-chan struct{}, countRun bool) error {

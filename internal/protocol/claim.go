@@ -164,6 +164,20 @@ func (p *Protocol) giveBack(ctx context.Context, quit <-chan struct{}, c *Claim,
 // completed/ or failed/, then claimed/ and the lease deleted. The result is
 // retried for as long as the lease is held; it is never written without it.
 func (c *Claim) Finish(ctx context.Context, quit <-chan struct{}, rec Record) error {
+	cleanup, err := c.WriteResult(ctx, rec)
+	if err != nil {
+		return err
+	}
+	cleanup(ctx, quit)
+	return nil
+}
+
+// WriteResult is Finish in two halves: it writes the result and returns the
+// clean-up (claimed/, then the lease), which the caller runs when it likes —
+// the spec is settled once the result is durable, so a worker need not wait
+// for the two deletes. The lease stays held, and kept alive, until the
+// clean-up ends it.
+func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx context.Context, quit <-chan struct{}), err error) {
 	c.setState(stateFinishing)
 	rec.node, rec.token, rec.attempts = c.p.cfg.Node, c.token, c.Attempt
 	state := queue.Failed
@@ -175,26 +189,28 @@ func (c *Claim) Finish(ctx context.Context, quit <-chan struct{}, rec Record) er
 	// lease lapsed on a slow renewal would leave it to recovery, which runs it
 	// again (issue 8, case 8). Cleanup after the result may give up: recovery
 	// finds the result by its token.
-	err := c.act(ctx, nil, "write result", func(ctx context.Context) error {
+	err = c.act(ctx, nil, "write result", func(ctx context.Context) error {
 		_, err := c.p.store.Put(ctx, c.p.cfg.Layout.Key(state, c.id), c.Body, queue.PutOptions{Metadata: rec.metadata()})
 		return err
 	})
 	if err != nil {
-		return c.stop(err)
+		return nil, c.stop(err)
 	}
-	// One after the other, not side by side: claimed/'s ETag is the spec's
-	// MD5, the same for a resubmission of these bytes, so only our lease makes
-	// the delete ours. Sent beside the lease's delete, a late or retried one
-	// could remove the claimed/ of a new claim made in between.
-	c.clearClaimed(ctx, quit)
-	c.end(ctx, quit)
-	c.p.cfg.Metrics.Finished(string(rec.Outcome))
-	attrs := []any{"event", "spec.finalised", "state", string(state), "outcome", string(rec.Outcome), "attempt", c.Attempt}
-	if rec.Reason != "" {
-		attrs = append(attrs, "reason", rec.Reason)
-	}
-	c.log.Info("spec finalised", attrs...)
-	return nil
+	return func(ctx context.Context, quit <-chan struct{}) {
+		// One after the other, not side by side: claimed/'s ETag is the
+		// spec's MD5, the same for a resubmission of these bytes, so only our
+		// lease makes the delete ours. Sent beside the lease's delete, a late
+		// or retried one could remove the claimed/ of a new claim made in
+		// between.
+		c.clearClaimed(ctx, quit)
+		c.end(ctx, quit)
+		c.p.cfg.Metrics.Finished(string(rec.Outcome))
+		attrs := []any{"event", "spec.finalised", "state", string(state), "outcome", string(rec.Outcome), "attempt", c.Attempt}
+		if rec.Reason != "" {
+			attrs = append(attrs, "reason", rec.Reason)
+		}
+		c.log.Info("spec finalised", attrs...)
+	}, nil
 }
 
 // Release returns the spec to pending/ and ends the claim. countRun says
