@@ -362,6 +362,10 @@ type fleet struct {
 	WastedPerSpec float64 // requests per spec beyond the one-agent run's
 	RunTwice      int     // specs whose supervisor started more than once
 	NeverRun      int     // specs whose supervisor never started
+	// MachineLimit is the specs/s this machine allows for the same job
+	// without fleetd: 4 × agents goroutines making the same requests and
+	// starting the same supervisor per spec, on the cores the server uses.
+	MachineLimit float64
 }
 
 func (r *rig) fleet(k, n int) (fleet, error) {
@@ -416,7 +420,14 @@ func (r *rig) fleet(k, n int) (fleet, error) {
 	row.SpecsPerSec = float64(n) / elapsed.Seconds()
 	row.ReqPerSpec = float64(reqs) / float64(n)
 	row.ConflictsPer = float64(conflicts) / float64(n)
-	return row, nil
+	specFile := filepath.Join(r.dir, "noop.json")
+	if err := os.WriteFile(specFile, []byte(`{"spec":{"id":"raw","test":{}}}`), 0o600); err != nil {
+		return row, err
+	}
+	_, row.MachineLimit, err = r.rawRun(4*k, n, func() error {
+		return exec.Command(r.supervisor, specFile).Run()
+	})
+	return row, err
 }
 
 // baseline is scenario 8: the 0.5.1 way, one aws CLI process per S3 call.
