@@ -187,5 +187,3 @@ func (p *Pipeline) setPaused(paused bool) {
 	}
 }
 
-// Paused reports whether the lane was paused at the last listing.
-func (p *Pipeline) Paused() bool { return p.paused.Load() }

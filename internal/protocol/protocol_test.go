@@ -239,7 +239,7 @@ func TestRecoverySettles(t *testing.T) {
 			if tt.consumed {
 				delete(s.objs, spec.Key)
 			}
-			if err := p.Recover(context.Background(), make(chan struct{})); err != nil {
+			if err := p.recoverScan(context.Background(), make(chan struct{}), true); err != nil {
 				t.Fatal(err)
 			}
 			got := s.keys()
@@ -260,7 +260,7 @@ func TestRecoveryOnlyCleansUpAFinishedClaim(t *testing.T) {
 	delete(s.objs, spec.Key)
 	done := p.cfg.Layout.Key(queue.Completed, "a")
 	s.objs[done] = queue.Object{Key: done, Body: spec.Body, Metadata: map[string]string{metaToken: "old"}}
-	if err := p.Recover(context.Background(), make(chan struct{})); err != nil {
+	if err := p.recoverScan(context.Background(), make(chan struct{}), true); err != nil {
 		t.Fatal(err)
 	}
 	if got := s.keys(); len(got) != 1 || got[0] != done {

@@ -13,15 +13,11 @@ import (
 	"github.com/cellos/fleetd/internal/queue"
 )
 
-// Recover takes over the stale leases and lease-less claims it finds and
-// settles each spec: back to pending/, to failed/ after the maximum attempts,
-// or only cleaned up when its result is already written. Age is judged on the
-// server's clock: LastModified against the Date of the response. quit, when
-// closed, stops the scan.
-func (p *Protocol) Recover(ctx context.Context, quit <-chan struct{}) error {
-	return p.recoverScan(ctx, quit, true)
-}
-
+// recoverScan takes over the stale leases (and, withClaims, the lease-less
+// claims) it finds and settles each spec: back to pending/, to failed/ after
+// the maximum attempts, or only cleaned up when its result is already
+// written. Age is judged on the server's clock: LastModified against the Date
+// of the response. quit, when closed, stops the scan.
 func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withClaims bool) error {
 	// Claims are listed before leases: a claim whose lease appears in between
 	// is live (a holder writes its lease before its claim).
