@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -133,4 +134,43 @@ func (f *fakeStore) Delete(_ context.Context, key, _ string) error {
 	return nil
 }
 
-func (f *fakeStore) Dirs(context.Context, string) ([]string, error) { return nil, nil }
+// Dirs lists the next path segments of the keys under prefix.
+func (f *fakeStore) Dirs(_ context.Context, prefix string) ([]string, error) {
+	seen := map[string]bool{}
+	var dirs []string
+	for k := range f.objs {
+		rest, ok := strings.CutPrefix(k, prefix)
+		if i := strings.IndexByte(rest, '/'); ok && i >= 0 && !seen[rest[:i]] {
+			seen[rest[:i]] = true
+			dirs = append(dirs, prefix+rest[:i+1])
+		}
+	}
+	return dirs, nil
+}
+
+// TestPauseAllFindsEveryLane: --all pauses the flat layout and each lane that
+// has a pending/, and nothing that is one of the layout's own directories.
+func TestPauseAllFindsEveryLane(t *testing.T) {
+	store := &fakeStore{objs: map[string][]byte{
+		"fleet/pending/a.json": nil, "fleet/completed/b.json": nil, "fleet/leases/c.json": nil,
+		"fleet/gpu/pending/d.json": nil, "fleet/cpu/pending/e.json": nil, "fleet/notalane/x": nil,
+		"fleet/recovery/scan.json": nil,
+	}}
+	a := New(store, nil, queue.NewLayout("fleet", ""), 1<<20)
+	lanes, err := a.Pause(context.Background(), "fleet", true, "ops")
+	slices.Sort(lanes)
+	if err != nil || strings.Join(lanes, ",") != "fleet,fleet/cpu,fleet/gpu" {
+		t.Fatalf("Pause --all = %v, %v; want fleet, fleet/cpu, fleet/gpu", lanes, err)
+	}
+	for _, k := range []string{"fleet/pending/!paused", "fleet/gpu/pending/!paused", "fleet/cpu/pending/!paused"} {
+		if _, ok := store.objs[k]; !ok {
+			t.Errorf("no marker %s", k)
+		}
+	}
+	if _, err := a.Resume(context.Background(), "fleet", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := store.objs["fleet/gpu/pending/!paused"]; ok {
+		t.Error("resume --all left a marker")
+	}
+}

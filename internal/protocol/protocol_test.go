@@ -23,7 +23,9 @@ type memStore struct {
 	mu   sync.Mutex
 	objs map[string]queue.Object
 	lose func(op, key string) bool
-	log  []string
+	// losePut, if set, loses the answer of the PUTs whose body it picks.
+	losePut func(key string, body []byte) bool
+	log     []string
 }
 
 func newMemStore() *memStore { return &memStore{objs: map[string]queue.Object{}} }
@@ -78,7 +80,7 @@ func (s *memStore) Put(_ context.Context, key string, body []byte, opt queue.Put
 	}
 	o := queue.Object{Key: key, ETag: etagOf(body), Body: body, Size: int64(len(body)), Metadata: opt.Metadata, LastModified: time.Now()}
 	s.objs[key] = o
-	if s.lost("PUT", key) {
+	if s.lost("PUT", key) || s.losePut != nil && s.losePut(key, body) {
 		// The retry of a conditional write that landed is refused by it.
 		return "", fmt.Errorf("put %s: %w: %w", key, queue.ErrUnknown, queue.ErrPrecondition)
 	}
@@ -358,5 +360,39 @@ func TestCancelRunningReachesTheHolder(t *testing.T) {
 	}
 	if c.CancelledBy() != "bob" || c.Lost() {
 		t.Errorf("CancelledBy = %q, lost %v; want bob, and the lease still held", c.CancelledBy(), c.Lost())
+	}
+}
+
+// TestCancelMarkWhoseAnswerWasLost: the cancel mark's compare-and-swap lands
+// but its answer is lost (a retry would get 412 from it): the tool reads the
+// lease back and finds its own mark, rather than retrying or giving up.
+func TestCancelMarkWhoseAnswerWasLost(t *testing.T) {
+	p, s := setup(t)
+	spec := pending(t, p, s, "a")
+	c, err := p.Claim(context.Background(), make(chan struct{}), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Drop()
+	tool := New(p.cfg, s)
+	once := true
+	s.mu.Lock()
+	s.losePut = func(key string, body []byte) bool { // the mark, not a renewal
+		hit := once && key == "fleet/leases/a.json" && strings.Contains(string(body), `"cancel":"carol"`)
+		once = once && !hit
+		return hit
+	}
+	s.mu.Unlock()
+	res, err := tool.Cancel(context.Background(), "a", "carol")
+	if err != nil || res.Node != "n1" {
+		t.Fatalf("Cancel = %+v, %v; want the holder n1 asked", res, err)
+	}
+	select {
+	case <-c.Cancelled():
+	case <-time.After(3 * MinTTL):
+		t.Fatal("the holder never saw the cancel mark")
+	}
+	if c.CancelledBy() != "carol" || once {
+		t.Errorf("CancelledBy = %q, mark's answer lost %v; want carol, and the loss to have happened", c.CancelledBy(), !once)
 	}
 }

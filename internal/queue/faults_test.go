@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -128,5 +129,51 @@ func TestSlowDownIsCountedAndRetried(t *testing.T) {
 	}
 	if got := slow.Load(); got != 2 {
 		t.Errorf("SlowDown told %d times, want 2", got)
+	}
+}
+
+func TestDeleteManyWhoseAnswerWasLostIsRetried(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, p, _ := faultyStore(t)
+	var objs []Versioned
+	for i := range 3 {
+		key := fmt.Sprintf("r-%d", i)
+		etag, err := s.Put(ctx, key, []byte(key), PutOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs = append(objs, Versioned{Key: key, ETag: etag})
+	}
+	// DeleteObjects is a POST ?delete: let it land, then lose the answer.
+	h := p.Add(faultproxy.Rule{Method: "POST", Query: "delete", Action: faultproxy.ErrorAfter, Status: 500, Times: 1})
+	n, err := s.DeleteMany(ctx, objs)
+	if err != nil || n != 3 {
+		t.Errorf("DeleteMany after a lost answer = %d, %v; want 3 deleted (the retry finds them gone)", n, err)
+	}
+	if h.Fired() != 1 {
+		t.Errorf("fault fired %d times, want 1", h.Fired())
+	}
+	for _, o := range objs {
+		if _, err := s.Head(ctx, o.Key); !errors.Is(err, ErrNotFound) {
+			t.Errorf("head %s = %v, want ErrNotFound", o.Key, err)
+		}
+	}
+}
+
+func TestDirsThroughFaults(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, p, _ := faultyStore(t)
+	for _, k := range []string{"fleet/pending/a.json", "fleet/gpu/pending/b.json", "fleet/cpu/pending/c.json"} {
+		if _, err := s.Put(ctx, k, []byte("x"), PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A listing is a read: an attempt reset after forwarding is simply retried.
+	p.Add(faultproxy.Rule{Method: "GET", Query: "delimiter", Action: faultproxy.ResetAfter, Times: 1})
+	dirs, err := s.Dirs(ctx, "fleet/")
+	if err != nil || strings.Join(dirs, ",") != "fleet/cpu/,fleet/gpu/,fleet/pending/" {
+		t.Errorf("Dirs = %v, %v", dirs, err)
 	}
 }
