@@ -17,16 +17,6 @@ import (
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
 
-func advProxy(t *testing.T) *faultproxy.Proxy {
-	t.Helper()
-	proxy, err := faultproxy.Start(env.server.URL, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Close)
-	return proxy
-}
-
 // advSettings: an agent behind the proxy with a 3 s lease.
 func advSettings(proxy *faultproxy.Proxy, node string, extra map[string]string) map[string]string {
 	m := fast(map[string]string{
@@ -85,7 +75,7 @@ func (b *bucket) assertClean() {
 func TestAdversarialRenewalLandsUnseen(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	proxy := advProxy(t)
+	proxy := startProxy(t)
 	release := filepath.Join(t.TempDir(), "release")
 	b.submit("r", map[string]any{"waitFor": release})
 	a := startAgent(t, b, advSettings(proxy, "a", nil))
@@ -126,7 +116,7 @@ func TestAdversarialRenewalLandsUnseen(t *testing.T) {
 func TestAdversarialRecoveryChainForgetsTheResult(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	proxy := advProxy(t)
+	proxy := startProxy(t)
 	release := filepath.Join(t.TempDir(), "release")
 	b.submit("c", map[string]any{"waitFor": release})
 
@@ -172,7 +162,7 @@ func TestAdversarialRecoveryChainForgetsTheResult(t *testing.T) {
 func TestAdversarialLateClaimedWriteReruns(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	proxy := advProxy(t)
+	proxy := startProxy(t)
 	held := proxy.Add(faultproxy.Rule{Method: "PUT", Key: regexp.MustCompile(`^fleet/claimed/o\.json$`), Action: faultproxy.Hold, Times: 1})
 	b.submit("o", map[string]any{"sleepMs": 0})
 	a := startAgent(t, b, advSettings(proxy, "a", nil))

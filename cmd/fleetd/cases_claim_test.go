@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,19 +31,6 @@ import (
 // claimTTL is fast()'s lease ttl.
 const claimTTL = 3 * time.Second
 
-// claimProxy starts a fault proxy in front of versitygw for one test. It is
-// closed after the test's agents are stopped (cleanups run last-in first-out,
-// so call it before startAgent).
-func claimProxy(t *testing.T) *faultproxy.Proxy {
-	t.Helper()
-	p, err := faultproxy.Start(env.server.URL, 8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	return p
-}
-
 // claimAgent starts fleetd with fast() settings, talking to S3 through p
 // (direct to versitygw when p is nil).
 func claimAgent(t *testing.T, b *bucket, p *faultproxy.Proxy, node string, extra map[string]string) *agent {
@@ -57,21 +43,6 @@ func claimAgent(t *testing.T, b *bucket, p *faultproxy.Proxy, node string, extra
 		s[k] = v
 	}
 	return startAgent(t, b, s)
-}
-
-// claimKey matches exactly the object key of id in state.
-func claimKey(b *bucket, state, id string) *regexp.Regexp {
-	return regexp.MustCompile("^" + regexp.QuoteMeta(b.key(state, id)) + "$")
-}
-
-// claimWait waits for a proxy rule to have fired n times.
-func claimWait(t *testing.T, h *faultproxy.Handle, n int) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := h.Wait(ctx, n); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // claimWaitEmpty waits until pending/, claimed/ and leases/ are empty: the
@@ -127,54 +98,6 @@ func claimRuns(agents ...*agent) map[string]int {
 		all = append(all, a.cellEvents()...)
 	}
 	return starts(all)
-}
-
-// claimWant is where one spec must end, with which bytes.
-type claimWant struct {
-	state string // completed or failed
-	body  []byte
-}
-
-// claimInvariant checks the queue against S3 directly: every spec of want in
-// exactly its state with its bytes unchanged, no other spec anywhere, and
-// nothing in pending/, claimed/ or leases/. It returns the result records'
-// metadata by id.
-func claimInvariant(t *testing.T, b *bucket, want map[string]claimWant) map[string]map[string]string {
-	t.Helper()
-	for _, s := range []string{"pending", "claimed", "leases"} {
-		if left := b.ids(s); len(left) != 0 {
-			t.Errorf("%s/ holds %v", s, left)
-		}
-	}
-	meta := map[string]map[string]string{}
-	seen := map[string]string{}
-	for _, s := range []string{"completed", "failed"} {
-		for _, id := range b.ids(s) {
-			if prev, ok := seen[id]; ok {
-				t.Errorf("spec %s is in both %s/ and %s/", id, prev, s)
-			}
-			seen[id] = s
-			w, ok := want[id]
-			if !ok {
-				t.Errorf("unexpected spec %s in %s/", id, s)
-				continue
-			}
-			if s != w.state {
-				t.Errorf("spec %s ended in %s/, want %s/", id, s, w.state)
-			}
-			body, m := b.get(b.key(s, id))
-			if !bytes.Equal(body, w.body) {
-				t.Errorf("%s/%s holds %q, want %q", s, id, body, w.body)
-			}
-			meta[id] = m
-		}
-	}
-	for id, w := range want {
-		if _, ok := seen[id]; !ok {
-			t.Errorf("spec %s is lost: in neither completed/ nor failed/ (want %s/)", id, w.state)
-		}
-	}
-	return meta
 }
 
 // claimRunsOnce checks every id ran exactly once over agents.
@@ -253,14 +176,14 @@ func TestCase1_AmbiguousConditionalPut(t *testing.T) {
 	}
 	steps := []step{
 		{"LeaseCreate", func(b *bucket) faultproxy.Rule {
-			return faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-None-Match": "*"}}
+			return faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-None-Match": "*"}}
 		}, map[string]any{}, true},
 		// The cell outlives two renewals (every ttl/3 = 1 s); the first is hit.
 		{"LeaseRenewal", func(b *bucket) faultproxy.Rule {
-			return faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""}}
+			return faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-Match": ""}}
 		}, map[string]any{"sleepMs": 2500}, false},
 		{"ResultPut", func(b *bucket) faultproxy.Rule {
-			return faultproxy.Rule{Method: "PUT", Key: claimKey(b, "completed", "x")}
+			return faultproxy.Rule{Method: "PUT", Key: keyOf(b, "completed", "x")}
 		}, map[string]any{}, true},
 	}
 	faults := []struct {
@@ -273,13 +196,13 @@ func TestCase1_AmbiguousConditionalPut(t *testing.T) {
 			t.Run(s.name+"/"+f.name, func(t *testing.T) {
 				t.Parallel()
 				b := newBucket(t)
-				p := claimProxy(t)
+				p := startProxy(t)
 				rule := s.rule(b)
 				rule.Action, rule.Status, rule.Times = f.action, f.status, 1
 				h := p.Add(rule)
 				body := b.submit("x", s.test)
 				a := claimAgent(t, b, p, "n1", nil)
-				claimWait(t, h, 1)
+				awaitFired(t, h, 1)
 				faulted := time.Now()
 				b.waitCount("completed", 1)
 				if took := time.Since(faulted); s.prompt && took >= claimTTL {
@@ -287,7 +210,7 @@ func TestCase1_AmbiguousConditionalPut(t *testing.T) {
 				}
 				claimWaitEmpty(t, b)
 				claimStop(t, a)
-				claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+				assertInvariant(t, b, map[string]finalState{"x": {"completed", body}})
 				claimRunsOnce(t, []string{"x"}, a)
 				claimBadEvents(t, a, "claim.conflict", "lease.lost", "spec.left_to_recovery")
 			})
@@ -305,16 +228,16 @@ func TestCase2_AmbiguousPendingDelete(t *testing.T) {
 		t.Run(fmt.Sprintf("Times%d", times), func(t *testing.T) {
 			t.Parallel()
 			b := newBucket(t)
-			p := claimProxy(t)
-			h := p.Add(faultproxy.Rule{Method: "DELETE", Key: claimKey(b, "pending", "x"),
+			p := startProxy(t)
+			h := p.Add(faultproxy.Rule{Method: "DELETE", Key: keyOf(b, "pending", "x"),
 				Action: faultproxy.ErrorAfter, Status: 503, Times: times})
 			body := b.submit("x", map[string]any{})
 			a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_S3_MAX_ATTEMPTS": "5"})
-			claimWait(t, h, times)
+			awaitFired(t, h, times)
 			b.waitCount("completed", 1)
 			claimWaitEmpty(t, b)
 			claimStop(t, a)
-			claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+			assertInvariant(t, b, map[string]finalState{"x": {"completed", body}})
 			claimRunsOnce(t, []string{"x"}, a)
 		})
 	}
@@ -328,15 +251,15 @@ func TestCase2_AmbiguousPendingDelete(t *testing.T) {
 func TestCase3_ClaimSlowerThanTTL(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	p := claimProxy(t)
-	hold := p.Add(faultproxy.Rule{Method: "DELETE", Key: claimKey(b, "pending", "x"), Action: faultproxy.Hold})
-	renewals := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""}})
+	p := startProxy(t)
+	hold := p.Add(faultproxy.Rule{Method: "DELETE", Key: keyOf(b, "pending", "x"), Action: faultproxy.Hold})
+	renewals := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-Match": ""}})
 	body := b.submit("x", map[string]any{})
 	a1 := claimAgent(t, b, p, "n1", nil)
 	a2 := claimAgent(t, b, p, "n2", nil)
-	claimWait(t, hold, 1)
+	awaitFired(t, hold, 1)
 	token := claimLease(t, b, "x")["token"]
-	claimWait(t, renewals, 5)
+	awaitFired(t, renewals, 5)
 	if got := claimLease(t, b, "x")["token"]; got != token {
 		t.Errorf("lease token %v after 5 renewals, want the claimer's %v: taken over mid-claim", got, token)
 	}
@@ -347,7 +270,7 @@ func TestCase3_ClaimSlowerThanTTL(t *testing.T) {
 	b.waitCount("completed", 1)
 	claimWaitEmpty(t, b)
 	claimStop(t, a1, a2)
-	meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+	meta := assertInvariant(t, b, map[string]finalState{"x": {"completed", body}})
 	if meta["x"]["fleetd-token"] != token {
 		t.Errorf("completed/x written by token %q, want the claimer's %v", meta["x"]["fleetd-token"], token)
 	}
@@ -367,7 +290,7 @@ func TestCase3_ClaimSlowerThanTTL(t *testing.T) {
 func TestCase4_LateCleanup(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	p := claimProxy(t)
+	p := startProxy(t)
 	body1 := b.submit("x", map[string]any{"sleepMs": 0})
 	etag1 := claimETag(body1)
 	if head, err := env.client.HeadObject(context.Background(), &s3.HeadObjectInput{Bucket: &b.name, Key: aws.String(b.key("pending", "x"))}); err != nil || aws.ToString(head.ETag) != etag1 {
@@ -375,11 +298,11 @@ func TestCase4_LateCleanup(t *testing.T) {
 	}
 	// Only deletes of the first submission's claimed/ are held: the
 	// resubmission has other bytes, so another ETag.
-	hold := p.Add(faultproxy.Rule{Method: "DELETE", Key: claimKey(b, "claimed", "x"), Header: map[string]string{"If-Match": etag1}, Action: faultproxy.Hold})
-	renewals := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""}})
+	hold := p.Add(faultproxy.Rule{Method: "DELETE", Key: keyOf(b, "claimed", "x"), Header: map[string]string{"If-Match": etag1}, Action: faultproxy.Hold})
+	renewals := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-Match": ""}})
 	a1 := claimAgent(t, b, p, "n1", nil)
 	a2 := claimAgent(t, b, p, "n2", nil)
-	claimWait(t, hold, 1)
+	awaitFired(t, hold, 1)
 	got, meta1 := b.get(b.key("completed", "x"))
 	if !bytes.Equal(got, body1) {
 		t.Fatalf("completed/x = %q before the cleanup, want the first submission", got)
@@ -387,7 +310,7 @@ func TestCase4_LateCleanup(t *testing.T) {
 	token1 := meta1["fleetd-token"]
 	body2 := b.submit("x", map[string]any{"sleepMs": 1})
 	// Held past a ttl: the first holder renews its lease 4 more times.
-	claimWait(t, renewals, renewals.Fired()+4)
+	awaitFired(t, renewals, renewals.Fired()+4)
 	if got, _ := b.get(b.key("pending", "x")); !bytes.Equal(got, body2) {
 		t.Errorf("pending/x = %q while the old cleanup is held, want the resubmission", got)
 	}
@@ -407,7 +330,7 @@ func TestCase4_LateCleanup(t *testing.T) {
 	}
 	claimWaitEmpty(t, b)
 	claimStop(t, a1, a2)
-	meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body2}})
+	meta := assertInvariant(t, b, map[string]finalState{"x": {"completed", body2}})
 	if meta["x"]["fleetd-token"] == token1 {
 		t.Error("completed/x of the resubmission carries the first run's token")
 	}
@@ -427,13 +350,13 @@ func TestCase4_LateCleanup(t *testing.T) {
 func TestCase5_RenewalsFailLongerThanTTL(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	p := claimProxy(t)
+	p := startProxy(t)
 	release := filepath.Join(t.TempDir(), "release")
 	body := b.submit("x", map[string]any{"waitFor": release})
 	a := claimAgent(t, b, p, "a", nil)
 	a.logs.awaitEvent(t, "cell.started", 1)
 	tokenA := claimLease(t, b, "x")["token"]
-	fail := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""},
+	fail := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-Match": ""},
 		Action: faultproxy.ErrorBefore, Status: 503})
 	other := claimAgent(t, b, nil, "b", nil)
 	a.logs.awaitEvent(t, "cell.fenced", 1)
@@ -451,7 +374,7 @@ func TestCase5_RenewalsFailLongerThanTTL(t *testing.T) {
 	a.logs.awaitEvent(t, "lease.lost", 1)
 	claimWaitEmpty(t, b)
 	claimStop(t, a, other)
-	meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+	meta := assertInvariant(t, b, map[string]finalState{"x": {"completed", body}})
 	if meta["x"]["fleetd-token"] == tokenA {
 		t.Errorf("completed/x written under A's lost lease (token %v)", tokenA)
 	}
@@ -473,15 +396,15 @@ func TestCase6_FinalizeDuringOutage(t *testing.T) {
 	t.Parallel()
 	const outage = 20
 	b := newBucket(t)
-	p := claimProxy(t)
-	fail := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "completed", "x"), Action: faultproxy.ErrorBefore, Status: 503, Times: outage})
+	p := startProxy(t)
+	fail := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "completed", "x"), Action: faultproxy.ErrorBefore, Status: 503, Times: outage})
 	body := b.submit("x", map[string]any{})
 	a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_S3_MAX_ATTEMPTS": "5"})
-	claimWait(t, fail, outage)
+	awaitFired(t, fail, outage)
 	b.waitCount("completed", 1)
 	claimWaitEmpty(t, b)
 	claimStop(t, a)
-	claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+	assertInvariant(t, b, map[string]finalState{"x": {"completed", body}})
 	claimRunsOnce(t, []string{"x"}, a)
 	if os.Getenv("CLAIM_DEBUG") != "" {
 		t.Log(a.logs.text())
@@ -510,8 +433,8 @@ func TestCase7_OrphanClaimRecovery(t *testing.T) {
 	t.Run("AlreadyCompleted", func(t *testing.T) {
 		t.Parallel()
 		b := newBucket(t)
-		p := claimProxy(t)
-		requeue := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "pending", "x")})
+		p := startProxy(t)
+		requeue := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "pending", "x")})
 		body := []byte(`{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"x","test":{}}}`)
 		result := map[string]string{"fleetd-node": "gone", "fleetd-token": "t-old", "fleetd-outcome": "completed", "fleetd-attempts": "1"}
 		claimPut(t, b, b.key("completed", "x"), body, result)
@@ -521,7 +444,7 @@ func TestCase7_OrphanClaimRecovery(t *testing.T) {
 		a.logs.awaitEvent(t, "recovery.late_claim_cleared", 1)
 		claimWaitEmpty(t, b)
 		claimStop(t, a)
-		meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+		meta := assertInvariant(t, b, map[string]finalState{"x": {"completed", body}})
 		for k, v := range result {
 			if meta["x"][k] != v {
 				t.Errorf("completed/x metadata %s = %q, want %q (unchanged)", k, meta["x"][k], v)
@@ -537,19 +460,19 @@ func TestCase7_OrphanClaimRecovery(t *testing.T) {
 	t.Run("NeverStartedAtMaxAttempts", func(t *testing.T) {
 		t.Parallel()
 		b := newBucket(t)
-		p := claimProxy(t)
-		peek := p.Add(faultproxy.Rule{Method: "GET", Key: claimKey(b, "pending", "x"), Action: faultproxy.Hold})
+		p := startProxy(t)
+		peek := p.Add(faultproxy.Rule{Method: "GET", Key: keyOf(b, "pending", "x"), Action: faultproxy.Hold})
 		body := b.submit("x", map[string]any{})
 		claimPut(t, b, b.key("claimed", "x"), body, map[string]string{"fleetd-node": "gone", "fleetd-token": "t-old",
 			"fleetd-attempts": "3", "fleetd-pending-etag": claimETag(body)})
 		a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_MAX_ATTEMPTS": "3"})
-		claimWait(t, peek, 1)
+		awaitFired(t, peek, 1)
 		a.logs.awaitEvent(t, "recovery.late_claim_cleared", 1)
 		peek.Release()
 		b.waitCount("completed", 1)
 		claimWaitEmpty(t, b)
 		claimStop(t, a)
-		meta := claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+		meta := assertInvariant(t, b, map[string]finalState{"x": {"completed", body}})
 		if got := meta["x"]["fleetd-attempts"]; got != "1" {
 			t.Errorf("completed/x attempts = %q, want 1: the orphan's attempt never started", got)
 		}
@@ -568,20 +491,20 @@ func TestCase7_OrphanClaimRecovery(t *testing.T) {
 func TestCase1_AmbiguousRenewalUnresolved(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	p := claimProxy(t)
-	renewal := p.Add(faultproxy.Rule{Method: "PUT", Key: claimKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""},
+	p := startProxy(t)
+	renewal := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-Match": ""},
 		Action: faultproxy.ErrorAfter, Status: 500, Times: 1})
-	readBack := p.Add(faultproxy.Rule{Method: "GET", Key: claimKey(b, "leases", "x"), Action: faultproxy.ErrorBefore, Status: 503, Times: 2})
+	readBack := p.Add(faultproxy.Rule{Method: "GET", Key: keyOf(b, "leases", "x"), Action: faultproxy.ErrorBefore, Status: 503, Times: 2})
 	body := b.submit("x", map[string]any{"sleepMs": 2500})
 	// Two attempts a request, so the renewal and its read-back give up well
 	// within the lease's validity and the next renewal meets the 412.
 	a := claimAgent(t, b, p, "n1", map[string]string{"CELLOS_FLEET_S3_MAX_ATTEMPTS": "2"})
-	claimWait(t, renewal, 1)
-	claimWait(t, readBack, 1)
+	awaitFired(t, renewal, 1)
+	awaitFired(t, readBack, 1)
 	b.waitCount("completed", 1)
 	claimWaitEmpty(t, b)
 	claimStop(t, a)
-	claimInvariant(t, b, map[string]claimWant{"x": {"completed", body}})
+	assertInvariant(t, b, map[string]finalState{"x": {"completed", body}})
 	claimRunsOnce(t, []string{"x"}, a)
 	if os.Getenv("CLAIM_DEBUG") != "" {
 		t.Log(a.logs.text())

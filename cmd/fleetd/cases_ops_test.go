@@ -7,7 +7,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -22,81 +21,11 @@ import (
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
 
-// caseBProxy starts a fault proxy in front of the test S3 server.
-func caseBProxy(t *testing.T) *faultproxy.Proxy {
-	t.Helper()
-	p, err := faultproxy.Start(env.server.URL, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	return p
-}
-
 // caseBVia returns fast() settings over extra, with fleetd pointed at the proxy.
 func caseBVia(p *faultproxy.Proxy, extra map[string]string) map[string]string {
 	m := fast(extra)
 	m["AWS_ENDPOINT_URL_S3"] = p.URL()
 	return m
-}
-
-// caseBKey is a Key regexp matching exactly one spec's object in state.
-func caseBKey(b *bucket, state, id string) *regexp.Regexp {
-	return regexp.MustCompile("^" + regexp.QuoteMeta(b.key(state, id)) + "$")
-}
-
-// caseBCtx is the bound on waiting for a proxy rule to fire.
-func caseBCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func caseBWait(t *testing.T, h *faultproxy.Handle, n int) {
-	t.Helper()
-	if err := h.Wait(caseBCtx(t), n); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// caseBFinal is where a spec must end and with which bytes.
-type caseBFinal struct {
-	state string // completed or failed
-	body  []byte
-}
-
-// caseBInvariant asserts the invariant of issue 8 directly against S3: every
-// spec in exactly one of completed/ or failed/ with its bytes unchanged,
-// nothing else there, and nothing left in pending/, claimed/ or leases/.
-func caseBInvariant(t *testing.T, b *bucket, want map[string]caseBFinal) {
-	t.Helper()
-	for _, state := range []string{"pending", "claimed", "leases"} {
-		if left := b.ids(state); len(left) != 0 {
-			t.Errorf("%s/ holds %v", state, left)
-		}
-	}
-	for _, state := range []string{"completed", "failed"} {
-		for _, id := range b.ids(state) {
-			w, ok := want[id]
-			if !ok {
-				t.Errorf("%s/ holds unexpected %q", state, id)
-				continue
-			}
-			if w.state != state {
-				t.Errorf("spec %q is in %s/, want only %s/", id, state, w.state)
-			}
-		}
-	}
-	for id, w := range want {
-		key := b.key(w.state, id)
-		if !b.exists(key) {
-			t.Errorf("spec %q is not in %s/", id, w.state)
-			continue
-		}
-		if got, _ := b.get(key); !bytes.Equal(got, w.body) {
-			t.Errorf("%s = %q, want the submitted %q", key, got, w.body)
-		}
-	}
 }
 
 // caseBStop sends SIGTERM and expects a clean exit.
@@ -127,19 +56,19 @@ func caseBPoll(t *testing.T, what string, cond func() bool) {
 func TestCase8FinishedCellIsFinalisedPastDrainDeadline(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	p := caseBProxy(t)
+	p := startProxy(t)
 	release := filepath.Join(t.TempDir(), "release")
 	body := b.submit("x", map[string]any{"waitFor": release})
 	a := startAgent(t, b, caseBVia(p, map[string]string{"CELLOS_FLEET_DRAIN_TIMEOUT_MS": "200"}))
 	a.logs.awaitEvent(t, "cell.started", 1)
 
-	renewal := p.Add(faultproxy.Rule{Method: "PUT", Key: caseBKey(b, "leases", "x"), Header: map[string]string{"If-Match": ""}, Action: faultproxy.Hold})
-	caseBWait(t, renewal, 1)
-	result := p.Add(faultproxy.Rule{Method: "PUT", Key: caseBKey(b, "completed", "x"), Action: faultproxy.Hold})
+	renewal := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-Match": ""}, Action: faultproxy.Hold})
+	awaitFired(t, renewal, 1)
+	result := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "completed", "x"), Action: faultproxy.Hold})
 	if err := os.WriteFile(release, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	caseBWait(t, result, 1) // the cell exited 0; its result write is held
+	awaitFired(t, result, 1) // the cell exited 0; its result write is held
 	a.signal(syscall.SIGTERM)
 	a.logs.awaitEvent(t, "drain.started", 1)
 	// The result write times out when the lease's validity ends: the lease
@@ -154,7 +83,7 @@ func TestCase8FinishedCellIsFinalisedPastDrainDeadline(t *testing.T) {
 	if code := a.wait(); code != 0 {
 		t.Errorf("exit code %d", code)
 	}
-	caseBInvariant(t, b, map[string]caseBFinal{"x": {"completed", body}})
+	assertInvariant(t, b, map[string]finalState{"x": {"completed", body}})
 	if got := starts(a.cellEvents()); got["x"] != 1 {
 		t.Errorf("runs = %v, want x once", got)
 	}
@@ -169,7 +98,7 @@ func TestCase8FinishedCellIsFinalisedPastDrainDeadline(t *testing.T) {
 func TestCase9StopUnderHangingS3IsBounded(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	p := caseBProxy(t)
+	p := startProxy(t)
 	release := filepath.Join(t.TempDir(), "release")
 	body := b.submit("h", map[string]any{"waitFor": release})
 	const drainTimeout, grace, s3Timeout = 2 * time.Second, 500 * time.Millisecond, time.Second
@@ -181,7 +110,7 @@ func TestCase9StopUnderHangingS3IsBounded(t *testing.T) {
 	}))
 	a.logs.awaitEvent(t, "cell.started", 1)
 	hang := p.Add(faultproxy.Rule{Action: faultproxy.Hold})
-	caseBWait(t, hang, 1)
+	awaitFired(t, hang, 1)
 	sent := time.Now()
 	a.signal(syscall.SIGTERM)
 	<-a.exited
@@ -201,7 +130,7 @@ func TestCase9StopUnderHangingS3IsBounded(t *testing.T) {
 	s := startAgent(t, b, caseBVia(p, map[string]string{"CELLOS_FLEET_NODE_ID": "second"}))
 	caseBPoll(t, "completed/h", func() bool { return b.exists(b.key("completed", "h")) })
 	caseBStop(t, s)
-	caseBInvariant(t, b, map[string]caseBFinal{"h": {"completed", body}})
+	assertInvariant(t, b, map[string]finalState{"h": {"completed", body}})
 	if got := starts(s.cellEvents()); got["h"] != 1 {
 		t.Errorf("second agent's runs = %v, want h once", got)
 	}
@@ -213,12 +142,12 @@ func TestCase9StopUnderHangingS3IsBounded(t *testing.T) {
 func TestCase10OutageDoesNotExhaustRetries(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	p := caseBProxy(t)
+	p := startProxy(t)
 	release := filepath.Join(t.TempDir(), "release")
-	want := map[string]caseBFinal{}
+	want := map[string]finalState{}
 	for i := range 30 {
 		id := fmt.Sprintf("q-%02d", i)
-		want[id] = caseBFinal{"completed", b.submit(id, map[string]any{"waitFor": release})}
+		want[id] = finalState{"completed", b.submit(id, map[string]any{"waitFor": release})}
 	}
 	settings := func(node string) map[string]string {
 		return caseBVia(p, map[string]string{"CELLOS_FLEET_NODE_ID": node, "CELLOS_FLEET_CONCURRENCY": "15",
@@ -241,7 +170,7 @@ func TestCase10OutageDoesNotExhaustRetries(t *testing.T) {
 			runs[id] += n
 		}
 	}
-	caseBInvariant(t, b, want)
+	assertInvariant(t, b, want)
 	for id := range want {
 		if runs[id] != 1 {
 			t.Errorf("spec %s ran %d times, want once", id, runs[id])
@@ -267,10 +196,10 @@ func TestCase11TTLFloorAndNoStolenLeases(t *testing.T) {
 		t.Errorf("ttl 500 ms: exit %d %q, want 2 naming CELLOS_FLEET_LEASE_TTL_MS", code, errOut)
 	}
 
-	want := map[string]caseBFinal{}
+	want := map[string]finalState{}
 	for i := range 4 {
 		id := fmt.Sprintf("long-%d", i)
-		want[id] = caseBFinal{"completed", b.submit(id, map[string]any{"sleepMs": 4000})}
+		want[id] = finalState{"completed", b.submit(id, map[string]any{"sleepMs": 4000})}
 	}
 	settings := func(node string) map[string]string {
 		return fast(map[string]string{"CELLOS_FLEET_NODE_ID": node, "CELLOS_FLEET_CONCURRENCY": "2", "CELLOS_FLEET_LEASE_TTL_MS": "3000"})
@@ -287,7 +216,7 @@ func TestCase11TTLFloorAndNoStolenLeases(t *testing.T) {
 			t.Errorf("%d leases taken over from healthy nodes", n)
 		}
 	}
-	caseBInvariant(t, b, want)
+	assertInvariant(t, b, want)
 	for id := range want {
 		if runs[id] != 1 {
 			t.Errorf("spec %s ran %d times, want once", id, runs[id])
@@ -301,11 +230,11 @@ func TestCase11TTLFloorAndNoStolenLeases(t *testing.T) {
 func TestCase12ReplacementDuringClaimIsKept(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	p := caseBProxy(t)
+	p := startProxy(t)
 	b.submit("r", map[string]any{"sleepMs": 0})
-	del := p.Add(faultproxy.Rule{Method: "DELETE", Key: caseBKey(b, "pending", "r"), Header: map[string]string{"If-Match": ""}, Action: faultproxy.Hold, Times: 1})
+	del := p.Add(faultproxy.Rule{Method: "DELETE", Key: keyOf(b, "pending", "r"), Header: map[string]string{"If-Match": ""}, Action: faultproxy.Hold, Times: 1})
 	a := startAgent(t, b, caseBVia(p, nil))
-	caseBWait(t, del, 1)
+	awaitFired(t, del, 1)
 	// The new version is told apart by its run: it sleeps 700 ms.
 	replaced := b.submit("r", map[string]any{"sleepMs": 700})
 	del.Release()
@@ -317,7 +246,7 @@ func TestCase12ReplacementDuringClaimIsKept(t *testing.T) {
 		return bytes.Equal(got, replaced)
 	})
 	caseBStop(t, a)
-	caseBInvariant(t, b, map[string]caseBFinal{"r": {"completed", replaced}})
+	assertInvariant(t, b, map[string]finalState{"r": {"completed", replaced}})
 	evs := a.cellEvents()
 	if got := starts(evs); got["r"] != 2 {
 		t.Fatalf("runs = %v, want r twice: the old version, then the new", got)
@@ -346,11 +275,11 @@ func TestCase12ReplacementDuringClaimIsKept(t *testing.T) {
 func TestCase13RejectActsOnJudgedVersionOnly(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	p := caseBProxy(t)
+	p := startProxy(t)
 	b.putRaw(b.key("pending", "v"), []byte("not json"))
-	write := p.Add(faultproxy.Rule{Method: "PUT", Key: caseBKey(b, "failed", "v"), Action: faultproxy.Hold, Times: 1})
+	write := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "failed", "v"), Action: faultproxy.Hold, Times: 1})
 	a := startAgent(t, b, caseBVia(p, nil))
-	caseBWait(t, write, 1)
+	awaitFired(t, write, 1)
 	valid := b.submit("v", map[string]any{})
 	write.Release()
 	b.waitCount("completed", 1)
@@ -377,14 +306,14 @@ func TestCase13RejectActsOnJudgedVersionOnly(t *testing.T) {
 	t.Run("oversized", func(t *testing.T) {
 		t.Parallel()
 		b := newBucket(t)
-		p := caseBProxy(t)
+		p := startProxy(t)
 		const id = "big %+ x"
 		big := b.submit(id, map[string]any{"pad": strings.Repeat("x", 200)})
 		a := startAgent(t, b, caseBVia(p, map[string]string{"CELLOS_FLEET_MAX_SPEC_BYTES": "100"}))
 		b.waitCount("failed", 1)
 		caseBPoll(t, "an empty leases/", func() bool { return len(b.ids("leases")) == 0 })
 		caseBStop(t, a)
-		caseBInvariant(t, b, map[string]caseBFinal{id: {"failed", big}})
+		assertInvariant(t, b, map[string]finalState{id: {"failed", big}})
 		if _, meta := b.get(b.key("failed", id)); !strings.Contains(meta["fleetd-reason"], "over the limit of 100") {
 			t.Errorf("failed/%s reason = %q", id, meta["fleetd-reason"])
 		}
@@ -400,10 +329,10 @@ func TestCase13RejectActsOnJudgedVersionOnly(t *testing.T) {
 func TestCase14RequeueHoldsTheLease(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
-	p := caseBProxy(t)
+	p := startProxy(t)
 	body := []byte(`{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"f","test":{}}}`)
 	b.putRaw(b.key("failed", "f"), body)
-	del := p.Add(faultproxy.Rule{Method: "DELETE", Key: caseBKey(b, "failed", "f"), Header: map[string]string{"If-Match": ""}, Action: faultproxy.Hold})
+	del := p.Add(faultproxy.Rule{Method: "DELETE", Key: keyOf(b, "failed", "f"), Header: map[string]string{"If-Match": ""}, Action: faultproxy.Hold})
 
 	type cliResult struct {
 		err         error
@@ -420,7 +349,7 @@ func TestCase14RequeueHoldsTheLease(t *testing.T) {
 		err := cmd.Run()
 		done <- cliResult{err, cmd.ProcessState.ExitCode(), out.String(), errOut.String()}
 	}()
-	caseBWait(t, del, 1) // pending/f is written; the requeue holds the lease
+	awaitFired(t, del, 1) // pending/f is written; the requeue holds the lease
 
 	a := startAgent(t, b, caseBVia(p, nil))
 	a.logs.awaitEvent(t, "claim.conflict", 1)
@@ -441,7 +370,7 @@ func TestCase14RequeueHoldsTheLease(t *testing.T) {
 	b.waitCount("completed", 1)
 	caseBPoll(t, "an empty leases/", func() bool { return len(b.ids("leases")) == 0 })
 	caseBStop(t, a)
-	caseBInvariant(t, b, map[string]caseBFinal{"f": {"completed", body}})
+	assertInvariant(t, b, map[string]finalState{"f": {"completed", body}})
 	if got := starts(a.cellEvents()); got["f"] != 1 {
 		t.Errorf("runs = %v, want f once", got)
 	}
@@ -462,7 +391,7 @@ func TestCase15RecoveryIgnoresItsSpecSizeLimit(t *testing.T) {
 	b.waitCount("failed", 1)
 	caseBPoll(t, "an empty leases/", func() bool { return len(b.ids("leases")) == 0 })
 	caseBStop(t, r)
-	caseBInvariant(t, b, map[string]caseBFinal{"large": {"failed", body}})
+	assertInvariant(t, b, map[string]finalState{"large": {"failed", body}})
 	if _, meta := b.get(b.key("failed", "large")); !strings.Contains(meta["fleetd-reason"], "over the limit of 1024") {
 		t.Errorf("failed/large reason = %q, want too large", meta["fleetd-reason"])
 	}
@@ -481,7 +410,7 @@ func TestCaseSelfTest(t *testing.T) {
 	t.Run("ignored If-None-Match", func(t *testing.T) {
 		t.Parallel()
 		b := newBucket(t)
-		p := caseBProxy(t)
+		p := startProxy(t)
 		// The second create-only PUT "succeeds" without reaching the server.
 		fake := p.Add(faultproxy.Rule{Method: "PUT", Key: regexp.MustCompile(`selftest/`), Header: map[string]string{"If-None-Match": "*"},
 			Action: faultproxy.ErrorBefore, Status: 200, Skip: 1, Times: 1})
