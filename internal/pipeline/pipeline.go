@@ -186,4 +186,3 @@ func (p *Pipeline) setPaused(paused bool) {
 		p.log.Info("queue resumed", "event", "queue.resumed")
 	}
 }
-

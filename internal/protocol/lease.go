@@ -322,42 +322,48 @@ type leaseWrite struct {
 // it holds another node's write; ErrNotFound: there is none; any other error:
 // we cannot tell yet. Called under writeMu.
 func (c *Claim) resolve(ctx context.Context) (string, time.Time, error) {
-	o, err := c.p.store.Get(ctx, c.key, maxLeaseBytes)
+	l, etag, err := c.p.readLease(ctx, c.key, c.token)
 	if err != nil {
 		return "", time.Time{}, err
-	}
-	var l leaseBody
-	if json.Unmarshal(o.Body, &l) != nil || l.Token != c.token {
-		return "", time.Time{}, fmt.Errorf("lease %s: held by token %q: %w", c.key, l.Token, queue.ErrPrecondition)
 	}
 	if l.Cancel != "" {
 		c.markCancelled(l.Cancel) // fleetd cancel wrote over our last renewal
 	}
 	for _, w := range c.unknown {
 		if w.nonce == l.Nonce {
-			return o.ETag, w.sent, nil
+			return etag, w.sent, nil
 		}
 	}
-	return o.ETag, time.Time{}, nil
+	return etag, time.Time{}, nil
 }
 
 // readBack resolves a lease write whose outcome is unknown: nil and the
 // ETag if the lease holds our nonce; ErrPrecondition if it holds another
-// write; ErrNotFound if there is none; any other error if we cannot tell.
+// node's write; ErrNotFound if there is none; ErrUnknown if it holds an
+// earlier write of ours; any other error if we cannot tell.
 func (p *Protocol) readBack(ctx context.Context, key, token, nonce string) (string, error) {
-	o, err := p.store.Get(ctx, key, maxLeaseBytes)
-	if err != nil {
+	l, etag, err := p.readLease(ctx, key, token)
+	switch {
+	case err != nil:
 		return "", err
-	}
-	var l leaseBody
-	if json.Unmarshal(o.Body, &l) == nil && l.Token == token && l.Nonce == nonce {
-		return o.ETag, nil
-	}
-	if l.Token == token {
-		// An earlier write of ours is what landed; this one did not.
+	case l.Nonce != nonce:
 		return "", fmt.Errorf("lease %s: our write did not land: %w", key, queue.ErrUnknown)
 	}
-	return "", fmt.Errorf("lease %s: held by token %q: %w", key, l.Token, queue.ErrPrecondition)
+	return etag, nil
+}
+
+// readLease reads the lease at key and returns it and its ETag if it holds
+// token; ErrPrecondition if it holds another (or is unreadable).
+func (p *Protocol) readLease(ctx context.Context, key, token string) (leaseBody, string, error) {
+	o, err := p.store.Get(ctx, key, maxLeaseBytes)
+	if err != nil {
+		return leaseBody{}, "", err
+	}
+	var l leaseBody
+	if json.Unmarshal(o.Body, &l) != nil || l.Token != token {
+		return leaseBody{}, "", fmt.Errorf("lease %s: held by token %q: %w", key, l.Token, queue.ErrPrecondition)
+	}
+	return l, o.ETag, nil
 }
 
 func encodeLease(l *leaseBody, now time.Time) (body []byte, nonce string) {
