@@ -304,7 +304,21 @@ type agent struct {
 	exited    chan struct{}
 	stderr    bytes.Buffer // last lines, for errors
 	cells     map[string]*cellTimes
+	ready     time.Time // when its self-test passed, by its log
 	mu        sync.Mutex
+}
+
+// readyAt is when the agent could start work: its self-test passed. Runs are
+// timed from there, as the raw runs they are compared with start ready; an
+// agent's start-up (the process, the self-test) is paid once in its life.
+// A build that does not log it is timed from its start.
+func (a *agent) readyAt() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ready.IsZero() {
+		return a.started
+	}
+	return a.ready
 }
 
 // cellTimes is when fleetd logged a spec's cell start and end (the log's own
@@ -393,6 +407,15 @@ func (r *rig) startAgent(bucket string, settings map[string]string, watchStarts 
 				}
 			case rec.Event == "cell.ended":
 				a.noteCell(line)
+			case rec.Event == "selftest.passed":
+				var ev struct {
+					Time time.Time `json:"time"`
+				}
+				if json.Unmarshal([]byte(line), &ev) == nil {
+					a.mu.Lock()
+					a.ready = ev.Time
+					a.mu.Unlock()
+				}
 			case rec.Level == "ERROR":
 				a.mu.Lock()
 				a.stderr.WriteString(line + "\n")
@@ -476,4 +499,57 @@ func readProc(pid int) (procStats, error) {
 		}
 	}
 	return st, nil
+}
+
+// selfCPU is the harness's own CPU time so far: the counting proxy, mostly.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// machineMeter measures all cores' use between its start and stop from
+// /proc/stat: whether the machine, not fleetd or the server alone, set the
+// pace, and what the whole job cost it.
+type machineMeter struct{ busy, total int64 }
+
+func startMachineMeter() (machineMeter, error) {
+	busy, total, err := machineCPU()
+	return machineMeter{busy, total}, err
+}
+
+// stop returns the share of the cores' time busy since start, and the busy
+// time in all.
+func (m machineMeter) stop() (share float64, busy time.Duration, err error) {
+	b, t, err := machineCPU()
+	if err != nil || t == m.total {
+		return 0, 0, err
+	}
+	return float64(b-m.busy) / float64(t-m.total), time.Duration(b-m.busy) * time.Second / 100, nil // USER_HZ
+}
+
+// machineCPU reads the busy and total time of all cores, in clock ticks.
+func machineCPU() (busy, total int64, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	for i, s := range f[1:9] {
+		var v int64
+		if _, err := fmt.Sscan(s, &v); err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: %q: %w", line, err)
+		}
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total, nil
 }

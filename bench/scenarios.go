@@ -45,7 +45,7 @@ func (r *rig) throughput(c, n int) (throughput, error) {
 		return row, err
 	}
 	werr := waitFinalised(10*time.Minute, int64(n), a)
-	elapsed := time.Since(a.started)
+	elapsed := time.Since(a.readyAt())
 	reqs := r.counts.total.Load()
 	row.ByOp = perOp(r.counts.ops(), float64(n))
 	st, err := a.stop()
@@ -200,7 +200,7 @@ func (r *rig) scaling(n int) (scaling, error) {
 		return row, err
 	}
 	werr := waitFinalised(10*time.Minute, int64(row.Specs), a)
-	elapsed := time.Since(a.started)
+	elapsed := time.Since(a.readyAt())
 	row.ReqPerSpec = float64(countWork(r.counts.ops())) / float64(row.Specs)
 	if _, err := a.stop(); err != nil || werr != nil {
 		return row, errors.Join(werr, err)
@@ -366,7 +366,45 @@ type fleet struct {
 	// without fleetd: 4 × agents goroutines making the same requests and
 	// starting the same supervisor per spec, on the cores the server uses.
 	MachineLimit float64
+	ByOp         map[string]float64 // requests per spec by operation
+	// CPU ms per spec while the agents ran: all fleetd processes together,
+	// the server, and the harness (its proxy and the supervisors it waits on).
+	FleetdCPU, ServerCPU, HarnessCPU float64
+	// MachineBusy is the share of all cores' time busy while the agents ran,
+	// MachineCPU the busy time per spec (every process: fleetd, the server,
+	// the proxy, the supervisors); RawBusy and RawCPU the same for the
+	// machine-limit run.
+	MachineBusy, MachineCPU, RawBusy, RawCPU float64
+	// ListServerMs and ListClientMs are the CPU one LIST of the full queue
+	// costs the server and the harness (the SDK, the proxy), before it runs.
+	ListServerMs, ListClientMs float64
 }
+
+// listCost lists bucket's pending/ n times, one page each as fleetd's lister
+// asks for, and returns the server's and the harness's CPU per LIST.
+func (r *rig) listCost(bucket string, n int) (serverMs, clientMs float64, err error) {
+	store := queue.New(r.proxied, bucket, queue.Policy{})
+	s0, err := readProc(r.server.Pid())
+	if err != nil {
+		return 0, 0, err
+	}
+	c0 := selfCPU()
+	for range n {
+		if err := store.List(context.Background(), "fleet/pending/", func(queue.Page) error { return errStop }); err != nil && !errors.Is(err, errStop) {
+			return 0, 0, err
+		}
+	}
+	c1 := selfCPU()
+	s1, err := readProc(r.server.Pid())
+	if err != nil {
+		return 0, 0, err
+	}
+	per := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
+	return per(s1.cpu - s0.cpu), per(c1 - c0), nil
+}
+
+// errStop ends a listing after its first page.
+var errStop = errors.New("first page only")
 
 func (r *rig) fleet(k, n int) (fleet, error) {
 	row := fleet{Agents: k, Specs: n}
@@ -377,7 +415,19 @@ func (r *rig) fleet(k, n int) (fleet, error) {
 	if err := r.submit(bucket, n, ""); err != nil {
 		return row, err
 	}
+	if row.ListServerMs, row.ListClientMs, err = r.listCost(bucket, 20); err != nil {
+		return row, err
+	}
 	r.counts.reset()
+	server0, err := readProc(r.server.Pid())
+	if err != nil {
+		return row, err
+	}
+	harness0 := selfCPU()
+	meter, err := startMachineMeter()
+	if err != nil {
+		return row, err
+	}
 	// The test supervisor records each start: a spec run twice shows there,
 	// whatever fleetd believes.
 	events := filepath.Join(r.dir, fmt.Sprintf("%s-events", bucket))
@@ -393,14 +443,33 @@ func (r *rig) fleet(k, n int) (fleet, error) {
 		}
 		agents = append(agents, a)
 	}
-	start := agents[0].started
 	werr := waitFinalised(10*time.Minute, int64(n), agents...)
+	start := agents[0].readyAt()
+	for _, a := range agents[1:] {
+		if t := a.readyAt(); t.Before(start) {
+			start = t
+		}
+	}
 	elapsed := time.Since(start)
 	// The self-test (7 requests per agent at start-up) is not work.
 	reqs, conflicts := countWork(r.counts.ops()), r.counts.preconditionFailed.Load()
+	row.ByOp = perOp(r.counts.ops(), float64(n))
+	server1, serr := readProc(r.server.Pid())
+	harness1 := selfCPU()
+	busy, busyCPU, merr := meter.stop()
+	var fleetdCPU time.Duration
 	for _, a := range agents {
-		a.stop()
+		st, err := a.stop()
+		if err == nil {
+			fleetdCPU += st.cpu
+		}
 	}
+	if err := errors.Join(serr, merr); err != nil {
+		return row, err
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
+	row.MachineBusy, row.MachineCPU = busy, ms(busyCPU)
+	row.FleetdCPU, row.ServerCPU, row.HarnessCPU = ms(fleetdCPU), ms(server1.cpu-server0.cpu), ms(harness1-harness0)
 	if werr != nil {
 		return row, werr
 	}
@@ -424,9 +493,17 @@ func (r *rig) fleet(k, n int) (fleet, error) {
 	if err := os.WriteFile(specFile, []byte(`{"spec":{"id":"raw","test":{}}}`), 0o600); err != nil {
 		return row, err
 	}
+	if meter, err = startMachineMeter(); err != nil {
+		return row, err
+	}
 	_, row.MachineLimit, err = r.rawRun(4*k, n, func() error {
 		return exec.Command(r.supervisor, specFile).Run()
 	})
+	if err != nil {
+		return row, err
+	}
+	busy, busyCPU, err = meter.stop()
+	row.RawBusy, row.RawCPU = busy, ms(busyCPU)
 	return row, err
 }
 

@@ -73,6 +73,8 @@ type Lister struct {
 	tried    map[string]remembered // key → the ETag it was last handed out at
 	ignored  map[string]bool       // non-work keys already logged
 	pass     int
+	handed   int // items the current listing handed out
+	bounced  int // of those, found gone or claimed elsewhere
 }
 
 // remembered is a key remembered at an ETag until a listing no longer shows it.
@@ -193,14 +195,23 @@ func (l *Lister) send(ctx context.Context, out chan<- Item, it Item) error {
 }
 
 // Stale tells the lister that it, an item it handed out, was already gone or
-// claimed elsewhere: the rest of its listing is likely gone too, so it lists
-// afresh rather than hand out more keys other nodes have taken. An item of an
-// older listing says nothing about the current one, which is newer.
+// claimed elsewhere. The page is shuffled, so one such key says little about
+// the rest; once more than an eighth of the keys a listing handed out (and at
+// least two) were, it is out of date and the lister lists afresh rather than
+// hand out more keys other nodes have taken. Relisting sooner costs more than
+// it saves: a LIST of a full page costs the server and this node as much as
+// dozens of GETs of a gone key, and with many agents on one queue every
+// listing loses a key to another node within a few items. An item of an older
+// listing says nothing about the current one, which is newer.
 func (l *Lister) Stale(it Item) {
 	l.mu.Lock()
 	current := it.pass == l.pass
+	if current {
+		l.bounced++
+	}
+	outOfDate := current && l.bounced >= 2 && 8*l.bounced > l.handed
 	l.mu.Unlock()
-	if !current {
+	if !outOfDate {
 		return
 	}
 	l.stale.Store(true)
@@ -234,6 +245,7 @@ func (l *Lister) listOnce(ctx context.Context, out chan<- Item) (found bool, han
 	l.mu.Lock()
 	l.pass++
 	pass := l.pass
+	l.handed, l.bounced = 0, 0
 	l.mu.Unlock()
 	l.stale.Store(false)
 	select {
@@ -257,13 +269,15 @@ func (l *Lister) listOnce(ctx context.Context, out chan<- Item) (found bool, han
 				l.mu.Unlock()
 				continue
 			}
-			// In flight before the send: the worker may call Done before the
-			// send returns here.
+			// In flight and counted before the send: the worker may call Done
+			// or Stale before the send returns here.
 			l.inFlight[it.Key] = true
+			l.handed++
 			l.mu.Unlock()
 			if err := l.send(ctx, out, it); err != nil {
 				l.mu.Lock()
 				delete(l.inFlight, it.Key)
+				l.handed--
 				l.mu.Unlock()
 				return err
 			}

@@ -170,24 +170,72 @@ func TestRejectionsForgottenWhenKeyGoes(t *testing.T) {
 	}
 }
 
-func TestStaleListingIsAbandoned(t *testing.T) {
-	t.Parallel()
+// listBouncing makes one listing of n keys with one worker that calls Stale
+// on the items whose place in the hand-out order bounce says, Done on the
+// others, and stops taking items after stopAfter. It returns listOnce's error
+// and how many items the worker took.
+func listBouncing(t *testing.T, n, stopAfter int, bounce func(i int) bool) (error, int) {
+	t.Helper()
 	q := &fakeQueue{}
-	q.set(Entry{"pending/a.json", "1"}, Entry{"pending/b.json", "1"}, Entry{"pending/c.json", "1"})
+	var entries []Entry
+	for i := range n {
+		entries = append(entries, Entry{fmt.Sprintf("pending/%02d.json", i), "1"})
+	}
+	q.set(entries...)
 	l := newLister(q)
 	out := make(chan Item)
-	got := make(chan Item, 3)
-	go func() { // one worker: it finds its key gone and is busy after
-		it := <-out
-		got <- it
-		l.Stale(it)
+	listed := make(chan struct{})
+	took := make(chan int, 1)
+	go func() {
+		i := 0
+		for ; i < stopAfter; i++ {
+			var it Item
+			select {
+			case it = <-out:
+			case <-listed:
+				took <- i
+				return
+			}
+			if bounce(i) {
+				l.Stale(it)
+			} else {
+				l.Done(it)
+			}
+		}
+		took <- i
 	}()
-	_, _, err := l.listOnce(context.Background(), out)
-	if !errors.Is(err, errStale) || len(got) != 1 {
-		t.Fatalf("listOnce = %v after handing out %d items; want errStale after one item", err, len(got))
+	// A lister that never gives up the listing blocks on the idle worker:
+	// the deadline ends it, and the test fails on the error.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, _, err := l.listOnce(ctx, out)
+	close(listed)
+	return err, <-took
+}
+
+func TestStaleListingIsAbandoned(t *testing.T) {
+	t.Parallel()
+	// Two keys bounce in a row: the listing is out of date after the second.
+	// The worker would take every key; the lister must stop handing them out.
+	err, took := listBouncing(t, 10, 2, func(int) bool { return true })
+	if !errors.Is(err, errStale) || took != 2 {
+		t.Fatalf("listOnce = %v after %d items; want errStale after 2", err, took)
 	}
-	if n := len(l.inFlight); n != 1 {
-		t.Errorf("%d keys in flight, want only the item handed out", n)
+}
+
+func TestFewBouncesKeepTheListing(t *testing.T) {
+	t.Parallel()
+	// The first and the last bounce: 2 of 20, never more than an eighth, so
+	// the whole listing is handed out.
+	err, took := listBouncing(t, 20, 20, func(i int) bool { return i == 0 || i == 19 })
+	if err != nil || took != 20 {
+		t.Fatalf("listOnce = %v after %d of 20 items; want the whole listing handed out", err, took)
+	}
+	// The first bounces, twelve do not, then the fourteenth: 2 of 14, more
+	// than an eighth, so the listing is abandoned there.
+	err, took = listBouncing(t, 20, 14, func(i int) bool { return i == 0 || i == 13 })
+	if !errors.Is(err, errStale) || took != 14 {
+		t.Fatalf("listOnce = %v after %d items; want errStale after the fourteenth", err, took)
 	}
 }
 

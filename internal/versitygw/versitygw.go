@@ -97,6 +97,9 @@ func (s *Server) Stop() {
 	<-s.exited
 }
 
+// Pid is the server's process id, for reading its resource use.
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
 // Env returns the environment that points the AWS SDK and CLI at the server.
 func (s *Server) Env() []string {
 	return []string{
