@@ -28,6 +28,7 @@ type options struct {
 	specs         int
 	concurrencies []int
 	scaleN        []int
+	scaleTrials   int
 	pickups       int
 	idle          time.Duration
 	backlogs      []int
@@ -65,10 +66,12 @@ func run(args []string) error {
 		return err
 	}
 	o := options{
-		specs: 500, concurrencies: []int{1, 4, 16, 64}, scaleN: []int{1, 8, 32, 64},
-		// Idle runs 3 minutes: recovery costs its agent a few requests about
-		// once a ttl (60 s), so a shorter window over-weights the first offer.
-		pickups: 50, idle: 3 * time.Minute, backlogs: []int{2000, 20000}, backlogRun: 5 * time.Second,
+		specs: 500, concurrencies: []int{1, 4, 16, 64}, scaleN: []int{1, 8, 32, 64}, scaleTrials: 3,
+		// Idle runs 6 minutes: recovery costs its agent a few requests about
+		// once a ttl (60 s), claimed/ is listed once in three ttls, and the
+		// first offer reads the marker; a shorter window over-weights where
+		// it starts.
+		pickups: 50, idle: 6 * time.Minute, backlogs: []int{2000, 20000}, backlogRun: 5 * time.Second,
 		agents: []int{1, 2, 4, 8, 16}, fleetSpecs: 1000, baselineSpecs: 30,
 		deadTTL: 10 * time.Second, deadTrials: 3,
 		recAgents: []int{1, 4, 16}, recTTL: 6 * time.Second, recWindow: time.Minute,
@@ -77,7 +80,7 @@ func run(args []string) error {
 	}
 	if *smoke {
 		o = options{
-			specs: 20, concurrencies: []int{1, 4}, scaleN: []int{1, 4},
+			specs: 20, concurrencies: []int{1, 4}, scaleN: []int{1, 4}, scaleTrials: 1,
 			pickups: 2, idle: 2 * time.Second, backlogs: []int{20, 40}, backlogRun: 200 * time.Millisecond,
 			agents: []int{1, 2}, fleetSpecs: 20, baselineSpecs: 2,
 			deadTTL: 3 * time.Second, deadTrials: 1,
@@ -142,7 +145,7 @@ func measure(r *rig, o options, rep *report) error {
 	if o.scenarios["scaling"] {
 		for _, n := range o.scaleN {
 			step("scaling: %d cells of 100 ms at concurrency %d", 20*n, n)
-			row, err := r.scaling(n)
+			row, err := r.scaling(n, o.scaleTrials)
 			if err != nil {
 				return fmt.Errorf("scaling n=%d: %w", n, err)
 			}

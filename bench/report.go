@@ -82,10 +82,14 @@ func (rep *report) markdown() string {
 		p("\n![throughput vs concurrency](throughput.png)\n\n")
 	}
 	if len(rep.scaling) > 0 {
-		p("## 3. Scaling with real work\n\nCells sleep 100 ms (the test supervisor, a process per cell); 20×N specs. *N / cell time* = N / 0.1 s. *Server limit*: the server's raw request rate from N goroutines with fleetd's per-spec mix (as in scenario 2), ÷ fleetd's requests per spec in this run. *Machine limit*: the same requests from N goroutines with the same supervisor process started per spec (sleeping 100 ms), without fleetd: what this machine allows for the whole job on the cores it shares with the server. *Reachable* = the smallest of the three.\n\n")
-		p("| N | specs | specs/s | N / cell time | efficiency vs that | requests/spec | server limit specs/s | machine limit specs/s | reachable | efficiency vs reachable |\n|---|---|---|---|---|---|---|---|---|---|\n")
+		p("## 3. Scaling with real work\n\nCells sleep 100 ms (the test supervisor, a process per cell); 20×N specs. *N / cell time* = N / 0.1 s. *Server limit*: the server's raw request rate from N goroutines with fleetd's per-spec mix (as in scenario 2), ÷ fleetd's requests per spec in this run. *Machine limit*: the same requests from N goroutines with the same supervisor process started per spec (sleeping 100 ms), without fleetd: what this machine allows for the whole job on the cores it shares with the server. *Reachable* = the smallest of the three. Each row is %d pairs of runs, fleetd's then the machine-limit run's, back to back (the machine's speed drifts from minute to minute by more than the margins here, and a pair shares its minute): the figures are medians, *efficiency vs reachable* the median of the pairs' own ratios, each listed.\n\n", len(rep.scaling[0].Trials))
+		p("| N | specs | specs/s | N / cell time | efficiency vs that | requests/spec | server limit specs/s | machine limit specs/s | reachable | efficiency vs reachable | pairs |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, r := range rep.scaling {
-			p("| %d | %d | %.1f | %.0f | %.2f | %.2f | %.0f | %.0f | %.0f | %.2f |\n", r.N, r.Specs, r.SpecsPerSec, r.Ideal, r.Efficiency, r.ReqPerSpec, r.ServerLimit, r.MachineLimit, r.Reachable, r.EffReach)
+			pairs := make([]string, len(r.Trials))
+			for i, t := range r.Trials {
+				pairs[i] = fmt.Sprintf("%.2f", t)
+			}
+			p("| %d | %d | %.1f | %.0f | %.2f | %.2f | %.0f | %.0f | %.0f | %.2f | %s |\n", r.N, r.Specs, r.SpecsPerSec, r.Ideal, r.Efficiency, r.ReqPerSpec, r.ServerLimit, r.MachineLimit, r.Reachable, r.EffReach, strings.Join(pairs, ", "))
 		}
 		p("\n")
 	}

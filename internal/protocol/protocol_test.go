@@ -311,15 +311,71 @@ func TestOneNodeOfTheFleetScans(t *testing.T) {
 	if ran, err := a.RecoverIfDue(ctx, quit); !ran || err != nil {
 		t.Fatalf("first node: ran %v, %v; want a scan", ran, err)
 	}
-	first := lists() // leases/, and claimed/ on one scan in three
-	if first < 1 || first > 2 {
-		t.Errorf("first scan made %d LISTs, want leases/ and perhaps claimed/", first)
+	first := lists() // claimed/ and leases/: the first scan lists both
+	if first != 2 {
+		t.Errorf("first scan made %d LISTs, want claimed/ and leases/", first)
 	}
 	if ran, err := b.RecoverIfDue(ctx, quit); ran || err != nil {
 		t.Fatalf("second node right after: ran %v, %v; want no scan", ran, err)
 	}
 	if got := lists(); got != first {
 		t.Errorf("%d LISTs after the second node's turn, want still %d", got, first)
+	}
+}
+
+// stepClock is a clock a test moves by hand; waits run on the real one.
+type stepClock struct{ now time.Time }
+
+func (c *stepClock) Now() time.Time { return c.now }
+func (c *stepClock) AfterFunc(d time.Duration, f func()) interface{ Stop() bool } {
+	return time.AfterFunc(d, f)
+}
+
+func TestClaimsListedOncePerPeriod(t *testing.T) {
+	p, s := setup(t)
+	period := 3 * p.cfg.TTL
+	start := time.Unix(0, 0).Add(1000*period + p.cfg.TTL/2) // half a ttl into a period
+	clock := &stepClock{now: start}
+	p.clock = clock
+	ctx, quit := context.Background(), make(chan struct{})
+	claimLists := func() int {
+		n := 0
+		for _, op := range s.log {
+			if op == "LIST "+p.cfg.Layout.Dir(queue.Claimed) {
+				n++
+			}
+		}
+		return n
+	}
+	// A lone node scans on every offer, about once a ttl: ten scans over
+	// three periods and a half.
+	for i := range 10 {
+		clock.now = start.Add(time.Duration(i) * p.cfg.TTL)
+		if ran, err := p.RecoverIfDue(ctx, quit); !ran || err != nil {
+			t.Fatalf("scan %d: ran %v, %v", i, ran, err)
+		}
+	}
+	// The first scan (no marker yet) and the first in each of the next three periods.
+	if got := claimLists(); got != 4 {
+		t.Errorf("claimed/ listed %d times in 10 scans, want 4: %v", got, s.log)
+	}
+}
+
+func TestClaimsDue(t *testing.T) {
+	const ttl = 10 * time.Second
+	base := time.Unix(0, 0).Add(1000 * 3 * ttl)
+	for _, c := range []struct {
+		prev, now time.Time
+		want      bool
+	}{
+		{time.Time{}, base, true},                                // no scan known
+		{base.Add(time.Second), base.Add(2 * ttl), false},        // same period
+		{base.Add(-time.Second), base.Add(time.Second), true},    // a boundary crossed
+		{base.Add(2 * ttl), base.Add(3*ttl + time.Second), true}, // the next period
+	} {
+		if got := claimsDue(c.prev, c.now, ttl); got != c.want {
+			t.Errorf("claimsDue(%v, %v) = %v, want %v", c.prev.Sub(base), c.now.Sub(base), got, c.want)
+		}
 	}
 }
 

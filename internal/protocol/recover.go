@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -299,7 +298,8 @@ func (p *Protocol) leave(c *Claim, err error) {
 // scanTurn is what this node knows of the fleet's recovery marker.
 type scanTurn struct {
 	mu   sync.Mutex
-	etag string // of recovery/scan.json as this node last wrote it ("" if another wrote since)
+	etag string    // of recovery/scan.json as this node last wrote it ("" if another wrote since)
+	at   time.Time // when this node last wrote it, by its own clock
 }
 
 // scanEvery is how often the fleet scans: about once a ttl, whatever its
@@ -307,27 +307,40 @@ type scanTurn struct {
 // on every offer and a fleet scans no more often than a lone agent.
 func scanEvery(ttl time.Duration) time.Duration { return ttl * 8 / 10 }
 
+// claimsDue says whether a scan at now, the one after a scan at prev (zero:
+// none known), lists claimed/ too: the first scan in each period of three
+// ttls does, so the fleet lists claimed/ once a period whatever its size
+// (where only late writes and 0.5.1 agents leave lease-less claims). prev and
+// now are read on one clock; a skew between two nodes' clocks can add or skip
+// one such listing, which is harmless.
+func claimsDue(prev, now time.Time, ttl time.Duration) bool {
+	period := int64(3 * ttl)
+	return prev.IsZero() || prev.UnixNano()/period != now.UnixNano()/period
+}
+
 // RecoverIfDue runs a recovery scan if it is this node's turn, and reports
 // whether it ran one. The turn is taken through S3: the node that moves
 // recovery/scan.json forward (a compare-and-swap on its ETag) once it is
 // older than scanEvery scans. An agent that wrote the marker last tries the
 // swap at once (one PUT: a lone agent's whole cost); any other first reads the
 // marker's age (one HEAD) and writes only when a scan is due. The winner's
-// LISTs follow; claimed/ (where only late writes and 0.5.1 agents leave
-// lease-less claims) is listed on one scan in three.
+// LISTs follow (see claimsDue).
 func (p *Protocol) RecoverIfDue(ctx context.Context, quit <-chan struct{}) (bool, error) {
 	key := p.cfg.Layout.Key("recovery", "scan")
 	p.turn.mu.Lock()
 	defer p.turn.mu.Unlock()
 	body := []byte(`{"node":"` + p.cfg.Node + `","nonce":"` + newToken() + `"}`)
 	if p.turn.etag != "" {
+		// The last scan was ours: its time is on our clock.
+		now := p.clock.Now()
+		claims := claimsDue(p.turn.at, now, p.cfg.TTL)
 		etag, err := p.store.Put(ctx, key, body, queue.PutOptions{IfMatch: p.turn.etag})
 		if err == nil {
-			return p.scanNow(ctx, quit, etag)
+			return p.scanNow(ctx, quit, etag, now, claims)
 		}
 		p.turn.etag = ""
 		if errors.Is(err, queue.ErrUnknown) {
-			return p.scanNow(ctx, quit, "") // a scan too many is harmless: every takeover is a compare-and-swap
+			return p.scanNow(ctx, quit, "", now, claims) // a scan too many is harmless: every takeover is a compare-and-swap
 		}
 		if !errors.Is(err, queue.ErrPrecondition) {
 			return false, err
@@ -335,6 +348,7 @@ func (p *Protocol) RecoverIfDue(ctx context.Context, quit <-chan struct{}) (bool
 		// Another node scanned since ours: look at the marker like everyone else.
 	}
 	opt := queue.PutOptions{IfAbsent: true}
+	claims := true
 	o, err := p.store.Head(ctx, key)
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
@@ -344,22 +358,21 @@ func (p *Protocol) RecoverIfDue(ctx context.Context, quit <-chan struct{}) (bool
 		return false, nil // scanned lately by someone
 	default:
 		opt = queue.PutOptions{IfMatch: o.ETag}
+		claims = claimsDue(o.LastModified, o.ServerTime, p.cfg.TTL) // both on the server's clock
 	}
 	etag, err := p.store.Put(ctx, key, body, opt)
 	switch {
 	case errors.Is(err, queue.ErrUnknown):
-		return p.scanNow(ctx, quit, "")
+		return p.scanNow(ctx, quit, "", p.clock.Now(), claims)
 	case errors.Is(err, queue.ErrPrecondition):
 		return false, nil // another node took this turn
 	case err != nil:
 		return false, err
 	}
-	return p.scanNow(ctx, quit, etag)
+	return p.scanNow(ctx, quit, etag, p.clock.Now(), claims)
 }
 
-func (p *Protocol) scanNow(ctx context.Context, quit <-chan struct{}, etag string) (bool, error) {
-	p.turn.etag = etag
-	// One scan in three lists claimed/, whichever agent makes it: a count of
-	// this agent's own scans would list it on most of a large fleet's scans.
-	return true, p.recoverScan(ctx, quit, rand.IntN(3) == 0)
+func (p *Protocol) scanNow(ctx context.Context, quit <-chan struct{}, etag string, at time.Time, claims bool) (bool, error) {
+	p.turn.etag, p.turn.at = etag, at
+	return true, p.recoverScan(ctx, quit, claims)
 }
