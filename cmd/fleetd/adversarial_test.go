@@ -78,7 +78,10 @@ func TestAdversarialRenewalLandsUnseen(t *testing.T) {
 	proxy := startProxy(t)
 	release := filepath.Join(t.TempDir(), "release")
 	b.submit("r", map[string]any{"waitFor": release})
-	a := startAgent(t, b, advSettings(proxy, "a", nil))
+	// A ttl of 6 s, not 3: the window a renewal buys must hold the three
+	// failed read-backs and their backoff on a loaded machine, or the keeper
+	// rightly stops its cell for want of time, which is not what this tests.
+	a := startAgent(t, b, advSettings(proxy, "a", map[string]string{"CELLOS_FLEET_LEASE_TTL_MS": "6000"}))
 	a.logs.awaitEvent(t, "cell.started", 1)
 
 	lease := regexp.MustCompile(`^fleet/leases/r\.json$`)
@@ -87,7 +90,7 @@ func TestAdversarialRenewalLandsUnseen(t *testing.T) {
 	renewals := proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: map[string]string{"If-Match": ""}, Action: faultproxy.Pass})
 	waitFired(t, readBack, 3, "read-back of the renewal")
 	// The renewal after the failed one, and two more: a keeper that kept the
-	// lease renews every second.
+	// lease renews every ttl/3.
 	waitFired(t, renewals, 4, "renewals after the lost answer")
 	if err := os.WriteFile(release, nil, 0o600); err != nil {
 		t.Fatal(err)

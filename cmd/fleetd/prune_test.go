@@ -35,19 +35,20 @@ func TestPrune(t *testing.T) {
 	putMany("completed", "old", 2500)
 	putMany("failed", "old", 300)
 	// Age is what prune judges, on the server's 1-second clock (an age is
-	// known to ±1 s): let the old results grow well past the threshold, 3 s,
-	// before the new ones are written.
-	time.Sleep(6 * time.Second)
+	// known to ±1 s): let the old results grow well past the threshold, 8 s,
+	// before the new ones are written; the new ones must stay younger than it
+	// through both prune runs below, each listing 2,800 keys on a loaded machine.
+	time.Sleep(10 * time.Second)
 	putMany("completed", "new", 5)
 	putMany("failed", "new", 5)
 
-	if code, out, errOut := runCLI(t, b, "prune", "--older-than", "3s", "--dry-run"); code != 0 || !strings.Contains(out, "completed: 0 deleted of 2500 older; failed: 0 deleted of 300 older") {
+	if code, out, errOut := runCLI(t, b, "prune", "--older-than", "8s", "--dry-run"); code != 0 || !strings.Contains(out, "completed: 0 deleted of 2500 older; failed: 0 deleted of 300 older") {
 		t.Fatalf("prune --dry-run = %d %q %q", code, out, errOut)
 	}
 	if n := len(b.ids("completed")); n != 2505 {
 		t.Fatalf("a dry run deleted: completed/ holds %d", n)
 	}
-	if code, out, errOut := runCLI(t, b, "prune", "--older-than", "3s", "--state", "completed"); code != 0 || !strings.Contains(out, "completed: 2500 deleted of 2500 older") {
+	if code, out, errOut := runCLI(t, b, "prune", "--older-than", "8s", "--state", "completed"); code != 0 || !strings.Contains(out, "completed: 2500 deleted of 2500 older") {
 		t.Fatalf("prune --state completed = %d %q %q", code, out, errOut)
 	}
 	if got := b.ids("completed"); len(got) != 5 || !strings.HasPrefix(got[0], "new-") {
