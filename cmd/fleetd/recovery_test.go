@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cellos/fleetd/internal/faultproxy"
 )
 
 // fast makes leases and recovery quick enough for tests.
@@ -114,6 +116,37 @@ func TestPausedNodeIsFencedOff(t *testing.T) {
 			t.Errorf("%s/ holds %v", state, left)
 		}
 	}
+}
+
+// TestRecoveryTurnWithLostAnswers takes the fleet's recovery turn through a
+// store that loses the answer of every write of recovery/scan.json (each one
+// lands) and fails the first reads of it: "unknown" is not "another node took
+// the turn", so the node scans anyway, and a lease-less claim still comes back
+// and runs once.
+func TestRecoveryTurnWithLostAnswers(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	proxy := startProxy(t)
+	marker := keyOf(b, "recovery", "scan")
+	lost := proxy.Add(faultproxy.Rule{Method: "PUT", Key: marker, Action: faultproxy.ResetAfter})
+	refused := proxy.Add(faultproxy.Rule{Method: "HEAD", Key: marker, Action: faultproxy.ErrorBefore, Status: 503, Times: 2})
+	b.putRaw(b.key("claimed", "orphan"), []byte(`{"spec":{"id":"orphan"}}`))
+
+	a := startAgent(t, b, advSettings(proxy, "a", nil))
+	b.waitCount("completed", 1)
+	awaitFired(t, refused, 2)
+	a.signal(syscall.SIGTERM)
+	a.wait()
+	if lost.Fired() == 0 {
+		t.Error("no write of the marker was made")
+	}
+	if !b.exists(b.key("recovery", "scan")) {
+		t.Error("recovery/scan.json absent: the lost writes never landed")
+	}
+	if got := starts(a.cellEvents()); got["orphan"] != 1 {
+		t.Errorf("runs = %v, want orphan once", got)
+	}
+	b.assertClean()
 }
 
 // TestOrphanedClaimIsReturned recreates a claimed/ spec with no lease and no

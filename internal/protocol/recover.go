@@ -311,8 +311,8 @@ func scanEvery(ttl time.Duration) time.Duration { return ttl * 8 / 10 }
 // none known), lists claimed/ too: the first scan in each period of three
 // ttls does, so the fleet lists claimed/ once a period whatever its size
 // (where only late writes and 0.5.1 agents leave lease-less claims). prev and
-// now are read on one clock; a skew between two nodes' clocks can add or skip
-// one such listing, which is harmless.
+// now are read on one clock; a skew between two nodes' clocks can add one such
+// listing (a LIST more) or skip one (a lease-less claim waits a period more).
 func claimsDue(prev, now time.Time, ttl time.Duration) bool {
 	period := int64(3 * ttl)
 	return prev.IsZero() || prev.UnixNano()/period != now.UnixNano()/period
