@@ -110,6 +110,50 @@ func TestAdversarialRenewalLandsUnseen(t *testing.T) {
 	b.assertClean()
 }
 
+// TestAdversarialRenewalHangs: S3 stops answering one renewal (the proxy
+// holds it; an attempt may take 20 s, longer than the lease's validity). The
+// keeper gives it up with half the validity left and renews again, and the
+// cell is not stopped. Found by the soak: the store's retries and SlowDown
+// pause held a renewal past the validity after an outage, and a healthy cell
+// was stopped and ran twice with no node dead.
+func TestAdversarialRenewalHangs(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	proxy := startProxy(t)
+	release := filepath.Join(t.TempDir(), "release")
+	b.submit("h", map[string]any{"waitFor": release})
+	a := startAgent(t, b, advSettings(proxy, "a", map[string]string{
+		"CELLOS_FLEET_LEASE_TTL_MS":  "6000",
+		"CELLOS_FLEET_S3_TIMEOUT_MS": "20000",
+	}))
+	a.logs.awaitEvent(t, "cell.started", 1)
+
+	lease := regexp.MustCompile(`^fleet/leases/h\.json$`)
+	renewal := map[string]string{"If-Match": ""}
+	hung := proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: renewal, Action: faultproxy.Hold, Times: 1})
+	renewals := proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: renewal, Action: faultproxy.Pass})
+	waitFired(t, hung, 1, "the hung renewal")
+	// Three renewals after it: 6 s at ttl/3, past the validity the hung one
+	// would have let lapse.
+	waitFired(t, renewals, 3, "renewals after the hung one")
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.waitSettled("h")
+	a.signal(syscall.SIGTERM)
+	a.wait()
+	if n := a.logs.countEvent("cell.fenced"); n != 0 {
+		t.Errorf("the cell was stopped for want of a renewal while S3 answered (%d lines)", n)
+	}
+	if got := starts(a.cellEvents()); got["h"] != 1 {
+		t.Errorf("spec h ran %d times with no node dead, want 1", got["h"])
+	}
+	if !b.exists(b.key("completed", "h")) || b.exists(b.key("failed", "h")) {
+		t.Errorf("completed %v failed %v, want completed only", b.ids("completed"), b.ids("failed"))
+	}
+	b.assertClean()
+}
+
 // TestAdversarialRecoveryChainForgetsTheResult: node h writes its result
 // (failed: its cell timed out) and dies before clearing claimed/ and the
 // lease. Recoverer r takes the lease over and dies before settling. Recoverer

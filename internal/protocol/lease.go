@@ -271,12 +271,13 @@ func (c *Claim) renew(ctx context.Context) error {
 	return c.writeLease(ctx, l, etag)
 }
 
-// writeLease writes l over the lease whose ETag is etag and records it. The
-// write and the read-back each get a third of the ttl.
+// writeLease writes l over the lease whose ETag is etag and records it.
 func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error {
 	body, nonce := encodeLease(&l, c.p.clock.Now())
 	sent := c.p.clock.Now()
-	tag, err := c.p.store.Put(ctx, c.key, body, queue.PutOptions{IfMatch: etag})
+	wctx, cancel := context.WithTimeout(ctx, c.tryFor())
+	tag, err := c.p.store.Put(wctx, c.key, body, queue.PutOptions{IfMatch: etag})
+	cancel()
 	if err == nil {
 		c.unknown = nil
 		c.renewed(tag, sent)
@@ -291,7 +292,7 @@ func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error 
 	// a late write of ours that changed the ETag: only the lease itself tells
 	// a takeover from our own writes. The read gets its own time: the one
 	// whose answer was lost may have used up ctx.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.p.cfg.TTL/3)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.tryFor())
 	defer cancel()
 	tag, landed, err := c.resolve(rctx)
 	switch {
@@ -308,6 +309,17 @@ func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error 
 		return fmt.Errorf("lease %s: went on from a write of ours of unknown age: %w", c.key, queue.ErrUnknown)
 	}
 	return nil
+}
+
+// tryFor is how long one request of a renewal may take: half the validity
+// left, so one that hangs is given up with time left for another before the
+// lease lapses (the store's retries and SlowDown pause alone can outlast the
+// validity); once it has lapsed, a third of the ttl.
+func (c *Claim) tryFor() time.Duration {
+	if r := c.remaining(); r > 0 {
+		return r / 2
+	}
+	return c.p.cfg.TTL / 3
 }
 
 // leaseWrite is a lease write of ours whose outcome we have not learnt.
