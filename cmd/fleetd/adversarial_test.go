@@ -6,7 +6,6 @@ package main
 // node died holding it, nothing left in pending/, claimed/ or leases/.
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -29,15 +28,6 @@ func advSettings(proxy *faultproxy.Proxy, node string, extra map[string]string) 
 		m[k] = v
 	}
 	return m
-}
-
-func waitFired(t *testing.T, h *faultproxy.Handle, n int, what string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	if err := h.Wait(ctx, n); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
 }
 
 // waitSettled waits until pending/, claimed/ and leases/ are empty and id
@@ -88,23 +78,30 @@ func TestAdversarialRenewalLandsUnseen(t *testing.T) {
 	proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: map[string]string{"If-Match": ""}, Action: faultproxy.ResetAfter, Times: 1})
 	readBack := proxy.Add(faultproxy.Rule{Method: "GET", Key: lease, Action: faultproxy.ErrorBefore, Status: 503, Times: 3})
 	renewals := proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: map[string]string{"If-Match": ""}, Action: faultproxy.Pass})
-	waitFired(t, readBack, 3, "read-back of the renewal")
+	awaitFired(t, readBack, 3) // read-back of the renewal
 	// The renewal after the failed one, and two more: a keeper that kept the
 	// lease renews every ttl/3.
-	waitFired(t, renewals, 4, "renewals after the lost answer")
-	if err := os.WriteFile(release, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b.waitSettled("r")
-	a.signal(syscall.SIGTERM)
-	a.wait()
+	awaitFired(t, renewals, 4)
+	completeOnce(t, b, a, "r", release)
 	if n := a.logs.countEvent("lease.lost"); n != 0 {
 		t.Errorf("the node took its own late renewal for a takeover (%d lines)", n)
 	}
-	if got := starts(a.cellEvents()); got["r"] != 1 {
-		t.Errorf("spec r ran %d times with no node dead, want 1", got["r"])
+}
+
+// completeOnce lets the cell of spec id (waiting for release) end, stops the
+// agent, and checks the spec ran once and completed, with nothing left behind.
+func completeOnce(t *testing.T, b *bucket, a *agent, id, release string) {
+	t.Helper()
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
-	if !b.exists(b.key("completed", "r")) || b.exists(b.key("failed", "r")) {
+	b.waitSettled(id)
+	a.signal(syscall.SIGTERM)
+	a.wait()
+	if got := starts(a.cellEvents()); got[id] != 1 {
+		t.Errorf("spec %s ran %d times with no node dead, want 1", id, got[id])
+	}
+	if !b.exists(b.key("completed", id)) || b.exists(b.key("failed", id)) {
 		t.Errorf("completed %v failed %v, want completed only", b.ids("completed"), b.ids("failed"))
 	}
 	b.assertClean()
@@ -132,26 +129,14 @@ func TestAdversarialRenewalHangs(t *testing.T) {
 	renewal := map[string]string{"If-Match": ""}
 	hung := proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: renewal, Action: faultproxy.Hold, Times: 1})
 	renewals := proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: renewal, Action: faultproxy.Pass})
-	waitFired(t, hung, 1, "the hung renewal")
+	awaitFired(t, hung, 1) // the hung renewal
 	// Three renewals after it: 6 s at ttl/3, past the validity the hung one
 	// would have let lapse.
-	waitFired(t, renewals, 3, "renewals after the hung one")
-	if err := os.WriteFile(release, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b.waitSettled("h")
-	a.signal(syscall.SIGTERM)
-	a.wait()
+	awaitFired(t, renewals, 3)
+	completeOnce(t, b, a, "h", release)
 	if n := a.logs.countEvent("cell.fenced"); n != 0 {
 		t.Errorf("the cell was stopped for want of a renewal while S3 answered (%d lines)", n)
 	}
-	if got := starts(a.cellEvents()); got["h"] != 1 {
-		t.Errorf("spec h ran %d times with no node dead, want 1", got["h"])
-	}
-	if !b.exists(b.key("completed", "h")) || b.exists(b.key("failed", "h")) {
-		t.Errorf("completed %v failed %v, want completed only", b.ids("completed"), b.ids("failed"))
-	}
-	b.assertClean()
 }
 
 // TestAdversarialRecoveryChainForgetsTheResult: node h writes its result
@@ -169,7 +154,7 @@ func TestAdversarialRecoveryChainForgetsTheResult(t *testing.T) {
 
 	clearClaimed := proxy.Add(faultproxy.Rule{Method: "DELETE", Key: regexp.MustCompile(`^fleet/claimed/c\.json$`), Action: faultproxy.Hold})
 	h := startAgent(t, b, advSettings(proxy, "h", map[string]string{"CELLOS_FLEET_CELL_TIMEOUT_MS": "300"}))
-	waitFired(t, clearClaimed, 1, "h clearing claimed/")
+	awaitFired(t, clearClaimed, 1) // h clearing claimed/
 	h.crash()
 	if !b.exists(b.key("failed", "c")) {
 		t.Fatal("h's result is not in failed/")
@@ -178,7 +163,7 @@ func TestAdversarialRecoveryChainForgetsTheResult(t *testing.T) {
 	settle := proxy.Add(faultproxy.Rule{Method: "HEAD", Key: regexp.MustCompile(`^fleet/pending/c\.json$`), Action: faultproxy.Hold})
 	r := startAgent(t, b, advSettings(proxy, "r", nil))
 	r.logs.awaitEvent(t, "lease.takeover", 1)
-	waitFired(t, settle, 1, "r settling")
+	awaitFired(t, settle, 1) // r settling
 	r.crash()
 	proxy.Clear()
 
@@ -213,7 +198,7 @@ func TestAdversarialLateClaimedWriteReruns(t *testing.T) {
 	held := proxy.Add(faultproxy.Rule{Method: "PUT", Key: regexp.MustCompile(`^fleet/claimed/o\.json$`), Action: faultproxy.Hold, Times: 1})
 	b.submit("o", map[string]any{"sleepMs": 0})
 	a := startAgent(t, b, advSettings(proxy, "a", nil))
-	waitFired(t, held, 1, "claimed/ write")
+	awaitFired(t, held, 1) // claimed/ write
 	b.waitCount("completed", 1)
 	b.waitSettled("o")
 	v2 := b.submit("o", map[string]any{"sleepMs": 1})

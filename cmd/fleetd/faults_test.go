@@ -34,10 +34,10 @@ func keyOf(b *bucket, state, id string) *regexp.Regexp {
 // awaitFired waits for a proxy rule to have fired n times.
 func awaitFired(t *testing.T, h *faultproxy.Handle, n int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	if err := h.Wait(ctx, n); err != nil {
-		t.Fatal(err)
+		t.Fatalf("fault rule fired %d of %d times: %v", h.Fired(), n, err)
 	}
 }
 
