@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/sourcegraph/conc/pool"
 
 	"github.com/cellos/fleetd/internal/gate"
 	"github.com/cellos/fleetd/internal/protocol"
@@ -23,7 +26,6 @@ type Store interface {
 	Get(ctx context.Context, key string, limit int64) (queue.Object, error)
 	Head(ctx context.Context, key string) (queue.Object, error)
 	Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error)
-	DeleteMany(ctx context.Context, objs []queue.Versioned) (int, error)
 	Delete(ctx context.Context, key, ifMatch string) error
 	Dirs(ctx context.Context, prefix string) ([]string, error)
 }
@@ -337,9 +339,10 @@ type Pruned struct {
 }
 
 // Prune deletes the results in states (completed/, failed/) last written
-// longer ago than olderThan by the server's clock, a listed page at a time
-// (one DeleteObjects request per page of up to 1,000), each at the ETag it was
-// listed with. With dryRun it only counts.
+// longer ago than olderThan by the server's clock. Each goes under its spec's
+// lease, only if it is still the version listed and still that old (see
+// protocol.Prune): a fresh result of an identical rerun is never taken for
+// the one judged. Up to pruneWorkers at once. With dryRun it only counts.
 func (a *Admin) Prune(ctx context.Context, states []queue.State, olderThan time.Duration, dryRun bool) ([]Pruned, error) {
 	res := []Pruned{}
 	for _, st := range states {
@@ -348,17 +351,17 @@ func (a *Admin) Prune(ctx context.Context, states []queue.State, olderThan time.
 		}
 		p := Pruned{State: string(st)}
 		err := a.store.List(ctx, a.layout.Dir(st), func(page queue.Page) error {
-			var old []queue.Versioned
+			var old []queue.Object
 			for _, o := range page.Objects {
 				if _, ok := a.layout.ID(st, o.Key); ok && page.ServerTime.Sub(o.LastModified) > olderThan {
-					old = append(old, queue.Versioned{Key: o.Key, ETag: o.ETag})
+					old = append(old, o)
 				}
 			}
 			p.Matched += len(old)
-			if dryRun || len(old) == 0 {
+			if dryRun {
 				return nil
 			}
-			n, err := a.store.DeleteMany(ctx, old)
+			n, err := a.pruneAll(ctx, old, olderThan)
 			p.Deleted += n
 			return err
 		})
@@ -368,6 +371,32 @@ func (a *Admin) Prune(ctx context.Context, states []queue.State, olderThan time.
 		}
 	}
 	return res, nil
+}
+
+// pruneWorkers bounds the prunes in flight: each is four requests, one
+// after the other.
+const pruneWorkers = 16
+
+// pruneAll prunes objs and returns how many it deleted. One that changed or
+// is in flight is left; any other failure is returned, after the rest.
+func (a *Admin) pruneAll(ctx context.Context, objs []queue.Object, olderThan time.Duration) (int, error) {
+	var deleted atomic.Int64
+	wp := pool.New().WithErrors().WithMaxGoroutines(pruneWorkers)
+	for _, o := range objs {
+		wp.Go(func() error {
+			err := a.proto.Prune(ctx, o.Key, o.ETag, olderThan)
+			switch {
+			case err == nil:
+				deleted.Add(1)
+			case errors.Is(err, protocol.ErrGone), errors.Is(err, protocol.ErrHeld):
+			default:
+				return err
+			}
+			return nil
+		})
+	}
+	err := wp.Wait()
+	return int(deleted.Load()), err
 }
 
 // Cancel stops a spec: a pending one is filed under failed/ as cancelled, a

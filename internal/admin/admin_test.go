@@ -85,13 +85,6 @@ func TestSubmitRefusesADuplicate(t *testing.T) {
 	}
 }
 
-func (f *fakeStore) DeleteMany(_ context.Context, objs []queue.Versioned) (int, error) {
-	for _, o := range objs {
-		delete(f.objs, o.Key)
-	}
-	return len(objs), nil
-}
-
 // pagedStore lists n work keys under every directory, 1,000 a page.
 type pagedStore struct {
 	fakeStore

@@ -33,6 +33,8 @@ type Claim interface {
 	// after (see protocol.Claim.WriteResult).
 	WriteResult(ctx context.Context, rec protocol.Record) (cleanup func(ctx context.Context, quit <-chan struct{}), err error)
 	Release(ctx context.Context, quit <-chan struct{}, countRun bool) error
+	// Drop stops keeping the lease alive, leaving the spec to recovery.
+	Drop()
 }
 
 // claims is the real protocol behind Protocol.

@@ -8,6 +8,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/sourcegraph/conc/panics"
+
 	"github.com/cellos/fleetd/internal/exec"
 	"github.com/cellos/fleetd/internal/gate"
 	"github.com/cellos/fleetd/internal/lister"
@@ -41,6 +43,15 @@ func (p *Pipeline) process(it lister.Item) {
 	if !ok {
 		return
 	}
+	defer func() {
+		// A panic past the run (the run's own is a failed cell, see run):
+		// stop renewing, so the lease goes stale and recovery settles the
+		// spec. work logs the panic.
+		if r := recover(); r != nil {
+			c.Drop()
+			panic(r)
+		}
+	}()
 	p.finish(c, p.run(c), ticket)
 }
 
@@ -128,6 +139,7 @@ var (
 type cellEnd struct {
 	res               exec.Result
 	cause             error // why the cell's context ended, if it did
+	panicked          any   // the run's panic, if it had one
 	started, finished time.Time
 }
 
@@ -153,9 +165,17 @@ func (p *Pipeline) run(c Claim) cellEnd {
 		case <-ctx.Done():
 		}
 	}()
-	started := time.Now()
-	res := p.runCell(ctx, c)
-	return cellEnd{res: res, cause: context.Cause(ctx), started: started, finished: time.Now()}
+	end := cellEnd{started: time.Now()}
+	// A panic in the run fails the spec like any other failure: caught
+	// here, the claim is still ours to end.
+	var pc panics.Catcher
+	pc.Try(func() { end.res = p.runCell(ctx, c) })
+	if r := pc.Recovered(); r != nil {
+		end.panicked = r.Value
+		c.Log().Error("worker panic in the run", "event", "worker.panic", "err", r.AsError())
+	}
+	end.cause, end.finished = context.Cause(ctx), time.Now()
+	return end
 }
 
 // finish ends the claim as the run's end calls for: a result written, or the
@@ -165,6 +185,8 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 	rec := protocol.Record{Started: end.started, Finished: end.finished, Result: &res}
 	abort, quit := p.drain.Abort(), p.drain.Intake().Done()
 	switch {
+	case end.panicked != nil:
+		rec.Outcome, rec.Reason, rec.Result = protocol.Failed, fmt.Sprintf("worker panic: %v", end.panicked), nil
 	case res.Stopped && errors.Is(end.cause, errFenced):
 		c.Log().Warn("cell stopped: the lease could not be renewed in time; returning the spec", "event", "cell.fenced", "result", res.String())
 		p.settle(c, c.Release(abort, quit, false))

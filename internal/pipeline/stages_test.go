@@ -56,10 +56,12 @@ type fakeClaim struct {
 	spec      protocol.Spec
 	fenced    chan struct{}
 	cancelled chan struct{}
+	onWrite   func() // called first by WriteResult, if set
 
 	mu       sync.Mutex
 	finished []protocol.Record
 	released []bool // countRun of each Release
+	dropped  bool
 }
 
 func (c *fakeClaim) ID() string              { return c.spec.ID }
@@ -72,6 +74,9 @@ func (c *fakeClaim) Cancelled() <-chan struct{} { return c.cancelled }
 func (c *fakeClaim) CancelledBy() string { return "alice@host" }
 
 func (c *fakeClaim) WriteResult(_ context.Context, rec protocol.Record) (func(context.Context, <-chan struct{}), error) {
+	if c.onWrite != nil {
+		c.onWrite()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.finished = append(c.finished, rec)
@@ -83,6 +88,12 @@ func (c *fakeClaim) Release(_ context.Context, _ <-chan struct{}, countRun bool)
 	defer c.mu.Unlock()
 	c.released = append(c.released, countRun)
 	return nil
+}
+
+func (c *fakeClaim) Drop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dropped = true
 }
 
 // fakeIntake records what the workers tell the lister.
@@ -393,5 +404,31 @@ func TestCancelledCellIsFiledCancelled(t *testing.T) {
 	}
 	if rec := b.claim.finished[0]; rec.Outcome != protocol.Cancelled || rec.Reason != "cancelled by alice@host" {
 		t.Errorf("record = %+v, want outcome cancelled, by alice@host", rec)
+	}
+}
+
+func TestPanicInTheRunFailsTheSpec(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	b.runner.run = func(context.Context, string, string, func()) exec.Result { panic("boom") }
+	p.process(item)
+	if len(b.claim.released) != 0 || len(b.claim.finished) != 1 {
+		t.Fatalf("finished %+v, released %v; want the claim ended with one result", b.claim.finished, b.claim.released)
+	}
+	if rec := b.claim.finished[0]; rec.Outcome != protocol.Failed || !strings.Contains(rec.Reason, "worker panic: boom") {
+		t.Errorf("record = %+v, want outcome failed, reason naming the panic", rec)
+	}
+}
+
+func TestPanicAfterTheRunLeavesTheClaimToRecovery(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	b.claim.onWrite = func() { panic("boom") }
+	func() {
+		defer func() { _ = recover() }()
+		p.process(item)
+	}()
+	if !b.claim.dropped {
+		t.Error("claim not dropped after a panic past the run: its lease would be renewed for ever")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/cellos/fleetd/internal/queue"
 )
@@ -35,6 +36,10 @@ func PriorAttempts(meta map[string]string, maxAttempts int) int {
 func (p *Protocol) acquire(ctx context.Context, id string, l leaseBody) (*Claim, error) {
 	key := p.cfg.Layout.Key(queue.Leases, id)
 	l.Node, l.Token, l.Epoch, l.TTLMillis = p.cfg.Node, newToken(), 1, p.cfg.TTL.Milliseconds()
+	l.Origin = l.Token
+	if l.Intent == "" {
+		l.Intent = intentRun
+	}
 	body, nonce := encodeLease(&l, p.clock.Now())
 	sent := p.clock.Now()
 	etag, err := p.store.Put(ctx, key, body, queue.PutOptions{IfAbsent: true})
@@ -96,7 +101,7 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 	// learn pending/ is gone (another node finished the spec) is one recovery
 	// would return to pending/ — a second run — if our cleanup of it never
 	// landed (a death, or an outage past the ttl).
-	meta := map[string]string{metaNode: p.cfg.Node, metaToken: c.token,
+	meta := map[string]string{metaNode: p.cfg.Node, metaToken: c.origin,
 		metaAttempts: strconv.Itoa(c.Attempt), metaPendingETag: spec.ETag}
 	claimedKey := p.cfg.Layout.Key(queue.Claimed, spec.ID)
 	err = c.act(ctx, quit, "write claimed", func(ctx context.Context) (err error) {
@@ -151,7 +156,7 @@ func (p *Protocol) giveBack(ctx context.Context, quit <-chan struct{}, c *Claim,
 	}
 	c.log.Debug("claim abandoned before the run", "event", "claim.abandoned", "err", cause)
 	if consumed {
-		if err := c.release(ctx, quit, c.Attempt-1); err != nil {
+		if _, err := c.release(ctx, quit, c.Attempt-1); err != nil {
 			c.log.Warn("claim not undone; recovery will", "event", "claim.undo_failed", "err", err)
 		}
 		return
@@ -179,7 +184,7 @@ func (c *Claim) Finish(ctx context.Context, quit <-chan struct{}, rec Record) er
 // clean-up ends it.
 func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx context.Context, quit <-chan struct{}), err error) {
 	c.setState(stateFinishing)
-	rec.node, rec.token, rec.attempts = c.p.cfg.Node, c.token, c.Attempt
+	rec.node, rec.token, rec.attempts = c.p.cfg.Node, c.origin, c.Attempt
 	state := queue.Failed
 	if rec.Outcome == Completed {
 		state = queue.Completed
@@ -215,28 +220,49 @@ func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx c
 
 // Release returns the spec to pending/ and ends the claim. countRun says
 // whether the run that started counts against the spec's attempts (not for a
-// cell stopped by a drain or by this node's own fencing).
+// cell stopped by a drain or by this node's own fencing). A spec someone
+// cancelled is filed cancelled instead, whatever stopped its cell.
 func (c *Claim) Release(ctx context.Context, quit <-chan struct{}, countRun bool) error {
 	attempts := c.Attempt - 1
 	if countRun {
 		attempts = c.Attempt
 	}
-	if err := c.release(ctx, quit, attempts); err != nil {
+	cancelled, err := c.release(ctx, quit, attempts)
+	if err != nil {
 		return c.stop(err)
 	}
-	c.p.cfg.Metrics.Finished(string(Released))
-	c.log.Info("spec returned to pending/", "event", "spec.released", "attempts", attempts)
+	if !cancelled {
+		c.p.cfg.Metrics.Finished(string(Released))
+		c.log.Info("spec returned to pending/", "event", "spec.released", "attempts", attempts)
+	}
 	return nil
 }
 
-func (c *Claim) release(ctx context.Context, quit <-chan struct{}, attempts int) error {
+// release returns the spec to pending/ with attempts and ends the claim, or,
+// when the lease carries a cancel mark, files it cancelled (cancelled true).
+func (c *Claim) release(ctx context.Context, quit <-chan struct{}, attempts int) (cancelled bool, err error) {
+	// The lease says "releasing" before pending/ is written: a cancel mark
+	// that landed first makes this compare-and-swap read it (and honour it
+	// below); a cancel that comes later sees the state and waits for the
+	// spec to be pending again. Either way the cancel is not dropped.
 	c.setState(stateReleasing)
+	if err := c.act(ctx, quit, "mark releasing", c.renew); err != nil {
+		return false, err
+	}
+	if by := c.CancelledBy(); by != "" {
+		cleanup, err := c.WriteResult(ctx, Record{Outcome: Cancelled, Reason: "cancelled by " + by, Finished: time.Now()})
+		if err != nil {
+			return false, err
+		}
+		cleanup(ctx, quit)
+		return true, nil
+	}
 	if err := c.p.requeue(ctx, quit, c, c.Body, attempts); err != nil {
-		return err
+		return false, err
 	}
 	c.clearClaimed(ctx, quit)
 	c.end(ctx, quit)
-	return nil
+	return false, nil
 }
 
 // Drop lets go of the claim without a write: the lease stays for recovery.

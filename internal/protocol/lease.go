@@ -12,8 +12,8 @@ import (
 	"github.com/cellos/fleetd/internal/queue"
 )
 
-// Lease states, written for operators and recoverers to read; recovery decides
-// from the objects themselves, not from the state.
+// Lease states, written for operators to read; recovery decides from the
+// intent and the objects themselves, not from the state.
 const (
 	stateClaiming   = "claiming"   // acquired; pending/ not yet consumed
 	stateRunning    = "running"    // pending/ consumed; the cell may run
@@ -22,6 +22,18 @@ const (
 	stateRecovering = "recovering" // taken over from a stale holder
 	stateRejecting  = "rejecting"  // filing a bad spec under failed/
 	stateRequeueing = "requeueing" // fleetd requeue moving failed/ to pending/
+	statePruning    = "pruning"    // fleetd prune deleting a result
+)
+
+// Intents: what the holder of a lease is doing to the spec's objects. A
+// recoverer carries the intent and its facts forward unchanged and finishes
+// it as its first holder would have (or undoes it where that is the rule), so
+// a chain of stopped holders ends where the first would have.
+const (
+	intentRun     = "run"     // claim, run, finish or release (Claim)
+	intentFile    = "file"    // move pending_etag to failed/ unrun (reject, cancel)
+	intentRequeue = "requeue" // move failed_etag back to pending/
+	intentPrune   = "prune"   // delete the result judged (result_etag)
 )
 
 // leaseBody is the body of leases/<id>.json.
@@ -35,11 +47,21 @@ type leaseBody struct {
 	// may have started before it; it counts only once pending/ is consumed.
 	Attempts int    `json:"attempts"`
 	State    string `json:"state"`
+	// Intent is what the lease is held for (intentRun if empty, or the
+	// state of a lease written before intents: see intent).
+	Intent string `json:"intent,omitempty"`
+	// Origin is the token of the intent's first holder. Every record written
+	// under the intent carries it, whichever holder of the chain writes it,
+	// so a successor knows the intent's own writes from older ones.
+	Origin string `json:"origin,omitempty"`
 	// PendingETag is the pending/ version this claim consumes: while pending/
 	// still holds it, no run of this claim can have started.
 	PendingETag string `json:"pending_etag,omitempty"`
 	// FailedETag is the failed/ version a requeue moves back to pending/.
 	FailedETag string `json:"failed_etag,omitempty"`
+	// ResultKey and ResultETag name the result a prune judged old.
+	ResultKey  string `json:"result_key,omitempty"`
+	ResultETag string `json:"result_etag,omitempty"`
 	// Cancel, when set, names who asked for the spec to be cancelled; the
 	// holder stops its cell and files it cancelled (see Protocol.Cancel).
 	Cancel string `json:"cancel,omitempty"`
@@ -49,6 +71,38 @@ type leaseBody struct {
 }
 
 func (l leaseBody) ttl() time.Duration { return time.Duration(l.TTLMillis) * time.Millisecond }
+
+// intent returns the lease's intent; a lease written before intents had them
+// says what it does in its state.
+func (l leaseBody) intent() string {
+	switch {
+	case l.Intent != "":
+		return l.Intent
+	case l.State == stateRejecting:
+		return intentFile
+	case l.State == stateRequeueing:
+		return intentRequeue
+	}
+	return intentRun
+}
+
+// origin returns the token records of the intent carry; a lease written
+// before intents had it is its own origin.
+func (l leaseBody) origin() string {
+	if l.Origin != "" {
+		return l.Origin
+	}
+	return l.Token
+}
+
+// successor is the lease a recoverer writes over l: its own token, the
+// next epoch, and l's intent with every fact of it unchanged.
+func (l leaseBody) successor(node, token string, ttl time.Duration) leaseBody {
+	n := l
+	n.Node, n.Token, n.Epoch, n.TTLMillis = node, token, l.Epoch+1, ttl.Milliseconds()
+	n.State, n.Intent, n.Origin, n.PrevToken = stateRecovering, l.intent(), l.origin(), l.Token
+	return n
+}
 
 // LeaseInfo is what a lease says, for the queue tools.
 type LeaseInfo struct {
@@ -81,6 +135,9 @@ type Claim struct {
 	key   string // leases/<id>.json
 	log   *slog.Logger
 	token string
+	// origin is the intent's token (see leaseBody.Origin): records written
+	// under this claim carry it.
+	origin string
 
 	// Body and Attempt describe the spec, for the pipeline.
 	Body    []byte
@@ -113,7 +170,7 @@ type Claim struct {
 
 func (p *Protocol) newClaim(id string, l leaseBody, etag string, sent time.Time) *Claim {
 	c := &Claim{
-		p: p, id: id, key: p.cfg.Layout.Key(queue.Leases, id), token: l.Token,
+		p: p, id: id, key: p.cfg.Layout.Key(queue.Leases, id), token: l.Token, origin: l.origin(),
 		log:       p.log.With("spec_id", id),
 		lease:     l,
 		etag:      etag,

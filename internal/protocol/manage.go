@@ -26,14 +26,20 @@ func (p *Protocol) Reject(ctx context.Context, quit <-chan struct{}, spec Spec, 
 // file moves the pending version spec.ETag to failed/ without running it,
 // under the spec's lease, with outcome and reason.
 func (p *Protocol) file(ctx context.Context, quit <-chan struct{}, spec Spec, outcome Outcome, reason string) error {
-	c, err := p.acquire(ctx, spec.ID, leaseBody{State: stateRejecting, PendingETag: spec.ETag})
+	c, err := p.acquire(ctx, spec.ID, leaseBody{State: stateRejecting, Intent: intentFile, PendingETag: spec.ETag})
 	if err != nil {
 		return err
 	}
+	return p.fileUnder(ctx, quit, c, spec, outcome, reason)
+}
+
+// fileUnder is file under a lease c already holds with the file intent for
+// spec.ETag.
+func (p *Protocol) fileUnder(ctx context.Context, quit <-chan struct{}, c *Claim, spec Spec, outcome Outcome, reason string) error {
 	c.Body = spec.Body
-	rec := Record{Outcome: outcome, Reason: reason, Finished: time.Now(), node: p.cfg.Node, token: c.token}
+	rec := Record{Outcome: outcome, Reason: reason, Finished: time.Now(), node: p.cfg.Node, token: c.origin}
 	failedKey := p.cfg.Layout.Key(queue.Failed, spec.ID)
-	err = c.act(ctx, quit, "write "+string(outcome), func(ctx context.Context) error {
+	err := c.act(ctx, quit, "write "+string(outcome), func(ctx context.Context) error {
 		if spec.Body != nil {
 			// The body we judged, not whatever pending/ holds now.
 			head, err := p.store.Head(ctx, spec.Key)
@@ -55,15 +61,53 @@ func (p *Protocol) file(ctx context.Context, quit <-chan struct{}, spec Spec, ou
 		}
 		return c.stop(err)
 	}
-	err = c.act(ctx, quit, "delete pending", func(ctx context.Context) error {
-		return p.store.Delete(ctx, spec.Key, spec.ETag)
-	})
-	if err != nil && !errors.Is(err, queue.ErrPrecondition) {
+	if err := p.consumeFiled(ctx, quit, c, spec.ETag); err != nil {
 		return c.stop(err)
 	}
 	c.end(ctx, quit)
 	p.cfg.Metrics.Finished(string(outcome))
 	return nil
+}
+
+// consumeFiled deletes the pending/ version a filing judged, once failed/
+// holds it. 412: replaced since; the new version stays pending and is
+// judged on its own.
+func (p *Protocol) consumeFiled(ctx context.Context, quit <-chan struct{}, c *Claim, pendingETag string) error {
+	err := c.act(ctx, quit, "delete pending", func(ctx context.Context) error {
+		return p.store.Delete(ctx, p.cfg.Layout.Key(queue.Pending, c.id), pendingETag)
+	})
+	if errors.Is(err, queue.ErrPrecondition) || errors.Is(err, queue.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// finishFile completes a filing (reject, cancel) whose holder stopped. If
+// failed/ holds the record the intent wrote (its origin's token), the filing
+// was decided and written: the pending/ version it judged goes, as the holder
+// would have done — a cancel the tool was interrupted in is then in effect,
+// and a node with a larger size limit does not run a spec another rejected.
+// If not, nothing was filed: only the lease goes, and pending/ is judged again.
+func (p *Protocol) finishFile(ctx context.Context, quit <-chan struct{}, c *Claim, pendingETag string) {
+	var res queue.Object
+	err := c.act(ctx, quit, "check failed", func(ctx context.Context) (err error) {
+		res, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Failed, c.id))
+		return err
+	})
+	switch {
+	case err == nil && res.Metadata[metaToken] == c.origin:
+		if err := p.consumeFiled(ctx, quit, c, pendingETag); err != nil {
+			p.leave(c, err)
+			return
+		}
+		c.log.Info("recovery: finished an interrupted filing", "event", "recovery.file_finished", "outcome", res.Metadata[metaOutcome])
+	case err == nil, errors.Is(err, queue.ErrNotFound):
+		c.log.Info("recovery: an interrupted filing wrote nothing; pending/ stays", "event", "recovery.file_undone")
+	default:
+		p.leave(c, err)
+		return
+	}
+	c.end(ctx, quit)
 }
 
 // CancelResult is what Cancel did.
@@ -86,7 +130,14 @@ var ErrNotCancellable = errors.New("neither pending nor in flight")
 func (p *Protocol) Cancel(ctx context.Context, id, by string) (CancelResult, error) {
 	reason := "cancelled by " + by
 	pendingKey := p.cfg.Layout.Key(queue.Pending, id)
-	for range 5 {
+	for try := 0; try < 20; try++ {
+		if try > 0 {
+			// The spec is between two states (being claimed, released,
+			// requeued or filed by its holder): look again shortly.
+			if err := p.sleep(ctx, min(time.Duration(100<<min(try, 4))*time.Millisecond, time.Second)); err != nil {
+				return CancelResult{}, fmt.Errorf("cancel %s: %w", id, err)
+			}
+		}
 		o, err := p.store.Get(ctx, pendingKey, recoverLimit)
 		switch {
 		case err == nil:
@@ -104,7 +155,10 @@ func (p *Protocol) Cancel(ctx context.Context, id, by string) (CancelResult, err
 			return CancelResult{}, fmt.Errorf("cancel %s: %w", id, err)
 		}
 		node, err := p.markCancel(ctx, id, by)
-		if !errors.Is(err, queue.ErrNotFound) {
+		switch {
+		case errors.Is(err, errNotRunning):
+			continue
+		case !errors.Is(err, queue.ErrNotFound):
 			return CancelResult{Node: node}, err
 		}
 		// Neither pending nor leased now; it may have moved between the two
@@ -115,6 +169,11 @@ func (p *Protocol) Cancel(ctx context.Context, id, by string) (CancelResult, err
 	}
 	return CancelResult{}, fmt.Errorf("cancel %s: the spec kept moving; try again", id)
 }
+
+// errNotRunning: the lease is held for something other than a run that its
+// holder will end by reading the mark (a filing, a requeue, a prune, or a
+// release already under way); the spec will be pending or settled shortly.
+var errNotRunning = errors.New("lease not held for a run")
 
 // markCancel writes the cancel mark into a live lease, keeping its holder's
 // token: to the holder it is a write of unknown age over its own, which it
@@ -132,6 +191,11 @@ func (p *Protocol) markCancel(ctx context.Context, id, by string) (string, error
 		}
 		if l.Cancel != "" {
 			return l.Node, nil // asked already
+		}
+		if l.intent() != intentRun || l.State == stateReleasing || l.State == stateFinishing {
+			// A mark here might be read by nobody: the holder has chosen
+			// its last writes already.
+			return "", errNotRunning
 		}
 		l.Cancel = by
 		body, nonce := encodeLease(&l, p.clock.Now())
@@ -164,7 +228,7 @@ func (p *Protocol) Requeue(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("requeue %s: %w", id, err)
 	}
-	c, err := p.acquire(ctx, id, leaseBody{State: stateRequeueing, FailedETag: o.ETag})
+	c, err := p.acquire(ctx, id, leaseBody{State: stateRequeueing, Intent: intentRequeue, FailedETag: o.ETag})
 	if err != nil {
 		return fmt.Errorf("requeue %s: %w", id, err)
 	}
@@ -196,4 +260,56 @@ func (p *Protocol) finishRequeue(ctx context.Context, quit <-chan struct{}, c *C
 		return
 	}
 	c.end(ctx, quit)
+}
+
+// Prune deletes the result at key (under completed/ or failed/) if, under
+// the spec's lease, it is still the version listed (etag) and still older
+// than olderThan on the server's clock. A result's ETag is the spec's MD5,
+// the same for every run of those bytes: the lease keeps any run from
+// writing a new result meanwhile, and the age read under it tells a fresh
+// result of a rerun from the one judged. ErrGone: it changed or went, and
+// stays; ErrHeld: the id is in flight.
+func (p *Protocol) Prune(ctx context.Context, key, etag string, olderThan time.Duration) error {
+	id, st, ok := p.resultID(key)
+	if !ok {
+		return fmt.Errorf("prune %s: not a result key", key)
+	}
+	c, err := p.acquire(ctx, id, leaseBody{State: statePruning, Intent: intentPrune, ResultKey: key, ResultETag: etag})
+	if err != nil {
+		return fmt.Errorf("prune %s: %w", key, err)
+	}
+	quit := make(chan struct{})
+	close(quit) // a tool does not wait out an outage
+	var head queue.Object
+	err = c.act(ctx, quit, "check "+string(st), func(ctx context.Context) (err error) {
+		head, err = p.store.Head(ctx, key)
+		return err
+	})
+	if err == nil && (head.ETag != etag || head.ServerTime.Sub(head.LastModified) <= olderThan) {
+		err = fmt.Errorf("%s: rewritten since it was listed: %w", key, ErrGone)
+	}
+	if err == nil {
+		err = c.act(ctx, quit, "delete "+string(st), func(ctx context.Context) error {
+			return p.store.Delete(ctx, key, etag)
+		})
+	}
+	switch {
+	case err == nil:
+		c.end(ctx, quit)
+		return nil
+	case errors.Is(err, ErrGone), errors.Is(err, queue.ErrNotFound), errors.Is(err, queue.ErrPrecondition):
+		c.end(ctx, quit)
+		return fmt.Errorf("prune %s: %w", key, ErrGone)
+	}
+	return fmt.Errorf("prune %s: %w", key, c.stop(err))
+}
+
+// resultID returns the id and state of a result key.
+func (p *Protocol) resultID(key string) (string, queue.State, bool) {
+	for _, st := range []queue.State{queue.Completed, queue.Failed} {
+		if id, ok := p.cfg.Layout.ID(st, key); ok {
+			return id, st, true
+		}
+	}
+	return "", "", false
 }

@@ -103,8 +103,7 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 	if age <= staleAfter(ttl) {
 		return // renewed since the listing, or a longer ttl than ours
 	}
-	mine := leaseBody{Node: p.cfg.Node, Token: newToken(), Epoch: old.Epoch + 1, TTLMillis: p.cfg.TTL.Milliseconds(),
-		Attempts: old.Attempts, State: stateRecovering, PendingETag: old.PendingETag, PrevToken: old.Token, Cancel: old.Cancel}
+	mine := old.successor(p.cfg.Node, newToken(), p.cfg.TTL)
 	body, nonce := encodeLease(&mine, p.clock.Now())
 	sent := p.clock.Now()
 	etag, err := p.store.Put(ctx, key, body, queue.PutOptions{IfMatch: obj.ETag})
@@ -121,13 +120,22 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 	}
 	p.cfg.Metrics.LeaseTakenOver()
 	log.Warn("recovery: took over a stale lease", "event", "lease.takeover", "holder", old.Node, "holder_state", old.State,
-		"lease_age_ms", age.Milliseconds(), "epoch", mine.Epoch)
+		"intent", mine.Intent, "lease_age_ms", age.Milliseconds(), "epoch", mine.Epoch)
 	c := p.newClaim(id, mine, etag, sent)
-	if old.State == stateRequeueing {
-		p.finishRequeue(ctx, quit, c, old.FailedETag)
-		return
+	// Finish the intent as its first holder would have.
+	switch mine.Intent {
+	case intentRequeue:
+		p.finishRequeue(ctx, quit, c, mine.FailedETag)
+	case intentFile:
+		p.finishFile(ctx, quit, c, mine.PendingETag)
+	case intentPrune:
+		// Nothing is written before the prune's one delete: whether or not
+		// it landed, only the lease is left. The tool said nothing it did
+		// not see land.
+		c.end(ctx, quit)
+	default:
+		p.settle(ctx, quit, c, old.Token, mine.PendingETag, mine.Attempts)
 	}
-	p.settle(ctx, quit, c, old.Token, old.PendingETag, old.Attempts)
 }
 
 // takeOverOrphan handles a claim with no lease: a claimed/ write that landed
@@ -193,7 +201,7 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 	// The run whose result we look for is the claimer's, named in claimed/'s
 	// metadata: when the stale holder is itself a recoverer that died before
 	// settling, prev is its token, not the run's.
-	tokens := map[string]bool{}
+	tokens := map[string]bool{c.origin: true}
 	if prev != "" {
 		tokens[prev] = true
 	}
@@ -234,6 +242,10 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 		// pending/ still holds the spec. Only the claim goes.
 		c.log.Info("recovery: the claim never started; pending/ still holds the spec", "event", "recovery.never_started")
 		p.adoptClaimed(ctx, quit, c)
+		if by := c.CancelledBy(); by != "" {
+			p.cancelUnconsumed(ctx, quit, c, pendingETag, by)
+			return
+		}
 		c.clearClaimed(ctx, quit)
 		c.end(ctx, quit)
 		return
@@ -268,6 +280,26 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 	}
 	rec := Record{Outcome: Abandoned, Reason: fmt.Sprintf("abandoned after %d attempts", attempts), Finished: time.Now()}
 	if err := c.Finish(ctx, quit, rec); err != nil {
+		p.leave(c, err)
+	}
+}
+
+// cancelUnconsumed honours a cancel mark left on a claim that never consumed
+// pending/: the pending version is filed cancelled, as fleetd cancel would
+// have filed it. The lease first turns to the file intent, so a successor
+// finishes the filing rather than clearing a claim and leaving pending/ to run.
+func (p *Protocol) cancelUnconsumed(ctx context.Context, quit <-chan struct{}, c *Claim, pendingETag, by string) {
+	c.mu.Lock()
+	c.lease.Intent, c.lease.State, c.lease.PendingETag = intentFile, stateRejecting, pendingETag
+	c.mu.Unlock()
+	if err := c.act(ctx, quit, "turn to filing", c.renew); err != nil {
+		p.leave(c, err)
+		return
+	}
+	c.clearClaimed(ctx, quit)
+	key := p.cfg.Layout.Key(queue.Pending, c.id)
+	err := p.fileUnder(ctx, quit, c, Spec{ID: c.id, Key: key, ETag: pendingETag}, Cancelled, "cancelled by "+by)
+	if err != nil && !errors.Is(err, ErrGone) {
 		p.leave(c, err)
 	}
 }

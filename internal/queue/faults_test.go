@@ -132,35 +132,6 @@ func TestSlowDownIsCountedAndRetried(t *testing.T) {
 	}
 }
 
-func TestDeleteManyWhoseAnswerWasLostIsRetried(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	s, p, _ := faultyStore(t)
-	var objs []Versioned
-	for i := range 3 {
-		key := fmt.Sprintf("r-%d", i)
-		etag, err := s.Put(ctx, key, []byte(key), PutOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		objs = append(objs, Versioned{Key: key, ETag: etag})
-	}
-	// DeleteObjects is a POST ?delete: let it land, then lose the answer.
-	h := p.Add(faultproxy.Rule{Method: "POST", Query: "delete", Action: faultproxy.ErrorAfter, Status: 500, Times: 1})
-	n, err := s.DeleteMany(ctx, objs)
-	if err != nil || n != 3 {
-		t.Errorf("DeleteMany after a lost answer = %d, %v; want 3 deleted (the retry finds them gone)", n, err)
-	}
-	if h.Fired() != 1 {
-		t.Errorf("fault fired %d times, want 1", h.Fired())
-	}
-	for _, o := range objs {
-		if _, err := s.Head(ctx, o.Key); !errors.Is(err, ErrNotFound) {
-			t.Errorf("head %s = %v, want ErrNotFound", o.Key, err)
-		}
-	}
-}
-
 func TestDirsThroughFaults(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

@@ -15,7 +15,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsmw "github.com/aws/aws-sdk-go-v2/aws/middleware"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/middleware"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
@@ -560,52 +559,4 @@ func Refused(err error) bool {
 func isCode(err error, code string) bool {
 	var api smithy.APIError
 	return errors.As(err, &api) && api.ErrorCode() == code
-}
-
-// Versioned names one object by key and the ETag it was seen with.
-type Versioned struct {
-	Key  string
-	ETag string
-}
-
-// maxBatch is S3's limit on keys in one DeleteObjects request.
-const maxBatch = 1000
-
-// DeleteMany deletes objects in batches of up to 1,000 per request, each
-// only at the ETag given (stores that ignore the condition delete it anyway).
-// It returns how many were deleted; keys already gone count as deleted. The
-// first batch that fails ends it; per-key refusals are reported together.
-func (s *Store) DeleteMany(ctx context.Context, objs []Versioned) (int, error) {
-	deleted := 0
-	var refused []string
-	for start := 0; start < len(objs); start += maxBatch {
-		batch := objs[start:min(start+maxBatch, len(objs))]
-		ids := make([]types.ObjectIdentifier, len(batch))
-		for i, o := range batch {
-			ids[i] = types.ObjectIdentifier{Key: aws.String(o.Key)}
-			if o.ETag != "" {
-				ids[i].ETag = aws.String(o.ETag)
-			}
-		}
-		var out *s3.DeleteObjectsOutput
-		// Deleting again what is already gone is harmless, so retries are too.
-		_, err := s.do(ctx, func(ctx context.Context) (err error) {
-			out, err = s.client.DeleteObjects(ctx, &s3.DeleteObjectsInput{
-				Bucket: &s.bucket,
-				Delete: &types.Delete{Objects: ids, Quiet: aws.Bool(true)},
-			})
-			return err
-		})
-		if err != nil {
-			return deleted, fmt.Errorf("s3: delete %d objects from %s: %w", len(batch), batch[0].Key, mapError(err))
-		}
-		deleted += len(batch) - len(out.Errors)
-		for _, e := range out.Errors {
-			refused = append(refused, fmt.Sprintf("%s (%s)", aws.ToString(e.Key), aws.ToString(e.Code)))
-		}
-	}
-	if len(refused) > 0 {
-		return deleted, fmt.Errorf("s3: delete: %d objects refused: %s", len(refused), strings.Join(refused[:min(len(refused), 5)], ", "))
-	}
-	return deleted, nil
 }
