@@ -1,10 +1,15 @@
 package ui
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 )
+
+// actionTimeout bounds an action once it has started.
+const actionTimeout = time.Minute
 
 // action wraps a POST that changes the queue: refused unless actions are on
 // and the request passes the CSRF checks; then it runs, and the browser is
@@ -21,7 +26,11 @@ func (s *Server) action(run func(r *http.Request) (string, error)) http.HandlerF
 			http.Error(w, "fleetd ui: refused: "+err.Error(), http.StatusForbidden)
 			return
 		}
-		msg, err := run(r)
+		// An action is not half-done because the browser hung up: it runs to
+		// its end (bounded), apart from the request's context.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), actionTimeout)
+		msg, err := run(r.WithContext(ctx))
+		cancel()
 		s.invalidate()
 		log := s.cfg.Logger.With("action", strings.TrimPrefix(r.URL.Path, "/"), "remote", r.RemoteAddr)
 		if id := r.PostFormValue("id"); id != "" {
