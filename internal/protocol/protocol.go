@@ -71,6 +71,7 @@ func (p *Protocol) sleep(ctx context.Context, d time.Duration) error {
 type realClock struct{}
 
 func (realClock) Now() time.Time { return time.Now() }
+
 func (realClock) AfterFunc(d time.Duration, f func()) interface{ Stop() bool } {
 	return time.AfterFunc(d, f)
 }
@@ -135,10 +136,14 @@ func New(cfg Config, store Store) *Protocol {
 
 type nopMetrics struct{}
 
-func (nopMetrics) ClaimConflict()  {}
-func (nopMetrics) LeaseRenewed()   {}
+func (nopMetrics) ClaimConflict() {}
+
+func (nopMetrics) LeaseRenewed() {}
+
 func (nopMetrics) LeaseTakenOver() {}
+
 func (nopMetrics) Finished(string) {}
+
 func (nopMetrics) FleetLeases(int) {}
 
 // Errors a claim ends with. Callers test them with errors.Is.

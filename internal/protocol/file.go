@@ -1,0 +1,113 @@
+// The file intent (reject, cancel of a pending spec): docs/PROTOCOL.md,
+// "Intents" and "Reject".
+
+package protocol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// Reject files a spec that can never run under failed/ with the reason,
+// without running it. It acts on the version read (spec.ETag) only, under the
+// spec's lease like every other move: a resubmission landing meanwhile is
+// neither deleted nor filed with the old version's reason. spec.Body may be
+// nil for a spec too large to read; it is then copied server-side.
+func (p *Protocol) Reject(ctx context.Context, quit <-chan struct{}, spec Spec, reason string) error {
+	err := p.file(ctx, quit, spec, Rejected, reason)
+	if err == nil {
+		p.log.Warn("spec rejected", "event", "spec.rejected", "spec_id", spec.ID, "reason", reason)
+	}
+	return err
+}
+
+// file moves the pending version spec.ETag to failed/ without running it,
+// under the spec's lease, with outcome and reason.
+func (p *Protocol) file(ctx context.Context, quit <-chan struct{}, spec Spec, outcome Outcome, reason string) error {
+	c, err := p.acquire(ctx, spec.ID, leaseBody{State: stateRejecting, Intent: intentFile, PendingETag: spec.ETag})
+	if err != nil {
+		return err
+	}
+	return p.fileUnder(ctx, quit, c, spec, outcome, reason)
+}
+
+// fileUnder is file under a lease c already holds with the file intent for
+// spec.ETag.
+func (p *Protocol) fileUnder(ctx context.Context, quit <-chan struct{}, c *Claim, spec Spec, outcome Outcome, reason string) error {
+	c.Body = spec.Body
+	rec := Record{Outcome: outcome, Reason: reason, Finished: time.Now(), node: p.cfg.Node, token: c.origin}
+	failedKey := p.cfg.Layout.Key(queue.Failed, spec.ID)
+	err := c.act(ctx, quit, "write "+string(outcome), func(ctx context.Context) error {
+		if spec.Body != nil {
+			// The body we judged, not whatever pending/ holds now.
+			head, err := p.store.Head(ctx, spec.Key)
+			if err == nil && head.ETag != spec.ETag {
+				return fmt.Errorf("%s: %w", spec.Key, ErrGone)
+			}
+			if err != nil {
+				return err
+			}
+			_, err = p.store.Put(ctx, failedKey, spec.Body, queue.PutOptions{Metadata: rec.metadata()})
+			return err
+		}
+		return p.store.Copy(ctx, spec.Key, failedKey, queue.CopyOptions{SourceIfMatch: spec.ETag, Metadata: rec.metadata()})
+	})
+	if err != nil {
+		if errors.Is(err, ErrGone) || errors.Is(err, queue.ErrNotFound) || errors.Is(err, queue.ErrPrecondition) {
+			c.end(ctx, quit) // changed since we judged it: judge again next poll
+			return fmt.Errorf("%s %s: %w", outcome, spec.ID, ErrGone)
+		}
+		return c.stop(err)
+	}
+	if err := p.consumeFiled(ctx, quit, c, spec.ETag); err != nil {
+		return c.stop(err)
+	}
+	c.end(ctx, quit)
+	p.cfg.Metrics.Finished(string(outcome))
+	return nil
+}
+
+// consumeFiled deletes the pending/ version a filing judged, once failed/
+// holds it. 412: replaced since; the new version stays pending and is
+// judged on its own.
+func (p *Protocol) consumeFiled(ctx context.Context, quit <-chan struct{}, c *Claim, pendingETag string) error {
+	err := c.act(ctx, quit, "delete pending", func(ctx context.Context) error {
+		return p.store.Delete(ctx, p.cfg.Layout.Key(queue.Pending, c.id), pendingETag)
+	})
+	if errors.Is(err, queue.ErrPrecondition) || errors.Is(err, queue.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// finishFile completes a filing (reject, cancel) whose holder stopped. If
+// failed/ holds the record the intent wrote (its origin's token), the filing
+// was decided and written: the pending/ version it judged goes, as the holder
+// would have done — a cancel the tool was interrupted in is then in effect,
+// and a node with a larger size limit does not run a spec another rejected.
+// If not, nothing was filed: only the lease goes, and pending/ is judged again.
+func (p *Protocol) finishFile(ctx context.Context, quit <-chan struct{}, c *Claim, pendingETag string) {
+	var res queue.Object
+	err := c.act(ctx, quit, "check failed", func(ctx context.Context) (err error) {
+		res, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Failed, c.id))
+		return err
+	})
+	switch {
+	case err == nil && res.Metadata[metaToken] == c.origin:
+		if err := p.consumeFiled(ctx, quit, c, pendingETag); err != nil {
+			p.leave(c, err)
+			return
+		}
+		c.log.Info("recovery: finished an interrupted filing", "event", "recovery.file_finished", "outcome", res.Metadata[metaOutcome])
+	case err == nil, errors.Is(err, queue.ErrNotFound):
+		c.log.Info("recovery: an interrupted filing wrote nothing; pending/ stays", "event", "recovery.file_undone")
+	default:
+		p.leave(c, err)
+		return
+	}
+	c.end(ctx, quit)
+}
