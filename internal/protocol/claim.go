@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/cellos/fleetd/internal/queue"
 )
@@ -16,11 +17,15 @@ type Spec struct {
 	ID   string
 	Key  string // pending/<id>.json
 	ETag string // of the version read
-	Body []byte
+	// Modified is when the version read was written, on the store's clock.
+	Modified time.Time
+	Body     []byte
 	// Attempts is the count of runs so far from the spec's metadata. A
 	// submitter can set it, so it is clamped: every spec gets at least one run.
 	Attempts int
 }
+
+func (s Spec) version() version { return version{etag: s.ETag, modified: s.Modified} }
 
 // PriorAttempts reads the attempt count of a pending spec's metadata, clamped
 // to [0, maxAttempts-1].
@@ -67,7 +72,7 @@ func (p *Protocol) acquire(ctx context.Context, id string, l leaseBody) (*Claim,
 // the store (a draining node). On success the lease is in state running and
 // the caller must end the claim with Finish, Release or Drop.
 func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (*Claim, error) {
-	c, err := p.acquire(ctx, spec.ID, leaseBody{State: stateClaiming, Attempts: spec.Attempts + 1, PendingETag: spec.ETag})
+	c, err := p.acquire(ctx, spec.ID, leaseBody{State: stateClaiming, Attempts: spec.Attempts + 1}.withPending(spec.version()))
 	if err != nil {
 		if errors.Is(err, ErrHeld) {
 			p.cfg.Metrics.ClaimConflict()
@@ -162,6 +167,50 @@ func (p *Protocol) giveBack(ctx context.Context, quit <-chan struct{}, c *Claim,
 		}
 		return
 	}
+	p.endUnconsumed(ctx, quit, c)
+}
+
+// endUnconsumed ends a claim that never consumed pending/: claimed/ and the
+// lease go, and pending/ stays to run — unless the lease carries a cancel
+// mark, seen before or on the lease's delete: then the pending version is
+// filed cancelled, as fleetd cancel would have filed it, and the mark is
+// never deleted unhonoured.
+func (p *Protocol) endUnconsumed(ctx context.Context, quit <-chan struct{}, c *Claim) {
 	c.clearClaimed(ctx, quit)
-	c.end(ctx, quit)
+	if c.CancelledBy() == "" && c.endLease(ctx, quit, true) {
+		return
+	}
+	p.cancelPending(ctx, quit, c, c.CancelledBy())
+}
+
+// cancelPending files the version pending/ holds now cancelled, under c: the
+// lease first turns to the file intent for that version, so a successor
+// finishes the filing rather than leaving pending/ to run.
+func (p *Protocol) cancelPending(ctx context.Context, quit <-chan struct{}, c *Claim, by string) {
+	key := p.cfg.Layout.Key(queue.Pending, c.id)
+	var head queue.Object
+	err := c.act(ctx, quit, "read pending", func(ctx context.Context) (err error) {
+		head, err = p.store.Head(ctx, key)
+		return err
+	})
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		c.end(ctx, quit) // nothing pending: settled elsewhere
+		return
+	case err != nil:
+		p.leave(c, err)
+		return
+	}
+	spec := Spec{ID: c.id, Key: key, ETag: head.ETag, Modified: head.LastModified}
+	c.mu.Lock()
+	c.lease = c.lease.withPending(spec.version())
+	c.lease.Intent, c.lease.State = intentFile, stateRejecting
+	c.mu.Unlock()
+	if err := c.act(ctx, quit, "turn to filing", c.renew); err != nil {
+		p.leave(c, err)
+		return
+	}
+	if err := p.fileUnder(ctx, quit, c, spec, Cancelled, "cancelled by "+by); err != nil && !errors.Is(err, ErrGone) {
+		p.leave(c, err)
+	}
 }

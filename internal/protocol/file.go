@@ -28,7 +28,7 @@ func (p *Protocol) Reject(ctx context.Context, quit <-chan struct{}, spec Spec, 
 // file moves the pending version spec.ETag to failed/ without running it,
 // under the spec's lease, with outcome and reason.
 func (p *Protocol) file(ctx context.Context, quit <-chan struct{}, spec Spec, outcome Outcome, reason string) error {
-	c, err := p.acquire(ctx, spec.ID, leaseBody{State: stateRejecting, Intent: intentFile, PendingETag: spec.ETag})
+	c, err := p.acquire(ctx, spec.ID, leaseBody{State: stateRejecting, Intent: intentFile}.withPending(spec.version()))
 	if err != nil {
 		return err
 	}
@@ -45,7 +45,7 @@ func (p *Protocol) fileUnder(ctx context.Context, quit <-chan struct{}, c *Claim
 		if spec.Body != nil {
 			// The body we judged, not whatever pending/ holds now.
 			head, err := p.store.Head(ctx, spec.Key)
-			if err == nil && head.ETag != spec.ETag {
+			if err == nil && !spec.version().is(head) {
 				return fmt.Errorf("%s: %w", spec.Key, ErrGone)
 			}
 			if err != nil {
@@ -89,8 +89,10 @@ func (p *Protocol) consumeFiled(ctx context.Context, quit <-chan struct{}, c *Cl
 // was decided and written: the pending/ version it judged goes, as the holder
 // would have done — a cancel the tool was interrupted in is then in effect,
 // and a node with a larger size limit does not run a spec another rejected.
-// If not, nothing was filed: only the lease goes, and pending/ is judged again.
-func (p *Protocol) finishFile(ctx context.Context, quit <-chan struct{}, c *Claim, pendingETag string) {
+// A pending/ of other bytes or written since is a resubmission and stays. If
+// nothing was filed, a filing that honours a cancel mark is done now; any
+// other is undone: only the lease goes, and pending/ is judged again.
+func (p *Protocol) finishFile(ctx context.Context, quit <-chan struct{}, c *Claim, judged version) {
 	var res queue.Object
 	err := c.act(ctx, quit, "check failed", func(ctx context.Context) (err error) {
 		res, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Failed, c.id))
@@ -98,11 +100,19 @@ func (p *Protocol) finishFile(ctx context.Context, quit <-chan struct{}, c *Clai
 	})
 	switch {
 	case err == nil && res.Metadata[metaToken] == c.origin:
-		if err := p.consumeFiled(ctx, quit, c, pendingETag); err != nil {
+		err := p.consumeJudged(ctx, quit, c, judged)
+		if err != nil {
 			p.leave(c, err)
 			return
 		}
 		c.log.Info("recovery: finished an interrupted filing", "event", "recovery.file_finished", "outcome", res.Metadata[metaOutcome])
+	case (err == nil || errors.Is(err, queue.ErrNotFound)) && c.CancelledBy() != "":
+		key := p.cfg.Layout.Key(queue.Pending, c.id)
+		spec := Spec{ID: c.id, Key: key, ETag: judged.etag, Modified: judged.modified}
+		if err := p.fileUnder(ctx, quit, c, spec, Cancelled, "cancelled by "+c.CancelledBy()); err != nil && !errors.Is(err, ErrGone) {
+			p.leave(c, err)
+		}
+		return
 	case err == nil, errors.Is(err, queue.ErrNotFound):
 		c.log.Info("recovery: an interrupted filing wrote nothing; pending/ stays", "event", "recovery.file_undone")
 	default:
@@ -110,4 +120,25 @@ func (p *Protocol) finishFile(ctx context.Context, quit <-chan struct{}, c *Clai
 		return
 	}
 	c.end(ctx, quit)
+}
+
+// consumeJudged is consumeFiled for a successor, which cannot know whether
+// the holder's delete landed: it deletes pending/ only while it still holds
+// the version judged, not an identical resubmission written since.
+func (p *Protocol) consumeJudged(ctx context.Context, quit <-chan struct{}, c *Claim, judged version) error {
+	var head queue.Object
+	err := c.act(ctx, quit, "read pending", func(ctx context.Context) (err error) {
+		head, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Pending, c.id))
+		return err
+	})
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		return nil
+	case err != nil:
+		return err
+	case !judged.is(head):
+		c.log.Info("recovery: pending/ holds a version written since the filing; it stays", "event", "recovery.resubmission_kept")
+		return nil
+	}
+	return p.consumeFiled(ctx, quit, c, judged.etag)
 }

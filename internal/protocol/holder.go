@@ -356,7 +356,13 @@ func (c *Claim) waitValid(ctx context.Context, quit <-chan struct{}) (time.Time,
 // end deletes the lease, the last step of every ownership, and stops the
 // keeper. A lease that cannot be deleted is left for recovery, which finds the
 // work already done.
-func (c *Claim) end(ctx context.Context, quit <-chan struct{}) {
+func (c *Claim) end(ctx context.Context, quit <-chan struct{}) { c.endLease(ctx, quit, false) }
+
+// endLease is end. With unlessMarked, a cancel mark found on the lease (one
+// that landed since the holder last looked) stops the delete: endLease then
+// returns false, the lease still held, for the caller to honour the mark.
+func (c *Claim) endLease(ctx context.Context, quit <-chan struct{}, unlessMarked bool) bool {
+	marked := false
 	err := c.act(ctx, quit, "delete lease", func(ctx context.Context) error {
 		c.writeMu.Lock()
 		defer c.writeMu.Unlock()
@@ -371,6 +377,10 @@ func (c *Claim) end(ctx context.Context, quit <-chan struct{}) {
 				c.mu.Lock()
 				c.etag = tag
 				c.mu.Unlock()
+				if unlessMarked && c.CancelledBy() != "" {
+					marked = true
+					return nil
+				}
 				err = c.p.store.Delete(ctx, c.key, tag)
 			}
 		}
@@ -379,10 +389,14 @@ func (c *Claim) end(ctx context.Context, quit <-chan struct{}) {
 		}
 		return err
 	})
+	if marked {
+		return false
+	}
 	c.drop()
 	if err != nil {
 		c.log.Warn("lease not deleted; recovery will clear it", "event", "lease.delete_failed", "err", err)
 	}
+	return true
 }
 
 // drop stops the keeper without touching the lease.

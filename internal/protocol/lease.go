@@ -56,6 +56,9 @@ type leaseBody struct {
 	// PendingETag is the pending/ version this claim consumes: while pending/
 	// still holds it, no run of this claim can have started.
 	PendingETag string `json:"pending_etag,omitempty"`
+	// PendingModified is when that version was written (as the store said):
+	// an identical resubmission has the same ETag, not the same time.
+	PendingModified string `json:"pending_modified,omitempty"`
 	// FailedETag is the failed/ version a requeue moves back to pending/.
 	FailedETag string `json:"failed_etag,omitempty"`
 	// ResultKey and ResultETag name the result a prune judged old.
@@ -70,6 +73,36 @@ type leaseBody struct {
 }
 
 func (l leaseBody) ttl() time.Duration { return time.Duration(l.TTLMillis) * time.Millisecond }
+
+// version names one version of an object: its ETag and when it was written.
+// An ETag is the MD5 of the bytes, so an identical resubmission, rerun or
+// result shares it; the time tells them apart (to the store's resolution,
+// a second on S3). A zero time compares ETags only (a lease or claim
+// written before versions were recorded).
+type version struct {
+	etag     string
+	modified time.Time
+}
+
+// is reports whether o is the version v.
+func (v version) is(o queue.Object) bool {
+	return o.ETag == v.etag && (v.modified.IsZero() || o.LastModified.Equal(v.modified))
+}
+
+// pending returns the pending/ version the lease's intent judged.
+func (l leaseBody) pending() version {
+	t, _ := time.Parse(time.RFC3339Nano, l.PendingModified)
+	return version{etag: l.PendingETag, modified: t}
+}
+
+// withPending returns l judging the pending/ version v.
+func (l leaseBody) withPending(v version) leaseBody {
+	l.PendingETag, l.PendingModified = v.etag, ""
+	if !v.modified.IsZero() {
+		l.PendingModified = v.modified.UTC().Format(time.RFC3339Nano)
+	}
+	return l
+}
 
 // intent returns the lease's intent; a lease written before intents had them
 // says what it does in its state.

@@ -161,7 +161,7 @@ func pending(t *testing.T, p *Protocol, s *memStore, id string) Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Spec{ID: id, Key: key, ETag: etag, Body: body}
+	return Spec{ID: id, Key: key, ETag: etag, Modified: s.objs[key].LastModified, Body: body}
 }
 
 func TestClaimResolvesItsOwnAmbiguousLeaseCreate(t *testing.T) {

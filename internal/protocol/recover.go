@@ -129,14 +129,14 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 	case intentRequeue:
 		p.finishRequeue(ctx, quit, c, mine.FailedETag)
 	case intentFile:
-		p.finishFile(ctx, quit, c, mine.PendingETag)
+		p.finishFile(ctx, quit, c, mine.pending())
 	case intentPrune:
 		// Nothing is written before the prune's one delete: whether or not
 		// it landed, only the lease is left. The tool said nothing it did
 		// not see land.
 		c.end(ctx, quit)
 	default:
-		p.settle(ctx, quit, c, old.Token, mine.PendingETag, mine.Attempts)
+		p.settle(ctx, quit, c, old.Token, mine.pending(), mine.Attempts)
 	}
 }
 
@@ -181,21 +181,23 @@ func (p *Protocol) takeOverOrphan(ctx context.Context, quit <-chan struct{}, id 
 	p.cfg.Metrics.LeaseTakenOver()
 	log.Warn("recovery: claim without a lease; settling it", "event", "recovery.orphan")
 	attempts, _ := strconv.Atoi(o.Metadata[metaAttempts])
-	p.settle(ctx, quit, c, o.Metadata[metaToken], o.Metadata[metaPendingETag], attempts)
+	p.settle(ctx, quit, c, o.Metadata[metaToken], version{etag: o.Metadata[metaPendingETag]}, attempts)
 }
 
 // settle decides, under our lease, what becomes of a spec whose holder
 // (token prev) stopped: nothing to return if it never consumed pending/, only
 // cleanup if its result is written, otherwise back to pending/ or, with its
 // attempts used up, to failed/.
-func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, prev, pendingETag string, attempts int) {
+func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, prev string, judged version, attempts int) {
 	id := c.id
 	var pending queue.Object
 	err := c.act(ctx, quit, "check pending", func(ctx context.Context) (err error) {
 		pending, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Pending, id))
 		return err
 	})
-	consumed := errors.Is(err, queue.ErrNotFound) || err == nil && pendingETag != "" && pending.ETag != pendingETag
+	// A pending/ of the same bytes written since (a resubmission) is not
+	// the version the claim judged: that one was consumed.
+	consumed := errors.Is(err, queue.ErrNotFound) || err == nil && judged.etag != "" && !judged.is(pending)
 	if err != nil && !errors.Is(err, queue.ErrNotFound) {
 		p.leave(c, err)
 		return
@@ -244,12 +246,7 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 		// pending/ still holds the spec. Only the claim goes.
 		c.log.Info("recovery: the claim never started; pending/ still holds the spec", "event", "recovery.never_started")
 		p.adoptClaimed(ctx, quit, c)
-		if by := c.CancelledBy(); by != "" {
-			p.cancelUnconsumed(ctx, quit, c, pendingETag, by)
-			return
-		}
-		c.clearClaimed(ctx, quit)
-		c.end(ctx, quit)
+		p.endUnconsumed(ctx, quit, c)
 		return
 	}
 	var claimed queue.Object
@@ -282,26 +279,6 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 	}
 	rec := Record{Outcome: Abandoned, Reason: fmt.Sprintf("abandoned after %d attempts", attempts), Finished: time.Now()}
 	if err := c.Finish(ctx, quit, rec); err != nil {
-		p.leave(c, err)
-	}
-}
-
-// cancelUnconsumed honours a cancel mark left on a claim that never consumed
-// pending/: the pending version is filed cancelled, as fleetd cancel would
-// have filed it. The lease first turns to the file intent, so a successor
-// finishes the filing rather than clearing a claim and leaving pending/ to run.
-func (p *Protocol) cancelUnconsumed(ctx context.Context, quit <-chan struct{}, c *Claim, pendingETag, by string) {
-	c.mu.Lock()
-	c.lease.Intent, c.lease.State, c.lease.PendingETag = intentFile, stateRejecting, pendingETag
-	c.mu.Unlock()
-	if err := c.act(ctx, quit, "turn to filing", c.renew); err != nil {
-		p.leave(c, err)
-		return
-	}
-	c.clearClaimed(ctx, quit)
-	key := p.cfg.Layout.Key(queue.Pending, c.id)
-	err := p.fileUnder(ctx, quit, c, Spec{ID: c.id, Key: key, ETag: pendingETag}, Cancelled, "cancelled by "+by)
-	if err != nil && !errors.Is(err, ErrGone) {
 		p.leave(c, err)
 	}
 }
