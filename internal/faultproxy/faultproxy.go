@@ -59,7 +59,8 @@ const (
 	// resets the request.
 	Delay
 	// Hold blocks the request before forwarding until Handle.Release or
-	// Handle.Remove (then it is forwarded), or Clear or Close.
+	// Handle.Remove (then it is forwarded), or Clear or Close. A client that
+	// gives up meanwhile ends it (reset, not forwarded) unless Rule.Outlive.
 	Hold
 )
 
@@ -89,6 +90,12 @@ type Rule struct {
 	Code string
 	// Delay is how long Delay sleeps.
 	Delay time.Duration
+	// Outlive makes Hold forward a held request on release even if its client
+	// has given up meanwhile, the way a buffering proxy or a slow path delivers
+	// a request its sender abandoned: the body is read before the hold, and
+	// the answer goes to the client only if it is still there. Handle.Forwarded
+	// tells when such a request has been answered, and how.
+	Outlive bool
 
 	// Prob is the chance that the rule fires on a matching request, drawn
 	// from the proxy's seeded generator; 0 (or 1) means always.
@@ -132,12 +139,13 @@ type Handle struct {
 	rule Rule
 
 	// Guarded by p.mu.
-	matched  int
-	fired    int
-	removed  bool
-	released bool
-	release  chan struct{} // closed by Release or Remove: held requests go on
-	changed  chan struct{} // closed and replaced whenever fired or removed changes
+	matched   int
+	fired     int
+	forwarded []int // statuses the server gave held requests, Outlive only
+	removed   bool
+	released  bool
+	release   chan struct{} // closed by Release or Remove: held requests go on
+	changed   chan struct{} // closed and replaced whenever fired or removed changes
 }
 
 // Fired returns how often the rule has fired so far. A Hold rule fires when
@@ -165,6 +173,26 @@ func (h *Handle) Wait(ctx context.Context, n int) error {
 		case <-changed:
 		case <-ctx.Done():
 			return fmt.Errorf("faultproxy: wait for %d fires, have %d: %w", n, fired, ctx.Err())
+		}
+	}
+}
+
+// Forwarded blocks until n requests held by an Outlive rule have been
+// forwarded and answered, and returns the statuses the server gave all of
+// them so far, in order. A removed rule still forwards what it held, so only
+// the context ends the wait early.
+func (h *Handle) Forwarded(ctx context.Context, n int) ([]int, error) {
+	for {
+		h.p.mu.Lock()
+		got, changed := slices.Clone(h.forwarded), h.changed
+		h.p.mu.Unlock()
+		if len(got) >= n {
+			return got, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return got, fmt.Errorf("faultproxy: wait for %d forwarded, have %d: %w", n, len(got), ctx.Err())
 		}
 	}
 }
@@ -211,6 +239,7 @@ func (h *Handle) broadcastLocked() {
 // concurrent use.
 type Proxy struct {
 	url       string
+	ctx       context.Context // ends with the proxy: what an Outlive request is forwarded under
 	srv       *http.Server
 	rp        *httputil.ReverseProxy
 	transport *http.Transport
@@ -245,6 +274,7 @@ func Start(target string, seed uint64) (*Proxy, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
 		url:    "http://" + ln.Addr().String(),
+		ctx:    ctx,
 		cancel: cancel,
 		served: make(chan struct{}),
 		rng:    rand.New(rand.NewPCG(seed, seed)),
@@ -365,6 +395,7 @@ type fault struct {
 	code    string
 	delay   time.Duration
 	release <-chan struct{} // Hold
+	outlive *Handle         // Hold with Outlive: the rule, told each answer
 }
 
 func (p *Proxy) decideLocked(r *http.Request) fault {
@@ -393,10 +424,13 @@ func (p *Proxy) decideLocked(r *http.Request) fault {
 		h.broadcastLocked()
 		f := fault{action: rule.Action, status: rule.Status, code: rule.Code, delay: rule.Delay}
 		if f.action == Hold {
-			if h.released {
+			if h.released && !rule.Outlive {
 				f.action = Pass
 			}
 			f.release = h.release
+			if rule.Outlive {
+				f.outlive = h
+			}
 		}
 		return f
 	}
@@ -434,6 +468,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		p.rp.ServeHTTP(w, r)
 	case Hold:
+		if f.outlive != nil {
+			p.holdOutliving(w, r, f)
+			return
+		}
 		select {
 		case <-f.release:
 		case <-ctx.Done():
@@ -457,6 +495,42 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		p.rp.ServeHTTP(w, r)
 	}
+}
+
+// holdOutliving holds r until release and then forwards it whether or not its
+// client is still there; only Close ends the hold without forwarding.
+func (p *Proxy) holdOutliving(w http.ResponseWriter, r *http.Request, f fault) {
+	// Read while the client is there: once it has gone the body is too.
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		reset(w)
+		return
+	}
+	select {
+	case <-f.release:
+	case <-p.ctx.Done():
+	}
+	if p.ctx.Err() != nil {
+		reset(w)
+		return
+	}
+	out := r.Clone(p.ctx)
+	out.Body = io.NopCloser(bytes.NewReader(body))
+	out.ContentLength = int64(len(body))
+	c := &capture{header: http.Header{}}
+	p.rp.ServeHTTP(c, out)
+	p.mu.Lock()
+	f.outlive.forwarded = append(f.outlive.forwarded, c.status)
+	f.outlive.broadcastLocked()
+	p.mu.Unlock()
+	if r.Context().Err() != nil {
+		return // the client gave up: nobody reads the answer
+	}
+	maps.Copy(w.Header(), c.header)
+	if c.status != 0 {
+		w.WriteHeader(c.status)
+	}
+	_, _ = w.Write(c.body.Bytes())
 }
 
 // capture is a ResponseWriter that keeps the upstream response, so an After

@@ -354,6 +354,43 @@ func TestHold(t *testing.T) {
 	}
 }
 
+func TestHoldOutlivesItsClient(t *testing.T) {
+	p, up := setup(t)
+	h := p.Add(Rule{Method: "PUT", Action: Hold, Outlive: true, Times: 1})
+	c := newClient(t, false)
+	c.Timeout = 200 * time.Millisecond
+	// The client gives up on the held request...
+	if r := do(c, "PUT", p.URL()+"/bkt/late", "abandoned", nil); r.err == nil {
+		t.Fatalf("held PUT answered %d, want the client to time out", r.status)
+	}
+	if n := len(up.seen()); n != 0 {
+		t.Fatalf("upstream saw %d requests while held, want 0", n)
+	}
+	// ...and the request lands anyway, body and all, once released.
+	h.Release()
+	statuses, err := h.Forwarded(timeout(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := up.seen(); len(statuses) != 1 || statuses[0] != 200 || len(got) != 1 || got[0].Body != "abandoned" {
+		t.Errorf("forwarded %v, upstream saw %+v; want one 200 with the body", statuses, got)
+	}
+}
+
+func TestHoldOutliveAnswersAClientStillThere(t *testing.T) {
+	p, _ := setup(t)
+	h := p.Add(Rule{Action: Hold, Outlive: true})
+	done := make(chan result)
+	go func() { done <- do(newClient(t, false), "PUT", p.URL()+"/bkt/k", "x", nil) }()
+	if err := h.Wait(timeout(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	h.Release()
+	if r := <-done; r.err != nil || r.status != 200 {
+		t.Errorf("held PUT: %d, %v; want 200", r.status, r.err)
+	}
+}
+
 func TestRemoveReleasesHeld(t *testing.T) {
 	p, up := setup(t)
 	h := p.Add(Rule{Action: Hold})
