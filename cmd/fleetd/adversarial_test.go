@@ -6,6 +6,8 @@ package main
 // node died holding it, nothing left in pending/, claimed/ or leases/.
 
 import (
+	"context"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -184,18 +186,20 @@ func TestAdversarialRecoveryChainForgetsTheResult(t *testing.T) {
 	b.assertClean()
 }
 
-// TestAdversarialLateClaimedWriteReruns: a claim's write of claimed/ is held
+// TestAdversarialLateClaimedWriteRefused: a claim's write of claimed/ is held
 // past the claimer's patience; the retry lands, the spec (v1) runs and
 // completes, and a resubmission (v2) runs and completes. Then the held write
-// lands: a lease-less claimed/ of v1. Orphan recovery found no result under
-// v1's token (v2's result replaced it) and pending/ gone, so it returned v1 to
-// pending/: v1 ran a second time with no node dead, and its result replaced
-// v2's.
-func TestAdversarialLateClaimedWriteReruns(t *testing.T) {
+// arrives. Header-signed, it landed as a lease-less claimed/ of v1 that orphan
+// recovery returned to pending/: v1 ran a second time with no node dead and
+// its result replaced v2's. Signed with an expiry at its attempt's deadline,
+// it is refused by the store (docs/PROTOCOL.md, "Requests that cannot land
+// late").
+func TestAdversarialLateClaimedWriteRefused(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	proxy := startProxy(t)
-	held := proxy.Add(faultproxy.Rule{Method: "PUT", Key: regexp.MustCompile(`^fleet/claimed/o\.json$`), Action: faultproxy.Hold, Times: 1})
+	held := proxy.Add(faultproxy.Rule{Method: "PUT", Key: regexp.MustCompile(`^fleet/claimed/o\.json$`),
+		Action: faultproxy.Hold, Outlive: true, Times: 1})
 	b.submit("o", map[string]any{"sleepMs": 0})
 	a := startAgent(t, b, advSettings(proxy, "a", nil))
 	awaitFired(t, held, 1) // claimed/ write
@@ -206,15 +210,15 @@ func TestAdversarialLateClaimedWriteReruns(t *testing.T) {
 	b.waitSettled("o")
 
 	held.Release()
-	deadline := time.Now().Add(30 * time.Second)
-	for !b.exists(b.key("claimed", "o")) {
-		if time.Now().After(deadline) {
-			t.Fatal("the held claimed/ write never landed")
-		}
-		time.Sleep(10 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	statuses, err := held.Forwarded(ctx, 1)
+	if err != nil {
+		t.Fatalf("the held claimed/ write was never forwarded: %v", err)
 	}
-	a.logs.awaitEvents(t, 1, "recovery.orphan", "recovery.late_claim_cleared")
-	b.waitSettled("o")
+	if statuses[0] != http.StatusForbidden || b.exists(b.key("claimed", "o")) {
+		t.Errorf("the late claimed/ write answered %d; want 403, nothing written", statuses[0])
+	}
 	a.signal(syscall.SIGTERM)
 	a.wait()
 	if got := starts(a.cellEvents()); got["o"] != 2 {

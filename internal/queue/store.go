@@ -3,6 +3,8 @@ package queue
 import (
 	"bytes"
 	"context"
+	"crypto/md5"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsmw "github.com/aws/aws-sdk-go-v2/aws/middleware"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/middleware"
@@ -98,6 +101,12 @@ type Store struct {
 	// slow is the pause before each attempt, in nanoseconds: raised when S3
 	// says SlowDown, lowered by every success, so the agent backs off as a whole.
 	slow atomic.Int64
+	// clock bounds the store's clock, for the expiry of each write attempt.
+	clock  serverClock
+	signer *v4.Signer
+	// noExpiry signs writes the SDK's way, with no expiry: tests show with it
+	// what the expiry prevents.
+	noExpiry bool
 }
 
 // New returns a store for bucket through client; zero fields of policy take
@@ -115,7 +124,7 @@ func New(client *s3.Client, bucket string, policy Policy) *Store {
 	if policy.MaxDelay <= 0 {
 		policy.MaxDelay = DefaultPolicy.MaxDelay
 	}
-	return &Store{client: client, bucket: bucket, policy: policy}
+	return &Store{client: client, bucket: bucket, policy: policy, signer: v4.NewSigner()}
 }
 
 // attempt is the outcome of one try of a request.
@@ -143,7 +152,9 @@ func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) (uns
 			}
 		}
 		actx, cancel := context.WithTimeout(ctx, s.policy.Timeout)
-		err = fn(actx)
+		var last time.Time // set by presign (expiry.go) for a write
+		err = fn(context.WithValue(actx, lastAcceptKey{}, &last))
+		timedOut := errors.Is(actx.Err(), context.DeadlineExceeded)
 		cancel()
 		kind := classify(err)
 		s.adapt(err)
@@ -156,8 +167,14 @@ func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) (uns
 		if ctx.Err() != nil || i+1 >= s.policy.Attempts {
 			return unsure, err
 		}
-		backoff := min(s.policy.MaxDelay, s.policy.BaseDelay<<min(i, 20))
-		if werr := sleep(ctx, rand.N(backoff)+1); werr != nil {
+		backoff := rand.N(min(s.policy.MaxDelay, s.policy.BaseDelay<<min(i, 20))) + 1
+		if timedOut {
+			// An attempt given up on may still be on its way: the next is not
+			// sent until the store would refuse this one (under a second
+			// past its deadline, and only when it had under a second left).
+			backoff = max(backoff, time.Until(last))
+		}
+		if werr := sleep(ctx, backoff); werr != nil {
 			return unsure, err
 		}
 	}
@@ -188,6 +205,9 @@ func (s *Store) adapt(err error) {
 func classify(err error) attempt {
 	if err == nil {
 		return done
+	}
+	if isExpired(err) {
+		return retry // refused on arrival, or never sent: not applied
 	}
 	status := httpStatus(err)
 	switch {
@@ -225,7 +245,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(Page) error) er
 	for {
 		var out *s3.ListObjectsV2Output
 		_, err := s.do(ctx, func(ctx context.Context) (err error) {
-			out, err = s.client.ListObjectsV2(ctx, in)
+			out, err = s.client.ListObjectsV2(ctx, in, s.expiring(false))
 			return err
 		})
 		if err != nil {
@@ -258,7 +278,7 @@ func (s *Store) Dirs(ctx context.Context, prefix string) ([]string, error) {
 	for {
 		var out *s3.ListObjectsV2Output
 		_, err := s.do(ctx, func(ctx context.Context) (err error) {
-			out, err = s.client.ListObjectsV2(ctx, in)
+			out, err = s.client.ListObjectsV2(ctx, in, s.expiring(false))
 			return err
 		})
 		if err != nil {
@@ -279,7 +299,7 @@ func (s *Store) Dirs(ctx context.Context, prefix string) ([]string, error) {
 func (s *Store) Get(ctx context.Context, key string, limit int64) (Object, error) {
 	var o Object
 	_, err := s.do(ctx, func(ctx context.Context) error {
-		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
+		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key}, s.expiring(false))
 		if err != nil {
 			return err
 		}
@@ -323,7 +343,7 @@ func (s *Store) Get(ctx context.Context, key string, limit int64) (Object, error
 func (s *Store) Head(ctx context.Context, key string) (Object, error) {
 	var out *s3.HeadObjectOutput
 	_, err := s.do(ctx, func(ctx context.Context) (err error) {
-		out, err = s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key})
+		out, err = s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key}, s.expiring(false))
 		return err
 	})
 	if err != nil {
@@ -357,10 +377,14 @@ func (s *Store) Put(ctx context.Context, key string, body []byte, opt PutOptions
 	if opt.IfMatch != "" {
 		in.IfMatch = aws.String(opt.IfMatch)
 	}
+	// A presigned attempt (expiry.go) cannot sign its body; the signed
+	// Content-MD5 makes the store refuse bytes changed on the way.
+	sum := md5.Sum(body)
+	in.ContentMD5 = aws.String(base64.StdEncoding.EncodeToString(sum[:]))
 	var etag string
 	unsure, err := s.do(ctx, func(ctx context.Context) error {
 		in.Body = bytes.NewReader(body)
-		out, err := s.client.PutObject(ctx, in)
+		out, err := s.client.PutObject(ctx, in, s.expiring(true))
 		if err == nil {
 			etag = aws.ToString(out.ETag)
 		}
@@ -402,7 +426,7 @@ func (s *Store) Copy(ctx context.Context, src, dst string, opt CopyOptions) erro
 	}
 	// An unconditional write of the same bytes: repeating it is harmless.
 	_, err := s.do(ctx, func(ctx context.Context) error {
-		_, err := s.client.CopyObject(ctx, in)
+		_, err := s.client.CopyObject(ctx, in, s.expiring(true))
 		return err
 	})
 	if err != nil {
@@ -439,7 +463,7 @@ func (s *Store) Delete(ctx context.Context, key, ifMatch string) error {
 		in.IfMatch = aws.String(ifMatch)
 	}
 	unsure, err := s.do(ctx, func(ctx context.Context) error {
-		_, err := s.client.DeleteObject(ctx, in)
+		_, err := s.client.DeleteObject(ctx, in, s.expiring(true))
 		return err
 	})
 	if err == nil {
@@ -453,7 +477,7 @@ func (s *Store) Delete(ctx context.Context, key, ifMatch string) error {
 		// Whether or not an earlier attempt of ours landed, the key now holds a
 		// version that is not the one we meant to delete.
 		return fmt.Errorf("s3: delete %s: %w", key, err)
-	case unsure || classify(err) != done:
+	case unsure || classify(err) != done && !errors.Is(err, ErrExpired):
 		return fmt.Errorf("s3: delete %s: %w: %w", key, ErrUnknown, err)
 	}
 	return fmt.Errorf("s3: delete %s: %w", key, err)
@@ -462,6 +486,9 @@ func (s *Store) Delete(ctx context.Context, key, ifMatch string) error {
 // mapError turns the S3 answers the protocol branches on into sentinels and
 // leaves every other error as it is.
 func mapError(err error) error {
+	if isExpired(err) && !errors.Is(err, ErrExpired) {
+		return fmt.Errorf("%w: %w", ErrExpired, err)
+	}
 	var api smithy.APIError
 	if errors.As(err, &api) {
 		switch api.ErrorCode() {
@@ -548,8 +575,12 @@ func Observe(observe func(operation string, status int, d time.Duration)) func(*
 
 // Refused reports whether S3 definitely refused a request with an answer no
 // retry will change: a 4xx other than the ones the protocol branches on
-// (access denied, no such bucket, bad signature, unknown access key).
+// (access denied, no such bucket, bad signature, unknown access key), and
+// other than an attempt refused for arriving after its expiry.
 func Refused(err error) bool {
+	if isExpired(err) {
+		return false // this attempt was late; the next one may not be
+	}
 	status := httpStatus(err)
 	return status >= 400 && status < 500 && status != http.StatusNotFound && status != http.StatusConflict &&
 		status != http.StatusPreconditionFailed && status != http.StatusTooManyRequests && status != http.StatusRequestTimeout ||
