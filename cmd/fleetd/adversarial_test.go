@@ -229,3 +229,46 @@ func TestAdversarialLateClaimedWriteRefused(t *testing.T) {
 	}
 	b.assertClean()
 }
+
+// TestAdversarialLateDeleteSparesAResubmission (issue 18, item 4): the
+// claim's DELETE pending/ If-Match E0 is held past the claimer's patience; its
+// retry deletes, the spec runs and completes, the node stops. The same bytes
+// are submitted again — the same ETag — and then the held DELETE arrives.
+// Header-signed it deleted the resubmission unseen (2 submissions, 1 run);
+// signed with an expiry at its attempt's deadline the store refuses it.
+func TestAdversarialLateDeleteSparesAResubmission(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	proxy := startProxy(t)
+	held := proxy.Add(faultproxy.Rule{Method: "DELETE", Key: regexp.MustCompile(`^fleet/pending/o\.json$`),
+		Action: faultproxy.Hold, Outlive: true, Times: 1})
+	v1 := b.submit("o", map[string]any{"sleepMs": 0})
+	a := startAgent(t, b, advSettings(proxy, "a", nil))
+	awaitFired(t, held, 1)
+	b.waitSettled("o")
+	a.signal(syscall.SIGTERM)
+	a.wait()
+
+	if v2 := b.submit("o", map[string]any{"sleepMs": 0}); string(v2) != string(v1) {
+		t.Fatalf("resubmission %s differs from %s: the ETags would too", v2, v1)
+	}
+	held.Release()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	statuses, err := held.Forwarded(ctx, 1)
+	if err != nil {
+		t.Fatalf("the held DELETE was never forwarded: %v", err)
+	}
+	if statuses[0] != http.StatusForbidden || !b.exists(b.key("pending", "o")) {
+		t.Fatalf("the late DELETE answered %d, pending/o exists: %v; want 403 and the resubmission kept",
+			statuses[0], b.exists(b.key("pending", "o")))
+	}
+	c := startAgent(t, b, advSettings(proxy, "c", nil))
+	b.waitSettled("o")
+	c.signal(syscall.SIGTERM)
+	c.wait()
+	if runs := starts(a.cellEvents())["o"] + starts(c.cellEvents())["o"]; runs != 2 {
+		t.Errorf("spec o ran %d times for 2 submissions, want 2", runs)
+	}
+	b.assertClean()
+}
