@@ -234,3 +234,41 @@ func isExpired(err error) bool {
 	return errors.As(err, &api) && api.ErrorCode() == "AccessDenied" &&
 		strings.HasPrefix(api.ErrorMessage(), "Request has expired")
 }
+
+// lateWrites remembers, per key, until when a write attempt of ours that
+// timed out may still land: under a second past its deadline, and only when
+// it had under a second left (expiry). A later request on the key waits until
+// then, so a read-back that resolves an unknown outcome, or the caller's
+// repeat, comes after it. Entries live under a second, so the map stays small.
+type lateWrites struct {
+	mu sync.Mutex
+	m  map[string]time.Time
+}
+
+// expect records that a write of key may land until t.
+func (l *lateWrites) expect(key string, t time.Time) {
+	now := time.Now()
+	if !t.After(now) {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = make(map[string]time.Time)
+	}
+	for k, u := range l.m {
+		if !u.After(now) {
+			delete(l.m, k)
+		}
+	}
+	if t.After(l.m[key]) {
+		l.m[key] = t
+	}
+}
+
+// until returns until when a write of key may still land; zero if none may.
+func (l *lateWrites) until(key string) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.m[key]
+}

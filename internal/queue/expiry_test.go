@@ -233,3 +233,46 @@ func TestServerClockStepped(t *testing.T) {
 		t.Errorf("after a step back of an hour the date is %v, want about %v", date, stepped.Add(2*time.Second))
 	}
 }
+
+// A write with under a second left is signed to expire a second later, so it
+// may land after its caller's deadline. The caller's read-back of the key
+// waits until the store would refuse it: what the read-back sees is final.
+func TestReadBackWaitsForALateWrite(t *testing.T) {
+	t.Parallel()
+	s, p, _ := faultyStore(t)
+	if _, err := s.Put(context.Background(), "other", []byte("x"), PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Whether the expiry falls after the deadline depends on where in the
+	// store's second the write is signed: try keys until one does.
+	for i := 0; ; i++ {
+		key := fmt.Sprintf("k%d", i)
+		h := p.Add(faultproxy.Rule{Method: "PUT", Key: regexp.MustCompile("^" + key + "$"), Action: faultproxy.Hold, Outlive: true, Times: 1})
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		_, err := s.Put(ctx, key, []byte("x"), PutOptions{IfAbsent: true})
+		cancel()
+		if !errors.Is(err, ErrUnknown) {
+			t.Fatalf("put held past its deadline: %v, want ErrUnknown", err)
+		}
+		until := s.late.until(key)
+		if until.IsZero() {
+			if i >= 20 {
+				t.Fatal("no write signed to expire after its deadline in 20 tries")
+			}
+			h.Release()
+			continue
+		}
+		if _, err := s.Head(context.Background(), key); !errors.Is(err, ErrNotFound) || time.Now().Before(until) {
+			t.Fatalf("read-back: %v, %v before the late write expires; want ErrNotFound, after it", err, time.Until(until))
+		}
+		h.Release()
+		statuses, err := h.Forwarded(context.Background(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, herr := s.Head(context.Background(), key); statuses[0] != http.StatusForbidden || !errors.Is(herr, ErrNotFound) {
+			t.Errorf("the held write, released after the read-back, answered %d (head: %v); want 403, not there", statuses[0], herr)
+		}
+		return
+	}
+}

@@ -104,6 +104,9 @@ type Store struct {
 	// clock bounds the store's clock, for the expiry of each write attempt.
 	clock  serverClock
 	signer *v4.Signer
+	// late holds, per key, until when a write attempt of ours that timed out
+	// may still land.
+	late lateWrites
 	// noExpiry signs writes the SDK's way, with no expiry: tests show with it
 	// what the expiry prevents.
 	noExpiry bool
@@ -138,8 +141,16 @@ const (
 
 // do runs fn until it succeeds, gives a definite answer, or runs out of
 // attempts; each attempt gets its own timeout. It returns whether any failed
-// attempt may have been applied by the server, and fn's last error.
-func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) (unsure bool, err error) {
+// attempt may have been applied by the server, and fn's last error. key, if
+// not "", is the object fn reads or writes: do first waits until no write of
+// ours to it that timed out can still land (expiry.go), so what it reads or
+// writes comes after that write or never.
+func (s *Store) do(ctx context.Context, key string, fn func(ctx context.Context) error) (unsure bool, err error) {
+	if d := time.Until(s.late.until(key)); key != "" && d > 0 {
+		if err := sleep(ctx, d); err != nil {
+			return false, fmt.Errorf("wait for a write of ours that may still land: %w", err)
+		}
+	}
 	for i := 0; ; i++ {
 		if d := time.Duration(s.slow.Load()); d > 0 {
 			// The pause takes at most a quarter of what the caller has left: a
@@ -156,6 +167,9 @@ func (s *Store) do(ctx context.Context, fn func(ctx context.Context) error) (uns
 		err = fn(context.WithValue(actx, lastAcceptKey{}, &last))
 		timedOut := errors.Is(actx.Err(), context.DeadlineExceeded)
 		cancel()
+		if timedOut && key != "" {
+			s.late.expect(key, last) // for the caller's next request on key
+		}
 		kind := classify(err)
 		s.adapt(err)
 		if kind == done {
@@ -244,7 +258,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(Page) error) er
 	in := &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix}
 	for {
 		var out *s3.ListObjectsV2Output
-		_, err := s.do(ctx, func(ctx context.Context) (err error) {
+		_, err := s.do(ctx, "", func(ctx context.Context) (err error) {
 			out, err = s.client.ListObjectsV2(ctx, in, s.expiring(false))
 			return err
 		})
@@ -277,7 +291,7 @@ func (s *Store) Dirs(ctx context.Context, prefix string) ([]string, error) {
 	var dirs []string
 	for {
 		var out *s3.ListObjectsV2Output
-		_, err := s.do(ctx, func(ctx context.Context) (err error) {
+		_, err := s.do(ctx, "", func(ctx context.Context) (err error) {
 			out, err = s.client.ListObjectsV2(ctx, in, s.expiring(false))
 			return err
 		})
@@ -298,7 +312,7 @@ func (s *Store) Dirs(ctx context.Context, prefix string) ([]string, error) {
 // wraps ErrTooLarge and the returned Object has everything but the body.
 func (s *Store) Get(ctx context.Context, key string, limit int64) (Object, error) {
 	var o Object
-	_, err := s.do(ctx, func(ctx context.Context) error {
+	_, err := s.do(ctx, key, func(ctx context.Context) error {
 		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key}, s.expiring(false))
 		if err != nil {
 			return err
@@ -342,7 +356,7 @@ func (s *Store) Get(ctx context.Context, key string, limit int64) (Object, error
 // Head describes an object without reading it.
 func (s *Store) Head(ctx context.Context, key string) (Object, error) {
 	var out *s3.HeadObjectOutput
-	_, err := s.do(ctx, func(ctx context.Context) (err error) {
+	_, err := s.do(ctx, key, func(ctx context.Context) (err error) {
 		out, err = s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key}, s.expiring(false))
 		return err
 	})
@@ -382,7 +396,7 @@ func (s *Store) Put(ctx context.Context, key string, body []byte, opt PutOptions
 	sum := md5.Sum(body)
 	in.ContentMD5 = aws.String(base64.StdEncoding.EncodeToString(sum[:]))
 	var etag string
-	unsure, err := s.do(ctx, func(ctx context.Context) error {
+	unsure, err := s.do(ctx, key, func(ctx context.Context) error {
 		in.Body = bytes.NewReader(body)
 		out, err := s.client.PutObject(ctx, in, s.expiring(true))
 		if err == nil {
@@ -425,7 +439,7 @@ func (s *Store) Copy(ctx context.Context, src, dst string, opt CopyOptions) erro
 		in.CopySourceIfMatch = aws.String(opt.SourceIfMatch)
 	}
 	// An unconditional write of the same bytes: repeating it is harmless.
-	_, err := s.do(ctx, func(ctx context.Context) error {
+	_, err := s.do(ctx, dst, func(ctx context.Context) error {
 		_, err := s.client.CopyObject(ctx, in, s.expiring(true))
 		return err
 	})
@@ -462,7 +476,7 @@ func (s *Store) Delete(ctx context.Context, key, ifMatch string) error {
 	if ifMatch != "" {
 		in.IfMatch = aws.String(ifMatch)
 	}
-	unsure, err := s.do(ctx, func(ctx context.Context) error {
+	unsure, err := s.do(ctx, key, func(ctx context.Context) error {
 		_, err := s.client.DeleteObject(ctx, in, s.expiring(true))
 		return err
 	})
