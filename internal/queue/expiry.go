@@ -54,8 +54,9 @@ const maxExpires = 7 * 24 * 60 * 60
 // sent at local time s and received at r with Date d was stamped by the store
 // at a moment in [s, r] whose true time was in [d, d+1s): so at any later
 // local time t the store's clock reads at least d + (t − r) and less than
-// d + 1 s + (t − s). The bounds of many answers are intersected, so they
-// narrow to about a round trip. Local times are monotonic readings: a step of
+// d + 1 s + (t − s). The bounds of many answers are intersected: from 1 s
+// wide they narrow toward a round trip as answers come at different points
+// of the store's second. Local times are monotonic readings: a step of
 // the local wall clock changes nothing.
 type serverClock struct {
 	mu    sync.Mutex
