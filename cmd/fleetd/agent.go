@@ -78,7 +78,7 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		Logger:       log,
 		Metrics:      m,
 	}, store, proto, prog.Runner(newRunner(cfg, supervisor, getenv, stdout, stderr)), d)
-	rescuer := recovery.New(proto, d, cfg.LeaseTTL, log)
+	rescuer := recovery.New(proto, d, cfg.LeaseTTL, log, nil)
 	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
 		Pool: cfg.PoolID, Concurrency: cfg.Concurrency, InFlight: p.Cells, Logger: log}
 

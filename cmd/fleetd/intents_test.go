@@ -215,6 +215,24 @@ func TestIntentRequeueSurvivesTwoStoppedHolders(t *testing.T) {
 // and every listing of leases/ too, so the holder neither renews nor reads its
 // lease, and no recovery of its own takes the lease over meanwhile. Remove the
 // two handles to end the outage.
+// awaitRunning waits until id's lease says its cell runs: the holder's
+// keeper has renewed it since the claim. (fleetd cancel does not mark a
+// lease that still says "claiming": its holder might start the cell and end
+// it before reading the lease again.)
+func awaitRunning(t *testing.T, b *bucket, id string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if body, _ := b.get(b.key("leases", id)); strings.Contains(string(body), `"state":"running"`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lease of %s never said running", id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func cutLease(p *faultproxy.Proxy, b *bucket, id string) (lease, listing *faultproxy.Handle) {
 	lease = p.Add(faultproxy.Rule{Key: keyOf(b, "leases", id), Action: faultproxy.ErrorBefore, Status: 500})
 	listing = p.Add(faultproxy.Rule{Method: "GET", Key: regexp.MustCompile(`^$`), Query: "leases", Action: faultproxy.ErrorBefore, Status: 500})
@@ -234,6 +252,7 @@ func TestIntentCancelWhileFencedIsHonoured(t *testing.T) {
 	body := b.submit("x", map[string]any{"waitFor": release})
 	a := startAgent(t, b, intentsAgent(p, "holder", map[string]string{"CELLOS_FLEET_LEASE_TTL_MS": "6000"}))
 	a.logs.awaitEvent(t, "cell.started", 1)
+	awaitRunning(t, b, "x")
 
 	lease, listing := cutLease(p, b, "x")
 	awaitFired(t, lease, 1) // a renewal refused
@@ -280,6 +299,7 @@ func TestIntentCancelAtDrainDeadlineIsHonoured(t *testing.T) {
 		"CELLOS_FLEET_DRAIN_TIMEOUT_MS": "300",
 	}))
 	a.logs.awaitEvent(t, "cell.started", 1)
+	awaitRunning(t, b, "d")
 
 	lease, listing := cutLease(p, b, "d")
 	code, out, errOut := runCLI(t, b, "cancel", "d")

@@ -55,6 +55,10 @@ type Config struct {
 	// time.After. It is its own hook because it may start while a worker is
 	// only between two items, which a test's timer must not count as a wait.
 	BusyAfter func(time.Duration) <-chan time.Time
+	// Rand draws the poll's jitter and the page's shuffle; nil: a source of
+	// its own, seeded at random. A simulation passes a seeded one so that a
+	// seed replays. Used by the lister's goroutine alone.
+	Rand *rand.Rand
 }
 
 // maxRemembered bounds the sets of keys the lister remembers, so a queue full of
@@ -85,6 +89,9 @@ type remembered struct {
 
 // New returns a Lister.
 func New(cfg Config) *Lister {
+	if cfg.Rand == nil {
+		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
 	return &Lister{
 		cfg:        cfg,
 		staleAlarm: make(chan struct{}, 1),
@@ -152,7 +159,7 @@ func (l *Lister) Run(ctx context.Context, out chan<- Item) {
 		for now := time.Now(); !next.After(now); {
 			next = next.Add(l.cfg.Interval)
 		}
-		jitter := time.Duration(rand.Int64N(int64(l.cfg.Interval)/10+1)) - l.cfg.Interval/20
+		jitter := time.Duration(l.cfg.Rand.Int64N(int64(l.cfg.Interval)/10+1)) - l.cfg.Interval/20
 		select {
 		case <-ctx.Done():
 			return
@@ -262,7 +269,7 @@ func (l *Lister) listOnce(ctx context.Context, out chan<- Item) (found bool, han
 		}
 		// Agents listing the same queue see the same order; shuffling the page
 		// makes them collide on the same key far less often.
-		rand.Shuffle(len(items), func(i, j int) { items[i], items[j] = items[j], items[i] })
+		l.cfg.Rand.Shuffle(len(items), func(i, j int) { items[i], items[j] = items[j], items[i] })
 		for _, it := range items {
 			l.mu.Lock()
 			if l.inFlight[it.Key] {

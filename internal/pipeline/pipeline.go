@@ -6,6 +6,7 @@ package pipeline
 import (
 	"context"
 	"log/slog"
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -58,8 +59,10 @@ type Config struct {
 	MaxSpecBytes int64
 	MaxAttempts  int
 	CellTimeout  time.Duration
-	Logger       *slog.Logger
-	Metrics      *metrics.Metrics
+	// Rand is the lister's source of jitter (see lister.Config.Rand).
+	Rand    *rand.Rand
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
 }
 
 // Pipeline moves specs from pending/ to completed/ or failed/.
@@ -99,6 +102,7 @@ func newPipeline(cfg Config, store Store, proto Protocol, runner Runner, d *drai
 		Bounced:  cfg.Metrics.ListingBounced,
 		PauseKey: cfg.Layout.PauseKey(),
 		Paused:   p.setPaused,
+		Rand:     cfg.Rand,
 	})
 	p.intake = p.lister
 	return p

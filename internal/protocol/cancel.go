@@ -33,7 +33,10 @@ var ErrNotCancellable = errors.New("neither pending nor in flight")
 func (p *Protocol) Cancel(ctx context.Context, id, by string) (CancelResult, error) {
 	reason := "cancelled by " + by
 	pendingKey := p.cfg.Layout.Key(queue.Pending, id)
-	for try := 0; try < 20; try++ {
+	// A claim's lease says "claiming" until its keeper's first renewal, a
+	// third of a ttl after it was created: look for about a ttl.
+	giveUp := p.clock.Now().Add(p.cfg.TTL)
+	for try := 0; try == 0 || p.clock.Now().Before(giveUp); try++ {
 		if try > 0 {
 			// The spec is between two states (being claimed, released,
 			// requeued or filed by its holder): look again shortly.
@@ -95,9 +98,15 @@ func (p *Protocol) markCancel(ctx context.Context, id, by string) (string, error
 		if l.Cancel != "" {
 			return l.Node, nil // asked already
 		}
-		if l.intent() != intentRun || l.State == stateReleasing || l.State == stateFinishing {
+		switch {
+		case l.intent() != intentRun, l.State == stateReleasing, l.State == stateFinishing:
 			// A mark here might be read by nobody: the holder has chosen
 			// its last writes already.
+			return "", errNotRunning
+		case l.State == stateClaiming:
+			// The holder may start its cell before it reads the lease
+			// again, and the cell may end before a renewal would tell it:
+			// wait until the lease says it runs.
 			return "", errNotRunning
 		}
 		l.Cancel = by

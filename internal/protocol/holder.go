@@ -50,7 +50,7 @@ type Claim struct {
 
 	// writeMu orders the keeper's renewals and the final delete, so the
 	// delete is never raced by a renewal that would change the ETag.
-	writeMu sync.Mutex
+	writeMu writeLock
 	ended   bool // the lease was deleted; guarded by writeMu
 	// unknown lists the lease writes since the last one known to have landed
 	// whose outcome we could not learn; guarded by writeMu.

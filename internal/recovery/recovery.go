@@ -30,13 +30,19 @@ type Rescuer struct {
 	drain *drain.Drainer
 	ttl   time.Duration
 	log   *slog.Logger
+	rng   *rand.Rand
 }
 
 // New returns a Rescuer offering a scan about once every ttl (positive). A
 // scan is work of the drainer's: it starts only before the drain, and
 // gives up at the drainer's Abort.
-func New(proto Protocol, d *drain.Drainer, ttl time.Duration, log *slog.Logger) *Rescuer {
-	return &Rescuer{proto: proto, drain: d, ttl: ttl, log: log}
+// rng draws when to offer (nil: a source of its own, seeded at random; a
+// simulation passes a seeded one so that a seed replays).
+func New(proto Protocol, d *drain.Drainer, ttl time.Duration, log *slog.Logger, rng *rand.Rand) *Rescuer {
+	if rng == nil {
+		rng = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	return &Rescuer{proto: proto, drain: d, ttl: ttl, log: log, rng: rng}
 }
 
 // Run offers scans until ctx ends (in fleetd: the drainer's Intake) or the
@@ -44,7 +50,7 @@ func New(proto Protocol, d *drain.Drainer, ttl time.Duration, log *slog.Logger) 
 // (±10%) apart, so agents started together spread out; the protocol lets one
 // fleet scan about once a ttl, whatever its size.
 func (r *Rescuer) Run(ctx context.Context) {
-	wait := time.Duration(rand.Int64N(int64(r.ttl)))
+	wait := time.Duration(r.rng.Int64N(int64(r.ttl)))
 	for {
 		t := time.NewTimer(wait)
 		select {
@@ -53,7 +59,7 @@ func (r *Rescuer) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		wait = r.ttl*9/10 + time.Duration(rand.Int64N(int64(r.ttl)/5+1))
+		wait = r.ttl*9/10 + time.Duration(r.rng.Int64N(int64(r.ttl)/5+1))
 		if !r.drain.Begin() {
 			return
 		}

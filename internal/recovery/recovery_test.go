@@ -50,7 +50,7 @@ func TestRunOffersScansUntilContextEnds(t *testing.T) {
 		scans <- struct{}{}
 		return false, errors.New("store unreachable")
 	}}
-	r := New(p, drain.New(context.Background(), time.Second), ttl, slog.New(slog.NewJSONHandler(&logs, nil)))
+	r := New(p, drain.New(context.Background(), time.Second), ttl, slog.New(slog.NewJSONHandler(&logs, nil)), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -91,7 +91,7 @@ func TestNoScanOnceTheDrainBegins(t *testing.T) {
 	go func() {
 		defer close(done)
 		// Not the intake: Run must stop at Begin's refusal alone.
-		New(p, d, ttl, slog.New(slog.DiscardHandler)).Run(context.Background())
+		New(p, d, ttl, slog.New(slog.DiscardHandler), nil).Run(context.Background())
 	}()
 	select {
 	case <-done:
@@ -110,7 +110,7 @@ func TestScanHoldsTheDrain(t *testing.T) {
 		<-finish
 		return true, nil
 	}}
-	go New(p, d, ttl, slog.New(slog.DiscardHandler)).Run(d.Intake())
+	go New(p, d, ttl, slog.New(slog.DiscardHandler), nil).Run(d.Intake())
 	<-scanning
 	drained := make(chan struct{})
 	go func() {

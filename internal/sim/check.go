@@ -1,0 +1,210 @@
+package sim
+
+import (
+	"bytes"
+	"fmt"
+	"time"
+
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// The invariant, checked when the fleet has settled (checkFinal) and over the
+// whole history (checkHistory). Each violation starts with its class:
+//
+//	stuck            something left in pending/, claimed/ or leases/
+//	lost             a submitted spec with no result, and no prune took it
+//	both-folders     completed/ and failed/ both hold one submission's bytes, not resubmitted between
+//	bytes-changed    a result whose bytes are no submission's
+//	blind-delete     a process deleted a version it never saw (recorded as it lands)
+//	overlap          two runs of one spec at once
+//	ran-twice        a run that exited and whose result landed, run again with no new submission
+//	filed-and-ran    cancelled or rejected, then run with no new submission
+//	cancel-ignored   a confirmed cancel, then a run not stopped, with no new submission
+//	requeue-forgotten a confirmed requeue that never led to a result
+
+func (s *scenario) checkFinal() {
+	h := s.hist
+	for _, k := range s.stuck() {
+		h.violatef("stuck: %s left behind after the fleet had %v to settle", k, 120*time.Second)
+	}
+	results := map[queue.State]map[string]int64{}
+	bodies := map[queue.State]map[string][]byte{}
+	for _, st := range []queue.State{queue.Completed, queue.Failed} {
+		results[st], bodies[st] = map[string]int64{}, map[string][]byte{}
+		for _, o := range s.store.Snapshot(s.layout.Dir(st)) {
+			if id, ok := s.layout.ID(st, o.Key); ok {
+				results[st][id], bodies[st][id] = o.Version, o.Body
+			}
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	submitted := map[string][][]byte{}
+	var ids []string
+	for _, w := range h.writes {
+		if w.state == queue.Pending && w.by.role == "submit" {
+			if submitted[w.id] == nil {
+				ids = append(ids, w.id)
+			}
+			submitted[w.id] = append(submitted[w.id], w.body)
+		}
+	}
+	for _, id := range ids {
+		c, inC := results[queue.Completed][id]
+		f, inF := results[queue.Failed][id]
+		switch {
+		case !inC && !inF:
+			pruned := false
+			for _, d := range h.deletes {
+				if d.id == id && d.by.role == "prune" {
+					pruned = true
+				}
+			}
+			if !pruned {
+				h.violatef0("lost: %s was submitted and has no result (no prune deleted one)", id)
+			}
+		case inC && inF:
+			// Two submissions may each end in a folder of their own; one
+			// submission's bytes in both is one spec with two ends, unless
+			// the same bytes were submitted again between the two results.
+			cw, fw := h.writeOf(c), h.writeOf(f)
+			first, last := cw, fw
+			if fw.t.Before(cw.t) {
+				first, last = fw, cw
+			}
+			if cw.n == fw.n && !h.resubmittedBetween(id, first.t, last.t) {
+				h.violatef0("both-folders: %s n=%d is in completed/ (%s) and failed/ (%s, %s), with no submission of it between the two",
+					id, cw.n, fmtVer(c), fmtVer(f), fw.outcome)
+			}
+		}
+		for _, st := range []queue.State{queue.Completed, queue.Failed} {
+			b, ok := bodies[st][id]
+			if !ok {
+				continue
+			}
+			same := false
+			for _, sb := range submitted[id] {
+				same = same || bytes.Equal(sb, b)
+			}
+			if !same {
+				h.violatef0("bytes-changed: %s/%s holds bytes no submission had", st, id)
+			}
+		}
+	}
+}
+
+// violatef0 is violatef with h.mu held.
+func (h *history) violatef0(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	h.violations = append(h.violations, msg)
+	h.trace = append(h.trace, traceLine{time.Now(), "CHECK", "VIOLATION: %s", []any{msg}})
+}
+
+// writeOf returns the write that made version v. h.mu is held.
+func (h *history) writeOf(v int64) writeRec {
+	for _, w := range h.writes {
+		if w.version == v {
+			return w
+		}
+	}
+	return writeRec{}
+}
+
+// resubmittedBetween reports whether an operator submitted id (not a
+// requeue) in (from, to). h.mu is held.
+func (h *history) resubmittedBetween(id string, from, to time.Time) bool {
+	for _, w := range h.writes {
+		if w.id == id && w.state == queue.Pending && w.by.role == "submit" && w.t.After(from) && w.t.Before(to) {
+			return true
+		}
+	}
+	return false
+}
+
+// submittedBetween reports whether an operator put id in pending/ (a
+// submission or a requeue) in (from, to). h.mu is held.
+func (h *history) submittedBetween(id string, from, to time.Time) bool {
+	for _, w := range h.writes {
+		if w.id == id && w.state == queue.Pending && (w.by.role == "submit" || w.by.role == "requeue") &&
+			w.t.After(from) && w.t.Before(to) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *scenario) checkHistory() {
+	h := s.hist
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, a := range h.runs {
+		for _, b := range h.runs[i+1:] {
+			if a.id != b.id {
+				continue
+			}
+			if b.start.Before(a.start) {
+				a, b = b, a
+			}
+			if b.start.Before(a.end) || a.end.IsZero() {
+				h.violatef0("overlap: %s ran on %s from %v and on %s from %v, before the first ended", a.id, a.inc, h.at(a.start), b.inc, h.at(b.start))
+				continue
+			}
+			if a.n == b.n && a.how == "exit" && h.resultBy(a.inc, a.id, a.end, b.start) && !h.submittedBetween(a.id, a.start, b.start) {
+				h.violatef0("ran-twice: %s n=%d exited on %s at %v and its result landed, then ran again on %s at %v with no new submission",
+					a.id, a.n, a.inc, h.at(a.end), b.inc, h.at(b.start))
+			}
+		}
+	}
+	for _, w := range h.writes {
+		if w.state != queue.Failed || w.outcome != "cancelled" && w.outcome != "rejected" {
+			continue
+		}
+		for _, r := range h.runs {
+			if r.id == w.id && r.n == w.n && r.start.After(w.t) && !h.submittedBetween(w.id, w.t, r.start) {
+				h.violatef0("filed-and-ran: %s n=%d was filed %s at %v by %s, then ran on %s at %v with no new submission",
+					w.id, w.n, w.outcome, h.at(w.t), w.by.name, r.inc, h.at(r.start))
+				break
+			}
+		}
+	}
+	for _, a := range h.actions {
+		if !a.done {
+			continue
+		}
+		switch a.kind {
+		case "cancel":
+			for _, r := range h.runs {
+				// A holder may start the cell before it reads the mark; the
+				// mark must stop it.
+				if r.id == a.id && r.start.After(a.end) && r.how != "stopped" && r.how != "crash" && !h.submittedBetween(a.id, a.start, r.start) {
+					h.violatef0("cancel-ignored: cancel of %s confirmed (%s) at %v, then it ran on %s at %v with no new submission",
+						a.id, a.result, h.at(a.end), r.inc, h.at(r.start))
+					break
+				}
+			}
+		case "requeue":
+			found := false
+			for _, w := range h.writes {
+				found = found || w.id == a.id && (w.state == queue.Completed || w.state == queue.Failed) && w.t.After(a.start)
+			}
+			if !found {
+				h.violatef0("requeue-forgotten: requeue of %s confirmed at %v, and no result was written after it", a.id, h.at(a.end))
+			}
+		}
+	}
+}
+
+// resultBy reports whether inc landed a result of id in [from, to). h.mu is held.
+func (h *history) resultBy(inc, id string, from, to time.Time) bool {
+	for _, w := range h.writes {
+		if w.id == id && w.by.name == inc && (w.state == queue.Completed || w.state == queue.Failed) &&
+			!w.t.Before(from) && w.t.Before(to) {
+			return true
+		}
+	}
+	return false
+}
+
+func (h *history) at(t time.Time) string {
+	return t.Sub(h.t0).Round(time.Millisecond).String()
+}

@@ -1,0 +1,385 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cellos/fleetd/internal/admin"
+	"github.com/cellos/fleetd/internal/pipeline"
+	"github.com/cellos/fleetd/internal/protocol"
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// A Handle is what one process (an agent's incarnation, or one run of an
+// operator tool) sees of the store: *queue.Store's methods and error mapping,
+// its retry loop included, with every attempt going through the bus.
+type Handle struct {
+	b      *bus
+	name   string // the incarnation: n1, n1#2, op3
+	node   string // the host: n1 (a network cut is the host's)
+	role   string // "node" or the tool: submit, cancel, requeue, prune, pause, resume
+	policy queue.Policy
+	seed   uint64
+	mut    Mutations
+
+	// dead: the process has exited; every new request is refused, with no
+	// effect on the store. Requests already sent may still land.
+	dead atomic.Bool
+	slow atomic.Int64 // the SlowDown pause, as queue.Store keeps it
+
+	mu       sync.Mutex
+	seen     map[string]map[int64]bool // key → versions this process saw or wrote
+	lastRead map[string]queue.Object   // pending/ key → its last GET, for the confirm mutation
+	lastVer  map[string]int64          // pending/ key → the version last seen there
+}
+
+var (
+	_ protocol.Store = (*Handle)(nil)
+	_ pipeline.Store = (*Handle)(nil)
+	_ admin.Store    = (*Handle)(nil)
+)
+
+func newHandle(b *bus, name, node, role string, policy queue.Policy, seed uint64, mut Mutations) *Handle {
+	return &Handle{b: b, name: name, node: node, role: role, policy: policy, seed: seed, mut: mut,
+		seen: map[string]map[int64]bool{}, lastRead: map[string]queue.Object{}, lastVer: map[string]int64{}}
+}
+
+func (h *Handle) saw(key string, v int64) {
+	if v == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.seen[key] == nil {
+		h.seen[key] = map[int64]bool{}
+	}
+	h.seen[key][v] = true
+	if strings.Contains(key, "/pending/") {
+		h.lastVer[key] = v
+	}
+}
+
+func (h *Handle) hasSeen(key string, v int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.seen[key][v]
+}
+
+func (h *Handle) pendingVersion(key string) int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.lastVer[key]
+}
+
+// errStatus is an HTTP answer with no sentinel of its own.
+type errStatus int
+
+func (e errStatus) Error() string {
+	if e == 0 {
+		return "no answer (attempt timed out)"
+	}
+	return fmt.Sprintf("status %d", int(e))
+}
+
+// errRefused answers every request of a process that has exited.
+var errRefused = errors.New("process exited: request refused")
+
+// refusal is how a process that has exited hears every request answered: a
+// definite "no" of the kind that makes the protocol's loops end (a lease
+// renewal that gets 412, then 404 on its read-back, gives the lease up), so
+// the process's goroutines unwind without touching the store.
+func refusal(op string) reply {
+	switch op {
+	case "PUT", "COPY", "DELETE":
+		return reply{status: 412, err: fmt.Errorf("%w: %w", queue.ErrPrecondition, errRefused)}
+	case "GET", "HEAD":
+		return reply{status: 404, err: fmt.Errorf("%w: %w", queue.ErrNotFound, errRefused)}
+	}
+	return reply{status: 403, err: errRefused}
+}
+
+// call runs one operation through the bus with queue.Store's retry policy:
+// it returns the last reply and whether an earlier attempt may have landed.
+func (h *Handle) call(ctx context.Context, op, key, cond string, exec func() reply) (rep reply, unsure bool) {
+	for i := 0; ; i++ {
+		if d := time.Duration(h.slow.Load()); d > 0 {
+			if dl, ok := ctx.Deadline(); ok {
+				d = max(1, min(d, time.Until(dl)/4))
+			}
+			if sleep(ctx, h.jitter(d, op, key, -i-1)) != nil {
+				return reply{status: 0, err: ctx.Err()}, unsure
+			}
+		}
+		if h.dead.Load() {
+			return refusal(op), unsure
+		}
+		actx, cancel := context.WithTimeout(ctx, h.policy.Timeout)
+		kind, _, _ := strings.Cut(cond, ":")
+		r := &request{h: h, op: op, key: key, cond: cond, kind: kind, exec: exec, out: make(chan reply, 1)}
+		h.b.submit(r)
+		select {
+		case rep = <-r.out:
+		case <-actx.Done():
+			rep = reply{status: 0, err: errStatus(0)}
+		}
+		cancel()
+		h.adapt(rep.status)
+		switch rep.status {
+		case 200, 404, 412, 403:
+			return rep, unsure
+		}
+		unsure = true
+		if rep.err == nil {
+			rep.err = errStatus(rep.status)
+		}
+		if ctx.Err() != nil || i+1 >= h.policy.Attempts {
+			return rep, unsure
+		}
+		backoff := min(h.policy.MaxDelay, h.policy.BaseDelay<<min(i, 20))
+		if sleep(ctx, h.jitter(backoff, op, key, i)) != nil {
+			return rep, unsure
+		}
+	}
+}
+
+// jitter is queue.Store's full jitter, drawn from the request's identity
+// rather than a shared source, so it does not depend on goroutine order.
+func (h *Handle) jitter(d time.Duration, op, key string, i int) time.Duration {
+	f := fnv.New64a()
+	fmt.Fprintf(f, "%d/%s/%s/%s/%d", h.seed, h.name, op, key, i)
+	return time.Duration(f.Sum64()%uint64(d)) + 1
+}
+
+func (h *Handle) adapt(status int) {
+	if status == 503 {
+		cur := time.Duration(h.slow.Load())
+		h.slow.Store(int64(min(h.policy.MaxDelay, max(2*cur, 50*time.Millisecond))))
+		return
+	}
+	if status == 200 {
+		if cur := h.slow.Load(); cur > 0 {
+			if cur < int64(time.Millisecond) {
+				cur = 0
+			}
+			h.slow.Store(cur / 2)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// answer turns a store result into a reply.
+func answer(err error, res any, desc string) reply {
+	switch {
+	case err == nil:
+		return reply{status: 200, res: res, desc: desc}
+	case errors.Is(err, queue.ErrNotFound) && !errors.Is(err, queue.ErrPrecondition):
+		return reply{status: 404, err: err, res: res, desc: "404"}
+	case errors.Is(err, queue.ErrPrecondition):
+		return reply{status: 412, err: err, res: res, desc: "412"}
+	case errors.Is(err, queue.ErrTooLarge):
+		return reply{status: 200, err: err, res: res, desc: "too large"}
+	}
+	return reply{status: 500, err: err, desc: err.Error()}
+}
+
+type listed struct {
+	page     queue.Page
+	versions []int64
+	more     bool
+}
+
+// List calls fn with each page of the keys under prefix, one request a page.
+func (h *Handle) List(ctx context.Context, prefix string, fn func(queue.Page) error) error {
+	after := ""
+	for {
+		rep, _ := h.call(ctx, "LIST", prefix, after, func() reply {
+			page, vers, more := h.b.store.ListPage(prefix, after)
+			return answer(nil, listed{page, vers, more}, fmt.Sprintf("%d keys", len(page.Objects)))
+		})
+		if rep.status != 200 {
+			return fmt.Errorf("sim: list %s: %w", prefix, rep.err)
+		}
+		l := rep.res.(listed)
+		for i, o := range l.page.Objects {
+			h.saw(o.Key, l.versions[i])
+		}
+		if err := fn(l.page); err != nil {
+			return err
+		}
+		if !l.more || len(l.page.Objects) == 0 {
+			return nil
+		}
+		after = l.page.Objects[len(l.page.Objects)-1].Key
+	}
+}
+
+// Dirs lists the "directories" directly under prefix.
+func (h *Handle) Dirs(ctx context.Context, prefix string) ([]string, error) {
+	rep, _ := h.call(ctx, "DIRS", prefix, "", func() reply {
+		d, err := h.b.store.Dirs(context.Background(), prefix)
+		return answer(err, d, fmt.Sprintf("%d dirs", len(d)))
+	})
+	if rep.status != 200 {
+		return nil, fmt.Errorf("sim: list dirs %s: %w", prefix, rep.err)
+	}
+	return rep.res.([]string), nil
+}
+
+type versioned struct {
+	obj queue.Object
+	ver int64
+}
+
+// Get reads an object whole (see queue.Store.Get).
+func (h *Handle) Get(ctx context.Context, key string, limit int64) (queue.Object, error) {
+	rep, _ := h.call(ctx, "GET", key, "", func() reply {
+		o, v, err := h.b.store.GetVersion(key, limit)
+		return answer(err, versioned{o, v}, fmtVer(v)+" "+short(o.ETag))
+	})
+	if rep.status != 200 {
+		return queue.Object{}, fmt.Errorf("sim: get %s: %w", key, rep.err)
+	}
+	vo := rep.res.(versioned)
+	h.saw(key, vo.ver)
+	if rep.err != nil { // too large
+		return vo.obj, fmt.Errorf("sim: get %s: %w", key, rep.err)
+	}
+	if h.mut.SkipConfirm && h.role == "node" {
+		h.mu.Lock()
+		h.lastRead[key] = vo.obj
+		h.mu.Unlock()
+	}
+	return vo.obj, nil
+}
+
+// Head describes an object.
+func (h *Handle) Head(ctx context.Context, key string) (queue.Object, error) {
+	if h.mut.SkipConfirm && h.role == "node" {
+		// The mutation: the claim's confirm answered from the node's own
+		// read instead of the store, once.
+		h.mu.Lock()
+		o, ok := h.lastRead[key]
+		delete(h.lastRead, key)
+		h.mu.Unlock()
+		if ok {
+			return o, nil
+		}
+	}
+	rep, _ := h.call(ctx, "HEAD", key, "", func() reply {
+		o, v, err := h.b.store.HeadVersion(key)
+		return answer(err, versioned{o, v}, fmtVer(v)+" "+short(o.ETag))
+	})
+	if rep.status != 200 {
+		return queue.Object{}, fmt.Errorf("sim: head %s: %w", key, rep.err)
+	}
+	vo := rep.res.(versioned)
+	h.saw(key, vo.ver)
+	return vo.obj, nil
+}
+
+type written struct {
+	etag string
+	ver  int64
+}
+
+// Put writes body to key (see queue.Store.Put for the errors).
+func (h *Handle) Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
+	cond := ""
+	switch {
+	case opt.IfAbsent:
+		cond = "If-None-Match:*"
+	case opt.IfMatch != "":
+		cond = "If-Match:" + short(opt.IfMatch)
+	}
+	rep, unsure := h.call(ctx, "PUT", key, cond, func() reply {
+		etag, v, err := h.b.store.PutVersion(key, body, opt)
+		if err == nil {
+			h.saw(key, v) // a write of its own: it knows what it holds
+			h.b.hist.wrote(h, key, v, body, opt.Metadata)
+		}
+		return answer(err, written{etag, v}, fmtVer(v)+" "+short(etag))
+	})
+	if rep.status == 200 {
+		return rep.res.(written).etag, nil
+	}
+	err := rep.err
+	// As queue.Store: after an attempt that may have landed, anything but a
+	// definite 404 (a 412 included: it may answer our own write) is unknown.
+	if unsure && (rep.status != 404 && rep.status != 403 || ctx.Err() != nil) {
+		if h.mut.UnknownAsNotLanded {
+			// The mutation: an outcome the store could not learn is taken
+			// for a definite "no".
+			if rep.status == 412 {
+				return "", fmt.Errorf("sim: put %s: %w", key, err)
+			}
+			return "", fmt.Errorf("sim: put %s: not landed: %w", key, errStatus(rep.status))
+		}
+		err = fmt.Errorf("%w: %w", queue.ErrUnknown, err)
+	}
+	return "", fmt.Errorf("sim: put %s: %w", key, err)
+}
+
+// Copy copies src to dst within the bucket (see queue.Store.Copy).
+func (h *Handle) Copy(ctx context.Context, src, dst string, opt queue.CopyOptions) error {
+	cond := ""
+	if opt.SourceIfMatch != "" {
+		cond = "x-amz-copy-source-if-match:" + short(opt.SourceIfMatch)
+	}
+	rep, _ := h.call(ctx, "COPY", dst, "from "+src+" "+cond, func() reply {
+		v, err := h.b.store.CopyVersion(src, dst, opt)
+		if err == nil {
+			h.saw(dst, v)
+			o, _, _ := h.b.store.GetVersion(dst, 1<<40)
+			h.b.hist.wrote(h, dst, v, o.Body, opt.Metadata)
+		}
+		return answer(err, nil, fmtVer(v))
+	})
+	if rep.status != 200 {
+		return fmt.Errorf("sim: copy %s to %s: %w", src, dst, rep.err)
+	}
+	return nil
+}
+
+// Delete removes key if its ETag is ifMatch (see queue.Store.Delete).
+func (h *Handle) Delete(ctx context.Context, key, ifMatch string) error {
+	if h.mut.StripDeleteIfMatch {
+		ifMatch = ""
+	}
+	cond := ""
+	if ifMatch != "" {
+		cond = "If-Match:" + short(ifMatch)
+	}
+	rep, unsure := h.call(ctx, "DELETE", key, cond, func() reply {
+		v, err := h.b.store.DeleteVersion(key, ifMatch)
+		if err == nil && v != 0 {
+			h.b.hist.deleted(h, key, v)
+			return answer(nil, nil, "deleted "+fmtVer(v))
+		}
+		return answer(err, nil, "gone")
+	})
+	switch {
+	case rep.status == 200, rep.status == 404:
+		return nil
+	case rep.status == 412:
+		return fmt.Errorf("sim: delete %s: %w", key, rep.err)
+	case (unsure || rep.status != 403) && !h.mut.UnknownAsNotLanded:
+		return fmt.Errorf("sim: delete %s: %w: %w", key, queue.ErrUnknown, rep.err)
+	}
+	return fmt.Errorf("sim: delete %s: %w", key, rep.err)
+}

@@ -1,0 +1,165 @@
+package sim
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/cellos/fleetd/internal/drain"
+	"github.com/cellos/fleetd/internal/exec"
+	"github.com/cellos/fleetd/internal/pipeline"
+	"github.com/cellos/fleetd/internal/protocol"
+	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/recovery"
+)
+
+// nodeCfg is one agent's settings; agents of a fleet differ.
+type nodeCfg struct {
+	name         string
+	ttl          time.Duration
+	concurrency  int
+	maxAttempts  int
+	maxSpecBytes int64
+	poll         time.Duration
+	cellTimeout  time.Duration
+	rate         float64 // its clock's rate against the true one (skew)
+}
+
+// incarnation is one run of an agent process: the real pipeline, protocol,
+// recovery and drain on a store handle of its own.
+type incarnation struct {
+	s       *scenario
+	cfg     nodeCfg
+	name    string
+	h       *Handle
+	d       *drain.Drainer
+	kill    context.CancelFunc
+	done    chan struct{}
+	crashed atomic.Bool
+}
+
+func (s *scenario) startNode(cfg nodeCfg, gen int) *incarnation {
+	name := cfg.name
+	if gen > 1 {
+		name = cfg.name + "#" + string(rune('0'+gen))
+	}
+	inc := &incarnation{s: s, cfg: cfg, name: name, done: make(chan struct{})}
+	inc.h = newHandle(s.bus, name, cfg.name, "node", s.policy, s.seed, s.opt.Mutations)
+	log := slog.New(&logHandler{h: s.hist, who: name})
+	proto := protocol.New(protocol.Config{Layout: s.layout, Node: cfg.name, TTL: cfg.ttl, MaxAttempts: cfg.maxAttempts,
+		Logger: log, Clock: newSkewClock(cfg.rate)}, inc.h)
+	root, kill := context.WithCancel(context.Background())
+	inc.kill = kill
+	inc.d = drain.New(root, 2*s.policy.Timeout)
+	p := pipeline.New(pipeline.Config{Node: cfg.name, Layout: s.layout, Concurrency: cfg.concurrency, PollInterval: cfg.poll,
+		MaxSpecBytes: cfg.maxSpecBytes, MaxAttempts: cfg.maxAttempts, CellTimeout: cfg.cellTimeout, Logger: log},
+		inc.h, proto, &runner{inc: inc}, inc.d)
+	rescuer := recovery.New(proto, inc.d, cfg.ttl, log)
+	s.hist.tracef(name, "START ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v clock_rate=%.4f",
+		cfg.ttl, cfg.concurrency, cfg.maxAttempts, cfg.maxSpecBytes, cfg.poll, cfg.cellTimeout, cfg.rate)
+	go func() {
+		defer close(inc.done)
+		rescued := make(chan struct{})
+		go func() {
+			defer close(rescued)
+			rescuer.Run(inc.d.Intake())
+		}()
+		p.Run()
+		<-rescued
+	}()
+	return inc
+}
+
+// crash ends the process at once: no request of its is sent from now on, its
+// cells die with it, its goroutines unwind. Requests already on their way may
+// still land.
+func (inc *incarnation) crash() {
+	if inc.crashed.Swap(true) {
+		return
+	}
+	inc.h.dead.Store(true)
+	inc.s.hist.mu.Lock()
+	inc.s.hist.crashed[inc.name] = time.Now()
+	inc.s.hist.mu.Unlock()
+	inc.s.hist.tracef(inc.name, "CRASH")
+	inc.kill()
+}
+
+// stop is SIGTERM: the drain, bounded by deadline; then the process exits.
+func (inc *incarnation) stop(deadline time.Duration) {
+	inc.s.hist.tracef(inc.name, "SIGTERM: drain, deadline %v", deadline)
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	inc.d.Drain(ctx)
+	<-inc.done
+	inc.h.dead.Store(true) // the process exits
+	inc.s.hist.tracef(inc.name, "EXIT after drain")
+}
+
+// runner is the supervisor: a cell sleeps for the time its spec asks, exits
+// with the code it asks (or panics, if it asks), and stops when its context
+// ends. It records each run for the checker.
+type runner struct{ inc *incarnation }
+
+type cellSpec struct {
+	Spec struct {
+		N     int `json:"n"`
+		MS    int `json:"ms"`
+		Exit  int `json:"exit"`
+		Panic int `json:"panic"`
+	} `json:"spec"`
+}
+
+func (r *runner) Run(ctx context.Context, specPath, specID string, started func()) exec.Result {
+	inc := r.inc
+	body, err := os.ReadFile(specPath)
+	if err != nil {
+		return exec.Result{ExitCode: -1, StartErr: err}
+	}
+	var spec cellSpec
+	_ = json.Unmarshal(body, &spec)
+	rec := &runRec{node: inc.cfg.name, inc: inc.name, id: specID, n: spec.Spec.N, start: time.Now(),
+		version: inc.h.pendingVersion(inc.s.layout.Key(queue.Pending, specID))}
+	inc.s.hist.startRun(rec)
+	if started != nil {
+		started()
+	}
+	if spec.Spec.Panic != 0 {
+		inc.s.hist.endRun(rec, "panic", -1)
+		panic("simulated supervisor panic")
+	}
+	d := time.Duration(spec.Spec.MS) * time.Millisecond
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		inc.s.hist.endRun(rec, "exit", spec.Spec.Exit)
+		return exec.Result{ExitCode: spec.Spec.Exit, Duration: d}
+	case <-ctx.Done():
+		how := "stopped"
+		if inc.crashed.Load() {
+			how = "crash"
+		}
+		inc.s.hist.endRun(rec, how, -1)
+		return exec.Result{ExitCode: -1, Signal: "SIGTERM", Stopped: true, Duration: time.Since(rec.start)}
+	}
+}
+
+// skewClock runs at rate times the true clock: a node's clock that drifts.
+type skewClock struct {
+	t0   time.Time
+	rate float64
+}
+
+func newSkewClock(rate float64) skewClock { return skewClock{t0: time.Now(), rate: rate} }
+
+func (c skewClock) Now() time.Time {
+	return c.t0.Add(time.Duration(float64(time.Since(c.t0)) * c.rate))
+}
+
+func (c skewClock) AfterFunc(d time.Duration, f func()) interface{ Stop() bool } {
+	return time.AfterFunc(time.Duration(float64(d)/c.rate), f)
+}
