@@ -21,7 +21,7 @@ DIST_LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 export FLEETD_VERSITYGW := $(VERSITYGW)
 export FLEETD_PROMTOOL := $(PROMTOOL)
 
-.PHONY: build test soak lint demo bench install clean promtool dist
+.PHONY: build test soak sim lint demo bench install clean promtool dist
 
 build: bin/fleetd
 
@@ -53,6 +53,12 @@ test: $(VERSITYGW) $(PROMTOOL) lint
 # faults, a 20 s outage, an agent killed -9); FLEETD_SOAK_SEED=n replays a run.
 soak: $(VERSITYGW)
 	FLEETD_SOAK=long $(GO) test -race -count=1 -timeout 60m -run 'TestSoak$$' -v ./cmd/fleetd/
+
+# The long sweep of the fleet simulator (internal/sim): SIM_SEEDS scenarios
+# from SIM_SEED_BASE over every core; SIM_SEED=n replays one with its trace.
+SIM_SEEDS ?= 1000000
+sim:
+	SIM_SEEDS=$(SIM_SEEDS) $(GO) test -count=1 -timeout 0 -run 'TestSweep$$' -v ./internal/sim/ | grep -v '^\s*--- PASS\|^=== '
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.tools/*')); \

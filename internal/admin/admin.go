@@ -105,9 +105,12 @@ func (a *Admin) Submit(ctx context.Context, files []SpecFile, id string, replace
 			}
 		}
 		key := a.layout.Key(queue.Pending, s.id)
-		if _, err := a.store.Put(ctx, key, s.body, queue.PutOptions{IfAbsent: !replace}); err != nil {
-			if errors.Is(err, queue.ErrPrecondition) && !errors.Is(err, queue.ErrUnknown) {
+		if err := a.proto.Submit(ctx, s.id, s.body, replace); err != nil {
+			switch {
+			case errors.Is(err, protocol.ErrPending):
 				err = fmt.Errorf("spec %s was submitted meanwhile; use --replace to overwrite it", s.id)
+			case errors.Is(err, protocol.ErrHeld):
+				err = fmt.Errorf("spec %s is in flight; wait for it to finish or cancel it", s.id)
 			}
 			return done, fmt.Errorf("submit: %w", err)
 		}

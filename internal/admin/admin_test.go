@@ -3,33 +3,40 @@ package admin
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/s3mem"
 )
 
-// fakeStore is a map with create-only PUT; enough for the submit rules.
-type fakeStore struct{ objs map[string][]byte }
+// setup returns the tools on an in-memory store holding keys (empty
+// objects), with a real protocol.
+func setup(t *testing.T, maxSpecBytes int64, keys ...string) (*Admin, *s3mem.Store) {
+	t.Helper()
+	store := s3mem.New(s3mem.Quirks{})
+	for _, k := range keys {
+		if _, err := store.Put(context.Background(), k, []byte("{}"), queue.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	layout := queue.NewLayout("fleet", "")
+	proto := protocol.New(protocol.Config{Layout: layout, Node: "tool", TTL: protocol.MinTTL, MaxAttempts: 3,
+		Logger: slog.New(slog.DiscardHandler)}, store)
+	return New(store, proto, layout, maxSpecBytes), store
+}
 
-func (f *fakeStore) List(context.Context, string, func(queue.Page) error) error { return nil }
-func (f *fakeStore) Get(_ context.Context, key string, _ int64) (queue.Object, error) {
-	return f.Head(context.Background(), key)
-}
-func (f *fakeStore) Head(_ context.Context, key string) (queue.Object, error) {
-	if _, ok := f.objs[key]; !ok {
-		return queue.Object{}, queue.ErrNotFound
+// keys returns the keys under prefix.
+func keys(s *s3mem.Store, prefix string) []string {
+	var ks []string
+	for _, o := range s.Snapshot(prefix) {
+		ks = append(ks, o.Key)
 	}
-	return queue.Object{Key: key}, nil
-}
-func (f *fakeStore) Put(_ context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
-	if _, ok := f.objs[key]; ok && opt.IfAbsent {
-		return "", queue.ErrPrecondition
-	}
-	f.objs[key] = body
-	return `"e"`, nil
+	return ks
 }
 
 func TestSubmitRules(t *testing.T) {
@@ -51,31 +58,29 @@ func TestSubmitRules(t *testing.T) {
 		{"too large", []SpecFile{{"a.json", []byte(`{"spec":{"id":"` + strings.Repeat("x", 100) + `"}}`)}}, "", nil, "over CELLOS_FLEET_MAX_SPEC_BYTES"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			store := &fakeStore{objs: map[string][]byte{}}
-			a := New(store, nil, queue.NewLayout("fleet", ""), 64)
+			a, store := setup(t, 64)
 			got, err := a.Submit(ctx, tt.files, tt.id, false)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("Submit = %v, want an error with %q", err, tt.wantErr)
 				}
-				if len(store.objs) != 0 {
-					t.Errorf("a refused submit wrote %d objects", len(store.objs))
+				if got := keys(store, ""); len(got) != 0 {
+					t.Errorf("a refused submit wrote %v", got)
 				}
 				return
 			}
 			if err != nil || len(got) != len(tt.wantIDs) || got[0].ID != tt.wantIDs[0] {
 				t.Fatalf("Submit = %v, %v; want ids %v", got, err, tt.wantIDs)
 			}
-			if _, ok := store.objs["fleet/pending/"+tt.wantIDs[0]+".json"]; !ok {
-				t.Errorf("pending/%s.json not written", tt.wantIDs[0])
+			if got, want := keys(store, ""), []string{"fleet/pending/" + tt.wantIDs[0] + ".json"}; !slices.Equal(got, want) {
+				t.Errorf("objects after submit = %v, want %v (the lease deleted)", got, want)
 			}
 		})
 	}
 }
 
 func TestSubmitRefusesADuplicate(t *testing.T) {
-	store := &fakeStore{objs: map[string][]byte{"fleet/claimed/x.json": nil}}
-	a := New(store, nil, queue.NewLayout("fleet", ""), 1<<20)
+	a, _ := setup(t, 1<<20, "fleet/claimed/x.json")
 	_, err := a.Submit(context.Background(), []SpecFile{{"a.json", []byte(`{"spec":{"id":"x"}}`)}}, "", false)
 	if err == nil || !strings.Contains(err.Error(), "already in claimed/") {
 		t.Errorf("Submit of an in-flight id = %v, want a refusal naming claimed/", err)
@@ -87,7 +92,7 @@ func TestSubmitRefusesADuplicate(t *testing.T) {
 
 // pagedStore lists n work keys under every directory, 1,000 a page.
 type pagedStore struct {
-	fakeStore
+	*s3mem.Store
 	n     int
 	pages int
 }
@@ -107,7 +112,7 @@ func (p *pagedStore) List(_ context.Context, prefix string, fn func(queue.Page) 
 }
 
 func TestStatusCountsAreBounded(t *testing.T) {
-	s := &pagedStore{fakeStore: fakeStore{objs: map[string][]byte{}}, n: 3 * CountLimit}
+	s := &pagedStore{Store: s3mem.New(s3mem.Quirks{}), n: 3 * CountLimit}
 	a := New(s, nil, queue.NewLayout("fleet", ""), 1<<20)
 	st, err := a.Status(context.Background())
 	if err != nil {
@@ -122,48 +127,27 @@ func TestStatusCountsAreBounded(t *testing.T) {
 	}
 }
 
-func (f *fakeStore) Delete(_ context.Context, key, _ string) error {
-	delete(f.objs, key)
-	return nil
-}
-
-// Dirs lists the next path segments of the keys under prefix.
-func (f *fakeStore) Dirs(_ context.Context, prefix string) ([]string, error) {
-	seen := map[string]bool{}
-	var dirs []string
-	for k := range f.objs {
-		rest, ok := strings.CutPrefix(k, prefix)
-		if i := strings.IndexByte(rest, '/'); ok && i >= 0 && !seen[rest[:i]] {
-			seen[rest[:i]] = true
-			dirs = append(dirs, prefix+rest[:i+1])
-		}
-	}
-	return dirs, nil
-}
-
 // TestPauseAllFindsEveryLane: --all pauses the flat layout and each lane that
 // has a pending/, and nothing that is one of the layout's own directories.
 func TestPauseAllFindsEveryLane(t *testing.T) {
-	store := &fakeStore{objs: map[string][]byte{
-		"fleet/pending/a.json": nil, "fleet/completed/b.json": nil, "fleet/leases/c.json": nil,
-		"fleet/gpu/pending/d.json": nil, "fleet/cpu/pending/e.json": nil, "fleet/notalane/x": nil,
-		"fleet/recovery/scan.json": nil,
-	}}
-	a := New(store, nil, queue.NewLayout("fleet", ""), 1<<20)
+	a, store := setup(t, 1<<20,
+		"fleet/pending/a.json", "fleet/completed/b.json", "fleet/leases/c.json",
+		"fleet/gpu/pending/d.json", "fleet/cpu/pending/e.json", "fleet/notalane/x",
+		"fleet/recovery/scan.json")
 	lanes, err := a.Pause(context.Background(), "fleet", true, "ops")
 	slices.Sort(lanes)
 	if err != nil || strings.Join(lanes, ",") != "fleet,fleet/cpu,fleet/gpu" {
 		t.Fatalf("Pause --all = %v, %v; want fleet, fleet/cpu, fleet/gpu", lanes, err)
 	}
 	for _, k := range []string{"fleet/pending/!paused", "fleet/gpu/pending/!paused", "fleet/cpu/pending/!paused"} {
-		if _, ok := store.objs[k]; !ok {
+		if !slices.Contains(keys(store, ""), k) {
 			t.Errorf("no marker %s", k)
 		}
 	}
 	if _, err := a.Resume(context.Background(), "fleet", true); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := store.objs["fleet/gpu/pending/!paused"]; ok {
+	if slices.Contains(keys(store, ""), "fleet/gpu/pending/!paused") {
 		t.Error("resume --all left a marker")
 	}
 }

@@ -122,9 +122,7 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 	// Consume pending/: only the version we read, so a replacement submitted
 	// meanwhile is never deleted unseen. "Gone" is our own delete: nobody
 	// else may delete it while we hold the lease.
-	err = c.act(ctx, quit, "delete pending", func(ctx context.Context) error {
-		return p.store.Delete(ctx, spec.Key, spec.ETag)
-	})
+	err = c.deletePending(ctx, quit, spec.version())
 	switch {
 	case errors.Is(err, queue.ErrPrecondition):
 		// Replaced after our confirm: the new version stays pending and runs

@@ -46,7 +46,8 @@ func (p *Protocol) fileUnder(ctx context.Context, quit <-chan struct{}, c *Claim
 			// The body we judged, not whatever pending/ holds now.
 			head, err := p.store.Head(ctx, spec.Key)
 			if err == nil && !spec.version().is(head) {
-				return fmt.Errorf("%s: %w", spec.Key, ErrGone)
+				// Definite: act must not repeat it (ErrPrecondition).
+				return fmt.Errorf("%s: %w: %w", spec.Key, ErrGone, queue.ErrPrecondition)
 			}
 			if err != nil {
 				return err
@@ -63,7 +64,7 @@ func (p *Protocol) fileUnder(ctx context.Context, quit <-chan struct{}, c *Claim
 		}
 		return c.stop(err)
 	}
-	if err := p.consumeFiled(ctx, quit, c, spec.ETag); err != nil {
+	if err := p.consumeFiled(ctx, quit, c, spec.version()); err != nil {
 		return c.stop(err)
 	}
 	c.end(ctx, quit)
@@ -74,10 +75,8 @@ func (p *Protocol) fileUnder(ctx context.Context, quit <-chan struct{}, c *Claim
 // consumeFiled deletes the pending/ version a filing judged, once failed/
 // holds it. 412: replaced since; the new version stays pending and is
 // judged on its own.
-func (p *Protocol) consumeFiled(ctx context.Context, quit <-chan struct{}, c *Claim, pendingETag string) error {
-	err := c.act(ctx, quit, "delete pending", func(ctx context.Context) error {
-		return p.store.Delete(ctx, p.cfg.Layout.Key(queue.Pending, c.id), pendingETag)
-	})
+func (p *Protocol) consumeFiled(ctx context.Context, quit <-chan struct{}, c *Claim, judged version) error {
+	err := c.deletePending(ctx, quit, judged)
 	if errors.Is(err, queue.ErrPrecondition) || errors.Is(err, queue.ErrNotFound) {
 		return nil
 	}
@@ -140,5 +139,5 @@ func (p *Protocol) consumeJudged(ctx context.Context, quit <-chan struct{}, c *C
 		c.log.Info("recovery: pending/ holds a version written since the filing; it stays", "event", "recovery.resubmission_kept")
 		return nil
 	}
-	return p.consumeFiled(ctx, quit, c, judged.etag)
+	return p.consumeFiled(ctx, quit, c, judged)
 }

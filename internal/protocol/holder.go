@@ -421,3 +421,30 @@ func (c *Claim) stop(err error) error {
 	}
 	return err
 }
+
+// deletePending deletes the pending/ version v under the lease, repeating
+// until the answer is definite (see act). Only the holder deletes pending/,
+// but a submitter may write it at any time, and an identical resubmission has
+// v's ETag: so a repeat after an answer that was lost first reads the key,
+// and takes gone, or the same bytes written at another time, for its own
+// delete having landed (the store does the same between its own attempts).
+func (c *Claim) deletePending(ctx context.Context, quit <-chan struct{}, v version) error {
+	key := c.p.cfg.Layout.Key(queue.Pending, c.id)
+	mayHaveLanded := false
+	return c.act(ctx, quit, "delete pending", func(ctx context.Context) error {
+		if mayHaveLanded && !v.modified.IsZero() {
+			o, err := c.p.store.Head(ctx, key)
+			switch {
+			case errors.Is(err, queue.ErrNotFound):
+				return nil
+			case err != nil:
+				return err
+			case o.ETag == v.etag && !v.is(o):
+				return nil
+			}
+		}
+		err := c.p.store.DeleteWritten(ctx, key, v.etag, v.modified)
+		mayHaveLanded = mayHaveLanded || errors.Is(err, queue.ErrUnknown)
+		return err
+	})
+}

@@ -22,6 +22,7 @@ const (
 	stateRejecting  = "rejecting"  // filing a bad spec under failed/
 	stateRequeueing = "requeueing" // fleetd requeue moving failed/ to pending/
 	statePruning    = "pruning"    // fleetd prune deleting a result
+	stateSubmitting = "submitting" // fleetd submit writing pending/
 )
 
 // Intents: what the holder of a lease is doing to the spec's objects. A
@@ -33,6 +34,7 @@ const (
 	intentFile    = "file"    // move pending_etag to failed/ unrun (reject, cancel)
 	intentRequeue = "requeue" // move failed_etag back to pending/
 	intentPrune   = "prune"   // delete the result judged (result_etag)
+	intentSubmit  = "submit"  // write pending/ (fleetd submit)
 )
 
 // leaseBody is the body of leases/<id>.json.

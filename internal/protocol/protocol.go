@@ -32,6 +32,7 @@ type Store interface {
 	Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error)
 	Copy(ctx context.Context, src, dst string, opt queue.CopyOptions) error
 	Delete(ctx context.Context, key, ifMatch string) error
+	DeleteWritten(ctx context.Context, key, ifMatch string, modified time.Time) error
 }
 
 var _ Store = (*queue.Store)(nil)

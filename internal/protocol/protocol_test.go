@@ -127,6 +127,10 @@ func (s *memStore) Delete(_ context.Context, key, ifMatch string) error {
 	return nil
 }
 
+func (s *memStore) DeleteWritten(ctx context.Context, key, ifMatch string, _ time.Time) error {
+	return s.Delete(ctx, key, ifMatch)
+}
+
 func (s *memStore) has(key string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

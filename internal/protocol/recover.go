@@ -130,10 +130,10 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 		p.finishRequeue(ctx, quit, c, mine.FailedETag)
 	case intentFile:
 		p.finishFile(ctx, quit, c, mine.pending())
-	case intentPrune:
-		// Nothing is written before the prune's one delete: whether or not
-		// it landed, only the lease is left. The tool said nothing it did
-		// not see land.
+	case intentPrune, intentSubmit:
+		// Each has one write: whether or not it landed, only the lease is
+		// left (a pending/ the submit wrote stands). The tool said nothing
+		// it did not see land.
 		c.end(ctx, quit)
 	default:
 		p.settle(ctx, quit, c, old.Token, mine.pending(), mine.Attempts)

@@ -69,6 +69,10 @@ func (h *hookStore) Delete(ctx context.Context, key, ifMatch string) error {
 	return h.memStore.Delete(ctx, key, ifMatch)
 }
 
+func (h *hookStore) DeleteWritten(ctx context.Context, key, ifMatch string, _ time.Time) error {
+	return h.Delete(ctx, key, ifMatch)
+}
+
 func (h *hookStore) Copy(ctx context.Context, src, dst string, opt queue.CopyOptions) error {
 	if err := h.hook("COPY", dst); err != nil {
 		return err

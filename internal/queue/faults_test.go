@@ -148,3 +148,61 @@ func TestDirsThroughFaults(t *testing.T) {
 		t.Errorf("Dirs = %v, %v", dirs, err)
 	}
 }
+
+// TestDeleteWrittenSparesAResubmissionBetweenAttempts: a DELETE If-Match
+// lands with its answer lost, and an identical resubmission (same bytes, same
+// ETag) lands before the store's next attempt. Delete's retry deletes it;
+// DeleteWritten first reads the key, sees the same bytes written at another
+// time, and leaves them.
+func TestDeleteWrittenSparesAResubmissionBetweenAttempts(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name  string
+		del   func(s *Store, key, etag string, modified time.Time) error
+		spare bool
+	}{
+		{"DeleteWritten", func(s *Store, key, etag string, modified time.Time) error {
+			return s.DeleteWritten(context.Background(), key, etag, modified)
+		}, true},
+		{"Delete", func(s *Store, key, etag string, _ time.Time) error {
+			return s.Delete(context.Background(), key, etag)
+		}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			s, p, _ := faultyStore(t)
+			key := "pending/r.json"
+			body := []byte(`{"spec":{"id":"r"}}`)
+			etag, err := s.Put(ctx, key, body, PutOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			judged, err := s.Head(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// 1-second Last-Modified: the resubmission must come in a later second.
+			time.Sleep(time.Until(judged.LastModified.Add(1100 * time.Millisecond)))
+			keyRe := regexp.MustCompile(`^pending/r\.json$`)
+			p.Add(faultproxy.Rule{Method: "DELETE", Key: keyRe, Action: faultproxy.ErrorAfter, Status: 500, Times: 1})
+			next := p.Add(faultproxy.Rule{Key: keyRe, Action: faultproxy.Hold, Times: 1})
+			done := make(chan error, 1)
+			go func() { done <- tt.del(s, key, etag, judged.LastModified) }()
+			if err := next.Wait(ctx, 1); err != nil { // the first attempt landed; the next is held
+				t.Fatal(err)
+			}
+			if _, err := s.Put(ctx, key, body, PutOptions{IfAbsent: true}); err != nil {
+				t.Fatalf("resubmission: %v", err)
+			}
+			next.Release()
+			if err := <-done; err != nil {
+				t.Fatalf("%s = %v", tt.name, err)
+			}
+			_, err = s.Head(ctx, key)
+			if spared := err == nil; spared != tt.spare {
+				t.Errorf("%s: resubmission spared = %v (head: %v), want %v", tt.name, spared, err, tt.spare)
+			}
+		})
+	}
+}

@@ -472,12 +472,33 @@ func copySource(bucket, key string) string {
 // version under the key wraps ErrPrecondition; a delete whose outcome could
 // not be learnt wraps ErrUnknown.
 func (s *Store) Delete(ctx context.Context, key, ifMatch string) error {
+	return s.DeleteWritten(ctx, key, ifMatch, time.Time{})
+}
+
+// DeleteWritten is Delete of the version with ETag ifMatch written at
+// modified (zero: at any time). An ETag is the MD5 of the bytes, so If-Match
+// cannot tell that version from an identical one written since (a
+// resubmission); the time can. An attempt that follows one which may have
+// landed first reads the key: gone, or the same bytes written at another
+// time, means the earlier attempt deleted ours — the newer version stays.
+func (s *Store) DeleteWritten(ctx context.Context, key, ifMatch string, modified time.Time) error {
 	in := &s3.DeleteObjectInput{Bucket: &s.bucket, Key: &key}
 	if ifMatch != "" {
 		in.IfMatch = aws.String(ifMatch)
 	}
+	mayHaveLanded := false
 	unsure, err := s.do(ctx, key, func(ctx context.Context) error {
+		if mayHaveLanded && !modified.IsZero() {
+			out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key}, s.expiring(false))
+			switch {
+			case err != nil:
+				return err // 404: gone, as deleted
+			case aws.ToString(out.ETag) == ifMatch && !aws.ToTime(out.LastModified).Equal(modified):
+				return nil // a newer version of the same bytes: ours went
+			}
+		}
 		_, err := s.client.DeleteObject(ctx, in, s.expiring(true))
+		mayHaveLanded = mayHaveLanded || classify(err) == ambiguous
 		return err
 	})
 	if err == nil {

@@ -10,6 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/s3mem"
 )
 
@@ -56,6 +57,9 @@ type request struct {
 	arrived bool
 	fault   fault
 	down    time.Duration
+	// expires: a write arriving later is refused unapplied, as a presigned
+	// request past its X-Amz-Expires (zero: never).
+	expires time.Time
 }
 
 func (r *request) String() string {
@@ -69,9 +73,11 @@ func (r *request) String() string {
 // reply is a request's answer as the sender sees it.
 type reply struct {
 	status int // 200, 404, 412, 500, 503; 0 when no answer came
-	err    error
-	res    any    // what the operation returns
-	desc   string // for the trace
+	// expired: refused (403) for arriving after the request's expiry.
+	expired bool
+	err     error
+	res     any    // what the operation returns
+	desc    string // for the trace
 }
 
 // bus is the single path of every store request in a scenario: a driver
@@ -213,6 +219,10 @@ func (b *bus) step() {
 	case slowDown:
 		rep = reply{status: 503, desc: "503 SlowDown (not applied)"}
 	default:
+		if !r.expires.IsZero() && now.After(r.expires) {
+			rep = reply{status: 403, expired: true, err: queue.ErrExpired, desc: "403 expired (not applied)"}
+			break
+		}
 		rep = r.exec()
 	}
 	switch r.fault {

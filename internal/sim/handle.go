@@ -37,6 +37,8 @@ type Handle struct {
 	seen     map[string]map[int64]bool // key → versions this process saw or wrote
 	lastRead map[string]queue.Object   // pending/ key → its last GET, for the confirm mutation
 	lastVer  map[string]int64          // pending/ key → the version last seen there
+	late     map[string]time.Time      // key → until when a timed-out write of ours may land
+	unknown  map[string]bool           // keys of writes whose outcome was unknown (UnknownAsNotLanded)
 }
 
 var (
@@ -47,7 +49,8 @@ var (
 
 func newHandle(b *bus, name, node, role string, policy queue.Policy, seed uint64, mut Mutations) *Handle {
 	return &Handle{b: b, name: name, node: node, role: role, policy: policy, seed: seed, mut: mut,
-		seen: map[string]map[int64]bool{}, lastRead: map[string]queue.Object{}, lastVer: map[string]int64{}}
+		seen: map[string]map[int64]bool{}, lastRead: map[string]queue.Object{}, lastVer: map[string]int64{},
+		late: map[string]time.Time{}, unknown: map[string]bool{}}
 }
 
 func (h *Handle) saw(key string, v int64) {
@@ -107,6 +110,27 @@ func refusal(op string) reply {
 // call runs one operation through the bus with queue.Store's retry policy:
 // it returns the last reply and whether an earlier attempt may have landed.
 func (h *Handle) call(ctx context.Context, op, key, cond string, exec func() reply) (rep reply, unsure bool) {
+	return h.callChecked(ctx, op, key, cond, exec, nil)
+}
+
+// callChecked is call with recheck, if not nil, run before an attempt that
+// follows one which may have landed: when it says done, its reply ends the
+// call.
+func (h *Handle) callChecked(ctx context.Context, op, key, cond string, exec func() reply, recheck func(context.Context) (reply, bool)) (rep reply, unsure bool) {
+	if h.mut.UnknownAsNotLanded {
+		defer func() { h.noteUnknown(op, key, rep, unsure) }()
+		if r, ok := h.notLanded(op, key); ok {
+			return r, false
+		}
+	}
+	// As queue.Store: first wait out a timed-out write of ours to key that
+	// may still land.
+	if d := time.Until(h.lateUntil(key)); d > 0 {
+		if sleep(ctx, d) != nil {
+			return reply{status: 0, err: ctx.Err()}, false
+		}
+	}
+	write := op == "PUT" || op == "COPY" || op == "DELETE"
 	for i := 0; ; i++ {
 		if d := time.Duration(h.slow.Load()); d > 0 {
 			if dl, ok := ctx.Deadline(); ok {
@@ -119,33 +143,105 @@ func (h *Handle) call(ctx context.Context, op, key, cond string, exec func() rep
 		if h.dead.Load() {
 			return refusal(op), unsure
 		}
+		if unsure && recheck != nil {
+			if r, done := recheck(ctx); done {
+				return r, unsure
+			}
+		}
 		actx, cancel := context.WithTimeout(ctx, h.policy.Timeout)
 		kind, _, _ := strings.Cut(cond, ":")
 		r := &request{h: h, op: op, key: key, cond: cond, kind: kind, exec: exec, out: make(chan reply, 1)}
+		if write {
+			r.expires = expiry(actx)
+		}
 		h.b.submit(r)
 		select {
 		case rep = <-r.out:
 		case <-actx.Done():
 			rep = reply{status: 0, err: errStatus(0)}
 		}
+		timedOut := errors.Is(actx.Err(), context.DeadlineExceeded)
 		cancel()
-		h.adapt(rep.status)
-		switch rep.status {
-		case 200, 404, 412, 403:
-			return rep, unsure
+		if timedOut && write {
+			h.expectLate(key, r.expires)
 		}
-		unsure = true
+		h.adapt(rep.status)
+		switch {
+		case rep.expired:
+			// Refused for arriving late: this attempt did not land.
+		case rep.status == 200, rep.status == 404, rep.status == 412, rep.status == 403:
+			return rep, unsure
+		default:
+			unsure = true
+		}
 		if rep.err == nil {
 			rep.err = errStatus(rep.status)
 		}
 		if ctx.Err() != nil || i+1 >= h.policy.Attempts {
 			return rep, unsure
 		}
-		backoff := min(h.policy.MaxDelay, h.policy.BaseDelay<<min(i, 20))
-		if sleep(ctx, h.jitter(backoff, op, key, i)) != nil {
+		backoff := h.jitter(min(h.policy.MaxDelay, h.policy.BaseDelay<<min(i, 20)), op, key, i)
+		if timedOut && write {
+			backoff = max(backoff, time.Until(r.expires))
+		}
+		if sleep(ctx, backoff) != nil {
 			return rep, unsure
 		}
 	}
+}
+
+// noteUnknown remembers, for the UnknownAsNotLanded mutation, a write whose
+// outcome the process could not learn.
+func (h *Handle) noteUnknown(op, key string, rep reply, unsure bool) {
+	if (op == "PUT" || op == "DELETE" || op == "COPY") && unsure && rep.status != 200 {
+		h.mu.Lock()
+		h.unknown[key] = true
+		h.mu.Unlock()
+	}
+}
+
+// notLanded is the UnknownAsNotLanded mutation: the next read of a key whose
+// write's outcome was unknown is answered "not there" without asking the
+// store — the process takes "unknown" for "did not land" (a lease write for
+// not ours, a delete for not done).
+func (h *Handle) notLanded(op, key string) (reply, bool) {
+	if op != "GET" && op != "HEAD" {
+		return reply{}, false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.unknown[key] {
+		return reply{}, false
+	}
+	delete(h.unknown, key)
+	return reply{status: 404, err: fmt.Errorf("%w (mutation: unknown read as not landed)", queue.ErrNotFound), desc: "404 (mutation)"}, true
+}
+
+// expiry is when the store stops accepting a write attempt whose context is
+// ctx, as queue.Store presigns it: the attempt's deadline, but never under a
+// second away (X-Amz-Expires is whole seconds).
+func expiry(ctx context.Context) time.Time {
+	dl, _ := ctx.Deadline()
+	if soonest := time.Now().Add(time.Second); dl.Before(soonest) {
+		return soonest
+	}
+	return dl
+}
+
+// expectLate records that a write of key may land until t (queue.Store's
+// lateWrites).
+func (h *Handle) expectLate(key string, t time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if t.After(h.late[key]) {
+		h.late[key] = t
+	}
+}
+
+func (h *Handle) lateUntil(key string) time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.late[key]
 }
 
 // jitter is queue.Store's full jitter, drawn from the request's identity
@@ -358,6 +454,13 @@ func (h *Handle) Copy(ctx context.Context, src, dst string, opt queue.CopyOption
 
 // Delete removes key if its ETag is ifMatch (see queue.Store.Delete).
 func (h *Handle) Delete(ctx context.Context, key, ifMatch string) error {
+	return h.DeleteWritten(ctx, key, ifMatch, time.Time{})
+}
+
+// DeleteWritten deletes the version of key with ETag ifMatch written at
+// modified, as queue.Store.DeleteWritten: after an attempt that may have
+// landed, it first reads the key.
+func (h *Handle) DeleteWritten(ctx context.Context, key, ifMatch string, modified time.Time) error {
 	if h.mut.StripDeleteIfMatch {
 		ifMatch = ""
 	}
@@ -365,14 +468,27 @@ func (h *Handle) Delete(ctx context.Context, key, ifMatch string) error {
 	if ifMatch != "" {
 		cond = "If-Match:" + short(ifMatch)
 	}
-	rep, unsure := h.call(ctx, "DELETE", key, cond, func() reply {
+	var recheck func(ctx context.Context) (reply, bool)
+	if !modified.IsZero() {
+		recheck = func(ctx context.Context) (reply, bool) {
+			o, err := h.Head(ctx, key)
+			switch {
+			case errors.Is(err, queue.ErrNotFound):
+				return reply{status: 200, desc: "gone"}, true
+			case err == nil && o.ETag == ifMatch && !o.LastModified.Equal(modified):
+				return reply{status: 200, desc: "a newer version"}, true
+			}
+			return reply{}, false
+		}
+	}
+	rep, unsure := h.callChecked(ctx, "DELETE", key, cond, func() reply {
 		v, err := h.b.store.DeleteVersion(key, ifMatch)
 		if err == nil && v != 0 {
 			h.b.hist.deleted(h, key, v)
 			return answer(nil, nil, "deleted "+fmtVer(v))
 		}
 		return answer(err, nil, "gone")
-	})
+	}, recheck)
 	switch {
 	case rep.status == 200, rep.status == 404:
 		return nil

@@ -3,7 +3,10 @@ package sim
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"sync/atomic"
 	"time"
@@ -55,9 +58,10 @@ func (s *scenario) startNode(cfg nodeCfg, gen int) *incarnation {
 	inc.kill = kill
 	inc.d = drain.New(root, 2*s.policy.Timeout)
 	p := pipeline.New(pipeline.Config{Node: cfg.name, Layout: s.layout, Concurrency: cfg.concurrency, PollInterval: cfg.poll,
-		MaxSpecBytes: cfg.maxSpecBytes, MaxAttempts: cfg.maxAttempts, CellTimeout: cfg.cellTimeout, Logger: log},
+		MaxSpecBytes: cfg.maxSpecBytes, MaxAttempts: cfg.maxAttempts, CellTimeout: cfg.cellTimeout, Logger: log,
+		Rand: s.rand(name, "lister")},
 		inc.h, proto, &runner{inc: inc}, inc.d)
-	rescuer := recovery.New(proto, inc.d, cfg.ttl, log)
+	rescuer := recovery.New(proto, inc.d, cfg.ttl, log, s.rand(name, "rescuer"))
 	s.hist.tracef(name, "START ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v clock_rate=%.4f",
 		cfg.ttl, cfg.concurrency, cfg.maxAttempts, cfg.maxSpecBytes, cfg.poll, cfg.cellTimeout, cfg.rate)
 	go func() {
@@ -162,4 +166,12 @@ func (c skewClock) Now() time.Time {
 
 func (c skewClock) AfterFunc(d time.Duration, f func()) interface{ Stop() bool } {
 	return time.AfterFunc(time.Duration(float64(d)/c.rate), f)
+}
+
+// rand returns a source for one goroutine of process name, drawn from the
+// scenario's seed and what it is for, so that a seed replays.
+func (s *scenario) rand(name, what string) *rand.Rand {
+	f := fnv.New64a()
+	fmt.Fprintf(f, "%d/%s/%s", s.seed, name, what)
+	return rand.New(rand.NewPCG(s.seed, f.Sum64()))
 }

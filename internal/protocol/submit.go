@@ -1,0 +1,46 @@
+// The submit intent: docs/PROTOCOL.md, "Intents".
+
+package protocol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// ErrPending: pending/ already holds the id (Submit without replace).
+var ErrPending = errors.New("already pending")
+
+// Submit writes body to pending/<id> under the spec's lease. A create-only
+// PUT whose answer is lost is retried, and without the lease the retry could
+// land a second copy after a node had consumed and run the first; while the
+// submitter holds the lease, no claim can consume what it wrote. Without
+// replace a spec already pending is refused (ErrPending); with it, the pending
+// version is overwritten. A spec in flight is refused either way (ErrHeld).
+func (p *Protocol) Submit(ctx context.Context, id string, body []byte, replace bool) error {
+	c, err := p.acquire(ctx, id, leaseBody{State: stateSubmitting, Intent: intentSubmit})
+	if err != nil {
+		return fmt.Errorf("submit %s: %w", id, err)
+	}
+	quit := make(chan struct{})
+	close(quit) // a tool does not wait out an outage
+	key := p.cfg.Layout.Key(queue.Pending, id)
+	err = c.act(ctx, quit, "write pending", func(ctx context.Context) error {
+		_, err := p.store.Put(ctx, key, body, queue.PutOptions{IfAbsent: !replace})
+		if errors.Is(err, queue.ErrUnknown) && errors.Is(err, queue.ErrPrecondition) {
+			return nil // our own create refusing its retry: nobody consumes it under our lease
+		}
+		return err
+	})
+	switch {
+	case errors.Is(err, queue.ErrPrecondition):
+		c.end(ctx, quit)
+		return fmt.Errorf("submit %s: %w", id, ErrPending)
+	case err != nil:
+		return fmt.Errorf("submit %s: %w", id, c.stop(err))
+	}
+	c.end(ctx, quit)
+	return nil
+}
