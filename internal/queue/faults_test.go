@@ -22,6 +22,12 @@ import (
 // SlowDown answers it reports.
 func faultyStore(t *testing.T) (*Store, *faultproxy.Proxy, *atomic.Int64) {
 	t.Helper()
+	return faultyStoreTimeout(t, 2*time.Second)
+}
+
+// faultyStoreTimeout is faultyStore with attempts of timeout each.
+func faultyStoreTimeout(t *testing.T, timeout time.Duration) (*Store, *faultproxy.Proxy, *atomic.Int64) {
+	t.Helper()
 	direct := newStore(t)
 	p, err := faultproxy.Start(server.URL, 1)
 	if err != nil {
@@ -36,7 +42,7 @@ func faultyStore(t *testing.T) (*Store, *faultproxy.Proxy, *atomic.Int64) {
 		Retryer:      aws.NopRetryer{},
 	})
 	var slow atomic.Int64
-	return New(client, direct.bucket, Policy{Attempts: 3, Timeout: 2 * time.Second, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond,
+	return New(client, direct.bucket, Policy{Attempts: 3, Timeout: timeout, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond,
 		SlowDown: func() { slow.Add(1) }}), p, &slow
 }
 
@@ -171,7 +177,10 @@ func TestDeleteWrittenSparesAResubmissionBetweenAttempts(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			s, p, _ := faultyStore(t)
+			// Attempts of 10 s: each is presigned to expire at its deadline
+			// (rounded down to the second), and the first must land even on
+			// a loaded machine.
+			s, p, _ := faultyStoreTimeout(t, 10*time.Second)
 			key := "pending/r.json"
 			body := []byte(`{"spec":{"id":"r"}}`)
 			etag, err := s.Put(ctx, key, body, PutOptions{})
