@@ -238,12 +238,21 @@ func (s *Store) PutVersion(key string, body []byte, opt queue.PutOptions) (strin
 	case opt.IfMatch != "" && cur.etag != opt.IfMatch:
 		return "", 0, fmt.Errorf("s3mem: put %s: ETag %s, not %s: %w", key, cur.etag, opt.IfMatch, queue.ErrPrecondition)
 	}
-	return s.writeLocked(key, slices.Clone(body), opt.Metadata), s.version, nil
+	return s.writeLocked(key, slices.Clone(body), opt.Metadata, time.Now()), s.version, nil
 }
 
-func (s *Store) writeLocked(key string, body []byte, meta map[string]string) string {
+// PutAt writes body to key unconditionally, with LastModified at modified
+// rather than now, and returns its ETag: for tests and simulations that need
+// an object a stopped writer left long ago. S3 has no such request.
+func (s *Store) PutAt(key string, body []byte, meta map[string]string, modified time.Time) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.writeLocked(key, slices.Clone(body), meta, modified)
+}
+
+func (s *Store) writeLocked(key string, body []byte, meta map[string]string, now time.Time) string {
 	s.version++
-	o := &object{body: body, etag: ETag(body), meta: lowerKeys(meta), modified: second(time.Now()), version: s.version}
+	o := &object{body: body, etag: ETag(body), meta: lowerKeys(meta), modified: second(now), version: s.version}
 	s.objs[key] = o
 	return o.etag
 }
@@ -281,7 +290,7 @@ func (s *Store) CopyVersion(src, dst string, opt queue.CopyOptions) (int64, erro
 	case opt.SourceIfMatch != "" && o.etag != opt.SourceIfMatch:
 		return 0, fmt.Errorf("s3mem: copy %s to %s: source ETag %s, not %s: %w", src, dst, o.etag, opt.SourceIfMatch, queue.ErrPrecondition)
 	}
-	s.writeLocked(dst, o.body, opt.Metadata) // bodies are never changed in place: sharing is safe
+	s.writeLocked(dst, o.body, opt.Metadata, time.Now()) // bodies are never changed in place: sharing is safe
 	return s.version, nil
 }
 

@@ -143,3 +143,25 @@ func TestListPagesAndTimes(t *testing.T) {
 		}
 	})
 }
+
+// TestPutAtBackdates: an object written in the past by a test reads as any
+// other write, only older: the ETag of its bytes, a new version, metadata as
+// the SDK returns it, LastModified to the second.
+func TestPutAtBackdates(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		s := s3mem.New(s3mem.Quirks{})
+		_, v1, _ := s.PutVersion("k", []byte("a"), queue.PutOptions{})
+		past := time.Now().Add(-90*time.Second - 300*time.Millisecond)
+		if e := s.PutAt("k", []byte("a"), map[string]string{"Fleetd-X": "1"}, past); e != s3mem.ETag([]byte("a")) {
+			t.Fatalf("PutAt ETag %s", e)
+		}
+		o, err := s.Head(ctx, "k")
+		if err != nil || o.Metadata["fleetd-x"] != "1" || s.Version("k") == v1 {
+			t.Fatalf("head: %+v %v, version %d after %d", o, err, s.Version("k"), v1)
+		}
+		if age := o.ServerTime.Sub(o.LastModified); age != 91*time.Second {
+			t.Errorf("age %v: want 91s (LastModified to the second)", age)
+		}
+	})
+}
