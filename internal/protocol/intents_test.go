@@ -8,14 +8,15 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/s3mem"
 )
 
 // staleLease writes l as a lease its holder stopped renewing long ago.
-func staleLease(p *Protocol, s *memStore, id string, l leaseBody) {
+func staleLease(p *Protocol, s *faultStore, id string, l leaseBody) {
 	l.TTLMillis = MinTTL.Milliseconds()
 	body, _ := encodeLease(&l, time.Now())
 	key := p.cfg.Layout.Key(queue.Leases, id)
-	s.objs[key] = queue.Object{Key: key, ETag: etagOf(body), Body: body, LastModified: time.Now().Add(-MinTTL - 2*time.Second)}
+	s.PutAt(key, body, nil, time.Now().Add(-MinTTL-2*time.Second))
 }
 
 func recoverNow(t *testing.T, p *Protocol) {
@@ -25,7 +26,7 @@ func recoverNow(t *testing.T, p *Protocol) {
 	}
 }
 
-func sortedKeys(s *memStore) []string {
+func sortedKeys(s *faultStore) []string {
 	ks := s.keys()
 	slices.Sort(ks)
 	return ks
@@ -54,8 +55,7 @@ func TestRecoveryFinishesAnInterruptedFiling(t *testing.T) {
 			staleLease(p, s, "a", l)
 			if tt.written {
 				failed := p.cfg.Layout.Key(queue.Failed, "a")
-				s.objs[failed] = queue.Object{Key: failed, Body: spec.Body, ETag: spec.ETag,
-					Metadata: map[string]string{metaToken: "t1", metaOutcome: string(Cancelled)}}
+				s.PutAt(failed, spec.Body, map[string]string{metaToken: "t1", metaOutcome: string(Cancelled)}, time.Now())
 			}
 			recoverNow(t, p)
 			if got := sortedKeys(s); !slices.Equal(got, tt.want) {
@@ -72,7 +72,7 @@ func TestRequeueSurvivesTwoStoppedHolders(t *testing.T) {
 	p, s := setup(t)
 	spec := pending(t, p, s, "a")
 	failed := p.cfg.Layout.Key(queue.Failed, "a")
-	s.objs[failed] = queue.Object{Key: failed, Body: spec.Body, ETag: spec.ETag}
+	s.PutAt(failed, spec.Body, nil, time.Now())
 	tool := leaseBody{Node: "tool", Token: "t1", Epoch: 1, Intent: intentRequeue, State: stateRequeueing, FailedETag: spec.ETag}
 	staleLease(p, s, "a", tool.successor("r1", "t2", MinTTL))
 	recoverNow(t, p)
@@ -100,7 +100,7 @@ func TestCancelMarkIsHonouredByARelease(t *testing.T) {
 	if got, want := sortedKeys(s), []string{"fleet/failed/a.json"}; !slices.Equal(got, want) {
 		t.Fatalf("objects after the release = %v, want %v", got, want)
 	}
-	if o := s.objs["fleet/failed/a.json"]; o.Metadata[metaOutcome] != string(Cancelled) {
+	if o, _ := s.object("fleet/failed/a.json"); o.Metadata[metaOutcome] != string(Cancelled) {
 		t.Errorf("failed/a.json outcome %q, want cancelled", o.Metadata[metaOutcome])
 	}
 }
@@ -117,7 +117,7 @@ func TestCancelMarkOnAnUnconsumedClaimIsHonoured(t *testing.T) {
 	if got, want := sortedKeys(s), []string{"fleet/failed/a.json"}; !slices.Equal(got, want) {
 		t.Fatalf("objects after recovery = %v, want %v", got, want)
 	}
-	if o := s.objs["fleet/failed/a.json"]; o.Metadata[metaOutcome] != string(Cancelled) {
+	if o, _ := s.object("fleet/failed/a.json"); o.Metadata[metaOutcome] != string(Cancelled) {
 		t.Errorf("failed/a.json outcome %q, want cancelled", o.Metadata[metaOutcome])
 	}
 }
@@ -137,8 +137,8 @@ func TestPruneLeavesAFreshResultOfAnIdenticalRerun(t *testing.T) {
 		{"fresh rerun", 0, ErrGone},
 		{"old", 2 * time.Hour, nil},
 	} {
-		s.objs[key] = queue.Object{Key: key, ETag: etagOf(body), Body: body, LastModified: time.Now().Add(-tt.age)}
-		err := p.Prune(context.Background(), key, etagOf(body), time.Hour)
+		s.PutAt(key, body, nil, time.Now().Add(-tt.age))
+		err := p.Prune(context.Background(), key, s3mem.ETag(body), time.Hour)
 		if !errors.Is(err, tt.wantErr) && (err != nil || tt.wantErr != nil) {
 			t.Errorf("%s: Prune = %v, want %v", tt.name, err, tt.wantErr)
 		}

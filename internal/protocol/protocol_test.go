@@ -2,8 +2,6 @@ package protocol
 
 import (
 	"context"
-	"crypto/md5"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -14,14 +12,15 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/s3mem"
 )
 
-// memStore is an in-memory S3 with conditional writes, whose answers a test
-// can make ambiguous: lose lets a matching write land, then reports
-// ErrUnknown, as the store does when an answer is lost.
-type memStore struct {
+// faultStore is an s3mem bucket whose answers a test can make ambiguous:
+// lose lets a matching write land, then reports ErrUnknown, as the store does
+// when an answer is lost.
+type faultStore struct {
+	*s3mem.Store
 	mu   sync.Mutex
-	objs map[string]queue.Object
 	lose func(op, key string) bool
 	// losePut, if set, loses the answer of the PUTs whose body it picks.
 	losePut func(key string, body []byte) bool
@@ -32,49 +31,21 @@ type memStore struct {
 	log      []string
 }
 
-func newMemStore() *memStore { return &memStore{objs: map[string]queue.Object{}} }
+func newFaultStore() *faultStore { return &faultStore{Store: s3mem.New(s3mem.Quirks{})} }
 
-func etagOf(b []byte) string {
-	sum := md5.Sum(b)
-	return `"` + hex.EncodeToString(sum[:]) + `"`
-}
-
-func (s *memStore) lost(op, key string) bool {
+func (s *faultStore) lost(op, key string) bool {
 	s.log = append(s.log, op+" "+key)
 	return s.lose != nil && s.lose(op, key)
 }
 
-func (s *memStore) List(_ context.Context, prefix string, fn func(queue.Page) error) error {
+func (s *faultStore) List(ctx context.Context, prefix string, fn func(queue.Page) error) error {
 	s.mu.Lock()
 	s.log = append(s.log, "LIST "+prefix)
-	page := queue.Page{ServerTime: time.Now()}
-	for k, o := range s.objs {
-		if strings.HasPrefix(k, prefix) {
-			page.Objects = append(page.Objects, o)
-		}
-	}
 	s.mu.Unlock()
-	return fn(page)
+	return s.Store.List(ctx, prefix, fn)
 }
 
-func (s *memStore) Get(_ context.Context, key string, _ int64) (queue.Object, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	o, ok := s.objs[key]
-	if !ok {
-		return queue.Object{}, fmt.Errorf("get %s: %w", key, queue.ErrNotFound)
-	}
-	o.ServerTime = time.Now()
-	return o, nil
-}
-
-func (s *memStore) Head(ctx context.Context, key string) (queue.Object, error) {
-	o, err := s.Get(ctx, key, 0)
-	o.Body = nil
-	return o, err
-}
-
-func (s *memStore) Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
+func (s *faultStore) Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
 	s.mu.Lock()
 	stall := s.stallPut != nil && s.stallPut(key)
 	s.mu.Unlock()
@@ -82,15 +53,12 @@ func (s *memStore) Put(ctx context.Context, key string, body []byte, opt queue.P
 		<-ctx.Done()
 		return "", fmt.Errorf("put %s: %w: %w", key, queue.ErrUnknown, ctx.Err())
 	}
+	etag, err := s.Store.Put(ctx, key, body, opt)
+	if err != nil {
+		return "", err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cur, exists := s.objs[key]
-	switch {
-	case opt.IfAbsent && exists, opt.IfMatch != "" && (!exists || cur.ETag != opt.IfMatch):
-		return "", fmt.Errorf("put %s: %w", key, queue.ErrPrecondition)
-	}
-	o := queue.Object{Key: key, ETag: etagOf(body), Body: body, Size: int64(len(body)), Metadata: opt.Metadata, LastModified: time.Now()}
-	s.objs[key] = o
 	if s.lost("PUT", key) || s.losePut != nil && s.losePut(key, body) {
 		// The retry of a conditional write that landed is refused by it.
 		return "", fmt.Errorf("put %s: %w: %w", key, queue.ErrUnknown, queue.ErrPrecondition)
@@ -98,66 +66,65 @@ func (s *memStore) Put(ctx context.Context, key string, body []byte, opt queue.P
 	if s.landed != nil {
 		s.landed <- key
 	}
-	return o.ETag, nil
+	return etag, nil
 }
 
-func (s *memStore) Copy(_ context.Context, src, dst string, opt queue.CopyOptions) error {
+func (s *faultStore) Delete(ctx context.Context, key, ifMatch string) error {
+	if err := s.Store.Delete(ctx, key, ifMatch); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	o, ok := s.objs[src]
-	if !ok || opt.SourceIfMatch != "" && o.ETag != opt.SourceIfMatch {
-		return fmt.Errorf("copy %s: %w", src, queue.ErrPrecondition)
-	}
-	o.Key, o.Metadata = dst, opt.Metadata
-	s.objs[dst] = o
-	return nil
-}
-
-func (s *memStore) Delete(_ context.Context, key, ifMatch string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cur, exists := s.objs[key]
-	if exists && ifMatch != "" && cur.ETag != ifMatch {
-		return fmt.Errorf("delete %s: %w", key, queue.ErrPrecondition)
-	}
-	delete(s.objs, key)
 	if s.lost("DELETE", key) {
 		return fmt.Errorf("delete %s: %w", key, queue.ErrUnknown)
 	}
 	return nil
 }
 
-func (s *memStore) DeleteWritten(ctx context.Context, key, ifMatch string, _ time.Time) error {
+// DeleteWritten goes through Delete, so its faults apply (s3mem's own
+// DeleteWritten would bypass them).
+func (s *faultStore) DeleteWritten(ctx context.Context, key, ifMatch string, _ time.Time) error {
 	return s.Delete(ctx, key, ifMatch)
 }
 
-func (s *memStore) has(key string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.objs[key]
-	return ok
+func (s *faultStore) has(key string) bool {
+	_, err := s.Store.Head(context.Background(), key)
+	return err == nil
 }
 
-func (s *memStore) keys() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// object returns key as a GET reads it, and whether it exists.
+func (s *faultStore) object(key string) (queue.Object, bool) {
+	o, err := s.Store.Get(context.Background(), key, 1<<20)
+	return o, err == nil
+}
+
+// keys returns every key in the bucket, in order.
+func (s *faultStore) keys() []string {
 	var ks []string
-	for k := range s.objs {
-		ks = append(ks, k)
+	for _, o := range s.Snapshot("") {
+		ks = append(ks, o.Key)
 	}
 	return ks
 }
 
-func setup(t *testing.T) (*Protocol, *memStore) {
+// remove deletes key unconditionally, unseen by the fault hooks.
+func (s *faultStore) remove(t *testing.T, key string) {
 	t.Helper()
-	store := newMemStore()
+	if err := s.Store.Delete(context.Background(), key, ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func setup(t *testing.T) (*Protocol, *faultStore) {
+	t.Helper()
+	store := newFaultStore()
 	p := New(Config{Layout: queue.NewLayout("fleet", ""), Node: "n1", TTL: MinTTL, MaxAttempts: 3,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, store)
 	return p, store
 }
 
 // pending submits id and returns the spec as a node reads it.
-func pending(t *testing.T, p *Protocol, s *memStore, id string) Spec {
+func pending(t *testing.T, p *Protocol, s *faultStore, id string) Spec {
 	t.Helper()
 	key := p.cfg.Layout.Key(queue.Pending, id)
 	body := []byte(`{"spec":{"id":"` + id + `"}}`)
@@ -165,7 +132,8 @@ func pending(t *testing.T, p *Protocol, s *memStore, id string) Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Spec{ID: id, Key: key, ETag: etag, Modified: s.objs[key].LastModified, Body: body}
+	o, _ := s.object(key)
+	return Spec{ID: id, Key: key, ETag: etag, Modified: o.LastModified, Body: body}
 }
 
 func TestClaimResolvesItsOwnAmbiguousLeaseCreate(t *testing.T) {
@@ -229,15 +197,14 @@ func TestClaimWithAmbiguousPendingDeleteRuns(t *testing.T) {
 
 // staleClaim leaves what a holder that stopped long ago leaves: its lease
 // (written ttl + 2 s ago by the server's clock) and claimed/.
-func staleClaim(t *testing.T, p *Protocol, s *memStore, spec Spec, attempts int) {
+func staleClaim(t *testing.T, p *Protocol, s *faultStore, spec Spec, attempts int) {
 	t.Helper()
 	l := leaseBody{Node: "dead", Token: "old", Epoch: 1, TTLMillis: MinTTL.Milliseconds(), Attempts: attempts,
 		State: stateRunning, PendingETag: spec.ETag}
 	body, _ := encodeLease(&l, time.Now())
 	key := p.cfg.Layout.Key(queue.Leases, spec.ID)
-	s.objs[key] = queue.Object{Key: key, ETag: etagOf(body), Body: body, LastModified: time.Now().Add(-MinTTL - 2*time.Second)}
-	claimed := p.cfg.Layout.Key(queue.Claimed, spec.ID)
-	s.objs[claimed] = queue.Object{Key: claimed, ETag: etagOf(spec.Body), Body: spec.Body, LastModified: time.Now()}
+	s.PutAt(key, body, nil, time.Now().Add(-MinTTL-2*time.Second))
+	s.PutAt(p.cfg.Layout.Key(queue.Claimed, spec.ID), spec.Body, nil, time.Now())
 }
 
 func TestRecoverySettles(t *testing.T) {
@@ -257,7 +224,7 @@ func TestRecoverySettles(t *testing.T) {
 			spec := pending(t, p, s, "a")
 			staleClaim(t, p, s, spec, tt.attempts)
 			if tt.consumed {
-				delete(s.objs, spec.Key)
+				s.remove(t, spec.Key)
 			}
 			if err := p.recoverScan(context.Background(), make(chan struct{}), true); err != nil {
 				t.Fatal(err)
@@ -266,7 +233,7 @@ func TestRecoverySettles(t *testing.T) {
 			if len(got) != 1 || got[0] != tt.wantKeys[0] {
 				t.Fatalf("objects after recovery = %v, want %v", got, tt.wantKeys)
 			}
-			if o := s.objs[got[0]]; o.Metadata[metaAttempts] != tt.wantTries {
+			if o, _ := s.object(got[0]); o.Metadata[metaAttempts] != tt.wantTries {
 				t.Errorf("%s attempts = %q, want %q", got[0], o.Metadata[metaAttempts], tt.wantTries)
 			}
 		})
@@ -277,9 +244,9 @@ func TestRecoveryOnlyCleansUpAFinishedClaim(t *testing.T) {
 	p, s := setup(t)
 	spec := pending(t, p, s, "a")
 	staleClaim(t, p, s, spec, 1)
-	delete(s.objs, spec.Key)
+	s.remove(t, spec.Key)
 	done := p.cfg.Layout.Key(queue.Completed, "a")
-	s.objs[done] = queue.Object{Key: done, Body: spec.Body, Metadata: map[string]string{metaToken: "old"}}
+	s.PutAt(done, spec.Body, map[string]string{metaToken: "old"}, time.Now())
 	if err := p.recoverScan(context.Background(), make(chan struct{}), true); err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +375,7 @@ func TestCancelPendingFilesIt(t *testing.T) {
 	if len(got) != 1 || got[0] != "fleet/failed/a.json" {
 		t.Fatalf("objects = %v, want only failed/a.json", got)
 	}
-	o := s.objs["fleet/failed/a.json"]
+	o, _ := s.object("fleet/failed/a.json")
 	if o.Metadata[metaOutcome] != "cancelled" || o.Metadata[metaReason] != "cancelled by alice" || string(o.Body) != string(spec.Body) {
 		t.Errorf("failed/a.json = %s %v", o.Body, o.Metadata)
 	}
@@ -477,7 +444,7 @@ func TestCancelMarkWhoseAnswerWasLost(t *testing.T) {
 // it lapses: the cell is not stopped. Found by the soak: after an outage, one
 // renewal outlasted the validity and a healthy cell ran twice.
 func TestHungRenewalIsGivenUpInTime(t *testing.T) {
-	store := newMemStore()
+	store := newFaultStore()
 	// A ttl of 6 s: the validity left at a renewal (2.8 s) holds the hung
 	// write's half, its read-back and the retry with room for a loaded machine.
 	p := New(Config{Layout: queue.NewLayout("fleet", ""), Node: "n1", TTL: 6 * time.Second, MaxAttempts: 3,

@@ -16,11 +16,11 @@ import (
 	"github.com/cellos/fleetd/internal/queue"
 )
 
-// hookStore is a memStore whose requests a test can see before they are made:
-// before may act (another tool, a submission) and may refuse the request
-// (an error: the request does not land).
+// hookStore is a faultStore whose requests a test can see before they are
+// made: before may act (another tool, a submission) and may refuse the
+// request (an error: the request does not land).
 type hookStore struct {
-	*memStore
+	*faultStore
 	mu     sync.Mutex
 	before func(op, key string) error
 }
@@ -45,28 +45,28 @@ func (h *hookStore) Get(ctx context.Context, key string, limit int64) (queue.Obj
 	if err := h.hook("GET", key); err != nil {
 		return queue.Object{}, err
 	}
-	return h.memStore.Get(ctx, key, limit)
+	return h.faultStore.Get(ctx, key, limit)
 }
 
 func (h *hookStore) Head(ctx context.Context, key string) (queue.Object, error) {
 	if err := h.hook("HEAD", key); err != nil {
 		return queue.Object{}, err
 	}
-	return h.memStore.Head(ctx, key)
+	return h.faultStore.Head(ctx, key)
 }
 
 func (h *hookStore) Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
 	if err := h.hook("PUT", key); err != nil {
 		return "", err
 	}
-	return h.memStore.Put(ctx, key, body, opt)
+	return h.faultStore.Put(ctx, key, body, opt)
 }
 
 func (h *hookStore) Delete(ctx context.Context, key, ifMatch string) error {
 	if err := h.hook("DELETE", key); err != nil {
 		return err
 	}
-	return h.memStore.Delete(ctx, key, ifMatch)
+	return h.faultStore.Delete(ctx, key, ifMatch)
 }
 
 func (h *hookStore) DeleteWritten(ctx context.Context, key, ifMatch string, _ time.Time) error {
@@ -77,17 +77,14 @@ func (h *hookStore) Copy(ctx context.Context, src, dst string, opt queue.CopyOpt
 	if err := h.hook("COPY", dst); err != nil {
 		return err
 	}
-	return h.memStore.Copy(ctx, src, dst, opt)
+	return h.faultStore.Copy(ctx, src, dst, opt)
 }
 
 // ageLease makes the lease of id look as a holder that stopped long ago left it.
-func ageLease(p *Protocol, s *memStore, id string) {
+func ageLease(p *Protocol, s *faultStore, id string) {
 	key := p.cfg.Layout.Key(queue.Leases, id)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	o := s.objs[key]
-	o.LastModified = time.Now().Add(-MinTTL - 2*time.Second)
-	s.objs[key] = o
+	o, _ := s.object(key)
+	s.PutAt(key, o.Body, o.Metadata, time.Now().Add(-MinTTL-2*time.Second))
 }
 
 // TestReviewFilingSuccessorDeletesAnIdenticalResubmission: `fleetd cancel`
@@ -102,7 +99,7 @@ func TestReviewFilingSuccessorDeletesAnIdenticalResubmission(t *testing.T) {
 	p, s := setup(t)
 	spec := pending(t, p, s, "a")
 	leaseKey := p.cfg.Layout.Key(queue.Leases, "a")
-	h := &hookStore{memStore: s}
+	h := &hookStore{faultStore: s}
 	// Once pending/ is gone, every request about the lease goes unanswered.
 	h.setBefore(func(op, key string) error {
 		if key == leaseKey && !s.has(spec.Key) {
@@ -146,6 +143,12 @@ func TestReviewFilingSuccessorDeletesAnIdenticalResubmission(t *testing.T) {
 func TestReviewCancelMarkFilesAnIdenticalResubmission(t *testing.T) {
 	p, s := setup(t)
 	spec := pending(t, p, s, "a")
+	// LastModified is to the second, in s3mem as on S3: the first submission
+	// is made a second older, or the resubmission below would be the same
+	// version (docs/PROTOCOL.md: what is left).
+	s.PutAt(spec.Key, spec.Body, nil, time.Now().Add(-time.Second))
+	o, _ := s.object(spec.Key)
+	spec.Modified = o.LastModified
 	c, err := p.Claim(context.Background(), make(chan struct{}), spec)
 	if err != nil {
 		t.Fatal(err)
@@ -186,7 +189,7 @@ func TestReviewCancelMarkDroppedByRecoveryOfAnUnconsumedClaim(t *testing.T) {
 	spec := pending(t, p, s, "a")
 	staleClaim(t, p, s, spec, 1) // lease + claimed/, pending/ never consumed
 	claimedKey := p.cfg.Layout.Key(queue.Claimed, "a")
-	h := &hookStore{memStore: s}
+	h := &hookStore{faultStore: s}
 	var once sync.Once
 	var res CancelResult
 	var cerr error
@@ -215,7 +218,7 @@ func TestReviewCancelMarkDroppedByRecoveryOfAnUnconsumedClaim(t *testing.T) {
 func TestReviewCancelMarkDroppedByAClaimThatGivesUp(t *testing.T) {
 	p, s := setup(t)
 	spec := pending(t, p, s, "a")
-	h := &hookStore{memStore: s}
+	h := &hookStore{faultStore: s}
 	var once sync.Once
 	type result struct {
 		res CancelResult
@@ -266,7 +269,7 @@ func TestReviewCancelMarkDroppedWhenTheFilingRecovererStops(t *testing.T) {
 	staleLease(p, s, "a", r1)
 	recoverNow(t, p)
 	got := sortedKeys(s)
-	if o, ok := s.objs["fleet/failed/a.json"]; !ok || o.Metadata[metaOutcome] != string(Cancelled) || slices.Contains(got, spec.Key) {
+	if o, ok := s.object("fleet/failed/a.json"); !ok || o.Metadata[metaOutcome] != string(Cancelled) || slices.Contains(got, spec.Key) {
 		t.Errorf("objects after R2's recovery = %v, want only failed/a.json (cancelled): the filing that carried "+
 			"bob's mark was undone and the spec is left pending to run", got)
 	}
