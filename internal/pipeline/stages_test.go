@@ -15,20 +15,8 @@ import (
 	"github.com/cellos/fleetd/internal/lister"
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/s3mem"
 )
-
-// fakeStore serves reads from function fields.
-type fakeStore struct {
-	get func(ctx context.Context, key string, limit int64) (queue.Object, error)
-}
-
-func (f *fakeStore) List(context.Context, string, func(queue.Page) error) error {
-	return errors.New("fakeStore: List not expected")
-}
-
-func (f *fakeStore) Get(ctx context.Context, key string, limit int64) (queue.Object, error) {
-	return f.get(ctx, key, limit)
-}
 
 type fakeRunner struct {
 	run func(ctx context.Context, specPath, specID string, started func()) exec.Result
@@ -120,7 +108,7 @@ func (f *fakeIntake) Done(lister.Item) {}
 // bundle holds the fakes around a pipeline under test. By default the store
 // holds one valid spec, claims succeed, and the supervisor exits 0.
 type bundle struct {
-	store    *fakeStore
+	store    *s3mem.Store
 	proto    *fakeProtocol
 	runner   *fakeRunner
 	claim    *fakeClaim
@@ -131,11 +119,11 @@ type bundle struct {
 }
 
 const (
-	key  = "fleet/pending/x.json"
-	etag = `"e0"`
+	key      = "fleet/pending/x.json"
+	specBody = `{"kind":"ExecutionCell","spec":{"id":"x"}}`
 )
 
-var item = lister.Item{Key: key, ID: "x", ETag: etag}
+var item = lister.Item{Key: key, ID: "x", ETag: s3mem.ETag([]byte(specBody))}
 
 func setup(t *testing.T, cfg Config) (*Pipeline, *bundle) {
 	t.Helper()
@@ -144,9 +132,8 @@ func setup(t *testing.T, cfg Config) (*Pipeline, *bundle) {
 		intake: &fakeIntake{rejected: map[string]string{}},
 		drain:  drain.New(context.Background(), time.Second),
 	}
-	b.store = &fakeStore{get: func(context.Context, string, int64) (queue.Object, error) {
-		return queue.Object{Key: key, ETag: etag, Body: []byte(`{"kind":"ExecutionCell","spec":{"id":"x"}}`)}, nil
-	}}
+	b.store = s3mem.New(s3mem.Quirks{})
+	withBody(t, b, specBody)
 	b.proto = &fakeProtocol{
 		claim: func(_ context.Context, _ <-chan struct{}, spec protocol.Spec) (Claim, error) {
 			b.claims++
@@ -170,22 +157,25 @@ func setup(t *testing.T, cfg Config) (*Pipeline, *bundle) {
 	return p, b
 }
 
-func withBody(b *bundle, body string) {
-	b.store.get = func(context.Context, string, int64) (queue.Object, error) {
-		return queue.Object{Key: key, ETag: etag, Body: []byte(body)}, nil
+// withBody makes body the pending spec at key.
+func withBody(t *testing.T, b *bundle, body string) {
+	t.Helper()
+	if _, err := b.store.Put(context.Background(), key, []byte(body), queue.PutOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }
 
 func TestGateMismatchIsRememberedNotClaimed(t *testing.T) {
 	t.Parallel()
 	p, b := setup(t, Config{Pool: "gpu"})
-	withBody(b, `{"spec":{"id":"x","placement":{"poolId":"cpu"}}}`)
+	other := `{"spec":{"id":"x","placement":{"poolId":"cpu"}}}`
+	withBody(t, b, other)
 	p.process(item)
 	if b.claims != 0 || len(b.rejected) != 0 {
 		t.Errorf("%d claims, rejections %q; want a spec of another pool left alone", b.claims, b.rejected)
 	}
-	if got := b.intake.rejected[key]; got != etag {
-		t.Errorf("lister told rejected %v, want %s at %s", b.intake.rejected, key, etag)
+	if got, etag := b.intake.rejected[key], s3mem.ETag([]byte(other)); got != etag {
+		t.Errorf("lister told rejected %v, want %s at %s (the version read)", b.intake.rejected, key, etag)
 	}
 }
 
@@ -193,24 +183,18 @@ func TestBadSpecIsRejectedNotClaimed(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name   string
-		get    func(context.Context, string, int64) (queue.Object, error)
+		body   string
 		reason string // a part of it
 	}{
-		{"not JSON", func(context.Context, string, int64) (queue.Object, error) {
-			return queue.Object{ETag: etag, Body: []byte("{")}, nil
-		}, "not JSON"},
-		{"not an object", func(context.Context, string, int64) (queue.Object, error) {
-			return queue.Object{ETag: etag, Body: []byte("[]")}, nil
-		}, "not a JSON object"},
-		{"too large", func(_ context.Context, _ string, limit int64) (queue.Object, error) {
-			return queue.Object{ETag: etag, Size: limit + 1}, fmt.Errorf("get %s: %w", key, queue.ErrTooLarge)
-		}, "over the limit"},
+		{"not JSON", "{", "not JSON"},
+		{"not an object", "[]", "not a JSON object"},
+		{"too large", strings.Repeat(" ", 1<<20+1), "over the limit"}, // setup's MaxSpecBytes + 1
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			p, b := setup(t, Config{})
-			b.store.get = tt.get
+			withBody(t, b, tt.body)
 			p.process(item)
 			if b.claims != 0 {
 				t.Errorf("a bad spec was claimed")
@@ -226,19 +210,21 @@ func TestLosingTheSpecMarksTheListingStale(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name  string
-		get   error
+		gone  bool // pending/ deleted before the peek
 		claim error
 	}{
-		{"gone before peek", fmt.Errorf("get: %w", queue.ErrNotFound), nil},
-		{"claim held elsewhere", nil, fmt.Errorf("create lease: %w", protocol.ErrHeld)},
-		{"pending changed during the claim", nil, fmt.Errorf("confirm: %w", protocol.ErrGone)},
+		{"gone before peek", true, nil},
+		{"claim held elsewhere", false, fmt.Errorf("create lease: %w", protocol.ErrHeld)},
+		{"pending changed during the claim", false, fmt.Errorf("confirm: %w", protocol.ErrGone)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			p, b := setup(t, Config{})
-			if tt.get != nil {
-				b.store.get = func(context.Context, string, int64) (queue.Object, error) { return queue.Object{}, tt.get }
+			if tt.gone {
+				if err := b.store.Delete(context.Background(), key, ""); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if tt.claim != nil {
 				b.proto.claim = func(context.Context, <-chan struct{}, protocol.Spec) (Claim, error) { return nil, tt.claim }
