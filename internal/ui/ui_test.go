@@ -13,101 +13,59 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/s3mem"
 )
 
-// now is the server's clock in every fake answer.
+// now is the UI's clock, and when the results in the fixture finished.
 var now = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
 
-type fakeObj struct {
+// object is what a fixture writes: age is how long ago, by the store's clock.
+type object struct {
 	body []byte
 	meta map[string]string
 	age  time.Duration
-	etag string
 }
 
-// fakeStore is a bucket in a map, listed two keys a page, counting requests.
-type fakeStore struct {
+// countingStore is an s3mem bucket, listed two keys a page, counting the
+// requests the UI makes.
+type countingStore struct {
+	*s3mem.Store
 	mu    sync.Mutex
-	objs  map[string]fakeObj
 	heads int
 	gets  int
 	lists int
 }
 
-func (f *fakeStore) put(key string, o fakeObj) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.objs == nil {
-		f.objs = map[string]fakeObj{}
-	}
-	if o.etag == "" {
-		o.etag = fmt.Sprintf(`"%x"`, len(o.body)+len(key))
-	}
-	f.objs[key] = o
+func newStore() *countingStore { return &countingStore{Store: s3mem.New(s3mem.Quirks{PageSize: 2})} }
+
+func (f *countingStore) put(key string, o object) {
+	f.PutAt(key, o.body, o.meta, time.Now().Add(-o.age))
 }
 
-func (f *fakeStore) object(key string, o fakeObj) queue.Object {
-	return queue.Object{Key: key, ETag: o.etag, Size: int64(len(o.body)), LastModified: now.Add(-o.age), Metadata: o.meta, ServerTime: now}
-}
-
-func (f *fakeStore) List(_ context.Context, prefix string, fn func(queue.Page) error) error {
+func (f *countingStore) List(ctx context.Context, prefix string, fn func(queue.Page) error) error {
 	f.mu.Lock()
 	f.lists++
-	var keys []string
-	for k := range f.objs {
-		if strings.HasPrefix(k, prefix) {
-			keys = append(keys, k)
-		}
-	}
-	slices.Sort(keys)
-	var pages []queue.Page
-	for i := 0; i < len(keys); i += 2 {
-		p := queue.Page{ServerTime: now}
-		for _, k := range keys[i:min(i+2, len(keys))] {
-			o := f.object(k, f.objs[k])
-			o.Metadata = nil // a listing has no metadata
-			p.Objects = append(p.Objects, o)
-		}
-		pages = append(pages, p)
-	}
 	f.mu.Unlock()
-	for _, p := range pages {
-		if err := fn(p); err != nil {
-			return err
-		}
-	}
-	return nil
+	return f.Store.List(ctx, prefix, fn)
 }
 
-func (f *fakeStore) Get(_ context.Context, key string, limit int64) (queue.Object, error) {
+func (f *countingStore) Get(ctx context.Context, key string, limit int64) (queue.Object, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.gets++
-	o, ok := f.objs[key]
-	if !ok {
-		return queue.Object{}, queue.ErrNotFound
-	}
-	obj := f.object(key, o)
-	if int64(len(o.body)) > limit {
-		return obj, queue.ErrTooLarge
-	}
-	obj.Body = o.body
-	return obj, nil
+	f.mu.Unlock()
+	return f.Store.Get(ctx, key, limit)
 }
 
-func (f *fakeStore) Head(_ context.Context, key string) (queue.Object, error) {
+func (f *countingStore) Head(ctx context.Context, key string) (queue.Object, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.heads++
-	o, ok := f.objs[key]
-	if !ok {
-		return queue.Object{}, queue.ErrNotFound
-	}
-	return f.object(key, o), nil
+	f.mu.Unlock()
+	return f.Store.Head(ctx, key)
 }
 
 // fakeAdmin records the actions asked for.
@@ -161,25 +119,25 @@ const (
 )
 
 // queueFixture is a small queue with one of everything.
-func queueFixture() *fakeStore {
-	f := &fakeStore{}
+func queueFixture() *countingStore {
+	f := newStore()
 	for _, id := range []string{"p1", "p2", "p3"} {
-		f.put("fleet/pending/"+id+".json", fakeObj{body: []byte(`{}`), age: 30 * time.Second})
+		f.put("fleet/pending/"+id+".json", object{body: []byte(`{}`), age: 30 * time.Second})
 	}
-	f.put("fleet/pending/old.json", fakeObj{body: []byte(`{}`), age: 90 * time.Second})
-	f.put("fleet/pending/notes.txt", fakeObj{age: time.Hour}) // not work: not counted, not aged
-	f.put("fleet/claimed/run-a.json", fakeObj{body: []byte(`{}`), age: 20 * time.Second})
-	f.put("fleet/leases/run-a.json", fakeObj{body: lease("node-a", "running", 1, 3*time.Second), age: 2 * time.Second})
-	f.put("fleet/claimed/run-b.json", fakeObj{body: []byte(`{}`), age: 50 * time.Second})
-	f.put("fleet/leases/run-b.json", fakeObj{body: lease("node-b", "running", 2, 3*time.Second), age: 9 * time.Second})
-	f.put("fleet/claimed/orphan.json", fakeObj{body: []byte(`{}`), age: 10 * time.Minute})
-	f.put("fleet/completed/c1.json", fakeObj{body: []byte(`{}`), age: 5 * time.Second,
+	f.put("fleet/pending/old.json", object{body: []byte(`{}`), age: 90 * time.Second})
+	f.put("fleet/pending/notes.txt", object{age: time.Hour}) // not work: not counted, not aged
+	f.put("fleet/claimed/run-a.json", object{body: []byte(`{}`), age: 20 * time.Second})
+	f.put("fleet/leases/run-a.json", object{body: lease("node-a", "running", 1, 3*time.Second), age: 2 * time.Second})
+	f.put("fleet/claimed/run-b.json", object{body: []byte(`{}`), age: 50 * time.Second})
+	f.put("fleet/leases/run-b.json", object{body: lease("node-b", "running", 2, 3*time.Second), age: 9 * time.Second})
+	f.put("fleet/claimed/orphan.json", object{body: []byte(`{}`), age: 10 * time.Minute})
+	f.put("fleet/completed/c1.json", object{body: []byte(`{}`), age: 5 * time.Second,
 		meta: map[string]string{"fleetd-outcome": "completed", "fleetd-node": "node-c"}})
-	f.put("fleet/failed/f-old.json", fakeObj{body: []byte(`{"spec":{}}`), age: time.Hour, meta: failure("node-a", "supervisor exit 3", "3")})
-	f.put("fleet/failed/f-new.json", fakeObj{body: []byte(`{"spec":{}}`), age: time.Minute, meta: failure("node-b", "supervisor killed by SIGKILL", "SIGKILL")})
-	f.put("fleet/failed/"+hostileID+".json", fakeObj{body: []byte(`{"x":"</pre><script>window.pwned=2</script>"}`), age: 2 * time.Hour,
+	f.put("fleet/failed/f-old.json", object{body: []byte(`{"spec":{}}`), age: time.Hour, meta: failure("node-a", "supervisor exit 3", "3")})
+	f.put("fleet/failed/f-new.json", object{body: []byte(`{"spec":{}}`), age: time.Minute, meta: failure("node-b", "supervisor killed by SIGKILL", "SIGKILL")})
+	f.put("fleet/failed/"+hostileID+".json", object{body: []byte(`{"x":"</pre><script>window.pwned=2</script>"}`), age: 2 * time.Hour,
 		meta: failure("node-<i>x</i>", "<script>alert(1)</script>", "7")})
-	f.put("fleet/failed/"+hostileAttrID+".json", fakeObj{body: []byte(`{}`), age: 3 * time.Hour, meta: failure("node-a", "x", "1")})
+	f.put("fleet/failed/"+hostileAttrID+".json", object{body: []byte(`{}`), age: 3 * time.Hour, meta: failure("node-a", "x", "1")})
 	return f
 }
 
@@ -187,12 +145,12 @@ type harness struct {
 	t      *testing.T
 	srv    *httptest.Server
 	client *http.Client
-	store  *fakeStore
+	store  *countingStore
 	admin  *fakeAdmin
 	clock  *time.Time
 }
 
-func setup(t *testing.T, store *fakeStore, mod func(*Config)) *harness {
+func setup(t *testing.T, store *countingStore, mod func(*Config)) *harness {
 	t.Helper()
 	clock := now
 	h := &harness{t: t, store: store, admin: &fakeAdmin{}, clock: &clock}
@@ -208,8 +166,12 @@ func setup(t *testing.T, store *fakeStore, mod func(*Config)) *harness {
 	}
 	h.srv = httptest.NewServer(s)
 	t.Cleanup(h.srv.Close)
+	// A transport of its own, its connections closed before the server: a
+	// test in a synctest bubble ends only once its goroutines have.
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
 	jar, _ := cookiejar.New(nil)
-	h.client = &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	h.client = &http.Client{Transport: tr, Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	return h
 }
 
@@ -285,58 +247,64 @@ func row(body, class, id string) string {
 }
 
 func TestOverviewCountsAreBounded(t *testing.T) {
-	h := setup(t, queueFixture(), func(c *Config) { c.KeyLimit = 3 })
-	code, body := h.get("/")
-	if code != http.StatusOK {
-		t.Fatalf("GET / = %d", code)
-	}
-	for _, tt := range []struct{ id, want string }{
-		{"count-pending", "≥ 3"}, // 4 pending: the listing stopped at 3
-		{"count-claimed", "3"},   // exactly the limit, and no more: exact
-		{"count-completed", "1"},
-		{"count-failed", "≥ 3"},
-		{"oldest-pending", "1m30s"},
-		{"paused", "running"},
-	} {
-		if got := cell(body, tt.id); got != tt.want {
-			t.Errorf("%s = %q, want %q", tt.id, got, tt.want)
+	// In a bubble the store's clock stands still: ages are the fixture's.
+	synctest.Test(t, func(t *testing.T) {
+		h := setup(t, queueFixture(), func(c *Config) { c.KeyLimit = 3 })
+		code, body := h.get("/")
+		if code != http.StatusOK {
+			t.Fatalf("GET / = %d", code)
 		}
-	}
-	if !strings.Contains(body, `id="count-claimed" data-n="3" data-at-least="false"`) {
-		t.Errorf("claimed count at the limit is marked a lower bound")
-	}
+		for _, tt := range []struct{ id, want string }{
+			{"count-pending", "≥ 3"}, // 4 pending: the listing stopped at 3
+			{"count-claimed", "3"},   // exactly the limit, and no more: exact
+			{"count-completed", "1"},
+			{"count-failed", "≥ 3"},
+			{"oldest-pending", "1m30s"},
+			{"paused", "running"},
+		} {
+			if got := cell(body, tt.id); got != tt.want {
+				t.Errorf("%s = %q, want %q", tt.id, got, tt.want)
+			}
+		}
+		if !strings.Contains(body, `id="count-claimed" data-n="3" data-at-least="false"`) {
+			t.Errorf("claimed count at the limit is marked a lower bound")
+		}
 
-	h.store.put("fleet/pending/!paused", fakeObj{body: []byte(`{"by":"ops"}`)})
-	*h.clock = h.clock.Add(2 * time.Second)
-	if _, body := h.get("/live"); !strings.Contains(body, "paused") || cell(body, "paused") == "running" {
-		t.Errorf("a lane with its pause marker does not show paused")
-	}
+		h.store.put("fleet/pending/!paused", object{body: []byte(`{"by":"ops"}`)})
+		*h.clock = h.clock.Add(2 * time.Second)
+		if _, body := h.get("/live"); !strings.Contains(body, "paused") || cell(body, "paused") == "running" {
+			t.Errorf("a lane with its pause marker does not show paused")
+		}
+	})
 }
 
 func TestInFlightShowsNodesAndStaleLeases(t *testing.T) {
-	h := setup(t, queueFixture(), nil)
-	_, body := h.get("/")
-	a, b, o := row(body, "flight", "run-a"), row(body, "flight", "run-b"), row(body, "flight", "orphan")
-	if !strings.Contains(a, `class="node">node-a<`) || !strings.Contains(a, "running") || strings.Contains(a, "stale") {
-		t.Errorf("run-a (lease 2 s old, ttl 3 s) row:\n%s", a)
-	}
-	// 9 s > 3 s + 1 s: recovery may take it over.
-	if !strings.Contains(b, `class="flight stale"`) || !strings.Contains(b, `class="attempt">2<`) || !strings.Contains(b, "9s") {
-		t.Errorf("run-b (lease 9 s old, ttl 3 s) is not shown stale:\n%s", b)
-	}
-	if !strings.Contains(o, "no lease") || !strings.Contains(o, "stale") {
-		t.Errorf("a claim without a lease, 10 min old, is not shown stale:\n%s", o)
-	}
-	// Nodes: every node in a lease or a recent result, with what it runs.
-	for _, want := range []string{`data-node="node-a"`, `data-node="node-b"`, `data-node="node-c"`} {
-		if !strings.Contains(body, want) {
-			t.Errorf("nodes lack %s", want)
+	// In a bubble the store's clock stands still: ages are the fixture's.
+	synctest.Test(t, func(t *testing.T) {
+		h := setup(t, queueFixture(), nil)
+		_, body := h.get("/")
+		a, b, o := row(body, "flight", "run-a"), row(body, "flight", "run-b"), row(body, "flight", "orphan")
+		if !strings.Contains(a, `class="node">node-a<`) || !strings.Contains(a, "running") || strings.Contains(a, "stale") {
+			t.Errorf("run-a (lease 2 s old, ttl 3 s) row:\n%s", a)
 		}
-	}
-	i := strings.Index(body, `data-node="node-c"`)
-	if i < 0 || !strings.Contains(body[i:i+400], "completed") || !strings.Contains(body[i:i+400], "c1") {
-		t.Errorf("node-c's last result (completed c1) is not shown")
-	}
+		// 9 s > 3 s + 1 s: recovery may take it over.
+		if !strings.Contains(b, `class="flight stale"`) || !strings.Contains(b, `class="attempt">2<`) || !strings.Contains(b, "9s") {
+			t.Errorf("run-b (lease 9 s old, ttl 3 s) is not shown stale:\n%s", b)
+		}
+		if !strings.Contains(o, "no lease") || !strings.Contains(o, "stale") {
+			t.Errorf("a claim without a lease, 10 min old, is not shown stale:\n%s", o)
+		}
+		// Nodes: every node in a lease or a recent result, with what it runs.
+		for _, want := range []string{`data-node="node-a"`, `data-node="node-b"`, `data-node="node-c"`} {
+			if !strings.Contains(body, want) {
+				t.Errorf("nodes lack %s", want)
+			}
+		}
+		i := strings.Index(body, `data-node="node-c"`)
+		if i < 0 || !strings.Contains(body[i:i+400], "completed") || !strings.Contains(body[i:i+400], "c1") {
+			t.Errorf("node-c's last result (completed c1) is not shown")
+		}
+	})
 }
 
 func TestFailuresNewestFirstWithRecordAndFilter(t *testing.T) {
@@ -394,7 +362,7 @@ func TestBucketContentIsEscaped(t *testing.T) {
 
 func TestSpecBodyIsCapped(t *testing.T) {
 	f := queueFixture()
-	f.put("fleet/failed/big.json", fakeObj{body: []byte(strings.Repeat("x", 100)), age: time.Second, meta: failure("n", "r", "1")})
+	f.put("fleet/failed/big.json", object{body: []byte(strings.Repeat("x", 100)), age: time.Second, meta: failure("n", "r", "1")})
 	h := setup(t, f, func(c *Config) { c.BodyLimit = 50 })
 	if code, body := h.get("/spec?state=failed&id=big"); code != http.StatusOK || strings.Contains(body, "xxxxx") || !strings.Contains(body, "100 bytes: too large") {
 		t.Errorf("a 100-byte spec over a 50-byte cap: %d\n%s", code, body)
@@ -424,7 +392,9 @@ func TestRefreshReadsOnlyWhatChanged(t *testing.T) {
 		t.Errorf("a second page within a second listed the bucket again")
 	}
 	*h.clock = h.clock.Add(2 * time.Second)
-	h.store.put("fleet/leases/run-a.json", fakeObj{body: lease("node-a", "running", 1, 3*time.Second), etag: `"renewed"`})
+	// A renewal writes other bytes (a new nonce): another ETag.
+	renewed := strings.Replace(string(lease("node-a", "running", 1, 3*time.Second)), `"nonce":"n"`, `"nonce":"n2"`, 1)
+	h.store.put("fleet/leases/run-a.json", object{body: []byte(renewed)})
 	h.get("/live")
 	if h.store.heads != heads || h.store.gets != gets+1 {
 		t.Errorf("refresh after one renewal: %d HEAD, %d GET more; want 0 and 1", h.store.heads-heads, h.store.gets-gets)
