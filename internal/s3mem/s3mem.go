@@ -319,16 +319,15 @@ func (s *Store) DeleteVersion(key, ifMatch string) (int64, error) {
 	return o.version, nil
 }
 
-// Delete removes key if its ETag is ifMatch (any version when ifMatch is "").
-// A key already gone is not an error; another version wraps
-// queue.ErrPrecondition.
 // DeleteWritten is Delete: this store answers every request, so no
 // attempt's outcome is ever in doubt (see queue.Store.DeleteWritten).
 func (s *Store) DeleteWritten(ctx context.Context, key, ifMatch string, _ time.Time) error {
 	return s.Delete(ctx, key, ifMatch)
 }
 
-// Delete removes key if its ETag is ifMatch (any version when "").
+// Delete removes key if its ETag is ifMatch (any version when ifMatch is "").
+// A key already gone is not an error; another version wraps
+// queue.ErrPrecondition.
 func (s *Store) Delete(ctx context.Context, key, ifMatch string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("s3mem: delete %s: %w", key, err)
