@@ -90,7 +90,7 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 		head, err = p.store.Head(ctx, spec.Key)
 		return err
 	})
-	if err == nil && head.ETag != spec.ETag {
+	if err == nil && !spec.version().is(head) {
 		err = fmt.Errorf("%s: ETag %s, read %s: %w", spec.Key, head.ETag, spec.ETag, ErrGone)
 	}
 	if errors.Is(err, queue.ErrNotFound) {

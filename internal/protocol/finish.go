@@ -92,7 +92,9 @@ func (c *Claim) release(ctx context.Context, quit <-chan struct{}, attempts int)
 	// that landed first makes this compare-and-swap read it (and honour it
 	// below); a cancel that comes later sees the state and waits for the
 	// spec to be pending again. Either way the cancel is not dropped.
-	c.setState(stateReleasing)
+	c.mu.Lock()
+	c.lease.State, c.lease.Released = stateReleasing, true
+	c.mu.Unlock()
 	if err := c.act(ctx, quit, "mark releasing", c.renew); err != nil {
 		return false, err
 	}

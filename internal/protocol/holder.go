@@ -367,8 +367,13 @@ func (c *Claim) endLease(ctx context.Context, quit <-chan struct{}, unlessMarked
 		c.writeMu.Lock()
 		defer c.writeMu.Unlock()
 		c.mu.Lock()
-		etag := c.etag
+		etag, by := c.etag, c.lease.Cancel
 		c.mu.Unlock()
+		if unlessMarked && by != "" {
+			// A renewal read a mark since the caller looked.
+			marked = true
+			return nil
+		}
 		err := c.p.store.Delete(ctx, c.key, etag)
 		if errors.Is(err, queue.ErrPrecondition) {
 			// A cancel mark, or a late write of ours, may have changed the

@@ -61,6 +61,10 @@ type leaseBody struct {
 	// PendingModified is when that version was written (as the store said):
 	// an identical resubmission has the same ETag, not the same time.
 	PendingModified string `json:"pending_modified,omitempty"`
+	// Released: the holder was returning the spec to pending/ (a release),
+	// so a pending/ of the claim's bytes may be its own write, not a
+	// resubmission: it stands for the run.
+	Released bool `json:"released,omitempty"`
 	// FailedETag is the failed/ version a requeue moves back to pending/.
 	FailedETag string `json:"failed_etag,omitempty"`
 	// ResultKey and ResultETag name the result a prune judged old.

@@ -196,8 +196,14 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 		return err
 	})
 	// A pending/ of the same bytes written since (a resubmission) is not
-	// the version the claim judged: that one was consumed.
-	consumed := errors.Is(err, queue.ErrNotFound) || err == nil && judged.etag != "" && !judged.is(pending)
+	// the version the claim judged: that one was consumed — unless a
+	// holder was releasing the spec, whose own write back it may be: then
+	// it stands for the run either way.
+	c.mu.Lock()
+	released := c.lease.Released
+	c.mu.Unlock()
+	consumed := errors.Is(err, queue.ErrNotFound) ||
+		err == nil && judged.etag != "" && !judged.is(pending) && !(released && pending.ETag == judged.etag)
 	if err != nil && !errors.Is(err, queue.ErrNotFound) {
 		p.leave(c, err)
 		return

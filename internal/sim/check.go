@@ -13,7 +13,7 @@ import (
 //
 //	stuck            something left in pending/, claimed/ or leases/
 //	lost             a submitted spec with no result, and no prune took it
-//	both-folders     completed/ and failed/ both hold one submission's bytes, not resubmitted between
+//	both-folders     completed/ and failed/ both hold one submission's bytes, not resubmitted (or requeued) between
 //	bytes-changed    a result whose bytes are no submission's
 //	blind-delete     a process deleted a version it never saw (recorded as it lands)
 //	overlap          two runs of one spec at once
@@ -72,7 +72,8 @@ func (s *scenario) checkFinal() {
 			if fw.t.Before(cw.t) {
 				first, last = fw, cw
 			}
-			if cw.n == fw.n && !h.resubmittedBetween(id, first.t, last.t) {
+			// A requeue puts the bytes back in pending/: a submission too.
+			if cw.n == fw.n && !h.submittedBetween(id, first.t, last.t) {
 				h.violatef0("both-folders: %s n=%d is in completed/ (%s) and failed/ (%s, %s), with no submission of it between the two",
 					id, cw.n, fmtVer(c), fmtVer(f), fw.outcome)
 			}
@@ -108,17 +109,6 @@ func (h *history) writeOf(v int64) writeRec {
 		}
 	}
 	return writeRec{}
-}
-
-// resubmittedBetween reports whether an operator submitted id (not a
-// requeue) in (from, to). h.mu is held.
-func (h *history) resubmittedBetween(id string, from, to time.Time) bool {
-	for _, w := range h.writes {
-		if w.id == id && w.state == queue.Pending && w.by.role == "submit" && w.t.After(from) && w.t.Before(to) {
-			return true
-		}
-	}
-	return false
 }
 
 // submittedBetween reports whether an operator put id in pending/ (a

@@ -32,6 +32,7 @@ type Handle struct {
 	// effect on the store. Requests already sent may still land.
 	dead atomic.Bool
 	slow atomic.Int64 // the SlowDown pause, as queue.Store keeps it
+	reqs atomic.Int64 // numbers each write call, whose attempts may land more than once
 
 	mu       sync.Mutex
 	seen     map[string]map[int64]bool // key → versions this process saw or wrote
@@ -403,11 +404,12 @@ func (h *Handle) Put(ctx context.Context, key string, body []byte, opt queue.Put
 	case opt.IfMatch != "":
 		cond = "If-Match:" + short(opt.IfMatch)
 	}
+	req := h.reqs.Add(1)
 	rep, unsure := h.call(ctx, "PUT", key, cond, func() reply {
 		etag, v, err := h.b.store.PutVersion(key, body, opt)
 		if err == nil {
 			h.saw(key, v) // a write of its own: it knows what it holds
-			h.b.hist.wrote(h, key, v, body, opt.Metadata)
+			h.b.hist.wrote(h, req, key, v, body, opt.Metadata)
 		}
 		return answer(err, written{etag, v}, fmtVer(v)+" "+short(etag))
 	})
@@ -437,12 +439,13 @@ func (h *Handle) Copy(ctx context.Context, src, dst string, opt queue.CopyOption
 	if opt.SourceIfMatch != "" {
 		cond = "x-amz-copy-source-if-match:" + short(opt.SourceIfMatch)
 	}
+	req := h.reqs.Add(1)
 	rep, _ := h.call(ctx, "COPY", dst, "from "+src+" "+cond, func() reply {
 		v, err := h.b.store.CopyVersion(src, dst, opt)
 		if err == nil {
 			h.saw(dst, v)
 			o, _, _ := h.b.store.GetVersion(dst, 1<<40)
-			h.b.hist.wrote(h, dst, v, o.Body, opt.Metadata)
+			h.b.hist.wrote(h, req, dst, v, o.Body, opt.Metadata)
 		}
 		return answer(err, nil, fmtVer(v))
 	})

@@ -40,6 +40,7 @@ type traceLine struct {
 type writeRec struct {
 	t       time.Time
 	by      *Handle
+	req     int64 // the write call: its attempts may land more than once
 	key     string
 	state   queue.State
 	id      string
@@ -112,13 +113,13 @@ func (h *history) split(key string) (queue.State, string, bool) {
 }
 
 // wrote records a write that landed; the driver calls it.
-func (h *history) wrote(by *Handle, key string, v int64, body []byte, meta map[string]string) {
+func (h *history) wrote(by *Handle, req int64, key string, v int64, body []byte, meta map[string]string) {
 	st, id, ok := h.split(key)
 	if !ok || st == queue.Leases {
 		return
 	}
 	h.mu.Lock()
-	h.writes = append(h.writes, writeRec{t: time.Now(), by: by, key: key, state: st, id: id, version: v,
+	h.writes = append(h.writes, writeRec{t: time.Now(), by: by, req: req, key: key, state: st, id: id, version: v,
 		n: specN(body), outcome: meta["fleetd-outcome"], body: body})
 	h.mu.Unlock()
 }
@@ -137,9 +138,34 @@ func (h *history) deleted(by *Handle, key string, v int64) {
 	if strings.HasSuffix(key, "!paused") || strings.Contains(key, "/selftest/") || strings.Contains(key, "/recovery/") {
 		return
 	}
-	if !by.hasSeen(key, v) {
+	if !by.hasSeen(key, v) && !h.sameWrite(by, key, v) {
 		h.violatef("blind-delete: %s deleted %s %s, a version it never saw (%s)", by.name, key, fmtVer(v), by.role)
 	}
+}
+
+// sameWrite reports whether version v of key landed from the same request as
+// a version the deleter saw: one process's write, retried by its store after
+// a lost answer, landing again with the same bytes. That is one submission
+// (or one result) landing twice, not another: deleting it is not blind.
+func (h *history) sameWrite(by *Handle, key string, v int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var w *writeRec
+	for i := range h.writes {
+		if h.writes[i].key == key && h.writes[i].version == v {
+			w = &h.writes[i]
+		}
+	}
+	if w == nil {
+		return false
+	}
+	for i := range h.writes {
+		o := &h.writes[i]
+		if o.key == key && o.by == w.by && o.req == w.req && o.version != v && bytes.Equal(o.body, w.body) && by.hasSeen(key, o.version) {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *history) startRun(r *runRec) {

@@ -142,6 +142,9 @@ func Run(seed uint64, opt Options) *Result {
 	hist.tracef("SIM", "END OF FAULTS: the fleet must now settle everything")
 	s.bus.setFaults(faults, false)
 	s.bus.heal()
+	// Tools still running (a pause retrying its PUT) end first: the lane's
+	// last word is then the resume below, not a pause that outlasted it.
+	s.tools.Wait()
 	for _, c := range nodes {
 		s.mu.Lock()
 		_, up := s.live[c.name]
