@@ -42,16 +42,18 @@ func (p *Protocol) fileUnder(ctx context.Context, quit <-chan struct{}, c *Claim
 	rec := Record{Outcome: outcome, Reason: reason, Finished: time.Now(), node: p.cfg.Node, token: c.origin}
 	failedKey := p.cfg.Layout.Key(queue.Failed, spec.ID)
 	err := c.act(ctx, quit, "write "+string(outcome), func(ctx context.Context) error {
+		// The version we judged, not whatever pending/ holds now: the copy's
+		// source condition compares bytes only, and a requeue or an identical
+		// resubmission since has the same.
+		head, err := p.store.Head(ctx, spec.Key)
+		if err == nil && !spec.version().is(head) {
+			// Definite: act must not repeat it (ErrPrecondition).
+			return fmt.Errorf("%s: %w: %w", spec.Key, ErrGone, queue.ErrPrecondition)
+		}
+		if err != nil {
+			return err
+		}
 		if spec.Body != nil {
-			// The body we judged, not whatever pending/ holds now.
-			head, err := p.store.Head(ctx, spec.Key)
-			if err == nil && !spec.version().is(head) {
-				// Definite: act must not repeat it (ErrPrecondition).
-				return fmt.Errorf("%s: %w: %w", spec.Key, ErrGone, queue.ErrPrecondition)
-			}
-			if err != nil {
-				return err
-			}
 			_, err = p.store.Put(ctx, failedKey, spec.Body, queue.PutOptions{Metadata: rec.metadata()})
 			return err
 		}
