@@ -47,6 +47,10 @@ type lastAcceptKey struct{}
 // unsignedPayload is the payload hash of a presigned request.
 const unsignedPayload = "UNSIGNED-PAYLOAD"
 
+// minFlight is the least time a write is given to reach the store after it is
+// sent, on the store's clock at its latest.
+const minFlight = 250 * time.Millisecond
+
 // maxExpires is the longest X-Amz-Expires SigV4 accepts: a week.
 const maxExpires = 7 * 24 * 60 * 60
 
@@ -117,7 +121,8 @@ func (c *serverClock) earliestLocked(t time.Time) time.Time {
 // whole seconds of the store's clock, from its lower bound: the store's clock
 // reads at least earliest(t) at local t. date + expires is rounded down, so
 // last is at or before deadline — unless that leaves under a second, then
-// expires is 1 and last is under a second after deadline. known is false
+// the attempt still gets minFlight after the send at the store's latest, and last
+// may be up to two seconds after deadline. known is false
 // until the store's clock has been learnt.
 func (c *serverClock) expiry(now, deadline time.Time) (date time.Time, expires int, last time.Time, known bool) {
 	c.mu.Lock()
@@ -129,6 +134,15 @@ func (c *serverClock) expiry(now, deadline time.Time) (date time.Time, expires i
 	date = c.earliestLocked(now).Truncate(time.Second)
 	end := c.earliestLocked(deadline)
 	expires = min(max(1, int(end.Sub(date)/time.Second)), maxExpires)
+	// Never already past when it arrives: the store's clock may read up to
+	// its upper bound now, and date was rounded down from the lower one, so a
+	// short deadline could leave an expiry the store has passed (every lease
+	// renewal at a 3 s ttl refused, the cell fenced). The attempt gets at
+	// least minFlight of the store's time after the send.
+	_, hi := c.boundsLocked(now)
+	if latest := hi.Add(now.Sub(c.epoch)).Add(minFlight); date.Add(time.Duration(expires) * time.Second).Before(latest) {
+		expires = int((latest.Sub(date) + time.Second - 1) / time.Second)
+	}
 	last = deadline.Add(date.Add(time.Duration(expires) * time.Second).Sub(end))
 	return date, expires, last, true
 }
