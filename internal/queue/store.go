@@ -398,7 +398,7 @@ func (s *Store) Put(ctx context.Context, key string, body []byte, opt PutOptions
 	var etag string
 	unsure, err := s.do(ctx, key, func(ctx context.Context) error {
 		in.Body = bytes.NewReader(body)
-		out, err := s.client.PutObject(ctx, in, s.expiring(true))
+		out, err := s.client.PutObject(ctx, in, s.expiring(!isLease(key)))
 		if err == nil {
 			etag = aws.ToString(out.ETag)
 		}
@@ -626,3 +626,10 @@ func isCode(err error, code string) bool {
 	var api smithy.APIError
 	return errors.As(err, &api) && api.ErrorCode() == code
 }
+
+// isLease reports whether key is a lease. A lease write needs no expiry: every
+// one carries a fresh nonce, so its If-Match names a version no later write
+// has, and a late one is refused by its own condition; and a renewal, with
+// under a second left at the shortest ttl, is the write an expiry rounded to
+// whole seconds would refuse on arrival.
+func isLease(key string) bool { return strings.Contains(key, "/"+string(Leases)+"/") }
