@@ -95,9 +95,12 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		}
 		defer stop()
 	}
-	if code, ok := selfTest(proto, log, sigs); !ok {
+	mode, code, ok := selfTest(proto, log, sigs)
+	if !ok {
 		return code
 	}
+	store.SetDeleteMode(mode)
+	m.StoreMode(string(mode))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -146,10 +149,11 @@ func awaitDrain(cfg Config, log *slog.Logger, sigs <-chan os.Signal, d *drain.Dr
 	return d.Drain(deadline)
 }
 
-// selfTest runs the store self-test until it passes. A definite failure
-// stops fleetd with exit 2; no answer is retried with backoff (the store or
-// the network may still be coming up), and a signal meanwhile exits 0.
-func selfTest(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal) (code int, ok bool) {
+// selfTest runs the store self-test until it passes, and returns the delete
+// mode it chose. A definite failure stops fleetd with exit 2; no answer is
+// retried with backoff (the store or the network may still be coming up),
+// and a signal meanwhile exits 0.
+func selfTest(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal) (mode queue.DeleteMode, code int, ok bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -160,23 +164,23 @@ func selfTest(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal)
 		}
 	}()
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
-		err := proto.SelfTest(ctx)
+		mode, err := proto.SelfTest(ctx)
 		switch {
 		case err == nil:
-			log.Info("store self-test passed", "event", "selftest.passed")
-			return 0, true
+			log.Info("store self-test passed", "event", "selftest.passed", "mode", string(mode))
+			return mode, 0, true
 		case errors.Is(err, protocol.ErrUnfit):
 			log.Error("store self-test failed: fleetd cannot run on this bucket", "event", "selftest.failed", "err", err)
-			return 2, false
+			return "", 2, false
 		case ctx.Err() != nil:
 			log.Info("signalled during the store self-test; exiting", "event", "selftest.interrupted")
-			return 0, false
+			return "", 0, false
 		}
 		log.Warn("store self-test got no answer; retrying", "event", "selftest.retry", "err", err, "retry_in_ms", wait.Milliseconds())
 		select {
 		case <-ctx.Done():
 			log.Info("signalled during the store self-test; exiting", "event", "selftest.interrupted")
-			return 0, false
+			return "", 0, false
 		case <-time.After(wait):
 		}
 	}

@@ -11,7 +11,8 @@ import (
 )
 
 var inspectTool = tool{
-	usage: "fleetd inspect ID [--json]\n\nShows where a spec is, its result record and its lease.",
+	noDeletes: true,
+	usage:     "fleetd inspect ID [--json]\n\nShows where a spec is, its result record and its lease.",
 	args: func(_ toolFlags, args []string) error {
 		if len(args) != 1 {
 			return fmt.Errorf("give exactly one ID")

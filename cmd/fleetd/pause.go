@@ -9,6 +9,7 @@ import (
 )
 
 var pauseTool = tool{
+	noDeletes: true,
 	usage: "fleetd pause [--all] [--json]\n\n" +
 		"Stops every agent on the queue lane (CELLOS_FLEET_QUEUE_NAME; with --all, every\n" +
 		"lane under the prefix) from claiming, within one poll interval. Cells running\n" +

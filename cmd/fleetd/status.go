@@ -11,8 +11,9 @@ import (
 )
 
 var statusTool = tool{
-	usage: "fleetd status [--json]\n\nCounts the specs in each state and lists those in flight, with their node and lease age.",
-	args:  noArgs,
+	noDeletes: true,
+	usage:     "fleetd status [--json]\n\nCounts the specs in each state and lists those in flight, with their node and lease age.",
+	args:      noArgs,
 	run: func(ctx context.Context, t *toolEnv, _ []string) (any, error) {
 		st, err := t.admin.Status(ctx)
 		if err != nil {

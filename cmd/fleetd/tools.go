@@ -34,6 +34,9 @@ type tool struct {
 	args func(tf toolFlags, args []string) error
 	run  func(ctx context.Context, t *toolEnv, args []string) (result any, err error)
 	text func(w io.Writer, result any)
+	// noDeletes: the tool deletes nothing, so it needs no store self-test to
+	// learn how deletes work on the store (see Protocol.SelfTest).
+	noDeletes bool
 }
 
 type toolFlags struct {
@@ -109,6 +112,13 @@ func runTool(name string, t tool, args []string, getenv func(string) string, std
 		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}, store)
 	env := &toolEnv{cfg: cfg, admin: admin.New(store, proto, layout, cfg.MaxSpecBytes), flags: tf, stdin: stdin, user: getenv("USER"),
 		store: store, getenv: getenv, stderr: stderr}
+	if !t.noDeletes {
+		mode, err := proto.SelfTest(context.Background())
+		if err != nil {
+			return fail(stderr, env.cause(fmt.Errorf("store self-test: %w", err)))
+		}
+		store.SetDeleteMode(mode)
+	}
 	result, err := t.run(context.Background(), env, positional)
 	if result != nil {
 		if tf.json {

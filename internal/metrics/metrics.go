@@ -37,6 +37,7 @@ type Metrics struct {
 	pending        prometheus.Gauge
 	oldestPending  prometheus.Gauge
 	fleetLeases    prometheus.Gauge
+	storeInfo      *prometheus.GaugeVec
 }
 
 // New registers fleetd's metrics, Go runtime and process collectors included,
@@ -79,6 +80,8 @@ func New(concurrency int, version, revision string, outcomes ...string) *Metrics
 		Help: "Age, by the server's clock, of the oldest spec that poll listed (0: none)."})
 	m.fleetLeases = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_fleet_leases",
 		Help: "Specs held by a lease across the fleet (in flight, being filed or recovered) at this agent's last recovery scan; agents take turns scanning, so take the max over agents of the latest."})
+	m.storeInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "fleetd_store_info",
+		Help: "1 for the delete mode the store self-test chose: conditional (DELETE with If-Match) or versioned (deletes name version ids); absent until the self-test passed."}, []string{"mode"})
 	conc := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_concurrency", Help: "Configured CELLOS_FLEET_CONCURRENCY."})
 	conc.Set(float64(concurrency))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_build_info", Help: "Always 1; the labels say which build runs.",
@@ -86,7 +89,7 @@ func New(concurrency int, version, revision string, outcomes ...string) *Metrics
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.cellsStarted, m.cellsFinished, m.cellsInFlight, m.cellDuration, m.claimConflicts, m.gateSkips,
 		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.lastPoll, m.slowDowns, m.bounced, m.hostBroken, m.startFailures,
-		m.paused, m.pending, m.oldestPending, m.fleetLeases, conc, info,
+		m.paused, m.pending, m.oldestPending, m.fleetLeases, m.storeInfo, conc, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -192,6 +195,9 @@ func (m *Metrics) QueueDepth(pending int, oldest time.Duration) {
 	m.pending.Set(float64(pending))
 	m.oldestPending.Set(oldest.Seconds())
 }
+
+// StoreMode records the delete mode the store self-test chose.
+func (m *Metrics) StoreMode(mode string) { m.storeInfo.WithLabelValues(mode).Set(1) }
 
 // FleetLeases records the leases a recovery scan listed.
 func (m *Metrics) FleetLeases(n int) { m.fleetLeases.Set(float64(n)) }

@@ -59,7 +59,7 @@ func (p *Pipeline) process(it lister.Item) {
 // spec over the size limit is rejected unread.
 func (p *Pipeline) peek(ctx context.Context, log *slog.Logger, it lister.Item) (protocol.Spec, bool) {
 	obj, err := p.store.Get(ctx, it.Key, p.cfg.MaxSpecBytes)
-	spec := protocol.Spec{ID: it.ID, Key: it.Key, ETag: obj.ETag, Modified: obj.LastModified, Body: obj.Body,
+	spec := protocol.Spec{ID: it.ID, Key: it.Key, ETag: obj.ETag, Modified: obj.LastModified, VersionID: obj.VersionID, Body: obj.Body,
 		Attempts: protocol.PriorAttempts(obj.Metadata, p.cfg.MaxAttempts)}
 	switch {
 	case errors.Is(err, queue.ErrNotFound):

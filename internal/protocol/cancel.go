@@ -49,7 +49,7 @@ func (p *Protocol) Cancel(ctx context.Context, id, by string) (CancelResult, err
 		case err == nil:
 			quit := make(chan struct{})
 			close(quit) // a tool does not wait out an outage
-			err = p.file(ctx, quit, Spec{ID: id, Key: pendingKey, ETag: o.ETag, Modified: o.LastModified, Body: o.Body}, Cancelled, reason)
+			err = p.file(ctx, quit, Spec{ID: id, Key: pendingKey, ETag: o.ETag, Modified: o.LastModified, VersionID: o.VersionID, Body: o.Body}, Cancelled, reason)
 			if err == nil {
 				return CancelResult{Filed: true}, nil
 			}

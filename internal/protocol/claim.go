@@ -19,13 +19,15 @@ type Spec struct {
 	ETag string // of the version read
 	// Modified is when the version read was written, on the store's clock.
 	Modified time.Time
-	Body     []byte
+	// VersionID is the store's id of the version read, on a versioned bucket.
+	VersionID string
+	Body      []byte
 	// Attempts is the count of runs so far from the spec's metadata. A
 	// submitter can set it, so it is clamped: every spec gets at least one run.
 	Attempts int
 }
 
-func (s Spec) version() version { return version{etag: s.ETag, modified: s.Modified} }
+func (s Spec) version() version { return version{etag: s.ETag, modified: s.Modified, id: s.VersionID} }
 
 // PriorAttempts reads the attempt count of a pending spec's metadata, clamped
 // to [0, maxAttempts-1].
@@ -199,7 +201,7 @@ func (p *Protocol) cancelPending(ctx context.Context, quit <-chan struct{}, c *C
 		p.leave(c, err)
 		return
 	}
-	spec := Spec{ID: c.id, Key: key, ETag: head.ETag, Modified: head.LastModified}
+	spec := Spec{ID: c.id, Key: key, ETag: head.ETag, Modified: head.LastModified, VersionID: head.VersionID}
 	c.mu.Lock()
 	c.lease = c.lease.withPending(spec.version())
 	c.lease.Intent, c.lease.State = intentFile, stateRejecting

@@ -109,7 +109,7 @@ func (p *Protocol) finishFile(ctx context.Context, quit <-chan struct{}, c *Clai
 		c.log.Info("recovery: finished an interrupted filing", "event", "recovery.file_finished", "outcome", res.Metadata[metaOutcome])
 	case (err == nil || errors.Is(err, queue.ErrNotFound)) && c.CancelledBy() != "":
 		key := p.cfg.Layout.Key(queue.Pending, c.id)
-		spec := Spec{ID: c.id, Key: key, ETag: judged.etag, Modified: judged.modified}
+		spec := Spec{ID: c.id, Key: key, ETag: judged.etag, Modified: judged.modified, VersionID: judged.id}
 		if err := p.fileUnder(ctx, quit, c, spec, Cancelled, "cancelled by "+c.CancelledBy()); err != nil && !errors.Is(err, ErrGone) {
 			p.leave(c, err)
 		}

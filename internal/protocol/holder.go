@@ -448,7 +448,7 @@ func (c *Claim) deletePending(ctx context.Context, quit <-chan struct{}, v versi
 				return nil
 			}
 		}
-		err := c.p.store.DeleteWritten(ctx, key, v.etag, v.modified)
+		err := c.p.store.DeleteWritten(ctx, key, v.named())
 		mayHaveLanded = mayHaveLanded || errors.Is(err, queue.ErrUnknown)
 		return err
 	})

@@ -61,6 +61,9 @@ type leaseBody struct {
 	// PendingModified is when that version was written (as the store said):
 	// an identical resubmission has the same ETag, not the same time.
 	PendingModified string `json:"pending_modified,omitempty"`
+	// PendingVersion is that version's id, on a versioned bucket: the one
+	// name no other version shares, even one written the same second.
+	PendingVersion string `json:"pending_version,omitempty"`
 	// Released: the holder was returning the spec to pending/ (a release),
 	// so a pending/ of the claim's bytes may be its own write, not a
 	// resubmission: it stands for the run.
@@ -80,30 +83,38 @@ type leaseBody struct {
 
 func (l leaseBody) ttl() time.Duration { return time.Duration(l.TTLMillis) * time.Millisecond }
 
-// version names one version of an object: its ETag and when it was written.
-// An ETag is the MD5 of the bytes, so an identical resubmission, rerun or
-// result shares it; the time tells them apart (to the store's resolution,
-// a second on S3). A zero time compares ETags only (a lease or claim
-// written before versions were recorded).
+// version names one version of an object: its ETag, when it was written
+// and, on a versioned bucket, its version id. An ETag is the MD5 of the
+// bytes, so an identical resubmission, rerun or result shares it; the time
+// tells them apart to the store's resolution (a second on S3), the id
+// always. A zero time compares ETags only (a lease or claim written before
+// versions were recorded).
 type version struct {
 	etag     string
 	modified time.Time
+	id       string
 }
 
 // is reports whether o is the version v.
 func (v version) is(o queue.Object) bool {
-	return o.ETag == v.etag && (v.modified.IsZero() || o.LastModified.Equal(v.modified))
+	return o.ETag == v.etag && (v.modified.IsZero() || o.LastModified.Equal(v.modified)) &&
+		(v.id == "" || o.VersionID == "" || o.VersionID == v.id)
+}
+
+// named is v as the store names it for a conditional delete.
+func (v version) named() queue.Version {
+	return queue.Version{ETag: v.etag, Modified: v.modified, ID: v.id}
 }
 
 // pending returns the pending/ version the lease's intent judged.
 func (l leaseBody) pending() version {
 	t, _ := time.Parse(time.RFC3339Nano, l.PendingModified)
-	return version{etag: l.PendingETag, modified: t}
+	return version{etag: l.PendingETag, modified: t, id: l.PendingVersion}
 }
 
 // withPending returns l judging the pending/ version v.
 func (l leaseBody) withPending(v version) leaseBody {
-	l.PendingETag, l.PendingModified = v.etag, ""
+	l.PendingETag, l.PendingModified, l.PendingVersion = v.etag, "", v.id
 	if !v.modified.IsZero() {
 		l.PendingModified = v.modified.UTC().Format(time.RFC3339Nano)
 	}

@@ -32,7 +32,11 @@ type Store interface {
 	Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error)
 	Copy(ctx context.Context, src, dst string, opt queue.CopyOptions) error
 	Delete(ctx context.Context, key, ifMatch string) error
-	DeleteWritten(ctx context.Context, key, ifMatch string, modified time.Time) error
+	DeleteWritten(ctx context.Context, key string, v queue.Version) error
+	// Versions and DeleteVersions serve the self-test's probe of a
+	// versioned bucket.
+	Versions(ctx context.Context, key string) ([]queue.ObjectVersion, error)
+	DeleteVersions(ctx context.Context, key string, ids []string) error
 }
 
 var _ Store = (*queue.Store)(nil)

@@ -83,8 +83,8 @@ func (s *faultStore) Delete(ctx context.Context, key, ifMatch string) error {
 
 // DeleteWritten goes through Delete, so its faults apply (s3mem's own
 // DeleteWritten would bypass them).
-func (s *faultStore) DeleteWritten(ctx context.Context, key, ifMatch string, _ time.Time) error {
-	return s.Delete(ctx, key, ifMatch)
+func (s *faultStore) DeleteWritten(ctx context.Context, key string, v queue.Version) error {
+	return s.Delete(ctx, key, v.ETag)
 }
 
 func (s *faultStore) has(key string) bool {

@@ -69,8 +69,8 @@ func (h *hookStore) Delete(ctx context.Context, key, ifMatch string) error {
 	return h.faultStore.Delete(ctx, key, ifMatch)
 }
 
-func (h *hookStore) DeleteWritten(ctx context.Context, key, ifMatch string, _ time.Time) error {
-	return h.Delete(ctx, key, ifMatch)
+func (h *hookStore) DeleteWritten(ctx context.Context, key string, v queue.Version) error {
+	return h.Delete(ctx, key, v.ETag)
 }
 
 func (h *hookStore) Copy(ctx context.Context, src, dst string, opt queue.CopyOptions) error {

@@ -168,7 +168,7 @@ func TestDeleteWrittenSparesAResubmissionBetweenAttempts(t *testing.T) {
 		spare bool
 	}{
 		{"DeleteWritten", func(s *Store, key, etag string, modified time.Time) error {
-			return s.DeleteWritten(context.Background(), key, etag, modified)
+			return s.DeleteWritten(context.Background(), key, Version{ETag: etag, Modified: modified})
 		}, true},
 		{"Delete", func(s *Store, key, etag string, _ time.Time) error {
 			return s.Delete(context.Background(), key, etag)

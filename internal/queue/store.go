@@ -18,7 +18,6 @@ import (
 	awsmw "github.com/aws/aws-sdk-go-v2/aws/middleware"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/middleware"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"golang.org/x/time/rate"
@@ -71,6 +70,9 @@ type Object struct {
 	LastModified time.Time
 	Metadata     map[string]string
 	Body         []byte
+	// VersionID is the store's id of this version, on a versioned bucket
+	// (GET and HEAD only; LIST does not say).
+	VersionID string
 	// ServerTime is the Date of the response that described the object: the
 	// server's clock, for judging age without trusting the local one.
 	ServerTime time.Time
@@ -110,6 +112,8 @@ type Store struct {
 	// noExpiry signs writes the SDK's way, with no expiry: tests show with it
 	// what the expiry prevents.
 	noExpiry bool
+	// versioned: conditional deletes name versions (VersionedDeletes).
+	versioned atomic.Bool
 }
 
 // New returns a store for bucket through client; zero fields of policy take
@@ -214,32 +218,6 @@ func (s *Store) adapt(err error) {
 	}
 }
 
-// classify tells whether an attempt's error is final and whether a write
-// could have been applied.
-func classify(err error) attempt {
-	if err == nil {
-		return done
-	}
-	if isExpired(err) {
-		return retry // refused on arrival, or never sent: not applied
-	}
-	status := httpStatus(err)
-	switch {
-	case status == http.StatusConflict: // ConditionalRequestConflict: not applied
-		return retry
-	case status == http.StatusTooManyRequests || status >= 500:
-		return ambiguous
-	case status != 0:
-		return done // a definite 4xx answer
-	}
-	var api smithy.APIError
-	if errors.As(err, &api) {
-		return done // an error document without a status: definite
-	}
-	// No response: reset, refused, timed out. The request may have landed.
-	return ambiguous
-}
-
 func sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -325,6 +303,7 @@ func (s *Store) Get(ctx context.Context, key string, limit int64) (Object, error
 			LastModified: aws.ToTime(out.LastModified),
 			Metadata:     out.Metadata,
 			ServerTime:   serverTime(out.ResultMetadata),
+			VersionID:    aws.ToString(out.VersionId),
 		}
 		if o.Size > limit {
 			return nil
@@ -370,6 +349,7 @@ func (s *Store) Head(ctx context.Context, key string) (Object, error) {
 		LastModified: aws.ToTime(out.LastModified),
 		Metadata:     out.Metadata,
 		ServerTime:   serverTime(out.ResultMetadata),
+		VersionID:    aws.ToString(out.VersionId),
 	}, nil
 }
 
@@ -472,16 +452,20 @@ func copySource(bucket, key string) string {
 // version under the key wraps ErrPrecondition; a delete whose outcome could
 // not be learnt wraps ErrUnknown.
 func (s *Store) Delete(ctx context.Context, key, ifMatch string) error {
-	return s.DeleteWritten(ctx, key, ifMatch, time.Time{})
+	return s.DeleteWritten(ctx, key, Version{ETag: ifMatch})
 }
 
-// DeleteWritten is Delete of the version with ETag ifMatch written at
-// modified (zero: at any time). An ETag is the MD5 of the bytes, so If-Match
-// cannot tell that version from an identical one written since (a
-// resubmission); the time can. An attempt that follows one which may have
-// landed first reads the key: gone, or the same bytes written at another
-// time, means the earlier attempt deleted ours — the newer version stays.
-func (s *Store) DeleteWritten(ctx context.Context, key, ifMatch string, modified time.Time) error {
+// DeleteWritten is Delete of version v. An ETag is the MD5 of the bytes, so
+// If-Match cannot tell v from an identical version written since (a
+// resubmission); the time, or the version id, can. With IfMatchDeletes an
+// attempt that follows one which may have landed first reads the key: gone,
+// or the same bytes written at another time, means the earlier attempt
+// deleted ours — the newer version stays.
+func (s *Store) DeleteWritten(ctx context.Context, key string, v Version) error {
+	if s.versioned.Load() {
+		return DeleteByVersions(ctx, s, key, v)
+	}
+	ifMatch, modified := v.ETag, v.Modified
 	in := &s3.DeleteObjectInput{Bucket: &s.bucket, Key: &key}
 	if ifMatch != "" {
 		in.IfMatch = aws.String(ifMatch)
@@ -516,42 +500,6 @@ func (s *Store) DeleteWritten(ctx context.Context, key, ifMatch string, modified
 		return fmt.Errorf("s3: delete %s: %w: %w", key, ErrUnknown, err)
 	}
 	return fmt.Errorf("s3: delete %s: %w", key, err)
-}
-
-// mapError turns the S3 answers the protocol branches on into sentinels and
-// leaves every other error as it is.
-func mapError(err error) error {
-	if isExpired(err) && !errors.Is(err, ErrExpired) {
-		return fmt.Errorf("%w: %w", ErrExpired, err)
-	}
-	var api smithy.APIError
-	if errors.As(err, &api) {
-		switch api.ErrorCode() {
-		case "NoSuchKey", "NotFound":
-			return fmt.Errorf("%w (%s)", ErrNotFound, api.ErrorCode())
-		case "PreconditionFailed":
-			return fmt.Errorf("%w (%s)", ErrPrecondition, api.ErrorCode())
-		case "NoSuchBucket":
-			return fmt.Errorf("%w: %w", ErrNoSuchBucket, err)
-		}
-	}
-	switch httpStatus(err) {
-	case http.StatusForbidden:
-		return fmt.Errorf("%w: %w", ErrAccessDenied, err)
-	case http.StatusNotFound:
-		return fmt.Errorf("%w: %w", ErrNotFound, err)
-	case http.StatusPreconditionFailed:
-		return fmt.Errorf("%w: %w", ErrPrecondition, err)
-	}
-	return err
-}
-
-func httpStatus(err error) int {
-	var re *smithyhttp.ResponseError
-	if errors.As(err, &re) {
-		return re.HTTPStatusCode()
-	}
-	return 0
 }
 
 // serverTime reads the Date header of a response; zero if there is none.
@@ -606,25 +554,6 @@ func Observe(observe func(operation string, status int, d time.Duration)) func(*
 				return out, md, err
 			}), middleware.After)
 	}
-}
-
-// Refused reports whether S3 definitely refused a request with an answer no
-// retry will change: a 4xx other than the ones the protocol branches on
-// (access denied, no such bucket, bad signature, unknown access key), and
-// other than an attempt refused for arriving after its expiry.
-func Refused(err error) bool {
-	if isExpired(err) {
-		return false // this attempt was late; the next one may not be
-	}
-	status := httpStatus(err)
-	return status >= 400 && status < 500 && status != http.StatusNotFound && status != http.StatusConflict &&
-		status != http.StatusPreconditionFailed && status != http.StatusTooManyRequests && status != http.StatusRequestTimeout ||
-		isCode(err, "NoSuchBucket")
-}
-
-func isCode(err error, code string) bool {
-	var api smithy.APIError
-	return errors.As(err, &api) && api.ErrorCode() == code
 }
 
 // isLease reports whether key is a lease. A lease write needs no expiry: every

@@ -5,10 +5,13 @@
 // sentinels as *queue.Store, so code written against the real store runs on
 // it unchanged: the simulator's fleet, and unit tests that need a bucket.
 //
-// Every object write gets a version number of the store's own (S3's version
-// ids, as if versioning were on): an ETag says which bytes an object holds,
-// the version which write put them there, and the simulator needs to tell
-// identical writes apart.
+// Every object write gets a version number of the store's own: an ETag says
+// which bytes an object holds, the version which write put them there, and
+// the simulator needs to tell identical writes apart. With Quirks.Versioning
+// the bucket also keeps the versions a write or DELETE replaced, as a bucket
+// with versioning enabled does, and names each by its number: GET and HEAD
+// say it, ListObjectVersions lists them and DELETE with a version id removes
+// exactly one.
 //
 // Time is time.Now, so inside a testing/synctest bubble it is virtual.
 package s3mem
@@ -21,8 +24,10 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cellos/fleetd/internal/queue"
@@ -33,6 +38,9 @@ type Quirks struct {
 	// IgnoreDeleteIfMatch deletes whatever the key holds, whatever If-Match
 	// says (MinIO, measured).
 	IgnoreDeleteIfMatch bool
+	// Versioning: the bucket keeps replaced versions (versioning enabled); a
+	// DELETE without a version id writes a delete marker over the key.
+	Versioning bool
 	// PageSize is the number of keys per LIST page; 0 means S3's 1,000.
 	PageSize int
 }
@@ -43,15 +51,21 @@ type object struct {
 	meta     map[string]string
 	modified time.Time
 	version  int64
+	marker   bool // a delete marker (Versioning)
 }
 
 // Store is one bucket. The zero value is not usable; call New.
 type Store struct {
 	quirks Quirks
 
-	mu      sync.Mutex
-	objs    map[string]*object
+	mu   sync.Mutex
+	objs map[string]*object // each key's current version, if not a marker
+	// older holds, with Versioning, each key's replaced versions and delete
+	// markers, oldest first; the last is current when objs has none.
+	older   map[string][]*object
 	version int64 // of the last write
+
+	versioned atomic.Bool // SetDeleteMode
 }
 
 // New returns an empty bucket with quirks.
@@ -59,7 +73,7 @@ func New(quirks Quirks) *Store {
 	if quirks.PageSize <= 0 {
 		quirks.PageSize = 1000
 	}
-	return &Store{quirks: quirks, objs: map[string]*object{}}
+	return &Store{quirks: quirks, objs: map[string]*object{}, older: map[string][]*object{}}
 }
 
 // ETag is the ETag S3 gives an object written whole with body: its MD5 in
@@ -73,9 +87,13 @@ func ETag(body []byte) string {
 // Date have.
 func second(t time.Time) time.Time { return t.UTC().Truncate(time.Second) }
 
-func (o *object) describe(key string, now time.Time) queue.Object {
-	return queue.Object{Key: key, ETag: o.etag, Size: int64(len(o.body)), LastModified: o.modified,
+func (s *Store) describe(o *object, key string, now time.Time) queue.Object {
+	d := queue.Object{Key: key, ETag: o.etag, Size: int64(len(o.body)), LastModified: o.modified,
 		Metadata: maps.Clone(o.meta), ServerTime: second(now)}
+	if s.quirks.Versioning {
+		d.VersionID = strconv.FormatInt(o.version, 10)
+	}
+	return d
 }
 
 // Version returns the version of the object key holds now, 0 if none.
@@ -102,7 +120,7 @@ func (s *Store) Snapshot(prefix string) []Snapshot {
 	var out []Snapshot
 	for _, k := range s.keysLocked(prefix, "") {
 		o := s.objs[k]
-		d := o.describe(k, time.Now())
+		d := s.describe(o, k, time.Now())
 		d.Body = slices.Clone(o.body)
 		out = append(out, Snapshot{Object: d, Version: o.version})
 	}
@@ -132,7 +150,7 @@ func (s *Store) ListPage(prefix, after string) (page queue.Page, versions []int6
 	}
 	page = queue.Page{Objects: make([]queue.Object, 0, len(keys)), ServerTime: second(now)}
 	for _, k := range keys {
-		o := s.objs[k].describe(k, now)
+		o := s.describe(s.objs[k], k, now)
 		o.Metadata = nil // LIST does not return metadata
 		page.Objects = append(page.Objects, o)
 		versions = append(versions, s.objs[k].version)
@@ -186,7 +204,7 @@ func (s *Store) GetVersion(key string, limit int64) (queue.Object, int64, error)
 	if o == nil {
 		return queue.Object{}, 0, fmt.Errorf("s3mem: get %s: %w", key, queue.ErrNotFound)
 	}
-	d := o.describe(key, time.Now())
+	d := s.describe(o, key, time.Now())
 	if d.Size > limit {
 		return d, o.version, fmt.Errorf("s3mem: get %s: %d bytes, limit %d: %w", key, d.Size, limit, queue.ErrTooLarge)
 	}
@@ -212,7 +230,7 @@ func (s *Store) HeadVersion(key string) (queue.Object, int64, error) {
 	if o == nil {
 		return queue.Object{}, 0, fmt.Errorf("s3mem: head %s: %w", key, queue.ErrNotFound)
 	}
-	return o.describe(key, time.Now()), o.version, nil
+	return s.describe(o, key, time.Now()), o.version, nil
 }
 
 // Head describes an object without reading it.
@@ -253,6 +271,9 @@ func (s *Store) PutAt(key string, body []byte, meta map[string]string, modified 
 func (s *Store) writeLocked(key string, body []byte, meta map[string]string, now time.Time) string {
 	s.version++
 	o := &object{body: body, etag: ETag(body), meta: lowerKeys(meta), modified: second(now), version: s.version}
+	if cur := s.objs[key]; cur != nil && s.quirks.Versioning {
+		s.older[key] = append(s.older[key], cur)
+	}
 	s.objs[key] = o
 	return o.etag
 }
@@ -316,22 +337,107 @@ func (s *Store) DeleteVersion(key, ifMatch string) (int64, error) {
 		return 0, fmt.Errorf("s3mem: delete %s: ETag %s, not %s: %w", key, o.etag, ifMatch, queue.ErrPrecondition)
 	}
 	delete(s.objs, key)
+	if s.quirks.Versioning {
+		s.version++
+		s.older[key] = append(s.older[key], o, &object{modified: second(time.Now()), version: s.version, marker: true})
+	}
 	return o.version, nil
 }
 
-// DeleteWritten is Delete: this store answers every request, so no
-// attempt's outcome is ever in doubt (see queue.Store.DeleteWritten).
-func (s *Store) DeleteWritten(ctx context.Context, key, ifMatch string, _ time.Time) error {
-	return s.Delete(ctx, key, ifMatch)
+// SetDeleteMode sets how the store's conditional deletes work, as
+// queue.Store.SetDeleteMode: with queue.VersionedDeletes they are made of
+// requests that name versions (queue.DeleteByVersions).
+func (s *Store) SetDeleteMode(m queue.DeleteMode) { s.versioned.Store(m == queue.VersionedDeletes) }
+
+// DeleteWritten deletes version v of key. This store answers every request,
+// so no attempt's outcome is ever in doubt (see queue.Store.DeleteWritten).
+func (s *Store) DeleteWritten(ctx context.Context, key string, v queue.Version) error {
+	if s.versioned.Load() {
+		return queue.DeleteByVersions(ctx, s, key, v)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("s3mem: delete %s: %w", key, err)
+	}
+	_, err := s.DeleteVersion(key, v.ETag)
+	return err
 }
 
 // Delete removes key if its ETag is ifMatch (any version when ifMatch is "").
 // A key already gone is not an error; another version wraps
 // queue.ErrPrecondition.
 func (s *Store) Delete(ctx context.Context, key, ifMatch string) error {
+	return s.DeleteWritten(ctx, key, queue.Version{ETag: ifMatch})
+}
+
+// Versions lists key's versions, the current one first (one
+// ListObjectVersions request). Without Versioning the one version is listed
+// with the id "null", as S3 does.
+func (s *Store) Versions(ctx context.Context, key string) ([]queue.ObjectVersion, error) {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("s3mem: delete %s: %w", key, err)
+		return nil, fmt.Errorf("s3mem: list versions %s: %w", key, err)
 	}
-	_, err := s.DeleteVersion(key, ifMatch)
-	return err
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []queue.ObjectVersion
+	if o := s.objs[key]; o != nil {
+		v := o.listed()
+		if !s.quirks.Versioning {
+			v.ID = "null"
+		}
+		out = append(out, v)
+	}
+	older := s.older[key]
+	for i := len(older) - 1; i >= 0; i-- {
+		out = append(out, older[i].listed())
+	}
+	return out, nil
+}
+
+func (o *object) listed() queue.ObjectVersion {
+	return queue.ObjectVersion{ID: strconv.FormatInt(o.version, 10), ETag: o.etag, Modified: o.modified, Marker: o.marker}
+}
+
+// DeleteVersions removes the versions ids of key (DELETE with a version id,
+// or DeleteObjects); a version already gone is not an error.
+func (s *Store) DeleteVersions(ctx context.Context, key string, ids []string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("s3mem: delete %s versions %v: %w", key, ids, err)
+	}
+	for _, id := range ids {
+		s.DeleteVersionID(key, id)
+	}
+	return nil
+}
+
+// DeleteVersionID removes version id of key and returns the version number
+// removed (0 if none) and whether it was the current one; the newest version
+// under it is then current, as on S3.
+func (s *Store) DeleteVersionID(key, id string) (v int64, current bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if o := s.objs[key]; o != nil && (strconv.FormatInt(o.version, 10) == id || id == "null" && !s.quirks.Versioning) {
+		delete(s.objs, key)
+		if older := s.older[key]; len(older) > 0 && !older[len(older)-1].marker {
+			s.objs[key], s.older[key] = older[len(older)-1], older[:len(older)-1]
+		}
+		return o.version, true
+	}
+	older := s.older[key]
+	for i, o := range older {
+		if strconv.FormatInt(o.version, 10) == id {
+			current = i == len(older)-1 && s.objs[key] == nil
+			s.older[key] = slices.Delete(slices.Clone(older), i, i+1)
+			if i == len(older)-1 && o.marker {
+				// The current delete marker went: the version under it is back.
+				if n := len(s.older[key]); n > 0 && !s.older[key][n-1].marker {
+					s.objs[key], s.older[key] = s.older[key][n-1], s.older[key][:n-1]
+				}
+			}
+			if len(s.older[key]) == 0 {
+				delete(s.older, key)
+			}
+			return o.version, current
+		}
+	}
+	return 0, false
 }

@@ -40,6 +40,8 @@ type Handle struct {
 	lastVer  map[string]int64          // pending/ key → the version last seen there
 	late     map[string]time.Time      // key → until when a timed-out write of ours may land
 	unknown  map[string]bool           // keys of writes whose outcome was unknown (UnknownAsNotLanded)
+	// versioned: deletes name versions (queue.VersionedDeletes).
+	versioned bool
 }
 
 var (
@@ -48,9 +50,10 @@ var (
 	_ admin.Store    = (*Handle)(nil)
 )
 
-func newHandle(b *bus, name, node, role string, policy queue.Policy, seed uint64, mut Mutations) *Handle {
-	return &Handle{b: b, name: name, node: node, role: role, policy: policy, seed: seed, mut: mut,
-		seen: map[string]map[int64]bool{}, lastRead: map[string]queue.Object{}, lastVer: map[string]int64{},
+func newHandle(b *bus, name, node, role string, policy queue.Policy, seed uint64, opt Options) *Handle {
+	return &Handle{b: b, name: name, node: node, role: role, policy: policy, seed: seed, mut: opt.Mutations,
+		versioned: opt.Store == queue.VersionedDeletes,
+		seen:      map[string]map[int64]bool{}, lastRead: map[string]queue.Object{}, lastVer: map[string]int64{},
 		late: map[string]time.Time{}, unknown: map[string]bool{}}
 }
 
@@ -457,16 +460,20 @@ func (h *Handle) Copy(ctx context.Context, src, dst string, opt queue.CopyOption
 
 // Delete removes key if its ETag is ifMatch (see queue.Store.Delete).
 func (h *Handle) Delete(ctx context.Context, key, ifMatch string) error {
-	return h.DeleteWritten(ctx, key, ifMatch, time.Time{})
+	return h.DeleteWritten(ctx, key, queue.Version{ETag: ifMatch})
 }
 
-// DeleteWritten deletes the version of key with ETag ifMatch written at
-// modified, as queue.Store.DeleteWritten: after an attempt that may have
-// landed, it first reads the key.
-func (h *Handle) DeleteWritten(ctx context.Context, key, ifMatch string, modified time.Time) error {
+// DeleteWritten deletes version v of key, as queue.Store.DeleteWritten: with
+// If-Match, after an attempt that may have landed it first reads the key;
+// on a versioned store, by version ids (queue.DeleteByVersions).
+func (h *Handle) DeleteWritten(ctx context.Context, key string, v queue.Version) error {
 	if h.mut.StripDeleteIfMatch {
-		ifMatch = ""
+		v = queue.Version{}
 	}
+	if h.versioned {
+		return queue.DeleteByVersions(ctx, h, key, v)
+	}
+	ifMatch, modified := v.ETag, v.Modified
 	cond := ""
 	if ifMatch != "" {
 		cond = "If-Match:" + short(ifMatch)
@@ -501,4 +508,46 @@ func (h *Handle) DeleteWritten(ctx context.Context, key, ifMatch string, modifie
 		return fmt.Errorf("sim: delete %s: %w: %w", key, queue.ErrUnknown, rep.err)
 	}
 	return fmt.Errorf("sim: delete %s: %w", key, rep.err)
+}
+
+// Versions lists key's versions, the current one first (see
+// queue.Store.Versions). A listing of versions is not a read of the current
+// one: a process that deletes it must have seen it otherwise.
+func (h *Handle) Versions(ctx context.Context, key string) ([]queue.ObjectVersion, error) {
+	rep, _ := h.call(ctx, "LISTV", key, "", func() reply {
+		vs, err := h.b.store.Versions(context.Background(), key)
+		return answer(err, vs, fmt.Sprintf("%d versions", len(vs)))
+	})
+	if rep.status != 200 {
+		return nil, fmt.Errorf("sim: list versions %s: %w", key, rep.err)
+	}
+	return rep.res.([]queue.ObjectVersion), nil
+}
+
+// DeleteVersions removes versions ids of key, one request (see
+// queue.Store.DeleteVersions). Every attempt is idempotent.
+func (h *Handle) DeleteVersions(ctx context.Context, key string, ids []string) error {
+	rep, unsure := h.call(ctx, "DELETE", key, "versions "+strings.Join(ids, ","), func() reply {
+		var gone []string
+		for _, id := range ids {
+			v, current := h.b.store.DeleteVersionID(key, id)
+			if v == 0 {
+				continue
+			}
+			gone = append(gone, fmtVer(v))
+			if current {
+				// Only removing the current version changes what the
+				// bucket holds; the blind-delete check applies to it.
+				h.b.hist.deleted(h, key, v)
+			}
+		}
+		return answer(nil, nil, "deleted "+strings.Join(gone, ","))
+	})
+	switch {
+	case rep.status == 200, rep.status == 404:
+		return nil
+	case unsure || rep.status != 403:
+		return fmt.Errorf("sim: delete %s versions %v: %w: %w", key, ids, queue.ErrUnknown, rep.err)
+	}
+	return fmt.Errorf("sim: delete %s versions %v: %w", key, ids, rep.err)
 }

@@ -50,7 +50,7 @@ func (s *scenario) startNode(cfg nodeCfg, gen int) *incarnation {
 		name = cfg.name + "#" + string(rune('0'+gen))
 	}
 	inc := &incarnation{s: s, cfg: cfg, name: name, done: make(chan struct{})}
-	inc.h = newHandle(s.bus, name, cfg.name, "node", s.policy, s.seed, s.opt.Mutations)
+	inc.h = newHandle(s.bus, name, cfg.name, "node", s.policy, s.seed, s.opt)
 	log := slog.New(&logHandler{h: s.hist, who: name})
 	proto := protocol.New(protocol.Config{Layout: s.layout, Node: cfg.name, TTL: cfg.ttl, MaxAttempts: cfg.maxAttempts,
 		Logger: log, Clock: newSkewClock(cfg.rate)}, inc.h)

@@ -39,7 +39,7 @@ func (d *specDef) body(n, pad int) []byte {
 func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end time.Duration, plan string) {
 	rng := s.rng
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d\n", s.seed)
+	fmt.Fprintf(&b, "seed %d, store %s\n", s.seed, s.opt.Store)
 	ms := func(lo, hi int) time.Duration { return time.Duration(lo+rng.IntN(hi-lo+1)) * time.Millisecond }
 	for i := range 2 + rng.IntN(3) {
 		c := nodeCfg{name: fmt.Sprintf("n%d", i+1), ttl: time.Duration(3+rng.IntN(4)) * time.Second,

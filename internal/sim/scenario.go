@@ -50,6 +50,11 @@ type Mutations struct {
 type Options struct {
 	Mutations Mutations
 	Quirks    s3mem.Quirks
+	// Store is the kind of store: "conditional" (DELETE honours If-Match:
+	// AWS, versitygw), "versioned" (MinIO with versioning on: DELETE ignores
+	// If-Match, so deletes name versions) or "" to draw it from the seed
+	// (every third scenario versioned).
+	Store queue.DeleteMode
 }
 
 // Result is what a scenario found.
@@ -112,6 +117,15 @@ type event struct {
 func Run(seed uint64, opt Options) *Result {
 	layout := queue.NewLayout("fleet", "")
 	hist := newHistory(layout)
+	if opt.Store == "" {
+		opt.Store = queue.IfMatchDeletes
+		if seed%3 == 0 {
+			opt.Store = queue.VersionedDeletes
+		}
+	}
+	if opt.Store == queue.VersionedDeletes {
+		opt.Quirks.Versioning, opt.Quirks.IgnoreDeleteIfMatch = true, true
+	}
 	store := s3mem.New(opt.Quirks)
 	s := &scenario{seed: seed, opt: opt, layout: layout, store: store, hist: hist,
 		rng:  rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15)),
@@ -253,7 +267,7 @@ func (s *scenario) tool(kind, id string, n int, interrupt time.Duration, fn func
 	name := fmt.Sprintf("op%d", s.nTool)
 	s.busy++
 	s.mu.Unlock()
-	h := newHandle(s.bus, name, "ops", kind, s.policy, s.seed, s.opt.Mutations)
+	h := newHandle(s.bus, name, "ops", kind, s.policy, s.seed, s.opt)
 	log := slog_(s.hist, name)
 	proto := protocol.New(protocol.Config{Layout: s.layout, Node: "ops", TTL: 5 * time.Second, MaxAttempts: 3, Logger: log}, h)
 	a := admin.New(h, proto, s.layout, 1<<20)
