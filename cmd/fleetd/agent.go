@@ -101,6 +101,7 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 	}
 	store.SetDeleteMode(mode)
 	m.StoreMode(string(mode))
+	log.Info("store self-test passed", "event", "selftest.passed", "mode", string(mode))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -167,7 +168,6 @@ func selfTest(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal)
 		mode, err := proto.SelfTest(ctx)
 		switch {
 		case err == nil:
-			log.Info("store self-test passed", "event", "selftest.passed", "mode", string(mode))
 			return mode, 0, true
 		case errors.Is(err, protocol.ErrUnfit):
 			log.Error("store self-test failed: fleetd cannot run on this bucket", "event", "selftest.failed", "err", err)

@@ -1,5 +1,5 @@
-// Command demo runs fleetd end to end on a local S3: it starts versitygw on a
-// free loopback port, submits example specs, runs fleetd with concurrency 4,
+// Command demo runs fleetd end to end on a local S3: it starts versitygw (or,
+// with --store minio, MinIO with versioning on) on a free loopback port, submits example specs, runs fleetd with concurrency 4,
 // prints where each spec ended up, then drains fleetd and stops the server.
 // `make demo` runs it.
 package main
@@ -17,10 +17,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-
-	"github.com/cellos/fleetd/internal/versitygw"
+	"github.com/cellos/fleetd/internal/localstore"
 )
 
 const bucket = "fleetd-demo"
@@ -40,37 +38,31 @@ var specs = []struct{ id, body string }{
 func main() {
 	fleetd := flag.String("fleetd", "bin/fleetd", "fleetd binary")
 	supervisor := flag.String("supervisor", "examples/supervisor.sh", "supervisor to run cells with")
+	store := flag.String("store", "versitygw", "local S3 server to run on: versitygw or minio")
 	flag.Parse()
-	if err := run(*fleetd, *supervisor); err != nil {
+	if err := run(*fleetd, *supervisor, *store); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(fleetd, supervisor string) error {
-	bin, err := versitygw.Binary()
-	if err != nil {
-		return err
-	}
+func run(fleetd, supervisor, store string) error {
 	dir, err := os.MkdirTemp("", "fleetd-demo-*")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	srv, err := versitygw.Start(bin, dir)
+	srv, err := localstore.Start(store, dir)
 	if err != nil {
 		return err
 	}
 	defer srv.Stop()
-	fmt.Printf("==> versitygw %s serving %s on %s\n", versitygw.Version, dir, srv.URL)
+	fmt.Printf("==> %s %s serving %s on %s\n", srv.Kind, srv.Version, dir, srv.URL)
 
 	ctx := context.Background()
-	client := s3.New(s3.Options{
-		Region: "us-east-1", BaseEndpoint: aws.String(srv.URL), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, ""),
-	})
-	if _, err := client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
-		return fmt.Errorf("create bucket: %w", err)
+	client := srv.Client()
+	if err := srv.CreateBucket(ctx, client, bucket); err != nil {
+		return err
 	}
 	for _, s := range specs {
 		key := "fleet/pending/" + s.id + ".json"
@@ -135,7 +127,7 @@ func run(fleetd, supervisor string) error {
 	if err := <-exited; err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
-	fmt.Println("==> fleetd exited 0; stopping versitygw")
+	fmt.Printf("==> fleetd exited 0; stopping %s\n", srv.Kind)
 	return nil
 }
 

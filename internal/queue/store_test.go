@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,12 +16,14 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"golang.org/x/time/rate"
 
+	"github.com/cellos/fleetd/internal/localstore"
 	"github.com/cellos/fleetd/internal/versitygw"
 )
 
 var (
-	server *versitygw.Server
-	seq    atomic.Int64
+	server      *versitygw.Server
+	minioServer *localstore.Server
+	seq         atomic.Int64
 )
 
 func TestMain(m *testing.M) {
@@ -41,6 +44,12 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer server.Stop()
+		// MinIO, for the versioned deletes (versions_test.go).
+		if minioServer, err = localstore.Start("minio", filepath.Join(dir, "minio")); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer minioServer.Stop()
 		return m.Run()
 	}())
 }

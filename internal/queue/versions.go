@@ -36,9 +36,17 @@ type Version struct {
 	ID       string
 }
 
-// matches reports whether o, the key's current version, is v.
+// matches reports whether o, the key's current version, is v. A listing
+// gives times to the millisecond, GET and HEAD to the second (HTTP dates):
+// times compare to the second.
 func (v Version) matches(o ObjectVersion) bool {
-	return o.ETag == v.ETag && (v.Modified.IsZero() || o.Modified.Equal(v.Modified)) && (v.ID == "" || o.ID == v.ID)
+	if o.ETag != v.ETag {
+		return false
+	}
+	if v.ID != "" {
+		return o.ID == v.ID
+	}
+	return v.Modified.IsZero() || o.Modified.Truncate(time.Second).Equal(v.Modified.Truncate(time.Second))
 }
 
 // ObjectVersion is one version of a key on a versioned bucket.

@@ -49,7 +49,8 @@ type object struct {
 	body     []byte
 	etag     string
 	meta     map[string]string
-	modified time.Time
+	modified time.Time // to the second, as HTTP dates say it
+	listed   time.Time // to the millisecond, as listings say it
 	version  int64
 	marker   bool // a delete marker (Versioning)
 }
@@ -270,7 +271,7 @@ func (s *Store) PutAt(key string, body []byte, meta map[string]string, modified 
 
 func (s *Store) writeLocked(key string, body []byte, meta map[string]string, now time.Time) string {
 	s.version++
-	o := &object{body: body, etag: ETag(body), meta: lowerKeys(meta), modified: second(now), version: s.version}
+	o := &object{body: body, etag: ETag(body), meta: lowerKeys(meta), modified: second(now), listed: now.UTC().Truncate(time.Millisecond), version: s.version}
 	if cur := s.objs[key]; cur != nil && s.quirks.Versioning {
 		s.older[key] = append(s.older[key], cur)
 	}
@@ -339,7 +340,8 @@ func (s *Store) DeleteVersion(key, ifMatch string) (int64, error) {
 	delete(s.objs, key)
 	if s.quirks.Versioning {
 		s.version++
-		s.older[key] = append(s.older[key], o, &object{modified: second(time.Now()), version: s.version, marker: true})
+		now := time.Now()
+		s.older[key] = append(s.older[key], o, &object{modified: second(now), listed: now.UTC().Truncate(time.Millisecond), version: s.version, marker: true})
 	}
 	return o.version, nil
 }
@@ -380,7 +382,7 @@ func (s *Store) Versions(ctx context.Context, key string) ([]queue.ObjectVersion
 	defer s.mu.Unlock()
 	var out []queue.ObjectVersion
 	if o := s.objs[key]; o != nil {
-		v := o.listed()
+		v := o.describeVersion()
 		if !s.quirks.Versioning {
 			v.ID = "null"
 		}
@@ -388,13 +390,13 @@ func (s *Store) Versions(ctx context.Context, key string) ([]queue.ObjectVersion
 	}
 	older := s.older[key]
 	for i := len(older) - 1; i >= 0; i-- {
-		out = append(out, older[i].listed())
+		out = append(out, older[i].describeVersion())
 	}
 	return out, nil
 }
 
-func (o *object) listed() queue.ObjectVersion {
-	return queue.ObjectVersion{ID: strconv.FormatInt(o.version, 10), ETag: o.etag, Modified: o.modified, Marker: o.marker}
+func (o *object) describeVersion() queue.ObjectVersion {
+	return queue.ObjectVersion{ID: strconv.FormatInt(o.version, 10), ETag: o.etag, Modified: o.listed, Marker: o.marker}
 }
 
 // DeleteVersions removes the versions ids of key (DELETE with a version id,

@@ -1,0 +1,162 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/cellos/fleetd/internal/faultproxy"
+)
+
+// versionedStore returns a store in VersionedDeletes on a fresh versioned
+// MinIO bucket, its requests through a fault proxy.
+func minioStore(t *testing.T) (*Store, *faultproxy.Proxy) {
+	t.Helper()
+	name := fmt.Sprintf("queue-v-%d", seq.Add(1))
+	if err := minioServer.CreateBucket(context.Background(), minioServer.Client(), name); err != nil {
+		t.Fatal(err)
+	}
+	p, err := faultproxy.Start(minioServer.URL, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	client := minioServer.Client(func(o *s3.Options) {
+		o.BaseEndpoint = aws.String(p.URL())
+		o.Retryer = aws.NopRetryer{}
+	})
+	s := New(client, name, Policy{Attempts: 3, Timeout: 5 * time.Second, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond})
+	s.SetDeleteMode(VersionedDeletes)
+	return s, p
+}
+
+// put writes body to key and returns the version written.
+func put(t *testing.T, s *Store, key, body string) Version {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := s.Put(ctx, key, []byte(body), PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	o, err := s.Head(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.VersionID == "" {
+		t.Fatalf("HEAD %s on a versioned bucket: no version id", key)
+	}
+	return Version{ETag: o.ETag, Modified: o.LastModified, ID: o.VersionID}
+}
+
+func versionsOf(t *testing.T, s *Store, key string) []ObjectVersion {
+	t.Helper()
+	vs, err := s.Versions(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vs
+}
+
+// On MinIO, which ignores If-Match on DELETE: a delete of a replaced version
+// is refused and deletes nothing; a delete of the current one removes it and
+// every version under it, so nothing comes back and nothing is left.
+func TestVersionedDeleteOnMinIO(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := minioStore(t)
+	const key = "pending/a.json"
+	v1 := put(t, s, key, "one")
+	v2 := put(t, s, key, "two")
+	if err := s.DeleteWritten(ctx, key, v1); !errors.Is(err, ErrPrecondition) {
+		t.Fatalf("delete of the replaced version = %v, want ErrPrecondition", err)
+	}
+	if n := len(versionsOf(t, s, key)); n != 2 {
+		t.Fatalf("%d versions after a refused delete, want 2", n)
+	}
+	if err := s.DeleteWritten(ctx, key, v2); err != nil {
+		t.Fatalf("delete of the current version: %v", err)
+	}
+	if _, err := s.Head(ctx, key); !errors.Is(err, ErrNotFound) {
+		t.Errorf("HEAD after the delete = %v, want not found (no older version back)", err)
+	}
+	if vs := versionsOf(t, s, key); len(vs) != 0 {
+		t.Errorf("versions left: %+v", vs)
+	}
+	if err := s.DeleteWritten(ctx, key, v2); err != nil {
+		t.Errorf("delete of a key already gone = %v, want nil", err)
+	}
+}
+
+// A version written after the delete listed the key, before it deleted the
+// current version by id: that newer version stays, and the delete answers
+// ErrPrecondition, as DELETE with If-Match would have after that write.
+// An identical resubmission is a newer version too.
+func TestVersionedDeleteSparesAWriteAfterItsListing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, p := minioStore(t)
+	const key = "pending/b.json"
+	v := put(t, s, key, "same bytes")
+	held := p.Add(faultproxy.Rule{Method: "DELETE", Key: regexp.MustCompile(`^pending/b\.json$`), Query: "versionId=", Action: faultproxy.Hold, Times: 1})
+	done := make(chan error, 1)
+	go func() { done <- s.DeleteWritten(ctx, key, v) }()
+	if err := held.Wait(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	resub := put(t, s, key, "same bytes")
+	held.Release()
+	if err := <-done; !errors.Is(err, ErrPrecondition) {
+		t.Fatalf("delete = %v, want ErrPrecondition (a newer version was written)", err)
+	}
+	o, err := s.Head(ctx, key)
+	if err != nil || o.VersionID != resub.ID {
+		t.Fatalf("HEAD = %+v, %v; want the resubmission %s", o, err, resub.ID)
+	}
+	if vs := versionsOf(t, s, key); len(vs) != 1 {
+		t.Errorf("versions: %+v, want only the resubmission", vs)
+	}
+}
+
+// The answer to a delete by version id is lost: the repeat deletes the same
+// version again, which is harmless, and the delete is done.
+func TestVersionedDeleteLostAnswer(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, p := minioStore(t)
+	const key = "leases/c.json"
+	put(t, s, key, "claiming")
+	v := put(t, s, key, "running")
+	lost := p.Add(faultproxy.Rule{Method: "DELETE", Key: regexp.MustCompile(`^leases/c\.json$`), Query: "versionId=", Action: faultproxy.ErrorAfter, Status: 500, Times: 1})
+	if err := s.DeleteWritten(ctx, key, Version{ETag: v.ETag}); err != nil {
+		t.Fatalf("delete = %v", err)
+	}
+	if lost.Fired() != 1 {
+		t.Fatalf("the fault fired %d times, want 1", lost.Fired())
+	}
+	if vs := versionsOf(t, s, key); len(vs) != 0 {
+		t.Errorf("versions left: %+v", vs)
+	}
+}
+
+// When the check for a newer version gets no answer, the delete is unknown;
+// repeated, it settles.
+func TestVersionedDeleteUnknownCheckSettlesOnRepeat(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, p := minioStore(t)
+	const key = "pending/d.json"
+	v := put(t, s, key, "d")
+	p.Add(faultproxy.Rule{Method: "HEAD", Key: regexp.MustCompile(`^pending/d\.json$`), Action: faultproxy.ErrorBefore, Status: 503, Times: 3})
+	err := s.DeleteWritten(ctx, key, v)
+	if !errors.Is(err, ErrUnknown) {
+		t.Fatalf("delete = %v, want ErrUnknown", err)
+	}
+	if err := s.DeleteWritten(ctx, key, v); err != nil {
+		t.Fatalf("repeat = %v, want nil", err)
+	}
+}
