@@ -7,7 +7,8 @@ import (
 // AWS S3 Standard list prices, us-east-1, per 1,000 requests, as quoted in
 // issue 12: PUT, COPY, POST and LIST $0.005; GET, HEAD and the rest $0.0004;
 // DELETE free.
-var pricePer1000 = map[string]float64{"PUT": 0.005, "COPY": 0.005, "POST": 0.005, "LIST": 0.005, "GET": 0.0004, "HEAD": 0.0004, "DELETE": 0}
+var pricePer1000 = map[string]float64{"PUT": 0.005, "COPY": 0.005, "POST": 0.005, "LIST": 0.005, "GET": 0.0004, "HEAD": 0.0004, "DELETE": 0,
+	"LISTV": 0.005, "DELETEV": 0.005} // ListObjectVersions is a LIST, DeleteObjects a POST
 
 const minutesPerMonth = 30 * 24 * 60
 

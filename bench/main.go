@@ -15,13 +15,17 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cellos/fleetd/internal/localstore"
+	"github.com/cellos/fleetd/internal/queue"
 )
 
 // allScenarios in report order.
-var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline", "deadnode", "recovery", "latency"}
+var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline", "deadnode", "recovery", "latency", "stores"}
 
 type options struct {
 	scenarios     map[string]bool
@@ -43,6 +47,7 @@ type options struct {
 	recWindow     time.Duration
 	latencyConc   []int
 	latencyDelay  time.Duration
+	storeConc     []int  // the stores scenario's concurrencies, on each store
 	compare       string // a second fleetd binary for the latency scenario's before/after
 	out           string
 }
@@ -76,7 +81,8 @@ func run(args []string) error {
 		deadTTL: 10 * time.Second, deadTrials: 3,
 		recAgents: []int{1, 4, 16}, recTTL: 6 * time.Second, recWindow: time.Minute,
 		latencyConc: []int{16, 64}, latencyDelay: 20 * time.Millisecond,
-		out: *out,
+		storeConc: []int{1, 16},
+		out:       *out,
 	}
 	if *smoke {
 		o = options{
@@ -86,7 +92,8 @@ func run(args []string) error {
 			deadTTL: 3 * time.Second, deadTrials: 1,
 			recAgents: []int{1, 2}, recTTL: 3 * time.Second, recWindow: 2 * time.Second,
 			latencyConc: []int{2}, latencyDelay: 20 * time.Millisecond,
-			out: *out,
+			storeConc: []int{1},
+			out:       *out,
 		}
 	}
 	if *conc != "" {
@@ -117,7 +124,7 @@ func run(args []string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	r, err := newRig(dir, *bin)
+	r, err := newRig(dir, *bin, localstore.Kinds[0])
 	if err != nil {
 		return err
 	}
@@ -227,6 +234,11 @@ func measure(r *rig, o options, rep *report) error {
 			}
 		}
 	}
+	if o.scenarios["stores"] {
+		if err := measureStores(r, o, rep, step); err != nil {
+			return fmt.Errorf("stores: %w", err)
+		}
+	}
 	if o.scenarios["baseline"] {
 		step("baseline: %d specs the 0.5.1 way (aws CLI per call)", o.baselineSpecs)
 		b, err := r.baseline(o.baselineSpecs)
@@ -245,4 +257,36 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// measureStores runs the throughput scenario on every store kind, one after
+// the other in this run: the rig's own, then a rig of its own for each other.
+func measureStores(r *rig, o options, rep *report, step func(string, ...any)) error {
+	for _, kind := range localstore.Kinds {
+		sr := r
+		if kind != r.server.Kind {
+			dir := filepath.Join(r.dir, kind)
+			var err error
+			if sr, err = newRig(dir, r.fleetd, kind); err != nil {
+				return err
+			}
+			defer sr.close()
+		}
+		for _, c := range o.storeConc {
+			step("stores: %d no-op specs at concurrency %d on %s", o.specs, c, kind)
+			row, err := sr.throughput(c, o.specs)
+			if err != nil {
+				return fmt.Errorf("%s c=%d: %w", kind, c, err)
+			}
+			rep.stores = append(rep.stores, storeRow{Kind: kind, Version: sr.server.Version, Mode: sr.mode, throughput: row})
+		}
+	}
+	return nil
+}
+
+// storeRow is one throughput row on one store.
+type storeRow struct {
+	Kind, Version string
+	Mode          queue.DeleteMode
+	throughput
 }

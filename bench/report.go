@@ -3,10 +3,12 @@ package main
 import (
 	"fmt"
 	"image/color"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,6 +33,7 @@ type report struct {
 	dead       []deadNode
 	recovery   []recoveryCost
 	latency    []latency
+	stores     []storeRow
 }
 
 // S3's published rate per partitioned prefix: 3,500 writes and 5,500 reads/s.
@@ -137,6 +140,7 @@ func (rep *report) markdown() string {
 		}
 	}
 	rep.costSections(p)
+	rep.storeSection(p)
 	rep.targets(p)
 	return b.String()
 }
@@ -262,4 +266,23 @@ func (rep *report) chart(path string) error {
 	pl.Legend.Top = true
 	pl.Legend.Left = true
 	return pl.Save(7*vg.Inch, 4.5*vg.Inch, path)
+}
+
+// storeSection is scenario 14: the throughput rows on each store.
+func (rep *report) storeSection(p func(string, ...any)) {
+	if len(rep.stores) == 0 {
+		return
+	}
+	p("## 14. Stores: versitygw and MinIO, same run\n\n")
+	p("%d no-op specs per row, one agent, as scenario 1, on each store in turn (MinIO with versioning on, where fleetd runs in the versioned delete mode: docs/PROTOCOL.md, \"Stores\"). Requests per spec by operation from the proxy, self-test excluded; LISTV is ListObjectVersions, DELETEV DeleteObjects.\n\n", rep.opts.specs)
+	p("| store | delete mode | concurrency | specs/s | S3 requests/spec | by operation |\n|---|---|---|---|---|---|\n")
+	for _, r := range rep.stores {
+		ops := slices.Sorted(maps.Keys(r.ByOp))
+		parts := make([]string, 0, len(ops))
+		for _, op := range ops {
+			parts = append(parts, fmt.Sprintf("%s %.2f", op, r.ByOp[op]))
+		}
+		p("| %s %s | %s | %d | %.1f | %.2f | %s |\n", r.Kind, r.Version, r.Mode, r.Concurrency, r.SpecsPerSec, r.ReqPerSpec, strings.Join(parts, ", "))
+	}
+	p("\n")
 }

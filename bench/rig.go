@@ -31,13 +31,14 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/cellos/fleetd/internal/localstore"
 	"github.com/cellos/fleetd/internal/queue"
-	"github.com/cellos/fleetd/internal/versitygw"
 )
 
 type rig struct {
 	dir        string
-	server     *versitygw.Server
+	server     *localstore.Server
+	mode       queue.DeleteMode // the store's, for the raw runs
 	proxyURL   string
 	counts     *counter
 	fleetd     string
@@ -115,9 +116,16 @@ func classify(req *http.Request) (op, area, id string) {
 		key = parts[1]
 	}
 	op = req.Method
+	q := req.URL.Query()
 	switch {
+	case key == "" && req.Method == http.MethodGet && q.Has("versions"):
+		// ListObjectVersions of one key (a versioned delete): its area.
+		dir, _ := path.Split(q.Get("prefix"))
+		return "LISTV", path.Base(dir), ""
+	case key == "" && req.Method == http.MethodPost && q.Has("delete"):
+		return "DELETEV", "batch", "" // DeleteObjects: the keys are in the body
 	case key == "" && req.Method == http.MethodGet:
-		op, key = "LIST", req.URL.Query().Get("prefix")
+		op, key = "LIST", q.Get("prefix")
 	case req.Method == http.MethodPut && req.Header.Get("X-Amz-Copy-Source") != "":
 		op = "COPY"
 	}
@@ -147,19 +155,19 @@ func repoRoot() (string, error) {
 	}
 }
 
-// newRig starts the server and the proxy; fleetd, if not empty, is the binary
-// to measure instead of one built from ./cmd/fleetd.
-func newRig(dir, fleetd string) (*rig, error) {
-	r := &rig{dir: dir, counts: &counter{byOp: map[opArea]int64{}}}
-	bin, err := versitygw.Binary()
-	if err != nil {
-		return nil, err
+// newRig starts the server (a localstore kind) and the proxy; fleetd, if not
+// empty, is the binary to measure instead of one built from ./cmd/fleetd.
+func newRig(dir, fleetd, kind string) (*rig, error) {
+	r := &rig{dir: dir, counts: &counter{byOp: map[opArea]int64{}}, mode: queue.IfMatchDeletes}
+	if kind == "minio" {
+		r.mode = queue.VersionedDeletes
 	}
 	data := filepath.Join(dir, "s3")
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, err
 	}
-	if r.server, err = versitygw.Start(bin, data); err != nil {
+	var err error
+	if r.server, err = localstore.Start(kind, data); err != nil {
 		return nil, err
 	}
 	root, err := repoRoot()
@@ -258,8 +266,7 @@ func (r *rig) close() {
 
 func (r *rig) newBucket() (string, error) {
 	name := fmt.Sprintf("bench-%d", r.buckets.Add(1))
-	_, err := r.direct.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: &name})
-	return name, err
+	return name, r.server.CreateBucket(context.Background(), r.direct, name)
 }
 
 // noopSpec is the body of a no-op spec: about the size of a small real one.

@@ -89,6 +89,7 @@ func (r *rig) rawRun(c, n int, cell func() error) (reqsPerSec, specsPerSec float
 		return 0, 0, err
 	}
 	store := queue.New(r.proxied, bucket, queue.Policy{})
+	store.SetDeleteMode(r.mode)
 	lease := []byte(`{"node":"bench","token":"0123456789abcdef01234567","nonce":"0123456789abcdef01234567","epoch":1,"ttl_ms":60000,"attempts":1,"state":"running","written":"2026-01-01T00:00:00.000000000Z"}`)
 	meta := map[string]string{"fleetd-node": "bench", "fleetd-attempts": "1", "fleetd-token": "0123456789abcdef01234567"}
 	ids := make(chan string, n)

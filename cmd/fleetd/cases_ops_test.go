@@ -232,7 +232,9 @@ func TestCase12ReplacementDuringClaimIsKept(t *testing.T) {
 	b := newBucket(t)
 	p := startProxy(t)
 	b.submit("r", map[string]any{"sleepMs": 0})
-	del := p.Add(faultproxy.Rule{Method: "DELETE", Key: keyOf(b, "pending", "r"), Header: map[string]string{"If-Match": ""}, Action: faultproxy.Hold, Times: 1})
+	rule := protocolDelete(keyOf(b, "pending", "r"), "")
+	rule.Action, rule.Times = faultproxy.Hold, 1
+	del := p.Add(rule)
 	a := startAgent(t, b, caseBVia(p, nil))
 	awaitFired(t, del, 1)
 	// The new version is told apart by its run: it sleeps 700 ms.
@@ -332,7 +334,9 @@ func TestCase14RequeueHoldsTheLease(t *testing.T) {
 	p := startProxy(t)
 	body := []byte(`{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"f","test":{}}}`)
 	b.putRaw(b.key("failed", "f"), body)
-	del := p.Add(faultproxy.Rule{Method: "DELETE", Key: keyOf(b, "failed", "f"), Header: map[string]string{"If-Match": ""}, Action: faultproxy.Hold})
+	rule := protocolDelete(keyOf(b, "failed", "f"), "")
+	rule.Action = faultproxy.Hold
+	del := p.Add(rule)
 
 	type cliResult struct {
 		err         error

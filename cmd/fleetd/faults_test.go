@@ -26,6 +26,16 @@ func startProxy(t *testing.T) *faultproxy.Proxy {
 	return p
 }
 
+// protocolDelete matches the protocol's deletes of the keys key matches, as
+// this store gets them (docs/PROTOCOL.md, "Stores"): DELETE with If-Match
+// (etag, or any when ""), or, on MinIO, DELETE of a version by its id.
+func protocolDelete(key *regexp.Regexp, etag string) faultproxy.Rule {
+	if env.store == "minio" {
+		return faultproxy.Rule{Method: "DELETE", Key: key, Query: "versionId="}
+	}
+	return faultproxy.Rule{Method: "DELETE", Key: key, Header: map[string]string{"If-Match": etag}}
+}
+
 // keyOf matches exactly the object key of spec id in state.
 func keyOf(b *bucket, state, id string) *regexp.Regexp {
 	return regexp.MustCompile("^" + regexp.QuoteMeta(b.key(state, id)) + "$")

@@ -12,6 +12,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -235,7 +236,10 @@ func awaitRunning(t *testing.T, b *bucket, id string) {
 
 func cutLease(p *faultproxy.Proxy, b *bucket, id string) (lease, listing *faultproxy.Handle) {
 	lease = p.Add(faultproxy.Rule{Key: keyOf(b, "leases", id), Action: faultproxy.ErrorBefore, Status: 500})
-	listing = p.Add(faultproxy.Rule{Method: "GET", Key: regexp.MustCompile(`^$`), Query: "leases", Action: faultproxy.ErrorBefore, Status: 500})
+	// Recovery's LIST of leases/ (not a versioned delete's listing of one
+	// lease: the SDK sorts the query, so list-type comes first).
+	listing = p.Add(faultproxy.Rule{Method: "GET", Key: regexp.MustCompile(`^$`), Query: "list-type=2&prefix=" + url.QueryEscape(b.base+"/leases/"),
+		Action: faultproxy.ErrorBefore, Status: 500})
 	return lease, listing
 }
 

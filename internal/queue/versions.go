@@ -125,7 +125,7 @@ func (s *Store) Versions(ctx context.Context, key string) ([]ObjectVersion, erro
 	var out []ObjectVersion
 	for {
 		var page *s3.ListObjectVersionsOutput
-		_, err := s.do(ctx, "", func(ctx context.Context) (err error) {
+		_, err := s.do(ctx, key, func(ctx context.Context) (err error) {
 			page, err = s.client.ListObjectVersions(ctx, in, s.expiring(false))
 			return err
 		})

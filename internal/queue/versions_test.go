@@ -160,3 +160,27 @@ func TestVersionedDeleteUnknownCheckSettlesOnRepeat(t *testing.T) {
 		t.Fatalf("repeat = %v, want nil", err)
 	}
 }
+
+// A key with many versions (a lease written at claim, run and release): the
+// versions under the current one go in one DeleteObjects request, then the
+// current one.
+func TestVersionedDeleteOfManyVersions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, p := minioStore(t)
+	const key = "leases/e.json"
+	for _, state := range []string{"claiming", "running", "releasing"} {
+		put(t, s, key, state)
+	}
+	v := put(t, s, key, "finishing")
+	batch := p.Add(faultproxy.Rule{Method: "POST", Query: "delete", Action: faultproxy.Pass})
+	if err := s.DeleteWritten(ctx, key, Version{ETag: v.ETag}); err != nil {
+		t.Fatalf("delete = %v", err)
+	}
+	if batch.Fired() != 1 {
+		t.Errorf("%d DeleteObjects requests, want 1", batch.Fired())
+	}
+	if vs := versionsOf(t, s, key); len(vs) != 0 {
+		t.Errorf("versions left: %+v", vs)
+	}
+}

@@ -70,7 +70,9 @@ func Start(bin, dir string) (*Server, error) {
 		s.cmd = exec.Command(bin, "--port", addr, "--quiet", "posix", dir)
 		s.cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s.AccessKey, "ROOT_SECRET_KEY="+s.SecretKey)
 		s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		// Pdeathsig: the server dies with whoever started it, even one killed
+		// before it could Stop it (a test binary timed out, a demo cut short).
+		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if err := s.cmd.Start(); err != nil {
 			return nil, fmt.Errorf("start versitygw: %w", err)
 		}
