@@ -68,10 +68,11 @@ soak: $(VERSITYGW) $(MINIO)
 	FLEETD_SOAK=long $(GO) test -race -count=1 -timeout 60m -run 'TestSoak$$' -v ./cmd/fleetd/
 
 # The long sweep of the fleet simulator (internal/sim): SIM_SEEDS scenarios
-# from SIM_SEED_BASE over every core; SIM_SEED=n replays one with its trace.
+# from SIM_SEED_BASE over every core; SIM_SEED=n replays one with its trace;
+# SIM_STORE=versioned (or conditional) runs them all on that kind of store.
 SIM_SEEDS ?= 1000000
 sim:
-	SIM_SEEDS=$(SIM_SEEDS) $(GO) test -count=1 -timeout 0 -run 'TestSweep$$' -v ./internal/sim/ | grep -v '^\s*--- PASS\|^=== '
+	SIM_SEEDS=$(SIM_SEEDS) SIM_STORE=$(SIM_STORE) $(GO) test -count=1 -timeout 0 -run 'TestSweep$$' -v ./internal/sim/ | grep -v '^\s*--- PASS\|^=== '
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.tools/*')); \

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/cellos/fleetd/internal/queue"
 )
 
 // summary is what a sweep found.
@@ -92,7 +94,10 @@ func envInt(name string, def int) int {
 // TestSweep runs SIM_SEEDS scenarios (a short sweep by default; make sim runs
 // a long one) from SIM_SEED_BASE and fails on any violation, printing the
 // trace of the first few. SIM_SEED=n runs that one seed and prints its trace.
+// SIM_STORE=conditional|versioned runs every scenario on that kind of store
+// (by default every third is versioned).
 func TestSweep(t *testing.T) {
+	opt := Options{Store: queue.DeleteMode(os.Getenv("SIM_STORE"))}
 	if v := os.Getenv("SIM_SEED"); v != "" {
 		seed, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
@@ -104,7 +109,7 @@ func TestSweep(t *testing.T) {
 		var r *Result
 		tries := envInt("SIM_TRIES", 30)
 		for try := 1; try <= tries; try++ {
-			synctest.Test(t, func(t *testing.T) { r = Run(seed, Options{}) })
+			synctest.Test(t, func(t *testing.T) { r = Run(seed, opt) })
 			if len(r.Violations) > 0 {
 				t.Logf("seed %d failed on try %d of %d", seed, try, tries)
 				break
@@ -124,7 +129,7 @@ func TestSweep(t *testing.T) {
 	if testing.Short() {
 		n = min(n, 200)
 	}
-	sum := sweep(t, uint64(envInt("SIM_SEED_BASE", 1)), n, Options{})
+	sum := sweep(t, uint64(envInt("SIM_SEED_BASE", 1)), n, opt)
 	t.Logf("%s", sum)
 	for i, r := range sum.failed {
 		if i == envInt("SIM_TRACES", 1) {
