@@ -67,7 +67,7 @@ type versionedStore interface {
 
 // DeleteByVersions is a conditional delete made of requests that name
 // versions, with the answers of DELETE with If-Match: nil when key's current
-// version was v (or v.ETag is "") and is now gone, or key was gone already;
+// version was v (v.ETag "": any) and is now gone, or key was gone already;
 // ErrPrecondition when key holds another version; ErrUnknown when the
 // delete landed but whether a newer version was written meanwhile could not
 // be learnt (a repeat tells).
@@ -102,6 +102,9 @@ func DeleteByVersions(ctx context.Context, s versionedStore, key string, v Versi
 	}
 	if err := s.DeleteVersions(ctx, key, []string{cur.ID}); err != nil {
 		return err
+	}
+	if v.ETag == "" {
+		return nil // any version: one written since came after the delete
 	}
 	o, err := s.Head(ctx, key)
 	switch {
