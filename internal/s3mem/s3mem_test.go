@@ -165,3 +165,43 @@ func TestPutAtBackdates(t *testing.T) {
 		}
 	})
 }
+
+// With Versioning, as on a bucket with versioning enabled: a write keeps the
+// version it replaces, a DELETE by id removes exactly one version and the
+// newest under it becomes current again, and a plain DELETE writes a marker.
+func TestVersioning(t *testing.T) {
+	ctx := context.Background()
+	s := s3mem.New(s3mem.Quirks{Versioning: true, IgnoreDeleteIfMatch: true})
+	for _, body := range []string{"one", "two"} {
+		if _, err := s.Put(ctx, "k", []byte(body), queue.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vs, err := s.Versions(ctx, "k")
+	if err != nil || len(vs) != 2 || vs[0].ETag != s3mem.ETag([]byte("two")) {
+		t.Fatalf("versions = %+v, %v; want two, current first", vs, err)
+	}
+	o, err := s.Head(ctx, "k")
+	if err != nil || o.VersionID != vs[0].ID {
+		t.Fatalf("HEAD = %+v, %v; want version %s", o, err, vs[0].ID)
+	}
+	if v, current := s.DeleteVersionID("k", vs[0].ID); v == 0 || !current {
+		t.Fatalf("delete of the current version: %d, current %v", v, current)
+	}
+	if o, err := s.Get(ctx, "k", 100); err != nil || string(o.Body) != "one" {
+		t.Fatalf("after deleting the current version: %q, %v; want the one under it back", o.Body, err)
+	}
+	if err := s.Delete(ctx, "k", `"ignored"`); err != nil { // If-Match ignored: a marker
+		t.Fatal(err)
+	}
+	if _, err := s.Head(ctx, "k"); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("HEAD under a delete marker = %v, want not found", err)
+	}
+	if _, err := s.Put(ctx, "k", []byte("three"), queue.PutOptions{IfAbsent: true}); err != nil {
+		t.Fatalf("create-only PUT over a delete marker: %v", err)
+	}
+	vs, _ = s.Versions(ctx, "k")
+	if len(vs) != 3 || !vs[1].Marker {
+		t.Fatalf("versions = %+v, want three, a marker, one", vs)
+	}
+}

@@ -41,7 +41,7 @@ type Handle struct {
 	late     map[string]time.Time      // key → until when a timed-out write of ours may land
 	unknown  map[string]bool           // keys of writes whose outcome was unknown (UnknownAsNotLanded)
 	// versioned: deletes name versions (queue.VersionedDeletes).
-	versioned bool
+	versionedDeletes bool
 }
 
 var (
@@ -52,8 +52,8 @@ var (
 
 func newHandle(b *bus, name, node, role string, policy queue.Policy, seed uint64, opt Options) *Handle {
 	return &Handle{b: b, name: name, node: node, role: role, policy: policy, seed: seed, mut: opt.Mutations,
-		versioned: opt.Store == queue.VersionedDeletes,
-		seen:      map[string]map[int64]bool{}, lastRead: map[string]queue.Object{}, lastVer: map[string]int64{},
+		versionedDeletes: opt.Store == queue.VersionedDeletes,
+		seen:             map[string]map[int64]bool{}, lastRead: map[string]queue.Object{}, lastVer: map[string]int64{},
 		late: map[string]time.Time{}, unknown: map[string]bool{}}
 }
 
@@ -470,7 +470,7 @@ func (h *Handle) DeleteWritten(ctx context.Context, key string, v queue.Version)
 	if h.mut.StripDeleteIfMatch {
 		v = queue.Version{}
 	}
-	if h.versioned {
+	if h.versionedDeletes {
 		return queue.DeleteByVersions(ctx, h, key, v)
 	}
 	ifMatch, modified := v.ETag, v.Modified
