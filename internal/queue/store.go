@@ -114,6 +114,9 @@ type Store struct {
 	noExpiry bool
 	// versioned: conditional deletes name versions (VersionedDeletes).
 	versioned atomic.Bool
+	// unversioned: the last write got no version id (ErrVersioningOff).
+	unversioned atomic.Bool
+	replaced    replacements
 }
 
 // New returns a store for bucket through client; zero fields of policy take
@@ -375,16 +378,17 @@ func (s *Store) Put(ctx context.Context, key string, body []byte, opt PutOptions
 	// Content-MD5 makes the store refuse bytes changed on the way.
 	sum := md5.Sum(body)
 	in.ContentMD5 = aws.String(base64.StdEncoding.EncodeToString(sum[:]))
-	var etag string
+	var etag, versionID string
 	unsure, err := s.do(ctx, key, func(ctx context.Context) error {
 		in.Body = bytes.NewReader(body)
 		out, err := s.client.PutObject(ctx, in, s.expiring(!isLease(key)))
 		if err == nil {
-			etag = aws.ToString(out.ETag)
+			etag, versionID = aws.ToString(out.ETag), aws.ToString(out.VersionId)
 		}
 		return err
 	})
 	if err == nil {
+		s.wrote(ctx, key, versionID, opt.IfMatch != "")
 		return etag, nil
 	}
 	err = mapError(err)
@@ -419,10 +423,17 @@ func (s *Store) Copy(ctx context.Context, src, dst string, opt CopyOptions) erro
 		in.CopySourceIfMatch = aws.String(opt.SourceIfMatch)
 	}
 	// An unconditional write of the same bytes: repeating it is harmless.
+	var versionID string
 	_, err := s.do(ctx, dst, func(ctx context.Context) error {
-		_, err := s.client.CopyObject(ctx, in, s.expiring(true))
+		out, err := s.client.CopyObject(ctx, in, s.expiring(true))
+		if err == nil {
+			versionID = aws.ToString(out.VersionId)
+		}
 		return err
 	})
+	if err == nil {
+		s.wrote(ctx, dst, versionID, false)
+	}
 	if err != nil {
 		return fmt.Errorf("s3: copy %s to %s: %w", src, dst, mapError(err))
 	}
@@ -463,6 +474,10 @@ func (s *Store) Delete(ctx context.Context, key, ifMatch string) error {
 // deleted ours — the newer version stays.
 func (s *Store) DeleteWritten(ctx context.Context, key string, v Version) error {
 	if s.versioned.Load() {
+		if s.unversioned.Load() {
+			return fmt.Errorf("s3: delete %s: %w: %w", key, ErrUnknown, ErrVersioningOff)
+		}
+		s.replaced.forget(key)
 		return DeleteByVersions(ctx, s, key, v)
 	}
 	ifMatch, modified := v.ETag, v.Modified

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -116,9 +118,82 @@ func DeleteByVersions(ctx context.Context, s versionedStore, key string, v Versi
 	return fmt.Errorf("s3: delete %s: deleted version %s, but version %s was written meanwhile: %w", key, cur.ID, o.VersionID, ErrPrecondition)
 }
 
+// PruneEvery is how many replacing writes (PUT If-Match) of one key a store
+// in VersionedDeletes makes before it removes the key's replaced versions: a
+// lease renewed for hours, or the recovery marker moved once a ttl, would
+// otherwise keep every version until it is deleted — or forever — and run
+// into a store's cap on versions per object. It costs 2 requests (a listing
+// and a delete) per PruneEvery writes.
+const PruneEvery = 16
+
+// PruneReplaced removes every version of key under the current one. Those
+// are never current again, so removing them cannot touch a live version,
+// whatever is written meanwhile.
+func PruneReplaced(ctx context.Context, s versionedStore, key string) error {
+	vs, err := s.Versions(ctx, key)
+	if err != nil || len(vs) < 2 {
+		return err
+	}
+	ids := make([]string, 0, len(vs)-1)
+	for _, v := range vs[1:] {
+		ids = append(ids, v.ID)
+	}
+	return s.DeleteVersions(ctx, key, ids)
+}
+
+// replacements counts, per key, the replacing writes a store made since it
+// last pruned the key's versions.
+type replacements struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// due counts a replacing write of key and reports whether its replaced
+// versions are due to be pruned.
+func (r *replacements) due(key string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.n == nil {
+		r.n = map[string]int{}
+	}
+	r.n[key]++
+	if r.n[key] < PruneEvery {
+		return false
+	}
+	delete(r.n, key)
+	return true
+}
+
+// forget drops key's count: it was deleted.
+func (r *replacements) forget(key string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.n, key)
+}
+
+// ErrVersioningOff: the store is used with VersionedDeletes but a write got
+// no version id of its own, so the bucket stopped keeping versions
+// (versioning suspended). A delete by version id could then remove a newer
+// write that replaced the version in place: deletes wait, reported unknown,
+// until versioning is enabled again.
+var ErrVersioningOff = errors.New("the bucket no longer keeps versions (versioning suspended?): deletes wait until it is enabled again")
+
 // SetDeleteMode sets how the store's conditional deletes work; the default
 // is IfMatchDeletes. Set it before the store is shared.
 func (s *Store) SetDeleteMode(m DeleteMode) { s.versioned.Store(m == VersionedDeletes) }
+
+// wrote notes, in VersionedDeletes, what the answer to a write of key says:
+// its version id (none, or "null": versioning is off), and, for a replacing
+// write, whether key's replaced versions are due to be pruned.
+func (s *Store) wrote(ctx context.Context, key, versionID string, replacing bool) {
+	if !s.versioned.Load() {
+		return
+	}
+	s.unversioned.Store(versionID == "" || versionID == "null")
+	if replacing && s.replaced.due(key) {
+		_ = PruneReplaced(ctx, s, key) // best effort: the next prune, or the key's delete, catches up
+	}
+}
 
 // Versions lists key's versions, delete markers included, the current one
 // first (one ListObjectVersions request a page). A bucket that keeps no versions lists
@@ -166,48 +241,54 @@ func appendVersion(vs []ObjectVersion, latest bool, v ObjectVersion) []ObjectVer
 	return append(vs, v)
 }
 
+// maxBatch is the most keys one DeleteObjects request may name (S3, MinIO).
+const maxBatch = 1000
+
 // DeleteVersions removes the versions ids of key: one DELETE for one
-// version, one DeleteObjects request for several. A version already gone is
-// not an error.
+// version, DeleteObjects requests of up to 1,000 for several. A version
+// already gone is not an error.
 func (s *Store) DeleteVersions(ctx context.Context, key string, ids []string) error {
 	if len(ids) == 1 {
-		_, err := s.do(ctx, key, func(ctx context.Context) error {
+		unsure, err := s.do(ctx, key, func(ctx context.Context) error {
 			_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.bucket, Key: &key, VersionId: &ids[0]}, s.expiring(true))
 			return err
 		})
 		if err != nil && !errors.Is(mapError(err), ErrNotFound) {
-			return fmt.Errorf("s3: delete %s version %s: %w", key, ids[0], versionErr(err))
+			return fmt.Errorf("s3: delete %s version %s: %w", key, ids[0], versionErr(err, unsure))
 		}
 		return nil
 	}
-	objs := make([]types.ObjectIdentifier, len(ids))
-	for i := range ids {
-		objs[i] = types.ObjectIdentifier{Key: &key, VersionId: &ids[i]}
-	}
-	in := &s3.DeleteObjectsInput{Bucket: &s.bucket, Delete: &types.Delete{Objects: objs, Quiet: aws.Bool(true)}}
-	_, err := s.do(ctx, key, func(ctx context.Context) error {
-		out, err := s.client.DeleteObjects(ctx, in, s.expiring(true))
-		if err != nil {
-			return err
+	for batch := range slices.Chunk(ids, maxBatch) {
+		objs := make([]types.ObjectIdentifier, len(batch))
+		for i := range batch {
+			objs[i] = types.ObjectIdentifier{Key: &key, VersionId: &batch[i]}
 		}
-		for _, e := range out.Errors {
-			if code := aws.ToString(e.Code); code != "NoSuchVersion" && code != "NoSuchKey" {
-				return fmt.Errorf("version %s: %s: %s", aws.ToString(e.VersionId), code, aws.ToString(e.Message))
+		in := &s3.DeleteObjectsInput{Bucket: &s.bucket, Delete: &types.Delete{Objects: objs, Quiet: aws.Bool(true)}}
+		unsure, err := s.do(ctx, key, func(ctx context.Context) error {
+			out, err := s.client.DeleteObjects(ctx, in, s.expiring(true))
+			if err != nil {
+				return err
 			}
+			for _, e := range out.Errors {
+				if code := aws.ToString(e.Code); code != "NoSuchVersion" && code != "NoSuchKey" {
+					return fmt.Errorf("version %s: %s: %s", aws.ToString(e.VersionId), code, aws.ToString(e.Message))
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("s3: delete %d versions of %s: %w", len(batch), key, versionErr(err, unsure))
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("s3: delete %s versions %v: %w", key, ids, versionErr(err))
 	}
 	return nil
 }
 
 // versionErr maps the error of a delete by version id: one that got no
-// definite answer is unknown (a repeat is harmless).
-func versionErr(err error) error {
+// definite answer, or followed an attempt that may have landed, is unknown
+// (a repeat is harmless).
+func versionErr(err error, unsure bool) error {
 	err = mapError(err)
-	if classify(err) != done && !errors.Is(err, ErrExpired) {
+	if unsure || classify(err) != done && !errors.Is(err, ErrExpired) {
 		return fmt.Errorf("%w: %w", ErrUnknown, err)
 	}
 	return err

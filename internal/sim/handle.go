@@ -40,8 +40,10 @@ type Handle struct {
 	lastVer  map[string]int64          // pending/ key → the version last seen there
 	late     map[string]time.Time      // key → until when a timed-out write of ours may land
 	unknown  map[string]bool           // keys of writes whose outcome was unknown (UnknownAsNotLanded)
-	// versioned: deletes name versions (queue.VersionedDeletes).
+	// versionedDeletes: deletes name versions (queue.VersionedDeletes), and
+	// replacing writes prune the versions they replace, as queue.Store's do.
 	versionedDeletes bool
+	replaced         map[string]int // key → replacing writes since its last prune
 }
 
 var (
@@ -53,7 +55,7 @@ var (
 func newHandle(b *bus, name, node, role string, policy queue.Policy, seed uint64, opt Options) *Handle {
 	return &Handle{b: b, name: name, node: node, role: role, policy: policy, seed: seed, mut: opt.Mutations,
 		versionedDeletes: opt.Store == queue.VersionedDeletes,
-		seen:             map[string]map[int64]bool{}, lastRead: map[string]queue.Object{}, lastVer: map[string]int64{},
+		seen:             map[string]map[int64]bool{}, lastRead: map[string]queue.Object{}, lastVer: map[string]int64{}, replaced: map[string]int{},
 		late: map[string]time.Time{}, unknown: map[string]bool{}}
 }
 
@@ -417,6 +419,9 @@ func (h *Handle) Put(ctx context.Context, key string, body []byte, opt queue.Put
 		return answer(err, written{etag, v}, fmtVer(v)+" "+short(etag))
 	})
 	if rep.status == 200 {
+		if opt.IfMatch != "" && h.pruneDue(key) {
+			_ = queue.PruneReplaced(ctx, h, key) // as queue.Store: best effort
+		}
 		return rep.res.(written).etag, nil
 	}
 	err := rep.err
@@ -471,6 +476,9 @@ func (h *Handle) DeleteWritten(ctx context.Context, key string, v queue.Version)
 		v = queue.Version{}
 	}
 	if h.versionedDeletes {
+		h.mu.Lock()
+		delete(h.replaced, key)
+		h.mu.Unlock()
 		return queue.DeleteByVersions(ctx, h, key, v)
 	}
 	ifMatch, modified := v.ETag, v.Modified
@@ -550,4 +558,25 @@ func (h *Handle) DeleteVersions(ctx context.Context, key string, ids []string) e
 		return fmt.Errorf("sim: delete %s versions %v: %w: %w", key, ids, queue.ErrUnknown, rep.err)
 	}
 	return fmt.Errorf("sim: delete %s versions %v: %w", key, ids, rep.err)
+}
+
+// pruneEvery is queue.PruneEvery made short: a scenario's leases see a
+// dozen renewals, and a prune is safe at any rate, so every other replacing
+// write prunes, to meet every other step as often as it can.
+const pruneEvery = 2
+
+// pruneDue counts a replacing write of key on a versioned store and reports
+// whether its replaced versions are due to be pruned.
+func (h *Handle) pruneDue(key string) bool {
+	if !h.versionedDeletes {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.replaced[key]++
+	if h.replaced[key] < pruneEvery {
+		return false
+	}
+	delete(h.replaced, key)
+	return true
 }
