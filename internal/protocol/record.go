@@ -44,7 +44,7 @@ const (
 // all in advance: metrics show each at zero from the start.
 func OutcomeLabels() []string {
 	return []string{string(Completed), string(Failed), string(Timeout), string(Rejected),
-		string(Released), string(Abandoned), string(Lost)}
+		string(Released), string(Abandoned), string(Lost), string(Cancelled)}
 }
 
 // maxReason keeps a result record well inside S3's 2 KB metadata limit.
