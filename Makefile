@@ -4,6 +4,9 @@ PREFIX    ?= /usr/local
 TOOLS     := $(CURDIR)/.tools
 VERSITYGW := $(TOOLS)/bin/versitygw
 VERSITYGW_VERSION := v1.8.0
+# nats-server carries bucket notifications in the tests, the demo and the bench.
+NATS_SERVER := $(TOOLS)/bin/nats-server
+NATS_SERVER_VERSION := v2.15.3
 PROMTOOL  := $(TOOLS)/bin/promtool
 # promtool checks deploy/prometheus/alerts.yaml. Debian's prometheus package
 # ships it: only that one binary is taken from the package (no daemon, no
@@ -20,6 +23,7 @@ DIST_LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 
 export FLEETD_VERSITYGW := $(VERSITYGW)
 export FLEETD_PROMTOOL := $(PROMTOOL)
+export FLEETD_NATS_SERVER := $(NATS_SERVER)
 
 .PHONY: build test soak sim lint demo bench install clean promtool dist
 
@@ -30,6 +34,9 @@ bin/fleetd: FORCE
 
 $(VERSITYGW):
 	GOBIN=$(TOOLS)/bin $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+
+$(NATS_SERVER):
+	GOBIN=$(TOOLS)/bin $(GO) install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION)
 
 promtool: $(PROMTOOL)
 
@@ -45,7 +52,7 @@ $(PROMTOOL):
 
 # bench/ is a module of its own (its chart library is no dependency of the
 # daemon); its smoke test keeps the harness working.
-test: $(VERSITYGW) $(PROMTOOL) lint
+test: $(VERSITYGW) $(NATS_SERVER) $(PROMTOOL) lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 	cd bench && $(GO) test -race -count=1 -timeout 30m ./...
 
@@ -66,10 +73,10 @@ lint:
 	$(GO) vet ./...
 	cd bench && $(GO) vet ./...
 
-demo: $(VERSITYGW) build
+demo: $(VERSITYGW) $(NATS_SERVER) build
 	$(GO) run ./examples/demo --fleetd bin/fleetd --supervisor examples/supervisor.sh
 
-bench: $(VERSITYGW)
+bench: $(VERSITYGW) $(NATS_SERVER)
 	cd bench && $(GO) run . $(BENCH_ARGS)
 
 install: build
