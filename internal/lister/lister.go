@@ -417,7 +417,8 @@ func (l *Lister) listOnce(ctx context.Context, out chan<- Item) (found bool, han
 	switch {
 	case err == nil:
 		l.forgetUnlisted(pass)
-		l.cfg.Logger.Debug("listed pending", "event", "lister.listed", "keys", listed, "found_work", found, "handed_out", handedOut)
+		l.cfg.Logger.Debug("listed pending", "event", "lister.listed", "keys", listed, "found_work", found, "handed_out", handedOut,
+			"poll_ms", time.Duration(l.interval.Load()).Milliseconds())
 	case errors.Is(err, errPaused):
 		l.cfg.Logger.Debug("listed pending", "event", "lister.listed", "keys", listed, "paused", true)
 	case errors.Is(err, errBusy):
