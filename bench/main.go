@@ -21,30 +21,35 @@ import (
 )
 
 // allScenarios in report order.
-var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline", "deadnode", "recovery", "latency"}
+var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline", "deadnode", "recovery", "latency", "notify"}
 
 type options struct {
-	scenarios     map[string]bool
-	specs         int
-	concurrencies []int
-	scaleN        []int
-	scaleTrials   int
-	pickups       int
-	idle          time.Duration
-	backlogs      []int
-	backlogRun    time.Duration
-	agents        []int
-	fleetSpecs    int
-	baselineSpecs int
-	deadTTL       time.Duration
-	deadTrials    int
-	recAgents     []int
-	recTTL        time.Duration
-	recWindow     time.Duration
-	latencyConc   []int
-	latencyDelay  time.Duration
-	compare       string // a second fleetd binary for the latency scenario's before/after
-	out           string
+	scenarios         map[string]bool
+	specs             int
+	concurrencies     []int
+	scaleN            []int
+	scaleTrials       int
+	pickups           int
+	idle              time.Duration
+	backlogs          []int
+	backlogRun        time.Duration
+	agents            []int
+	fleetSpecs        int
+	baselineSpecs     int
+	deadTTL           time.Duration
+	deadTrials        int
+	recAgents         []int
+	recTTL            time.Duration
+	recWindow         time.Duration
+	latencyConc       []int
+	latencyDelay      time.Duration
+	notifyPollPickups int           // pickups polling at 5 s, for scenario 14
+	notifyPickups     int           // pickups with notifications, and after NATS returns
+	lostPickups       int           // pickups with events lost (NATS down, never sent)
+	notifyAgents      int           // agents of scenario 14's fleet rows
+	netPoll           time.Duration // scenario 14's safety-net poll
+	compare           string        // a second fleetd binary for the latency scenario's before/after
+	out               string
 }
 
 func main() {
@@ -76,6 +81,7 @@ func run(args []string) error {
 		deadTTL: 10 * time.Second, deadTrials: 3,
 		recAgents: []int{1, 4, 16}, recTTL: 6 * time.Second, recWindow: time.Minute,
 		latencyConc: []int{16, 64}, latencyDelay: 20 * time.Millisecond,
+		notifyPollPickups: 20, notifyPickups: 50, lostPickups: 5, notifyAgents: 16, netPoll: time.Minute,
 		out: *out,
 	}
 	if *smoke {
@@ -86,6 +92,7 @@ func run(args []string) error {
 			deadTTL: 3 * time.Second, deadTrials: 1,
 			recAgents: []int{1, 2}, recTTL: 3 * time.Second, recWindow: 2 * time.Second,
 			latencyConc: []int{2}, latencyDelay: 20 * time.Millisecond,
+			notifyPollPickups: 1, notifyPickups: 2, lostPickups: 1, notifyAgents: 2, netPoll: 2 * time.Second,
 			out: *out,
 		}
 	}
@@ -226,6 +233,14 @@ func measure(r *rig, o options, rep *report) error {
 				rep.latency = append(rep.latency, row)
 			}
 		}
+	}
+	if o.scenarios["notify"] {
+		step("notify: notifications over NATS vs polling")
+		n, err := r.notifyScenario(o)
+		if err != nil {
+			return fmt.Errorf("notify: %w", err)
+		}
+		rep.notify = &n
 	}
 	if o.scenarios["baseline"] {
 		step("baseline: %d specs the 0.5.1 way (aws CLI per call)", o.baselineSpecs)

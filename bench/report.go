@@ -31,6 +31,7 @@ type report struct {
 	dead       []deadNode
 	recovery   []recoveryCost
 	latency    []latency
+	notify     *notifyResult
 }
 
 // S3's published rate per partitioned prefix: 3,500 writes and 5,500 reads/s.
@@ -137,6 +138,9 @@ func (rep *report) markdown() string {
 		}
 	}
 	rep.costSections(p)
+	if rep.notify != nil {
+		rep.notify.markdown(p)
+	}
 	rep.targets(p)
 	return b.String()
 }

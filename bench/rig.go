@@ -31,13 +31,18 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/cellos/fleetd/internal/natsserver"
 	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/versitygw"
 )
 
 type rig struct {
 	dir        string
-	server     *versitygw.Server
+	nats       *natsserver.Server
+	subject    string            // where server publishes the bucket events
+	netPoll    time.Duration     // the safety-net poll of agents with notifications
+	server     *versitygw.Server // publishes every write's event to nats
+	quiet      *versitygw.Server // the same directory, publishing nothing: a store that dropped the event
 	proxyURL   string
 	counts     *counter
 	fleetd     string
@@ -159,7 +164,20 @@ func newRig(dir, fleetd string) (*rig, error) {
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, err
 	}
-	if r.server, err = versitygw.Start(bin, data); err != nil {
+	nbin, err := natsserver.Binary()
+	if err != nil {
+		return nil, err
+	}
+	if r.nats, err = natsserver.Start(nbin, filepath.Join(dir, "nats")); err != nil {
+		return nil, err
+	}
+	r.subject = "bench.s3.events"
+	if r.server, err = versitygw.StartWith(bin, data, versitygw.Options{NATSURL: r.nats.URL, NATSSubject: r.subject}); err != nil {
+		r.close()
+		return nil, err
+	}
+	if r.quiet, err = versitygw.StartWith(bin, data, versitygw.Options{AccessKey: r.server.AccessKey, SecretKey: r.server.SecretKey}); err != nil {
+		r.close()
 		return nil, err
 	}
 	root, err := repoRoot()
@@ -251,8 +269,13 @@ func (r *rig) close() {
 	if r.closeProxy != nil {
 		r.closeProxy()
 	}
-	if r.server != nil {
-		r.server.Stop()
+	for _, s := range []*versitygw.Server{r.server, r.quiet} {
+		if s != nil {
+			s.Stop()
+		}
+	}
+	if r.nats != nil {
+		r.nats.Stop()
 	}
 }
 
@@ -300,6 +323,9 @@ type agent struct {
 	cmd       *exec.Cmd
 	started   time.Time
 	finalised atomic.Int64
+	connected atomic.Int64 // notify.connected lines
+	lost      atomic.Int64 // notify.lost lines
+	hinted    atomic.Int64 // lister.hinted lines (log level debug only)
 	cellStart chan time.Time // one per "cell started" line, if asked for
 	exited    chan struct{}
 	stderr    bytes.Buffer // last lines, for errors
@@ -400,6 +426,12 @@ func (r *rig) startAgent(bucket string, settings map[string]string, watchStarts 
 			switch {
 			case rec.Event == "spec.finalised":
 				a.finalised.Add(1)
+			case rec.Event == "notify.connected":
+				a.connected.Add(1)
+			case rec.Event == "notify.lost":
+				a.lost.Add(1)
+			case rec.Event == "lister.hinted":
+				a.hinted.Add(1)
 			case rec.Event == "cell.started":
 				a.noteCell(line)
 				if a.cellStart != nil {
