@@ -323,9 +323,9 @@ type agent struct {
 	cmd       *exec.Cmd
 	started   time.Time
 	finalised atomic.Int64
-	connected atomic.Int64 // notify.connected lines
-	lost      atomic.Int64 // notify.lost lines
-	hinted    atomic.Int64 // lister.hinted lines (log level debug only)
+	connected atomic.Int64   // notify.connected lines
+	lost      atomic.Int64   // notify.lost lines
+	hinted    atomic.Int64   // lister.hinted lines (log level debug only)
 	cellStart chan time.Time // one per "cell started" line, if asked for
 	exited    chan struct{}
 	stderr    bytes.Buffer // last lines, for errors
