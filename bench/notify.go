@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -114,7 +115,7 @@ func (r *rig) putter(bucket string, quiet bool) func(key string, body []byte) er
 func (r *rig) notifyScenario(o options) (notifyResult, error) {
 	res := notifyResult{NetPoll: o.netPoll}
 	r.netPoll = o.netPoll
-	step := func(format string, a ...any) { fmt.Printf("bench: notify: "+format+"\n", a...) }
+	step := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: notify: "+format+"\n", a...) }
 
 	// Pickup, polling at the default 5 s.
 	step("pickup polling at 5 s, %d specs", o.notifyPollPickups)

@@ -1,7 +1,8 @@
-// Command demo runs fleetd end to end on a local S3: it starts versitygw on a
-// free loopback port, submits example specs, runs fleetd with concurrency 4,
-// prints where each spec ended up, then drains fleetd and stops the server.
-// `make demo` runs it.
+// Command demo runs fleetd end to end on a local S3: it starts nats-server and
+// versitygw (publishing bucket events to it) on free loopback ports, submits
+// example specs, runs fleetd with concurrency 4 and notifications on, prints
+// where each spec ended up, submits one more and times its pickup, then
+// drains fleetd and stops the servers. `make demo` runs it.
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/cellos/fleetd/internal/natsserver"
 	"github.com/cellos/fleetd/internal/versitygw"
 )
 
@@ -57,12 +59,27 @@ func run(fleetd, supervisor string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	srv, err := versitygw.Start(bin, dir)
+	nbin, err := natsserver.Binary()
+	if err != nil {
+		return err
+	}
+	ns, err := natsserver.Start(nbin, filepath.Join(dir, "nats"))
+	if err != nil {
+		return err
+	}
+	defer ns.Stop()
+	fmt.Printf("==> nats-server %s on %s\n", natsserver.Version, ns.URL)
+	const subject = "s3.events.fleetd-demo"
+	data := filepath.Join(dir, "s3")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		return err
+	}
+	srv, err := versitygw.StartWith(bin, data, versitygw.Options{NATSURL: ns.URL, NATSSubject: subject})
 	if err != nil {
 		return err
 	}
 	defer srv.Stop()
-	fmt.Printf("==> versitygw %s serving %s on %s\n", versitygw.Version, dir, srv.URL)
+	fmt.Printf("==> versitygw %s serving %s on %s, publishing bucket events to %s\n", versitygw.Version, data, srv.URL, subject)
 
 	ctx := context.Background()
 	client := s3.New(s3.Options{
@@ -91,11 +108,12 @@ func run(fleetd, supervisor string) error {
 		"CELLOS_FLEET_SUPERVISOR="+sup,
 		"CELLOS_FLEET_CONCURRENCY=4",
 		"CELLOS_FLEET_POOL_ID=cpu",
-		"CELLOS_FLEET_POLL_INTERVAL_MS=500",
+		"CELLOS_FLEET_NOTIFY_URL="+ns.URL,
+		"CELLOS_FLEET_NOTIFY_SUBJECT="+subject,
 		"CELLOS_FLEET_LOG_FORMAT=text",
 	)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	fmt.Println("==> starting fleetd: concurrency 4, pool cpu")
+	fmt.Println("==> starting fleetd: concurrency 4, pool cpu, notifications on (safety-net poll 60 s)")
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start fleetd: %w", err)
 	}
@@ -130,12 +148,38 @@ func run(fleetd, supervisor string) error {
 	}
 	tw.Flush()
 
+	// The safety-net poll is a minute away: a pickup within it is the
+	// bucket event's doing.
+	late := `{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"late-arrival"}}`
+	lateKey := "fleet/pending/late-arrival.json"
+	if _, err := client.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: &lateKey, Body: strings.NewReader(late)}); err != nil {
+		return fmt.Errorf("submit late-arrival: %w", err)
+	}
+	sent := time.Now()
+	fmt.Printf("==> submitted s3://%s/%s to the running fleetd\n", bucket, lateKey)
+	var claimed time.Duration
+	for {
+		state, _ := where(ctx, client, "late-arrival")
+		if state != "pending" && claimed == 0 {
+			claimed = time.Since(sent) // pending/ is deleted once the claim holds
+		}
+		if state == "completed" {
+			break
+		}
+		if time.Since(sent) > 90*time.Second {
+			return fmt.Errorf("late-arrival not completed within 90s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	fmt.Printf("==> late-arrival claimed %v after its PUT, by its bucket event (the next poll was a minute away); completed after %v\n",
+		claimed.Round(time.Millisecond), time.Since(sent).Round(time.Millisecond))
+
 	fmt.Println("==> SIGTERM: fleetd drains and exits")
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := <-exited; err != nil {
 		return fmt.Errorf("fleetd: %w", err)
 	}
-	fmt.Println("==> fleetd exited 0; stopping versitygw")
+	fmt.Println("==> fleetd exited 0; stopping versitygw and nats-server")
 	return nil
 }
 
