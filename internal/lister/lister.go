@@ -175,7 +175,11 @@ func (l *Lister) Run(ctx context.Context, out chan<- Item) {
 	after := orTimeAfter(l.cfg.After)
 	next := time.Now()
 	for {
-		interval, changed := l.currentInterval()
+		var changed <-chan struct{}
+		if l.cfg.Hints != nil {
+			_, changed = l.cfg.Hints.State() // before the listing: a change during it lists again
+		}
+		l.currentInterval() // the busy wait's bound, and the log's
 		found, handedOut, err := l.listOnce(ctx, out)
 		if ctx.Err() != nil {
 			return
@@ -198,6 +202,7 @@ func (l *Lister) Run(ctx context.Context, out chan<- Item) {
 		if err != nil && !errors.Is(err, errStale) && !errors.Is(err, errPaused) {
 			l.cfg.Logger.Warn("list pending failed; retrying after the poll interval", "event", "lister.list_failed", "err", err)
 		}
+		interval := l.currentInterval() // the listing may have found the lane paused or resumed
 		// The next tick is one interval after the last: a wait that ended
 		// early (its jitter was negative) must not be followed by another
 		// listing at once. After work, the cadence catches up to now.
@@ -217,20 +222,18 @@ func (l *Lister) Run(ctx context.Context, out chan<- Item) {
 	}
 }
 
-// currentInterval returns the poll interval for the next listing and a
-// channel closed when it changes (nil without Hints).
-func (l *Lister) currentInterval() (time.Duration, <-chan struct{}) {
+// currentInterval sets and returns the poll interval: NetInterval while
+// hints flow, except on a paused lane, which no hint resumes for every agent
+// (the marker's deletion is one event, for one agent of the lane).
+func (l *Lister) currentInterval() time.Duration {
 	interval := l.cfg.Interval
-	var changed <-chan struct{}
 	if l.cfg.Hints != nil {
-		var up bool
-		up, changed = l.cfg.Hints.State()
-		if up {
+		if up, _ := l.cfg.Hints.State(); up && !l.paused.Load() {
 			interval = l.cfg.NetInterval
 		}
 	}
 	l.interval.Store(int64(interval))
-	return interval, changed
+	return interval
 }
 
 // pumpHints hands each hinted key to an idle worker until ctx ends. It asks
