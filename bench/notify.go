@@ -246,8 +246,15 @@ func (r *rig) awaitPublishing(bucket string) error {
 		if err := put(key, []byte("p")); err != nil {
 			return err
 		}
-		if msg, err := sub.NextMsg(200 * time.Millisecond); err == nil && strings.Contains(string(msg.Data), key) {
-			return nil
+		// Read everything that came, events buffered over the outage too.
+		for {
+			msg, err := sub.NextMsg(200 * time.Millisecond)
+			if err != nil {
+				break
+			}
+			if strings.Contains(string(msg.Data), key) {
+				return nil
+			}
 		}
 	}
 	return errors.New("versitygw did not publish again within 3m of NATS coming back")
