@@ -180,7 +180,10 @@ func TestNotifyPickup(t *testing.T) {
 	t.Parallel()
 	r := startNotify(t)
 	b := newBucket(t)
-	a := startAgent(t, b, r.settings(map[string]string{"CELLOS_FLEET_CONCURRENCY": "2", "CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0"}))
+	// Credentials in the URL (this server checks none) must never be logged.
+	withCreds := strings.Replace(r.nats.URL, "nats://", "nats://fleetd:hunter2@", 1)
+	a := startAgent(t, b, r.settings(map[string]string{"CELLOS_FLEET_CONCURRENCY": "2", "CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0",
+		"CELLOS_FLEET_NOTIFY_URL": withCreds}))
 	awaitSettled(t, a, 1)
 	listed := a.logs.countEvent("lister.listed")
 	for i := range 3 {
@@ -202,8 +205,11 @@ func TestNotifyPickup(t *testing.T) {
 	if v := sample(t, fams, "fleetd_notify_events_total", "result", "hint"); v < 3 {
 		t.Errorf("hints counted: %v, want at least 3", v)
 	}
-	if strings.Contains(a.logs.text(), env.server.SecretKey) {
-		t.Error("the S3 secret reached the log")
+	if log := a.logs.text(); strings.Contains(log, env.server.SecretKey) || strings.Contains(log, "hunter2") {
+		t.Error("a secret reached the log")
+	}
+	if started := a.logs.events("agent.starting")[0]; !strings.Contains(started["notify_url"].(string), "REDACTED@127.0.0.1") {
+		t.Errorf("agent.starting notify_url = %v, want the URL with its user information redacted", started["notify_url"])
 	}
 }
 
