@@ -304,8 +304,10 @@ func (r *rig) notifyFleet(k, n int, notify bool) (notifyFleet, error) {
 	}
 	start := time.Now()
 	if notify {
+		// Each agent lists once more when notifications come up; from then
+		// on only its safety-net poll lists.
 		for _, a := range agents {
-			if err := awaitCount("notify.connected", a.connected.Load, 1); err != nil {
+			if err := awaitCount("a listing at the safety-net interval", a.settled.Load, 1); err != nil {
 				return row, err
 			}
 		}

@@ -326,6 +326,7 @@ type agent struct {
 	connected atomic.Int64   // notify.connected lines
 	lost      atomic.Int64   // notify.lost lines
 	hinted    atomic.Int64   // lister.hinted lines (log level debug only)
+	settled   atomic.Int64   // lister.listed lines at the safety-net poll (debug only)
 	cellStart chan time.Time // one per "cell started" line, if asked for
 	exited    chan struct{}
 	stderr    bytes.Buffer // last lines, for errors
@@ -432,6 +433,13 @@ func (r *rig) startAgent(bucket string, settings map[string]string, watchStarts 
 				a.lost.Add(1)
 			case rec.Event == "lister.hinted":
 				a.hinted.Add(1)
+			case rec.Event == "lister.listed":
+				var ev struct {
+					PollMs int64 `json:"poll_ms"`
+				}
+				if json.Unmarshal([]byte(line), &ev) == nil && r.netPoll > 0 && ev.PollMs >= r.netPoll.Milliseconds() {
+					a.settled.Add(1)
+				}
 			case rec.Event == "cell.started":
 				a.noteCell(line)
 				if a.cellStart != nil {
