@@ -48,7 +48,8 @@ type options struct {
 	lostPickups       int           // pickups with events lost (NATS down, never sent)
 	notifyAgents      int           // agents of scenario 14's fleet rows
 	netPoll           time.Duration // scenario 14's safety-net poll
-	compare           string        // a second fleetd binary for the latency scenario's before/after
+	notifyParts       map[string]bool
+	compare           string // a second fleetd binary for the latency scenario's before/after
 	out               string
 }
 
@@ -66,6 +67,7 @@ func run(args []string) error {
 	out := fs.String("out", "results", "directory for the report and chart")
 	bin := fs.String("fleetd", "", "measure this fleetd binary instead of building ./cmd/fleetd (e.g. an older release, to compare in one session)")
 	conc := fs.String("concurrency", "", "comma-separated concurrencies of the throughput scenario (default 1,4,16,64)")
+	parts := fs.String("notify-parts", "pickup,idle,fleet", "parts of the notify scenario to run: pickup (with the lost-notification rows), idle, fleet")
 	compare := fs.String("compare", "", "also run the latency scenario with this fleetd binary (e.g. the build before a protocol change): before/after in one run")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -107,6 +109,10 @@ func run(args []string) error {
 		}
 	}
 	o.compare = *compare
+	o.notifyParts = map[string]bool{}
+	for _, p := range strings.Split(*parts, ",") {
+		o.notifyParts[strings.TrimSpace(p)] = true
+	}
 	o.scenarios = map[string]bool{}
 	for _, s := range strings.Split(*scen, ",") {
 		s = strings.TrimSpace(s)

@@ -117,37 +117,73 @@ func (r *rig) notifyScenario(o options) (notifyResult, error) {
 	r.netPoll = o.netPoll
 	step := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: notify: "+format+"\n", a...) }
 
+	if o.notifyParts["pickup"] {
+		if err := r.notifyPickups(o, &res); err != nil {
+			return res, err
+		}
+	}
+	if o.notifyParts["idle"] {
+		for _, notify := range []bool{false, true} {
+			var settings map[string]string
+			mode := "poll 5 s"
+			if notify {
+				settings, mode = r.notifySettings(nil), "notifications"
+			}
+			step("idle %s for %v", mode, o.idle)
+			i, err := r.idleWith(o.idle, settings)
+			if err != nil {
+				return res, err
+			}
+			res.Idle = append(res.Idle, i)
+		}
+	}
+	if o.notifyParts["fleet"] {
+		for _, notify := range []bool{false, true} {
+			step("%d agents x concurrency 4, %d specs, notifications %v", o.notifyAgents, o.fleetSpecs, notify)
+			f, err := r.notifyFleet(o.notifyAgents, o.fleetSpecs, notify)
+			if err != nil {
+				return res, err
+			}
+			res.Fleet = append(res.Fleet, f)
+		}
+	}
+	return res, nil
+}
+
+// notifyPickups measures pickup latency both ways, then lost notifications.
+func (r *rig) notifyPickups(o options, res *notifyResult) error {
+	step := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: notify: "+format+"\n", a...) }
 	// Pickup, polling at the default 5 s.
 	step("pickup polling at 5 s, %d specs", o.notifyPollPickups)
 	bucket, err := r.newBucket()
 	if err != nil {
-		return res, err
+		return err
 	}
 	a, err := r.startAgent(bucket, nil, true)
 	if err != nil {
-		return res, err
+		return err
 	}
 	lat, err := pickups(a, o.notifyPollPickups, 10*time.Second, "poll", r.putter(bucket, false))
 	a.stop()
 	if err != nil {
-		return res, err
+		return err
 	}
 	res.Pickup = append(res.Pickup, row("poll 5 s", lat))
 
 	// Pickup with notifications, then the same agent through a NATS outage.
 	step("pickup with notifications, %d specs", o.notifyPickups)
 	if bucket, err = r.newBucket(); err != nil {
-		return res, err
+		return err
 	}
 	if a, err = r.startAgent(bucket, r.notifySettings(nil), true); err != nil {
-		return res, err
+		return err
 	}
 	defer a.stop()
 	if err := awaitCount("notify.connected", a.connected.Load, 1); err != nil {
-		return res, err
+		return err
 	}
 	if lat, err = pickups(a, o.notifyPickups, 200*time.Millisecond, "hint", r.putter(bucket, false)); err != nil {
-		return res, err
+		return err
 	}
 	res.Pickup = append(res.Pickup, row("notifications", lat))
 
@@ -158,7 +194,7 @@ func (r *rig) notifyScenario(o options) (notifyResult, error) {
 	for i := range o.lostPickups {
 		id := fmt.Sprintf("unsent-%03d", i)
 		if err := put("fleet/pending/"+id+".json", noopSpec(id, "")); err != nil {
-			return res, err
+			return err
 		}
 	}
 	lat = nil
@@ -167,7 +203,7 @@ func (r *rig) notifyScenario(o options) (notifyResult, error) {
 		case t := <-a.cellStart:
 			lat = append(lat, t.Sub(sent))
 		case <-time.After(2 * res.NetPoll):
-			return res, errors.New("a spec whose event was never sent did not start within two safety-net intervals")
+			return errors.New("a spec whose event was never sent did not start within two safety-net intervals")
 		}
 	}
 	slices.Sort(lat)
@@ -176,54 +212,29 @@ func (r *rig) notifyScenario(o options) (notifyResult, error) {
 	step("NATS stopped: %d specs", o.lostPickups)
 	r.nats.Stop()
 	if err := awaitCount("notify.lost", a.lost.Load, 1); err != nil {
-		return res, err
+		return err
 	}
 	if lat, err = pickups(a, o.lostPickups, 10*time.Second, "down", r.putter(bucket, false)); err != nil {
-		return res, err
+		return err
 	}
 	res.Lost = append(res.Lost, row("NATS down (poll 5 s)", lat))
 
 	step("NATS back: %d specs", o.notifyPickups)
 	if err := r.nats.Start(); err != nil {
-		return res, err
+		return err
 	}
 	if err := awaitCount("notify.connected again", a.connected.Load, 2); err != nil {
-		return res, err
+		return err
 	}
 	if err := r.awaitPublishing(bucket); err != nil {
-		return res, err
+		return err
 	}
 	if lat, err = pickups(a, o.notifyPickups, 200*time.Millisecond, "back", r.putter(bucket, false)); err != nil {
-		return res, err
+		return err
 	}
 	res.Lost = append(res.Lost, row("NATS back, no restart", lat))
 	a.stop()
-
-	// Idle, both ways.
-	for _, notify := range []bool{false, true} {
-		var settings map[string]string
-		mode := "poll 5 s"
-		if notify {
-			settings, mode = r.notifySettings(nil), "notifications"
-		}
-		step("idle %s for %v", mode, o.idle)
-		i, err := r.idleWith(o.idle, settings)
-		if err != nil {
-			return res, err
-		}
-		res.Idle = append(res.Idle, i)
-	}
-
-	// Many agents on one lane, both ways.
-	for _, notify := range []bool{false, true} {
-		step("%d agents x concurrency 4, %d specs, notifications %v", o.notifyAgents, o.fleetSpecs, notify)
-		f, err := r.notifyFleet(o.notifyAgents, o.fleetSpecs, notify)
-		if err != nil {
-			return res, err
-		}
-		res.Fleet = append(res.Fleet, f)
-	}
-	return res, nil
+	return nil
 }
 
 // awaitPublishing waits until the gateway publishes again after NATS came
