@@ -43,11 +43,11 @@ type options struct {
 	recWindow         time.Duration
 	latencyConc       []int
 	latencyDelay      time.Duration
-	notifyPollPickups int           // pickups polling at 5 s, for scenario 14
+	notifyPollPickups int           // pickups polling at 5 s, for scenario 15
 	notifyPickups     int           // pickups with notifications, and after NATS returns
 	lostPickups       int           // pickups with events lost (NATS down, never sent)
-	notifyAgents      int           // agents of scenario 14's fleet rows
-	netPoll           time.Duration // scenario 14's safety-net poll
+	notifyAgents      int           // agents of scenario 15's fleet rows
+	netPoll           time.Duration // scenario 15's safety-net poll
 	notifyParts       map[string]bool
 	compare           string // a second fleetd binary for the latency scenario's before/after
 	out               string

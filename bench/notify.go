@@ -1,6 +1,6 @@
 package main
 
-// Scenario 14: bucket notifications over NATS against polling, in one run.
+// Scenario 15: bucket notifications over NATS against polling, in one run.
 
 import (
 	"context"
@@ -37,7 +37,7 @@ type notifyFleet struct {
 	ByOp                        map[string]float64
 }
 
-// notifyResult is scenario 14.
+// notifyResult is scenario 15.
 type notifyResult struct {
 	Pickup  []notifyPickup
 	Idle    []idle
@@ -373,9 +373,9 @@ func (r *rig) notifyFleet(k, n int, notify bool) (notifyFleet, error) {
 // pending/, six writes (report section 12).
 const happyPath = 8.0
 
-// markdown writes section 14.
+// markdown writes section 15.
 func (x *notifyResult) markdown(p func(string, ...any)) {
-	p("## 14. Notifications over NATS vs polling\n\n")
+	p("## 15. Notifications over NATS vs polling\n\n")
 	p("versitygw publishes every write's event to a nats-server (JetStream, memory stream) on loopback; agents with `CELLOS_FLEET_NOTIFY_URL` take each new key from their lane's consumer while a worker is idle; the safety-net poll is %v, the poll 5 s (default) unless noted.\n\n", x.NetPoll)
 	p("**Pickup latency**, one idle agent (concurrency 1), specs submitted one at a time at random moments (windows of 10 s polling, 200 ms with notifications); PUT answered → `cell started`.\n\n")
 	p("| mode | specs | p50 | p99 | max |\n|---|---|---|---|---|\n")
