@@ -252,20 +252,17 @@ func (s *Source) lose(c jetstream.Consumer, err error) {
 	s.set(stateDown, err)
 }
 
-// set records the state and says so once per change.
+// set records the state and says so once per change. It logs under the lock,
+// so no one acts on the new state (State) before its line is written: a log
+// reader sees notify.connected before the listing that follows it.
 func (s *Source) set(state int, err error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	was := s.state
-	s.state = state
 	if was == state {
-		s.mu.Unlock()
 		return
 	}
-	if (was == stateUp) != (state == stateUp) {
-		close(s.changed)
-		s.changed = make(chan struct{})
-	}
-	s.mu.Unlock()
+	s.state = state
 	if state == stateUp {
 		s.log.Info("notifications flowing: pending/ is polled as a safety net", "event", "notify.connected",
 			"stream", s.stream, "consumer", s.consumer)
@@ -274,6 +271,10 @@ func (s *Source) set(state int, err error) {
 	}
 	if s.cfg.Connected != nil {
 		s.cfg.Connected(state == stateUp)
+	}
+	if (was == stateUp) != (state == stateUp) {
+		close(s.changed)
+		s.changed = make(chan struct{})
 	}
 }
 
