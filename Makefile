@@ -8,6 +8,9 @@ VERSITYGW_VERSION := v1.8.0
 # (internal/minio.Version). About 2 minutes and 150 MB to build, once.
 MINIO     := $(TOOLS)/bin/minio
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
+# nats-server carries bucket notifications in the tests, the demo and the bench.
+NATS_SERVER := $(TOOLS)/bin/nats-server
+NATS_SERVER_VERSION := v2.15.3
 PROMTOOL  := $(TOOLS)/bin/promtool
 # promtool checks deploy/prometheus/alerts.yaml. Debian's prometheus package
 # ships it: only that one binary is taken from the package (no daemon, no
@@ -25,6 +28,7 @@ DIST_LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 export FLEETD_VERSITYGW := $(VERSITYGW)
 export FLEETD_MINIO := $(MINIO)
 export FLEETD_PROMTOOL := $(PROMTOOL)
+export FLEETD_NATS_SERVER := $(NATS_SERVER)
 
 .PHONY: build test soak sim lint demo bench install clean promtool dist
 
@@ -38,6 +42,9 @@ $(VERSITYGW):
 
 $(MINIO):
 	GOBIN=$(TOOLS)/bin $(GO) install github.com/minio/minio@$(MINIO_VERSION)
+
+$(NATS_SERVER):
+	GOBIN=$(TOOLS)/bin $(GO) install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION)
 
 promtool: $(PROMTOOL)
 
@@ -57,7 +64,7 @@ $(PROMTOOL):
 # fault-proxy and short soak tests run again on MinIO with versioning on
 # (FLEETD_TEST_STORE: a store matrix, not a copy of the tests).
 STORE_MATRIX := ^Test(Case[0-9]|Adversarial|Intent|Soak|TwoAgentsRunEachSpecOnce|KilledNodeWorkIsRecovered|RecoveryTurn|OrphanedClaim|EndToEnd|Cancel$$|Submit$$|StatusRequeueInspect|Prune$$|PauseAcrossAgents|Store)
-test: $(VERSITYGW) $(MINIO) $(PROMTOOL) lint
+test: $(VERSITYGW) $(MINIO) $(NATS_SERVER) $(PROMTOOL) lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 	FLEETD_TEST_STORE=minio $(GO) test -race -count=1 -timeout 30m -run '$(STORE_MATRIX)' ./cmd/fleetd/
 	cd bench && $(GO) test -race -count=1 -timeout 30m ./...
@@ -82,10 +89,10 @@ lint:
 
 # make demo STORE=minio runs it on MinIO (versioning on) instead of versitygw.
 STORE ?= versitygw
-demo: $(VERSITYGW) $(if $(filter minio,$(STORE)),$(MINIO)) build
+demo: $(VERSITYGW) $(NATS_SERVER) $(if $(filter minio,$(STORE)),$(MINIO)) build
 	$(GO) run ./examples/demo --fleetd bin/fleetd --supervisor examples/supervisor.sh --store $(STORE)
 
-bench: $(VERSITYGW) $(MINIO)
+bench: $(VERSITYGW) $(MINIO) $(NATS_SERVER)
 	cd bench && $(GO) run . $(BENCH_ARGS)
 
 install: build

@@ -25,31 +25,37 @@ import (
 )
 
 // allScenarios in report order.
-var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline", "deadnode", "recovery", "latency", "stores"}
+var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline", "deadnode", "recovery", "latency", "stores", "notify"}
 
 type options struct {
-	scenarios     map[string]bool
-	specs         int
-	concurrencies []int
-	scaleN        []int
-	scaleTrials   int
-	pickups       int
-	idle          time.Duration
-	backlogs      []int
-	backlogRun    time.Duration
-	agents        []int
-	fleetSpecs    int
-	baselineSpecs int
-	deadTTL       time.Duration
-	deadTrials    int
-	recAgents     []int
-	recTTL        time.Duration
-	recWindow     time.Duration
-	latencyConc   []int
-	latencyDelay  time.Duration
-	storeConc     []int  // the stores scenario's concurrencies, on each store
-	compare       string // a second fleetd binary for the latency scenario's before/after
-	out           string
+	scenarios         map[string]bool
+	specs             int
+	concurrencies     []int
+	scaleN            []int
+	scaleTrials       int
+	pickups           int
+	idle              time.Duration
+	backlogs          []int
+	backlogRun        time.Duration
+	agents            []int
+	fleetSpecs        int
+	baselineSpecs     int
+	deadTTL           time.Duration
+	deadTrials        int
+	recAgents         []int
+	recTTL            time.Duration
+	recWindow         time.Duration
+	latencyConc       []int
+	latencyDelay      time.Duration
+	notifyPollPickups int           // pickups polling at 5 s, for scenario 15
+	notifyPickups     int           // pickups with notifications, and after NATS returns
+	lostPickups       int           // pickups with events lost (NATS down, never sent)
+	notifyAgents      int           // agents of scenario 15's fleet rows
+	netPoll           time.Duration // scenario 15's safety-net poll
+	notifyParts       map[string]bool
+	storeConc         []int  // the stores scenario's concurrencies, on each store
+	compare           string // a second fleetd binary for the latency scenario's before/after
+	out               string
 }
 
 func main() {
@@ -66,6 +72,7 @@ func run(args []string) error {
 	out := fs.String("out", "results", "directory for the report and chart")
 	bin := fs.String("fleetd", "", "measure this fleetd binary instead of building ./cmd/fleetd (e.g. an older release, to compare in one session)")
 	conc := fs.String("concurrency", "", "comma-separated concurrencies of the throughput scenario (default 1,4,16,64)")
+	parts := fs.String("notify-parts", "pickup,idle,fleet", "parts of the notify scenario to run: pickup (with the lost-notification rows), idle, fleet")
 	compare := fs.String("compare", "", "also run the latency scenario with this fleetd binary (e.g. the build before a protocol change): before/after in one run")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -81,6 +88,7 @@ func run(args []string) error {
 		deadTTL: 10 * time.Second, deadTrials: 3,
 		recAgents: []int{1, 4, 16}, recTTL: 6 * time.Second, recWindow: time.Minute,
 		latencyConc: []int{16, 64}, latencyDelay: 20 * time.Millisecond,
+		notifyPollPickups: 20, notifyPickups: 50, lostPickups: 5, notifyAgents: 16, netPoll: time.Minute,
 		storeConc: []int{1, 16},
 		out:       *out,
 	}
@@ -92,6 +100,7 @@ func run(args []string) error {
 			deadTTL: 3 * time.Second, deadTrials: 1,
 			recAgents: []int{1, 2}, recTTL: 3 * time.Second, recWindow: 2 * time.Second,
 			latencyConc: []int{2}, latencyDelay: 20 * time.Millisecond,
+			notifyPollPickups: 1, notifyPickups: 2, lostPickups: 1, notifyAgents: 2, netPoll: 2 * time.Second,
 			storeConc: []int{1},
 			out:       *out,
 		}
@@ -107,6 +116,10 @@ func run(args []string) error {
 		}
 	}
 	o.compare = *compare
+	o.notifyParts = map[string]bool{}
+	for _, p := range strings.Split(*parts, ",") {
+		o.notifyParts[strings.TrimSpace(p)] = true
+	}
 	o.scenarios = map[string]bool{}
 	for _, s := range strings.Split(*scen, ",") {
 		s = strings.TrimSpace(s)
@@ -238,6 +251,14 @@ func measure(r *rig, o options, rep *report) error {
 		if err := measureStores(r, o, rep, step); err != nil {
 			return fmt.Errorf("stores: %w", err)
 		}
+	}
+	if o.scenarios["notify"] {
+		step("notify: notifications over NATS vs polling")
+		n, err := r.notifyScenario(o)
+		if err != nil {
+			return fmt.Errorf("notify: %w", err)
+		}
+		rep.notify = &n
 	}
 	if o.scenarios["baseline"] {
 		step("baseline: %d specs the 0.5.1 way (aws CLI per call)", o.baselineSpecs)

@@ -34,6 +34,7 @@ type report struct {
 	recovery   []recoveryCost
 	latency    []latency
 	stores     []storeRow
+	notify     *notifyResult
 }
 
 // S3's published rate per partitioned prefix: 3,500 writes and 5,500 reads/s.
@@ -141,6 +142,9 @@ func (rep *report) markdown() string {
 	}
 	rep.costSections(p)
 	rep.storeSection(p)
+	if rep.notify != nil {
+		rep.notify.markdown(p)
+	}
 	rep.targets(p)
 	return b.String()
 }

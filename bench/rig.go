@@ -32,13 +32,22 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/cellos/fleetd/internal/localstore"
+	"github.com/cellos/fleetd/internal/natsserver"
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/versitygw"
 )
 
 type rig struct {
-	dir        string
-	server     *localstore.Server
-	mode       queue.DeleteMode // the store's, for the raw runs
+	dir    string
+	server *localstore.Server
+	mode   queue.DeleteMode // the store's, for the raw runs
+	// On versitygw (the notify scenario's store): nats carries the bucket
+	// events the server publishes; quiet serves the same directory and
+	// publishes nothing, a store that dropped the event.
+	nats       *natsserver.Server
+	subject    string        // where server publishes the bucket events
+	netPoll    time.Duration // the safety-net poll of agents with notifications
+	quiet      *versitygw.Server
 	proxyURL   string
 	counts     *counter
 	fleetd     string
@@ -167,7 +176,13 @@ func newRig(dir, fleetd, kind string) (*rig, error) {
 		return nil, err
 	}
 	var err error
-	if r.server, err = localstore.Start(kind, data); err != nil {
+	if kind == "minio" {
+		r.server, err = localstore.Start(kind, data)
+	} else {
+		err = r.startPublishing(data)
+	}
+	if err != nil {
+		r.close()
 		return nil, err
 	}
 	root, err := repoRoot()
@@ -262,6 +277,36 @@ func (r *rig) close() {
 	if r.server != nil {
 		r.server.Stop()
 	}
+	if r.quiet != nil {
+		r.quiet.Stop()
+	}
+	if r.nats != nil {
+		r.nats.Stop()
+	}
+}
+
+// startPublishing starts nats-server and a versitygw over data that
+// publishes every write's event to it, and a quiet one beside it.
+func (r *rig) startPublishing(data string) error {
+	bin, err := versitygw.Binary()
+	if err != nil {
+		return err
+	}
+	nbin, err := natsserver.Binary()
+	if err != nil {
+		return err
+	}
+	if r.nats, err = natsserver.Start(nbin, filepath.Join(r.dir, "nats")); err != nil {
+		return err
+	}
+	r.subject = "bench.s3.events"
+	vgw, err := versitygw.StartWith(bin, data, versitygw.Options{NATSURL: r.nats.URL, NATSSubject: r.subject})
+	if err != nil {
+		return err
+	}
+	r.server = localstore.FromVersitygw(vgw)
+	r.quiet, err = versitygw.StartWith(bin, data, versitygw.Options{AccessKey: vgw.AccessKey, SecretKey: vgw.SecretKey})
+	return err
 }
 
 func (r *rig) newBucket() (string, error) {
@@ -307,6 +352,10 @@ type agent struct {
 	cmd       *exec.Cmd
 	started   time.Time
 	finalised atomic.Int64
+	connected atomic.Int64   // notify.connected lines
+	lost      atomic.Int64   // notify.lost lines
+	hinted    atomic.Int64   // lister.hinted lines (log level debug only)
+	settled   atomic.Int64   // lister.listed lines at the safety-net poll (debug only)
 	cellStart chan time.Time // one per "cell started" line, if asked for
 	exited    chan struct{}
 	stderr    bytes.Buffer // last lines, for errors
@@ -407,6 +456,19 @@ func (r *rig) startAgent(bucket string, settings map[string]string, watchStarts 
 			switch {
 			case rec.Event == "spec.finalised":
 				a.finalised.Add(1)
+			case rec.Event == "notify.connected":
+				a.connected.Add(1)
+			case rec.Event == "notify.lost":
+				a.lost.Add(1)
+			case rec.Event == "lister.hinted":
+				a.hinted.Add(1)
+			case rec.Event == "lister.listed":
+				var ev struct {
+					PollMs int64 `json:"poll_ms"`
+				}
+				if json.Unmarshal([]byte(line), &ev) == nil && r.netPoll > 0 && ev.PollMs >= r.netPoll.Milliseconds() {
+					a.settled.Add(1)
+				}
 			case rec.Event == "cell.started":
 				a.noteCell(line)
 				if a.cellStart != nil {

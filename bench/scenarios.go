@@ -310,13 +310,16 @@ type idle struct {
 	PerMin        map[opArea]float64 // by operation and area
 }
 
-func (r *rig) idle(d time.Duration) (idle, error) {
+func (r *rig) idle(d time.Duration) (idle, error) { return r.idleWith(d, nil) }
+
+// idleWith is idle with extra settings.
+func (r *rig) idleWith(d time.Duration, settings map[string]string) (idle, error) {
 	res := idle{Seconds: d.Seconds()}
 	bucket, err := r.newBucket()
 	if err != nil {
 		return res, err
 	}
-	a, err := r.startAgent(bucket, nil, false) // default poll interval: 5 s
+	a, err := r.startAgent(bucket, settings, false) // default poll interval: 5 s
 	if err != nil {
 		return res, err
 	}

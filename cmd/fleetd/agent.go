@@ -12,9 +12,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/cellos/fleetd/internal/drain"
 	"github.com/cellos/fleetd/internal/exec"
 	"github.com/cellos/fleetd/internal/metrics"
+	"github.com/cellos/fleetd/internal/notify"
 	"github.com/cellos/fleetd/internal/ops"
 	"github.com/cellos/fleetd/internal/pipeline"
 	"github.com/cellos/fleetd/internal/protocol"
@@ -66,7 +69,15 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 	// release two S3 request timeouts; then fleetd exits and leaves the rest
 	// to recovery. See the README's stop-timeout formula.
 	d := drain.New(context.Background(), cfg.StopGrace+2*cfg.S3Timeout)
-	p := pipeline.New(pipeline.Config{
+	hints, err := dialNotify(cfg, layout, log, m)
+	if err != nil {
+		log.Error("notifications", "event", "notify.dial_failed", "err", err)
+		return 1
+	}
+	// Readiness and liveness judge the poll at the slower of the two
+	// intervals: with notifications on, either may be the current one.
+	pollInterval := cfg.PollInterval
+	pcfg := pipeline.Config{
 		Node:         cfg.NodeID,
 		Pool:         cfg.PoolID,
 		Layout:       layout,
@@ -77,18 +88,25 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		CellTimeout:  cfg.CellTimeout,
 		Logger:       log,
 		Metrics:      m,
-	}, store, proto, prog.Runner(newRunner(cfg, supervisor, getenv, stdout, stderr)), d)
+	}
+	if hints != nil {
+		defer hints.Close()
+		pcfg.Hints, pcfg.NetInterval = hints, cfg.Notify.PollInterval
+		pollInterval = max(pollInterval, cfg.Notify.PollInterval)
+	}
+	p := pipeline.New(pcfg, store, proto, prog.Runner(newRunner(cfg, supervisor, getenv, stdout, stderr)), d)
 	rescuer := recovery.New(proto, d, cfg.LeaseTTL, log, nil)
 	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
 		Pool: cfg.PoolID, Concurrency: cfg.Concurrency, InFlight: p.Cells, Logger: log}
 
 	log.Info("fleetd starting", "event", "agent.starting", "version", versionString(), "bucket", cfg.Bucket, "prefix", cfg.Prefix,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
-		"supervisor", supervisor, "endpoint", redactURL(cfg.Endpoint), "s3_rps", cfg.S3RPS)
+		"supervisor", supervisor, "endpoint", redactURL(cfg.Endpoint), "s3_rps", cfg.S3RPS,
+		"notify_url", notify.Redact(cfg.Notify.URL), "notify_subject", cfg.Notify.Subject)
 	if cfg.MetricsAddr != "" {
 		stop, err := ops.Serve(ops.Config{Addr: cfg.MetricsAddr, Metrics: m.Handler(), Agent: p, Progress: prog,
 			Draining: func() bool { return d.Intake().Err() != nil }, Logger: log,
-			Concurrency: cfg.Concurrency, PollInterval: cfg.PollInterval, LeaseTTL: cfg.LeaseTTL, S3Timeout: cfg.S3Timeout})
+			Concurrency: cfg.Concurrency, PollInterval: pollInterval, LeaseTTL: cfg.LeaseTTL, S3Timeout: cfg.S3Timeout})
 		if err != nil {
 			log.Error("metrics server", "event", "ops.listen_failed", "addr", cfg.MetricsAddr, "err", err)
 			return 1
@@ -120,6 +138,38 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 	<-done
 	log.Info("drain complete", "event", "drain.complete", "cells_stopped", stopped)
 	return 0
+}
+
+// dialNotify connects to the NATS server of cfg.Notify; nil, nil when
+// notifications are off. The agent's lane and pool share the events, each
+// event going to one of their agents.
+func dialNotify(cfg Config, layout queue.Layout, log *slog.Logger, m *metrics.Metrics) (*notify.Source, error) {
+	n := cfg.Notify
+	if n.URL == "" {
+		return nil, nil
+	}
+	var opts []nats.Option
+	if n.Creds != "" {
+		opts = append(opts, nats.UserCredentials(n.Creds))
+	}
+	if n.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(n.TLSCA))
+	}
+	if n.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(n.TLSCert, n.TLSKey))
+	}
+	return notify.Dial(notify.Config{
+		URL:       n.URL,
+		Subject:   n.Subject,
+		Bucket:    cfg.Bucket,
+		Dir:       layout.Dir(queue.Pending),
+		URLKeys:   n.URLKeys,
+		Group:     layout.Dir(queue.Pending) + "\x00" + cfg.PoolID,
+		Options:   opts,
+		Logger:    log,
+		Counted:   m.NotifyEvent,
+		Connected: m.NotifyConnected,
+	})
 }
 
 // awaitDrain waits for the first signal, closes intake and drains the cells

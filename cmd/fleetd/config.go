@@ -50,6 +50,14 @@ var settings = []setting{
 	{"cell-timeout-ms", "CELLOS_FLEET_CELL_TIMEOUT_MS", "0", "stop a cell running longer than this; its spec fails with reason timeout (0: none)"},
 	{"stop-grace-ms", "CELLOS_FLEET_STOP_GRACE_MS", "10000", "time a stopped cell gets between SIGTERM and SIGKILL"},
 	{"metrics-addr", "CELLOS_FLEET_METRICS_ADDR", "", "serve /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464 (empty: off)"},
+	{"notify-url", "CELLOS_FLEET_NOTIFY_URL", "", "NATS server the store publishes bucket events to, e.g. nats://127.0.0.1:4222; comma-separated for a cluster; user:password@ or token@ allowed, never logged (empty: off, poll only)"},
+	{"notify-subject", "CELLOS_FLEET_NOTIFY_SUBJECT", "", "subject the store publishes this bucket's events to (required with --notify-url)"},
+	{"notify-poll-interval-ms", "CELLOS_FLEET_NOTIFY_POLL_INTERVAL_MS", "60000", "time between listings of pending/ while notifications flow: the safety net for lost events"},
+	{"notify-keys", "CELLOS_FLEET_NOTIFY_KEYS", "raw", "how events spell keys: raw (versitygw) or url (URL-encoded: AWS, MinIO)"},
+	{"notify-creds", "CELLOS_FLEET_NOTIFY_CREDS", "", "NATS credentials file (user JWT and nkey seed)"},
+	{"notify-tls-ca", "CELLOS_FLEET_NOTIFY_TLS_CA", "", "CA certificates (PEM) that sign the NATS server's"},
+	{"notify-tls-cert", "CELLOS_FLEET_NOTIFY_TLS_CERT", "", "client certificate (PEM) for NATS; with --notify-tls-key"},
+	{"notify-tls-key", "CELLOS_FLEET_NOTIFY_TLS_KEY", "", "client certificate's key (PEM) for NATS"},
 	{"log-level", "CELLOS_FLEET_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"log-format", "CELLOS_FLEET_LOG_FORMAT", "json", "json or text"},
 }
@@ -78,10 +86,23 @@ type Config struct {
 	CellTimeout  time.Duration
 	StopGrace    time.Duration
 	MetricsAddr  string
+	Notify       NotifyConfig
 	LogLevel     string
 	LogFormat    string
 	ShowVersion  bool
 	help         bool
+}
+
+// NotifyConfig is where bucket notifications come from; URL empty: off.
+type NotifyConfig struct {
+	URL          string // may hold credentials: log notify.Redact(URL)
+	Subject      string
+	PollInterval time.Duration // the safety-net poll while events flow
+	URLKeys      bool
+	Creds        string
+	TLSCA        string
+	TLSCert      string
+	TLSKey       string
 }
 
 // errNoBucket: the one setting with no default is missing.
@@ -200,6 +221,7 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 			p.fail(get("metrics-addr"), "host:port")
 		}
 	}
+	cfg.Notify = parseNotify(&p, get)
 	cfg.LogLevel = p.oneOf(get("log-level"), "debug", "info", "warn", "error")
 	cfg.LogFormat = p.oneOf(get("log-format"), "json", "text")
 	if p.err != nil {
@@ -209,6 +231,40 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 		cfg.S3Burst = max(1, int(math.Ceil(cfg.S3RPS)))
 	}
 	return cfg, positional, nil
+}
+
+// parseNotify reads the notification settings. A bad URL is named without its
+// value, which may hold a password.
+func parseNotify(p *parser, get func(string) value) NotifyConfig {
+	n := NotifyConfig{
+		URL:          strings.TrimSpace(get("notify-url").raw),
+		Subject:      strings.TrimSpace(get("notify-subject").raw),
+		PollInterval: p.millis(get("notify-poll-interval-ms"), 1),
+		URLKeys:      p.oneOf(get("notify-keys"), "raw", "url") == "url",
+		Creds:        get("notify-creds").raw,
+		TLSCA:        get("notify-tls-ca").raw,
+		TLSCert:      get("notify-tls-cert").raw,
+		TLSKey:       get("notify-tls-key").raw,
+	}
+	if n.URL == "" {
+		return n
+	}
+	for _, raw := range strings.Split(n.URL, ",") {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil || (u.Scheme != "nats" && u.Scheme != "tls") || u.Host == "" {
+			if p.err == nil {
+				p.err = usagef("invalid %s (value not shown: it may hold credentials): want nats://host:port or tls://host:port, comma-separated", get("notify-url").name)
+			}
+			return n
+		}
+	}
+	if n.Subject == "" || strings.ContainsAny(n.Subject, " \t\r\n") {
+		p.fail(get("notify-subject"), "the subject the store publishes to (required with CELLOS_FLEET_NOTIFY_URL; no spaces)")
+	}
+	if (n.TLSCert == "") != (n.TLSKey == "") {
+		p.fail(get("notify-tls-key"), "both CELLOS_FLEET_NOTIFY_TLS_CERT and CELLOS_FLEET_NOTIFY_TLS_KEY, or neither")
+	}
+	return n
 }
 
 // maxNodeID bounds the node id, which every claim, lease and log line carries.

@@ -22,6 +22,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		PollInterval: 5 * time.Second, Heartbeat: 30 * time.Second, Concurrency: 1,
 		S3Timeout: 10 * time.Second, S3Attempts: 5,
 		MaxSpecBytes: 1 << 20, LeaseTTL: time.Minute, MaxAttempts: 3, StopGrace: 10 * time.Second,
+		Notify:   NotifyConfig{PollInterval: time.Minute},
 		LogLevel: "info", LogFormat: "json",
 	}
 	if cfg != want {
@@ -81,6 +82,11 @@ func TestParseConfigErrorsNameTheSetting(t *testing.T) {
 		{nil, []string{"--no-such-flag"}, "no-such-flag"},
 		{nil, []string{"stray"}, `unexpected argument "stray"`},
 		{map[string]string{"CELLOS_FLEET_METRICS_ADDR": "9464"}, nil, `invalid CELLOS_FLEET_METRICS_ADDR="9464"`},
+		{map[string]string{"CELLOS_FLEET_NOTIFY_URL": "http://u:hunter2@127.0.0.1:4222", "CELLOS_FLEET_NOTIFY_SUBJECT": "s"}, nil, "invalid CELLOS_FLEET_NOTIFY_URL (value not shown"},
+		{map[string]string{"CELLOS_FLEET_NOTIFY_URL": "nats://127.0.0.1:4222"}, nil, `invalid CELLOS_FLEET_NOTIFY_SUBJECT=""`},
+		{map[string]string{"CELLOS_FLEET_NOTIFY_URL": "nats://127.0.0.1:4222", "CELLOS_FLEET_NOTIFY_SUBJECT": "s", "CELLOS_FLEET_NOTIFY_TLS_CERT": "c.pem"}, nil, `invalid CELLOS_FLEET_NOTIFY_TLS_KEY=""`},
+		{map[string]string{"CELLOS_FLEET_NOTIFY_KEYS": "base64"}, nil, `invalid CELLOS_FLEET_NOTIFY_KEYS="base64"`},
+		{map[string]string{"CELLOS_FLEET_NOTIFY_POLL_INTERVAL_MS": "0"}, nil, `invalid CELLOS_FLEET_NOTIFY_POLL_INTERVAL_MS="0"`},
 	}
 	for _, tt := range tests {
 		env := map[string]string{"CELLOS_FLEET_BUCKET": "b"}
@@ -89,9 +95,22 @@ func TestParseConfigErrorsNameTheSetting(t *testing.T) {
 		}
 		var stdout, stderr bytes.Buffer
 		code := run(tt.args, envOf(env), nil, nil, &stdout, &stderr)
-		if code != 2 || !strings.Contains(stderr.String(), tt.want) || strings.Count(stderr.String(), "\n") != 1 {
+		if code != 2 || !strings.Contains(stderr.String(), tt.want) || strings.Count(stderr.String(), "\n") != 1 || strings.Contains(stderr.String(), "hunter2") {
 			t.Errorf("run(%v, %v) = %d, stderr %q; want 2 and one line containing %q", tt.args, tt.env, code, stderr.String(), tt.want)
 		}
+	}
+}
+
+func TestParseConfigNotify(t *testing.T) {
+	env := map[string]string{"CELLOS_FLEET_BUCKET": "b", "CELLOS_FLEET_NOTIFY_URL": " nats://a:1,tls://b:2 ",
+		"CELLOS_FLEET_NOTIFY_SUBJECT": "s3.events", "CELLOS_FLEET_NOTIFY_KEYS": "URL", "CELLOS_FLEET_NOTIFY_POLL_INTERVAL_MS": "30000"}
+	cfg, _, err := parseConfig([]string{"--notify-subject", "s3.fleet"}, envOf(env), &bytes.Buffer{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := NotifyConfig{URL: "nats://a:1,tls://b:2", Subject: "s3.fleet", PollInterval: 30 * time.Second, URLKeys: true}
+	if cfg.Notify != want {
+		t.Errorf("notify:\n got %+v\nwant %+v", cfg.Notify, want)
 	}
 }
 

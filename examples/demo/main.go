@@ -1,7 +1,10 @@
-// Command demo runs fleetd end to end on a local S3: it starts versitygw (or,
-// with --store minio, MinIO with versioning on) on a free loopback port, submits example specs, runs fleetd with concurrency 4,
-// prints where each spec ended up, then drains fleetd and stops the server.
-// `make demo` runs it.
+// Command demo runs fleetd end to end on a local S3: it starts nats-server and
+// versitygw (publishing bucket events to it) on free loopback ports, submits
+// example specs, runs fleetd with concurrency 4 and notifications on, prints
+// where each spec ended up, submits one more and times its pickup, then
+// drains fleetd and stops the servers. `make demo` runs it; with --store
+// minio (make demo STORE=minio) the store is MinIO with versioning on, and
+// fleetd polls (the demo does not set up MinIO's event publishing).
 package main
 
 import (
@@ -18,7 +21,10 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/cellos/fleetd/internal/localstore"
+	"github.com/cellos/fleetd/internal/natsserver"
+	"github.com/cellos/fleetd/internal/versitygw"
 )
 
 const bucket = "fleetd-demo"
@@ -52,12 +58,44 @@ func run(fleetd, supervisor, store string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	srv, err := localstore.Start(store, dir)
-	if err != nil {
+	data := filepath.Join(dir, "s3")
+	if err := os.Mkdir(data, 0o700); err != nil {
 		return err
 	}
+	var srv *localstore.Server
+	settings := []string{"CELLOS_FLEET_POLL_INTERVAL_MS=500"}
+	pickupBy := "the poll"
+	if store == "versitygw" {
+		nbin, err := natsserver.Binary()
+		if err != nil {
+			return err
+		}
+		ns, err := natsserver.Start(nbin, filepath.Join(dir, "nats"))
+		if err != nil {
+			return err
+		}
+		defer ns.Stop()
+		fmt.Printf("==> nats-server %s on %s\n", natsserver.Version, ns.URL)
+		const subject = "s3.events.fleetd-demo"
+		bin, err := versitygw.Binary()
+		if err != nil {
+			return err
+		}
+		vgw, err := versitygw.StartWith(bin, data, versitygw.Options{NATSURL: ns.URL, NATSSubject: subject})
+		if err != nil {
+			return err
+		}
+		srv = localstore.FromVersitygw(vgw)
+		fmt.Printf("==> versitygw %s serving %s on %s, publishing bucket events to %s\n", srv.Version, data, srv.URL, subject)
+		settings = []string{"CELLOS_FLEET_NOTIFY_URL=" + ns.URL, "CELLOS_FLEET_NOTIFY_SUBJECT=" + subject}
+		pickupBy = "its bucket event (the next poll was a minute away)"
+	} else {
+		if srv, err = localstore.Start(store, data); err != nil {
+			return err
+		}
+		fmt.Printf("==> %s %s serving %s on %s\n", srv.Kind, srv.Version, data, srv.URL)
+	}
 	defer srv.Stop()
-	fmt.Printf("==> %s %s serving %s on %s\n", srv.Kind, srv.Version, dir, srv.URL)
 
 	ctx := context.Background()
 	client := srv.Client()
@@ -83,11 +121,11 @@ func run(fleetd, supervisor, store string) error {
 		"CELLOS_FLEET_SUPERVISOR="+sup,
 		"CELLOS_FLEET_CONCURRENCY=4",
 		"CELLOS_FLEET_POOL_ID=cpu",
-		"CELLOS_FLEET_POLL_INTERVAL_MS=500",
 		"CELLOS_FLEET_LOG_FORMAT=text",
 	)
+	cmd.Env = append(cmd.Env, settings...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	fmt.Println("==> starting fleetd: concurrency 4, pool cpu")
+	fmt.Printf("==> starting fleetd: concurrency 4, pool cpu, %s\n", map[bool]string{true: "notifications on (safety-net poll 60 s)", false: "polling every 500 ms"}[store == "versitygw"])
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start fleetd: %w", err)
 	}
@@ -121,6 +159,32 @@ func run(fleetd, supervisor, store string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.id, state, reason)
 	}
 	tw.Flush()
+
+	// With notifications the safety-net poll is a minute away: a pickup
+	// within it is the bucket event's doing.
+	late := `{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"late-arrival"}}`
+	lateKey := "fleet/pending/late-arrival.json"
+	if _, err := client.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: &lateKey, Body: strings.NewReader(late)}); err != nil {
+		return fmt.Errorf("submit late-arrival: %w", err)
+	}
+	sent := time.Now()
+	fmt.Printf("==> submitted s3://%s/%s to the running fleetd\n", bucket, lateKey)
+	var claimed time.Duration
+	for {
+		state, _ := where(ctx, client, "late-arrival")
+		if state != "pending" && claimed == 0 {
+			claimed = time.Since(sent) // pending/ is deleted once the claim holds
+		}
+		if state == "completed" {
+			break
+		}
+		if time.Since(sent) > 90*time.Second {
+			return fmt.Errorf("late-arrival not completed within 90s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	fmt.Printf("==> late-arrival claimed %v after its PUT, by %s; completed after %v\n",
+		claimed.Round(time.Millisecond), pickupBy, time.Since(sent).Round(time.Millisecond))
 
 	fmt.Println("==> SIGTERM: fleetd drains and exits")
 	_ = cmd.Process.Signal(syscall.SIGTERM)

@@ -59,7 +59,34 @@ type Config struct {
 	// its own, seeded at random. A simulation passes a seeded one so that a
 	// seed replays. Used by the lister's goroutine alone.
 	Rand *rand.Rand
+	// Hints, if set, hands out keys that may just have become pending (a
+	// store's bucket notifications) between listings. While it is up,
+	// listings come every NetInterval instead of every Interval: the poll is
+	// then a safety net for lost events.
+	Hints       Hints
+	NetInterval time.Duration
+	// Idle blocks until a worker waits for an item (true) or ctx ends
+	// (false). The lister asks Hints for a hint only then, so it never holds
+	// a hint no worker here can take. Required with Hints.
+	Idle func(ctx context.Context) bool
 }
+
+// Hints is a source of keys that may just have become pending: bucket
+// notifications (*notify.Source). A hint is only where to look.
+type Hints interface {
+	// Next blocks until a hint arrives or ctx ends (its only error). done
+	// must be called with whether a worker took the key; one not taken goes
+	// to another agent.
+	Next(ctx context.Context) (key string, done func(taken bool), err error)
+	// State reports whether hints flow, and a channel closed at the next
+	// change.
+	State() (up bool, changed <-chan struct{})
+}
+
+// hintHandoff bounds the wait for a worker to take a hint: one was idle when
+// it was asked for, but a listed key may have taken it since; another agent
+// may have one free now.
+const hintHandoff = 100 * time.Millisecond
 
 // maxRemembered bounds the sets of keys the lister remembers, so a queue full of
 // junk cannot grow the agent's memory without end.
@@ -70,6 +97,9 @@ type Lister struct {
 	cfg        Config
 	stale      atomic.Bool   // a worker found the listing out of date
 	staleAlarm chan struct{} // wakes a send blocked on busy workers; capacity 1
+	interval   atomic.Int64  // the current poll interval (Interval or NetInterval)
+	paused     atomic.Bool   // the last listing found the lane paused
+	listNow    chan struct{} // a hint of a marker: list at once; capacity 1
 
 	mu       sync.Mutex
 	inFlight map[string]bool
@@ -92,14 +122,17 @@ func New(cfg Config) *Lister {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	}
-	return &Lister{
+	l := &Lister{
 		cfg:        cfg,
 		staleAlarm: make(chan struct{}, 1),
+		listNow:    make(chan struct{}, 1),
 		inFlight:   map[string]bool{},
 		rejected:   map[string]remembered{},
 		tried:      map[string]remembered{},
 		ignored:    map[string]bool{},
 	}
+	l.interval.Store(int64(cfg.Interval))
+	return l
 }
 
 // errStale ends a listing that a worker found out of date.
@@ -129,16 +162,33 @@ var errBusy = errors.New("every worker busy for an interval")
 // With every worker busy, the lister waits for one at most an interval, then
 // lists afresh: a busy node keeps polling once an interval (its readiness
 // rests on it) and never hands out a key from a listing older than that.
+//
+// With Hints, a second goroutine hands out hinted keys as they come, and the
+// interval is NetInterval while hints flow. Each change of that lists at
+// once: events may have been lost around it.
 func (l *Lister) Run(ctx context.Context, out chan<- Item) {
+	var pump sync.WaitGroup
+	defer pump.Wait() // the caller closes out once Run returns
+	if l.cfg.Hints != nil {
+		pump.Go(func() { l.pumpHints(ctx, out) })
+	}
 	after := orTimeAfter(l.cfg.After)
 	next := time.Now()
 	for {
+		var changed <-chan struct{}
+		if l.cfg.Hints != nil {
+			_, changed = l.cfg.Hints.State() // before the listing: a change during it lists again
+		}
+		l.currentInterval() // the busy wait's bound, and the log's
 		found, handedOut, err := l.listOnce(ctx, out)
 		if ctx.Err() != nil {
 			return
 		}
-		if l.cfg.Paused != nil && (err == nil || errors.Is(err, errPaused)) {
-			l.cfg.Paused(errors.Is(err, errPaused))
+		if err == nil || errors.Is(err, errPaused) {
+			l.paused.Store(errors.Is(err, errPaused))
+			if l.cfg.Paused != nil {
+				l.cfg.Paused(errors.Is(err, errPaused))
+			}
 		}
 		if errors.Is(err, errBusy) {
 			continue // it waited an interval already
@@ -152,19 +202,84 @@ func (l *Lister) Run(ctx context.Context, out chan<- Item) {
 		if err != nil && !errors.Is(err, errStale) && !errors.Is(err, errPaused) {
 			l.cfg.Logger.Warn("list pending failed; retrying after the poll interval", "event", "lister.list_failed", "err", err)
 		}
+		interval := l.currentInterval() // the listing may have found the lane paused or resumed
 		// The next tick is one interval after the last: a wait that ended
 		// early (its jitter was negative) must not be followed by another
 		// listing at once. After work, the cadence catches up to now.
-		next = next.Add(l.cfg.Interval)
+		next = next.Add(interval)
 		for now := time.Now(); !next.After(now); {
-			next = next.Add(l.cfg.Interval)
+			next = next.Add(interval)
 		}
-		jitter := time.Duration(l.cfg.Rand.Int64N(int64(l.cfg.Interval)/10+1)) - l.cfg.Interval/20
+		jitter := time.Duration(l.cfg.Rand.Int64N(int64(interval)/10+1)) - interval/20
 		select {
 		case <-ctx.Done():
 			return
 		case <-after(time.Until(next) + jitter):
+		case <-changed:
+			next = time.Now()
+		case <-l.listNow:
 		}
+	}
+}
+
+// currentInterval sets and returns the poll interval: NetInterval while
+// hints flow, except on a paused lane, which no hint resumes for every agent
+// (the marker's deletion is one event, for one agent of the lane).
+func (l *Lister) currentInterval() time.Duration {
+	interval := l.cfg.Interval
+	if l.cfg.Hints != nil {
+		if up, _ := l.cfg.Hints.State(); up && !l.paused.Load() {
+			interval = l.cfg.NetInterval
+		}
+	}
+	l.interval.Store(int64(interval))
+	return interval
+}
+
+// pumpHints hands each hinted key to an idle worker until ctx ends. It asks
+// for a hint only while a worker is idle; a hint no worker takes within
+// hintHandoff goes back, for another agent. A hint of a key that is not work
+// (the pause marker made or removed) makes the lister list at once.
+func (l *Lister) pumpHints(ctx context.Context, out chan<- Item) {
+	for l.cfg.Idle(ctx) {
+		key, done, err := l.cfg.Hints.Next(ctx)
+		if err != nil {
+			return // ctx ended
+		}
+		id, err := l.cfg.ID(key)
+		if err != nil {
+			done(true)
+			select {
+			case l.listNow <- struct{}{}:
+			default:
+			}
+			continue
+		}
+		l.mu.Lock()
+		skip := l.inFlight[key] || l.paused.Load()
+		if !skip {
+			l.inFlight[key] = true
+		}
+		l.mu.Unlock()
+		if skip {
+			done(true) // ours already, or held back: a listing finds it
+			continue
+		}
+		// pass -1: a hint belongs to no listing, and says nothing of one.
+		it := Item{Key: key, ID: id, pass: -1}
+		timer := time.NewTimer(hintHandoff)
+		select {
+		case out <- it:
+			timer.Stop()
+			done(true)
+			l.cfg.Logger.Debug("hint handed to a worker", "event", "lister.hinted", "spec_id", id)
+			continue
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+		}
+		l.Done(it)
+		done(false)
 	}
 }
 
@@ -188,7 +303,7 @@ func (l *Lister) send(ctx context.Context, out chan<- Item, it Item) error {
 		return nil
 	default:
 	}
-	busy := orTimeAfter(l.cfg.BusyAfter)(l.cfg.Interval)
+	busy := orTimeAfter(l.cfg.BusyAfter)(time.Duration(l.interval.Load()))
 	select {
 	case out <- it:
 		return nil
@@ -305,7 +420,8 @@ func (l *Lister) listOnce(ctx context.Context, out chan<- Item) (found bool, han
 	switch {
 	case err == nil:
 		l.forgetUnlisted(pass)
-		l.cfg.Logger.Debug("listed pending", "event", "lister.listed", "keys", listed, "found_work", found, "handed_out", handedOut)
+		l.cfg.Logger.Debug("listed pending", "event", "lister.listed", "keys", listed, "found_work", found, "handed_out", handedOut,
+			"poll_ms", time.Duration(l.interval.Load()).Milliseconds())
 	case errors.Is(err, errPaused):
 		l.cfg.Logger.Debug("listed pending", "event", "lister.listed", "keys", listed, "paused", true)
 	case errors.Is(err, errBusy):

@@ -27,6 +27,7 @@ type Server struct {
 	URL       string // http://127.0.0.1:<port>
 	AccessKey string
 	SecretKey string
+	Dir       string // the store's data directory
 	// Env points the AWS SDK and CLI at the server.
 	Env  func() []string
 	Stop func()
@@ -46,7 +47,7 @@ func Start(kind, dir string) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &Server{kind, versitygw.Version, s.URL, s.AccessKey, s.SecretKey, s.Env, s.Stop, s.Pid}, nil
+		return FromVersitygw(s), nil
 	case "minio":
 		bin, err := minio.Binary()
 		if err != nil {
@@ -56,9 +57,15 @@ func Start(kind, dir string) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &Server{kind, minio.Version, s.URL, s.AccessKey, s.SecretKey, s.Env, s.Stop, s.Pid}, nil
+		return &Server{kind, minio.Version, s.URL, s.AccessKey, s.SecretKey, s.Dir, s.Env, s.Stop, s.Pid}, nil
 	}
 	return nil, fmt.Errorf("unknown store %q: want one of %v", kind, Kinds)
+}
+
+// FromVersitygw is a versitygw the caller started (with options Start does
+// not give, such as publishing events).
+func FromVersitygw(s *versitygw.Server) *Server {
+	return &Server{"versitygw", versitygw.Version, s.URL, s.AccessKey, s.SecretKey, s.Dir, s.Env, s.Stop, s.Pid}
 }
 
 // Client returns an S3 client of the server's root user; opts adjust it.

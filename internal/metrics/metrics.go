@@ -38,6 +38,8 @@ type Metrics struct {
 	oldestPending  prometheus.Gauge
 	fleetLeases    prometheus.Gauge
 	storeInfo      *prometheus.GaugeVec
+	notifyUp       prometheus.Gauge
+	notifyEvents   *prometheus.CounterVec
 }
 
 // New registers fleetd's metrics, Go runtime and process collectors included,
@@ -82,6 +84,10 @@ func New(concurrency int, version, revision string, outcomes ...string) *Metrics
 		Help: "Specs held by a lease across the fleet (in flight, being filed or recovered) at this agent's last recovery scan; agents take turns scanning, so take the max over agents of the latest."})
 	m.storeInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "fleetd_store_info",
 		Help: "1 for the delete mode the store self-test chose: conditional (DELETE with If-Match) or versioned (deletes name version ids); absent until the self-test passed."}, []string{"mode"})
+	m.notifyUp = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_notify_connected",
+		Help: "1 while bucket notifications flow (pending/ is then polled as a safety net), else 0; always 0 with CELLOS_FLEET_NOTIFY_URL unset."})
+	m.notifyEvents = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetd_notify_events_total",
+		Help: "Notification messages received, by result: hint (a key under pending/, handed to a worker), ignored (this bucket, another key or a test event), dropped (garbled, oversized or another bucket's)."}, []string{"result"})
 	conc := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_concurrency", Help: "Configured CELLOS_FLEET_CONCURRENCY."})
 	conc.Set(float64(concurrency))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_build_info", Help: "Always 1; the labels say which build runs.",
@@ -89,7 +95,7 @@ func New(concurrency int, version, revision string, outcomes ...string) *Metrics
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.cellsStarted, m.cellsFinished, m.cellsInFlight, m.cellDuration, m.claimConflicts, m.gateSkips,
 		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.lastPoll, m.slowDowns, m.bounced, m.hostBroken, m.startFailures,
-		m.paused, m.pending, m.oldestPending, m.fleetLeases, m.storeInfo, conc, info,
+		m.paused, m.pending, m.oldestPending, m.fleetLeases, m.storeInfo, m.notifyUp, m.notifyEvents, conc, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -131,6 +137,18 @@ func (m *Metrics) LeaseRenewed() { m.leaseRenewals.Inc() }
 
 // LeaseTakenOver counts a takeover by this node.
 func (m *Metrics) LeaseTakenOver() { m.leaseTakeovers.Inc() }
+
+// NotifyConnected records whether bucket notifications flow.
+func (m *Metrics) NotifyConnected(up bool) {
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.notifyUp.Set(v)
+}
+
+// NotifyEvent counts a notification message read, by result.
+func (m *Metrics) NotifyEvent(result string) { m.notifyEvents.WithLabelValues(result).Inc() }
 
 // Polled records a page of pending/ listed successfully.
 func (m *Metrics) Polled(t time.Time) { m.lastPoll.Set(float64(t.UnixNano()) / 1e9) }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -59,6 +60,10 @@ type Config struct {
 	MaxSpecBytes int64
 	MaxAttempts  int
 	CellTimeout  time.Duration
+	// Hints, if set, are bucket notifications: keys handed out as they come,
+	// the poll every NetInterval while they flow (see lister.Config.Hints).
+	Hints       lister.Hints
+	NetInterval time.Duration
 	// Rand is the lister's source of jitter (see lister.Config.Rand).
 	Rand    *rand.Rand
 	Logger  *slog.Logger
@@ -79,6 +84,7 @@ type Pipeline struct {
 	m      *metrics.Metrics
 	paused atomic.Bool
 	cells  atomic.Int64 // supervisors running now
+	idle   idleWorkers
 	polled atomic.Int64 // unix nanos of the last successful listing of pending/
 }
 
@@ -93,7 +99,7 @@ func newPipeline(cfg Config, store Store, proto Protocol, runner Runner, d *drai
 		cfg.Metrics = metrics.New(cfg.Concurrency, "", "")
 	}
 	p := &Pipeline{cfg: cfg, store: store, proto: proto, runner: runner, drain: d, log: cfg.Logger, m: cfg.Metrics,
-		host: newHost(cfg.PollInterval, cfg.Logger, cfg.Metrics)}
+		host: newHost(cfg.PollInterval, cfg.Logger, cfg.Metrics), idle: newIdleWorkers()}
 	p.lister = lister.New(lister.Config{
 		List:     p.listPending,
 		ID:       func(key string) (string, error) { return cfg.Layout.ParseID(queue.Pending, key) },
@@ -103,6 +109,10 @@ func newPipeline(cfg Config, store Store, proto Protocol, runner Runner, d *drai
 		PauseKey: cfg.Layout.PauseKey(),
 		Paused:   p.setPaused,
 		Rand:     cfg.Rand,
+
+		Hints:       cfg.Hints,
+		NetInterval: cfg.NetInterval,
+		Idle:        p.idle.wait,
 	})
 	p.intake = p.lister
 	return p
@@ -127,7 +137,13 @@ func (p *Pipeline) Run() {
 // work takes keys through the stages until keys is closed. A panic fails
 // only the key it happened on.
 func (p *Pipeline) work(keys <-chan lister.Item) {
-	for it := range keys {
+	for {
+		p.idle.add(1)
+		it, ok := <-keys
+		p.idle.add(-1)
+		if !ok {
+			return
+		}
 		var pc panics.Catcher
 		pc.Try(func() { p.process(it) })
 		if r := pc.Recovered(); r != nil {
@@ -188,5 +204,43 @@ func (p *Pipeline) setPaused(paused bool) {
 		p.log.Warn("queue paused: claiming nothing until fleetd resume", "event", "queue.paused")
 	} else {
 		p.log.Info("queue resumed", "event", "queue.resumed")
+	}
+}
+
+// idleWorkers counts the workers waiting for a key, for the lister's hints.
+type idleWorkers struct {
+	mu   sync.Mutex
+	n    int
+	wake chan struct{} // capacity 1: a worker became idle since the last wait
+}
+
+func newIdleWorkers() idleWorkers { return idleWorkers{wake: make(chan struct{}, 1)} }
+
+func (w *idleWorkers) add(d int) {
+	w.mu.Lock()
+	w.n += d
+	w.mu.Unlock()
+	if d > 0 {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// wait blocks until a worker is idle (true) or ctx ends (false).
+func (w *idleWorkers) wait(ctx context.Context) bool {
+	for {
+		w.mu.Lock()
+		n := w.n
+		w.mu.Unlock()
+		if n > 0 {
+			return true
+		}
+		select {
+		case <-w.wake:
+		case <-ctx.Done():
+			return false
+		}
 	}
 }

@@ -55,10 +55,27 @@ func Binary() (string, error) {
 	}
 }
 
+// Options are StartWith's extras.
+type Options struct {
+	// AccessKey and SecretKey are the root credentials; empty: random ones.
+	// A second server over another's directory takes the first's, so one
+	// client's requests work on both.
+	AccessKey, SecretKey string
+	// NATSURL and NATSSubject, if set, make the server publish bucket events
+	// to that NATS server and subject.
+	NATSURL, NATSSubject string
+}
+
 // Start runs bin on a free loopback port, serving dir, and waits until it
 // accepts connections. The caller must Stop it.
-func Start(bin, dir string) (*Server, error) {
-	s := &Server{AccessKey: "fleetd-test-" + token(4), SecretKey: token(16), Dir: dir}
+func Start(bin, dir string) (*Server, error) { return StartWith(bin, dir, Options{}) }
+
+// StartWith is Start with options.
+func StartWith(bin, dir string, o Options) (*Server, error) {
+	s := &Server{AccessKey: o.AccessKey, SecretKey: o.SecretKey, Dir: dir}
+	if s.AccessKey == "" {
+		s.AccessKey, s.SecretKey = "fleetd-test-"+token(4), token(16)
+	}
 	var lastErr error
 	for range 5 { // the free port may be taken between probe and bind
 		port, err := freePort()
@@ -67,7 +84,11 @@ func Start(bin, dir string) (*Server, error) {
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		s.log = &bytes.Buffer{}
-		s.cmd = exec.Command(bin, "--port", addr, "--quiet", "posix", dir)
+		args := []string{"--port", addr, "--quiet"}
+		if o.NATSURL != "" {
+			args = append(args, "--event-nats-url", o.NATSURL, "--event-nats-topic", o.NATSSubject)
+		}
+		s.cmd = exec.Command(bin, append(args, "posix", dir)...)
 		s.cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s.AccessKey, "ROOT_SECRET_KEY="+s.SecretKey)
 		s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 		// Pdeathsig: the server dies with whoever started it, even one killed
