@@ -245,7 +245,7 @@ func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error 
 	// whose answer was lost may have used up ctx.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.tryFor())
 	defer cancel()
-	tag, landed, err := c.resolve(rctx)
+	tag, landed, held, err := c.resolve(rctx)
 	switch {
 	case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrNotFound):
 		return fmt.Errorf("%w: %w", ErrLost, err)
@@ -254,10 +254,16 @@ func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error 
 	}
 	c.unknown = nil
 	c.renewed(tag, landed)
-	if landed.IsZero() {
+	switch {
+	case landed.IsZero():
 		// The lease holds a write of ours we cannot date: go on from its ETag
 		// without extending the validity, and renew again soon.
 		return fmt.Errorf("lease %s: went on from a write of ours of unknown age: %w", c.key, queue.ErrUnknown)
+	case held != nonce:
+		// It holds an earlier write of ours (a renewal whose answer was
+		// lost), not l: a state this write carried (releasing, finishing) is
+		// not there yet. Write it again, from that ETag.
+		return fmt.Errorf("lease %s: holds an earlier write of ours, not this one: %w", c.key, queue.ErrUnknown)
 	}
 	return nil
 }
@@ -279,25 +285,25 @@ type leaseWrite struct {
 	sent  time.Time
 }
 
-// resolve reads the lease back. If it holds our token, it returns its ETag
-// and, if the write it holds is one of ours whose outcome we had not learnt
-// (c.unknown), when that write was sent (zero otherwise). ErrPrecondition:
+// resolve reads the lease back. If it holds our token, it returns its ETag,
+// the nonce of the write it holds and, if that is one of ours whose outcome
+// we had not learnt (c.unknown), when it was sent (zero otherwise). ErrPrecondition:
 // it holds another node's write; ErrNotFound: there is none; any other error:
 // we cannot tell yet. Called under writeMu.
-func (c *Claim) resolve(ctx context.Context) (string, time.Time, error) {
+func (c *Claim) resolve(ctx context.Context) (etag string, sent time.Time, nonce string, err error) {
 	l, etag, err := c.p.readLease(ctx, c.key, c.token)
 	if err != nil {
-		return "", time.Time{}, err
+		return "", time.Time{}, "", err
 	}
 	if l.Cancel != "" {
 		c.markCancelled(l.Cancel) // fleetd cancel wrote over our last renewal
 	}
 	for _, w := range c.unknown {
 		if w.nonce == l.Nonce {
-			return etag, w.sent, nil
+			return etag, w.sent, l.Nonce, nil
 		}
 	}
-	return etag, time.Time{}, nil
+	return etag, time.Time{}, l.Nonce, nil
 }
 
 // act runs op while the lease is valid: it waits for a valid lease, gives op
@@ -378,7 +384,7 @@ func (c *Claim) endLease(ctx context.Context, quit <-chan struct{}, unlessMarked
 		if errors.Is(err, queue.ErrPrecondition) {
 			// A cancel mark, or a late write of ours, may have changed the
 			// ETag: if the lease is still ours, delete that version.
-			if tag, _, rerr := c.resolve(ctx); rerr == nil {
+			if tag, _, _, rerr := c.resolve(ctx); rerr == nil {
 				c.mu.Lock()
 				c.etag = tag
 				c.mu.Unlock()

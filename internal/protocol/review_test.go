@@ -274,3 +274,55 @@ func TestReviewCancelMarkDroppedWhenTheFilingRecovererStops(t *testing.T) {
 			"bob's mark was undone and the spec is left pending to run", got)
 	}
 }
+
+// TestStateWriteIsNotTakenForAnEarlierRenewal (found by the simulator: seed
+// 422354 of a 1,000,000-scenario sweep): a renewal lands with its answer lost
+// and is never read back, so its nonce stays unknown and the holder's ETag
+// stays the one before it. The release's "releasing" write, If-Match that
+// ETag, then gets 412 from the renewal, and the read-back finds a write of
+// ours: it was taken for the releasing write, though the lease said
+// "running". The release wrote pending/ with its lease saying nothing of it;
+// recovery took that pending/ for a resubmission, filed the spec cancelled
+// (a mark was on the lease) and ran it again. A write is done only when the
+// lease holds that write.
+func TestStateWriteIsNotTakenForAnEarlierRenewal(t *testing.T) {
+	p, s := setup(t)
+	spec := pending(t, p, s, "a")
+	c, err := p.Claim(context.Background(), make(chan struct{}), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Drop()
+	c.writeMu.Lock() // the keeper waits
+	defer c.writeMu.Unlock()
+	// Our renewal lands; its answer is lost and it is never read back.
+	c.mu.Lock()
+	l, before := c.lease, c.etag
+	c.mu.Unlock()
+	body, nonce := encodeLease(&l, time.Now())
+	renewal, err := s.Store.Put(context.Background(), c.key, body, queue.PutOptions{IfMatch: before})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.unknown = append(c.unknown, leaseWrite{nonce: nonce, sent: time.Now()})
+
+	releasing := l
+	releasing.State, releasing.Released = stateReleasing, true
+	err = c.writeLease(context.Background(), releasing, before)
+	if err == nil {
+		t.Fatal("the releasing write was taken as written, but the lease holds the earlier renewal")
+	}
+	if definite(err) {
+		t.Fatalf("writeLease = %v: want an error to retry on, not a definite one", err)
+	}
+	if c.etag != renewal {
+		t.Fatalf("holder went on from %s, want the renewal's ETag %s", c.etag, renewal)
+	}
+	if err := c.writeLease(context.Background(), releasing, c.etag); err != nil {
+		t.Fatalf("the retry: %v", err)
+	}
+	got, _, err := p.readLease(context.Background(), c.key, c.token)
+	if err != nil || got.State != stateReleasing || !got.Released {
+		t.Fatalf("lease after the retry = %+v, %v; want releasing", got, err)
+	}
+}
