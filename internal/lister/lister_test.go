@@ -258,6 +258,10 @@ func startWatched(t *testing.T, q *fakeQueue, n int, handle func(*Lister, Item),
 	w := &runWatched{q: q, waits: make(chan int), fire: make(chan time.Time), hot: make(chan struct{})}
 	var hotOnce sync.Once
 	sinceWait := 0
+	// A test that ends early (a failed check) cancels ctx: the lister's
+	// waits then stop asking for the test's attention, so the cleanup ends
+	// instead of hanging.
+	ctx, cancel := context.WithCancel(context.Background())
 	w.l = New(Config{
 		List: func(ctx context.Context, fn func([]Entry) error) error {
 			if sinceWait++; sinceWait == 20 {
@@ -271,7 +275,10 @@ func startWatched(t *testing.T, q *fakeQueue, n int, handle func(*Lister, Item),
 		Bounced:  func() { w.bounced.Add(1) },
 		After: func(time.Duration) <-chan time.Time {
 			sinceWait = 0
-			w.waits <- q.listings()
+			select {
+			case w.waits <- q.listings():
+			case <-ctx.Done():
+			}
 			return w.fire
 		},
 		BusyAfter: busyAfter,
@@ -285,7 +292,6 @@ func startWatched(t *testing.T, q *fakeQueue, n int, handle func(*Lister, Item),
 			}
 		})
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -391,7 +397,7 @@ func TestBusyListerKeepsPolling(t *testing.T) {
 	t.Parallel()
 	q := &fakeQueue{}
 	q.set(Entry{"pending/a.json", "1"}, Entry{"pending/b.json", "1"}, Entry{"pending/c.json", "1"})
-	got := make(chan Item, 3)
+	got := make(chan Item, 100) // a worker never blocks on it, even if the test has ended
 	release := make(chan struct{})
 	// The busy timer is the test's. It may also start while the worker is
 	// only on its way back to the channel, so its starts are recorded, not
