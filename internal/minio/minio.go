@@ -14,10 +14,11 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cellos/fleetd/internal/toolbin"
 )
 
 // Version is the MinIO build fleetd is tested against (a Go pseudo-version:
@@ -35,29 +36,8 @@ type Server struct {
 	log       *bytes.Buffer
 }
 
-// Binary finds the minio binary: $FLEETD_MINIO, else .tools/bin in the
-// nearest directory at or above the working directory that has one (where
-// `make` installs it).
-func Binary() (string, error) {
-	if p := os.Getenv("FLEETD_MINIO"); p != "" {
-		return p, nil
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		p := filepath.Join(dir, ".tools", "bin", "minio")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("minio not found in .tools/bin at or above the working directory: run `make test` (it installs it) or set FLEETD_MINIO")
-		}
-		dir = parent
-	}
-}
+// Binary finds the minio binary: $FLEETD_MINIO, else where `make` installs it.
+func Binary() (string, error) { return toolbin.Find("FLEETD_MINIO", "minio") }
 
 // Start runs bin on free loopback ports, serving dir, and waits until it
 // is ready. The caller must Stop it.

@@ -7,12 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cellos/fleetd/internal/toolbin"
 )
 
 // Version is the nats-server release fleetd is tested against.
@@ -30,29 +30,8 @@ type Server struct {
 	log  *bytes.Buffer
 }
 
-// Binary finds the nats-server binary: $FLEETD_NATS_SERVER, else .tools/bin
-// in the nearest directory at or above the working directory that has one
-// (where `make` installs it).
-func Binary() (string, error) {
-	if p := os.Getenv("FLEETD_NATS_SERVER"); p != "" {
-		return p, nil
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		p := filepath.Join(dir, ".tools", "bin", "nats-server")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("nats-server not found in .tools/bin at or above the working directory: run `make test` (it installs it) or set FLEETD_NATS_SERVER")
-		}
-		dir = parent
-	}
-}
+// Binary finds the nats-server binary: $FLEETD_NATS_SERVER, else where `make` installs it.
+func Binary() (string, error) { return toolbin.Find("FLEETD_NATS_SERVER", "nats-server") }
 
 // Start runs bin on a free loopback port with JetStream storing under dir,
 // and waits until it accepts connections. The caller must Stop it.

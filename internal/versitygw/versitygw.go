@@ -11,10 +11,11 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cellos/fleetd/internal/toolbin"
 )
 
 // Version is the versitygw release fleetd is tested against.
@@ -31,29 +32,8 @@ type Server struct {
 	log       *bytes.Buffer
 }
 
-// Binary finds the versitygw binary: $FLEETD_VERSITYGW, else .tools/bin in the
-// nearest directory at or above the working directory that has one (where
-// `make` installs it: the repository root, also above bench/'s own module).
-func Binary() (string, error) {
-	if p := os.Getenv("FLEETD_VERSITYGW"); p != "" {
-		return p, nil
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		p := filepath.Join(dir, ".tools", "bin", "versitygw")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("versitygw not found in .tools/bin at or above the working directory: run `make test` (it installs it) or set FLEETD_VERSITYGW")
-		}
-		dir = parent
-	}
-}
+// Binary finds the versitygw binary: $FLEETD_VERSITYGW, else where `make` installs it.
+func Binary() (string, error) { return toolbin.Find("FLEETD_VERSITYGW", "versitygw") }
 
 // Options are StartWith's extras.
 type Options struct {
