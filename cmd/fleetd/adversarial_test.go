@@ -76,10 +76,11 @@ func TestAdversarialRenewalLandsUnseen(t *testing.T) {
 	a := startAgent(t, b, advSettings(proxy, "a", map[string]string{"CELLOS_FLEET_LEASE_TTL_MS": "6000"}))
 	a.logs.awaitEvent(t, "cell.started", 1)
 
-	lease := regexp.MustCompile(`^fleet/leases/r\.json$`)
-	proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: map[string]string{"If-Match": ""}, Action: faultproxy.ResetAfter, Times: 1})
-	readBack := proxy.Add(faultproxy.Rule{Method: "GET", Key: lease, Action: faultproxy.ErrorBefore, Status: 503, Times: 3})
-	renewals := proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: map[string]string{"If-Match": ""}, Action: faultproxy.Pass})
+	// The agent's one heartbeat: its session, renewed for every lease.
+	session := sessionsOf(b)
+	proxy.Add(faultproxy.Rule{Method: "PUT", Key: session, Header: map[string]string{"If-Match": ""}, Action: faultproxy.ResetAfter, Times: 1})
+	readBack := proxy.Add(faultproxy.Rule{Method: "GET", Key: session, Action: faultproxy.ErrorBefore, Status: 503, Times: 3})
+	renewals := proxy.Add(faultproxy.Rule{Method: "PUT", Key: session, Header: map[string]string{"If-Match": ""}, Action: faultproxy.Pass})
 	awaitFired(t, readBack, 3) // read-back of the renewal
 	// The renewal after the failed one, and two more: a keeper that kept the
 	// lease renews every ttl/3.
@@ -127,17 +128,17 @@ func TestAdversarialRenewalHangs(t *testing.T) {
 	}))
 	a.logs.awaitEvent(t, "cell.started", 1)
 
-	lease := regexp.MustCompile(`^fleet/leases/h\.json$`)
+	session := sessionsOf(b)
 	renewal := map[string]string{"If-Match": ""}
-	hung := proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: renewal, Action: faultproxy.Hold, Times: 1})
-	renewals := proxy.Add(faultproxy.Rule{Method: "PUT", Key: lease, Header: renewal, Action: faultproxy.Pass})
+	hung := proxy.Add(faultproxy.Rule{Method: "PUT", Key: session, Header: renewal, Action: faultproxy.Hold, Times: 1})
+	renewals := proxy.Add(faultproxy.Rule{Method: "PUT", Key: session, Header: renewal, Action: faultproxy.Pass})
 	awaitFired(t, hung, 1) // the hung renewal
 	// Three renewals after it: 6 s at ttl/3, past the validity the hung one
 	// would have let lapse.
 	awaitFired(t, renewals, 3)
 	completeOnce(t, b, a, "h", release)
-	if n := a.logs.countEvent("cell.fenced"); n != 0 {
-		t.Errorf("the cell was stopped for want of a renewal while S3 answered (%d lines)", n)
+	if n := a.logs.countEvents("cell.fenced", "cell.frozen"); n != 0 {
+		t.Errorf("the cell was stopped or frozen for want of a renewal while S3 answered (%d lines)", n)
 	}
 }
 

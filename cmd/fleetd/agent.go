@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -86,6 +87,7 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		MaxSpecBytes: cfg.MaxSpecBytes,
 		MaxAttempts:  cfg.MaxAttempts,
 		CellTimeout:  cfg.CellTimeout,
+		Freeze:       cfg.Freeze,
 		Logger:       log,
 		Metrics:      m,
 	}
@@ -103,9 +105,11 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
 		"supervisor", supervisor, "endpoint", redactURL(cfg.Endpoint), "s3_rps", cfg.S3RPS,
 		"notify_url", notify.Redact(cfg.Notify.URL), "notify_subject", cfg.Notify.Subject)
+	var session atomic.Pointer[protocol.Session]
 	if cfg.MetricsAddr != "" {
 		stop, err := ops.Serve(ops.Config{Addr: cfg.MetricsAddr, Metrics: m.Handler(), Agent: p, Progress: prog,
 			Draining: func() bool { return d.Intake().Err() != nil }, Logger: log,
+			Reachable:   func() bool { s := session.Load(); return s == nil || s.Valid() },
 			Concurrency: cfg.Concurrency, PollInterval: pollInterval, LeaseTTL: cfg.LeaseTTL, S3Timeout: cfg.S3Timeout})
 		if err != nil {
 			log.Error("metrics server", "event", "ops.listen_failed", "addr", cfg.MetricsAddr, "err", err)
@@ -120,6 +124,11 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 	store.SetDeleteMode(mode)
 	m.StoreMode(string(mode))
 	log.Info("store self-test passed", "event", "selftest.passed", "mode", string(mode))
+	sess, err := startSession(proto, log, sigs)
+	if err != nil {
+		return 1
+	}
+	session.Store(sess)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -136,8 +145,41 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 
 	stopped := awaitDrain(cfg, log, sigs, d, p.Cells)
 	<-done
+	closing, cancel := context.WithTimeout(context.Background(), 2*cfg.S3Timeout)
+	sess.Close(closing)
+	cancel()
 	log.Info("drain complete", "event", "drain.complete", "cells_stopped", stopped)
 	return 0
+}
+
+// startSession creates the agent's session, the one object whose renewals
+// keep every lease of the agent alive, retrying while the store does not
+// answer; a signal gives up.
+func startSession(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal) (*protocol.Session, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for try := 0; ; try++ {
+		s, err := proto.StartSession(ctx)
+		if err == nil {
+			return s, nil
+		}
+		if ctx.Err() != nil {
+			log.Info("signalled before the session started; exiting", "event", "agent.exit")
+			return nil, err
+		}
+		log.Warn("session not created; retrying", "event", "session.create_retry", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(min(time.Duration(1<<min(try, 5))*time.Second, 30*time.Second)):
+		}
+	}
 }
 
 // dialNotify connects to the NATS server of cfg.Notify; nil, nil when

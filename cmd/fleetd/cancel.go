@@ -10,9 +10,11 @@ import (
 var cancelTool = tool{
 	usage: "fleetd cancel ID [--json]\n\n" +
 		"Stops a spec. A pending one goes to failed/ with outcome cancelled, never run; a\n" +
-		"running one is stopped by its node within a lease renewal period (ttl/3: SIGTERM,\n" +
-		"SIGKILL after the grace) and filed the same way. A cancel racing with the spec's\n" +
-		"completion leaves exactly one result.",
+		"running one is stopped by its node (SIGTERM, SIGKILL after the grace) and filed the\n" +
+		"same way. The node hears within a renewal period of its session (ttl/3); the tool\n" +
+		"waits for that, up to two periods, and exits 1 if the node has not heard yet (it\n" +
+		"will once it reaches the store). A cancel racing with the spec's completion leaves\n" +
+		"exactly one result.",
 	args: func(_ toolFlags, args []string) error {
 		if len(args) != 1 {
 			return fmt.Errorf("give exactly one ID")
@@ -33,7 +35,7 @@ var cancelTool = tool{
 			fmt.Fprintf(w, "cancelled %s: it was pending; filed under failed/\n", r.ID)
 			return
 		}
-		fmt.Fprintf(w, "cancel of %s requested: node %s stops it within a lease renewal period\n", r.ID, r.Node)
+		fmt.Fprintf(w, "cancel of %s requested: node %s stops it and files it cancelled\n", r.ID, r.Node)
 	},
 }
 

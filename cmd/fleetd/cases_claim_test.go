@@ -180,7 +180,7 @@ func TestCase1_AmbiguousConditionalPut(t *testing.T) {
 		}, map[string]any{}, true},
 		// The cell outlives two renewals (every ttl/3 = 1 s); the first is hit.
 		{"LeaseRenewal", func(b *bucket) faultproxy.Rule {
-			return faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-Match": ""}}
+			return faultproxy.Rule{Method: "PUT", Key: sessionsOf(b), Header: map[string]string{"If-Match": ""}}
 		}, map[string]any{"sleepMs": 2500}, false},
 		{"ResultPut", func(b *bucket) faultproxy.Rule {
 			return faultproxy.Rule{Method: "PUT", Key: keyOf(b, "completed", "x")}
@@ -249,24 +249,24 @@ func TestCase2_AmbiguousPendingDelete(t *testing.T) {
 }
 
 // TestCase3_ClaimSlowerThanTTL: the DELETE of pending/ that consumes the spec
-// is held for longer than a ttl (until the lease has been renewed 5 times,
-// over the 4 s after which a lease counts as stale) with a second agent
-// running alongside, ready to recover. The lease must be kept alive through
-// the claim: no takeover, one run, completed, nothing left.
+// is held for longer than a ttl (until the two agents' sessions have been
+// renewed 10 times, over the 4 s after which a session counts as stale) with
+// a second agent running alongside, ready to recover. The lease must stay
+// alive through the claim: no takeover, one run, completed, nothing left.
 func TestCase3_ClaimSlowerThanTTL(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	p := startProxy(t)
 	hold := p.Add(faultproxy.Rule{Method: "DELETE", Key: keyOf(b, "pending", "x"), Action: faultproxy.Hold})
-	renewals := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-Match": ""}})
+	renewals := p.Add(faultproxy.Rule{Method: "PUT", Key: sessionsOf(b), Header: map[string]string{"If-Match": ""}})
 	body := b.submit("x", map[string]any{})
 	a1 := claimAgent(t, b, p, "n1", nil)
 	a2 := claimAgent(t, b, p, "n2", nil)
 	awaitFired(t, hold, 1)
 	token := claimLease(t, b, "x")["token"]
-	awaitFired(t, renewals, 5)
+	awaitFired(t, renewals, 10)
 	if got := claimLease(t, b, "x")["token"]; got != token {
-		t.Errorf("lease token %v after 5 renewals, want the claimer's %v: taken over mid-claim", got, token)
+		t.Errorf("lease token %v after 10 session renewals, want the claimer's %v: taken over mid-claim", got, token)
 	}
 	if !b.exists(b.key("pending", "x")) {
 		t.Error("pending/x gone while its DELETE is held")
@@ -307,7 +307,7 @@ func TestCase4_LateCleanup(t *testing.T) {
 	rule := protocolDelete(keyOf(b, "claimed", "x"), etag1)
 	rule.Action = faultproxy.Hold
 	hold := p.Add(rule)
-	renewals := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-Match": ""}})
+	renewals := p.Add(faultproxy.Rule{Method: "PUT", Key: sessionsOf(b), Header: map[string]string{"If-Match": ""}})
 	a1 := claimAgent(t, b, p, "n1", nil)
 	a2 := claimAgent(t, b, p, "n2", nil)
 	awaitFired(t, hold, 1)
@@ -317,8 +317,8 @@ func TestCase4_LateCleanup(t *testing.T) {
 	}
 	token1 := meta1["fleetd-token"]
 	body2 := b.submit("x", map[string]any{"sleepMs": 1})
-	// Held past a ttl: the first holder renews its lease 4 more times.
-	awaitFired(t, renewals, renewals.Fired()+4)
+	// Held past a ttl: the two agents renew their sessions 8 more times.
+	awaitFired(t, renewals, renewals.Fired()+8)
 	if got, _ := b.get(b.key("pending", "x")); !bytes.Equal(got, body2) {
 		t.Errorf("pending/x = %q while the old cleanup is held, want the resubmission", got)
 	}
@@ -350,49 +350,64 @@ func TestCase4_LateCleanup(t *testing.T) {
 	}
 }
 
-// TestCase5_RenewalsFailLongerThanTTL: every renewal of agent A's lease is
+// TestCase5_RenewalsFailLongerThanTTL: every renewal of agent A's session is
 // answered 503 (never forwarded) while its cell runs; agent B, talking to S3
-// directly, may recover the spec. A must stop its own cell before B can take
-// the lease over and must never write a result; the spec ends in completed/
-// once, written by a live lease, with nothing left.
+// directly, may recover the spec. A must stop its cell making progress — by
+// default it freezes it, with CELLOS_FLEET_ON_LAPSE=stop it stops it — before
+// B can end A's session and take the lease over, and must never write a
+// result; once A reaches S3 again it learns of the takeover (a frozen cell is
+// then killed, never thawed). The spec ends in completed/ once, written by a
+// live lease, with nothing left.
 func TestCase5_RenewalsFailLongerThanTTL(t *testing.T) {
 	t.Parallel()
-	b := newBucket(t)
-	p := startProxy(t)
-	release := filepath.Join(t.TempDir(), "release")
-	body := b.submit("x", map[string]any{"waitFor": release})
-	a := claimAgent(t, b, p, "a", nil)
-	a.logs.awaitEvent(t, "cell.started", 1)
-	tokenA := claimLease(t, b, "x")["token"]
-	fail := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-Match": ""},
-		Action: faultproxy.ErrorBefore, Status: 503})
-	other := claimAgent(t, b, nil, "b", nil)
-	a.logs.awaitEvent(t, "cell.fenced", 1)
-	// From here on any run of x ends at once.
-	if err := os.WriteFile(release, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	other.logs.awaitEvent(t, "lease.takeover", 1)
-	b.waitCount("completed", 1)
-	if stopped, taken := claimLogTime(t, a, "cell.ended"), claimLogTime(t, other, "lease.takeover"); !stopped.Before(taken) {
-		t.Errorf("A's cell ended at %v, after B took the lease over at %v", stopped, taken)
-	}
-	fail.Remove()
-	// A learns it lost the lease once it can reach S3 again.
-	a.logs.awaitEvent(t, "lease.lost", 1)
-	claimWaitEmpty(t, b)
-	claimStop(t, a, other)
-	meta := assertInvariant(t, b, map[string]finalState{"x": {"completed", body}})
-	if meta["x"]["fleetd-token"] == tokenA {
-		t.Errorf("completed/x written under A's lost lease (token %v)", tokenA)
-	}
-	t.Logf("completed/x written by node %s, attempt %s", meta["x"]["fleetd-node"], meta["x"]["fleetd-attempts"])
-	// A's run was stopped by its own fencing; the spec ran once more.
-	if n := claimRuns(a, other)["x"]; n != 2 {
-		t.Errorf("x ran %d times, want 2 (A's fenced run and one more)", n)
-	}
-	if fail.Fired() == 0 {
-		t.Error("no renewal was failed")
+	for _, mode := range []string{"freeze", "stop"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			b := newBucket(t)
+			p := startProxy(t)
+			release := filepath.Join(t.TempDir(), "release")
+			body := b.submit("x", map[string]any{"waitFor": release})
+			a := claimAgent(t, b, p, "a", map[string]string{"CELLOS_FLEET_ON_LAPSE": mode})
+			a.logs.awaitEvent(t, "cell.started", 1)
+			tokenA := claimLease(t, b, "x")["token"]
+			fail := p.Add(faultproxy.Rule{Method: "PUT", Key: sessionsOf(b), Header: map[string]string{"If-Match": ""},
+				Action: faultproxy.ErrorBefore, Status: 503})
+			other := claimAgent(t, b, nil, "b", nil)
+			held := map[string]string{"freeze": "cell.frozen", "stop": "cell.fenced"}[mode]
+			a.logs.awaitEvent(t, held, 1)
+			// From here on any run of x that makes progress ends at once.
+			if err := os.WriteFile(release, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			other.logs.awaitEvent(t, "lease.takeover", 1)
+			b.waitCount("completed", 1)
+			if stopped, taken := claimLogTime(t, a, held), claimLogTime(t, other, "lease.takeover"); !stopped.Before(taken) {
+				t.Errorf("A's cell was held (%s) at %v, after B took the lease over at %v", held, stopped, taken)
+			}
+			fail.Remove()
+			// A learns it lost the lease once it can reach S3 again.
+			a.logs.awaitEvent(t, "lease.lost", 1)
+			if mode == "freeze" {
+				a.logs.awaitEvent(t, "cell.killed", 1)
+				if n := a.logs.countEvent("cell.thawed"); n != 0 {
+					t.Errorf("A thawed its cell %d times after its spec was taken over", n)
+				}
+			}
+			claimWaitEmpty(t, b)
+			claimStop(t, a, other)
+			meta := assertInvariant(t, b, map[string]finalState{"x": {"completed", body}})
+			if meta["x"]["fleetd-token"] == tokenA {
+				t.Errorf("completed/x written under A's lost lease (token %v)", tokenA)
+			}
+			t.Logf("completed/x written by node %s, attempt %s", meta["x"]["fleetd-node"], meta["x"]["fleetd-attempts"])
+			// A's run was held by its own fencing; the spec ran once more.
+			if n := claimRuns(a, other)["x"]; n != 2 {
+				t.Errorf("x ran %d times, want 2 (A's held run and one more)", n)
+			}
+			if fail.Fired() == 0 {
+				t.Error("no renewal was failed")
+			}
+		})
 	}
 }
 
@@ -491,8 +506,9 @@ func TestCase7_OrphanClaimRecovery(t *testing.T) {
 	})
 }
 
-// TestCase1_AmbiguousRenewalUnresolved: a renewal lands and its answer is
-// lost, and the read-back that would tell is answered 503 on every attempt.
+// TestCase1_AmbiguousRenewalUnresolved: a renewal of the agent's session
+// lands and its answer is lost, and the read-back that would tell is answered
+// 503 on every attempt.
 // The holder's next renewal, If-Match the ETag it had, then gets 412 — from
 // its own landed write. That is not a takeover: the cell must not be killed
 // and the spec must run once.
@@ -500,9 +516,9 @@ func TestCase1_AmbiguousRenewalUnresolved(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	p := startProxy(t)
-	renewal := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-Match": ""},
+	renewal := p.Add(faultproxy.Rule{Method: "PUT", Key: sessionsOf(b), Header: map[string]string{"If-Match": ""},
 		Action: faultproxy.ErrorAfter, Status: 500, Times: 1})
-	readBack := p.Add(faultproxy.Rule{Method: "GET", Key: keyOf(b, "leases", "x"), Action: faultproxy.ErrorBefore, Status: 503, Times: 2})
+	readBack := p.Add(faultproxy.Rule{Method: "GET", Key: sessionsOf(b), Action: faultproxy.ErrorBefore, Status: 503, Times: 2})
 	body := b.submit("x", map[string]any{"sleepMs": 2500})
 	// Two attempts a request, so the renewal and its read-back give up well
 	// within the lease's validity and the next renewal meets the 412.

@@ -62,7 +62,7 @@ func TestCase8FinishedCellIsFinalisedPastDrainDeadline(t *testing.T) {
 	a := startAgent(t, b, caseBVia(p, map[string]string{"CELLOS_FLEET_DRAIN_TIMEOUT_MS": "200"}))
 	a.logs.awaitEvent(t, "cell.started", 1)
 
-	renewal := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "leases", "x"), Header: map[string]string{"If-Match": ""}, Action: faultproxy.Hold})
+	renewal := p.Add(faultproxy.Rule{Method: "PUT", Key: sessionsOf(b), Header: map[string]string{"If-Match": ""}, Action: faultproxy.Hold})
 	awaitFired(t, renewal, 1)
 	result := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "completed", "x"), Action: faultproxy.Hold})
 	if err := os.WriteFile(release, nil, 0o600); err != nil {

@@ -44,7 +44,8 @@ var settings = []setting{
 	{"endpoint-url", "AWS_ENDPOINT_URL_S3", "", "S3 endpoint URL (also read from AWS_ENDPOINT_URL)"},
 	{"s3-path-style", "CELLOS_FLEET_S3_PATH_STYLE", "", "path-style S3 addressing (default: true when an endpoint is set)"},
 	{"max-spec-bytes", "CELLOS_FLEET_MAX_SPEC_BYTES", "1048576", "largest spec accepted; larger ones go to failed/"},
-	{"lease-ttl-ms", "CELLOS_FLEET_LEASE_TTL_MS", "60000", "lease time-to-live (min 3000); renewed every ttl/3; also the longest S3 outage a running cell survives"},
+	{"lease-ttl-ms", "CELLOS_FLEET_LEASE_TTL_MS", "60000", "session time-to-live (min 3000): the agent's one heartbeat is renewed every ttl/3; a dead agent's specs come back about 2 ttl after it died"},
+	{"on-lapse", "CELLOS_FLEET_ON_LAPSE", "freeze", "what a cell does while the store cannot be reached in time: freeze (SIGSTOP its process group; thawed when the store answers, killed if its spec was taken over) or stop (SIGTERM; the spec returns to pending/)"},
 	{"max-attempts", "CELLOS_FLEET_MAX_ATTEMPTS", "3", "runs of a spec before a recovered one goes to failed/"},
 	{"drain-timeout-ms", "CELLOS_FLEET_DRAIN_TIMEOUT_MS", "0", "after SIGTERM, stop cells and requeue their specs after this long (0: wait for every cell)"},
 	{"cell-timeout-ms", "CELLOS_FLEET_CELL_TIMEOUT_MS", "0", "stop a cell running longer than this; its spec fails with reason timeout (0: none)"},
@@ -84,13 +85,15 @@ type Config struct {
 	MaxAttempts  int
 	DrainTimeout time.Duration
 	CellTimeout  time.Duration
-	StopGrace    time.Duration
-	MetricsAddr  string
-	Notify       NotifyConfig
-	LogLevel     string
-	LogFormat    string
-	ShowVersion  bool
-	help         bool
+	// Freeze: cells freeze while the session lapses (CELLOS_FLEET_ON_LAPSE).
+	Freeze      bool
+	StopGrace   time.Duration
+	MetricsAddr string
+	Notify      NotifyConfig
+	LogLevel    string
+	LogFormat   string
+	ShowVersion bool
+	help        bool
 }
 
 // NotifyConfig is where bucket notifications come from; URL empty: off.
@@ -214,6 +217,7 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 	cfg.MaxAttempts = p.integer(get("max-attempts"), 1, 1000)
 	cfg.DrainTimeout = p.millis(get("drain-timeout-ms"), 0)
 	cfg.CellTimeout = p.millis(get("cell-timeout-ms"), 0)
+	cfg.Freeze = p.oneOf(get("on-lapse"), "freeze", "stop") == "freeze"
 	cfg.StopGrace = p.millis(get("stop-grace-ms"), 0)
 	cfg.MetricsAddr = strings.TrimSpace(get("metrics-addr").raw)
 	if cfg.MetricsAddr != "" {

@@ -21,7 +21,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		Bucket: "b", Prefix: "fleet", Supervisor: "cellos-supervisor", NodeID: "n1",
 		PollInterval: 5 * time.Second, Heartbeat: 30 * time.Second, Concurrency: 1,
 		S3Timeout: 10 * time.Second, S3Attempts: 5,
-		MaxSpecBytes: 1 << 20, LeaseTTL: time.Minute, MaxAttempts: 3, StopGrace: 10 * time.Second,
+		MaxSpecBytes: 1 << 20, LeaseTTL: time.Minute, MaxAttempts: 3, StopGrace: 10 * time.Second, Freeze: true,
 		Notify:   NotifyConfig{PollInterval: time.Minute},
 		LogLevel: "info", LogFormat: "json",
 	}

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,6 +40,13 @@ func protocolDelete(key *regexp.Regexp, etag string) faultproxy.Rule {
 // keyOf matches exactly the object key of spec id in state.
 func keyOf(b *bucket, state, id string) *regexp.Regexp {
 	return regexp.MustCompile("^" + regexp.QuoteMeta(b.key(state, id)) + "$")
+}
+
+// sessionsOf matches the keys of the agents' session objects in b: an agent's
+// one heartbeat, renewed every ttl/3 (If-Match) for all its leases.
+func sessionsOf(b *bucket) *regexp.Regexp {
+	dir := strings.TrimSuffix(b.key("sessions", "x"), "x.json")
+	return regexp.MustCompile("^" + regexp.QuoteMeta(dir) + `[^/]+\.json$`)
 }
 
 // awaitFired waits for a proxy rule to have fired n times.

@@ -212,42 +212,37 @@ func TestIntentRequeueSurvivesTwoStoppedHolders(t *testing.T) {
 	}
 }
 
-// cutLease makes every request for leases/<id> fail (500, before the store)
-// and every listing of leases/ too, so the holder neither renews nor reads its
-// lease, and no recovery of its own takes the lease over meanwhile. Remove the
-// two handles to end the outage.
-// awaitRunning waits until id's lease says its cell runs: the holder's
-// keeper has renewed it since the claim. (fleetd cancel does not mark a
-// lease that still says "claiming": its holder might start the cell and end
-// it before reading the lease again.)
-func awaitRunning(t *testing.T, b *bucket, id string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if body, _ := b.get(b.key("leases", id)); strings.Contains(string(body), `"state":"running"`) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lease of %s never said running", id)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func cutLease(p *faultproxy.Proxy, b *bucket, id string) (lease, listing *faultproxy.Handle) {
+// cutLease makes every request for leases/<id> and for the agents' sessions
+// fail (500, before the store), and every listing of leases/ too, so the
+// holder neither renews its session nor reads its lease, and no recovery of
+// its own takes the lease over meanwhile. Remove the handles to end the
+// outage.
+func cutLease(p *faultproxy.Proxy, b *bucket, id string) (lease, session, listing *faultproxy.Handle) {
 	lease = p.Add(faultproxy.Rule{Key: keyOf(b, "leases", id), Action: faultproxy.ErrorBefore, Status: 500})
+	session = p.Add(faultproxy.Rule{Key: sessionsOf(b), Action: faultproxy.ErrorBefore, Status: 500})
 	// Recovery's LIST of leases/ (not a versioned delete's listing of one
 	// lease: the SDK sorts the query, so list-type comes first).
 	listing = p.Add(faultproxy.Rule{Method: "GET", Key: regexp.MustCompile(`^$`), Query: "list-type=2&prefix=" + url.QueryEscape(b.base+"/leases/"),
 		Action: faultproxy.ErrorBefore, Status: 500})
-	return lease, listing
+	return lease, session, listing
 }
 
-// Behaviour 3: the holder's lease writes fail until its cell is fenced;
-// `fleetd cancel` (straight to S3) writes its mark meanwhile and answers
-// that the node stops it. When S3 answers the holder again, it must file the
-// spec cancelled — the mark is honoured by whoever ends the claim, whatever
-// stopped the cell — and the spec must not run again.
+// cancelUnheard runs fleetd cancel of id (straight to S3) while its holder
+// cannot reach the store: the mark lands, the holder cannot hear it, and the
+// tool says so with exit code 1.
+func cancelUnheard(t *testing.T, b *bucket, id string) {
+	t.Helper()
+	code, out, errOut := runCLI(t, b, "cancel", id)
+	if code != 1 || !strings.Contains(errOut, "node holder was asked to stop it and has not answered yet") {
+		t.Fatalf("cancel %s = %d %q %q, want exit 1 naming the holder, not yet heard", id, code, out, errOut)
+	}
+}
+
+// Behaviour 3: the holder's session renewals fail until its cell is frozen;
+// `fleetd cancel` (straight to S3) writes its mark meanwhile and says the
+// holder has not heard yet. When S3 answers the holder again, it must file
+// the spec cancelled — the mark is honoured by whoever ends the claim,
+// whatever held the cell — and the spec must not run again.
 func TestIntentCancelWhileFencedIsHonoured(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
@@ -256,21 +251,23 @@ func TestIntentCancelWhileFencedIsHonoured(t *testing.T) {
 	body := b.submit("x", map[string]any{"waitFor": release})
 	a := startAgent(t, b, intentsAgent(p, "holder", map[string]string{"CELLOS_FLEET_LEASE_TTL_MS": "6000"}))
 	a.logs.awaitEvent(t, "cell.started", 1)
-	awaitRunning(t, b, "x")
 
-	lease, listing := cutLease(p, b, "x")
-	awaitFired(t, lease, 1) // a renewal refused
-	code, out, errOut := runCLI(t, b, "cancel", "x")
-	if code != 0 || !strings.Contains(out, "node holder stops it") {
-		t.Fatalf("cancel x = %d %q %q, want the holder named", code, out, errOut)
-	}
-	// The holder cannot renew: its window closes and it stops the cell.
-	a.logs.awaitEvent(t, "cell.ended", 1)
-	// A rerun, if there is one, ends at once.
+	lease, session, listing := cutLease(p, b, "x")
+	awaitFired(t, session, 1) // a renewal refused
+	cancelUnheard(t, b, "x")
+	// The holder cannot renew: its window closes and it freezes the cell.
+	a.logs.awaitEvent(t, "cell.frozen", 1)
+	// A rerun, if there is one, ends at once; the frozen cell cannot see it.
 	if err := os.WriteFile(release, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	lease.Remove()
+	session.Remove()
+	// The holder hears the ring: the frozen cell is stopped, never thawed.
+	a.logs.awaitEvent(t, "cell.ended", 1)
+	if n := a.logs.countEvent("cell.thawed"); n != 0 {
+		t.Errorf("the cancelled cell was thawed %d times", n)
+	}
 	// The holder has ended its claim (or left it to recovery): its own
 	// recovery may list leases/ again.
 	a.logs.awaitEvents(t, 1, "spec.released", "spec.finalised", "spec.left_to_recovery")
@@ -303,19 +300,16 @@ func TestIntentCancelAtDrainDeadlineIsHonoured(t *testing.T) {
 		"CELLOS_FLEET_DRAIN_TIMEOUT_MS": "300",
 	}))
 	a.logs.awaitEvent(t, "cell.started", 1)
-	awaitRunning(t, b, "d")
 
-	lease, listing := cutLease(p, b, "d")
-	code, out, errOut := runCLI(t, b, "cancel", "d")
-	if code != 0 || !strings.Contains(out, "node holder stops it") {
-		t.Fatalf("cancel d = %d %q %q, want the holder named", code, out, errOut)
-	}
+	lease, session, listing := cutLease(p, b, "d")
+	cancelUnheard(t, b, "d")
 	a.signal(syscall.SIGTERM)
 	a.logs.awaitEvent(t, "cell.ended", 1)
 	if err := os.WriteFile(release, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	lease.Remove()
+	session.Remove()
 	listing.Remove()
 	if code := a.wait(); code != 0 {
 		t.Errorf("holder exit code %d, want 0", code)

@@ -164,8 +164,8 @@ func TestUIShowsTheQueue(t *testing.T) {
 		if node != "node-a" {
 			t.Errorf("job-long in flight: node %q, want node-a", node)
 		}
-		// The lease says "claiming" until its first renewal after the claim
-		// (ttl/3), then "running"; the page follows it.
+		// The lease says "claiming" until claimed/ is written, then the page
+		// shows "running" (a lease that names a session is not rewritten).
 		do(t, ctx, chromedp.Poll[chromedp.Void](`document.querySelector('tr.flight[data-id="job-long"] td.lease-state').textContent === "running"`,
 			chromedp.WithPollingTimeout(30*time.Second)))
 	})

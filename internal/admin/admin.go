@@ -192,15 +192,17 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 		return res, fmt.Errorf("status: %w", err)
 	}
 	res.Paused = by
+	claimed := map[string]bool{}
 	for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed} {
 		res.Counts[string(st)] = 0
 		res.AtLeast[string(st)] = false
 		var oldest time.Duration
 		err := a.store.List(ctx, a.layout.Dir(st), func(p queue.Page) error {
 			for _, o := range p.Objects {
-				if _, ok := a.layout.ID(st, o.Key); ok {
+				if id, ok := a.layout.ID(st, o.Key); ok {
 					res.Counts[string(st)]++
 					oldest = max(oldest, p.ServerTime.Sub(o.LastModified))
+					claimed[id] = claimed[id] || st == queue.Claimed
 				}
 			}
 			if res.Counts[string(st)] >= CountLimit {
@@ -240,7 +242,7 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 		// Both times are the server's, to the second: a lease written this second
 		// can look a second old or, never shown, younger than new.
 		age := max(0, l.ServerTime.Sub(l.LastModified).Round(time.Second))
-		res.InFlight = append(res.InFlight, InFlight{ID: id, Node: body.Node, Attempts: body.Attempts, State: body.State,
+		res.InFlight = append(res.InFlight, InFlight{ID: id, Node: body.Node, Attempts: body.Attempts, State: body.Shown(claimed[id]),
 			LeaseAgeSeconds: age.Seconds()})
 	}
 	return res, nil
@@ -261,7 +263,10 @@ func (a *Admin) Requeue(ctx context.Context, ids []string, all bool, olderThan t
 	if all {
 		err := a.store.List(ctx, a.layout.Dir(queue.Failed), func(p queue.Page) error {
 			for _, o := range p.Objects {
-				if id, ok := a.layout.ID(queue.Failed, o.Key); ok && p.ServerTime.Sub(o.LastModified) >= olderThan {
+				// Without --older-than, every one: the Date of the listing has
+				// whole seconds, so a record of this second can look younger
+				// than new.
+				if id, ok := a.layout.ID(queue.Failed, o.Key); ok && (olderThan == 0 || p.ServerTime.Sub(o.LastModified) >= olderThan) {
 					ids = append(ids, id)
 				}
 			}
@@ -403,8 +408,9 @@ func (a *Admin) pruneAll(ctx context.Context, objs []queue.Object, olderThan tim
 }
 
 // Cancel stops a spec: a pending one is filed under failed/ as cancelled, a
-// running one is marked so that its holder stops it within a lease renewal
-// period. by says who asked, for the result record.
+// running one is marked so that its holder stops it within a renewal period
+// of its session (see protocol.Cancel). by says who asked, for the result
+// record.
 func (a *Admin) Cancel(ctx context.Context, id, by string) (protocol.CancelResult, error) {
 	return a.proto.Cancel(ctx, id, by)
 }

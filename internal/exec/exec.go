@@ -74,12 +74,41 @@ const killWait = 5 * time.Second
 // gone: only a process that left the group can still hold them.
 const pipeWait = time.Second
 
+// Cell is a running supervisor's process group, which fleetd can freeze in
+// place and thaw, or kill while frozen, so that it makes no progress while
+// its claim is not valid and never runs again once the claim is lost.
+type Cell interface {
+	// Freeze stops every process of the group where it stands (SIGSTOP).
+	Freeze() error
+	// Thaw lets a frozen group go on (SIGCONT): it never knew.
+	Thaw() error
+	// Kill ends the group without letting it run a line more (SIGKILL,
+	// which a stopped process receives without being continued).
+	Kill() error
+}
+
+// group is a supervisor's process group: its pgid is the supervisor's pid.
+type group int
+
+func (g group) Freeze() error { return signalGroup(int(g), syscall.SIGSTOP) }
+
+func (g group) Thaw() error { return signalGroup(int(g), syscall.SIGCONT) }
+
+func (g group) Kill() error { return signalGroup(int(g), syscall.SIGKILL) }
+
+func signalGroup(pgid int, sig syscall.Signal) error {
+	if err := syscall.Kill(-pgid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signal %v to process group %d: %w", sig, pgid, err)
+	}
+	return nil
+}
+
 // Run starts the supervisor on specPath and blocks until it exits; started,
-// if not nil, is called once the process is running. When ctx
+// if not nil, is called once the process is running, with its group. When ctx
 // ends first, its whole process group gets SIGTERM, then SIGKILL after Grace.
 // The cell ends with the supervisor: what it leaves in its process group is
 // stopped the same way, so no background child outlives the cell.
-func (r *Runner) Run(ctx context.Context, specPath, specID string, started func()) Result {
+func (r *Runner) Run(ctx context.Context, specPath, specID string, started func(Cell)) Result {
 	cmd := osexec.Command(r.Path, specPath)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// Pipes of our own rather than os/exec's: its Wait would also wait for
@@ -106,7 +135,7 @@ func (r *Runner) Run(ctx context.Context, specPath, specID string, started func(
 		return Result{ExitCode: -1, StartErr: err}
 	}
 	if started != nil {
-		started()
+		started(group(cmd.Process.Pid))
 	}
 	var relays sync.WaitGroup
 	for _, p := range []struct {

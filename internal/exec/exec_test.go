@@ -222,7 +222,7 @@ func TestRunStartFailure(t *testing.T) {
 	}
 	for _, path := range []string{"/nonexistent/supervisor", notExec} {
 		started := false
-		res := (&Runner{Path: path, Grace: time.Second}).Run(context.Background(), "/dev/null", "x", func() { started = true })
+		res := (&Runner{Path: path, Grace: time.Second}).Run(context.Background(), "/dev/null", "x", func(Cell) { started = true })
 		if res.StartErr == nil || res.Succeeded() || started {
 			t.Errorf("Run(%s) = %+v, started %v; want a start error and no start", path, res, started)
 		}
@@ -234,7 +234,7 @@ func TestRunStartFailure(t *testing.T) {
 		t.Errorf("Check(sh) = %v", err)
 	}
 	started := false
-	if res := (&Runner{Path: "true", Grace: time.Second}).Run(context.Background(), "/dev/null", "x", func() { started = true }); !res.Succeeded() || !started {
+	if res := (&Runner{Path: "true", Grace: time.Second}).Run(context.Background(), "/dev/null", "x", func(Cell) { started = true }); !res.Succeeded() || !started {
 		t.Errorf("Run(true) = %+v, started %v; want success, started", res, started)
 	}
 }

@@ -28,6 +28,9 @@ type Metrics struct {
 	rateWait       prometheus.Counter
 	leaseRenewals  prometheus.Counter
 	leaseTakeovers prometheus.Counter
+	sessionsEnded  prometheus.Counter
+	cellHolds      *prometheus.CounterVec
+	cellsFrozen    prometheus.Gauge
 	lastPoll       prometheus.Gauge
 	slowDowns      prometheus.Counter
 	bounced        prometheus.Counter
@@ -66,6 +69,10 @@ func New(concurrency int, version, revision string, outcomes ...string) *Metrics
 	m.rateWait = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_s3_rate_limit_wait_seconds_total", Help: "Time S3 requests spent waiting for the rate limiter."})
 	m.leaseRenewals = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lease_renewals_total", Help: "Lease renewals written."})
 	m.leaseTakeovers = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lease_takeovers_total", Help: "Stale leases or lease-less claims taken over by this node."})
+	m.sessionsEnded = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_sessions_ended_total", Help: "Stale sessions of other agents ended by this node (their leases then taken over)."})
+	m.cellHolds = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetd_cell_holds_total",
+		Help: "Cells held while the session could not be renewed, by event: frozen, thawed, killed (taken over while frozen), result_held (ended while the store was unreachable)."}, []string{"event"})
+	m.cellsFrozen = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_cells_frozen", Help: "Cells frozen now, waiting for the session to be renewed."})
 	m.lastPoll = prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_last_poll_success_timestamp_seconds", Help: "Unix time of the last page of pending/ listed successfully."})
 	m.slowDowns = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_s3_slowdowns_total", Help: "S3 answers asking this agent to slow down (503 SlowDown, 429); each raises the agent's pause between requests."})
 	m.bounced = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetd_lister_bounced_listings_total",
@@ -94,13 +101,16 @@ func New(concurrency int, version, revision string, outcomes ...string) *Metrics
 		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()}})
 	info.Set(1)
 	for _, c := range []prometheus.Collector{m.cellsStarted, m.cellsFinished, m.cellsInFlight, m.cellDuration, m.claimConflicts, m.gateSkips,
-		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.lastPoll, m.slowDowns, m.bounced, m.hostBroken, m.startFailures,
+		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.sessionsEnded, m.cellHolds, m.cellsFrozen, m.lastPoll, m.slowDowns, m.bounced, m.hostBroken, m.startFailures,
 		m.paused, m.pending, m.oldestPending, m.fleetLeases, m.storeInfo, m.notifyUp, m.notifyEvents, conc, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
 	for _, o := range outcomes {
 		m.cellsFinished.WithLabelValues(o)
+	}
+	for _, e := range []string{"frozen", "thawed", "killed", "result_held"} {
+		m.cellHolds.WithLabelValues(e)
 	}
 	return m
 }
@@ -137,6 +147,16 @@ func (m *Metrics) LeaseRenewed() { m.leaseRenewals.Inc() }
 
 // LeaseTakenOver counts a takeover by this node.
 func (m *Metrics) LeaseTakenOver() { m.leaseTakeovers.Inc() }
+
+// SessionEnded counts another agent's stale session ended by this node.
+func (m *Metrics) SessionEnded() { m.sessionsEnded.Inc() }
+
+// CellHold counts a cell held for the session: "frozen", "thawed", "killed"
+// or "result_held"; frozen says how many are frozen now.
+func (m *Metrics) CellHold(event string, frozen int) {
+	m.cellHolds.WithLabelValues(event).Inc()
+	m.cellsFrozen.Set(float64(frozen))
+}
 
 // NotifyConnected records whether bucket notifications flow.
 func (m *Metrics) NotifyConnected(up bool) {

@@ -13,7 +13,7 @@ import (
 // once it runs. It is the pipeline's runner, declared here so that Progress
 // can wrap it without ops depending on the pipeline.
 type Runner interface {
-	Run(ctx context.Context, specPath, specID string, started func()) exec.Result
+	Run(ctx context.Context, specPath, specID string, started func(exec.Cell)) exec.Result
 }
 
 // Progress records the signs that fleetd's loops are turning, for /healthz
@@ -42,16 +42,16 @@ type progressRunner struct {
 	p *Progress
 }
 
-func (r progressRunner) Run(ctx context.Context, specPath, specID string, started func()) exec.Result {
+func (r progressRunner) Run(ctx context.Context, specPath, specID string, started func(exec.Cell)) exec.Result {
 	var began atomic.Bool
-	res := r.Runner.Run(ctx, specPath, specID, func() {
+	res := r.Runner.Run(ctx, specPath, specID, func(cell exec.Cell) {
 		now := time.Now().UnixNano()
 		r.p.started.Store(now)
 		r.p.last.Store(now)
 		r.p.running.Add(1)
 		began.Store(true)
 		if started != nil {
-			started()
+			started(cell)
 		}
 	})
 	if began.Load() {

@@ -28,7 +28,10 @@ type Config struct {
 	Agent    Agent
 	Progress *Progress
 	Draining func() bool // true once intake has closed
-	Logger   *slog.Logger
+	// Reachable is false while the agent's session could not be renewed in
+	// time: its cells are frozen (nil: always reachable).
+	Reachable func() bool
+	Logger    *slog.Logger
 
 	Concurrency  int
 	PollInterval time.Duration
@@ -80,6 +83,10 @@ func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
 	// drain is the better reason to give.
 	if broken := s.cfg.Agent.HostBroken(); broken != nil && !s.cfg.Draining() {
 		http.Error(w, fmt.Sprintf("supervisor cannot be started: %v", broken), http.StatusServiceUnavailable)
+		return
+	}
+	if s.cfg.Reachable != nil && !s.cfg.Reachable() && !s.cfg.Draining() {
+		http.Error(w, "store unreachable: the session could not be renewed in time; cells are frozen until it is", http.StatusServiceUnavailable)
 		return
 	}
 	msg, err := s.health().ready()

@@ -23,8 +23,10 @@ type Claim interface {
 	ID() string
 	Body() []byte
 	Log() *slog.Logger // with the spec's attributes
-	// Fenced is closed once the lease may have lapsed: the cell must stop.
-	Fenced() <-chan struct{}
+	// Hold says whether the claim is valid now and whether it was taken
+	// over, with a channel closed at the next change (see
+	// protocol.Claim.Hold): the cell makes progress only while it is valid.
+	Hold() (valid, lost bool, changed <-chan struct{})
 	// Cancelled is closed once fleetd cancel asked for the spec to stop;
 	// CancelledBy names who asked.
 	Cancelled() <-chan struct{}

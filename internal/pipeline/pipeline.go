@@ -34,7 +34,7 @@ var _ Store = (*queue.Store)(nil)
 // Runner runs the supervisor on one spec file, calling started (if not nil)
 // once it runs; *exec.Runner implements it.
 type Runner interface {
-	Run(ctx context.Context, specPath, specID string, started func()) exec.Result
+	Run(ctx context.Context, specPath, specID string, started func(exec.Cell)) exec.Result
 }
 
 var _ Runner = (*exec.Runner)(nil)
@@ -60,6 +60,10 @@ type Config struct {
 	MaxSpecBytes int64
 	MaxAttempts  int
 	CellTimeout  time.Duration
+	// Freeze: a cell whose claim lapses (the session not renewed in time) is
+	// frozen until it is renewed, and killed if the claim was taken over
+	// meanwhile; otherwise it is stopped and the spec returned to pending/.
+	Freeze bool
 	// Hints, if set, are bucket notifications: keys handed out as they come,
 	// the poll every NetInterval while they flow (see lister.Config.Hints).
 	Hints       lister.Hints
@@ -84,6 +88,7 @@ type Pipeline struct {
 	m      *metrics.Metrics
 	paused atomic.Bool
 	cells  atomic.Int64 // supervisors running now
+	frozen atomic.Int64 // of which frozen
 	idle   idleWorkers
 	polled atomic.Int64 // unix nanos of the last successful listing of pending/
 }

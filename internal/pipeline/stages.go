@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/sourcegraph/conc/panics"
@@ -131,6 +132,7 @@ func (p *Pipeline) reject(log *slog.Logger, it lister.Item, spec protocol.Spec, 
 // Causes for ending a cell early, told apart with context.Cause.
 var (
 	errFenced      = errors.New("lease not held")
+	errLost        = errors.New("taken over by another node")
 	errCellTimeout = errors.New("cell timeout")
 	errCancelled   = errors.New("cancelled")
 )
@@ -139,6 +141,7 @@ var (
 type cellEnd struct {
 	res               exec.Result
 	cause             error // why the cell's context ended, if it did
+	killed            bool  // killed while frozen: it did not end on its own
 	panicked          any   // the run's panic, if it had one
 	started, finished time.Time
 }
@@ -153,38 +156,125 @@ func (p *Pipeline) run(c Claim) cellEnd {
 		ctx, stop = context.WithTimeoutCause(ctx, p.cfg.CellTimeout, errCellTimeout)
 		defer stop()
 	}
-	// A holder that cannot renew its lease stops its own cell before another
-	// node may judge the lease stale and run the spec again.
-	// fleetd cancel reaches the holder through its lease.
+	started := make(chan exec.Cell, 1)
+	held := make(chan struct{})
+	var killed atomic.Bool
 	go func() {
-		select {
-		case <-c.Fenced():
-			cancel(errFenced)
-		case <-c.Cancelled():
-			cancel(errCancelled)
-		case <-ctx.Done():
-		}
+		defer close(held)
+		p.hold(ctx, cancel, c, started, &killed)
 	}()
 	end := cellEnd{started: time.Now()}
+	defer func() {
+		cancel(nil)
+		<-held
+	}()
 	// A panic in the run fails the spec like any other failure: caught
 	// here, the claim is still ours to end.
 	var pc panics.Catcher
-	pc.Try(func() { end.res = p.runCell(ctx, c) })
+	pc.Try(func() { end.res = p.runCell(ctx, c, started) })
 	if r := pc.Recovered(); r != nil {
 		end.panicked = r.Value
 		c.Log().Error("worker panic in the run", "event", "worker.panic", "err", r.AsError())
 	}
 	end.cause, end.finished = context.Cause(ctx), time.Now()
+	end.killed = killed.Load()
 	return end
+}
+
+// hold lets the cell make progress only while its claim is valid: a holder
+// that cannot renew must stop its cell before another node may judge it
+// stale and run the spec again. With Freeze the cell is frozen where it
+// stands and thawed when the session is renewed — it never knew — or killed,
+// never to run a line more, once the claim turns out to be taken over;
+// without, it is stopped. fleetd cancel reaches the holder through its lease.
+// hold returns when ctx ends.
+func (p *Pipeline) hold(ctx context.Context, cancel context.CancelCauseFunc, c Claim, started <-chan exec.Cell, killed *atomic.Bool) {
+	var cell exec.Cell
+	kill := func() {
+		if cell != nil {
+			killed.Store(true)
+			_ = cell.Kill()
+		}
+	}
+	frozen, cancelled := false, c.Cancelled()
+	setFrozen := func(f bool, event string) {
+		frozen = f
+		d := int64(-1)
+		if f {
+			d = 1
+		}
+		p.m.CellHold(event, int(p.frozen.Add(d)))
+	}
+	defer func() {
+		if frozen {
+			p.frozen.Add(-1)
+		}
+	}()
+	for {
+		valid, lost, changed := c.Hold()
+		switch {
+		case lost:
+			cancel(errLost)
+			kill()
+			if frozen {
+				setFrozen(false, "killed")
+				c.Log().Warn("cell killed: the spec was taken over while this node could not reach the store; writing nothing for it", "event", "cell.killed")
+			}
+			return
+		case !valid && !frozen && !p.cfg.Freeze:
+			cancel(errFenced)
+			return
+		case !valid && !frozen:
+			if cell != nil {
+				if err := cell.Freeze(); err != nil {
+					c.Log().Warn("cell not frozen", "event", "cell.freeze_failed", "err", err)
+				}
+			}
+			setFrozen(true, "frozen")
+			c.Log().Warn("cell frozen: the session could not be renewed in time", "event", "cell.frozen")
+		case valid && frozen:
+			if cell != nil {
+				_ = cell.Thaw()
+			}
+			setFrozen(false, "thawed")
+			c.Log().Info("cell thawed: the session was renewed", "event", "cell.thawed")
+		}
+		select {
+		case <-changed:
+		case cell = <-started:
+			started = nil
+			if frozen {
+				_ = cell.Freeze() // started just as the claim lapsed
+			}
+		case <-cancelled:
+			cancelled = nil
+			cancel(errCancelled)
+			if frozen {
+				kill() // a frozen cell would get SIGTERM only once thawed
+			}
+		case <-ctx.Done():
+			if frozen {
+				kill() // stopped for good (drain deadline, timeout): not thawed to die
+			}
+			return
+		}
+	}
 }
 
 // finish ends the claim as the run's end calls for: a result written, or the
 // spec returned to pending/ when the run was not the spec's fault.
 func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 	res := end.res
+	res.Stopped = res.Stopped || end.killed
 	rec := protocol.Record{Started: end.started, Finished: end.finished, Result: &res}
 	abort, quit := p.drain.Abort(), p.drain.Intake().Done()
 	switch {
+	case errors.Is(end.cause, errLost):
+		// Another node runs the spec: nothing of ours is written.
+		c.Drop()
+		p.m.Finished(string(protocol.Lost))
+		c.Log().Warn("lease taken over by another node; not finalising", "event", "lease.lost")
+		return
 	case end.panicked != nil:
 		rec.Outcome, rec.Reason, rec.Result = protocol.Failed, fmt.Sprintf("worker panic: %v", end.panicked), nil
 	case res.Stopped && errors.Is(end.cause, errFenced):
@@ -215,7 +305,12 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 		rec.Outcome, rec.Reason = protocol.Failed, "supervisor "+res.String()
 	}
 	// The cell ended on its own: its result is written, never rerun, for as
-	// long as the lease is ours.
+	// long as the lease is ours — held in memory while the store cannot be
+	// reached, and written once the session is renewed.
+	if valid, _, _ := c.Hold(); !valid {
+		p.m.CellHold("result_held", int(p.frozen.Load()))
+		c.Log().Warn("result held: the store cannot be reached; written once the session is renewed", "event", "result.held", "outcome", string(rec.Outcome))
+	}
 	cleanup, err := c.WriteResult(abort, rec)
 	if err != nil {
 		p.settle(c, err)
@@ -246,7 +341,7 @@ func (p *Pipeline) settle(c Claim, err error) {
 }
 
 // runCell runs the supervisor on a private copy of the spec.
-func (p *Pipeline) runCell(ctx context.Context, c Claim) exec.Result {
+func (p *Pipeline) runCell(ctx context.Context, c Claim, started chan<- exec.Cell) exec.Result {
 	f, err := os.CreateTemp("", "fleetd-spec-*.json") // mode 0600
 	if err != nil {
 		return exec.Result{ExitCode: -1, StartErr: fmt.Errorf("spec temp file: %w", err)}
@@ -263,7 +358,10 @@ func (p *Pipeline) runCell(ctx context.Context, c Claim) exec.Result {
 	defer p.cells.Add(-1)
 	p.m.CellStarted()
 	c.Log().Info("cell started", "event", "cell.started")
-	res := p.runner.Run(ctx, f.Name(), c.ID(), p.host.started)
+	res := p.runner.Run(ctx, f.Name(), c.ID(), func(cell exec.Cell) {
+		p.host.started()
+		started <- cell
+	})
 	p.m.CellEnded(res.Duration)
 	c.Log().Info("cell ended", "event", "cell.ended", "result", res.String(), "duration_ms", res.Duration.Milliseconds())
 	return res

@@ -19,10 +19,10 @@ import (
 )
 
 type fakeRunner struct {
-	run func(ctx context.Context, specPath, specID string, started func()) exec.Result
+	run func(ctx context.Context, specPath, specID string, started func(exec.Cell)) exec.Result
 }
 
-func (f *fakeRunner) Run(ctx context.Context, specPath, specID string, started func()) exec.Result {
+func (f *fakeRunner) Run(ctx context.Context, specPath, specID string, started func(exec.Cell)) exec.Result {
 	return f.run(ctx, specPath, specID, started)
 }
 
@@ -42,20 +42,36 @@ func (f *fakeProtocol) Reject(ctx context.Context, quit <-chan struct{}, spec pr
 // fakeClaim records how the pipeline ended it.
 type fakeClaim struct {
 	spec      protocol.Spec
-	fenced    chan struct{}
 	cancelled chan struct{}
 	onWrite   func() // called first by WriteResult, if set
 
 	mu       sync.Mutex
+	lapsed   bool
+	lost     bool
+	changed  chan struct{}
 	finished []protocol.Record
 	released []bool // countRun of each Release
 	dropped  bool
 }
 
-func (c *fakeClaim) ID() string              { return c.spec.ID }
-func (c *fakeClaim) Body() []byte            { return c.spec.Body }
-func (c *fakeClaim) Log() *slog.Logger       { return slog.New(slog.DiscardHandler) }
-func (c *fakeClaim) Fenced() <-chan struct{} { return c.fenced }
+func (c *fakeClaim) ID() string        { return c.spec.ID }
+func (c *fakeClaim) Body() []byte      { return c.spec.Body }
+func (c *fakeClaim) Log() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func (c *fakeClaim) Hold() (valid, lost bool, changed <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.lapsed && !c.lost, c.lost, c.changed
+}
+
+// set changes the claim's state as the session would.
+func (c *fakeClaim) set(lapsed, lost bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lapsed, c.lost = lapsed, lost
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
 
 func (c *fakeClaim) Cancelled() <-chan struct{} { return c.cancelled }
 
@@ -128,7 +144,7 @@ var item = lister.Item{Key: key, ID: "x", ETag: s3mem.ETag([]byte(specBody))}
 func setup(t *testing.T, cfg Config) (*Pipeline, *bundle) {
 	t.Helper()
 	b := &bundle{
-		claim:  &fakeClaim{fenced: make(chan struct{}), cancelled: make(chan struct{})},
+		claim:  &fakeClaim{changed: make(chan struct{}), cancelled: make(chan struct{})},
 		intake: &fakeIntake{rejected: map[string]string{}},
 		drain:  drain.New(context.Background(), time.Second),
 	}
@@ -145,8 +161,8 @@ func setup(t *testing.T, cfg Config) (*Pipeline, *bundle) {
 			return nil
 		},
 	}
-	b.runner = &fakeRunner{run: func(_ context.Context, _, _ string, started func()) exec.Result {
-		started()
+	b.runner = &fakeRunner{run: func(_ context.Context, _, _ string, started func(exec.Cell)) exec.Result {
+		started(&fakeCell{})
 		return exec.Result{}
 	}}
 	cfg.Layout = queue.NewLayout("fleet", "")
@@ -229,7 +245,7 @@ func TestLosingTheSpecMarksTheListingStale(t *testing.T) {
 			if tt.claim != nil {
 				b.proto.claim = func(context.Context, <-chan struct{}, protocol.Spec) (Claim, error) { return nil, tt.claim }
 			}
-			b.runner.run = func(context.Context, string, string, func()) exec.Result {
+			b.runner.run = func(context.Context, string, string, func(exec.Cell)) exec.Result {
 				t.Error("a cell ran for a spec this node does not hold")
 				return exec.Result{}
 			}
@@ -270,8 +286,8 @@ func TestCellThatEndsOnItsOwnIsFinished(t *testing.T) {
 			t.Parallel()
 			p, b := setup(t, Config{})
 			var ran string
-			b.runner.run = func(_ context.Context, _, specID string, started func()) exec.Result {
-				started()
+			b.runner.run = func(_ context.Context, _, specID string, started func(exec.Cell)) exec.Result {
+				started(&fakeCell{})
 				ran = specID
 				return tt.res
 			}
@@ -292,7 +308,7 @@ func TestCellThatEndsOnItsOwnIsFinished(t *testing.T) {
 func TestStartFailureReleasesUncountedAndBreaksTheHost(t *testing.T) {
 	t.Parallel()
 	p, b := setup(t, Config{})
-	b.runner.run = func(context.Context, string, string, func()) exec.Result {
+	b.runner.run = func(context.Context, string, string, func(exec.Cell)) exec.Result {
 		return exec.Result{ExitCode: -1, StartErr: errors.New("exec: permission denied")}
 	}
 	p.process(item)
@@ -306,9 +322,9 @@ func TestStartFailureReleasesUncountedAndBreaksTheHost(t *testing.T) {
 
 // blockingRunner runs a cell until its context ends, closing running once it
 // runs.
-func blockingRunner(running chan<- struct{}) func(context.Context, string, string, func()) exec.Result {
-	return func(ctx context.Context, _, _ string, started func()) exec.Result {
-		started()
+func blockingRunner(running chan<- struct{}) func(context.Context, string, string, func(exec.Cell)) exec.Result {
+	return func(ctx context.Context, _, _ string, started func(exec.Cell)) exec.Result {
+		started(&fakeCell{})
 		close(running)
 		<-ctx.Done()
 		return exec.Result{ExitCode: -1, Signal: "SIGTERM", Stopped: true}
@@ -322,11 +338,122 @@ func TestFencedCellIsReleasedUncounted(t *testing.T) {
 	b.runner.run = blockingRunner(running)
 	go func() {
 		<-running
-		close(b.claim.fenced) // the lease could not be renewed in time
+		b.claim.set(true, false) // the session could not be renewed in time
 	}()
 	p.process(item)
 	if len(b.claim.finished) != 0 || len(b.claim.released) != 1 || b.claim.released[0] {
 		t.Errorf("finished %+v, released %v; want one Release not counting the run", b.claim.finished, b.claim.released)
+	}
+}
+
+// fakeCell is a cell that runs until it is killed or its context ends, and
+// records what fleetd did to it; exit makes it end on its own.
+type fakeCell struct {
+	mu     sync.Mutex
+	events []string
+	saw    chan string // each event, as it happens
+	end    chan string // "killed", or "exit"
+}
+
+func newFakeCell() *fakeCell {
+	return &fakeCell{saw: make(chan string, 16), end: make(chan string, 2)}
+}
+
+func (c *fakeCell) note(e string) error {
+	c.mu.Lock()
+	c.events = append(c.events, e)
+	c.mu.Unlock()
+	if c.saw != nil {
+		c.saw <- e
+	}
+	return nil
+}
+
+func (c *fakeCell) Freeze() error { return c.note("freeze") }
+func (c *fakeCell) Thaw() error   { return c.note("thaw") }
+func (c *fakeCell) Kill() error {
+	if c.end != nil {
+		c.end <- "killed"
+	}
+	return c.note("kill")
+}
+
+func (c *fakeCell) run(ctx context.Context, _, _ string, started func(exec.Cell)) exec.Result {
+	started(c)
+	select {
+	case how := <-c.end:
+		if how == "exit" {
+			return exec.Result{}
+		}
+		return exec.Result{ExitCode: -1, Signal: "SIGKILL"}
+	case <-ctx.Done():
+		return exec.Result{ExitCode: -1, Signal: "SIGTERM", Stopped: true}
+	}
+}
+
+func (c *fakeCell) await(t *testing.T, want string) {
+	t.Helper()
+	if got := <-c.saw; got != want {
+		t.Fatalf("cell got %q, want %q", got, want)
+	}
+}
+
+func TestLapsedCellIsFrozenThenThawedAndFinished(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{Freeze: true})
+	cell := newFakeCell()
+	b.runner.run = cell.run
+	go func() {
+		b.claim.set(true, false) // the session could not be renewed in time
+		cell.await(t, "freeze")
+		b.claim.set(false, false) // renewed: the claim is still ours
+		cell.await(t, "thaw")
+		cell.end <- "exit"
+	}()
+	p.process(item)
+	if len(b.claim.finished) != 1 || b.claim.finished[0].Outcome != protocol.Completed || len(b.claim.released) != 0 {
+		t.Errorf("finished %+v, released %v; want the cell's own result, completed", b.claim.finished, b.claim.released)
+	}
+	if got := fmt.Sprint(cell.events); got != "[freeze thaw]" {
+		t.Errorf("cell events %s, want [freeze thaw]", got)
+	}
+}
+
+func TestFrozenCellTakenOverIsKilledAndNothingWritten(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{Freeze: true})
+	cell := newFakeCell()
+	b.runner.run = cell.run
+	go func() {
+		b.claim.set(true, false)
+		cell.await(t, "freeze")
+		b.claim.set(true, true) // the session was ended and the lease taken over
+	}()
+	p.process(item)
+	if len(b.claim.finished) != 0 || len(b.claim.released) != 0 || !b.claim.dropped {
+		t.Errorf("finished %+v, released %v, dropped %v; want nothing written, the claim dropped", b.claim.finished, b.claim.released, b.claim.dropped)
+	}
+	if got := fmt.Sprint(cell.events); got != "[freeze kill]" {
+		t.Errorf("cell events %s, want [freeze kill] (never thawed)", got)
+	}
+}
+
+func TestCellEndedWhileLapsedKeepsItsResult(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{Freeze: true})
+	b.runner.run = func(_ context.Context, _, _ string, started func(exec.Cell)) exec.Result {
+		started(&fakeCell{})
+		b.claim.set(true, false) // the store went away as the cell ended
+		return exec.Result{}
+	}
+	b.claim.onWrite = func() {
+		if valid, _, _ := b.claim.Hold(); valid {
+			t.Error("the result was written by a fake that was never renewed")
+		}
+	}
+	p.process(item)
+	if len(b.claim.finished) != 1 || b.claim.finished[0].Outcome != protocol.Completed || len(b.claim.released) != 0 {
+		t.Errorf("finished %+v, released %v; want the result held and written, not a rerun", b.claim.finished, b.claim.released)
 	}
 }
 
@@ -396,7 +523,7 @@ func TestCancelledCellIsFiledCancelled(t *testing.T) {
 func TestPanicInTheRunFailsTheSpec(t *testing.T) {
 	t.Parallel()
 	p, b := setup(t, Config{})
-	b.runner.run = func(context.Context, string, string, func()) exec.Result { panic("boom") }
+	b.runner.run = func(context.Context, string, string, func(exec.Cell)) exec.Result { panic("boom") }
 	p.process(item)
 	if len(b.claim.released) != 0 || len(b.claim.finished) != 1 {
 		t.Fatalf("finished %+v, released %v; want the claim ended with one result", b.claim.finished, b.claim.released)

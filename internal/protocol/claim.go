@@ -48,12 +48,30 @@ func (p *Protocol) acquire(ctx context.Context, id string, l leaseBody) (*Claim,
 	if l.Intent == "" {
 		l.Intent = intentRun
 	}
+	if p.session != nil {
+		// The lease is alive while our session is: it is written only
+		// while the session is valid, and lands before it could be judged
+		// stale.
+		tok, until, ok := p.session.current()
+		if !ok {
+			return nil, fmt.Errorf("create lease %s: %w", key, errNoSession)
+		}
+		l.Session = tok
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, until)
+		defer cancel()
+	}
 	body, nonce := encodeLease(&l, p.clock.Now())
 	sent := p.clock.Now()
 	etag, err := p.store.Put(ctx, key, body, queue.PutOptions{IfAbsent: true})
 	if errors.Is(err, queue.ErrUnknown) {
 		// A 412 on a retry may be our own create; read the lease back.
 		etag, err = p.readBack(ctx, key, l.Token, nonce)
+		if err != nil && p.session != nil {
+			// If our create lands after all, it names our live session:
+			// our own recovery clears it, as it would a dead node's.
+			p.session.abandonToken(id, l.Token)
+		}
 		if errors.Is(err, queue.ErrNotFound) {
 			// Not there now. If our create still lands, nobody renews it: it
 			// goes stale and recovery clears it, pending/ untouched.
@@ -136,9 +154,10 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 		return nil, err
 	}
 	// Start the cell with most of a validity window ahead: one started just
-	// before its lease lapses would be stopped at once and run again.
+	// before its lease lapses would be stopped at once and run again. (A
+	// session renews itself, for every claim at once.)
 	err = c.act(ctx, quit, "renew before the run", func(ctx context.Context) error {
-		if c.remaining() > validFor(p.cfg.TTL)/2 {
+		if c.sess != nil || c.remaining() > validFor(p.cfg.TTL)/2 {
 			return nil
 		}
 		return c.renew(ctx)

@@ -15,11 +15,13 @@ import (
 	"github.com/cellos/fleetd/internal/queue"
 )
 
-// Claim is this node's ownership of one spec: a lease it holds, kept alive by
-// a keeper goroutine from the lease's creation until it is deleted or given
-// up. Every write the holder makes goes through act, which makes it only
-// while the lease is valid by the holder's own clock, so it lands before any
-// other node could judge the lease stale.
+// Claim is this node's ownership of one spec: a lease it holds, alive from
+// its creation until it is deleted or given up. An agent's lease names its
+// session and is alive while the session is (see Session); a lease of a
+// queue tool, which has no session, is kept alive by a keeper goroutine of
+// its own. Every write the holder makes goes through act, which makes it only
+// while the claim is valid by the holder's own clock, so it lands before any
+// other node could judge it stale.
 type Claim struct {
 	p     *Protocol
 	id    string
@@ -42,11 +44,15 @@ type Claim struct {
 	validUntil time.Time // on our clock; zero: not valid
 	lost       bool      // taken over: final
 	changed    chan struct{}
-	fenced     chan struct{} // closed the first time validity lapses or the lease is lost
-	fencedOnce sync.Once
 	cancelled  chan struct{} // closed when the lease carries a cancel mark
 	cancelOnce sync.Once
 	expiry     interface{ Stop() bool }
+
+	// sess is the session the lease names, whose renewals make the claim
+	// valid; nil: the lease renews itself. owner is set instead on the
+	// session's own object, which is kept like a lease.
+	sess  *Session
+	owner *Session
 
 	// writeMu orders the keeper's renewals and the final delete, so the
 	// delete is never raced by a renewal that would change the ETag.
@@ -59,20 +65,37 @@ type Claim struct {
 	keeperDone chan struct{}
 }
 
+// newClaim returns the claim of a lease this node wrote, sent at sent. A
+// lease naming a session is vouched for by p's session; any other is kept by
+// a keeper of its own.
 func (p *Protocol) newClaim(id string, l leaseBody, etag string, sent time.Time) *Claim {
+	c := p.newHolder(p.cfg.Layout.Key(queue.Leases, id), id, l, etag)
+	if l.Session != "" {
+		c.sess = p.session
+		c.sess.vouch(c, l.Session)
+		return c
+	}
+	c.renewed(etag, sent)
+	c.startKeeper()
+	return c
+}
+
+func (p *Protocol) newHolder(key, id string, l leaseBody, etag string) *Claim {
 	c := &Claim{
-		p: p, id: id, key: p.cfg.Layout.Key(queue.Leases, id), token: l.Token, origin: l.origin(),
+		p: p, id: id, key: key, token: l.Token, origin: l.origin(),
 		log:       p.log.With("spec_id", id),
 		lease:     l,
 		etag:      etag,
 		changed:   make(chan struct{}),
-		fenced:    make(chan struct{}),
 		cancelled: make(chan struct{}),
 	}
 	if l.Cancel != "" {
 		c.markCancelled(l.Cancel)
 	}
-	c.renewed(etag, sent)
+	return c
+}
+
+func (c *Claim) startKeeper() {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stopKeeper = cancel
 	c.keeperDone = make(chan struct{})
@@ -80,7 +103,6 @@ func (p *Protocol) newClaim(id string, l leaseBody, etag string, sent time.Time)
 		defer close(c.keeperDone)
 		c.keep(ctx)
 	}()
-	return c
 }
 
 // ID returns the spec id.
@@ -89,9 +111,15 @@ func (c *Claim) ID() string { return c.id }
 // Log returns the claim's logger, with its spec id.
 func (c *Claim) Log() *slog.Logger { return c.log }
 
-// Fenced is closed once the holder may no longer act: the lease was not
-// renewed in time, or was taken over. A cell running under the claim must stop.
-func (c *Claim) Fenced() <-chan struct{} { return c.fenced }
+// Hold says whether the holder may act now (valid: renewed in time) and
+// whether the lease was taken over (lost: final), with a channel closed at
+// the next change of either. A cell must make no progress while the claim is
+// not valid, and must never go on once it is lost.
+func (c *Claim) Hold() (valid, lost bool, changed <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.lost && c.p.clock.Now().Before(c.validUntil), c.lost, c.changed
+}
 
 // Cancelled is closed once someone asked, through the lease, for the spec to
 // be cancelled; CancelledBy says who.
@@ -131,12 +159,26 @@ func (c *Claim) setState(s string) {
 	c.mu.Unlock()
 }
 
-// renewed records a lease write that landed, sent at sent.
+// renewed records a lease write that landed, sent at sent. A write of a
+// lease that names a session proves nothing of the holder's liveness: only
+// the session's renewals make such a claim valid.
 func (c *Claim) renewed(etag string, sent time.Time) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.etag = etag
-	until := sent.Add(validFor(c.lease.ttl()))
+	c.mu.Unlock()
+	if c.sess != nil {
+		return
+	}
+	c.extend(sent.Add(validFor(c.lease.ttl())))
+	if c.owner != nil {
+		c.owner.renewed(c, sent)
+	}
+}
+
+// extend makes the claim valid until until, if that is later.
+func (c *Claim) extend(until time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if until.After(c.validUntil) {
 		c.validUntil = until
 	}
@@ -147,21 +189,24 @@ func (c *Claim) renewed(etag string, sent time.Time) {
 	c.signal()
 }
 
+// checkExpiry wakes the waiters on the claim's state once its validity lapses.
 func (c *Claim) checkExpiry() {
 	c.mu.Lock()
-	lapsed := !c.p.clock.Now().Before(c.validUntil)
-	c.mu.Unlock()
-	if lapsed {
-		c.fencedOnce.Do(func() { close(c.fenced) })
+	defer c.mu.Unlock()
+	if !c.p.clock.Now().Before(c.validUntil) {
+		c.signal()
 	}
 }
 
 func (c *Claim) markLost() {
 	c.mu.Lock()
+	was := c.lost
 	c.lost = true
 	c.signal()
 	c.mu.Unlock()
-	c.fencedOnce.Do(func() { close(c.fenced) })
+	if c.owner != nil && !was {
+		c.owner.lost(c)
+	}
 }
 
 // signal wakes everyone waiting for a change; c.mu is held.
@@ -185,10 +230,16 @@ func (c *Claim) keep(ctx context.Context) {
 			return
 		}
 		err := c.renew(ctx)
+		if err != nil && c.owner != nil {
+			c.owner.faltered()
+		}
 		switch {
 		case err == nil:
 			c.p.cfg.Metrics.LeaseRenewed()
 			wait = ttl / 3
+		case errors.Is(err, ErrLost) && c.owner != nil:
+			c.markLost() // the session tells what it means
+			return
 		case errors.Is(err, ErrLost):
 			c.log.Warn("lease taken over by another node; this node leaves the spec alone", "event", "lease.lost")
 			c.markLost()
@@ -298,6 +349,9 @@ func (c *Claim) resolve(ctx context.Context) (etag string, sent time.Time, nonce
 	if l.Cancel != "" {
 		c.markCancelled(l.Cancel) // fleetd cancel wrote over our last renewal
 	}
+	if len(l.Ring) > 0 && c.owner != nil {
+		c.owner.rung(c, l.Ring) // fleetd cancel marked leases this session vouches for
+	}
 	for _, w := range c.unknown {
 		if w.nonce == l.Nonce {
 			return etag, w.sent, l.Nonce, nil
@@ -400,6 +454,7 @@ func (c *Claim) endLease(ctx context.Context, quit <-chan struct{}, unlessMarked
 		}
 		return err
 	})
+
 	if marked {
 		return false
 	}
@@ -410,15 +465,26 @@ func (c *Claim) endLease(ctx context.Context, quit <-chan struct{}, unlessMarked
 	return true
 }
 
-// drop stops the keeper without touching the lease.
+// drop stops keeping the lease alive without touching it. A lease that names
+// our session would stay alive with it: the session gives it to this node's
+// own recovery, which settles it as it would a dead node's.
 func (c *Claim) drop() {
-	c.stopKeeper()
-	<-c.keeperDone
+	if c.stopKeeper != nil {
+		c.stopKeeper()
+		<-c.keeperDone
+	}
 	c.mu.Lock()
 	if c.expiry != nil {
 		c.expiry.Stop()
 	}
+	lost := c.lost
 	c.mu.Unlock()
+	if c.sess != nil {
+		c.writeMu.Lock()
+		ended := c.ended
+		c.writeMu.Unlock()
+		c.sess.forget(c, !ended && !lost)
+	}
 }
 
 // Drop lets go of the claim without a write: the lease stays for recovery.

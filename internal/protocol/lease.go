@@ -23,6 +23,7 @@ const (
 	stateRequeueing = "requeueing" // fleetd requeue moving failed/ to pending/
 	statePruning    = "pruning"    // fleetd prune deleting a result
 	stateSubmitting = "submitting" // fleetd submit writing pending/
+	stateAlive      = "alive"      // a session object
 )
 
 // Intents: what the holder of a lease is doing to the spec's objects. A
@@ -35,6 +36,7 @@ const (
 	intentRequeue = "requeue" // move failed_etag back to pending/
 	intentPrune   = "prune"   // delete the result judged (result_etag)
 	intentSubmit  = "submit"  // write pending/ (fleetd submit)
+	intentSession = "session" // a session's own object (see Session)
 )
 
 // leaseBody is the body of leases/<id>.json.
@@ -76,6 +78,13 @@ type leaseBody struct {
 	// Cancel, when set, names who asked for the spec to be cancelled; the
 	// holder stops its cell and files it cancelled (see Protocol.Cancel).
 	Cancel string `json:"cancel,omitempty"`
+	// Session is the token of the holder's session (sessions/<token>.json):
+	// the lease is alive while that session is, and is not renewed itself.
+	// Empty: the lease renews itself and is judged by its own age.
+	Session string `json:"session,omitempty"`
+	// Ring, in a session's own object, lists specs whose leases fleetd
+	// cancel marked: the session's holder reads those leases at once.
+	Ring []string `json:"ring,omitempty"`
 	// PrevToken is the token of the holder a recoverer took over from.
 	PrevToken string `json:"prev_token,omitempty"`
 	Written   string `json:"written"` // holder's clock; informational only
@@ -150,6 +159,7 @@ func (l leaseBody) successor(node, token string, ttl time.Duration) leaseBody {
 	n := l
 	n.Node, n.Token, n.Epoch, n.TTLMillis = node, token, l.Epoch+1, ttl.Milliseconds()
 	n.State, n.Intent, n.Origin, n.PrevToken = stateRecovering, l.intent(), l.origin(), l.Token
+	n.Session, n.Ring = "", nil
 	return n
 }
 
@@ -160,8 +170,21 @@ type LeaseInfo struct {
 	State    string
 	Epoch    int
 	// TTL is the holder's ttl: the lease is stale once its last write is
-	// older than TTL + 1 s on the server's clock.
+	// older than TTL + 1 s on the server's clock — or, if it names a
+	// session, once that session's last write is.
 	TTL time.Duration
+	// Session is the holder's session token ("": the lease renews itself).
+	Session string
+}
+
+// Shown is the state to show an operator. A lease that names a session is
+// not rewritten when its cell starts, so "claiming" with claimed/ written
+// (claimed) means the cell runs.
+func (l LeaseInfo) Shown(claimed bool) string {
+	if l.Session != "" && l.State == stateClaiming && claimed {
+		return stateRunning
+	}
+	return l.State
 }
 
 // ParseLease decodes a lease body.
@@ -170,7 +193,7 @@ func ParseLease(b []byte) (LeaseInfo, error) {
 	if err := json.Unmarshal(b, &l); err != nil {
 		return LeaseInfo{}, fmt.Errorf("lease: %w", err)
 	}
-	return LeaseInfo{Node: l.Node, Attempts: l.Attempts, State: l.State, Epoch: l.Epoch, TTL: l.ttl()}, nil
+	return LeaseInfo{Node: l.Node, Attempts: l.Attempts, State: l.State, Epoch: l.Epoch, TTL: l.ttl(), Session: l.Session}, nil
 }
 
 func encodeLease(l *leaseBody, now time.Time) (body []byte, nonce string) {

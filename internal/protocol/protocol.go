@@ -46,6 +46,8 @@ type Metrics interface {
 	ClaimConflict()
 	LeaseRenewed()
 	LeaseTakenOver()
+	// SessionEnded is told that this node ended another's stale session.
+	SessionEnded()
 	Finished(outcome string)
 	// FleetLeases is told how many leases a recovery scan listed.
 	FleetLeases(n int)
@@ -126,6 +128,12 @@ type Protocol struct {
 	log   *slog.Logger
 	clock Clock
 	turn  scanTurn
+	// session is the agent's session (StartSession); nil for a queue tool,
+	// whose leases renew themselves.
+	session *Session
+	// seen caches what this node read of long-lived leases, so a recovery
+	// scan reads each at most once while it does not change.
+	seen leaseCache
 }
 
 // New returns the protocol for cfg.Layout on store.
@@ -146,6 +154,8 @@ func (nopMetrics) ClaimConflict() {}
 func (nopMetrics) LeaseRenewed() {}
 
 func (nopMetrics) LeaseTakenOver() {}
+
+func (nopMetrics) SessionEnded() {}
 
 func (nopMetrics) Finished(string) {}
 

@@ -296,9 +296,9 @@ func TestOneNodeOfTheFleetScans(t *testing.T) {
 	if ran, err := a.RecoverIfDue(ctx, quit); !ran || err != nil {
 		t.Fatalf("first node: ran %v, %v; want a scan", ran, err)
 	}
-	first := lists() // claimed/ and leases/: the first scan lists both
-	if first != 2 {
-		t.Errorf("first scan made %d LISTs, want claimed/ and leases/", first)
+	first := lists() // claimed/, leases/ and sessions/: the first scan lists all three
+	if first != 3 {
+		t.Errorf("first scan made %d LISTs, want claimed/, leases/ and sessions/", first)
 	}
 	if ran, err := b.RecoverIfDue(ctx, quit); ran || err != nil {
 		t.Fatalf("second node right after: ran %v, %v; want no scan", ran, err)
@@ -475,8 +475,24 @@ func TestHungRenewalIsGivenUpInTime(t *testing.T) {
 			if key == "fleet/leases/a.json" && after {
 				return // a renewal after the hung one landed, in time
 			}
-		case <-c.Fenced():
+		case <-lapsed(c):
 			t.Fatal("the lease lapsed while the keeper waited on a renewal that never answered")
 		}
 	}
+}
+
+// lapsed returns a channel closed once c is not valid.
+func lapsed(c *Claim) <-chan struct{} {
+	ch := make(chan struct{})
+	go func() {
+		defer close(ch)
+		for {
+			valid, _, changed := c.Hold()
+			if !valid {
+				return
+			}
+			<-changed
+		}
+	}()
+	return ch
 }

@@ -38,7 +38,7 @@ func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withCl
 	}
 	leased := map[string]bool{}
 	leases := 0
-	var stale []string
+	var old []queue.Object
 	err := p.store.List(ctx, p.cfg.Layout.Dir(queue.Leases), func(page queue.Page) error {
 		for _, o := range page.Objects {
 			id, ok := p.cfg.Layout.ID(queue.Leases, o.Key)
@@ -48,8 +48,10 @@ func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withCl
 			leased[id] = true
 			leases++
 			// The lease's own ttl is checked after reading it; ours filters.
+			// A lease that names a session is never renewed: it is judged
+			// by its session, once it is old enough to be worth a look.
 			if page.ServerTime.Sub(o.LastModified) > staleAfter(MinTTL) {
-				stale = append(stale, id)
+				old = append(old, o)
 			}
 		}
 		return nil
@@ -58,12 +60,22 @@ func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withCl
 		return err
 	}
 	p.cfg.Metrics.FleetLeases(leases)
-	for _, id := range stale {
+	j := &judge{p: p}
+	if withClaims {
+		j.collect(ctx) // sessions of nodes that died holding nothing
+	}
+	for _, o := range old {
 		if stopped(ctx, quit) {
 			return nil
 		}
-		p.takeOverLease(ctx, quit, id)
+		id, _ := p.cfg.Layout.ID(queue.Leases, o.Key)
+		if seen, ok := p.seen.get(o.Key, o.ETag); ok && seen.session != "" && j.alive(ctx, seen.session, seen.ttl) &&
+			!p.ownAbandoned(id, seen.token, false) {
+			continue // read before, unchanged, and its session lives: no request
+		}
+		p.takeOverLease(ctx, quit, id, j)
 	}
+	p.seen.keepOnly(old)
 	for _, o := range orphans {
 		id, ok := p.cfg.Layout.ID(queue.Claimed, o.Key)
 		if !ok || leased[id] || stopped(ctx, quit) {
@@ -86,7 +98,7 @@ func stopped(ctx context.Context, quit <-chan struct{}) bool {
 // takeOverLease replaces a stale lease with our own (compare-and-swap on its
 // ETag, so one recoverer wins and the old holder is fenced off), then settles
 // the spec.
-func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id string) {
+func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id string, j *judge) {
 	log := p.log.With("spec_id", id)
 	key := p.cfg.Layout.Key(queue.Leases, id)
 	obj, err := p.store.Get(ctx, key, maxLeaseBytes)
@@ -102,15 +114,40 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 	}
 	ttl := max(old.ttl(), MinTTL)
 	age := obj.ServerTime.Sub(obj.LastModified)
-	if age <= staleAfter(ttl) {
+	p.seen.put(key, obj.ETag, old)
+	switch {
+	case old.Session != "":
+		// Alive while its session is: taken over once the session is ended
+		// (by us or another), or when it is ours and we let it go.
+		if !p.ownAbandoned(id, old.Token, false) && !j.ended(ctx, old.Session, ttl) {
+			return
+		}
+	case age <= staleAfter(ttl):
 		return // renewed since the listing, or a longer ttl than ours
+	case !p.patient():
+		return // just back from an outage: its holder gets a ttl to renew first
 	}
 	mine := old.successor(p.cfg.Node, newToken(), p.cfg.TTL)
+	wctx := ctx
+	if p.session != nil {
+		// Our lease names our session: written only while it is valid.
+		tok, until, ok := p.session.current()
+		if !ok {
+			return
+		}
+		mine.Session = tok
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithDeadline(ctx, until)
+		defer cancel()
+	}
 	body, nonce := encodeLease(&mine, p.clock.Now())
 	sent := p.clock.Now()
-	etag, err := p.store.Put(ctx, key, body, queue.PutOptions{IfMatch: obj.ETag})
+	etag, err := p.store.Put(wctx, key, body, queue.PutOptions{IfMatch: obj.ETag})
 	if errors.Is(err, queue.ErrUnknown) {
-		etag, err = p.readBack(ctx, key, mine.Token, nonce)
+		etag, err = p.readBack(wctx, key, mine.Token, nonce)
+		if err != nil && p.session != nil {
+			p.session.abandonToken(id, mine.Token) // see acquire
+		}
 	}
 	if err != nil {
 		if errors.Is(err, queue.ErrPrecondition) || errors.Is(err, queue.ErrNotFound) {
@@ -120,6 +157,7 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 		}
 		return
 	}
+	p.ownAbandoned(id, old.Token, true) // settled from here on, if it was
 	p.cfg.Metrics.LeaseTakenOver()
 	log.Warn("recovery: took over a stale lease", "event", "lease.takeover", "holder", old.Node, "holder_state", old.State,
 		"intent", mine.Intent, "lease_age_ms", age.Milliseconds(), "epoch", mine.Epoch)

@@ -43,6 +43,12 @@ func claimsDue(prev, now time.Time, ttl time.Duration) bool {
 // marker's age (one HEAD) and writes only when a scan is due. The winner's
 // LISTs follow (see claimsDue).
 func (p *Protocol) RecoverIfDue(ctx context.Context, quit <-chan struct{}) (bool, error) {
+	p.recoverOwn(ctx, quit)
+	if !p.patient() {
+		// Just back from an outage (or cut off now): this node would judge
+		// nobody stale, so it leaves the turn to one that would.
+		return false, nil
+	}
 	key := p.cfg.Layout.Key("recovery", "scan")
 	p.turn.mu.Lock()
 	defer p.turn.mu.Unlock()
@@ -87,6 +93,22 @@ func (p *Protocol) RecoverIfDue(ctx context.Context, quit <-chan struct{}) (bool
 		return false, err
 	}
 	return p.scanNow(ctx, quit, etag, p.clock.Now(), claims)
+}
+
+// recoverOwn settles the leases this node let go while they name its live
+// session (a claim dropped, or a create whose answer was lost): nobody else
+// judges them stale, so it does, whether or not it is its turn to scan.
+func (p *Protocol) recoverOwn(ctx context.Context, quit <-chan struct{}) {
+	if p.session == nil {
+		return
+	}
+	j := &judge{p: p}
+	for _, id := range p.session.abandonedIDs() {
+		if stopped(ctx, quit) {
+			return
+		}
+		p.takeOverLease(ctx, quit, id, j)
+	}
 }
 
 func (p *Protocol) scanNow(ctx context.Context, quit <-chan struct{}, etag string, at time.Time, claims bool) (bool, error) {

@@ -20,6 +20,9 @@ const (
 	Completed State = "completed"
 	Failed    State = "failed"
 	Leases    State = "leases"
+	// Sessions holds one object per agent process: its liveness, which
+	// every lease it holds relies on (docs/PROTOCOL.md, "Sessions").
+	Sessions State = "sessions"
 )
 
 // Layout maps spec ids to keys exactly as cellos-fleet 0.5.1 did:

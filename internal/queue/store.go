@@ -571,9 +571,11 @@ func Observe(observe func(operation string, status int, d time.Duration)) func(*
 	}
 }
 
-// isLease reports whether key is a lease. A lease write needs no expiry: every
+// isLease reports whether key is a lease or a session. Its write needs no expiry: every
 // one carries a fresh nonce, so its If-Match names a version no later write
 // has, and a late one is refused by its own condition; and a renewal, with
 // under a second left at the shortest ttl, is the write an expiry rounded to
 // whole seconds would refuse on arrival.
-func isLease(key string) bool { return strings.Contains(key, "/"+string(Leases)+"/") }
+func isLease(key string) bool {
+	return strings.Contains(key, "/"+string(Leases)+"/") || strings.Contains(key, "/"+string(Sessions)+"/")
+}

@@ -16,7 +16,7 @@ import (
 //	both-folders     completed/ and failed/ both hold one submission's bytes, not resubmitted (or requeued) between
 //	bytes-changed    a result whose bytes are no submission's
 //	blind-delete     a process deleted a version it never saw (recorded as it lands)
-//	overlap          two runs of one spec at once
+//	overlap          two runs of one spec making progress at once (a frozen cell makes none)
 //	ran-twice        a run that exited and whose result landed, run again with no new submission
 //	filed-and-ran    cancelled or rejected, then run with no new submission
 //	cancel-ignored   a confirmed cancel, then a run not stopped, with no new submission
@@ -127,6 +127,7 @@ func (s *scenario) checkHistory() {
 	h := s.hist
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	now := time.Now()
 	for i, a := range h.runs {
 		for _, b := range h.runs[i+1:] {
 			if a.id != b.id {
@@ -135,8 +136,8 @@ func (s *scenario) checkHistory() {
 			if b.start.Before(a.start) {
 				a, b = b, a
 			}
-			if b.start.Before(a.end) || a.end.IsZero() {
-				h.violatef0("overlap: %s ran on %s from %v and on %s from %v, before the first ended", a.id, a.inc, h.at(a.start), b.inc, h.at(b.start))
+			if at, ok := bothProgress(a, b, now); ok {
+				h.violatef0("overlap: %s ran on %s from %v and on %s from %v, both making progress at %v", a.id, a.inc, h.at(a.start), b.inc, h.at(b.start), h.at(at))
 				continue
 			}
 			if a.n == b.n && a.how == "exit" && h.resultBy(a.inc, a.id, a.end, b.start) && !h.submittedBetween(a.id, a.start, b.start) {
@@ -185,6 +186,27 @@ func (s *scenario) checkHistory() {
 }
 
 // resultBy reports whether inc landed a result of id in [from, to). h.mu is held.
+// bothProgress returns an instant at which runs a and b both made progress,
+// if there is one; a run still going counts until until.
+func bothProgress(a, b *runRec, until time.Time) (time.Time, bool) {
+	for _, x := range a.progress(until) {
+		for _, y := range b.progress(until) {
+			from := x.from
+			if y.from.After(from) {
+				from = y.from
+			}
+			to := x.to
+			if y.to.Before(to) {
+				to = y.to
+			}
+			if from.Before(to) {
+				return from, true
+			}
+		}
+	}
+	return time.Time{}, false
+}
+
 func (h *history) resultBy(inc, id string, from, to time.Time) bool {
 	for _, w := range h.writes {
 		if w.id == id && w.by.name == inc && (w.state == queue.Completed || w.state == queue.Failed) &&

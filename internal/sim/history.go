@@ -67,8 +67,37 @@ type runRec struct {
 	version   int64 // of pending/ the node last saw before the run
 	start     time.Time
 	end       time.Time // zero while running
-	how       string    // exit, stopped, panic, crash
+	how       string    // exit, stopped, panic, crash, killed
 	exit      int
+	// frozen lists the spans in which the cell made no progress; the last
+	// one's end is zero while it is frozen.
+	frozen []span
+}
+
+type span struct{ from, to time.Time }
+
+// progress returns the spans in which the run made progress: from its start
+// to its end (or until), less its frozen spans.
+func (r *runRec) progress(until time.Time) []span {
+	end := r.end
+	if end.IsZero() {
+		end = until
+	}
+	var out []span
+	from := r.start
+	for _, f := range r.frozen {
+		if f.from.After(from) {
+			out = append(out, span{from, f.from})
+		}
+		if f.to.IsZero() {
+			return out
+		}
+		from = f.to
+	}
+	if end.After(from) {
+		out = append(out, span{from, end})
+	}
+	return out
 }
 
 // actionRec is one operator action.
@@ -180,6 +209,23 @@ func (h *history) endRun(r *runRec, how string, exit int) {
 	r.end, r.how, r.exit = time.Now(), how, exit
 	h.mu.Unlock()
 	h.tracef(r.inc, "CELL %s n=%d ended: %s %d", r.id, r.n, how, exit)
+}
+
+// frozen records a run's cell frozen or thawed now.
+func (h *history) frozen(r *runRec, frozen bool) {
+	h.mu.Lock()
+	now := time.Now()
+	if frozen {
+		r.frozen = append(r.frozen, span{from: now})
+	} else if n := len(r.frozen); n > 0 {
+		r.frozen[n-1].to = now
+	}
+	h.mu.Unlock()
+	what := "thawed"
+	if frozen {
+		what = "frozen"
+	}
+	h.tracef(r.inc, "CELL %s n=%d %s", r.id, r.n, what)
 }
 
 func (h *history) action(a *actionRec) {

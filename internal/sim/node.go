@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,6 +30,9 @@ type nodeCfg struct {
 	poll         time.Duration
 	cellTimeout  time.Duration
 	rate         float64 // its clock's rate against the true one (skew)
+	// freeze: cells are frozen while the session lapses (else stopped);
+	// legacy: no session, every lease renews itself (an older agent).
+	freeze, legacy bool
 }
 
 // incarnation is one run of an agent process: the real pipeline, protocol,
@@ -58,14 +62,30 @@ func (s *scenario) startNode(cfg nodeCfg, gen int) *incarnation {
 	inc.kill = kill
 	inc.d = drain.New(root, 2*s.policy.Timeout)
 	p := pipeline.New(pipeline.Config{Node: cfg.name, Layout: s.layout, Concurrency: cfg.concurrency, PollInterval: cfg.poll,
-		MaxSpecBytes: cfg.maxSpecBytes, MaxAttempts: cfg.maxAttempts, CellTimeout: cfg.cellTimeout, Logger: log,
+		MaxSpecBytes: cfg.maxSpecBytes, MaxAttempts: cfg.maxAttempts, CellTimeout: cfg.cellTimeout, Freeze: cfg.freeze, Logger: log,
 		Rand: s.rand(name, "lister")},
 		inc.h, proto, &runner{inc: inc}, inc.d)
 	rescuer := recovery.New(proto, inc.d, cfg.ttl, log, s.rand(name, "rescuer"))
-	s.hist.tracef(name, "START ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v clock_rate=%.4f",
-		cfg.ttl, cfg.concurrency, cfg.maxAttempts, cfg.maxSpecBytes, cfg.poll, cfg.cellTimeout, cfg.rate)
+	s.hist.tracef(name, "START ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v clock_rate=%.4f freeze=%v legacy=%v",
+		cfg.ttl, cfg.concurrency, cfg.maxAttempts, cfg.maxSpecBytes, cfg.poll, cfg.cellTimeout, cfg.rate, cfg.freeze, cfg.legacy)
 	go func() {
 		defer close(inc.done)
+		var sess *protocol.Session
+		if !cfg.legacy {
+			// As the agent does at start-up: no work before the session.
+			for try := 0; sess == nil; try++ {
+				var err error
+				if sess, err = proto.StartSession(inc.d.Intake()); err == nil {
+					break
+				}
+				select {
+				case <-inc.d.Intake().Done():
+					return
+				case <-time.After(time.Duration(100<<min(try, 4)) * time.Millisecond):
+				}
+			}
+			defer sess.Close(inc.d.Abort())
+		}
 		rescued := make(chan struct{})
 		go func() {
 			defer close(rescued)
@@ -117,7 +137,7 @@ type cellSpec struct {
 	} `json:"spec"`
 }
 
-func (r *runner) Run(ctx context.Context, specPath, specID string, started func()) exec.Result {
+func (r *runner) Run(ctx context.Context, specPath, specID string, started func(exec.Cell)) exec.Result {
 	inc := r.inc
 	body, err := os.ReadFile(specPath)
 	if err != nil {
@@ -128,28 +148,89 @@ func (r *runner) Run(ctx context.Context, specPath, specID string, started func(
 	rec := &runRec{node: inc.cfg.name, inc: inc.name, id: specID, n: spec.Spec.N, start: time.Now(),
 		version: inc.h.pendingVersion(inc.s.layout.Key(queue.Pending, specID))}
 	inc.s.hist.startRun(rec)
+	cell := &simCell{h: inc.s.hist, rec: rec, poke: make(chan struct{}, 1)}
 	if started != nil {
-		started()
+		started(cell)
 	}
 	if spec.Spec.Panic != 0 {
 		inc.s.hist.endRun(rec, "panic", -1)
 		panic("simulated supervisor panic")
 	}
-	d := time.Duration(spec.Spec.MS) * time.Millisecond
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		inc.s.hist.endRun(rec, "exit", spec.Spec.Exit)
-		return exec.Result{ExitCode: spec.Spec.Exit, Duration: d}
-	case <-ctx.Done():
-		how := "stopped"
-		if inc.crashed.Load() {
-			how = "crash"
+	// The cell's work is its time running: none passes while it is frozen.
+	left := time.Duration(spec.Spec.MS) * time.Millisecond
+	for {
+		frozen, killed := cell.state()
+		if killed {
+			inc.s.hist.endRun(rec, "killed", -1)
+			return exec.Result{ExitCode: -1, Signal: "SIGKILL", Duration: time.Since(rec.start)}
 		}
-		inc.s.hist.endRun(rec, how, -1)
-		return exec.Result{ExitCode: -1, Signal: "SIGTERM", Stopped: true, Duration: time.Since(rec.start)}
+		var tick <-chan time.Time
+		began := time.Now()
+		t := time.NewTimer(left)
+		if !frozen {
+			tick = t.C
+		}
+		select {
+		case <-tick:
+			inc.s.hist.endRun(rec, "exit", spec.Spec.Exit)
+			return exec.Result{ExitCode: spec.Spec.Exit, Duration: time.Since(rec.start)}
+		case <-cell.poke:
+			t.Stop()
+			if !frozen {
+				left -= time.Since(began)
+			}
+		case <-ctx.Done():
+			t.Stop()
+			how := "stopped"
+			if inc.crashed.Load() {
+				how = "crash"
+			}
+			inc.s.hist.endRun(rec, how, -1)
+			return exec.Result{ExitCode: -1, Signal: "SIGTERM", Stopped: true, Duration: time.Since(rec.start)}
+		}
 	}
+}
+
+// simCell is a running cell as fleetd controls it: frozen and thawed in
+// virtual time, its frozen spans recorded for the checker.
+type simCell struct {
+	h    *history
+	rec  *runRec
+	mu   sync.Mutex
+	ice  bool
+	dead bool
+	poke chan struct{}
+}
+
+func (c *simCell) state() (frozen, killed bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ice, c.dead
+}
+
+func (c *simCell) set(frozen, killed bool) error {
+	c.mu.Lock()
+	if c.ice != frozen {
+		c.h.frozen(c.rec, frozen)
+	}
+	c.ice, c.dead = frozen, c.dead || killed
+	c.mu.Unlock()
+	select {
+	case c.poke <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (c *simCell) Freeze() error { return c.set(true, false) }
+
+func (c *simCell) Thaw() error { return c.set(false, false) }
+
+func (c *simCell) Kill() error {
+	c.mu.Lock()
+	frozen := c.ice
+	c.mu.Unlock()
+	return c.set(frozen, true)
 }
 
 // skewClock runs at rate times the true clock: a node's clock that drifts.

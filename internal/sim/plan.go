@@ -51,9 +51,14 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 		if rng.IntN(7) == 0 {
 			c.cellTimeout = ms(1500, 5000)
 		}
+		// Drawn apart, so that the rest of a seed's plan stays as it was:
+		// most agents freeze their cells; some stop them; some are older
+		// agents without a session, in the same fleet.
+		mode := s.rand(c.name, "mode")
+		c.freeze, c.legacy = mode.IntN(4) != 0, mode.IntN(6) == 0
 		nodes = append(nodes, c)
-		fmt.Fprintf(&b, "node %s ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v rate=%.4f\n",
-			c.name, c.ttl, c.concurrency, c.maxAttempts, c.maxSpecBytes, c.poll, c.cellTimeout, c.rate)
+		fmt.Fprintf(&b, "node %s ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v rate=%.4f freeze=%v legacy=%v\n",
+			c.name, c.ttl, c.concurrency, c.maxAttempts, c.maxSpecBytes, c.poll, c.cellTimeout, c.rate, c.freeze, c.legacy)
 	}
 	if rng.IntN(4) != 0 {
 		faults = Faults{PreError: rng.Float64() * 0.05, SlowDown: rng.Float64() * 0.03, LostAnswer: rng.Float64() * 0.05,
@@ -194,6 +199,17 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 				s.bus.cutOff(c.name, time.Now().Add(dur))
 			}})
 		}
+	}
+	if out := s.rand("plan", "outage"); out.IntN(4) == 0 {
+		// The store unreachable from every agent at once, for up to a few
+		// ttls: nothing may run twice, and what was running goes on.
+		at, dur := time.Duration(out.IntN(int(end/time.Millisecond)))*time.Millisecond, time.Duration(1000+out.IntN(14000))*time.Millisecond
+		events = append(events, event{at: at, what: fmt.Sprintf("outage: every agent cut off for %v", dur), do: func() {
+			for _, c := range nodes {
+				s.hist.tracef(c.name, "NETWORK CUT for %v (outage)", dur)
+				s.bus.cutOff(c.name, time.Now().Add(dur))
+			}
+		}})
 	}
 	sortEvents(events)
 	for _, e := range events {

@@ -225,6 +225,8 @@ func (r *reader) inFlight(ctx context.Context, claimed, leases listing, s *Snaps
 	}
 	seen := map[string]bool{}
 	reads := 0
+	var sessions map[string]time.Duration // listed once, if a lease names one
+	var sessionsErr error
 	for _, o := range leases.objs {
 		id, _ := r.layout.ID(queue.Leases, o.Key)
 		seen[o.Key] = true
@@ -254,8 +256,16 @@ func (r *reader) inFlight(ctx context.Context, claimed, leases listing, s *Snaps
 			continue
 		}
 		l := c.value.info
-		f.Node, f.Attempt, f.State = l.Node, l.Attempts, l.State
+		f.Node, f.Attempt, f.State = l.Node, l.Attempts, l.Shown(f.HasClaim)
 		f.Stale = protocol.Stale(a, l.TTL)
+		if l.Session != "" {
+			// Alive while its session is, however old the lease.
+			if sessions == nil {
+				sessions, sessionsErr = r.sessions(ctx)
+			}
+			age, ok := sessions[l.Session]
+			f.Stale = sessionsErr == nil && (!ok || protocol.Stale(age, l.TTL))
+		}
 	}
 	for k := range r.leases {
 		if !seen[k] {
@@ -268,6 +278,21 @@ func (r *reader) inFlight(ctx context.Context, claimed, leases listing, s *Snaps
 	}
 	slices.SortFunc(out, func(a, b Flight) int { return cmp.Compare(a.ID, b.ID) })
 	return out
+}
+
+// sessions lists the agents' sessions: token → age of its last write, by the
+// server's clock.
+func (r *reader) sessions(ctx context.Context) (map[string]time.Duration, error) {
+	ages := map[string]time.Duration{}
+	err := r.store.List(ctx, r.layout.Dir(queue.Sessions), func(p queue.Page) error {
+		for _, o := range p.Objects {
+			if tok, ok := r.layout.ID(queue.Sessions, o.Key); ok {
+				ages[tok] = p.ServerTime.Sub(o.LastModified)
+			}
+		}
+		return nil
+	})
+	return ages, err
 }
 
 func (r *reader) readLease(ctx context.Context, key string) (leaseRead, error) {

@@ -1,0 +1,397 @@
+// Sessions: docs/PROTOCOL.md, "Sessions" (one heartbeat per agent, whatever
+// the number of claims it holds).
+
+package protocol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// Session is an agent's liveness: one object, sessions/<token>.json, renewed
+// by compare-and-swap every ttl/3 however many claims the agent holds. Each
+// lease the agent writes names the session instead of being renewed, and a
+// claim is valid exactly while the session is. A recoverer ends a stale
+// session (a conditional delete) before it takes over any lease naming it, so
+// the agent's next renewal learns at once that its claims may be gone: it
+// starts a new session and moves each lease still its own to it (a
+// compare-and-swap on the lease), and the claims whose leases were taken over
+// are lost.
+type Session struct {
+	p      *Protocol
+	ctx    context.Context // ends with Close: stops restarts and moves
+	cancel context.CancelFunc
+
+	mu  sync.Mutex
+	obj *Claim // the session's own object, kept like a lease; nil while a new one is made
+	// until is the end of obj's validity, pushed to every claim it vouches for.
+	until time.Time
+	// claims maps each claim the session vouches for to the session token
+	// its lease names; one naming an ended session is moved before it is valid.
+	claims map[*Claim]string
+	// abandoned maps the tokens of claims dropped while their leases name a
+	// live session of ours (or whose create may still land): nobody else
+	// would ever take them over, so this node's own recovery does.
+	abandoned map[string]abandonedLease
+	// steady is when renewals began to land without a failure between;
+	// zero while they fail. A recoverer waits a ttl of it (see patient).
+	steady time.Time
+}
+
+// errNoSession: the agent's session is not valid now (the store has not
+// answered in time): it starts nothing new.
+var errNoSession = errors.New("session not valid: the store has not answered in time")
+
+// StartSession creates this agent's session; from then on every lease the
+// protocol writes names it. Close ends it.
+func (p *Protocol) StartSession(ctx context.Context) (*Session, error) {
+	s := &Session{p: p, claims: map[*Claim]string{}, abandoned: map[string]abandonedLease{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.create(ctx); err != nil {
+		s.cancel()
+		return nil, err
+	}
+	p.session = s
+	return s, nil
+}
+
+// create writes a new session object (create-only) and starts its keeper.
+func (s *Session) create(ctx context.Context) error {
+	p := s.p
+	l := leaseBody{Node: p.cfg.Node, Token: newToken(), Epoch: 1, TTLMillis: p.cfg.TTL.Milliseconds(),
+		State: stateAlive, Intent: intentSession}
+	l.Origin = l.Token
+	key := p.cfg.Layout.Key(queue.Sessions, l.Token)
+	body, nonce := encodeLease(&l, p.clock.Now())
+	sent := p.clock.Now()
+	etag, err := p.store.Put(ctx, key, body, queue.PutOptions{IfAbsent: true})
+	if errors.Is(err, queue.ErrUnknown) {
+		etag, err = p.readBack(ctx, key, l.Token, nonce)
+	}
+	if err != nil {
+		return fmt.Errorf("create session %s: %w", key, err)
+	}
+	c := p.newHolder(key, l.Token, l, etag)
+	c.owner = s
+	c.log = p.log.With("session", l.Token)
+	s.mu.Lock()
+	s.obj, s.steady = c, sent
+	s.mu.Unlock()
+	c.renewed(etag, sent)
+	c.startKeeper()
+	c.log.Info("session started", "event", "session.started")
+	return nil
+}
+
+// current returns the session's token and the end of its validity, if it
+// is valid now.
+func (s *Session) current() (token string, until time.Time, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.obj == nil || !s.p.clock.Now().Before(s.until) {
+		return "", time.Time{}, false
+	}
+	return s.obj.token, s.until, true
+}
+
+// Valid reports whether the session is valid now: the store answered its
+// renewals in time. While it is not, the agent's cells are frozen.
+func (s *Session) Valid() bool {
+	_, _, ok := s.current()
+	return ok
+}
+
+// patient reports whether this node has reached the store continuously for a
+// ttl: only then does it judge another node's session or lease stale, so
+// that after an outage every holder gets a ttl to renew first.
+func (s *Session) patient() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.steady.IsZero() && s.p.clock.Now().Sub(s.steady) >= s.p.cfg.TTL
+}
+
+// renewed is told by the session object's keeper that a renewal sent at sent
+// landed: every claim naming the session is valid as long as it is.
+func (s *Session) renewed(obj *Claim, sent time.Time) {
+	s.mu.Lock()
+	if obj != s.obj {
+		s.mu.Unlock()
+		return
+	}
+	if s.steady.IsZero() {
+		s.steady = sent
+	}
+	if until := sent.Add(validFor(s.p.cfg.TTL)); until.After(s.until) {
+		s.until = until
+	}
+	until := s.until
+	var vouched []*Claim
+	for c, tok := range s.claims {
+		if tok == obj.token {
+			vouched = append(vouched, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range vouched {
+		c.extend(until)
+	}
+}
+
+// owns reports whether tok is this session's current token.
+func (s *Session) owns(tok string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.obj != nil && s.obj.token == tok
+}
+
+// faltered is told that a renewal failed.
+func (s *Session) faltered() {
+	s.mu.Lock()
+	s.steady = time.Time{}
+	s.mu.Unlock()
+}
+
+// lost is told that the session object is gone or another's: a recoverer
+// ended it. A new session is made and every claim moved to it, or lost.
+func (s *Session) lost(obj *Claim) {
+	s.mu.Lock()
+	if obj != s.obj {
+		s.mu.Unlock()
+		return
+	}
+	s.obj, s.steady = nil, time.Time{}
+	s.mu.Unlock()
+	obj.log.Warn("session ended by another node; each claim is checked before it goes on", "event", "session.lost")
+	go s.restart()
+}
+
+func (s *Session) restart() {
+	for try := 0; ; try++ {
+		ctx, cancel := context.WithTimeout(s.ctx, s.p.cfg.TTL/3)
+		err := s.create(ctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		s.p.log.Warn("new session not created; retrying", "event", "session.create_retry", "err", err)
+		if s.p.sleep(s.ctx, min(time.Duration(100<<min(try, 6))*time.Millisecond, s.p.cfg.TTL/3)) != nil {
+			return
+		}
+	}
+	s.mu.Lock()
+	tok := s.obj.token
+	var moving []*Claim
+	for c, t := range s.claims {
+		if t != tok {
+			moving = append(moving, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range moving {
+		go s.move(c, tok)
+	}
+}
+
+// vouch makes the session vouch for c, whose lease names session token tok.
+func (s *Session) vouch(c *Claim, tok string) {
+	s.mu.Lock()
+	s.claims[c] = tok
+	obj, until := s.obj, s.until
+	s.mu.Unlock()
+	switch {
+	case obj != nil && obj.token == tok:
+		c.extend(until)
+	case obj != nil:
+		go s.move(c, obj.token) // written naming a session that has since ended
+	}
+}
+
+// move rewrites c's lease to name session tok (a compare-and-swap on the
+// lease: if a recoverer took it over first, c is lost). Until it lands, c is
+// not valid. Safe at any time: a lease that names a live session is taken
+// over by nobody.
+func (s *Session) move(c *Claim, tok string) {
+	for try := 0; s.ctx.Err() == nil; try++ {
+		done, err := s.moveOnce(c, tok)
+		if done {
+			return
+		}
+		c.log.Warn("lease not moved to the new session; retrying", "event", "session.move_retry", "err", err)
+		if s.p.sleep(s.ctx, min(time.Duration(100<<min(try, 6))*time.Millisecond, s.p.cfg.TTL/3)) != nil {
+			return
+		}
+	}
+}
+
+func (s *Session) moveOnce(c *Claim, tok string) (done bool, err error) {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	s.mu.Lock()
+	obj := s.obj
+	_, vouched := s.claims[c]
+	s.mu.Unlock()
+	if c.ended || !vouched || obj == nil || obj.token != tok {
+		return true, nil // ended, dropped, or a newer session moves it
+	}
+	c.mu.Lock()
+	if c.lost {
+		c.mu.Unlock()
+		return true, nil
+	}
+	c.lease.Session = tok
+	l, etag := c.lease, c.etag
+	c.mu.Unlock()
+	err = c.writeLease(s.ctx, l, etag)
+	switch {
+	case errors.Is(err, ErrLost):
+		c.log.Warn("lease taken over while the session was ended; this node leaves the spec alone", "event", "lease.lost")
+		c.markLost()
+		return true, nil
+	case err != nil:
+		return false, err
+	}
+	s.mu.Lock()
+	if _, ok := s.claims[c]; ok {
+		s.claims[c] = tok
+	}
+	until := s.until
+	s.mu.Unlock()
+	c.log.Info("lease moved to the new session", "event", "session.lease_moved")
+	c.extend(until)
+	return true, nil
+}
+
+// forget stops vouching for c; abandoned: its lease still names our session,
+// so our own recovery takes it over.
+func (s *Session) forget(c *Claim, abandoned bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.claims, c)
+	if abandoned {
+		s.abandoned[c.token] = abandonedLease{id: c.id, at: s.p.clock.Now()}
+	}
+}
+
+// abandonedLease is a lease of ours that only we would settle.
+type abandonedLease struct {
+	id string
+	at time.Time
+}
+
+// abandonToken gives the lease of id written with token, if it ever lands,
+// to our own recovery: a create or takeover whose outcome we never learnt.
+func (s *Session) abandonToken(id, token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.abandoned[token] = abandonedLease{id: id, at: s.p.clock.Now()}
+}
+
+// abandonedIDs returns the ids of the leases we let go, forgetting those
+// given up longer ago than any request of ours could still land.
+func (s *Session) abandonedIDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ids []string
+	for tok, a := range s.abandoned {
+		if s.p.clock.Now().Sub(a.at) > 10*s.p.cfg.TTL {
+			delete(s.abandoned, tok)
+			continue
+		}
+		ids = append(ids, a.id)
+	}
+	return ids
+}
+
+// wasAbandoned reports whether the lease of id held by token was let go by
+// this node while naming its session; take forgets it.
+func (s *Session) wasAbandoned(id, token string, take bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a, ok := s.abandoned[token]; !ok || a.id != id {
+		return false
+	}
+	if take {
+		delete(s.abandoned, token)
+	}
+	return true
+}
+
+// rung is told, by the session object obj, that fleetd cancel marked the
+// leases of ids: each claim of ours among them reads its lease, and stops
+// its cell if the mark is there. Until it has, the id stays in the session's
+// ring, so the tool, which waits for it to leave, knows when it was heard.
+func (s *Session) rung(obj *Claim, ids []string) {
+	obj.mu.Lock()
+	for _, id := range ids {
+		if !slices.Contains(obj.lease.Ring, id) {
+			obj.lease.Ring = append(obj.lease.Ring, id)
+			go s.answer(obj, id)
+		}
+	}
+	obj.mu.Unlock()
+}
+
+// answer reads the lease of id for its cancel mark, then takes id out of
+// obj's ring.
+func (s *Session) answer(obj *Claim, id string) {
+	defer func() {
+		obj.mu.Lock()
+		obj.lease.Ring = slices.DeleteFunc(obj.lease.Ring, func(r string) bool { return r == id })
+		obj.mu.Unlock()
+	}()
+	for try := 0; s.ctx.Err() == nil; try++ {
+		var c *Claim
+		s.mu.Lock()
+		for k := range s.claims {
+			if k.id == id {
+				c = k
+			}
+		}
+		s.mu.Unlock()
+		if c == nil {
+			return // not ours (any more): whoever holds it reads the mark
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, s.p.cfg.TTL/3)
+		l, _, err := s.p.readLease(ctx, c.key, c.token)
+		cancel()
+		switch {
+		case err == nil:
+			if l.Cancel != "" {
+				c.markCancelled(l.Cancel)
+			}
+			return
+		case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrNotFound):
+			return // taken over or ended: the mark is its successor's
+		}
+		if s.p.sleep(s.ctx, min(time.Duration(100<<min(try, 6))*time.Millisecond, s.p.cfg.TTL/3)) != nil {
+			return
+		}
+	}
+}
+
+// Close ends the session: its object is deleted when no claim relies on it
+// any more; otherwise it is left to go stale, and recovery settles what is
+// left as it would a dead node's.
+func (s *Session) Close(ctx context.Context) {
+	s.cancel()
+	s.mu.Lock()
+	obj, busy := s.obj, len(s.claims)+len(s.abandoned) > 0
+	s.mu.Unlock()
+	if obj == nil {
+		return
+	}
+	if busy {
+		obj.drop()
+		obj.log.Info("session left to go stale: claims remain for recovery", "event", "session.left")
+		return
+	}
+	quit := make(chan struct{})
+	close(quit)
+	obj.end(ctx, quit)
+}
