@@ -19,6 +19,7 @@ import (
 	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/notify"
 	"github.com/cellos/fleetd/internal/ops"
+	"github.com/cellos/fleetd/internal/output"
 	"github.com/cellos/fleetd/internal/pipeline"
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
@@ -94,7 +95,12 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		pcfg.Hints, pcfg.NetInterval = hints, cfg.Notify.PollInterval
 		pollInterval = max(pollInterval, cfg.Notify.PollInterval)
 	}
-	p := pipeline.New(pcfg, store, proto, prog.Runner(newRunner(cfg, supervisor, getenv, stdout, stderr)), d)
+	runner := newRunner(cfg, supervisor, getenv, stdout, stderr)
+	if cfg.OutputBytes > 0 {
+		tails := output.NewTails(cfg.OutputBytes)
+		runner.Output, pcfg.Output = tails.Line, tails
+	}
+	p := pipeline.New(pcfg, store, proto, prog.Runner(runner), d)
 	rescuer := recovery.New(proto, d, cfg.LeaseTTL, log, nil)
 	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
 		Pool: cfg.PoolID, Concurrency: cfg.Concurrency, InFlight: p.Cells, Logger: log}
