@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/cellos/fleetd/internal/depth"
 	"github.com/cellos/fleetd/internal/drain"
 	"github.com/cellos/fleetd/internal/exec"
 	"github.com/cellos/fleetd/internal/metrics"
@@ -112,6 +113,11 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 	if cfg.MetricsAddr != "" {
 		stop, err := ops.Serve(ops.Config{Addr: cfg.MetricsAddr, Metrics: m.Handler(), Agent: p, Progress: prog,
 			Draining: func() bool { return d.Intake().Err() != nil }, Logger: log,
+			Depth: func() (depth.Lane, bool) {
+				pending, oldest, ok := m.Depth()
+				return depth.Lane{Lane: cfg.QueueName, Pending: pending, Running: p.Cells(),
+					OldestPendingSeconds: oldest.Seconds(), Source: "poll"}, ok
+			},
 			Concurrency: cfg.Concurrency, PollInterval: pollInterval, LeaseTTL: cfg.LeaseTTL, S3Timeout: cfg.S3Timeout})
 		if err != nil {
 			log.Error("metrics server", "event", "ops.listen_failed", "addr", cfg.MetricsAddr, "err", err)

@@ -50,6 +50,9 @@ type Config struct {
 	Bucket string
 	// Prefix is the queue's prefix (CELLOS_FLEET_PREFIX), which Pause takes.
 	Prefix string
+	// Lane is the queue name of Layout (CELLOS_FLEET_QUEUE_NAME), which
+	// /depth reports.
+	Lane string
 	// TTL is the daemon's lease ttl, by which a claim with no lease is judged.
 	TTL time.Duration
 
@@ -85,6 +88,8 @@ type Server struct {
 	page    *template.Template
 	secrets secrets
 	mux     *http.ServeMux
+
+	depths depthCache
 
 	mu      sync.Mutex // one snapshot at a time, shared by every open page
 	last    *Snapshot
@@ -127,13 +132,14 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, page: page, secrets: sec,
+	s := &Server{cfg: cfg, page: page, secrets: sec, depths: depthCache{lanes: map[string]depthRead{}},
 		reader: newReader(cfg.Store, cfg.Layout, cfg.TTL, limits{keys: cfg.KeyLimit, results: cfg.ResultLimit, inFlight: cfg.LeaseLimit})}
 	static, _ := fs.Sub(files, "static")
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", s.index)
 	mux.HandleFunc("GET /live", s.live)
 	mux.HandleFunc("GET /spec", s.spec)
+	mux.HandleFunc("GET /depth", s.depth)
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
 	mux.HandleFunc("GET /login", s.loginForm)
 	mux.HandleFunc("POST /login", s.login)
@@ -160,7 +166,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "fleetd ui: this UI answers only to a loopback host name (localhost, 127.0.0.1, [::1])", http.StatusMisdirectedRequest)
 		return
 	}
-	if s.cfg.Token != "" && !s.secrets.session(r) && r.URL.Path != "/login" && !strings.HasPrefix(r.URL.Path, "/static/") {
+	if s.cfg.Token != "" && !s.secrets.session(r) && r.URL.Path != "/login" && !strings.HasPrefix(r.URL.Path, "/static/") &&
+		!(r.URL.Path == "/depth" && s.secrets.bearer(r)) {
 		if r.Method == http.MethodGet && r.URL.Path == "/" {
 			http.Redirect(w, r, "/login", http.StatusSeeOther)
 			return
