@@ -74,6 +74,13 @@ type Config struct {
 	// BodyLimit the spec bytes shown (default 64 KiB).
 	KeyLimit, ResultLimit, LeaseLimit int
 	BodyLimit                         int64
+	// HistoryLimit bounds the results listed per state for the chart
+	// (default 100,000), HistoryEvery how often they are listed (default a
+	// minute: the chart's finest bar). OutputLimit bounds the output a spec
+	// page shows (default 1 MiB, CELLOS_FLEET_OUTPUT_BYTES's default).
+	HistoryLimit int
+	HistoryEvery time.Duration
+	OutputLimit  int64
 	// Refresh is the page's refresh period (default 5 s).
 	Refresh time.Duration
 	Logger  *slog.Logger
@@ -89,7 +96,8 @@ type Server struct {
 	secrets secrets
 	mux     *http.ServeMux
 
-	depths depthCache
+	depths  depthCache
+	history *history
 
 	mu      sync.Mutex // one snapshot at a time, shared by every open page
 	last    *Snapshot
@@ -113,6 +121,9 @@ func New(cfg Config) (*Server, error) {
 	cfg.ResultLimit = cmp.Or(cfg.ResultLimit, 100)
 	cfg.LeaseLimit = cmp.Or(cfg.LeaseLimit, 1_000)
 	cfg.BodyLimit = cmp.Or(cfg.BodyLimit, 64<<10)
+	cfg.HistoryLimit = cmp.Or(cfg.HistoryLimit, 100_000)
+	cfg.HistoryEvery = cmp.Or(cfg.HistoryEvery, time.Minute)
+	cfg.OutputLimit = cmp.Or(cfg.OutputLimit, 1<<20)
 	cfg.Refresh = cmp.Or(cfg.Refresh, 5*time.Second)
 	cfg.TTL = cmp.Or(cfg.TTL, time.Minute)
 	if cfg.Logger == nil {
@@ -133,7 +144,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, page: page, secrets: sec, depths: depthCache{lanes: map[string]depthRead{}},
-		reader: newReader(cfg.Store, cfg.Layout, cfg.TTL, limits{keys: cfg.KeyLimit, results: cfg.ResultLimit, inFlight: cfg.LeaseLimit})}
+		history: &history{store: cfg.Store, layout: cfg.Layout, limit: cfg.HistoryLimit, every: cfg.HistoryEvery, now: cfg.Now},
+		reader:  newReader(cfg.Store, cfg.Layout, cfg.TTL, limits{keys: cfg.KeyLimit, results: cfg.ResultLimit, inFlight: cfg.LeaseLimit})}
 	static, _ := fs.Sub(files, "static")
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", s.index)
@@ -217,6 +229,10 @@ type view struct {
 	Flash        string
 	FlashErr     bool
 	RefreshMS    int64
+	// History is the chart's; HistoryErr says why there is none.
+	History      *History
+	HistoryErr   string
+	HistoryLimit int
 }
 
 // RefreshSeconds is the period of the reload without JavaScript: slower,
@@ -236,6 +252,11 @@ func (s *Server) view(r *http.Request) view {
 	}
 	v.Snap = snap
 	v.Paused = snap.Paused
+	v.HistoryLimit = s.cfg.HistoryLimit
+	if v.History, err = s.history.get(r.Context()); err != nil {
+		v.HistoryErr = err.Error()
+		s.cfg.Logger.Warn("read the history", "event", "ui.history_failed", "err", err)
+	}
 	v.FailuresRead = len(snap.Failures)
 	f := strings.ToLower(v.Filter)
 	for _, fl := range snap.Failures {
