@@ -288,40 +288,6 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request) {
 	s.render(w, "live", s.view(r))
 }
 
-// spec shows a spec's bytes, up to BodyLimit, as text.
-func (s *Server) spec(w http.ResponseWriter, r *http.Request) {
-	id, state := r.URL.Query().Get("id"), queue.State(r.URL.Query().Get("state"))
-	switch state {
-	case queue.Pending, queue.Claimed, queue.Completed, queue.Failed:
-	default:
-		http.Error(w, "fleetd ui: state is pending, claimed, completed or failed", http.StatusBadRequest)
-		return
-	}
-	if err := s.cfg.Layout.CheckID(id); err != nil {
-		http.Error(w, "fleetd ui: not a spec id", http.StatusBadRequest)
-		return
-	}
-	data := struct {
-		ID, State, Body, Err string
-		Size                 int64
-		Cut                  bool
-	}{ID: id, State: string(state)}
-	o, err := s.cfg.Store.Get(r.Context(), s.cfg.Layout.Key(state, id), s.cfg.BodyLimit)
-	switch {
-	case errors.Is(err, queue.ErrTooLarge):
-		data.Size, data.Cut = o.Size, true
-	case errors.Is(err, queue.ErrNotFound):
-		w.WriteHeader(http.StatusNotFound)
-		data.Err = fmt.Sprintf("not in %s/ (any more)", state)
-	case err != nil:
-		w.WriteHeader(http.StatusBadGateway)
-		data.Err = err.Error()
-	default:
-		data.Body, data.Size = string(o.Body), o.Size
-	}
-	s.render(w, "spec.html", data)
-}
-
 // Serve serves the UI on ln until ctx ends, then shuts down: no new
 // connections, requests in progress get up to 5 s.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
