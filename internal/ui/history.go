@@ -171,8 +171,8 @@ func svgChart(id, title string, buckets []Bucket, step time.Duration) template.H
 		fmt.Fprintf(&s, `<rect class="completed" x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#27803a"/>`, x+0.5, base-hc, max(barW-1, 0.5), hc)
 		fmt.Fprintf(&s, `<rect class="failed" x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#c0392b"/>`, x+0.5, base-hc-hf, max(barW-1, 0.5), hf)
 		s.WriteString(`</g>`)
-		if i == 0 || i == len(buckets)/2 || i == len(buckets)-1 {
-			fmt.Fprintf(&s, `<text x="%.1f" y="%d" font-size="11" text-anchor="middle" fill="#555">%s</text>`, x+barW/2, chartH-4, label)
+		if anchor, ok := map[int]string{0: "start", len(buckets) / 2: "middle", len(buckets) - 1: "end"}[i]; ok {
+			fmt.Fprintf(&s, `<text x="%.1f" y="%d" font-size="11" text-anchor="%s" fill="#555">%s</text>`, x+barW/2, chartH-4, anchor, label)
 		}
 	}
 	s.WriteString(`</svg>`)
