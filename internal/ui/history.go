@@ -189,7 +189,7 @@ func (h *History) DayChart() template.HTML {
 	return svgChart("chart-day", "specs finished per hour, last day", h.Hours[:], time.Hour)
 }
 
-// Totals sums buckets: completed and failed.
+// totals sums buckets: completed and failed.
 func totals(bs []Bucket) (completed, failed int) {
 	for _, b := range bs {
 		completed += b.Completed
