@@ -29,7 +29,7 @@ func dollars(byOp map[string]float64) float64 {
 // dead node, recovery against fleet size, latency, and dollars.
 func (rep *report) costSections(p func(string, ...any)) {
 	if len(rep.throughput) > 0 {
-		p("## 9. Requests per spec by operation\n\nFrom the throughput runs (scenario 1), counted at the proxy, self-test excluded. The happy path of the protocol is 8 requests: GET pending, PUT lease, HEAD pending, PUT claimed, DELETE pending, PUT result, DELETE claimed, DELETE lease; the rest is the LIST share (and a lease renewal when a claim runs long).\n\n")
+		p("## 9. Requests per spec by operation\n\nFrom the throughput runs (scenario 1), counted at the proxy, self-test excluded. The happy path of the protocol is 8 requests: GET pending, PUT lease, HEAD pending, PUT claimed, DELETE pending, PUT result, DELETE claimed, DELETE lease, and a PUT of output/ before the result with output kept (the default; section 16): 9; the rest is the LIST share (and a lease renewal when a claim runs long).\n\n")
 		p("| concurrency |")
 		for _, op := range billedOps {
 			p(" %s |", op)

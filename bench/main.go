@@ -25,7 +25,7 @@ import (
 )
 
 // allScenarios in report order.
-var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline", "deadnode", "recovery", "latency", "stores", "notify"}
+var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline", "deadnode", "recovery", "latency", "stores", "notify", "output"}
 
 type options struct {
 	scenarios         map[string]bool
@@ -259,6 +259,14 @@ func measure(r *rig, o options, rep *report) error {
 			return fmt.Errorf("notify: %w", err)
 		}
 		rep.notify = &n
+	}
+	if o.scenarios["output"] {
+		step("output: %d no-op specs with output off, then on; then idle", o.specs)
+		out, err := r.outputScenario(o)
+		if err != nil {
+			return err
+		}
+		rep.output = &out
 	}
 	if o.scenarios["baseline"] {
 		step("baseline: %d specs the 0.5.1 way (aws CLI per call)", o.baselineSpecs)

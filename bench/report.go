@@ -35,6 +35,7 @@ type report struct {
 	latency    []latency
 	stores     []storeRow
 	notify     *notifyResult
+	output     *outputResult
 }
 
 // S3's published rate per partitioned prefix: 3,500 writes and 5,500 reads/s.
@@ -145,6 +146,9 @@ func (rep *report) markdown() string {
 	if rep.notify != nil {
 		rep.notify.markdown(p)
 	}
+	if rep.output != nil {
+		rep.output.markdown(p)
+	}
 	rep.targets(p)
 	return b.String()
 }
@@ -206,6 +210,13 @@ func (rep *report) targets(p func(string, ...any)) {
 			p("| 16 agents: no spec run twice, none left unrun | %d run twice, %d never | %s |\n", r.RunTwice, r.NeverRun, yes(r.RunTwice == 0 && r.NeverRun == 0))
 			p("| 16 agents: throughput ≥ 0.85 of the machine's limit for the job | %.1f of %.0f specs/s = %.2f (cores %.0f%% / %.0f%% busy; CPU per spec %.1f / %.1f ms = %.2f) | %s |\n", r.SpecsPerSec, r.MachineLimit, r.SpecsPerSec/r.MachineLimit, 100*r.MachineBusy, 100*r.RawBusy, r.RawCPU, r.MachineCPU, r.RawCPU/r.MachineCPU, yes(r.SpecsPerSec >= 0.85*r.MachineLimit))
 		}
+	}
+	// Issue 23.
+	if o := rep.output; o != nil && len(o.Rows) == 2 {
+		off, on := o.Rows[0], o.Rows[1]
+		p("| output off: requests/spec 8 (+ LIST share), no output PUT | %.2f, %.2f output PUTs | %s |\n", off.ReqPerSpec, off.OutputPUTs, yes(off.ReqPerSpec < 8.5 && off.OutputPUTs == 0))
+		p("| output on: one PUT more per spec (8 → 9) | %.2f, %.2f output PUTs | %s |\n", on.ReqPerSpec, on.OutputPUTs, yes(on.OutputPUTs == 1 && on.ReqPerSpec < 9.5))
+		p("| output on: no request per idle poll | %.0f on output/ over %.0f polls | %s |\n", o.IdleOutputs, o.IdlePolls, yes(o.IdleOutputs == 0))
 	}
 	// Issue 12.
 	if x := rep.idle; x != nil {

@@ -15,11 +15,13 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/cellos/fleetd/internal/depth"
 	"github.com/cellos/fleetd/internal/drain"
 	"github.com/cellos/fleetd/internal/exec"
 	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/notify"
 	"github.com/cellos/fleetd/internal/ops"
+	"github.com/cellos/fleetd/internal/output"
 	"github.com/cellos/fleetd/internal/pipeline"
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
@@ -96,7 +98,12 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		pcfg.Hints, pcfg.NetInterval = hints, cfg.Notify.PollInterval
 		pollInterval = max(pollInterval, cfg.Notify.PollInterval)
 	}
-	p := pipeline.New(pcfg, store, proto, prog.Runner(newRunner(cfg, supervisor, getenv, stdout, stderr)), d)
+	runner := newRunner(cfg, supervisor, getenv, stdout, stderr)
+	if cfg.OutputBytes > 0 {
+		tails := output.NewTails(cfg.OutputBytes)
+		runner.Output, pcfg.Output = tails.Line, tails
+	}
+	p := pipeline.New(pcfg, store, proto, prog.Runner(runner), d)
 	rescuer := recovery.New(proto, d, cfg.LeaseTTL, log, nil)
 	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
 		Pool: cfg.PoolID, Concurrency: cfg.Concurrency, InFlight: p.Cells, Logger: log}
@@ -109,7 +116,12 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 	if cfg.MetricsAddr != "" {
 		stop, err := ops.Serve(ops.Config{Addr: cfg.MetricsAddr, Metrics: m.Handler(), Agent: p, Progress: prog,
 			Draining: func() bool { return d.Intake().Err() != nil }, Logger: log,
-			Reachable:   func() bool { s := session.Load(); return s == nil || s.Valid() },
+			Reachable: func() bool { s := session.Load(); return s == nil || s.Valid() },
+			Depth: func() (depth.Lane, bool) {
+				pending, oldest, ok := m.Depth()
+				return depth.Lane{Lane: cfg.QueueName, Pending: pending, Running: p.Cells(),
+					OldestPendingSeconds: oldest.Seconds(), Source: "poll"}, ok
+			},
 			Concurrency: cfg.Concurrency, PollInterval: pollInterval, LeaseTTL: cfg.LeaseTTL, S3Timeout: cfg.S3Timeout})
 		if err != nil {
 			log.Error("metrics server", "event", "ops.listen_failed", "addr", cfg.MetricsAddr, "err", err)

@@ -44,6 +44,7 @@ var settings = []setting{
 	{"endpoint-url", "AWS_ENDPOINT_URL_S3", "", "S3 endpoint URL (also read from AWS_ENDPOINT_URL)"},
 	{"s3-path-style", "CELLOS_FLEET_S3_PATH_STYLE", "", "path-style S3 addressing (default: true when an endpoint is set)"},
 	{"max-spec-bytes", "CELLOS_FLEET_MAX_SPEC_BYTES", "1048576", "largest spec accepted; larger ones go to failed/"},
+	{"output-bytes", "CELLOS_FLEET_OUTPUT_BYTES", "1048576", "keep the last this many bytes of each cell's output (redacted) in output/<id>.txt beside its result (0: off; at most 64 MiB, held in memory per running cell)"},
 	{"lease-ttl-ms", "CELLOS_FLEET_LEASE_TTL_MS", "60000", "session time-to-live (min 3000): the agent's one heartbeat is renewed every ttl/3; a dead agent's specs come back about 2 ttl after it died"},
 	{"on-lapse", "CELLOS_FLEET_ON_LAPSE", "freeze", "what a cell does while the store cannot be reached in time: freeze (SIGSTOP its process group; thawed when the store answers, killed if its spec was taken over) or stop (SIGTERM; the spec returns to pending/)"},
 	{"max-attempts", "CELLOS_FLEET_MAX_ATTEMPTS", "3", "runs of a spec before a recovered one goes to failed/"},
@@ -63,6 +64,10 @@ var settings = []setting{
 	{"log-format", "CELLOS_FLEET_LOG_FORMAT", "json", "json or text"},
 }
 
+// maxOutputBytes bounds CELLOS_FLEET_OUTPUT_BYTES: each running cell holds
+// that much in memory, and its output is one PUT.
+const maxOutputBytes = 64 << 20
+
 // Config is fleetd's validated configuration.
 type Config struct {
 	Bucket       string
@@ -81,6 +86,7 @@ type Config struct {
 	Endpoint     string
 	PathStyle    bool
 	MaxSpecBytes int64
+	OutputBytes  int
 	LeaseTTL     time.Duration
 	MaxAttempts  int
 	DrainTimeout time.Duration
@@ -213,6 +219,7 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 	}
 	cfg.PathStyle = p.boolean(get("s3-path-style"), endpoint.set)
 	cfg.MaxSpecBytes = int64(p.integer(get("max-spec-bytes"), 1, 5<<30))
+	cfg.OutputBytes = p.integer(get("output-bytes"), 0, maxOutputBytes)
 	cfg.LeaseTTL = p.millis(get("lease-ttl-ms"), int(protocol.MinTTL/time.Millisecond))
 	cfg.MaxAttempts = p.integer(get("max-attempts"), 1, 1000)
 	cfg.DrainTimeout = p.millis(get("drain-timeout-ms"), 0)
@@ -451,6 +458,7 @@ func printUsage(w io.Writer) {
 		"       fleetd status [--json]\n"+
 		"       fleetd requeue ID... | --failed [--older-than DURATION] [--json]\n"+
 		"       fleetd inspect ID [--json]\n"+
+		"       fleetd logs ID [--lane NAME] [--json]\n"+
 		"       fleetd cancel ID [--json]\n"+
 		"       fleetd pause [--all] | fleetd resume [--all]\n"+
 		"       fleetd prune --older-than DURATION [--state completed|failed] [--dry-run] [--json]\n"+

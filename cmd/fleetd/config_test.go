@@ -21,7 +21,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		Bucket: "b", Prefix: "fleet", Supervisor: "cellos-supervisor", NodeID: "n1",
 		PollInterval: 5 * time.Second, Heartbeat: 30 * time.Second, Concurrency: 1,
 		S3Timeout: 10 * time.Second, S3Attempts: 5,
-		MaxSpecBytes: 1 << 20, LeaseTTL: time.Minute, MaxAttempts: 3, StopGrace: 10 * time.Second, Freeze: true,
+		MaxSpecBytes: 1 << 20, OutputBytes: 1 << 20, LeaseTTL: time.Minute, MaxAttempts: 3, StopGrace: 10 * time.Second, Freeze: true,
 		Notify:   NotifyConfig{PollInterval: time.Minute},
 		LogLevel: "info", LogFormat: "json",
 	}
@@ -76,6 +76,9 @@ func TestParseConfigErrorsNameTheSetting(t *testing.T) {
 		{map[string]string{"CELLOS_FLEET_S3_RPS": "-1"}, nil, `invalid CELLOS_FLEET_S3_RPS="-1"`},
 		{map[string]string{"CELLOS_FLEET_S3_PATH_STYLE": "maybe"}, nil, `invalid CELLOS_FLEET_S3_PATH_STYLE="maybe"`},
 		{map[string]string{"CELLOS_FLEET_MAX_SPEC_BYTES": "1MB"}, nil, `invalid CELLOS_FLEET_MAX_SPEC_BYTES="1MB"`},
+		{map[string]string{"CELLOS_FLEET_OUTPUT_BYTES": "-1"}, nil, `invalid CELLOS_FLEET_OUTPUT_BYTES="-1"`},
+		{map[string]string{"CELLOS_FLEET_OUTPUT_BYTES": "1MiB"}, nil, `invalid CELLOS_FLEET_OUTPUT_BYTES="1MiB"`},
+		{nil, []string{"--output-bytes=67108865"}, `invalid --output-bytes="67108865"`},
 		{map[string]string{"CELLOS_FLEET_LOG_LEVEL": "loud"}, nil, `invalid CELLOS_FLEET_LOG_LEVEL="loud"`},
 		{map[string]string{"CELLOS_FLEET_LOG_FORMAT": "xml"}, nil, `invalid CELLOS_FLEET_LOG_FORMAT="xml"`},
 		{map[string]string{"CELLOS_FLEET_LEASE_TTL_MS": "10"}, nil, `invalid CELLOS_FLEET_LEASE_TTL_MS="10"`},

@@ -42,7 +42,10 @@ func TestStoreModeChosenBySelfTest(t *testing.T) {
 	}
 	var left []string
 	for _, v := range out.Versions {
-		if k := *v.Key; !strings.Contains(k, "/completed/") {
+		// The result and its output stay, and the recovery marker if the
+		// agent's first recovery offer (at a random moment in its first
+		// ttl) came before the stop: it is never deleted. Nothing else may.
+		if k := *v.Key; !strings.Contains(k, "/completed/") && !strings.Contains(k, "/output/") && !strings.HasSuffix(k, "/recovery/scan.json") {
 			left = append(left, k)
 		}
 	}
@@ -50,7 +53,7 @@ func TestStoreModeChosenBySelfTest(t *testing.T) {
 		left = append(left, *m.Key+" (delete marker)")
 	}
 	if len(left) > 0 {
-		t.Errorf("versions left behind besides the result: %v", left)
+		t.Errorf("versions left behind besides the result and its output: %v", left)
 	}
 }
 

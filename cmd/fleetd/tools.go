@@ -48,6 +48,7 @@ type toolFlags struct {
 	state     string
 	dryRun    bool
 	all       bool
+	lane      string
 	ui        uiFlags
 }
 
@@ -74,6 +75,7 @@ var tools = map[string]tool{
 	"pause":   pauseTool,
 	"resume":  resumeTool,
 	"ui":      uiTool,
+	"logs":    logsTool,
 }
 
 // runTool runs a subcommand and returns the exit code.
@@ -100,6 +102,9 @@ func runTool(name string, t tool, args []string, getenv func(string) string, std
 	}
 	if err != nil {
 		return fail(stderr, err)
+	}
+	if tf.lane != "" {
+		cfg.QueueName = tf.lane
 	}
 	m := metrics.New(1, version, shortRevision())
 	client, err := newS3Client(cfg, getenv, m)

@@ -57,6 +57,7 @@ var uiTool = tool{
 			Layout:        queue.NewLayout(t.cfg.Prefix, t.cfg.QueueName),
 			Bucket:        t.cfg.Bucket,
 			Prefix:        t.cfg.Prefix,
+			Lane:          t.cfg.QueueName,
 			TTL:           t.cfg.LeaseTTL,
 			Admin:         t.admin,
 			AllowActions:  f.allowActions,

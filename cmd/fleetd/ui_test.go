@@ -74,9 +74,16 @@ func js[T any](t *testing.T, ctx context.Context, expr string) T {
 // startUI runs `fleetd ui` on bucket b and returns its URL.
 func startUI(t *testing.T, b *bucket, args ...string) string {
 	t.Helper()
+	return startUIWith(t, b, nil, args...)
+}
+
+// startUIWith is startUI with more environment variables (KEY=value).
+func startUIWith(t *testing.T, b *bucket, vars []string, args ...string) string {
+	t.Helper()
 	cmd := exec.Command(env.fleetd, append([]string{"ui", "--listen", "127.0.0.1:0"}, args...)...)
 	cmd.Env = append(os.Environ(), env.server.Env()...)
 	cmd.Env = append(cmd.Env, "CELLOS_FLEET_BUCKET="+b.name, "CELLOS_FLEET_NODE_ID=ui-host", "CELLOS_FLEET_LEASE_TTL_MS=3000")
+	cmd.Env = append(cmd.Env, vars...)
 	logs := newLogWatch()
 	cmd.Stderr, cmd.Stdout = logs, logs
 	if err := cmd.Start(); err != nil {

@@ -65,6 +65,10 @@ type Runner struct {
 	// Redact lists values, fleetd's own secrets, replaced by "[REDACTED]" in
 	// the relayed output: the supervisor inherits them and may print them.
 	Redact []string
+	// Output, if set, also receives each line as relayed (redacted, without
+	// its newline), whichever way it is relayed: the spec's own copy of its
+	// output. It may be called from several goroutines.
+	Output func(specID, stream, line string)
 }
 
 // killWait bounds the wait for a SIGKILLed process group to be gone.
@@ -326,20 +330,31 @@ func (r *Runner) newLineWriter(w io.Writer, id, stream string) *lineWriter {
 			l.hold = max(l.hold, len(v)-1)
 		}
 	}
+	l.emit = r.relay(w, id, stream)
+	if r.Output != nil {
+		relay := l.emit
+		l.emit = func(line []byte) {
+			relay(line)
+			r.Output(id, stream, string(line))
+		}
+	}
+	return l
+}
+
+// relay is where a line goes: the Lines callback, or w with the id prefix.
+func (r *Runner) relay(w io.Writer, id, stream string) func(line []byte) {
 	if r.Lines != nil {
-		l.emit = func(line []byte) { r.Lines(id, stream, string(line)) }
-		return l
+		return func(line []byte) { r.Lines(id, stream, string(line)) }
 	}
 	if w == nil {
 		w = io.Discard
 	}
 	prefix := []byte(idPrefix(id))
-	l.emit = func(line []byte) {
+	return func(line []byte) {
 		out := make([]byte, 0, len(prefix)+len(line)+1)
 		out = append(append(append(out, prefix...), line...), '\n')
 		_, _ = w.Write(out)
 	}
-	return l
 }
 
 // idPrefix is "[id] ", the id quoted when it holds a character that could

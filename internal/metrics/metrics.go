@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"runtime"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +40,7 @@ type Metrics struct {
 	paused         prometheus.Gauge
 	pending        prometheus.Gauge
 	oldestPending  prometheus.Gauge
+	depth          atomic.Pointer[polledDepth]
 	fleetLeases    prometheus.Gauge
 	storeInfo      *prometheus.GaugeVec
 	notifyUp       prometheus.Gauge
@@ -232,6 +234,23 @@ func (m *Metrics) SetPaused(paused bool) {
 func (m *Metrics) QueueDepth(pending int, oldest time.Duration) {
 	m.pending.Set(float64(pending))
 	m.oldestPending.Set(oldest.Seconds())
+	m.depth.Store(&polledDepth{pending: pending, oldest: oldest})
+}
+
+// polledDepth is what the last poll of pending/ saw.
+type polledDepth struct {
+	pending int
+	oldest  time.Duration
+}
+
+// Depth returns what the last poll of pending/ saw; ok is false before the
+// first poll.
+func (m *Metrics) Depth() (pending int, oldest time.Duration, ok bool) {
+	d := m.depth.Load()
+	if d == nil {
+		return 0, 0, false
+	}
+	return d.pending, d.oldest, true
 }
 
 // StoreMode records the delete mode the store self-test chose.

@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/cellos/fleetd/internal/depth"
 )
 
 // Agent is what the probes and the heartbeat read of the running agent;
@@ -31,7 +33,10 @@ type Config struct {
 	// Reachable is false while the agent's session could not be renewed in
 	// time: its cells are frozen (nil: always reachable).
 	Reachable func() bool
-	Logger    *slog.Logger
+	// Depth, if set, is served at /depth for autoscalers; ok is false until
+	// there is something to say (before the first poll).
+	Depth  func() (l depth.Lane, ok bool)
+	Logger *slog.Logger
 
 	Concurrency  int
 	PollInterval time.Duration
@@ -41,7 +46,8 @@ type Config struct {
 
 type server struct{ cfg Config }
 
-// Serve listens on cfg.Addr and serves /metrics, /healthz and /readyz until
+// Serve listens on cfg.Addr and serves /metrics, /healthz, /readyz (and
+// /depth when cfg.Depth is set) until
 // stop is called; stop waits up to 5 s for requests in progress. /healthz
 // fails when the agent is wedged, /readyz when it takes no work; health.live
 // and health.ready say what those mean. Serve returns once it is listening,
@@ -56,6 +62,9 @@ func Serve(cfg Config) (stop func(), err error) {
 	mux.Handle("/metrics", cfg.Metrics)
 	mux.HandleFunc("/healthz", s.healthz)
 	mux.HandleFunc("/readyz", s.readyz)
+	if cfg.Depth != nil {
+		mux.HandleFunc("/depth", s.depth)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -68,6 +77,17 @@ func Serve(cfg Config) (stop func(), err error) {
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	}, nil
+}
+
+// depth serves the lane's depth from the agent's last poll: no request of
+// its own, so a scaler may ask as often as it likes.
+func (s *server) depth(w http.ResponseWriter, _ *http.Request) {
+	l, ok := s.cfg.Depth()
+	if !ok {
+		http.Error(w, "no poll of pending/ yet", http.StatusServiceUnavailable)
+		return
+	}
+	depth.Write(w, l)
 }
 
 func (s *server) healthz(w http.ResponseWriter, _ *http.Request) {

@@ -1,12 +1,16 @@
 package ops
 
 import (
+	"encoding/json"
 	"errors"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cellos/fleetd/internal/depth"
 )
 
 // fakeAgent is an Agent with fixed answers.
@@ -49,5 +53,29 @@ func TestProbes(t *testing.T) {
 				t.Errorf("%s: %s = %d %q, want %d containing %q", c.name, probe.path, w.Code, w.Body.String(), probe.code, probe.body)
 			}
 		}
+	}
+}
+
+func TestDepthFromTheLastPoll(t *testing.T) {
+	t.Parallel()
+	polled := false
+	s := &server{cfg: Config{Depth: func() (depth.Lane, bool) {
+		return depth.Lane{Lane: "gpu", Pending: 7, Running: 2, OldestPendingSeconds: 12.5, Source: "poll"}, polled
+	}}}
+	w := httptest.NewRecorder()
+	s.depth(w, httptest.NewRequest(http.MethodGet, "/depth", nil))
+	if w.Code != http.StatusServiceUnavailable {
+		t.Errorf("before a poll: %d %q, want 503", w.Code, w.Body.String())
+	}
+	polled = true
+	w = httptest.NewRecorder()
+	s.depth(w, httptest.NewRequest(http.MethodGet, "/depth", nil))
+	var got map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || w.Code != 200 || w.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("after a poll: %d %q %v", w.Code, w.Body.String(), err)
+	}
+	want := map[string]any{"lane": "gpu", "pending": 7.0, "delayed": 0.0, "running": 2.0, "oldest_pending_seconds": 12.5, "at_least": false, "source": "poll"}
+	if !maps.Equal(got, want) {
+		t.Errorf("/depth = %v, want %v", got, want)
 	}
 }

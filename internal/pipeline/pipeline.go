@@ -39,6 +39,13 @@ type Runner interface {
 
 var _ Runner = (*exec.Runner)(nil)
 
+// Outputs keeps the tail of each running cell's output, fed by the runner's
+// relay; *output.Tails implements it.
+type Outputs interface {
+	Open(id string)
+	Take(id string) (body []byte, truncated, ok bool)
+}
+
 // intake is what the workers tell the lister about the keys it handed out;
 // *lister.Lister implements it.
 type intake interface {
@@ -68,6 +75,9 @@ type Config struct {
 	// the poll every NetInterval while they flow (see lister.Config.Hints).
 	Hints       lister.Hints
 	NetInterval time.Duration
+	// Output, if set, keeps each cell's output while it runs; it goes to
+	// output/<id>.txt with the result.
+	Output Outputs
 	// Rand is the lister's source of jitter (see lister.Config.Rand).
 	Rand    *rand.Rand
 	Logger  *slog.Logger

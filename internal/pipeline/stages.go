@@ -144,6 +144,7 @@ type cellEnd struct {
 	killed            bool  // killed while frozen: it did not end on its own
 	panicked          any   // the run's panic, if it had one
 	started, finished time.Time
+	output            *protocol.Output // nil: output off
 }
 
 // run runs the supervisor until it exits, or the cell timeout, the lease's
@@ -171,7 +172,15 @@ func (p *Pipeline) run(c Claim) cellEnd {
 	// A panic in the run fails the spec like any other failure: caught
 	// here, the claim is still ours to end.
 	var pc panics.Catcher
+	if p.cfg.Output != nil {
+		p.cfg.Output.Open(c.ID())
+	}
 	pc.Try(func() { end.res = p.runCell(ctx, c, started) })
+	if p.cfg.Output != nil {
+		if body, truncated, ok := p.cfg.Output.Take(c.ID()); ok {
+			end.output = &protocol.Output{Body: body, Truncated: truncated}
+		}
+	}
 	if r := pc.Recovered(); r != nil {
 		end.panicked = r.Value
 		c.Log().Error("worker panic in the run", "event", "worker.panic", "err", r.AsError())
@@ -266,7 +275,7 @@ func (p *Pipeline) hold(ctx context.Context, cancel context.CancelCauseFunc, c C
 func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 	res := end.res
 	res.Stopped = res.Stopped || end.killed
-	rec := protocol.Record{Started: end.started, Finished: end.finished, Result: &res}
+	rec := protocol.Record{Started: end.started, Finished: end.finished, Result: &res, Output: end.output}
 	abort, quit := p.drain.Abort(), p.drain.Intake().Done()
 	switch {
 	case errors.Is(end.cause, errLost):

@@ -41,6 +41,13 @@ func (p *Protocol) fileUnder(ctx context.Context, quit <-chan struct{}, c *Claim
 	c.Body = spec.Body
 	rec := Record{Outcome: outcome, Reason: reason, Finished: time.Now(), node: p.cfg.Node, token: c.origin}
 	failedKey := p.cfg.Layout.Key(queue.Failed, spec.ID)
+	if outcome == Cancelled {
+		// A cancelled spec's record has no output: one left from an earlier
+		// run (before a requeue) goes first, so it is not read as this one's.
+		if err := c.deleteOutput(ctx, quit); err != nil {
+			return c.stop(err)
+		}
+	}
 	err := c.act(ctx, quit, "write "+string(outcome), func(ctx context.Context) error {
 		// The version we judged, not whatever pending/ holds now: the copy's
 		// source condition compares bytes only, and a requeue or an identical

@@ -41,6 +41,9 @@ func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx c
 	// lease lapsed on a slow renewal would leave it to recovery, which runs it
 	// again (issue 8, case 8). Cleanup after the result may give up: recovery
 	// finds the result by its token.
+	if err = c.writeOutput(ctx, rec); err != nil {
+		return nil, c.stop(err)
+	}
 	err = c.act(ctx, nil, "write result", func(ctx context.Context) error {
 		_, err := c.p.store.Put(ctx, c.p.cfg.Layout.Key(state, c.id), c.Body, queue.PutOptions{Metadata: rec.metadata()})
 		return err

@@ -44,6 +44,11 @@ func (p *Protocol) Prune(ctx context.Context, key, etag string, olderThan time.D
 	}
 	switch {
 	case err == nil:
+		// The output goes with its result, still under the lease: no run
+		// can write a new one meanwhile.
+		if err := c.deleteOutput(ctx, quit); err != nil {
+			c.log.Warn("output not deleted with its result", "event", "prune.output_left", "err", err)
+		}
 		c.end(ctx, quit)
 		return nil
 	case errors.Is(err, ErrGone), errors.Is(err, queue.ErrNotFound), errors.Is(err, queue.ErrPrecondition):

@@ -58,6 +58,9 @@ type Record struct {
 	Started  time.Time
 	Finished time.Time
 	Result   *exec.Result
+	// Output, if set, is written to output/<id>.txt before the result
+	// (WriteResult only).
+	Output *Output
 
 	node     string
 	token    string

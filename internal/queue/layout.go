@@ -23,6 +23,9 @@ const (
 	// Sessions holds one object per agent process: its liveness, which
 	// every lease it holds relies on (docs/PROTOCOL.md, "Sessions").
 	Sessions State = "sessions"
+	// Output holds each finished spec's last output, <id>.txt: written with
+	// its result, removed with it.
+	Output State = "output"
 )
 
 // Layout maps spec ids to keys exactly as cellos-fleet 0.5.1 did:
@@ -56,6 +59,12 @@ func (l Layout) Dir(s State) string {
 // Key returns the key of spec id in state s.
 func (l Layout) Key(s State, id string) string {
 	return l.Dir(s) + id + ".json"
+}
+
+// OutputKey returns the key of spec id's output: {dir}/output/<id>.txt. It is
+// shorter than the id's result key, so an id CheckID accepts fits.
+func (l Layout) OutputKey(id string) string {
+	return l.Dir(Output) + id + ".txt"
 }
 
 // PauseKey is the key whose presence pauses the lane. It sits in pending/,

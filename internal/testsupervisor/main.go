@@ -5,15 +5,21 @@
 //
 //	{"spec": {"id": "a", "test": {"sleepMs": 100, "exit": 3, "waitFor": "/path",
 //	          "barrier": {"dir": "/path", "n": 4}, "ignoreTerm": true,
-//	          "print": "text for stdout", "printEnv": true}}}
+//	          "print": "text for stdout", "printEnv": true,
+//	          "bulk": {"bytes": 3145728, "secretEnv": "VAR", "secretAt": [0.5, 0.8]}}}}
+//
+// bulk prints numbered 64-byte lines up to bytes, every 100th on stderr,
+// and the value of $secretEnv inside the line at each fraction of secretAt.
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -25,7 +31,12 @@ type behaviour struct {
 	IgnoreTerm bool   `json:"ignoreTerm"`
 	Print      string `json:"print"`
 	PrintEnv   bool   `json:"printEnv"`
-	Barrier    *struct {
+	Bulk       *struct {
+		Bytes     int       `json:"bytes"`
+		SecretEnv string    `json:"secretEnv"`
+		SecretAt  []float64 `json:"secretAt"`
+	} `json:"bulk"`
+	Barrier *struct {
 		Dir string `json:"dir"`
 		N   int    `json:"n"`
 	} `json:"barrier"`
@@ -66,6 +77,9 @@ func main() {
 			fmt.Fprintln(os.Stderr, kv)
 		}
 	}
+	if b.Bulk != nil {
+		bulk(b.Bulk.Bytes, os.Getenv(b.Bulk.SecretEnv), b.Bulk.SecretAt)
+	}
 	if b.Barrier != nil {
 		barrier(id, b.Barrier.Dir, b.Barrier.N)
 	}
@@ -77,6 +91,32 @@ func main() {
 	time.Sleep(time.Duration(b.SleepMs) * time.Millisecond)
 	event("end", id)
 	os.Exit(b.Exit)
+}
+
+// bulk prints about n bytes of 64-byte numbered lines ("line 000042 ...."),
+// with secret in the lines at the fractions at of n.
+func bulk(n int, secret string, at []float64) {
+	out := bufio.NewWriterSize(os.Stdout, 64<<10)
+	defer out.Flush()
+	const width = 64
+	lines := n / width
+	marks := map[int]bool{}
+	for _, f := range at {
+		marks[int(f*float64(lines))] = true
+	}
+	for i := range lines {
+		line := fmt.Sprintf("line %06d ", i)
+		if marks[i] {
+			line += "secret=" + secret + " "
+		}
+		line += strings.Repeat("x", max(0, width-1-len(line)))
+		if i%100 == 99 {
+			out.Flush() // keep the order across the two streams
+			fmt.Fprintln(os.Stderr, line)
+			continue
+		}
+		fmt.Fprintln(out, line)
+	}
 }
 
 // barrier holds the first n cells until all n run at once, so a test can see

@@ -50,6 +50,9 @@ type Config struct {
 	Bucket string
 	// Prefix is the queue's prefix (CELLOS_FLEET_PREFIX), which Pause takes.
 	Prefix string
+	// Lane is the queue name of Layout (CELLOS_FLEET_QUEUE_NAME), which
+	// /depth reports.
+	Lane string
 	// TTL is the daemon's lease ttl, by which a claim with no lease is judged.
 	TTL time.Duration
 
@@ -71,6 +74,13 @@ type Config struct {
 	// BodyLimit the spec bytes shown (default 64 KiB).
 	KeyLimit, ResultLimit, LeaseLimit int
 	BodyLimit                         int64
+	// HistoryLimit bounds the results listed per state for the chart
+	// (default 100,000), HistoryEvery how often they are listed (default a
+	// minute: the chart's finest bar). OutputLimit bounds the output a spec
+	// page shows (default 1 MiB, CELLOS_FLEET_OUTPUT_BYTES's default).
+	HistoryLimit int
+	HistoryEvery time.Duration
+	OutputLimit  int64
 	// Refresh is the page's refresh period (default 5 s).
 	Refresh time.Duration
 	Logger  *slog.Logger
@@ -85,6 +95,9 @@ type Server struct {
 	page    *template.Template
 	secrets secrets
 	mux     *http.ServeMux
+
+	depths  depthCache
+	history *history
 
 	mu      sync.Mutex // one snapshot at a time, shared by every open page
 	last    *Snapshot
@@ -108,6 +121,9 @@ func New(cfg Config) (*Server, error) {
 	cfg.ResultLimit = cmp.Or(cfg.ResultLimit, 100)
 	cfg.LeaseLimit = cmp.Or(cfg.LeaseLimit, 1_000)
 	cfg.BodyLimit = cmp.Or(cfg.BodyLimit, 64<<10)
+	cfg.HistoryLimit = cmp.Or(cfg.HistoryLimit, 100_000)
+	cfg.HistoryEvery = cmp.Or(cfg.HistoryEvery, time.Minute)
+	cfg.OutputLimit = cmp.Or(cfg.OutputLimit, 1<<20)
 	cfg.Refresh = cmp.Or(cfg.Refresh, 5*time.Second)
 	cfg.TTL = cmp.Or(cfg.TTL, time.Minute)
 	if cfg.Logger == nil {
@@ -127,13 +143,15 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, page: page, secrets: sec,
-		reader: newReader(cfg.Store, cfg.Layout, cfg.TTL, limits{keys: cfg.KeyLimit, results: cfg.ResultLimit, inFlight: cfg.LeaseLimit})}
+	s := &Server{cfg: cfg, page: page, secrets: sec, depths: depthCache{lanes: map[string]depthRead{}},
+		history: &history{store: cfg.Store, layout: cfg.Layout, limit: cfg.HistoryLimit, every: cfg.HistoryEvery, now: cfg.Now},
+		reader:  newReader(cfg.Store, cfg.Layout, cfg.TTL, limits{keys: cfg.KeyLimit, results: cfg.ResultLimit, inFlight: cfg.LeaseLimit})}
 	static, _ := fs.Sub(files, "static")
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", s.index)
 	mux.HandleFunc("GET /live", s.live)
 	mux.HandleFunc("GET /spec", s.spec)
+	mux.HandleFunc("GET /depth", s.depth)
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
 	mux.HandleFunc("GET /login", s.loginForm)
 	mux.HandleFunc("POST /login", s.login)
@@ -160,7 +178,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "fleetd ui: this UI answers only to a loopback host name (localhost, 127.0.0.1, [::1])", http.StatusMisdirectedRequest)
 		return
 	}
-	if s.cfg.Token != "" && !s.secrets.session(r) && r.URL.Path != "/login" && !strings.HasPrefix(r.URL.Path, "/static/") {
+	if s.cfg.Token != "" && !s.secrets.session(r) && r.URL.Path != "/login" && !strings.HasPrefix(r.URL.Path, "/static/") &&
+		!(r.URL.Path == "/depth" && s.secrets.bearer(r)) {
 		if r.Method == http.MethodGet && r.URL.Path == "/" {
 			http.Redirect(w, r, "/login", http.StatusSeeOther)
 			return
@@ -210,6 +229,10 @@ type view struct {
 	Flash        string
 	FlashErr     bool
 	RefreshMS    int64
+	// History is the chart's; HistoryErr says why there is none.
+	History      *History
+	HistoryErr   string
+	HistoryLimit int
 }
 
 // RefreshSeconds is the period of the reload without JavaScript: slower,
@@ -229,6 +252,11 @@ func (s *Server) view(r *http.Request) view {
 	}
 	v.Snap = snap
 	v.Paused = snap.Paused
+	v.HistoryLimit = s.cfg.HistoryLimit
+	if v.History, err = s.history.get(r.Context()); err != nil {
+		v.HistoryErr = err.Error()
+		s.cfg.Logger.Warn("read the history", "event", "ui.history_failed", "err", err)
+	}
 	v.FailuresRead = len(snap.Failures)
 	f := strings.ToLower(v.Filter)
 	for _, fl := range snap.Failures {
@@ -258,40 +286,6 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 // live is the part of the page the script swaps in place.
 func (s *Server) live(w http.ResponseWriter, r *http.Request) {
 	s.render(w, "live", s.view(r))
-}
-
-// spec shows a spec's bytes, up to BodyLimit, as text.
-func (s *Server) spec(w http.ResponseWriter, r *http.Request) {
-	id, state := r.URL.Query().Get("id"), queue.State(r.URL.Query().Get("state"))
-	switch state {
-	case queue.Pending, queue.Claimed, queue.Completed, queue.Failed:
-	default:
-		http.Error(w, "fleetd ui: state is pending, claimed, completed or failed", http.StatusBadRequest)
-		return
-	}
-	if err := s.cfg.Layout.CheckID(id); err != nil {
-		http.Error(w, "fleetd ui: not a spec id", http.StatusBadRequest)
-		return
-	}
-	data := struct {
-		ID, State, Body, Err string
-		Size                 int64
-		Cut                  bool
-	}{ID: id, State: string(state)}
-	o, err := s.cfg.Store.Get(r.Context(), s.cfg.Layout.Key(state, id), s.cfg.BodyLimit)
-	switch {
-	case errors.Is(err, queue.ErrTooLarge):
-		data.Size, data.Cut = o.Size, true
-	case errors.Is(err, queue.ErrNotFound):
-		w.WriteHeader(http.StatusNotFound)
-		data.Err = fmt.Sprintf("not in %s/ (any more)", state)
-	case err != nil:
-		w.WriteHeader(http.StatusBadGateway)
-		data.Err = err.Error()
-	default:
-		data.Body, data.Size = string(o.Body), o.Size
-	}
-	s.render(w, "spec.html", data)
 }
 
 // Serve serves the UI on ln until ctx ends, then shuts down: no new

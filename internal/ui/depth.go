@@ -1,0 +1,108 @@
+package ui
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cellos/fleetd/internal/depth"
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+// depthCache keeps each lane's depth for snapshotReuse, so scalers polling
+// at once cost the bucket one read per lane.
+type depthCache struct {
+	mu    sync.Mutex
+	lanes map[string]depthRead
+}
+
+type depthRead struct {
+	at time.Time
+	l  depth.Lane
+}
+
+// maxDepthLanes bounds the cache: a lane name comes from the request.
+const maxDepthLanes = 64
+
+// depth serves a lane's depth for autoscalers (KEDA's metrics-api scaler):
+// this UI's lane, or ?lane=NAME under the same prefix (?lane= is the flat
+// layout). It lists pending/ (up to KeyLimit) and leases/ (up to
+// LeaseLimit): ⌈keys/1000⌉ LISTs each, at most once a second per lane.
+func (s *Server) depth(w http.ResponseWriter, r *http.Request) {
+	layout := s.cfg.Layout
+	lane := s.cfg.Lane
+	if q := r.URL.Query(); q.Has("lane") {
+		lane = strings.TrimSpace(q.Get("lane"))
+		if strings.Contains(lane, "/") || len(lane) > 255 {
+			http.Error(w, "fleetd ui: lane is a queue name: no /, at most 255 bytes", http.StatusBadRequest)
+			return
+		}
+		layout = queue.NewLayout(s.cfg.Prefix, lane)
+	}
+	l, err := s.laneDepth(r.Context(), lane, layout)
+	if err != nil {
+		s.cfg.Logger.Warn("read the lane's depth", "event", "ui.depth_failed", "lane", lane, "err", err)
+		http.Error(w, "fleetd ui: "+err.Error(), http.StatusBadGateway)
+		return
+	}
+	depth.Write(w, l)
+}
+
+func (s *Server) laneDepth(ctx context.Context, lane string, layout queue.Layout) (depth.Lane, error) {
+	s.depths.mu.Lock()
+	defer s.depths.mu.Unlock()
+	if c, ok := s.depths.lanes[lane]; ok && s.cfg.Now().Sub(c.at) < snapshotReuse {
+		return c.l, nil
+	}
+	l := depth.Lane{Lane: lane, Source: "listing"}
+	err := s.cfg.Store.List(ctx, layout.Dir(queue.Pending), func(p queue.Page) error {
+		for _, o := range p.Objects {
+			if _, ok := layout.ID(queue.Pending, o.Key); !ok {
+				continue
+			}
+			if l.Pending == s.cfg.KeyLimit {
+				l.AtLeast = true
+				return errLimit
+			}
+			l.Pending++
+			l.OldestPendingSeconds = max(l.OldestPendingSeconds, p.ServerTime.Sub(o.LastModified).Seconds())
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errLimit) {
+		return l, fmt.Errorf("list %s: %w", layout.Dir(queue.Pending), err)
+	}
+	err = s.cfg.Store.List(ctx, layout.Dir(queue.Leases), func(p queue.Page) error {
+		for _, o := range p.Objects {
+			if _, ok := layout.ID(queue.Leases, o.Key); !ok {
+				continue
+			}
+			if l.Running == s.cfg.LeaseLimit {
+				l.AtLeast = true
+				return errLimit
+			}
+			l.Running++
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errLimit) {
+		return l, fmt.Errorf("list %s: %w", layout.Dir(queue.Leases), err)
+	}
+	l.OldestPendingSeconds = max(0, l.OldestPendingSeconds)
+	if len(s.depths.lanes) >= maxDepthLanes {
+		clear(s.depths.lanes)
+	}
+	s.depths.lanes[lane] = depthRead{at: s.cfg.Now(), l: l}
+	return l, nil
+}
+
+// bearer reports whether r carries "Authorization: Bearer <token>": how a
+// scaler, which keeps no session, presents CELLOS_FLEET_UI_TOKEN to /depth.
+func (s secrets) bearer(r *http.Request) bool {
+	given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && s.token != "" && s.tokenMatches(given)
+}
