@@ -153,6 +153,9 @@ func (m *Metrics) LeaseTakenOver() { m.leaseTakeovers.Inc() }
 // SessionEnded counts another agent's stale session ended by this node.
 func (m *Metrics) SessionEnded() { m.sessionsEnded.Inc() }
 
+// ResultHeld counts a result held in memory until the store answers.
+func (m *Metrics) ResultHeld() { m.cellHolds.WithLabelValues("result_held").Inc() }
+
 // CellHold counts a cell held for the session: "frozen", "thawed", "killed"
 // or "result_held"; frozen says how many are frozen now.
 func (m *Metrics) CellHold(event string, frozen int) {

@@ -316,10 +316,6 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 	// The cell ended on its own: its result is written, never rerun, for as
 	// long as the lease is ours — held in memory while the store cannot be
 	// reached, and written once the session is renewed.
-	if valid, _, _ := c.Hold(); !valid {
-		p.m.CellHold("result_held", int(p.frozen.Load()))
-		c.Log().Warn("result held: the store cannot be reached; written once the session is renewed", "event", "result.held", "outcome", string(rec.Outcome))
-	}
 	cleanup, err := c.WriteResult(abort, rec)
 	if err != nil {
 		p.settle(c, err)

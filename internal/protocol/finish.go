@@ -24,6 +24,14 @@ func (c *Claim) Finish(ctx context.Context, quit <-chan struct{}, rec Record) er
 	return nil
 }
 
+// The steps of a finished cell's result (its output, then its record): a
+// node holds on to them, in memory, for as long as the store cannot be
+// reached.
+const (
+	stepWriteOutput = "write output"
+	stepWriteResult = "write result"
+)
+
 // WriteResult is Finish in two halves: it writes the result and returns the
 // clean-up (claimed/, then the lease), which the caller runs when it likes —
 // the spec is settled once the result is durable, so a worker need not wait
@@ -44,7 +52,7 @@ func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx c
 	if err = c.writeOutput(ctx, rec); err != nil {
 		return nil, c.stop(err)
 	}
-	err = c.act(ctx, nil, "write result", func(ctx context.Context) error {
+	err = c.act(ctx, nil, stepWriteResult, func(ctx context.Context) error {
 		_, err := c.p.store.Put(ctx, c.p.cfg.Layout.Key(state, c.id), c.Body, queue.PutOptions{Metadata: rec.metadata()})
 		return err
 	})

@@ -366,7 +366,14 @@ func (c *Claim) resolve(ctx context.Context) (etag string, sent time.Time, nonce
 // lease is taken over, and ErrLeftToRecovery when ctx ends or, with quit
 // closed, when the lease is not valid.
 func (c *Claim) act(ctx context.Context, quit <-chan struct{}, what string, op func(ctx context.Context) error) error {
+	held := false
 	for try := 0; ; try++ {
+		if valid, _, _ := c.Hold(); !valid && !held && (what == stepWriteOutput || what == stepWriteResult) {
+			// The cell is done; its result waits in memory for the store.
+			held = true
+			c.p.cfg.Metrics.ResultHeld()
+			c.log.Warn("result held: the store cannot be reached; written once the session is renewed", "event", "result.held")
+		}
 		until, err := c.waitValid(ctx, quit)
 		if err != nil {
 			return err

@@ -51,7 +51,7 @@ func (c *Claim) writeOutput(ctx context.Context, rec Record) error {
 	if rec.Output == nil {
 		return nil
 	}
-	return c.act(ctx, nil, "write output", func(ctx context.Context) error {
+	return c.act(ctx, nil, stepWriteOutput, func(ctx context.Context) error {
 		_, err := c.p.store.Put(ctx, c.p.cfg.Layout.OutputKey(c.id), rec.Output.Body, queue.PutOptions{Metadata: rec.outputMetadata(rec.Output)})
 		return err
 	})

@@ -48,6 +48,8 @@ type Metrics interface {
 	LeaseTakenOver()
 	// SessionEnded is told that this node ended another's stale session.
 	SessionEnded()
+	// ResultHeld is told that a result waits in memory for the store.
+	ResultHeld()
 	Finished(outcome string)
 	// FleetLeases is told how many leases a recovery scan listed.
 	FleetLeases(n int)
@@ -156,6 +158,8 @@ func (nopMetrics) LeaseRenewed() {}
 func (nopMetrics) LeaseTakenOver() {}
 
 func (nopMetrics) SessionEnded() {}
+
+func (nopMetrics) ResultHeld() {}
 
 func (nopMetrics) Finished(string) {}
 

@@ -6,10 +6,14 @@
 //	{"spec": {"id": "a", "test": {"sleepMs": 100, "exit": 3, "waitFor": "/path",
 //	          "barrier": {"dir": "/path", "n": 4}, "ignoreTerm": true,
 //	          "print": "text for stdout", "printEnv": true,
-//	          "bulk": {"bytes": 3145728, "secretEnv": "VAR", "secretAt": [0.5, 0.8]}}}}
+//	          "bulk": {"bytes": 3145728, "secretEnv": "VAR", "secretAt": [0.5, 0.8]},
+//	          "beat": {"dir": "/path", "everyMs": 20}}}}
 //
 // bulk prints numbered 64-byte lines up to bytes, every 100th on stderr,
 // and the value of $secretEnv inside the line at each fraction of secretAt.
+// beat appends the time (unix nanos) to <dir>/<id>.<pid> every everyMs while
+// the cell runs: the cell's own proof of when it made progress (a frozen
+// cell writes none).
 package main
 
 import (
@@ -40,6 +44,10 @@ type behaviour struct {
 		Dir string `json:"dir"`
 		N   int    `json:"n"`
 	} `json:"barrier"`
+	Beat *struct {
+		Dir     string `json:"dir"`
+		EveryMs int    `json:"everyMs"`
+	} `json:"beat"`
 }
 
 func main() {
@@ -67,6 +75,9 @@ func main() {
 		signal.Ignore(syscall.SIGTERM)
 	}
 	event("start", id)
+	if b.Beat != nil {
+		go beat(filepath.Join(b.Beat.Dir, fmt.Sprintf("%s.%d", id, os.Getpid())), time.Duration(b.Beat.EveryMs)*time.Millisecond)
+	}
 	fmt.Printf("running %s\n", id)
 	if b.Print != "" {
 		fmt.Println(b.Print)
@@ -116,6 +127,19 @@ func bulk(n int, secret string, at []float64) {
 			continue
 		}
 		fmt.Fprintln(out, line)
+	}
+}
+
+// beat appends the time to path every d, for as long as the process runs.
+func beat(path string, d time.Duration) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return
+	}
+	for {
+		fmt.Fprintf(f, "%d\n", time.Now().UnixNano())
+		time.Sleep(d)
 	}
 }
 

@@ -1,0 +1,229 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cellos/fleetd/internal/faultproxy"
+)
+
+// Liveness per host (issue 19): one session per agent keeps all its leases
+// alive; a host that cannot renew it freezes its cells instead of stopping
+// them, and thaws them when the store answers again.
+
+// outage makes every request through p fail (500, before the store).
+func outage(p *faultproxy.Proxy) *faultproxy.Handle {
+	return p.Add(faultproxy.Rule{Action: faultproxy.ErrorBefore, Status: 500})
+}
+
+// TestOutageOfFiveTTLsKillsNoCell: two agents (ttl 6 s) run 8 cells of 25 s;
+// every request of both fails for 30 s. The cells freeze and thaw: none is
+// killed, none runs twice, all 8 complete once. A cell of 2 s whose outage
+// begins 1 s after it started ends frozen-free and its result is held until
+// the store answers: it completes once too.
+func TestOutageOfFiveTTLsKillsNoCell(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name  string
+		sleep int // ms each cell runs
+		after time.Duration
+	}{{"long cells", 25000, 0}, {"short cells, results held", 2000, time.Second}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			b := newBucket(t)
+			p := startProxy(t)
+			var ids []string
+			for i := range 8 {
+				id := fmt.Sprintf("o-%d", i)
+				ids = append(ids, id)
+				b.submit(id, map[string]any{"sleepMs": c.sleep})
+			}
+			settings := func(node string) map[string]string {
+				return advSettings(p, node, map[string]string{"CELLOS_FLEET_LEASE_TTL_MS": "6000", "CELLOS_FLEET_CONCURRENCY": "4"})
+			}
+			a1, a2 := startAgent(t, b, settings("n1")), startAgent(t, b, settings("n2"))
+			awaitStarts(t, 8, a1, a2)
+			time.Sleep(c.after) // the short cells end during the outage
+			cut := outage(p)
+			began := time.Now()
+			if c.after > 0 {
+				// Each cell ends in the outage; its result waits for the store.
+				caseBPoll(t, "8 results held", func() bool {
+					return a1.logs.countEvent("result.held")+a2.logs.countEvent("result.held") >= 8
+				})
+			}
+			time.Sleep(30*time.Second - time.Since(began))
+			cut.Remove()
+			b.waitCount("completed", 8)
+			claimWaitEmpty(t, b)
+			claimStop(t, a1, a2)
+			want := map[string]finalState{}
+			for _, id := range ids {
+				body, _ := b.get(b.key("completed", id))
+				want[id] = finalState{"completed", body}
+			}
+			assertInvariant(t, b, want)
+			claimRunsOnce(t, ids, a1, a2)
+			frozen, thawed := 0, 0
+			for _, a := range []*agent{a1, a2} {
+				frozen += a.logs.countEvent("cell.frozen")
+				thawed += a.logs.countEvent("cell.thawed")
+				claimBadEvents(t, a, "cell.killed", "lease.lost", "lease.takeover", "session.ended", "cell.fenced")
+			}
+			if c.after == 0 && (frozen != 8 || thawed != 8) {
+				t.Errorf("%d cells frozen and %d thawed, want all 8 frozen for the outage and thawed after it", frozen, thawed)
+			}
+			t.Logf("outage of %v: %d cells frozen, %d thawed", 30*time.Second, frozen, thawed)
+		})
+	}
+}
+
+// awaitStarts waits until the agents have started n cells in all.
+func awaitStarts(t *testing.T, n int, agents ...*agent) {
+	t.Helper()
+	caseBPoll(t, fmt.Sprintf("%d cells started", n), func() bool {
+		started := 0
+		for _, a := range agents {
+			for _, e := range a.cellEvents() {
+				if e.what == "start" {
+					started++
+				}
+			}
+		}
+		return started >= n
+	})
+}
+
+// beats reads the heartbeat files the test supervisor wrote under dir: for
+// each run of each spec (id.pid), the times it made progress.
+func beats(t *testing.T, dir string) map[string][][]int64 {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := map[string][][]int64{}
+	for _, e := range entries {
+		id, _, _ := strings.Cut(e.Name(), ".")
+		raw, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ts []int64
+		for line := range strings.FieldsSeq(string(raw)) {
+			n, err := strconv.ParseInt(line, 10, 64)
+			if err == nil {
+				ts = append(ts, n)
+			}
+		}
+		runs[id] = append(runs[id], ts)
+	}
+	return runs
+}
+
+// TestCutOffHostIsFrozenThenKilled: host A of two is cut off from the store
+// for 5 ttls while host B reaches it. A's cells freeze when its session's
+// window closes; B ends A's session and runs the specs once; when A reaches
+// the store again it learns of the takeover and kills its frozen cells,
+// writing nothing. The cells' own heartbeats show that no two runs of a spec
+// ever made progress at the same time.
+func TestCutOffHostIsFrozenThenKilled(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := startProxy(t)
+	dir := t.TempDir()
+	var ids []string
+	for i := range 3 {
+		id := fmt.Sprintf("c-%d", i)
+		ids = append(ids, id)
+		b.submit(id, map[string]any{"sleepMs": 4000, "beat": map[string]any{"dir": dir, "everyMs": 10}})
+	}
+	a := startAgent(t, b, advSettings(p, "cut", map[string]string{"CELLOS_FLEET_CONCURRENCY": "3"}))
+	a.logs.awaitEvent(t, "cell.started", 3)
+	other := claimAgent(t, b, nil, "other", map[string]string{"CELLOS_FLEET_CONCURRENCY": "3"})
+	cut := outage(p)
+	began := time.Now()
+	a.logs.awaitEvent(t, "cell.frozen", 3)
+	other.logs.awaitEvent(t, "session.ended", 1)
+	b.waitCount("completed", 3)
+	time.Sleep(15*time.Second - time.Since(began)) // 5 ttls of 3 s
+	cut.Remove()
+	a.logs.awaitEvent(t, "cell.killed", 3)
+	claimWaitEmpty(t, b)
+	claimStop(t, a, other)
+	want := map[string]finalState{}
+	for _, id := range ids {
+		body, meta := b.get(b.key("completed", id))
+		want[id] = finalState{"completed", body}
+		if meta["fleetd-node"] != "other" {
+			t.Errorf("completed/%s written by %q, want other", id, meta["fleetd-node"])
+		}
+	}
+	assertInvariant(t, b, want)
+	if n := a.logs.countEvents("cell.thawed", "spec.finalised"); n != 0 {
+		t.Errorf("the cut-off host thawed or finalised %d times after its specs were taken over", n)
+	}
+	if runs := claimRuns(other); len(runs) != 3 {
+		t.Errorf("the other host ran %v, want each spec once", runs)
+	}
+	frozenAt := claimLogTime(t, a, "cell.frozen")
+	for id, rs := range beats(t, dir) {
+		if len(rs) != 2 {
+			t.Errorf("%s: %d runs beat, want 2 (the frozen one and the other host's)", id, len(rs))
+			continue
+		}
+		first, second := rs[0], rs[1]
+		if first[0] > second[0] {
+			first, second = second, first
+		}
+		if last, next := first[len(first)-1], second[0]; last >= next {
+			t.Errorf("%s: the first run beat at %v, after the second run's first beat at %v: both made progress at once",
+				id, time.Unix(0, last), time.Unix(0, next))
+		}
+		// Frozen, it beat no more: its last beat is about when the host froze it.
+		if last := time.Unix(0, first[len(first)-1]); last.After(frozenAt.Add(time.Second)) {
+			t.Errorf("%s: the frozen run beat at %v, after the host froze its cells at %v", id, last, frozenAt)
+		}
+	}
+}
+
+// TestShortCutOffLosesNothing: host A is cut off for less than a ttl while
+// host B reaches the store: A's session is never judged stale, its cells
+// (frozen or not) go on, and every spec runs once, on A.
+func TestShortCutOffLosesNothing(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := startProxy(t)
+	var ids []string
+	for i := range 3 {
+		id := fmt.Sprintf("s-%d", i)
+		ids = append(ids, id)
+		b.submit(id, map[string]any{"sleepMs": 8000})
+	}
+	a := startAgent(t, b, advSettings(p, "short", map[string]string{"CELLOS_FLEET_CONCURRENCY": "3", "CELLOS_FLEET_LEASE_TTL_MS": "6000"}))
+	a.logs.awaitEvent(t, "cell.started", 3)
+	other := claimAgent(t, b, nil, "other", map[string]string{"CELLOS_FLEET_LEASE_TTL_MS": "6000"})
+	cut := outage(p)
+	time.Sleep(5 * time.Second)
+	cut.Remove()
+	b.waitCount("completed", 3)
+	claimWaitEmpty(t, b)
+	claimStop(t, a, other)
+	want := map[string]finalState{}
+	for _, id := range ids {
+		body, meta := b.get(b.key("completed", id))
+		want[id] = finalState{"completed", body}
+		if meta["fleetd-node"] != "short" {
+			t.Errorf("completed/%s written by %q, want the host that was cut off briefly", id, meta["fleetd-node"])
+		}
+	}
+	assertInvariant(t, b, want)
+	claimRunsOnce(t, ids, a, other)
+	claimBadEvents(t, a, "cell.killed", "lease.lost")
+	claimBadEvents(t, other, "lease.takeover", "session.ended")
+}
