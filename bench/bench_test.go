@@ -21,7 +21,7 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, section := range []string{"## 1–2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.", "## 9.", "## 10.", "## 11.", "## 12.", "## 13.", "## 14.", "## 15.", "## 16.", "## Targets"} {
+	for _, section := range []string{"## 1–2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.", "## 9.", "## 10.", "## 11.", "## 12.", "## 13.", "## 14.", "## 15.", "## 16.", "## 17.", "## Targets"} {
 		if !strings.Contains(string(md), section) {
 			t.Errorf("report lacks %q", section)
 		}

@@ -25,7 +25,7 @@ import (
 )
 
 // allScenarios in report order.
-var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline", "deadnode", "recovery", "latency", "stores", "notify", "output"}
+var allScenarios = []string{"throughput", "scaling", "pickup", "idle", "backlog", "fleet", "baseline", "deadnode", "recovery", "latency", "stores", "notify", "output", "busy"}
 
 type options struct {
 	scenarios         map[string]bool
@@ -53,7 +53,9 @@ type options struct {
 	notifyAgents      int           // agents of scenario 15's fleet rows
 	netPoll           time.Duration // scenario 15's safety-net poll
 	notifyParts       map[string]bool
-	storeConc         []int  // the stores scenario's concurrencies, on each store
+	storeConc         []int // the stores scenario's concurrencies, on each store
+	busyCells         []int // scenario 17: cells running on the one agent
+	busyWindow        time.Duration
 	compare           string // a second fleetd binary for the latency scenario's before/after
 	out               string
 }
@@ -90,7 +92,8 @@ func run(args []string) error {
 		latencyConc: []int{16, 64}, latencyDelay: 20 * time.Millisecond,
 		notifyPollPickups: 20, notifyPickups: 50, lostPickups: 5, notifyAgents: 16, netPoll: time.Minute,
 		storeConc: []int{1, 16},
-		out:       *out,
+		busyCells: []int{16, 64}, busyWindow: 3 * time.Minute,
+		out: *out,
 	}
 	if *smoke {
 		o = options{
@@ -102,7 +105,8 @@ func run(args []string) error {
 			latencyConc: []int{2}, latencyDelay: 20 * time.Millisecond,
 			notifyPollPickups: 1, notifyPickups: 2, lostPickups: 1, notifyAgents: 2, netPoll: 2 * time.Second,
 			storeConc: []int{1},
-			out:       *out,
+			busyCells: []int{2}, busyWindow: 2 * time.Second,
+			out: *out,
 		}
 	}
 	if *conc != "" {
@@ -267,6 +271,16 @@ func measure(r *rig, o options, rep *report) error {
 			return err
 		}
 		rep.output = &out
+	}
+	if o.scenarios["busy"] {
+		for _, n := range o.busyCells {
+			step("busy: one agent with %d cells running, for %v", n, o.busyWindow)
+			row, err := r.busy(n, o.busyWindow)
+			if err != nil {
+				return err
+			}
+			rep.busy = append(rep.busy, row)
+		}
 	}
 	if o.scenarios["baseline"] {
 		step("baseline: %d specs the 0.5.1 way (aws CLI per call)", o.baselineSpecs)

@@ -27,6 +27,7 @@ type report struct {
 	scaling    []scaling
 	pickup     *pickup
 	idle       *idle
+	busy       []busyRow
 	backlog    []backlog
 	fleet      []fleet
 	baseline   *baseline
@@ -149,6 +150,7 @@ func (rep *report) markdown() string {
 	if rep.output != nil {
 		rep.output.markdown(p)
 	}
+	rep.busyMarkdown(p)
 	rep.targets(p)
 	return b.String()
 }
@@ -221,6 +223,9 @@ func (rep *report) targets(p func(string, ...any)) {
 	// Issue 12.
 	if x := rep.idle; x != nil {
 		p("| idle ≤ 15 S3 requests/min per agent, default settings | %.1f | %s |\n", x.ReqsPerMinute, yes(x.ReqsPerMinute <= 15))
+	}
+	for _, r := range rep.busy {
+		p("| busy ≤ 20 S3 requests/min per host whatever the cells (issue 19), %d cells | %.1f | %s |\n", r.Cells, r.ReqsPerMinute, yes(r.ReqsPerMinute <= 20))
 	}
 	for i, d := range rep.dead {
 		p("| dead node's spec runs elsewhere within ~2 × ttl (trial %d, ttl %v) | %.1f s = %.2f × ttl | %s |\n", i+1, d.TTL, d.Recovery.Seconds(), d.Recovery.Seconds()/d.TTL.Seconds(), yes(d.Recovery <= 2*d.TTL))

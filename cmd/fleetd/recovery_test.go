@@ -74,6 +74,10 @@ func TestKilledNodeWorkIsRecovered(t *testing.T) {
 	if n := s.logs.countEvent("lease.takeover"); n != 4 {
 		t.Errorf("%d lease takeovers logged, want 4", n)
 	}
+	// One judgement of the dead node's session settles all four.
+	if n := s.logs.countEvent("session.ended"); n != 1 {
+		t.Errorf("%d sessions ended, want the dead node's one", n)
+	}
 }
 
 func TestPausedNodeIsFencedOff(t *testing.T) {
