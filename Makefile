@@ -63,7 +63,7 @@ $(PROMTOOL):
 # The binary-level tests run on versitygw; the claim, recovery, operator,
 # fault-proxy and short soak tests run again on MinIO with versioning on
 # (FLEETD_TEST_STORE: a store matrix, not a copy of the tests).
-STORE_MATRIX := ^Test(Case[0-9]|Adversarial|Intent|Soak|TwoAgentsRunEachSpecOnce|KilledNodeWorkIsRecovered|RecoveryTurn|OrphanedClaim|EndToEnd|Cancel$$|Submit$$|StatusRequeueInspect|Prune$$|PauseAcrossAgents|Store|Logs)
+STORE_MATRIX := ^Test(Case[0-9]|Adversarial|Intent|Soak|TwoAgentsRunEachSpecOnce|KilledNodeWorkIsRecovered|RecoveryTurn|OrphanedClaim|EndToEnd|Cancel$$|Submit$$|StatusRequeueInspect|Prune$$|PauseAcrossAgents|Store|Logs|CutOffHost|ShortCutOff|OutageOfFiveTTLs)
 test: $(VERSITYGW) $(MINIO) $(NATS_SERVER) $(PROMTOOL) lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 	FLEETD_TEST_STORE=minio $(GO) test -race -count=1 -timeout 30m -run '$(STORE_MATRIX)' ./cmd/fleetd/
