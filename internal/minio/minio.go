@@ -78,7 +78,7 @@ func Start(bin, dir string) (*Server, error) {
 	return nil, fmt.Errorf("minio did not start: %w; output: %s", lastErr, strings.TrimSpace(s.log.String()))
 }
 
-// waitReady polls MinIO's liveness endpoint until it answers 200.
+// waitReady polls MinIO until its readiness endpoint and S3 both answer.
 func (s *Server) waitReady() error {
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(60 * time.Second)
@@ -88,15 +88,24 @@ func (s *Server) waitReady() error {
 			return errors.New("minio exited")
 		default:
 		}
-		if resp, err := client.Get(s.URL + "/minio/health/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
+		if ready(client, s.URL+"/minio/health/ready") && ready(client, s.URL+"/") {
+			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("minio not ready at %s after 60s", s.URL)
+}
+
+// ready reports whether url answers, and not 503: the health endpoint can
+// say ready, under load, while S3 requests still get 503
+// XMinioServerNotInitialized (an unsigned GET / answers 403 once they don't).
+func ready(client *http.Client, url string) bool {
+	resp, err := client.Get(url)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode < 500
 }
 
 // Stop kills the server and waits for it to exit.
