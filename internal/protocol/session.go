@@ -260,10 +260,16 @@ func (s *Session) moveOnce(c *Claim, tok string) (done bool, err error) {
 	if _, ok := s.claims[c]; ok {
 		s.claims[c] = tok
 	}
+	// Valid only under the session the lease names: if tok ended while the
+	// move was on its way, until is a newer session's, and the move to that
+	// one (queued by its restart) makes the claim valid again, or lost.
+	current := s.obj != nil && s.obj.token == tok
 	until := s.until
 	s.mu.Unlock()
 	c.log.Info("lease moved to the new session", "event", "session.lease_moved")
-	c.extend(until)
+	if current {
+		c.extend(until)
+	}
 	return true, nil
 }
 

@@ -1,0 +1,131 @@
+package protocol
+
+// Found by an adversarial review of sessions (cb5018f): each
+// TestReviewSession… test is a sequence of S3 answers, outages and agents
+// that breaks a rule of docs/PROTOCOL.md, "Sessions".
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/cellos/fleetd/internal/queue"
+)
+
+var errOutage = fmt.Errorf("%w: the store does not answer (outage)", queue.ErrUnknown)
+
+func reviewCfg(node string, clock Clock) Config {
+	return Config{Layout: queue.NewLayout("fleet", ""), Node: node, TTL: MinTTL, MaxAttempts: 3,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: clock}
+}
+
+// sessionAge is the age of session tok's last write on the server's clock.
+func sessionAge(t *testing.T, p *Protocol, s *faultStore, tok string) time.Duration {
+	t.Helper()
+	o, err := s.Store.Head(context.Background(), p.cfg.Layout.Key(queue.Sessions, tok))
+	if err != nil {
+		t.Fatalf("session %s: %v", tok, err)
+	}
+	return o.ServerTime.Sub(o.LastModified)
+}
+
+// TestReviewSessionMoveToAnEndedSessionIsNotValid: a claim is valid only
+// while the session its lease names is. A move of a lease to the new
+// session S′ whose write is in flight when S′ in turn is found ended (the
+// holder cut off again: a recoverer ended S′ but had not yet taken the lease
+// over) lands naming S′; by then the restart has made S″, and moveOnce
+// extends the claim to Session.until — S″'s validity — though its lease names
+// S′, which is gone. Until the move to S″ lands, the claim is valid (its cell
+// thawed) while any node may take the lease over: here one does, and the
+// holder still says the claim is valid.
+func TestReviewSessionMoveToAnEndedSessionIsNotValid(t *testing.T) {
+	ctx, quit := context.Background(), make(chan struct{})
+	store := newFaultStore()
+	h1 := &hookStore{faultStore: store}
+	p1, p2 := New(reviewCfg("n1", nil), h1), New(reviewCfg("n2", nil), store)
+	s1, err := p1.StartSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close(ctx)
+	s2, err := p2.StartSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close(ctx)
+	c, err := p1.Claim(ctx, quit, pending(t, p1, store, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Drop()
+	for !p2.patient() { // n2 has reached the store for a ttl: it may judge
+		time.Sleep(100 * time.Millisecond)
+	}
+	leaseKey := p1.cfg.Layout.Key(queue.Leases, "a")
+	obj := func() *Claim {
+		s1.mu.Lock()
+		defer s1.mu.Unlock()
+		return s1.obj
+	}
+	// endAndWait ends session o as a recoverer would (a delete), makes the
+	// holder learn it, and waits for the next session.
+	endAndWait := func(o *Claim) string {
+		store.remove(t, o.key)
+		s1.lost(o)
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if tok, _, ok := s1.current(); ok && tok != o.token {
+				return tok
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no new session")
+			}
+		}
+	}
+
+	// n1 is cut off: its session's window closes (the claim lapses, its
+	// cell frozen) before a recoverer ends the session.
+	h1.setBefore(func(op, key string) error { return errOutage })
+	<-lapsed(c)
+
+	var (
+		moves        int
+		validAtTake  bool
+		takenOver    bool
+		sessionNamed string
+	)
+	h1.setBefore(func(op, key string) error {
+		if op != "PUT" || key != leaseKey {
+			return nil
+		}
+		moves++
+		switch moves {
+		case 1: // the move to S′, on its way: S′ is ended meanwhile, S″ made
+			endAndWait(obj())
+		case 2: // the move to S″: before it, n2 takes the lease over
+			h1.setBefore(nil)
+			p2.takeOverLease(ctx, quit, "a", &judge{p: p2})
+			// n2 took the lease over and settled the spec: back in pending/.
+			takenOver = store.has(p1.cfg.Layout.Key(queue.Pending, "a"))
+			valid, lost, _ := c.Hold()
+			validAtTake = valid && !lost
+		}
+		return nil
+	})
+	first := obj()
+	sessionNamed = endAndWait(first) // S ended: the holder makes S′ and moves
+	for deadline := time.Now().Add(3 * MinTTL); (moves < 2 || !c.Lost()) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if moves < 2 {
+		t.Fatalf("%d moves (S′ %s)", moves, sessionNamed)
+	}
+	if !takenOver {
+		t.Fatal("n2 did not take the lease over: the sequence did not happen")
+	}
+	if validAtTake {
+		t.Error("the claim was valid (its cell thawed) while its lease named an ended session and n2 took the lease over: two runs may make progress")
+	}
+}
