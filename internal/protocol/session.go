@@ -288,7 +288,18 @@ func (s *Session) forget(c *Claim, abandoned bool) {
 type abandonedLease struct {
 	id string
 	at time.Time
+	// absent is when recovery last read the lease and found it not held
+	// with this token (gone, or another's); zero if it never could.
+	absent time.Time
 }
+
+// abandonedFor is how long after a lease was let go a write of it may still
+// land: a lease PUT is signed in its headers (not presigned), and the store
+// accepts one up to 15 minutes after its X-Amz-Date. Only a read made later
+// than that, finding the lease not ours, lets the lease be forgotten: an
+// outage longer than this, or a create held on its way, must not leave a
+// lease naming our live session that no node would ever take over.
+func abandonedFor(ttl time.Duration) time.Duration { return max(10*ttl, 16*time.Minute) }
 
 // abandonToken gives the lease of id written with token, if it ever lands,
 // to our own recovery: a create or takeover whose outcome we never learnt.
@@ -305,13 +316,27 @@ func (s *Session) abandonedIDs() []string {
 	defer s.mu.Unlock()
 	var ids []string
 	for tok, a := range s.abandoned {
-		if s.p.clock.Now().Sub(a.at) > 10*s.p.cfg.TTL {
+		if !a.absent.IsZero() && a.absent.Sub(a.at) > abandonedFor(s.p.cfg.TTL) {
 			delete(s.abandoned, tok)
 			continue
 		}
 		ids = append(ids, a.id)
 	}
 	return ids
+}
+
+// notHeld is told that recovery read the lease of id and found it held with
+// token holder ("": no lease): every abandoned write of it with another
+// token has not landed, as of now.
+func (s *Session) notHeld(id, holder string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for tok, a := range s.abandoned {
+		if a.id == id && tok != holder {
+			a.absent = s.p.clock.Now()
+			s.abandoned[tok] = a
+		}
+	}
 }
 
 // wasAbandoned reports whether the lease of id held by token was let go by

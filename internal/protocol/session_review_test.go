@@ -6,6 +6,7 @@ package protocol
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -127,5 +128,82 @@ func TestReviewSessionMoveToAnEndedSessionIsNotValid(t *testing.T) {
 	}
 	if validAtTake {
 		t.Error("the claim was valid (its cell thawed) while its lease named an ended session and n2 took the lease over: two runs may make progress")
+	}
+}
+
+// TestReviewSessionAbandonedCreateForgotten: a lease create whose answer is
+// lost, with the store unreachable for its read-back, is given to this
+// node's own recovery (Session.abandonToken): nobody else would judge a lease
+// naming our live session. But abandonedIDs forgets it 10 ttl after it was
+// abandoned, whether or not recovery ever managed to read the lease. An
+// outage of over 10 ttl (10 minutes at the default ttl) that starts as the
+// create lands leaves, once the store answers again, a lease that names a
+// live session and that no node will ever take over: the spec stays in
+// pending/, refused to every claimer as held, for as long as the agent runs.
+// (A create held on its way past 10 ttl — lease PUTs are not presigned — does
+// the same without an outage.)
+func TestReviewSessionAbandonedCreateForgotten(t *testing.T) {
+	ctx, quit := context.Background(), make(chan struct{})
+	store := newFaultStore()
+	h1 := &hookStore{faultStore: store}
+	clk := &stepClock{now: time.Now()}
+	p1 := New(reviewCfg("n1", clk), h1)
+	p2 := New(reviewCfg("n2", nil), store) // any other node
+	s1, err := p1.StartSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close(ctx)
+	spec := pending(t, p1, store, "a")
+	leaseKey := p1.cfg.Layout.Key(queue.Leases, "a")
+
+	// The create lands; its answer is lost, and the outage begins.
+	store.mu.Lock()
+	store.losePut = func(key string, body []byte) bool {
+		if key == leaseKey {
+			h1.setBefore(func(op, key string) error { return errOutage })
+			return true
+		}
+		return false
+	}
+	store.mu.Unlock()
+	if _, err := p1.Claim(ctx, quit, spec); err == nil {
+		t.Fatal("claim succeeded; want its create unresolved")
+	}
+	store.mu.Lock()
+	store.losePut = nil
+	store.mu.Unlock()
+	if !store.has(leaseKey) {
+		t.Fatal("the lease create did not land")
+	}
+	// During the outage each recovery offer tries the abandoned lease, and fails.
+	for range 3 {
+		_, _ = p1.RecoverIfDue(ctx, quit)
+	}
+
+	// The outage lasts over 10 ttl, then ends; the session, which nobody
+	// ended (a lone agent, or patient recoverers), is renewed again.
+	clk.now = clk.now.Add(10*MinTTL + time.Second)
+	h1.setBefore(nil)
+	for deadline := time.Now().Add(3 * MinTTL); !s1.Valid(); {
+		if time.Now().After(deadline) {
+			t.Fatal("the session was not renewed after the outage")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	for range 3 {
+		_, _ = p1.RecoverIfDue(ctx, quit)
+		if err := p2.recoverScan(ctx, quit, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if store.has(leaseKey) {
+		_, err := p2.Claim(ctx, quit, spec)
+		t.Errorf("a lease naming n1's live session outlived n1's memory of it: no node takes it over, "+
+			"and pending/a cannot be claimed (%v)", err)
+		if !errors.Is(err, ErrHeld) {
+			t.Logf("claim by n2: %v", err)
+		}
 	}
 }
