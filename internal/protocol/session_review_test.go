@@ -207,3 +207,83 @@ func TestReviewSessionAbandonedCreateForgotten(t *testing.T) {
 		}
 	}
 }
+
+// TestReviewSessionLegacyRecovererIsNotPatient: "After a fleet-wide outage
+// every holder then gets a ttl to renew before anyone judges it." A fleet
+// with an agent that has no session (p.session == nil: Protocol.patient
+// answers true) breaks it: the outage ends, and that agent's first recovery
+// offer, before the holder's next renewal retry (up to min(ttl/10, 1 s)
+// later), ends the holder's session and takes over its running spec. A
+// session agent in the same position leaves it alone. No node died: the
+// holder's cell is killed and the spec runs again elsewhere, its attempt
+// counted. (The simulator's "legacy" agents are such agents.)
+func TestReviewSessionLegacyRecovererIsNotPatient(t *testing.T) {
+	ctx, quit := context.Background(), make(chan struct{})
+	store := newFaultStore()
+	h1 := &hookStore{faultStore: store} // the holder
+	h3 := &hookStore{faultStore: store} // a recoverer with a session
+	h2 := &hookStore{faultStore: store} // a recoverer without one (legacy)
+	p1, p2, p3 := New(reviewCfg("n1", nil), h1), New(reviewCfg("n2", nil), h2), New(reviewCfg("n3", nil), h3)
+	s1, err := p1.StartSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close(ctx)
+	s3, err := p3.StartSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s3.Close(ctx)
+	c, err := p1.Claim(ctx, quit, pending(t, p1, store, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Drop()
+	tok, _, _ := s1.current()
+
+	// A fleet-wide outage, longer than ttl + 1 s.
+	outage := func(op, key string) error { return errOutage }
+	for _, h := range []*hookStore{h1, h2, h3} {
+		h.setBefore(outage)
+	}
+	for deadline := time.Now().Add(15 * time.Second); sessionAge(t, p1, store, tok) <= staleAfter(MinTTL); {
+		if time.Now().After(deadline) {
+			t.Fatal("the holder's session never went stale during the outage")
+		}
+		// The recoverers' offers (about once a ttl) fail meanwhile.
+		_, _ = p2.RecoverIfDue(ctx, quit)
+		_, _ = p3.RecoverIfDue(ctx, quit)
+		time.Sleep(200 * time.Millisecond)
+	}
+	if valid, _, _ := c.Hold(); valid {
+		t.Fatal("the claim is still valid after the outage outlasted its window")
+	}
+
+	// The outage ends. The holder's renewal retry is due within a second;
+	// the recoverers' offers come first.
+	h2.setBefore(nil)
+	h3.setBefore(nil)
+	if ran, err := p3.RecoverIfDue(ctx, quit); ran || err != nil {
+		t.Fatalf("session agent right after the outage: ran %v, %v; want no scan (patience)", ran, err)
+	}
+	if _, err := p2.RecoverIfDue(ctx, quit); err != nil {
+		t.Fatal(err)
+	}
+	h1.setBefore(nil)
+
+	o, ok := store.object(p1.cfg.Layout.Key(queue.Leases, "a"))
+	if !ok {
+		o.Body = []byte("(gone)")
+	}
+	lease, _ := ParseLease(o.Body)
+	if !ok || lease.Node != "n1" {
+		t.Errorf("right after a fleet-wide outage a legacy agent took over n1's running spec (lease now %s): "+
+			"the holder got no ttl to renew first", o.Body)
+	}
+	for deadline := time.Now().Add(MinTTL); !c.Lost() && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if c.Lost() {
+		t.Errorf("n1 never died, and its claim of a is lost: its frozen cell is killed and a runs again")
+	}
+}
