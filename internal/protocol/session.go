@@ -42,6 +42,9 @@ type Session struct {
 	// steady is when renewals began to land without a failure between;
 	// zero while they fail. A recoverer waits a ttl of it (see patient).
 	steady time.Time
+	// creating counts, by spec id, the leases naming the session being
+	// created: a ring for such an id waits for its claim (see answer).
+	creating map[string]int
 }
 
 // errNoSession: the agent's session is not valid now (the store has not
@@ -51,7 +54,7 @@ var errNoSession = errors.New("session not valid: the store has not answered in 
 // StartSession creates this agent's session; from then on every lease the
 // protocol writes names it. Close ends it.
 func (p *Protocol) StartSession(ctx context.Context) (*Session, error) {
-	s := &Session{p: p, claims: map[*Claim]string{}, abandoned: map[string]abandonedLease{}}
+	s := &Session{p: p, claims: map[*Claim]string{}, abandoned: map[string]abandonedLease{}, creating: map[string]int{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.create(ctx); err != nil {
 		s.cancel()
@@ -273,6 +276,22 @@ func (s *Session) moveOnce(c *Claim, tok string) (done bool, err error) {
 	return true, nil
 }
 
+// creatingLease notes that a lease of id naming the session is being
+// created; the returned func is called once its claim is vouched for, or
+// there is none.
+func (s *Session) creatingLease(id string) (done func()) {
+	s.mu.Lock()
+	s.creating[id]++
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		if s.creating[id]--; s.creating[id] <= 0 {
+			delete(s.creating, id)
+		}
+		s.mu.Unlock()
+	}
+}
+
 // forget stops vouching for c; abandoned: its lease still names our session,
 // so our own recovery takes it over.
 func (s *Session) forget(c *Claim, abandoned bool) {
@@ -384,22 +403,27 @@ func (s *Session) answer(obj *Claim, id string) {
 				c = k
 			}
 		}
+		creating := s.creating[id] > 0
 		s.mu.Unlock()
-		if c == nil {
-			return // not ours (any more): whoever holds it reads the mark
-		}
-		ctx, cancel := context.WithTimeout(s.ctx, s.p.cfg.TTL/3)
-		l, _, err := s.p.readLease(ctx, c.key, c.token)
-		cancel()
 		switch {
-		case err == nil:
-			if l.Cancel != "" {
-				c.markCancelled(l.Cancel)
+		case c == nil && !creating:
+			return // not ours (any more): whoever holds it reads the mark
+		case c != nil:
+			ctx, cancel := context.WithTimeout(s.ctx, s.p.cfg.TTL/3)
+			l, _, err := s.p.readLease(ctx, c.key, c.token)
+			cancel()
+			switch {
+			case err == nil:
+				if l.Cancel != "" {
+					c.markCancelled(l.Cancel)
+				}
+				return
+			case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrNotFound):
+				return // taken over or ended: the mark is its successor's
 			}
-			return
-		case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrNotFound):
-			return // taken over or ended: the mark is its successor's
 		}
+		// A lease of id is being created, its claim not vouched for yet (the
+		// create's answer has not come back): the ring is answered once it is.
 		if s.p.sleep(s.ctx, min(time.Duration(100<<min(try, 6))*time.Millisecond, s.p.cfg.TTL/3)) != nil {
 			return
 		}

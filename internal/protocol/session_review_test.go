@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -346,5 +347,83 @@ func TestReviewSessionLegacyRecovererIsNotPatient(t *testing.T) {
 	}
 	if c.Lost() {
 		t.Errorf("n1 never died, and its claim of a is lost: its frozen cell is killed and a runs again")
+	}
+}
+
+// answerStore delays the answer of one write until after, which may act
+// (another tool), has run: the write has landed meanwhile.
+type answerStore struct {
+	*faultStore
+	mu    sync.Mutex
+	after func(key string)
+}
+
+func (s *answerStore) Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
+	etag, err := s.faultStore.Put(ctx, key, body, opt)
+	s.mu.Lock()
+	f := s.after
+	s.mu.Unlock()
+	if err == nil && f != nil {
+		f(key)
+	}
+	return etag, err
+}
+
+// TestReviewSessionRingBeforeTheClaimIsVouchedFor: fleetd cancel may mark a
+// lease that says "claiming" because its holder is rung: the holder "hears
+// before its next renewal lands". But the holder answers a ring from the
+// claims its session vouches for, and a claim is vouched for only once the
+// answer to its lease create has come back. A create that has landed and
+// whose answer is slow (not lost: a lost one is read back, and the mark's
+// nonce is not ours) lets the tool mark the lease and ring the session; the
+// holder's renewal finds no claim of that id, takes it out of the ring, and
+// the tool reports that the holder heard. The claim then goes on, its mark
+// unread, and runs the cell to the end.
+func TestReviewSessionRingBeforeTheClaimIsVouchedFor(t *testing.T) {
+	ctx, quit := context.Background(), make(chan struct{})
+	fs := newFaultStore()
+	store := &answerStore{faultStore: fs}
+	p1 := New(reviewCfg("n1", nil), store)
+	s1, err := p1.StartSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close(ctx)
+	spec := pending(t, p1, fs, "a")
+	leaseKey := p1.cfg.Layout.Key(queue.Leases, "a")
+	var (
+		res    CancelResult
+		cerr   error
+		called bool
+	)
+	store.after = func(key string) {
+		if key != leaseKey || called {
+			return
+		}
+		called = true
+		res, cerr = New(reviewCfg("tool", nil), fs).Cancel(ctx, "a", "bob")
+	}
+	c, err := p1.Claim(ctx, quit, spec)
+	if !called {
+		t.Fatal("the lease create was not delayed")
+	}
+	// While the create's answer is held, the holder cannot have heard: the
+	// tool says so ("asked, not yet heard"), or it said "heard" and the
+	// claim must have the mark.
+	if res.Node != "n1" || cerr != nil && !errors.Is(cerr, ErrCancelUnheard) {
+		t.Fatalf("Cancel = %+v, %v; want the holder n1 asked", res, cerr)
+	}
+	if err != nil {
+		t.Fatalf("claim: %v", err)
+	}
+	defer c.Drop()
+	select {
+	case <-c.Cancelled():
+	case <-time.After(2 * MinTTL):
+		if cerr == nil {
+			t.Error("fleetd cancel said n1 heard the cancel of a; n1's claim of a never read the mark and runs its cell")
+		} else {
+			t.Error("n1's claim of a never read the mark")
+		}
 	}
 }
