@@ -150,6 +150,15 @@ type cellEnd struct {
 // run runs the supervisor until it exits, or the cell timeout, the lease's
 // fencing or the drain deadline stops it.
 func (p *Pipeline) run(c Claim) cellEnd {
+	// A mark its holder read before the cell started (a lease marked while
+	// claiming, heard through the session's ring) starts no cell: the tool
+	// may already have said the holder stops it.
+	select {
+	case <-c.Cancelled():
+		now := time.Now()
+		return cellEnd{res: exec.Result{ExitCode: -1, Stopped: true}, cause: errCancelled, started: now, finished: now}
+	default:
+	}
 	ctx, cancel := context.WithCancelCause(p.drain.Work())
 	defer cancel(nil)
 	if p.cfg.CellTimeout > 0 {

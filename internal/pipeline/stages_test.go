@@ -520,6 +520,33 @@ func TestCancelledCellIsFiledCancelled(t *testing.T) {
 	}
 }
 
+// TestCancelHeardBeforeTheRunStartsNoCell: a lease marked while claiming,
+// its holder told through the session's ring before its cell started (the
+// tool then reports the holder stops it): no cell is started, and the spec
+// is filed cancelled. Found by the simulator, seed 111178: the cell started
+// 9 ms after the tool said so.
+func TestCancelHeardBeforeTheRunStartsNoCell(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, Config{})
+	close(b.claim.cancelled)
+	started := false
+	b.runner.run = func(_ context.Context, _, _ string, cell func(exec.Cell)) exec.Result {
+		started = true
+		cell(&fakeCell{})
+		return exec.Result{}
+	}
+	p.process(item)
+	if started {
+		t.Error("a cell was started for a claim whose cancel mark its holder had read")
+	}
+	if len(b.claim.released) != 0 || len(b.claim.finished) != 1 {
+		t.Fatalf("finished %+v, released %v; want one Finish", b.claim.finished, b.claim.released)
+	}
+	if rec := b.claim.finished[0]; rec.Outcome != protocol.Cancelled {
+		t.Errorf("record = %+v, want outcome cancelled", rec)
+	}
+}
+
 func TestPanicInTheRunFailsTheSpec(t *testing.T) {
 	t.Parallel()
 	p, b := setup(t, Config{})

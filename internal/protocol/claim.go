@@ -60,6 +60,9 @@ func (p *Protocol) acquire(ctx context.Context, id string, l leaseBody) (*Claim,
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, until)
 		defer cancel()
+		// Until the claim is vouched for (newClaim, below), a ring for id
+		// waits: fleetd cancel may mark the lease once it has landed.
+		defer p.session.creatingLease(id)()
 	}
 	body, nonce := encodeLease(&l, p.clock.Now())
 	sent := p.clock.Now()

@@ -109,8 +109,14 @@ func (p *Protocol) endSession(ctx context.Context, tok string, ttl time.Duration
 }
 
 // patient reports whether this node may judge others stale (see
-// Session.patient); a queue tool, without a session, does not recover.
-func (p *Protocol) patient() bool { return p.session == nil || p.session.patient() }
+// Session.patient; an agent without a session: reachability). A queue tool,
+// without a session, does not recover.
+func (p *Protocol) patient() bool {
+	if p.session != nil {
+		return p.session.patient()
+	}
+	return p.reach.patient(p.clock.Now(), p.cfg.TTL)
+}
 
 // ownAbandoned reports whether the lease of id held by token is one this
 // node let go while it named our session; take forgets it.

@@ -130,6 +130,7 @@ type Protocol struct {
 	log   *slog.Logger
 	clock Clock
 	turn  scanTurn
+	reach reachability // patience of an agent without a session
 	// session is the agent's session (StartSession); nil for a queue tool,
 	// whose leases renew themselves.
 	session *Session

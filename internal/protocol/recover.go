@@ -105,12 +105,17 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 	if err != nil {
 		if !errors.Is(err, queue.ErrNotFound) {
 			log.Warn("recovery: read lease failed", "event", "recovery.read_lease_failed", "err", err)
+		} else if p.session != nil {
+			p.session.notHeld(id, "")
 		}
 		return
 	}
 	var old leaseBody
 	if err := json.Unmarshal(obj.Body, &old); err != nil {
 		log.Warn("recovery: unreadable lease; taking it over", "event", "recovery.unreadable_lease", "err", err)
+	}
+	if p.session != nil {
+		p.session.notHeld(id, old.Token)
 	}
 	ttl := max(old.ttl(), MinTTL)
 	age := obj.ServerTime.Sub(obj.LastModified)

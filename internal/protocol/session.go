@@ -42,6 +42,9 @@ type Session struct {
 	// steady is when renewals began to land without a failure between;
 	// zero while they fail. A recoverer waits a ttl of it (see patient).
 	steady time.Time
+	// creating counts, by spec id, the leases naming the session being
+	// created: a ring for such an id waits for its claim (see answer).
+	creating map[string]int
 }
 
 // errNoSession: the agent's session is not valid now (the store has not
@@ -51,7 +54,7 @@ var errNoSession = errors.New("session not valid: the store has not answered in 
 // StartSession creates this agent's session; from then on every lease the
 // protocol writes names it. Close ends it.
 func (p *Protocol) StartSession(ctx context.Context) (*Session, error) {
-	s := &Session{p: p, claims: map[*Claim]string{}, abandoned: map[string]abandonedLease{}}
+	s := &Session{p: p, claims: map[*Claim]string{}, abandoned: map[string]abandonedLease{}, creating: map[string]int{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.create(ctx); err != nil {
 		s.cancel()
@@ -260,11 +263,33 @@ func (s *Session) moveOnce(c *Claim, tok string) (done bool, err error) {
 	if _, ok := s.claims[c]; ok {
 		s.claims[c] = tok
 	}
+	// Valid only under the session the lease names: if tok ended while the
+	// move was on its way, until is a newer session's, and the move to that
+	// one (queued by its restart) makes the claim valid again, or lost.
+	current := s.obj != nil && s.obj.token == tok
 	until := s.until
 	s.mu.Unlock()
 	c.log.Info("lease moved to the new session", "event", "session.lease_moved")
-	c.extend(until)
+	if current {
+		c.extend(until)
+	}
 	return true, nil
+}
+
+// creatingLease notes that a lease of id naming the session is being
+// created; the returned func is called once its claim is vouched for, or
+// there is none.
+func (s *Session) creatingLease(id string) (done func()) {
+	s.mu.Lock()
+	s.creating[id]++
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		if s.creating[id]--; s.creating[id] <= 0 {
+			delete(s.creating, id)
+		}
+		s.mu.Unlock()
+	}
 }
 
 // forget stops vouching for c; abandoned: its lease still names our session,
@@ -282,7 +307,18 @@ func (s *Session) forget(c *Claim, abandoned bool) {
 type abandonedLease struct {
 	id string
 	at time.Time
+	// absent is when recovery last read the lease and found it not held
+	// with this token (gone, or another's); zero if it never could.
+	absent time.Time
 }
+
+// abandonedFor is how long after a lease was let go a write of it may still
+// land: a lease PUT is signed in its headers (not presigned), and the store
+// accepts one up to 15 minutes after its X-Amz-Date. Only a read made later
+// than that, finding the lease not ours, lets the lease be forgotten: an
+// outage longer than this, or a create held on its way, must not leave a
+// lease naming our live session that no node would ever take over.
+func abandonedFor(ttl time.Duration) time.Duration { return max(10*ttl, 16*time.Minute) }
 
 // abandonToken gives the lease of id written with token, if it ever lands,
 // to our own recovery: a create or takeover whose outcome we never learnt.
@@ -299,13 +335,27 @@ func (s *Session) abandonedIDs() []string {
 	defer s.mu.Unlock()
 	var ids []string
 	for tok, a := range s.abandoned {
-		if s.p.clock.Now().Sub(a.at) > 10*s.p.cfg.TTL {
+		if !a.absent.IsZero() && a.absent.Sub(a.at) > abandonedFor(s.p.cfg.TTL) {
 			delete(s.abandoned, tok)
 			continue
 		}
 		ids = append(ids, a.id)
 	}
 	return ids
+}
+
+// notHeld is told that recovery read the lease of id and found it held with
+// token holder ("": no lease): every abandoned write of it with another
+// token has not landed, as of now.
+func (s *Session) notHeld(id, holder string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for tok, a := range s.abandoned {
+		if a.id == id && tok != holder {
+			a.absent = s.p.clock.Now()
+			s.abandoned[tok] = a
+		}
+	}
 }
 
 // wasAbandoned reports whether the lease of id held by token was let go by
@@ -353,22 +403,27 @@ func (s *Session) answer(obj *Claim, id string) {
 				c = k
 			}
 		}
+		creating := s.creating[id] > 0
 		s.mu.Unlock()
-		if c == nil {
-			return // not ours (any more): whoever holds it reads the mark
-		}
-		ctx, cancel := context.WithTimeout(s.ctx, s.p.cfg.TTL/3)
-		l, _, err := s.p.readLease(ctx, c.key, c.token)
-		cancel()
 		switch {
-		case err == nil:
-			if l.Cancel != "" {
-				c.markCancelled(l.Cancel)
+		case c == nil && !creating:
+			return // not ours (any more): whoever holds it reads the mark
+		case c != nil:
+			ctx, cancel := context.WithTimeout(s.ctx, s.p.cfg.TTL/3)
+			l, _, err := s.p.readLease(ctx, c.key, c.token)
+			cancel()
+			switch {
+			case err == nil:
+				if l.Cancel != "" {
+					c.markCancelled(l.Cancel)
+				}
+				return
+			case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrNotFound):
+				return // taken over or ended: the mark is its successor's
 			}
-			return
-		case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrNotFound):
-			return // taken over or ended: the mark is its successor's
 		}
+		// A lease of id is being created, its claim not vouched for yet (the
+		// create's answer has not come back): the ring is answered once it is.
 		if s.p.sleep(s.ctx, min(time.Duration(100<<min(try, 6))*time.Millisecond, s.p.cfg.TTL/3)) != nil {
 			return
 		}

@@ -43,13 +43,54 @@ func claimsDue(prev, now time.Time, ttl time.Duration) bool {
 // marker's age (one HEAD) and writes only when a scan is due. The winner's
 // LISTs follow (see claimsDue).
 func (p *Protocol) RecoverIfDue(ctx context.Context, quit <-chan struct{}) (bool, error) {
+	ran, err := p.recoverIfDue(ctx, quit)
+	if p.session == nil {
+		p.reach.note(err == nil, p.clock.Now())
+	}
+	return ran, err
+}
+
+// reachability is a session-less agent's patience (Session.patient is an
+// agent's): once a recovery offer of its failed, it judges nobody stale until
+// its offers have reached the store for a ttl, so that after a fleet-wide
+// outage it too leaves every holder a ttl to renew first.
+type reachability struct {
+	mu     sync.Mutex
+	failed bool      // an offer failed since the agent started
+	steady time.Time // when offers began to succeed again; zero while failing
+}
+
+func (r *reachability) note(ok bool, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case !ok:
+		r.failed, r.steady = true, time.Time{}
+	case r.steady.IsZero():
+		r.steady = now
+	}
+}
+
+func (r *reachability) patient(now time.Time, ttl time.Duration) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.failed || !r.steady.IsZero() && now.Sub(r.steady) >= ttl
+}
+
+func (p *Protocol) recoverIfDue(ctx context.Context, quit <-chan struct{}) (bool, error) {
 	p.recoverOwn(ctx, quit)
+	key := p.cfg.Layout.Key("recovery", "scan")
 	if !p.patient() {
 		// Just back from an outage (or cut off now): this node would judge
-		// nobody stale, so it leaves the turn to one that would.
+		// nobody stale, so it leaves the turn to one that would. Without a
+		// session, the marker's HEAD tells it whether it reaches the store.
+		if p.session == nil {
+			if _, err := p.store.Head(ctx, key); err != nil && !errors.Is(err, queue.ErrNotFound) {
+				return false, err
+			}
+		}
 		return false, nil
 	}
-	key := p.cfg.Layout.Key("recovery", "scan")
 	p.turn.mu.Lock()
 	defer p.turn.mu.Unlock()
 	body := []byte(`{"node":"` + p.cfg.Node + `","nonce":"` + newToken() + `"}`)
