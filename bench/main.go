@@ -55,6 +55,7 @@ type options struct {
 	notifyParts       map[string]bool
 	storeConc         []int // the stores scenario's concurrencies, on each store
 	busyCells         []int // scenario 17: cells running on the one agent
+	busyWarm          time.Duration
 	busyWindow        time.Duration
 	compare           string // a second fleetd binary for the latency scenario's before/after
 	out               string
@@ -92,7 +93,7 @@ func run(args []string) error {
 		latencyConc: []int{16, 64}, latencyDelay: 20 * time.Millisecond,
 		notifyPollPickups: 20, notifyPickups: 50, lostPickups: 5, notifyAgents: 16, netPoll: time.Minute,
 		storeConc: []int{1, 16},
-		busyCells: []int{16, 64}, busyWindow: 3 * time.Minute,
+		busyCells: []int{16, 64}, busyWarm: 150 * time.Second, busyWindow: 2 * time.Minute,
 		out: *out,
 	}
 	if *smoke {
@@ -105,7 +106,7 @@ func run(args []string) error {
 			latencyConc: []int{2}, latencyDelay: 20 * time.Millisecond,
 			notifyPollPickups: 1, notifyPickups: 2, lostPickups: 1, notifyAgents: 2, netPoll: 2 * time.Second,
 			storeConc: []int{1},
-			busyCells: []int{2}, busyWindow: 2 * time.Second,
+			busyCells: []int{2}, busyWarm: time.Second, busyWindow: 2 * time.Second,
 			out: *out,
 		}
 	}
@@ -275,7 +276,7 @@ func measure(r *rig, o options, rep *report) error {
 	if o.scenarios["busy"] {
 		for _, n := range o.busyCells {
 			step("busy: one agent with %d cells running, for %v", n, o.busyWindow)
-			row, err := r.busy(n, o.busyWindow)
+			row, err := r.busy(n, o.busyWarm, o.busyWindow)
 			if err != nil {
 				return err
 			}

@@ -56,7 +56,7 @@ func (p *Protocol) acquire(ctx context.Context, id string, l leaseBody) (*Claim,
 		if !ok {
 			return nil, fmt.Errorf("create lease %s: %w", key, errNoSession)
 		}
-		l.Session = tok
+		l.nameSession(tok, p.cfg.TTL)
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, until)
 		defer cancel()

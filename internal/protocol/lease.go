@@ -82,6 +82,11 @@ type leaseBody struct {
 	// the lease is alive while that session is, and is not renewed itself.
 	// Empty: the lease renews itself and is judged by its own age.
 	Session string `json:"session,omitempty"`
+	// SessionTTLMillis is the holder's ttl when the lease names a session;
+	// TTLMillis then says "never stale" to agents of the version before
+	// sessions, which judge a lease by its own age and would otherwise take
+	// over every lease ttl + 1 s after its claim (a rolling upgrade).
+	SessionTTLMillis int64 `json:"session_ttl_ms,omitempty"`
 	// Ring, in a session's own object, lists specs whose leases fleetd
 	// cancel marked: the session's holder reads those leases at once.
 	Ring []string `json:"ring,omitempty"`
@@ -90,7 +95,21 @@ type leaseBody struct {
 	Written   string `json:"written"` // holder's clock; informational only
 }
 
-func (l leaseBody) ttl() time.Duration { return time.Duration(l.TTLMillis) * time.Millisecond }
+func (l leaseBody) ttl() time.Duration {
+	if l.Session != "" && l.SessionTTLMillis > 0 {
+		return time.Duration(l.SessionTTLMillis) * time.Millisecond
+	}
+	return time.Duration(l.TTLMillis) * time.Millisecond
+}
+
+// neverStaleMillis is a lease ttl no agent of the version before sessions
+// ever reaches: 100 years, well inside time.Duration's range.
+const neverStaleMillis = 100 * 365 * 24 * 3600 * 1000
+
+// nameSession makes l a lease that lives while session tok (of ttl) does.
+func (l *leaseBody) nameSession(tok string, ttl time.Duration) {
+	l.Session, l.SessionTTLMillis, l.TTLMillis = tok, ttl.Milliseconds(), neverStaleMillis
+}
 
 // version names one version of an object: its ETag, when it was written
 // and, on a versioned bucket, its version id. An ETag is the MD5 of the
@@ -159,7 +178,7 @@ func (l leaseBody) successor(node, token string, ttl time.Duration) leaseBody {
 	n := l
 	n.Node, n.Token, n.Epoch, n.TTLMillis = node, token, l.Epoch+1, ttl.Milliseconds()
 	n.State, n.Intent, n.Origin, n.PrevToken = stateRecovering, l.intent(), l.origin(), l.Token
-	n.Session, n.Ring = "", nil
+	n.Session, n.SessionTTLMillis, n.Ring = "", 0, nil
 	return n
 }
 

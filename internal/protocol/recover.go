@@ -140,7 +140,7 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 		if !ok {
 			return
 		}
-		mine.Session = tok
+		mine.nameSession(tok, p.cfg.TTL)
 		var cancel context.CancelFunc
 		wctx, cancel = context.WithDeadline(ctx, until)
 		defer cancel()

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -211,19 +210,17 @@ func TestReviewSessionAbandonedCreateForgotten(t *testing.T) {
 	}
 }
 
-// TestReviewSessionPreSessionAgentStealsLiveLeases: an agent of the version
-// before sessions (ab4fc30, a rolling upgrade) reads a lease without its
+// TestPreSessionAgentLeavesSessionLeasesAlone: an agent of the version
+// before sessions (ab4fc30, in a rolling upgrade) reads a lease without its
 // session field and judges it by its own age (recover.go there: "age <=
 // staleAfter(ttl): return", else compare-and-swap). A lease naming a session
-// is never rewritten, so every running spec of a session agent is taken over
-// ttl + 1 s after its claim, while its holder renews its session and its cell
-// runs: the holder learns nothing (it reads its lease only when it writes
-// it), and the older agent returns the spec to pending/ to run again. The
-// older agent's decision is reproduced here as that version made it.
-func TestReviewSessionPreSessionAgentStealsLiveLeases(t *testing.T) {
-	if os.Getenv("FLEETD_REVIEW_UNFIXED") == "" {
-		t.Skip("a review finding not fixed here (mixed versions must not share a queue): FLEETD_REVIEW_UNFIXED=1 runs it")
-	}
+// is never rewritten, so it would take over every running spec of a session
+// agent ttl + 1 s after its claim (review finding 5). Such a lease says "never
+// stale" in the field that version reads (ttl_ms), its real ttl in
+// session_ttl_ms. The older agent's decision is reproduced here as that
+// version made it, for two ttls.
+func TestPreSessionAgentLeavesSessionLeasesAlone(t *testing.T) {
+	t.Parallel()
 	ctx, quit := context.Background(), make(chan struct{})
 	store := newFaultStore()
 	p1 := New(reviewCfg("n1", nil), store)
@@ -238,35 +235,27 @@ func TestReviewSessionPreSessionAgentStealsLiveLeases(t *testing.T) {
 	}
 	defer c.Drop()
 	key := p1.cfg.Layout.Key(queue.Leases, "a")
-
-	// The older agent's recovery scan, once the lease looks stale to it.
-	var took bool
-	for deadline := time.Now().Add(4 * MinTTL); !took && time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+	for deadline := time.Now().Add(2*MinTTL + 1500*time.Millisecond); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
 		o, err := store.Store.Get(ctx, key, maxLeaseBytes)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var old leaseBody
+		var old struct { // the lease as that version decodes it
+			TTLMillis int64 `json:"ttl_ms"`
+		}
 		if err := json.Unmarshal(o.Body, &old); err != nil {
 			t.Fatal(err)
 		}
-		old.Session = "" // a field that version does not know
-		if o.ServerTime.Sub(o.LastModified) <= staleAfter(max(old.ttl(), MinTTL)) {
-			continue
+		ttl := max(time.Duration(old.TTLMillis)*time.Millisecond, MinTTL)
+		if age := o.ServerTime.Sub(o.LastModified); age > staleAfter(ttl) {
+			t.Fatalf("an agent of the version before sessions would take over a live lease %v old (its ttl_ms %d)", age, old.TTLMillis)
 		}
-		mine := old.successor("n0-old", newToken(), MinTTL)
-		body, _ := encodeLease(&mine, time.Now())
-		if _, err := store.Put(ctx, key, body, queue.PutOptions{IfMatch: o.ETag}); err != nil {
-			t.Fatal(err)
-		}
-		took = true
 	}
-	if !took {
-		t.Fatal("the older agent never judged the lease stale")
+	if valid, lost, _ := c.Hold(); !valid || lost {
+		t.Errorf("claim valid %v lost %v; want it held throughout", valid, lost)
 	}
-	time.Sleep(MinTTL) // a ttl on: the older agent has returned the spec to pending/ by now
-	if valid, lost, _ := c.Hold(); valid && !lost {
-		t.Error("a pre-session agent took over n1's lease while n1's session lived; n1's claim is still valid and its cell runs: two runs of a")
+	if l := leaseOf(t, store, "a"); l.ttl() != MinTTL {
+		t.Errorf("the lease's own ttl reads %v, want the holder's %v", l.ttl(), MinTTL)
 	}
 }
 
