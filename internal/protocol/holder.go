@@ -230,7 +230,8 @@ func (c *Claim) keep(ctx context.Context) {
 			return
 		}
 		err := c.renew(ctx)
-		if err != nil && c.owner != nil {
+		if err != nil && !errors.Is(err, errAdopted) && c.owner != nil {
+			// (A ring, or a late write of ours, is the store answering.)
 			c.owner.faltered()
 		}
 		switch {
@@ -254,6 +255,10 @@ func (c *Claim) keep(ctx context.Context) {
 }
 
 var errEnded = errors.New("lease ended")
+
+// errAdopted: the object holds another write with our token (fleetd cancel's
+// ring or mark, or a late write of ours), read back: we go on from it.
+var errAdopted = errors.New("went on from another write with our token")
 
 // renew rewrites the lease with a fresh nonce, If-Match our last write.
 func (c *Claim) renew(ctx context.Context) error {
@@ -309,12 +314,12 @@ func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error 
 	case landed.IsZero():
 		// The lease holds a write of ours we cannot date: go on from its ETag
 		// without extending the validity, and renew again soon.
-		return fmt.Errorf("lease %s: went on from a write of ours of unknown age: %w", c.key, queue.ErrUnknown)
+		return fmt.Errorf("lease %s: went on from a write of ours of unknown age: %w: %w", c.key, errAdopted, queue.ErrUnknown)
 	case held != nonce:
 		// It holds an earlier write of ours (a renewal whose answer was
 		// lost), not l: a state this write carried (releasing, finishing) is
 		// not there yet. Write it again, from that ETag.
-		return fmt.Errorf("lease %s: holds an earlier write of ours, not this one: %w", c.key, queue.ErrUnknown)
+		return fmt.Errorf("lease %s: holds an earlier write of ours, not this one: %w: %w", c.key, errAdopted, queue.ErrUnknown)
 	}
 	return nil
 }
