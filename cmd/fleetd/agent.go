@@ -86,6 +86,8 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		MaxSpecBytes: cfg.MaxSpecBytes,
 		MaxAttempts:  cfg.MaxAttempts,
 		CellTimeout:  cfg.CellTimeout,
+		Retries:      cfg.Retries,
+		RetryBackoff: cfg.RetryBackoff,
 		Logger:       log,
 		Metrics:      m,
 	}

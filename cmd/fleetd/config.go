@@ -46,6 +46,8 @@ var settings = []setting{
 	{"max-spec-bytes", "CELLOS_FLEET_MAX_SPEC_BYTES", "1048576", "largest spec accepted; larger ones go to failed/"},
 	{"lease-ttl-ms", "CELLOS_FLEET_LEASE_TTL_MS", "60000", "lease time-to-live (min 3000); renewed every ttl/3; also the longest S3 outage a running cell survives"},
 	{"max-attempts", "CELLOS_FLEET_MAX_ATTEMPTS", "3", "runs of a spec before a recovered one goes to failed/"},
+	{"retries", "CELLOS_FLEET_RETRIES", "0", "times a failed cell (non-zero exit, signal, timeout) runs again, after a backoff, before its spec goes to failed/ (0-1000; fleetd submit --retries sets it per spec)"},
+	{"retry-backoff-ms", "CELLOS_FLEET_RETRY_BACKOFF_MS", "10000", "backoff before a failed cell's first retry; doubles each retry, full jitter, at most 1 h"},
 	{"drain-timeout-ms", "CELLOS_FLEET_DRAIN_TIMEOUT_MS", "0", "after SIGTERM, stop cells and requeue their specs after this long (0: wait for every cell)"},
 	{"cell-timeout-ms", "CELLOS_FLEET_CELL_TIMEOUT_MS", "0", "stop a cell running longer than this; its spec fails with reason timeout (0: none)"},
 	{"stop-grace-ms", "CELLOS_FLEET_STOP_GRACE_MS", "10000", "time a stopped cell gets between SIGTERM and SIGKILL"},
@@ -82,6 +84,11 @@ type Config struct {
 	MaxSpecBytes int64
 	LeaseTTL     time.Duration
 	MaxAttempts  int
+	Retries      int
+	RetryBackoff time.Duration
+	// SpecRetries is --retries when given on the command line (a tool's
+	// per-spec limit), else -1.
+	SpecRetries  int
 	DrainTimeout time.Duration
 	CellTimeout  time.Duration
 	StopGrace    time.Duration
@@ -212,6 +219,12 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 	cfg.MaxSpecBytes = int64(p.integer(get("max-spec-bytes"), 1, 5<<30))
 	cfg.LeaseTTL = p.millis(get("lease-ttl-ms"), int(protocol.MinTTL/time.Millisecond))
 	cfg.MaxAttempts = p.integer(get("max-attempts"), 1, 1000)
+	cfg.Retries = p.integer(get("retries"), 0, 1000)
+	cfg.SpecRetries = -1
+	if given["retries"] {
+		cfg.SpecRetries = cfg.Retries
+	}
+	cfg.RetryBackoff = p.millis(get("retry-backoff-ms"), 0)
 	cfg.DrainTimeout = p.millis(get("drain-timeout-ms"), 0)
 	cfg.CellTimeout = p.millis(get("cell-timeout-ms"), 0)
 	cfg.StopGrace = p.millis(get("stop-grace-ms"), 0)
@@ -443,7 +456,7 @@ func (p *parser) oneOf(v value, allowed ...string) string {
 
 func printUsage(w io.Writer) {
 	fmt.Fprintf(w, "Usage: fleetd [flags]                 run the agent\n"+
-		"       fleetd submit FILE... [--id ID] [--replace] [--json]\n"+
+		"       fleetd submit FILE... [--id ID] [--replace] [--retries N] [--in DURATION | --at RFC3339] [--json]\n"+
 		"       fleetd status [--json]\n"+
 		"       fleetd requeue ID... | --failed [--older-than DURATION] [--json]\n"+
 		"       fleetd inspect ID [--json]\n"+

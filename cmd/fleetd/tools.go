@@ -43,6 +43,8 @@ type toolFlags struct {
 	json      bool
 	id        string
 	replace   bool
+	in        duration
+	at        string
 	failed    bool
 	olderThan duration
 	state     string

@@ -66,13 +66,36 @@ type SpecFile struct {
 type Submitted struct {
 	ID  string `json:"id"`
 	Key string `json:"key"`
+	// NotBefore is when a delayed spec becomes pending (zero: at once).
+	NotBefore time.Time `json:"not_before,omitzero"`
+}
+
+// SubmitOptions are the per-spec choices of fleetd submit.
+type SubmitOptions struct {
+	Replace bool
+	// Retries, when not negative, is the spec's own retry limit, over the
+	// agents' CELLOS_FLEET_RETRIES.
+	Retries int
+	// NotBefore, if set, delays the spec until then.
+	NotBefore time.Time
 }
 
 // Submit checks every spec, then puts each in pending/. id, if set, names the
 // one spec; otherwise spec.id, else the file name. Without replace a spec
 // already pending or in flight is refused.
 func (a *Admin) Submit(ctx context.Context, files []SpecFile, id string, replace bool) ([]Submitted, error) {
+	return a.SubmitWith(ctx, files, id, SubmitOptions{Replace: replace, Retries: -1})
+}
+
+// SubmitWith is Submit with a spec's own retry limit and a time not to start
+// before. A delayed spec is written under pending/.delayed/ and made pending
+// by the fleet when due; it cannot replace a pending one.
+func (a *Admin) SubmitWith(ctx context.Context, files []SpecFile, id string, opt SubmitOptions) ([]Submitted, error) {
 	done := []Submitted{}
+	replace := opt.Replace
+	if replace && !opt.NotBefore.IsZero() {
+		return done, usagef("submit: --replace cannot go with --in or --at")
+	}
 	if len(files) == 0 {
 		return done, usagef("submit: no FILE given")
 	}
@@ -90,6 +113,11 @@ func (a *Admin) Submit(ctx context.Context, files []SpecFile, id string, replace
 		if err != nil {
 			return done, err
 		}
+		if !opt.NotBefore.IsZero() {
+			if n := len(a.layout.DelayedKey(sid, opt.NotBefore)); n > queue.MaxKeyBytes {
+				return done, fmt.Errorf("submit %s: id %q: its delayed key would be %d bytes, over S3's limit of %d", f.Name, sid, n, queue.MaxKeyBytes)
+			}
+		}
 		specs = append(specs, spec{sid, f.Body})
 	}
 	for _, s := range specs {
@@ -105,7 +133,14 @@ func (a *Admin) Submit(ctx context.Context, files []SpecFile, id string, replace
 			}
 		}
 		key := a.layout.Key(queue.Pending, s.id)
-		if err := a.proto.Submit(ctx, s.id, s.body, replace); err != nil {
+		popt := protocol.SubmitOptions{Replace: replace, NotBefore: opt.NotBefore}
+		if opt.Retries >= 0 {
+			popt.Metadata = protocol.RetryLimitMetadata(opt.Retries)
+		}
+		if !opt.NotBefore.IsZero() {
+			key = a.layout.DelayedKey(s.id, opt.NotBefore)
+		}
+		if err := a.proto.SubmitWith(ctx, s.id, s.body, popt); err != nil {
 			switch {
 			case errors.Is(err, protocol.ErrPending):
 				err = fmt.Errorf("spec %s was submitted meanwhile; use --replace to overwrite it", s.id)
@@ -114,7 +149,7 @@ func (a *Admin) Submit(ctx context.Context, files []SpecFile, id string, replace
 			}
 			return done, fmt.Errorf("submit: %w", err)
 		}
-		done = append(done, Submitted{ID: s.id, Key: key})
+		done = append(done, Submitted{ID: s.id, Key: key, NotBefore: opt.NotBefore})
 	}
 	return done, nil
 }
@@ -406,7 +441,21 @@ func (a *Admin) pruneAll(ctx context.Context, objs []queue.Object, olderThan tim
 // running one is marked so that its holder stops it within a lease renewal
 // period. by says who asked, for the result record.
 func (a *Admin) Cancel(ctx context.Context, id, by string) (protocol.CancelResult, error) {
-	return a.proto.Cancel(ctx, id, by)
+	res, err := a.proto.Cancel(ctx, id, by)
+	if err != nil && !errors.Is(err, protocol.ErrNotCancellable) {
+		return res, err
+	}
+	// A copy waiting under pending/.delayed/ (a retry's backoff, submit --in)
+	// is the spec too: it is filed cancelled as well.
+	n, derr := a.proto.CancelDelayed(ctx, id, by)
+	switch {
+	case derr != nil:
+		return res, derr
+	case n > 0:
+		res.Filed = true
+		return res, nil
+	}
+	return res, err
 }
 
 // pause is the body of a lane's pause marker.

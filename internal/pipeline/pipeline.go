@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,13 @@ type Config struct {
 	MaxSpecBytes int64
 	MaxAttempts  int
 	CellTimeout  time.Duration
+	// Retries is how many times a failed run is retried when its spec sets
+	// no limit of its own; RetryBackoff is the first retry's backoff
+	// (doubling, full jitter, see backoff). Jitter, if set, draws the
+	// jitter: a number in [0, n); nil: math/rand/v2.
+	Retries      int
+	RetryBackoff time.Duration
+	Jitter       func(n int64) int64
 	// Hints, if set, are bucket notifications: keys handed out as they come,
 	// the poll every NetInterval while they flow (see lister.Config.Hints).
 	Hints       lister.Hints
@@ -177,13 +185,21 @@ func (p *Pipeline) listPending(ctx context.Context, fn func([]lister.Entry) erro
 	// The depth gauges come from this listing: no request of their own.
 	count, oldest := 0, time.Duration(0)
 	defer func() { p.m.QueueDepth(count, oldest) }()
+	promote := newPromotions(ctx, p)
 	return p.store.List(ctx, p.cfg.Layout.Dir(queue.Pending), func(page queue.Page) error {
 		now := time.Now()
 		p.polled.Store(now.UnixNano())
 		p.m.Polled(now)
-		entries := make([]lister.Entry, len(page.Objects))
-		for i, o := range page.Objects {
-			entries[i] = lister.Entry{Key: o.Key, ETag: o.ETag}
+		entries := make([]lister.Entry, 0, len(page.Objects))
+		for _, o := range page.Objects {
+			if strings.HasPrefix(o.Key, p.cfg.Layout.DelayedDir()) {
+				// Delayed: not work until due (delayed.go).
+				if e, ok := promote.due(o, page.ServerTime); ok {
+					entries = append(entries, e)
+				}
+				continue
+			}
+			entries = append(entries, lister.Entry{Key: o.Key, ETag: o.ETag})
 			if _, err := p.cfg.Layout.ParseID(queue.Pending, o.Key); err == nil {
 				count++
 				oldest = max(oldest, page.ServerTime.Sub(o.LastModified))

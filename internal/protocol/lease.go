@@ -23,6 +23,7 @@ const (
 	stateRequeueing = "requeueing" // fleetd requeue moving failed/ to pending/
 	statePruning    = "pruning"    // fleetd prune deleting a result
 	stateSubmitting = "submitting" // fleetd submit writing pending/
+	statePromoting  = "promoting"  // moving a delayed spec that is due to pending/
 )
 
 // Intents: what the holder of a lease is doing to the spec's objects. A
@@ -35,6 +36,7 @@ const (
 	intentRequeue = "requeue" // move failed_etag back to pending/
 	intentPrune   = "prune"   // delete the result judged (result_etag)
 	intentSubmit  = "submit"  // write pending/ (fleetd submit)
+	intentPromote = "promote" // move delayed_key to pending/ (delayed.go)
 )
 
 // leaseBody is the body of leases/<id>.json.
@@ -73,6 +75,12 @@ type leaseBody struct {
 	// ResultKey and ResultETag name the result a prune judged old.
 	ResultKey  string `json:"result_key,omitempty"`
 	ResultETag string `json:"result_etag,omitempty"`
+	// RetryKey and RetryMeta: the holder was returning the failed spec to
+	// run again, to this delayed key with this metadata (Claim.Retry).
+	RetryKey  string            `json:"retry_key,omitempty"`
+	RetryMeta map[string]string `json:"retry_meta,omitempty"`
+	// DelayedKey is the delayed spec a promotion moves to pending/.
+	DelayedKey string `json:"delayed_key,omitempty"`
 	// Cancel, when set, names who asked for the spec to be cancelled; the
 	// holder stops its cell and files it cancelled (see Protocol.Cancel).
 	Cancel string `json:"cancel,omitempty"`

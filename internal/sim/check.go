@@ -21,6 +21,7 @@ import (
 //	filed-and-ran    cancelled or rejected, then run with no new submission
 //	cancel-ignored   a confirmed cancel, then a run not stopped, with no new submission
 //	requeue-forgotten a confirmed requeue that never led to a result
+//	early            a delayed spec (a retry, submit --in) made pending over a second before its due time
 
 func (s *scenario) checkFinal() {
 	h := s.hist
@@ -42,7 +43,7 @@ func (s *scenario) checkFinal() {
 	submitted := map[string][][]byte{}
 	var ids []string
 	for _, w := range h.writes {
-		if w.state == queue.Pending && w.by.role == "submit" {
+		if (w.state == queue.Pending || w.state == stateDelayed) && w.by.role == "submit" {
 			if submitted[w.id] == nil {
 				ids = append(ids, w.id)
 			}
@@ -115,7 +116,7 @@ func (h *history) writeOf(v int64) writeRec {
 // submission or a requeue) in (from, to). h.mu is held.
 func (h *history) submittedBetween(id string, from, to time.Time) bool {
 	for _, w := range h.writes {
-		if w.id == id && w.state == queue.Pending && (w.by.role == "submit" || w.by.role == "requeue") &&
+		if w.id == id && (w.state == queue.Pending || w.state == stateDelayed && w.by.role == "submit") && (w.by.role == "submit" || w.by.role == "requeue") &&
 			w.t.After(from) && w.t.Before(to) {
 			return true
 		}
@@ -139,10 +140,22 @@ func (s *scenario) checkHistory() {
 				h.violatef0("overlap: %s ran on %s from %v and on %s from %v, before the first ended", a.id, a.inc, h.at(a.start), b.inc, h.at(b.start))
 				continue
 			}
-			if a.n == b.n && a.how == "exit" && h.resultBy(a.inc, a.id, a.end, b.start) && !h.submittedBetween(a.id, a.start, b.start) {
+			// A run of a spec retried fewer times than a is no rerun of a:
+			// it descends from another submission of the same bytes, whose
+			// retries run beside a's (a spec's retries only grow).
+			if a.n == b.n && a.how == "exit" && h.resultBy(a.inc, a.id, a.end, b.start) && !h.submittedBetween(a.id, a.start, b.start) &&
+				h.chainsEnded(a.id, a.n, b.start) {
 				h.violatef0("ran-twice: %s n=%d exited on %s at %v and its result landed, then ran again on %s at %v with no new submission",
 					a.id, a.n, a.inc, h.at(a.end), b.inc, h.at(b.start))
 			}
+		}
+	}
+	for _, d := range h.deletes {
+		// A delayed spec is promoted only when due, by the promoter's clock
+		// and not over a second early by the store's (a cancel files it at
+		// once: a tool's delete).
+		if _, due, err := h.layout.ParseDelayed(d.key); err == nil && d.by.role == "node" && d.t.Before(due.Add(-time.Second)) {
+			h.violatef0("early: %s promoted at %v, due at %v", d.key, h.at(d.t), h.at(due))
 		}
 	}
 	for _, w := range h.writes {
@@ -184,12 +197,53 @@ func (s *scenario) checkHistory() {
 	}
 }
 
-// resultBy reports whether inc landed a result of id in [from, to). h.mu is held.
+// chainsEnded reports whether, by t, every submission of id's bytes n had
+// ended in a result. Without retries one submission is one run, and a run
+// after another's result with no submission between is a rerun. With them, a
+// submission is a chain of runs, and two submissions of the same bytes (one
+// made while the other waited for its retry) run their chains side by side:
+// a run is a rerun only when as many results as submissions had landed.
+// h.mu is held.
+func (h *history) chainsEnded(id string, n int, t time.Time) bool {
+	retried := false
+	for _, w := range h.writes {
+		retried = retried || w.id == id && w.state == stateDelayed && w.by.role == "node" && w.t.Before(t)
+	}
+	if !retried {
+		return true // no retries: the rule above stands as it is
+	}
+	type call struct {
+		by  *Handle
+		req int64
+	}
+	subs, results := map[call]bool{}, map[call]bool{}
+	for _, w := range h.writes {
+		if w.id != id || w.n != n || !w.t.Before(t) {
+			continue
+		}
+		switch {
+		case (w.state == queue.Pending || w.state == stateDelayed) && (w.by.role == "submit" || w.by.role == "requeue"):
+			subs[call{w.by, w.req}] = true
+		case w.state == queue.Completed || w.state == queue.Failed:
+			results[call{w.by, w.req}] = true
+		}
+	}
+	return len(results) >= len(subs)
+}
+
+// resultBy reports whether inc landed a result of id in [from, to), the
+// first of its writes of id there: one whose first write is a retry (the spec
+// under pending/.delayed/) returned the run to be retried. h.mu is held.
 func (h *history) resultBy(inc, id string, from, to time.Time) bool {
 	for _, w := range h.writes {
-		if w.id == id && w.by.name == inc && (w.state == queue.Completed || w.state == queue.Failed) &&
-			!w.t.Before(from) && w.t.Before(to) {
+		if w.id != id || w.by.name != inc || w.t.Before(from) || !w.t.Before(to) {
+			continue
+		}
+		switch w.state {
+		case queue.Completed, queue.Failed:
 			return true
+		case stateDelayed:
+			return false
 		}
 	}
 	return false

@@ -47,6 +47,7 @@ type writeRec struct {
 	version int64
 	n       int    // the submission the bytes are, from the spec's "n"
 	outcome string // of a result record
+	retried int    // the failed runs the spec had retried when written (fleetd-retried)
 	body    []byte
 }
 
@@ -102,8 +103,15 @@ func (h *history) violatef(format string, args ...any) {
 	h.mu.Unlock()
 }
 
+// stateDelayed stands for pending/.delayed/<due>/<id>.json in the history: a
+// spec that becomes pending when due.
+const stateDelayed queue.State = "delayed"
+
 // split returns the state and id of a key of the queue, ok false for others.
 func (h *history) split(key string) (queue.State, string, bool) {
+	if id, _, err := h.layout.ParseDelayed(key); err == nil {
+		return stateDelayed, id, true
+	}
 	for _, s := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed, queue.Leases} {
 		if id, ok := h.layout.ID(s, key); ok {
 			return s, id, true
@@ -120,7 +128,7 @@ func (h *history) wrote(by *Handle, req int64, key string, v int64, body []byte,
 	}
 	h.mu.Lock()
 	h.writes = append(h.writes, writeRec{t: time.Now(), by: by, req: req, key: key, state: st, id: id, version: v,
-		n: specN(body), outcome: meta["fleetd-outcome"], body: body})
+		n: specN(body), outcome: meta["fleetd-outcome"], retried: atoi(meta["fleetd-retried"]), body: body})
 	h.mu.Unlock()
 }
 
@@ -186,6 +194,11 @@ func (h *history) action(a *actionRec) {
 	h.mu.Lock()
 	h.actions = append(h.actions, a)
 	h.mu.Unlock()
+}
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
 }
 
 // specN reads the "n" the simulator puts in every spec it submits: which

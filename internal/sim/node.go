@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,6 +30,8 @@ type nodeCfg struct {
 	poll         time.Duration
 	cellTimeout  time.Duration
 	rate         float64 // its clock's rate against the true one (skew)
+	retries      int     // CELLOS_FLEET_RETRIES
+	retryBackoff time.Duration
 }
 
 // incarnation is one run of an agent process: the real pipeline, protocol,
@@ -59,11 +62,11 @@ func (s *scenario) startNode(cfg nodeCfg, gen int) *incarnation {
 	inc.d = drain.New(root, 2*s.policy.Timeout)
 	p := pipeline.New(pipeline.Config{Node: cfg.name, Layout: s.layout, Concurrency: cfg.concurrency, PollInterval: cfg.poll,
 		MaxSpecBytes: cfg.maxSpecBytes, MaxAttempts: cfg.maxAttempts, CellTimeout: cfg.cellTimeout, Logger: log,
-		Rand: s.rand(name, "lister")},
+		Rand: s.rand(name, "lister"), Retries: cfg.retries, RetryBackoff: cfg.retryBackoff, Jitter: lockedJitter(s.rand(name, "retry"))},
 		inc.h, proto, &runner{inc: inc}, inc.d)
 	rescuer := recovery.New(proto, inc.d, cfg.ttl, log, s.rand(name, "rescuer"))
-	s.hist.tracef(name, "START ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v clock_rate=%.4f",
-		cfg.ttl, cfg.concurrency, cfg.maxAttempts, cfg.maxSpecBytes, cfg.poll, cfg.cellTimeout, cfg.rate)
+	s.hist.tracef(name, "START ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v clock_rate=%.4f retries=%d backoff=%v",
+		cfg.ttl, cfg.concurrency, cfg.maxAttempts, cfg.maxSpecBytes, cfg.poll, cfg.cellTimeout, cfg.rate, cfg.retries, cfg.retryBackoff)
 	go func() {
 		defer close(inc.done)
 		rescued := make(chan struct{})
@@ -166,6 +169,16 @@ func (c skewClock) Now() time.Time {
 
 func (c skewClock) AfterFunc(d time.Duration, f func()) interface{ Stop() bool } {
 	return time.AfterFunc(time.Duration(float64(d)/c.rate), f)
+}
+
+// lockedJitter draws a retry's jitter from r for every worker of a node.
+func lockedJitter(r *rand.Rand) func(n int64) int64 {
+	var mu sync.Mutex
+	return func(n int64) int64 {
+		mu.Lock()
+		defer mu.Unlock()
+		return r.Int64N(n)
+	}
 }
 
 // rand returns a source for one goroutine of process name, drawn from the

@@ -51,9 +51,12 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 		if rng.IntN(7) == 0 {
 			c.cellTimeout = ms(1500, 5000)
 		}
+		if rng.IntN(3) == 0 {
+			c.retries, c.retryBackoff = 1+rng.IntN(2), ms(100, 1500)
+		}
 		nodes = append(nodes, c)
-		fmt.Fprintf(&b, "node %s ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v rate=%.4f\n",
-			c.name, c.ttl, c.concurrency, c.maxAttempts, c.maxSpecBytes, c.poll, c.cellTimeout, c.rate)
+		fmt.Fprintf(&b, "node %s ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v rate=%.4f retries=%d backoff=%v\n",
+			c.name, c.ttl, c.concurrency, c.maxAttempts, c.maxSpecBytes, c.poll, c.cellTimeout, c.rate, c.retries, c.retryBackoff)
 	}
 	if rng.IntN(4) != 0 {
 		faults = Faults{PreError: rng.Float64() * 0.05, SlowDown: rng.Float64() * 0.03, LostAnswer: rng.Float64() * 0.05,
@@ -66,8 +69,8 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 	var specs []*specDef
 	for i := range 1 + rng.IntN(4) {
 		d := &specDef{id: fmt.Sprintf("s%d", i+1), ms: 200 + rng.IntN(2500), pads: map[int]int{}}
-		if rng.IntN(5) == 0 {
-			d.exit = 1
+		if rng.IntN(3) == 0 {
+			d.exit = 1 // retried by agents and specs with retries
 		}
 		if rng.IntN(25) == 0 {
 			d.panic = 1
@@ -92,9 +95,13 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 		if replace {
 			kind = "replace"
 		}
-		events = append(events, event{at: at, what: fmt.Sprintf("%s %s n=%d (%d bytes) interrupt=%v", kind, d.id, sn, len(body), cut), do: func() {
+		opt := admin.SubmitOptions{Replace: replace, Retries: -1}
+		if rng.IntN(4) == 0 {
+			opt.Retries = rng.IntN(3) // fleetd submit --retries
+		}
+		events = append(events, event{at: at, what: fmt.Sprintf("%s %s n=%d (%d bytes) retries=%d interrupt=%v", kind, d.id, sn, len(body), opt.Retries, cut), do: func() {
 			s.tool("submit", d.id, sn, cut, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
-				_, err := a.Submit(ctx, []admin.SpecFile{{Name: d.id + ".json", Body: body}}, d.id, replace)
+				_, err := a.SubmitWith(ctx, []admin.SpecFile{{Name: d.id + ".json", Body: body}}, d.id, opt)
 				return err
 			})
 		}})

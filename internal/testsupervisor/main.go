@@ -5,7 +5,11 @@
 //
 //	{"spec": {"id": "a", "test": {"sleepMs": 100, "exit": 3, "waitFor": "/path",
 //	          "barrier": {"dir": "/path", "n": 4}, "ignoreTerm": true,
-//	          "print": "text for stdout", "printEnv": true}}}
+//	          "print": "text for stdout", "printEnv": true,
+//	          "failRuns": {"dir": "/path", "n": 2}}}}
+//
+// failRuns makes the first n runs of the spec (counted in dir) exit 7 and
+// every later one exit as "exit" says.
 package main
 
 import (
@@ -29,6 +33,10 @@ type behaviour struct {
 		Dir string `json:"dir"`
 		N   int    `json:"n"`
 	} `json:"barrier"`
+	FailRuns *struct {
+		Dir string `json:"dir"`
+		N   int    `json:"n"`
+	} `json:"failRuns"`
 }
 
 func main() {
@@ -76,6 +84,13 @@ func main() {
 	}
 	time.Sleep(time.Duration(b.SleepMs) * time.Millisecond)
 	event("end", id)
+	if f := b.FailRuns; f != nil {
+		entries, _ := os.ReadDir(f.Dir)
+		_ = os.WriteFile(filepath.Join(f.Dir, fmt.Sprintf("run-%d-%d", len(entries), os.Getpid())), nil, 0o600)
+		if len(entries) < f.N {
+			os.Exit(7)
+		}
+	}
 	os.Exit(b.Exit)
 }
 
