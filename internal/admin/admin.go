@@ -208,6 +208,16 @@ type Status struct {
 	AtLeast              map[string]bool `json:"at_least"`
 	OldestPendingSeconds float64         `json:"oldest_pending_seconds"`
 	InFlight             []InFlight      `json:"in_flight"`
+	// Delayed are the specs waiting under pending/.delayed/ (retries,
+	// submit --in/--at), soonest first, up to CountLimit (Counts["delayed"]).
+	Delayed []Delayed `json:"delayed"`
+}
+
+// Delayed is one spec not to start before Due.
+type Delayed struct {
+	ID  string    `json:"id"`
+	Due time.Time `json:"due"`
+	Key string    `json:"key"`
 }
 
 // InFlight is one spec held by a lease.
@@ -221,7 +231,7 @@ type InFlight struct {
 
 // Status counts the specs in each state and lists those in flight.
 func (a *Admin) Status(ctx context.Context) (Status, error) {
-	res := Status{Counts: map[string]int{}, AtLeast: map[string]bool{}, InFlight: []InFlight{}}
+	res := Status{Counts: map[string]int{}, AtLeast: map[string]bool{}, InFlight: []InFlight{}, Delayed: []Delayed{}}
 	by, err := a.pausedBy(ctx, a.layout)
 	if err != nil {
 		return res, fmt.Errorf("status: %w", err)
@@ -237,6 +247,11 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 					res.Counts[string(st)]++
 					oldest = max(oldest, p.ServerTime.Sub(o.LastModified))
 				}
+				// The same listing shows the delayed specs, first (their
+				// directory sorts before ids of letters and digits).
+				if id, due, err := a.layout.ParseDelayed(o.Key); err == nil && len(res.Delayed) < CountLimit {
+					res.Delayed = append(res.Delayed, Delayed{ID: id, Due: due, Key: o.Key})
+				}
 			}
 			if res.Counts[string(st)] >= CountLimit {
 				res.AtLeast[string(st)] = true
@@ -249,6 +264,8 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 		}
 		if st == queue.Pending {
 			res.OldestPendingSeconds = oldest.Round(time.Second).Seconds()
+			slices.SortFunc(res.Delayed, func(a, b Delayed) int { return a.Due.Compare(b.Due) })
+			res.Counts["delayed"], res.AtLeast["delayed"] = len(res.Delayed), len(res.Delayed) == CountLimit
 		}
 	}
 	var leases []queue.Object

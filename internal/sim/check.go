@@ -74,7 +74,7 @@ func (s *scenario) checkFinal() {
 				first, last = fw, cw
 			}
 			// A requeue puts the bytes back in pending/: a submission too.
-			if cw.n == fw.n && !h.submittedBetween(id, first.t, last.t) {
+			if cw.n == fw.n && !h.submittedBetween(id, first.t, last.t) && h.chainsEnded(id, cw.n, last.t) {
 				h.violatef0("both-folders: %s n=%d is in completed/ (%s) and failed/ (%s, %s), with no submission of it between the two",
 					id, cw.n, fmtVer(c), fmtVer(f), fw.outcome)
 			}
@@ -163,7 +163,7 @@ func (s *scenario) checkHistory() {
 			continue
 		}
 		for _, r := range h.runs {
-			if r.id == w.id && r.n == w.n && r.start.After(w.t) && !h.submittedBetween(w.id, w.t, r.start) {
+			if r.id == w.id && r.n == w.n && r.start.After(w.t) && !h.submittedBetween(w.id, w.t, r.start) && h.chainsEnded(w.id, w.n, r.start) {
 				h.violatef0("filed-and-ran: %s n=%d was filed %s at %v by %s, then ran on %s at %v with no new submission",
 					w.id, w.n, w.outcome, h.at(w.t), w.by.name, r.inc, h.at(r.start))
 				break
@@ -198,32 +198,35 @@ func (s *scenario) checkHistory() {
 }
 
 // chainsEnded reports whether, by t, every submission of id's bytes n had
-// ended in a result. Without retries one submission is one run, and a run
-// after another's result with no submission between is a rerun. With them, a
-// submission is a chain of runs, and two submissions of the same bytes (one
-// made while the other waited for its retry) run their chains side by side:
-// a run is a rerun only when as many results as submissions had landed.
-// h.mu is held.
+// ended in a result. Without retries or delayed specs one submission is one
+// run, and a run after another's result with no submission between is a
+// rerun: the rules above stand as they are. With them, a submission is a
+// chain of runs, or waits under pending/.delayed/ while another submission of
+// the same bytes runs: a run (or a second result) is one too many only when
+// as many results as submissions had landed. h.mu is held.
 func (h *history) chainsEnded(id string, n int, t time.Time) bool {
-	retried := false
+	delayed := false
 	for _, w := range h.writes {
-		retried = retried || w.id == id && w.state == stateDelayed && w.by.role == "node" && w.t.Before(t)
+		delayed = delayed || w.id == id && w.state == stateDelayed && w.t.Before(t)
 	}
-	if !retried {
-		return true // no retries: the rule above stands as it is
+	if !delayed {
+		return true
 	}
 	type call struct {
 		by  *Handle
 		req int64
 	}
-	subs, results := map[call]bool{}, map[call]bool{}
+	// A submission is counted per version that landed: a plain PUT (no
+	// lease, no condition) retried after a lost answer can land twice, and
+	// each landing is a copy that runs. A result is counted per call.
+	subs, results := map[int64]bool{}, map[call]bool{}
 	for _, w := range h.writes {
 		if w.id != id || w.n != n || !w.t.Before(t) {
 			continue
 		}
 		switch {
 		case (w.state == queue.Pending || w.state == stateDelayed) && (w.by.role == "submit" || w.by.role == "requeue"):
-			subs[call{w.by, w.req}] = true
+			subs[w.version] = true
 		case w.state == queue.Completed || w.state == queue.Failed:
 			results[call{w.by, w.req}] = true
 		}

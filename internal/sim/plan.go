@@ -99,8 +99,20 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 		if rng.IntN(4) == 0 {
 			opt.Retries = rng.IntN(3) // fleetd submit --retries
 		}
-		events = append(events, event{at: at, what: fmt.Sprintf("%s %s n=%d (%d bytes) retries=%d interrupt=%v", kind, d.id, sn, len(body), opt.Retries, cut), do: func() {
+		var in time.Duration // fleetd submit --in
+		if !replace && rng.IntN(4) == 0 {
+			in = ms(0, 3000)
+		}
+		byHand := in > 0 && rng.IntN(3) == 0 // as aws s3 cp would write it
+		events = append(events, event{at: at, what: fmt.Sprintf("%s %s n=%d (%d bytes) retries=%d in=%v by_hand=%v interrupt=%v", kind, d.id, sn, len(body), opt.Retries, in, byHand, cut), do: func() {
 			s.tool("submit", d.id, sn, cut, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
+				if in > 0 {
+					opt.NotBefore = time.Now().Add(in)
+				}
+				if byHand {
+					_, err := rec.h.Put(ctx, s.layout.DelayedKey(d.id, opt.NotBefore), body, queue.PutOptions{})
+					return err
+				}
 				_, err := a.SubmitWith(ctx, []admin.SpecFile{{Name: d.id + ".json", Body: body}}, d.id, opt)
 				return err
 			})
