@@ -23,6 +23,7 @@ import (
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/recovery"
+	"github.com/cellos/fleetd/internal/schedule"
 )
 
 // runAgent is the daemon: wire the store, protocol, pipeline, recovery and
@@ -98,6 +99,12 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 	}
 	p := pipeline.New(pcfg, store, proto, prog.Runner(newRunner(cfg, supervisor, getenv, stdout, stderr)), d)
 	rescuer := recovery.New(proto, d, cfg.LeaseTTL, log, nil)
+	lanes := &laneProtocols{protos: map[string]*protocol.Protocol{cfg.QueueName: proto}, make: func(lane string) *protocol.Protocol {
+		return protocol.New(protocol.Config{Layout: queue.NewLayout(cfg.Prefix, lane), Node: cfg.NodeID, TTL: cfg.LeaseTTL,
+			MaxAttempts: cfg.MaxAttempts, Logger: log, Metrics: m}, store)
+	}}
+	scheduler := schedule.New(schedule.Config{Prefix: cfg.Prefix, Interval: cfg.PollInterval, IdleInterval: max(cfg.PollInterval, time.Minute),
+		MaxSpecBytes: cfg.MaxSpecBytes, Logger: log}, store, lanes)
 	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
 		Pool: cfg.PoolID, Concurrency: cfg.Concurrency, InFlight: p.Cells, Logger: log}
 
@@ -131,6 +138,7 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		var background sync.WaitGroup
 		background.Go(func() { ops.Heartbeat(beating, beat) })
 		background.Go(func() { rescuer.Run(d.Intake()) })
+		background.Go(func() { scheduler.Run(d.Intake()) })
 		p.Run()
 		stopBeat()
 		background.Wait()
@@ -273,4 +281,26 @@ func newRunner(cfg Config, supervisor string, getenv func(string) string, stdout
 		}
 	}
 	return r
+}
+
+// laneProtocols is the claim protocol per lane, for the schedules: a
+// schedule submits to the lane it was added for, whichever this agent
+// serves.
+type laneProtocols struct {
+	mu     sync.Mutex
+	protos map[string]*protocol.Protocol
+	make   func(lane string) *protocol.Protocol
+}
+
+var _ schedule.Submitter = (*laneProtocols)(nil)
+
+func (l *laneProtocols) SubmitDue(ctx context.Context, quit <-chan struct{}, lane string, d protocol.Due) (bool, error) {
+	l.mu.Lock()
+	p, ok := l.protos[lane]
+	if !ok {
+		p = l.make(lane)
+		l.protos[lane] = p
+	}
+	l.mu.Unlock()
+	return p.SubmitDue(ctx, quit, d)
 }

@@ -464,6 +464,7 @@ func printUsage(w io.Writer) {
 		"       fleetd pause [--all] | fleetd resume [--all]\n"+
 		"       fleetd prune --older-than DURATION [--state completed|failed] [--dry-run] [--json]\n"+
 		"       fleetd ui [--listen 127.0.0.1:8080] [--allow-remote] [--allow-actions]\n"+
+		"       fleetd schedule add NAME --cron EXPR SPEC-FILE | schedule ls | schedule rm NAME\n"+
 		"       fleetd help [TOOL] | fleetd version\n\n"+
 		"fleetd runs execution-cell specs from an S3 queue. Each setting is a flag or an\n"+
 		"environment variable; a flag wins over its variable. AWS credentials and region\n"+

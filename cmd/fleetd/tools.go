@@ -45,6 +45,7 @@ type toolFlags struct {
 	replace   bool
 	in        duration
 	at        string
+	cron      string
 	failed    bool
 	olderThan duration
 	state     string
@@ -67,15 +68,16 @@ type toolEnv struct {
 }
 
 var tools = map[string]tool{
-	"submit":  submitTool,
-	"status":  statusTool,
-	"requeue": requeueTool,
-	"inspect": inspectTool,
-	"prune":   pruneTool,
-	"cancel":  cancelTool,
-	"pause":   pauseTool,
-	"resume":  resumeTool,
-	"ui":      uiTool,
+	"submit":   submitTool,
+	"status":   statusTool,
+	"requeue":  requeueTool,
+	"inspect":  inspectTool,
+	"prune":    pruneTool,
+	"cancel":   cancelTool,
+	"pause":    pauseTool,
+	"resume":   resumeTool,
+	"ui":       uiTool,
+	"schedule": scheduleTool,
 }
 
 // runTool runs a subcommand and returns the exit code.

@@ -458,19 +458,30 @@ func (a *Admin) pruneAll(ctx context.Context, objs []queue.Object, olderThan tim
 // running one is marked so that its holder stops it within a lease renewal
 // period. by says who asked, for the result record.
 func (a *Admin) Cancel(ctx context.Context, id, by string) (protocol.CancelResult, error) {
-	res, err := a.proto.Cancel(ctx, id, by)
-	if err != nil && !errors.Is(err, protocol.ErrNotCancellable) {
-		return res, err
-	}
 	// A copy waiting under pending/.delayed/ (a retry's backoff, submit --in)
-	// is the spec too: it is filed cancelled as well.
+	// is the spec too: it is filed cancelled as well. First, so that one
+	// promoted to pending/ meanwhile is found there by the cancel of the
+	// pending or running spec that follows.
 	n, derr := a.proto.CancelDelayed(ctx, id, by)
-	switch {
-	case derr != nil:
-		return res, derr
-	case n > 0:
+	busy := errors.Is(derr, protocol.ErrPending) || errors.Is(derr, protocol.ErrHeld)
+	if derr != nil && !busy {
+		return protocol.CancelResult{}, derr
+	}
+	res, err := a.proto.Cancel(ctx, id, by)
+	if busy {
+		// A delayed copy waited for the pending or running one: that one is
+		// cancelled now; cancel the delayed copy behind it.
+		m, derr := a.proto.CancelDelayed(ctx, id, by)
+		n += m
+		if derr != nil && (err == nil || errors.Is(err, protocol.ErrNotCancellable)) {
+			return res, fmt.Errorf("cancel %s: a delayed copy is left: %w; try again", id, derr)
+		}
+	}
+	if n > 0 && errors.Is(err, protocol.ErrNotCancellable) {
+		return protocol.CancelResult{Filed: true}, nil
+	}
+	if err == nil && n > 0 {
 		res.Filed = true
-		return res, nil
 	}
 	return res, err
 }

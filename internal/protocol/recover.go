@@ -132,6 +132,8 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 		p.finishFile(ctx, quit, c, mine.pending())
 	case intentPromote:
 		p.finishPromote(ctx, quit, c, mine.DelayedKey) // delayed.go
+	case intentSchedule:
+		p.finishSchedule(ctx, quit, c, mine) // schedule.go
 	case intentPrune, intentSubmit:
 		// Each has one write: whether or not it landed, only the lease is
 		// left (a pending/ the submit wrote stands). The tool said nothing

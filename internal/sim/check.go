@@ -22,6 +22,7 @@ import (
 //	cancel-ignored   a confirmed cancel, then a run not stopped, with no new submission
 //	requeue-forgotten a confirmed requeue that never led to a result
 //	early            a delayed spec (a retry, submit --in) made pending over a second before its due time
+//	schedule-twice   a schedule's due time written to pending/ twice
 
 func (s *scenario) checkFinal() {
 	h := s.hist
@@ -150,6 +151,15 @@ func (s *scenario) checkHistory() {
 			}
 		}
 	}
+	schedWrites := map[string]int{}
+	for _, w := range h.writes {
+		if w.sched && w.state == queue.Pending {
+			schedWrites[w.id]++
+			if schedWrites[w.id] == 2 {
+				h.violatef0("schedule-twice: %s was written to pending/ twice (the second at %v by %s)", w.id, h.at(w.t), w.by.name)
+			}
+		}
+	}
 	for _, d := range h.deletes {
 		// A delayed spec is promoted only when due, by the promoter's clock
 		// and not over a second early by the store's (a cancel files it at
@@ -218,8 +228,10 @@ func (h *history) chainsEnded(id string, n int, t time.Time) bool {
 	}
 	// A submission is counted per version that landed: a plain PUT (no
 	// lease, no condition) retried after a lost answer can land twice, and
-	// each landing is a copy that runs. A result is counted per call.
-	subs, results := map[int64]bool{}, map[call]bool{}
+	// each landing is a copy that runs. A chain ends with a run that exited
+	// and whose result its node wrote (not a retry), or with a filing
+	// (cancelled, rejected, abandoned): counted per write call.
+	subs, filings := map[int64]bool{}, map[call]bool{}
 	for _, w := range h.writes {
 		if w.id != id || w.n != n || !w.t.Before(t) {
 			continue
@@ -227,11 +239,30 @@ func (h *history) chainsEnded(id string, n int, t time.Time) bool {
 		switch {
 		case (w.state == queue.Pending || w.state == stateDelayed) && (w.by.role == "submit" || w.by.role == "requeue"):
 			subs[w.version] = true
-		case w.state == queue.Completed || w.state == queue.Failed:
-			results[call{w.by, w.req}] = true
+		case w.state == queue.Failed && (w.outcome == "cancelled" || w.outcome == "rejected" || w.outcome == "abandoned"):
+			filings[call{w.by, w.req}] = true
 		}
 	}
-	return len(results) >= len(subs)
+	ended := len(filings)
+	for _, r := range h.runs {
+		if r.id != id || r.n != n || r.how != "exit" || !r.end.Before(t) {
+			continue
+		}
+		// The run's own result: its node's first write of id after it, a
+		// result that is not a filing (counted above).
+		for _, w := range h.writes {
+			if w.id != id || w.by.name != r.inc || w.t.Before(r.end) || !w.t.Before(t) {
+				continue
+			}
+			if (w.state == queue.Completed || w.state == queue.Failed) && !filings[call{w.by, w.req}] {
+				ended++
+			}
+			if w.state == queue.Completed || w.state == queue.Failed || w.state == stateDelayed {
+				break
+			}
+		}
+	}
+	return ended >= len(subs)
 }
 
 // resultBy reports whether inc landed a result of id in [from, to), the

@@ -48,6 +48,7 @@ type writeRec struct {
 	n       int    // the submission the bytes are, from the spec's "n"
 	outcome string // of a result record
 	retried int    // the failed runs the spec had retried when written (fleetd-retried)
+	sched   bool   // a schedule's due time, written to pending/ (fleetd-schedule)
 	body    []byte
 }
 
@@ -128,7 +129,7 @@ func (h *history) wrote(by *Handle, req int64, key string, v int64, body []byte,
 	}
 	h.mu.Lock()
 	h.writes = append(h.writes, writeRec{t: time.Now(), by: by, req: req, key: key, state: st, id: id, version: v,
-		n: specN(body), outcome: meta["fleetd-outcome"], retried: atoi(meta["fleetd-retried"]), body: body})
+		n: specN(body), outcome: meta["fleetd-outcome"], retried: atoi(meta["fleetd-retried"]), sched: meta["fleetd-schedule"] != "", body: body})
 	h.mu.Unlock()
 }
 

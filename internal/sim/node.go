@@ -18,6 +18,7 @@ import (
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/recovery"
+	"github.com/cellos/fleetd/internal/schedule"
 )
 
 // nodeCfg is one agent's settings; agents of a fleet differ.
@@ -65,17 +66,24 @@ func (s *scenario) startNode(cfg nodeCfg, gen int) *incarnation {
 		Rand: s.rand(name, "lister"), Retries: cfg.retries, RetryBackoff: cfg.retryBackoff, Jitter: lockedJitter(s.rand(name, "retry"))},
 		inc.h, proto, &runner{inc: inc}, inc.d)
 	rescuer := recovery.New(proto, inc.d, cfg.ttl, log, s.rand(name, "rescuer"))
+	scheduler := schedule.New(schedule.Config{Prefix: "fleet", Interval: cfg.poll, IdleInterval: cfg.poll, MaxSpecBytes: 1 << 20, Logger: log},
+		inc.h, oneLane{proto})
 	s.hist.tracef(name, "START ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v clock_rate=%.4f retries=%d backoff=%v",
 		cfg.ttl, cfg.concurrency, cfg.maxAttempts, cfg.maxSpecBytes, cfg.poll, cfg.cellTimeout, cfg.rate, cfg.retries, cfg.retryBackoff)
 	go func() {
 		defer close(inc.done)
-		rescued := make(chan struct{})
+		rescued, scheduled := make(chan struct{}), make(chan struct{})
 		go func() {
 			defer close(rescued)
 			rescuer.Run(inc.d.Intake())
 		}()
+		go func() {
+			defer close(scheduled)
+			scheduler.Run(inc.d.Intake())
+		}()
 		p.Run()
 		<-rescued
+		<-scheduled
 	}()
 	return inc
 }
@@ -187,4 +195,11 @@ func (s *scenario) rand(name, what string) *rand.Rand {
 	f := fnv.New64a()
 	fmt.Fprintf(f, "%d/%s/%s", s.seed, name, what)
 	return rand.New(rand.NewPCG(s.seed, f.Sum64()))
+}
+
+// oneLane submits every schedule's due times on the scenario's one lane.
+type oneLane struct{ p *protocol.Protocol }
+
+func (o oneLane) SubmitDue(ctx context.Context, quit <-chan struct{}, _ string, d protocol.Due) (bool, error) {
+	return o.p.SubmitDue(ctx, quit, d)
 }

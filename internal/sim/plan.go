@@ -122,6 +122,19 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 		submit(ms(0, 2000), d, false)
 	}
 	end = time.Duration(10+rng.IntN(12)) * time.Second
+	if rng.IntN(3) == 0 {
+		// A periodic spec (fleetd schedule add), removed when the faults
+		// end so that the fleet can settle.
+		at, every, cut := ms(0, 3000), 1+rng.IntN(3), interrupt()
+		body := fmt.Appendf(nil, `{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"tick","n":%d,"ms":%d,"exit":0}}`, scheduleN, 100+rng.IntN(900))
+		events = append(events, event{at: at, what: fmt.Sprintf("schedule add tick @every %ds interrupt=%v", every, cut), do: func() {
+			s.tool("schedule", "tick", -1, cut, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
+				_, err := a.AddSchedule(ctx, "fleet", "", "tick", fmt.Sprintf("@every %ds", every), admin.SpecFile{Name: "tick.json", Body: body})
+				return err
+			})
+		}})
+		s.scheduled = true
+	}
 	for range 2 + rng.IntN(7) {
 		at := ms(500, int(end/time.Millisecond))
 		d := specs[rng.IntN(len(specs))]
@@ -221,6 +234,10 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 	fmt.Fprintf(&b, "faults end at %v\n---\n", end)
 	return nodes, events, faults, end, b.String()
 }
+
+// scheduleN is the "n" of the schedule's spec: every due time's spec has
+// the same bytes under an id of its own.
+const scheduleN = 1 << 20
 
 func sortEvents(es []event) {
 	for i := 1; i < len(es); i++ {

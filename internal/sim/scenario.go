@@ -103,6 +103,8 @@ type scenario struct {
 	nTool int
 	busy  int // tools running
 	ended bool
+	// scheduled: the plan adds a schedule, removed at the end of faults.
+	scheduled bool
 }
 
 // event is one thing the plan does at a moment.
@@ -166,6 +168,21 @@ func Run(seed uint64, opt Options) *Result {
 		if !up {
 			s.restart(c)
 		}
+	}
+	if s.scheduled {
+		// No more due times: the fleet settles what was submitted. A
+		// removal that meets an add still under way (interrupted and
+		// retried) repeats until the schedule is gone.
+		s.tool("schedule", "tick", -1, 0, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
+			for {
+				err := a.RemoveSchedule(ctx, "fleet", "tick")
+				if err == nil || strings.Contains(err.Error(), "no schedule") || ctx.Err() != nil {
+					return err
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		})
+		s.tools.Wait()
 	}
 	s.tool("resume", "", 0, 0, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
 		_, err := a.Resume(ctx, "fleet", false)
