@@ -97,12 +97,32 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		pcfg.Hints, pcfg.NetInterval = hints, cfg.Notify.PollInterval
 		pollInterval = max(pollInterval, cfg.Notify.PollInterval)
 	}
-	p := pipeline.New(pcfg, store, proto, prog.Runner(newRunner(cfg, supervisor, getenv, stdout, stderr)), d)
-	rescuer := recovery.New(proto, d, cfg.LeaseTTL, log, nil)
+	runner := prog.Runner(newRunner(cfg, supervisor, getenv, stdout, stderr))
 	lanes := &laneProtocols{protos: map[string]*protocol.Protocol{cfg.QueueName: proto}, make: func(lane string) *protocol.Protocol {
 		return protocol.New(protocol.Config{Layout: queue.NewLayout(cfg.Prefix, lane), Node: cfg.NodeID, TTL: cfg.LeaseTTL,
 			MaxAttempts: cfg.MaxAttempts, Logger: log, Metrics: m}, store)
 	}}
+	// One lane, or several on one pool of workers (CELLOS_FLEET_LANES):
+	// each lane its own protocol, lister and recovery.
+	var p agentWork
+	var rescuers []*recovery.Rescuer
+	if len(cfg.Lanes) == 0 {
+		p = pipeline.New(pcfg, store, proto, runner, d)
+		rescuers = append(rescuers, recovery.New(proto, d, cfg.LeaseTTL, log, nil))
+	} else {
+		var pipes []*pipeline.Pipeline
+		var weights []int
+		for _, l := range cfg.Lanes {
+			lp := lanes.get(l.Name)
+			lcfg := pcfg
+			lcfg.Layout, lcfg.Lane, lcfg.MultiLane = queue.NewLayout(cfg.Prefix, l.Name), l.Name, true
+			lcfg.Logger = log.With("queue_name", l.Name)
+			pipes = append(pipes, pipeline.New(lcfg, store, lp, runner, d))
+			weights = append(weights, l.Weight)
+			rescuers = append(rescuers, recovery.New(lp, d, cfg.LeaseTTL, log.With("queue_name", l.Name), nil))
+		}
+		p = pipeline.NewLanes(pipes, weights, cfg.LaneStrict, cfg.Concurrency, d)
+	}
 	scheduler := schedule.New(schedule.Config{Prefix: cfg.Prefix, Interval: cfg.PollInterval, IdleInterval: max(cfg.PollInterval, time.Minute),
 		MaxSpecBytes: cfg.MaxSpecBytes, Logger: log}, store, lanes)
 	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
@@ -137,7 +157,9 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		beating, stopBeat := context.WithCancel(context.Background())
 		var background sync.WaitGroup
 		background.Go(func() { ops.Heartbeat(beating, beat) })
-		background.Go(func() { rescuer.Run(d.Intake()) })
+		for _, r := range rescuers {
+			background.Go(func() { r.Run(d.Intake()) })
+		}
 		background.Go(func() { scheduler.Run(d.Intake()) })
 		p.Run()
 		stopBeat()
@@ -295,12 +317,30 @@ type laneProtocols struct {
 var _ schedule.Submitter = (*laneProtocols)(nil)
 
 func (l *laneProtocols) SubmitDue(ctx context.Context, quit <-chan struct{}, lane string, d protocol.Due) (bool, error) {
+	return l.get(lane).SubmitDue(ctx, quit, d)
+}
+
+// get returns the protocol of lane, made on first use.
+func (l *laneProtocols) get(lane string) *protocol.Protocol {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	p, ok := l.protos[lane]
 	if !ok {
 		p = l.make(lane)
 		l.protos[lane] = p
 	}
-	l.mu.Unlock()
-	return p.SubmitDue(ctx, quit, d)
+	return p
 }
+
+// agentWork is the pipeline of one lane or the Lanes of several.
+type agentWork interface {
+	Run()
+	Cells() int
+	HostBroken() error
+	LastPoll() time.Time
+}
+
+var (
+	_ agentWork = (*pipeline.Pipeline)(nil)
+	_ agentWork = (*pipeline.Lanes)(nil)
+)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -32,6 +33,8 @@ var settings = []setting{
 	{"prefix", "CELLOS_FLEET_PREFIX", "fleet", "key prefix of the queue; a trailing / is trimmed"},
 	{"queue-name", "CELLOS_FLEET_QUEUE_NAME", "", "queue lane below the prefix (empty: flat layout)"},
 	{"pool-id", "CELLOS_FLEET_POOL_ID", "", "placement pool of this runner (empty: take every spec)"},
+	{"lanes", "CELLOS_FLEET_LANES", "", "serve several lanes with weights, e.g. critical=6,default=3,low=1 (_ is the prefix's own lane); instead of CELLOS_FLEET_QUEUE_NAME"},
+	{"lane-order", "CELLOS_FLEET_LANE_ORDER", "weighted", "weighted (free slots shared by weight, smooth round-robin) or strict (a lane only while every heavier one is empty)"},
 	{"supervisor", "CELLOS_FLEET_SUPERVISOR", "cellos-supervisor", "binary run as <supervisor> <spec-path>"},
 	{"poll-interval-ms", "CELLOS_FLEET_POLL_INTERVAL_MS", "5000", "time between listings of an idle queue"},
 	{"heartbeat-interval-ms", "CELLOS_FLEET_HEARTBEAT_INTERVAL_MS", "30000", "time between heartbeat log events"},
@@ -66,9 +69,13 @@ var settings = []setting{
 
 // Config is fleetd's validated configuration.
 type Config struct {
-	Bucket       string
-	Prefix       string
-	QueueName    string
+	Bucket    string
+	Prefix    string
+	QueueName string
+	// Lanes, when set, are the lanes this agent serves and their weights
+	// (CELLOS_FLEET_LANES); LaneStrict: CELLOS_FLEET_LANE_ORDER=strict.
+	Lanes        []Lane
+	LaneStrict   bool
 	PoolID       string
 	Supervisor   string
 	PollInterval time.Duration
@@ -188,6 +195,17 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 	cfg.Prefix = get("prefix").raw
 	cfg.QueueName = strings.TrimSpace(get("queue-name").raw)
 	cfg.PoolID = strings.TrimSpace(get("pool-id").raw)
+	if v := get("lanes"); strings.TrimSpace(v.raw) != "" {
+		lanes, err := parseLanes(v.raw)
+		switch {
+		case err != nil:
+			p.fail(v, "name=weight,... with distinct names (_ for the prefix's own lane) and weights from 1 to 1000: "+err.Error())
+		case cfg.QueueName != "":
+			p.fail(v, "lanes or CELLOS_FLEET_QUEUE_NAME, not both")
+		}
+		cfg.Lanes = lanes
+	}
+	cfg.LaneStrict = p.oneOf(get("lane-order"), "weighted", "strict") == "strict"
 	cfg.Supervisor = get("supervisor").raw
 	nodeID := get("node-id")
 	cfg.NodeID = strings.TrimSpace(nodeID.raw)
@@ -235,6 +253,9 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 		}
 	}
 	cfg.Notify = parseNotify(&p, get)
+	if len(cfg.Lanes) > 0 && cfg.Notify.URL != "" {
+		p.fail(get("lanes"), "one lane with CELLOS_FLEET_NOTIFY_URL (notifications serve one lane's agents)")
+	}
 	cfg.LogLevel = p.oneOf(get("log-level"), "debug", "info", "warn", "error")
 	cfg.LogFormat = p.oneOf(get("log-format"), "json", "text")
 	if p.err != nil {
@@ -480,4 +501,40 @@ func printUsage(w io.Writer) {
 	}
 	fmt.Fprintf(tw, "--version, -V\t\t\tprint the version and exit\n")
 	tw.Flush()
+}
+
+// Lane is one lane of CELLOS_FLEET_LANES: a queue name ("" for the prefix's
+// own, written _) and its weight.
+type Lane struct {
+	Name   string
+	Weight int
+}
+
+// parseLanes reads CELLOS_FLEET_LANES: name=weight, comma-separated.
+func parseLanes(raw string) ([]Lane, error) {
+	var lanes []Lane
+	seen := map[string]bool{}
+	for _, part := range strings.Split(raw, ",") {
+		name, w, ok := strings.Cut(strings.TrimSpace(part), "=")
+		name = strings.TrimSpace(name)
+		if !ok || name == "" {
+			return nil, fmt.Errorf("%q is not name=weight", part)
+		}
+		if name == "_" {
+			name = ""
+		}
+		if strings.ContainsAny(name, "/ \t") {
+			return nil, fmt.Errorf("lane %q: no / or spaces", name)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("lane %q given twice", cmp.Or(name, "_"))
+		}
+		seen[name] = true
+		n, err := strconv.Atoi(strings.TrimSpace(w))
+		if err != nil || n < 1 || n > 1000 {
+			return nil, fmt.Errorf("lane %q: weight %q", cmp.Or(name, "_"), w)
+		}
+		lanes = append(lanes, Lane{Name: name, Weight: n})
+	}
+	return lanes, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"maps"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -26,7 +27,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		Notify:   NotifyConfig{PollInterval: time.Minute},
 		LogLevel: "info", LogFormat: "json",
 	}
-	if cfg != want {
+	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", cfg, want)
 	}
 }

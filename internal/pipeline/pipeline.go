@@ -72,6 +72,10 @@ type Config struct {
 	// the poll every NetInterval while they flow (see lister.Config.Hints).
 	Hints       lister.Hints
 	NetInterval time.Duration
+	// Lane, with MultiLane, names this pipeline's lane among several run
+	// by one Lanes: its depth and pause are then reported per lane.
+	Lane      string
+	MultiLane bool
 	// Rand is the lister's source of jitter (see lister.Config.Rand).
 	Rand    *rand.Rand
 	Logger  *slog.Logger
@@ -94,6 +98,8 @@ type Pipeline struct {
 	cells  atomic.Int64 // supervisors running now
 	idle   idleWorkers
 	polled atomic.Int64 // unix nanos of the last successful listing of pending/
+	depth  atomic.Int64 // specs the last listing of pending/ counted
+	listed atomic.Bool  // a listing of pending/ has ended (depth is known)
 }
 
 // New returns a pipeline. It starts nothing until Run. A nil cfg.Metrics gets
@@ -152,14 +158,19 @@ func (p *Pipeline) work(keys <-chan lister.Item) {
 		if !ok {
 			return
 		}
-		var pc panics.Catcher
-		pc.Try(func() { p.process(it) })
-		if r := pc.Recovered(); r != nil {
-			// A claim caught mid-way keeps its lease; recovery returns it.
-			p.log.Error("worker panic", "event", "worker.panic", "spec_id", it.ID, "err", r.AsError())
-		}
-		p.intake.Done(it)
+		p.handle(it)
 	}
+}
+
+// handle takes one key through the stages. A panic fails only that key.
+func (p *Pipeline) handle(it lister.Item) {
+	var pc panics.Catcher
+	pc.Try(func() { p.process(it) })
+	if r := pc.Recovered(); r != nil {
+		// A claim caught mid-way keeps its lease; recovery returns it.
+		p.log.Error("worker panic", "event", "worker.panic", "spec_id", it.ID, "err", r.AsError())
+	}
+	p.intake.Done(it)
 }
 
 // HostBroken returns why this host cannot start the supervisor, nil when it
@@ -184,7 +195,15 @@ func (p *Pipeline) LastPoll() time.Time {
 func (p *Pipeline) listPending(ctx context.Context, fn func([]lister.Entry) error) error {
 	// The depth gauges come from this listing: no request of their own.
 	count, oldest := 0, time.Duration(0)
-	defer func() { p.m.QueueDepth(count, oldest) }()
+	defer func() {
+		p.depth.Store(int64(count))
+		p.listed.Store(true)
+		if p.cfg.MultiLane {
+			p.m.LaneDepth(p.cfg.Lane, count, oldest)
+			return
+		}
+		p.m.QueueDepth(count, oldest)
+	}()
 	promote := newPromotions(ctx, p)
 	return p.store.List(ctx, p.cfg.Layout.Dir(queue.Pending), func(page queue.Page) error {
 		now := time.Now()
@@ -215,7 +234,11 @@ func (p *Pipeline) setPaused(paused bool) {
 	if p.paused.Swap(paused) == paused {
 		return
 	}
-	p.m.SetPaused(paused)
+	if p.cfg.MultiLane {
+		p.m.LanePaused(p.cfg.Lane, paused)
+	} else {
+		p.m.SetPaused(paused)
+	}
 	if paused {
 		p.log.Warn("queue paused: claiming nothing until fleetd resume", "event", "queue.paused")
 	} else {

@@ -33,9 +33,11 @@ func (s *scenario) checkFinal() {
 	bodies := map[queue.State]map[string][]byte{}
 	for _, st := range []queue.State{queue.Completed, queue.Failed} {
 		results[st], bodies[st] = map[string]int64{}, map[string][]byte{}
-		for _, o := range s.store.Snapshot(s.layout.Dir(st)) {
-			if id, ok := s.layout.ID(st, o.Key); ok {
-				results[st][id], bodies[st][id] = o.Version, o.Body
+		for _, l := range h.lanes {
+			for _, o := range s.store.Snapshot(l.Dir(st)) {
+				if id, ok := l.ID(st, o.Key); ok {
+					results[st][id], bodies[st][id] = o.Version, o.Body
+				}
 			}
 		}
 	}

@@ -18,7 +18,10 @@ import (
 // run of a cell, each operator action, each crash.
 type history struct {
 	layout queue.Layout
-	t0     time.Time
+	// lanes are every lane's layout, the scenario's own first (a node may
+	// serve a second lane, CELLOS_FLEET_LANES); ids differ across lanes.
+	lanes []queue.Layout
+	t0    time.Time
 
 	mu         sync.Mutex
 	trace      []traceLine
@@ -87,7 +90,7 @@ type actionRec struct {
 }
 
 func newHistory(layout queue.Layout) *history {
-	return &history{layout: layout, t0: time.Now(), crashed: map[string]time.Time{}}
+	return &history{layout: layout, lanes: []queue.Layout{layout, queue.NewLayout("fleet", laneX)}, t0: time.Now(), crashed: map[string]time.Time{}}
 }
 
 func (h *history) tracef(who, format string, args ...any) {
@@ -104,18 +107,24 @@ func (h *history) violatef(format string, args ...any) {
 	h.mu.Unlock()
 }
 
+// laneX is the second lane some scenarios' nodes serve beside the
+// scenario's own (CELLOS_FLEET_LANES).
+const laneX = "x"
+
 // stateDelayed stands for pending/.delayed/<due>/<id>.json in the history: a
 // spec that becomes pending when due.
 const stateDelayed queue.State = "delayed"
 
 // split returns the state and id of a key of the queue, ok false for others.
 func (h *history) split(key string) (queue.State, string, bool) {
-	if id, _, err := h.layout.ParseDelayed(key); err == nil {
-		return stateDelayed, id, true
-	}
-	for _, s := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed, queue.Leases} {
-		if id, ok := h.layout.ID(s, key); ok {
-			return s, id, true
+	for _, l := range h.lanes {
+		if id, _, err := l.ParseDelayed(key); err == nil {
+			return stateDelayed, id, true
+		}
+		for _, s := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed, queue.Leases} {
+			if id, ok := l.ID(s, key); ok {
+				return s, id, true
+			}
 		}
 	}
 	return "", "", false

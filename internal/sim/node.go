@@ -33,6 +33,10 @@ type nodeCfg struct {
 	rate         float64 // its clock's rate against the true one (skew)
 	retries      int     // CELLOS_FLEET_RETRIES
 	retryBackoff time.Duration
+	// lanes, if set, are the weights of the scenario's lane and lane x
+	// (CELLOS_FLEET_LANES); strict: CELLOS_FLEET_LANE_ORDER=strict.
+	lanes  []int
+	strict bool
 }
 
 // incarnation is one run of an agent process: the real pipeline, protocol,
@@ -61,21 +65,42 @@ func (s *scenario) startNode(cfg nodeCfg, gen int) *incarnation {
 	root, kill := context.WithCancel(context.Background())
 	inc.kill = kill
 	inc.d = drain.New(root, 2*s.policy.Timeout)
-	p := pipeline.New(pipeline.Config{Node: cfg.name, Layout: s.layout, Concurrency: cfg.concurrency, PollInterval: cfg.poll,
+	pcfg := pipeline.Config{Node: cfg.name, Layout: s.layout, Concurrency: cfg.concurrency, PollInterval: cfg.poll,
 		MaxSpecBytes: cfg.maxSpecBytes, MaxAttempts: cfg.maxAttempts, CellTimeout: cfg.cellTimeout, Logger: log,
-		Rand: s.rand(name, "lister"), Retries: cfg.retries, RetryBackoff: cfg.retryBackoff, Jitter: lockedJitter(s.rand(name, "retry"))},
-		inc.h, proto, &runner{inc: inc}, inc.d)
-	rescuer := recovery.New(proto, inc.d, cfg.ttl, log, s.rand(name, "rescuer"))
+		Rand: s.rand(name, "lister"), Retries: cfg.retries, RetryBackoff: cfg.retryBackoff, Jitter: lockedJitter(s.rand(name, "retry"))}
+	var p interface{ Run() }
+	rescuers := []*recovery.Rescuer{recovery.New(proto, inc.d, cfg.ttl, log, s.rand(name, "rescuer"))}
+	if cfg.lanes == nil {
+		p = pipeline.New(pcfg, inc.h, proto, &runner{inc: inc}, inc.d)
+	} else {
+		// CELLOS_FLEET_LANES: the scenario's lane and lane x on one pool
+		// of workers, each lane its own protocol and recovery.
+		protoX := protocol.New(protocol.Config{Layout: s.hist.lanes[1], Node: cfg.name, TTL: cfg.ttl, MaxAttempts: cfg.maxAttempts,
+			Logger: log, Clock: newSkewClock(cfg.rate)}, inc.h)
+		rescuers = append(rescuers, recovery.New(protoX, inc.d, cfg.ttl, log, s.rand(name, "rescuer-x")))
+		own, x := pcfg, pcfg
+		own.MultiLane = true
+		x.Layout, x.Lane, x.MultiLane, x.Rand = s.hist.lanes[1], laneX, true, s.rand(name, "lister-x")
+		x.Jitter = lockedJitter(s.rand(name, "retry-x"))
+		p = pipeline.NewLanes([]*pipeline.Pipeline{
+			pipeline.New(own, inc.h, proto, &runner{inc: inc}, inc.d),
+			pipeline.New(x, inc.h, protoX, &runner{inc: inc}, inc.d),
+		}, cfg.lanes, cfg.strict, cfg.concurrency, inc.d)
+	}
 	scheduler := schedule.New(schedule.Config{Prefix: "fleet", Interval: cfg.poll, IdleInterval: cfg.poll, MaxSpecBytes: 1 << 20, Logger: log},
 		inc.h, oneLane{proto})
-	s.hist.tracef(name, "START ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v clock_rate=%.4f retries=%d backoff=%v",
-		cfg.ttl, cfg.concurrency, cfg.maxAttempts, cfg.maxSpecBytes, cfg.poll, cfg.cellTimeout, cfg.rate, cfg.retries, cfg.retryBackoff)
+	s.hist.tracef(name, "START ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v clock_rate=%.4f retries=%d backoff=%v lanes=%v strict=%v",
+		cfg.ttl, cfg.concurrency, cfg.maxAttempts, cfg.maxSpecBytes, cfg.poll, cfg.cellTimeout, cfg.rate, cfg.retries, cfg.retryBackoff, cfg.lanes, cfg.strict)
 	go func() {
 		defer close(inc.done)
 		rescued, scheduled := make(chan struct{}), make(chan struct{})
 		go func() {
 			defer close(rescued)
-			rescuer.Run(inc.d.Intake())
+			var rs sync.WaitGroup
+			for _, r := range rescuers {
+				rs.Go(func() { r.Run(inc.d.Intake()) })
+			}
+			rs.Wait()
 		}()
 		go func() {
 			defer close(scheduled)

@@ -41,6 +41,7 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 	var b strings.Builder
 	fmt.Fprintf(&b, "seed %d, store %s\n", s.seed, s.opt.Store)
 	ms := func(lo, hi int) time.Duration { return time.Duration(lo+rng.IntN(hi-lo+1)) * time.Millisecond }
+	lanes := rng.IntN(3) == 0 // some nodes serve lane x too, and specs go there
 	for i := range 2 + rng.IntN(3) {
 		c := nodeCfg{name: fmt.Sprintf("n%d", i+1), ttl: time.Duration(3+rng.IntN(4)) * time.Second,
 			concurrency: 1 + rng.IntN(3), maxAttempts: 1 + rng.IntN(3), maxSpecBytes: 1 << 20,
@@ -54,9 +55,12 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 		if rng.IntN(3) == 0 {
 			c.retries, c.retryBackoff = 1+rng.IntN(2), ms(100, 1500)
 		}
+		if i == 0 && lanes || i > 0 && lanes && rng.IntN(2) == 0 {
+			c.lanes, c.strict = []int{1 + rng.IntN(6), 1 + rng.IntN(6)}, rng.IntN(3) == 0
+		}
 		nodes = append(nodes, c)
-		fmt.Fprintf(&b, "node %s ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v rate=%.4f retries=%d backoff=%v\n",
-			c.name, c.ttl, c.concurrency, c.maxAttempts, c.maxSpecBytes, c.poll, c.cellTimeout, c.rate, c.retries, c.retryBackoff)
+		fmt.Fprintf(&b, "node %s ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v rate=%.4f retries=%d backoff=%v lanes=%v strict=%v\n",
+			c.name, c.ttl, c.concurrency, c.maxAttempts, c.maxSpecBytes, c.poll, c.cellTimeout, c.rate, c.retries, c.retryBackoff, c.lanes, c.strict)
 	}
 	if rng.IntN(4) != 0 {
 		faults = Faults{PreError: rng.Float64() * 0.05, SlowDown: rng.Float64() * 0.03, LostAnswer: rng.Float64() * 0.05,
@@ -120,6 +124,25 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 	}
 	for _, d := range specs {
 		submit(ms(0, 2000), d, false)
+	}
+	if lanes {
+		// Specs of lane x, run only by the nodes that serve it, beside the
+		// scenario's own on the same workers.
+		for i := range 1 + rng.IntN(4) {
+			n++
+			id, sn, at := fmt.Sprintf("x%d", i+1), n, ms(0, 4000)
+			d := &specDef{id: id, ms: 200 + rng.IntN(1500), pads: map[int]int{}}
+			if rng.IntN(4) == 0 {
+				d.exit = 1
+			}
+			body := d.body(sn, 0)
+			events = append(events, event{at: at, what: fmt.Sprintf("submit %s n=%d to lane x", id, sn), do: func() {
+				s.toolOn(s.hist.lanes[1], "submit", id, sn, 0, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
+					_, err := a.Submit(ctx, []admin.SpecFile{{Name: id + ".json", Body: body}}, id, false)
+					return err
+				})
+			}})
+		}
 	}
 	end = time.Duration(10+rng.IntN(12)) * time.Second
 	if rng.IntN(3) == 0 {

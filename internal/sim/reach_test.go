@@ -8,16 +8,17 @@ import (
 
 // TestScenariosReachRetriesAndDelays checks that the scenarios drive the
 // paths of issue 22 (a sweep that never retried would prove nothing about
-// retries): failed cells retried and delayed specs promoted. Recoverers
+// retries): failed cells retried, delayed specs promoted, schedules' due
+// times submitted, and specs of a second lane run by nodes serving lanes. Recoverers
 // finishing a retry or a promotion whose holder stopped are rarer (a crash
 // inside a few requests' window: about one scenario in 700); they are
 // counted here and forced in internal/protocol's tests.
-func TestScenariosReachRetriesAndDelays(t *testing.T) {
+func TestScenariosReachIssue22(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a sweep")
 	}
 	n := envInt("SIM_REACH_SEEDS", 600)
-	events := []string{"event=spec.retry ", "event=spec.promoted "}
+	events := []string{"event=spec.retry ", "event=spec.promoted ", "event=schedule.submitted ", "CELL x1 "}
 	rare := []string{"event=recovery.retry_finished ", "intent=promote "}
 	seen := map[string]int{}
 	for seed := range uint64(n) {
