@@ -139,12 +139,14 @@ func (ls *Lanes) await(done <-chan struct{}) bool {
 			waiting = append(waiting, l)
 		}
 	}
-	// A heavier lane that is not empty but offers nothing now (its keys
-	// handed out, its next listing to come) holds a lighter one back: look
-	// again shortly.
-	tick := time.NewTimer(50 * time.Millisecond)
-	defer tick.Stop()
-	cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(tick.C)})
+	if ls.strict {
+		// A heavier lane that is not empty but offers nothing now (its
+		// keys handed out, its next listing to come) holds a lighter one
+		// back: look again shortly.
+		tick := time.NewTimer(50 * time.Millisecond)
+		defer tick.Stop()
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(tick.C)})
+	}
 	i, v, ok := reflect.Select(cases)
 	switch {
 	case i == 0:
@@ -162,6 +164,9 @@ func (ls *Lanes) choose(pick *smoothWRR) int {
 		for _, l := range ls.byOrder() {
 			if l.held != nil {
 				return slices.Index(ls.lanes, l)
+			}
+			if l.p.paused.Load() {
+				continue // a paused lane holds no other back
 			}
 			if !l.p.listed.Load() || l.p.depth.Load() > 0 {
 				return -1 // a heavier lane is not empty, or not known to be

@@ -17,7 +17,11 @@ func TestScenariosReachIssue22(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a sweep")
 	}
-	n := envInt("SIM_REACH_SEEDS", 600)
+	def := 600
+	if raceOn {
+		def = 200
+	}
+	n := envInt("SIM_REACH_SEEDS", def)
 	events := []string{"event=spec.retry ", "event=spec.promoted ", "event=schedule.submitted ", "CELL x1 "}
 	rare := []string{"event=recovery.retry_finished ", "intent=promote "}
 	seen := map[string]int{}
