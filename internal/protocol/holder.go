@@ -313,9 +313,13 @@ func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error 
 	c.unknown = nil
 	c.renewed(tag, landed)
 	switch {
+	case landed.IsZero() && tag == etag:
+		// Our write did not land; the lease is as we left it.
+		return fmt.Errorf("lease %s: our write did not land: %w", c.key, queue.ErrUnknown)
 	case landed.IsZero():
-		// The lease holds a write of ours we cannot date: go on from its ETag
-		// without extending the validity, and renew again soon.
+		// The lease holds a write of ours we cannot date (fleetd cancel's
+		// mark or ring keeps our token): go on from its ETag without
+		// extending the validity, and renew again soon.
 		return fmt.Errorf("lease %s: went on from a write of ours of unknown age: %w: %w", c.key, errAdopted, queue.ErrUnknown)
 	case held != nonce:
 		// It holds an earlier write of ours (a renewal whose answer was

@@ -54,6 +54,9 @@ func (j *judge) ended(ctx context.Context, tok string, ttl time.Duration) bool {
 	if v, ok := j.verdict[tok]; ok {
 		return v
 	}
+	if j.p.session != nil && j.p.session.owns(tok) {
+		return false // ours is alive while we act; stale, it is ended by others
+	}
 	v := !j.alive(ctx, tok, ttl) && j.p.endSession(ctx, tok, ttl)
 	if j.verdict == nil {
 		j.verdict = map[string]bool{}
