@@ -227,3 +227,38 @@ func TestShortCutOffLosesNothing(t *testing.T) {
 	claimBadEvents(t, a, "cell.killed", "lease.lost")
 	claimBadEvents(t, other, "lease.takeover", "session.ended")
 }
+
+// TestDeadNodeAfterAnOutageWaitsForPatience: both agents lose the store for 2
+// ttls and agent A dies during the outage. B, once the store answers again,
+// judges A's session only after a ttl of its own renewals landing — after a
+// fleet-wide outage every holder gets that long to renew — and then takes
+// A's spec over. The test logs what that patience costs the dead node's work.
+func TestDeadNodeAfterAnOutageWaitsForPatience(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := startProxy(t)
+	release := filepath.Join(t.TempDir(), "release")
+	b.submit("d", map[string]any{"waitFor": release})
+	a := startAgent(t, b, advSettings(p, "dies", nil))
+	a.logs.awaitEvent(t, "cell.started", 1)
+	other := startAgent(t, b, advSettings(p, "lives", nil))
+	other.logs.awaitEvent(t, "session.started", 1)
+	cut := outage(p)
+	a.crash()
+	time.Sleep(6 * time.Second) // 2 ttls of 3 s
+	cut.Remove()
+	back := time.Now()
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other.logs.awaitEvent(t, "lease.takeover", 1)
+	b.waitCount("completed", 1)
+	ended := claimLogTime(t, other, "session.ended")
+	if ended.Before(back.Add(3*time.Second - 500*time.Millisecond)) {
+		t.Errorf("B ended A's session %v after the store answered again, before a ttl (3 s) of its own renewals", ended.Sub(back))
+	}
+	t.Logf("the dead node's session was ended %v after the outage, its spec taken over %v after it",
+		ended.Sub(back).Round(100*time.Millisecond), claimLogTime(t, other, "lease.takeover").Sub(back).Round(100*time.Millisecond))
+	claimWaitEmpty(t, b)
+	claimStop(t, other)
+}
