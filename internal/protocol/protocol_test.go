@@ -316,9 +316,24 @@ func TestOneNodeOfTheFleetScans(t *testing.T) {
 }
 
 // stepClock is a clock a test moves by hand; waits run on the real one.
-type stepClock struct{ now time.Time }
+// Keepers read it from their own goroutines.
+type stepClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
 
-func (c *stepClock) Now() time.Time { return c.now }
+func (c *stepClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// set moves the clock to t.
+func (c *stepClock) set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = t
+}
 func (c *stepClock) AfterFunc(d time.Duration, f func()) interface{ Stop() bool } {
 	return time.AfterFunc(d, f)
 }
@@ -342,7 +357,7 @@ func TestClaimsListedOncePerPeriod(t *testing.T) {
 	// A lone node scans on every offer, about once a ttl: ten scans over
 	// three periods and a half.
 	for i := range 10 {
-		clock.now = start.Add(time.Duration(i) * p.cfg.TTL)
+		clock.set(start.Add(time.Duration(i) * p.cfg.TTL))
 		if ran, err := p.RecoverIfDue(ctx, quit); !ran || err != nil {
 			t.Fatalf("scan %d: ran %v, %v", i, ran, err)
 		}

@@ -94,6 +94,7 @@ func TestReviewSessionMoveToAnEndedSessionIsNotValid(t *testing.T) {
 	<-lapsed(c)
 
 	var (
+		mu           sync.Mutex // the hook runs on the holder's goroutines
 		moves        int
 		validAtTake  bool
 		takenOver    bool
@@ -103,25 +104,37 @@ func TestReviewSessionMoveToAnEndedSessionIsNotValid(t *testing.T) {
 		if op != "PUT" || key != leaseKey {
 			return nil
 		}
+		mu.Lock()
 		moves++
-		switch moves {
+		n := moves
+		mu.Unlock()
+		switch n {
 		case 1: // the move to S′, on its way: S′ is ended meanwhile, S″ made
 			endAndWait(obj())
 		case 2: // the move to S″: before it, n2 takes the lease over
 			h1.setBefore(nil)
 			p2.takeOverLease(ctx, quit, "a", &judge{p: p2})
 			// n2 took the lease over and settled the spec: back in pending/.
-			takenOver = store.has(p1.cfg.Layout.Key(queue.Pending, "a"))
+			taken := store.has(p1.cfg.Layout.Key(queue.Pending, "a"))
 			valid, lost, _ := c.Hold()
-			validAtTake = valid && !lost
+			mu.Lock()
+			takenOver, validAtTake = taken, valid && !lost
+			mu.Unlock()
 		}
 		return nil
 	})
 	first := obj()
 	sessionNamed = endAndWait(first) // S ended: the holder makes S′ and moves
-	for deadline := time.Now().Add(3 * MinTTL); (moves < 2 || !c.Lost()) && time.Now().Before(deadline); {
+	movesNow := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return moves
+	}
+	for deadline := time.Now().Add(3 * MinTTL); (movesNow() < 2 || !c.Lost()) && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	if moves < 2 {
 		t.Fatalf("%d moves (S′ %s)", moves, sessionNamed)
 	}
@@ -185,7 +198,7 @@ func TestReviewSessionAbandonedCreateForgotten(t *testing.T) {
 
 	// The outage lasts over 10 ttl, then ends; the session, which nobody
 	// ended (a lone agent, or patient recoverers), is renewed again.
-	clk.now = clk.now.Add(10*MinTTL + time.Second)
+	clk.set(clk.Now().Add(10*MinTTL + time.Second))
 	h1.setBefore(nil)
 	for deadline := time.Now().Add(3 * MinTTL); !s1.Valid(); {
 		if time.Now().After(deadline) {
