@@ -27,15 +27,16 @@ var ErrNotCancellable = errors.New("neither pending nor in flight")
 
 // Cancel stops a spec on behalf of by. A pending spec is filed under
 // failed/ with outcome cancelled, under its lease like a rejection. A running
-// one is marked in its lease (a compare-and-swap, so it lands between two of
-// the holder's renewals): the holder reads the mark on its next renewal, stops
+// one is marked in its lease (a compare-and-swap) and its holder's session is
+// rung (see ring): the holder reads the mark within a renewal period, stops
 // the cell and files it cancelled; a holder that dies meanwhile leaves the mark
 // to its recoverer, which files it so too.
 func (p *Protocol) Cancel(ctx context.Context, id, by string) (CancelResult, error) {
 	reason := "cancelled by " + by
 	pendingKey := p.cfg.Layout.Key(queue.Pending, id)
-	// A claim's lease says "claiming" until its keeper's first renewal, a
-	// third of a ttl after it was created: look for about a ttl.
+	// The spec may be between two states for a while (a self-renewing
+	// lease says "claiming" until its keeper's first renewal, a third of a
+	// ttl after it was created): look for about a ttl.
 	giveUp := p.clock.Now().Add(p.cfg.TTL)
 	for try := 0; try == 0 || p.clock.Now().Before(giveUp); try++ {
 		if try > 0 {
