@@ -164,12 +164,10 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 	return 0
 }
 
-// startSession creates the agent's session, the one object whose renewals
-// keep every lease of the agent alive, retrying while the store does not
-// answer; a signal gives up.
-func startSession(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal) (*protocol.Session, error) {
+// untilSignal returns a context that ends at the first signal on sigs (or
+// when cancelled): a start-up step that retries gives up then.
+func untilSignal(sigs <-chan os.Signal) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	go func() {
 		select {
 		case <-sigs:
@@ -177,6 +175,15 @@ func startSession(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Sig
 		case <-ctx.Done():
 		}
 	}()
+	return ctx, cancel
+}
+
+// startSession creates the agent's session, the one object whose renewals
+// keep every lease of the agent alive, retrying while the store does not
+// answer; a signal gives up.
+func startSession(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal) (*protocol.Session, error) {
+	ctx, cancel := untilSignal(sigs)
+	defer cancel()
 	for try := 0; ; try++ {
 		s, err := proto.StartSession(ctx)
 		if err == nil {
@@ -259,15 +266,8 @@ func awaitDrain(cfg Config, log *slog.Logger, sigs <-chan os.Signal, d *drain.Dr
 // retried with backoff (the store or the network may still be coming up),
 // and a signal meanwhile exits 0.
 func selfTest(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal) (mode queue.DeleteMode, code int, ok bool) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := untilSignal(sigs)
 	defer cancel()
-	go func() {
-		select {
-		case <-sigs:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
 		mode, err := proto.SelfTest(ctx)
 		switch {
