@@ -26,6 +26,7 @@ import (
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/recovery"
+	"github.com/cellos/fleetd/internal/schedule"
 )
 
 // runAgent is the daemon: wire the store, protocol, pipeline, recovery and
@@ -90,6 +91,8 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		MaxAttempts:  cfg.MaxAttempts,
 		CellTimeout:  cfg.CellTimeout,
 		Freeze:       cfg.Freeze,
+		Retries:      cfg.Retries,
+		RetryBackoff: cfg.RetryBackoff,
 		Logger:       log,
 		Metrics:      m,
 	}
@@ -103,8 +106,37 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		tails := output.NewTails(cfg.OutputBytes)
 		runner.Output, pcfg.Output = tails.Line, tails
 	}
-	p := pipeline.New(pcfg, store, proto, prog.Runner(runner), d)
-	rescuer := recovery.New(proto, d, cfg.LeaseTTL, log, nil)
+	work := prog.Runner(runner)
+	lanes := &laneProtocols{protos: map[string]*protocol.Protocol{cfg.QueueName: proto}, make: func(lane string) *protocol.Protocol {
+		return protocol.New(protocol.Config{Layout: queue.NewLayout(cfg.Prefix, lane), Node: cfg.NodeID, TTL: cfg.LeaseTTL,
+			MaxAttempts: cfg.MaxAttempts, Logger: log, Metrics: m}, store)
+	}}
+	// One lane, or several on one pool of workers (CELLOS_FLEET_LANES):
+	// each lane its own protocol, lister, recovery and session.
+	var p agentWork
+	var rescuers []*recovery.Rescuer
+	served := []*protocol.Protocol{proto}
+	if len(cfg.Lanes) == 0 {
+		p = pipeline.New(pcfg, store, proto, work, d)
+		rescuers = append(rescuers, recovery.New(proto, d, cfg.LeaseTTL, log, nil))
+	} else {
+		var pipes []*pipeline.Pipeline
+		var weights []int
+		served = nil
+		for _, l := range cfg.Lanes {
+			lp := lanes.get(l.Name)
+			served = append(served, lp)
+			lcfg := pcfg
+			lcfg.Layout, lcfg.Lane, lcfg.MultiLane = queue.NewLayout(cfg.Prefix, l.Name), l.Name, true
+			lcfg.Logger = log.With("queue_name", l.Name)
+			pipes = append(pipes, pipeline.New(lcfg, store, lp, work, d))
+			weights = append(weights, l.Weight)
+			rescuers = append(rescuers, recovery.New(lp, d, cfg.LeaseTTL, log.With("queue_name", l.Name), nil))
+		}
+		p = pipeline.NewLanes(pipes, weights, cfg.LaneStrict, cfg.Concurrency, d)
+	}
+	scheduler := schedule.New(schedule.Config{Prefix: cfg.Prefix, Interval: cfg.PollInterval, IdleInterval: max(cfg.PollInterval, time.Minute),
+		MaxSpecBytes: cfg.MaxSpecBytes, Logger: log}, store, lanes)
 	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
 		Pool: cfg.PoolID, Concurrency: cfg.Concurrency, InFlight: p.Cells, Logger: log}
 
@@ -112,11 +144,22 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		"queue_name", cfg.QueueName, "pool_id", cfg.PoolID, "concurrency", cfg.Concurrency,
 		"supervisor", supervisor, "endpoint", redactURL(cfg.Endpoint), "s3_rps", cfg.S3RPS,
 		"notify_url", notify.Redact(cfg.Notify.URL), "notify_subject", cfg.Notify.Subject)
-	var session atomic.Pointer[protocol.Session]
+	var sessions atomic.Pointer[[]*protocol.Session]
 	if cfg.MetricsAddr != "" {
 		stop, err := ops.Serve(ops.Config{Addr: cfg.MetricsAddr, Metrics: m.Handler(), Agent: p, Progress: prog,
 			Draining: func() bool { return d.Intake().Err() != nil }, Logger: log,
-			Reachable: func() bool { s := session.Load(); return s == nil || s.Valid() },
+			Reachable: func() bool {
+				all := sessions.Load()
+				if all == nil {
+					return true // not started yet: the self-test's retries say so
+				}
+				for _, s := range *all {
+					if !s.Valid() {
+						return false
+					}
+				}
+				return true
+			},
 			Depth: func() (depth.Lane, bool) {
 				pending, oldest, ok := m.Depth()
 				return depth.Lane{Lane: cfg.QueueName, Pending: pending, Running: p.Cells(),
@@ -136,11 +179,15 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 	store.SetDeleteMode(mode)
 	m.StoreMode(string(mode))
 	log.Info("store self-test passed", "event", "selftest.passed", "mode", string(mode))
-	sess, err := startSession(proto, log, sigs)
-	if err != nil {
-		return 1
+	var started []*protocol.Session
+	for _, pr := range served {
+		sess, err := startSession(pr, log, sigs)
+		if err != nil {
+			return 1
+		}
+		started = append(started, sess)
 	}
-	session.Store(sess)
+	sessions.Store(&started)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -149,7 +196,10 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		beating, stopBeat := context.WithCancel(context.Background())
 		var background sync.WaitGroup
 		background.Go(func() { ops.Heartbeat(beating, beat) })
-		background.Go(func() { rescuer.Run(d.Intake()) })
+		for _, r := range rescuers {
+			background.Go(func() { r.Run(d.Intake()) })
+		}
+		background.Go(func() { scheduler.Run(d.Intake()) })
 		p.Run()
 		stopBeat()
 		background.Wait()
@@ -158,7 +208,9 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 	stopped := awaitDrain(cfg, log, sigs, d, p.Cells)
 	<-done
 	closing, cancel := context.WithTimeout(context.Background(), 2*cfg.S3Timeout)
-	sess.Close(closing)
+	for _, sess := range started {
+		sess.Close(closing)
+	}
 	cancel()
 	log.Info("drain complete", "event", "drain.complete", "cells_stopped", stopped)
 	return 0
@@ -326,3 +378,43 @@ func newRunner(cfg Config, supervisor string, getenv func(string) string, stdout
 	}
 	return r
 }
+
+// laneProtocols is the claim protocol per lane, for the schedules: a
+// schedule submits to the lane it was added for, whichever this agent
+// serves.
+type laneProtocols struct {
+	mu     sync.Mutex
+	protos map[string]*protocol.Protocol
+	make   func(lane string) *protocol.Protocol
+}
+
+var _ schedule.Submitter = (*laneProtocols)(nil)
+
+func (l *laneProtocols) SubmitDue(ctx context.Context, quit <-chan struct{}, lane string, d protocol.Due) (bool, error) {
+	return l.get(lane).SubmitDue(ctx, quit, d)
+}
+
+// get returns the protocol of lane, made on first use.
+func (l *laneProtocols) get(lane string) *protocol.Protocol {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p, ok := l.protos[lane]
+	if !ok {
+		p = l.make(lane)
+		l.protos[lane] = p
+	}
+	return p
+}
+
+// agentWork is the pipeline of one lane or the Lanes of several.
+type agentWork interface {
+	Run()
+	Cells() int
+	HostBroken() error
+	LastPoll() time.Time
+}
+
+var (
+	_ agentWork = (*pipeline.Pipeline)(nil)
+	_ agentWork = (*pipeline.Lanes)(nil)
+)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -32,6 +33,8 @@ var settings = []setting{
 	{"prefix", "CELLOS_FLEET_PREFIX", "fleet", "key prefix of the queue; a trailing / is trimmed"},
 	{"queue-name", "CELLOS_FLEET_QUEUE_NAME", "", "queue lane below the prefix (empty: flat layout)"},
 	{"pool-id", "CELLOS_FLEET_POOL_ID", "", "placement pool of this runner (empty: take every spec)"},
+	{"lanes", "CELLOS_FLEET_LANES", "", "serve several lanes with weights, e.g. critical=6,default=3,low=1 (_ is the prefix's own lane); instead of CELLOS_FLEET_QUEUE_NAME"},
+	{"lane-order", "CELLOS_FLEET_LANE_ORDER", "weighted", "weighted (free slots shared by weight, smooth round-robin) or strict (a lane only while every heavier one is empty)"},
 	{"supervisor", "CELLOS_FLEET_SUPERVISOR", "cellos-supervisor", "binary run as <supervisor> <spec-path>"},
 	{"poll-interval-ms", "CELLOS_FLEET_POLL_INTERVAL_MS", "5000", "time between listings of an idle queue"},
 	{"heartbeat-interval-ms", "CELLOS_FLEET_HEARTBEAT_INTERVAL_MS", "30000", "time between heartbeat log events"},
@@ -48,6 +51,8 @@ var settings = []setting{
 	{"lease-ttl-ms", "CELLOS_FLEET_LEASE_TTL_MS", "60000", "session time-to-live (min 3000): the agent's one heartbeat is renewed every ttl/3; a dead agent's specs come back about 2 ttl after it died"},
 	{"on-lapse", "CELLOS_FLEET_ON_LAPSE", "freeze", "what a cell does while the store cannot be reached in time: freeze (SIGSTOP its process group; thawed when the store answers, killed if its spec was taken over) or stop (SIGTERM; the spec returns to pending/)"},
 	{"max-attempts", "CELLOS_FLEET_MAX_ATTEMPTS", "3", "runs of a spec before a recovered one goes to failed/"},
+	{"retries", "CELLOS_FLEET_RETRIES", "0", "times a failed cell (non-zero exit, signal, timeout) runs again, after a backoff, before its spec goes to failed/ (0-1000; fleetd submit --retries sets it per spec)"},
+	{"retry-backoff-ms", "CELLOS_FLEET_RETRY_BACKOFF_MS", "10000", "backoff before a failed cell's first retry; doubles each retry, full jitter, at most 1 h"},
 	{"drain-timeout-ms", "CELLOS_FLEET_DRAIN_TIMEOUT_MS", "0", "after SIGTERM, stop cells and requeue their specs after this long (0: wait for every cell)"},
 	{"cell-timeout-ms", "CELLOS_FLEET_CELL_TIMEOUT_MS", "0", "stop a cell running longer than this; its spec fails with reason timeout (0: none)"},
 	{"stop-grace-ms", "CELLOS_FLEET_STOP_GRACE_MS", "10000", "time a stopped cell gets between SIGTERM and SIGKILL"},
@@ -70,9 +75,13 @@ const maxOutputBytes = 64 << 20
 
 // Config is fleetd's validated configuration.
 type Config struct {
-	Bucket       string
-	Prefix       string
-	QueueName    string
+	Bucket    string
+	Prefix    string
+	QueueName string
+	// Lanes, when set, are the lanes this agent serves and their weights
+	// (CELLOS_FLEET_LANES); LaneStrict: CELLOS_FLEET_LANE_ORDER=strict.
+	Lanes        []Lane
+	LaneStrict   bool
 	PoolID       string
 	Supervisor   string
 	PollInterval time.Duration
@@ -89,6 +98,11 @@ type Config struct {
 	OutputBytes  int
 	LeaseTTL     time.Duration
 	MaxAttempts  int
+	Retries      int
+	RetryBackoff time.Duration
+	// SpecRetries is --retries when given on the command line (a tool's
+	// per-spec limit), else -1.
+	SpecRetries  int
 	DrainTimeout time.Duration
 	CellTimeout  time.Duration
 	// Freeze: cells freeze while the session lapses (CELLOS_FLEET_ON_LAPSE).
@@ -190,6 +204,17 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 	cfg.Prefix = get("prefix").raw
 	cfg.QueueName = strings.TrimSpace(get("queue-name").raw)
 	cfg.PoolID = strings.TrimSpace(get("pool-id").raw)
+	if v := get("lanes"); strings.TrimSpace(v.raw) != "" {
+		lanes, err := parseLanes(v.raw)
+		switch {
+		case err != nil:
+			p.fail(v, "name=weight,... with distinct names (_ for the prefix's own lane) and weights from 1 to 1000: "+err.Error())
+		case cfg.QueueName != "":
+			p.fail(v, "lanes or CELLOS_FLEET_QUEUE_NAME, not both")
+		}
+		cfg.Lanes = lanes
+	}
+	cfg.LaneStrict = p.oneOf(get("lane-order"), "weighted", "strict") == "strict"
 	cfg.Supervisor = get("supervisor").raw
 	nodeID := get("node-id")
 	cfg.NodeID = strings.TrimSpace(nodeID.raw)
@@ -222,6 +247,12 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 	cfg.OutputBytes = p.integer(get("output-bytes"), 0, maxOutputBytes)
 	cfg.LeaseTTL = p.millis(get("lease-ttl-ms"), int(protocol.MinTTL/time.Millisecond))
 	cfg.MaxAttempts = p.integer(get("max-attempts"), 1, 1000)
+	cfg.Retries = p.integer(get("retries"), 0, 1000)
+	cfg.SpecRetries = -1
+	if given["retries"] {
+		cfg.SpecRetries = cfg.Retries
+	}
+	cfg.RetryBackoff = p.millis(get("retry-backoff-ms"), 0)
 	cfg.DrainTimeout = p.millis(get("drain-timeout-ms"), 0)
 	cfg.CellTimeout = p.millis(get("cell-timeout-ms"), 0)
 	cfg.Freeze = p.oneOf(get("on-lapse"), "freeze", "stop") == "freeze"
@@ -233,6 +264,9 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer, 
 		}
 	}
 	cfg.Notify = parseNotify(&p, get)
+	if len(cfg.Lanes) > 0 && cfg.Notify.URL != "" {
+		p.fail(get("lanes"), "one lane with CELLOS_FLEET_NOTIFY_URL (notifications serve one lane's agents)")
+	}
 	cfg.LogLevel = p.oneOf(get("log-level"), "debug", "info", "warn", "error")
 	cfg.LogFormat = p.oneOf(get("log-format"), "json", "text")
 	if p.err != nil {
@@ -454,7 +488,7 @@ func (p *parser) oneOf(v value, allowed ...string) string {
 
 func printUsage(w io.Writer) {
 	fmt.Fprintf(w, "Usage: fleetd [flags]                 run the agent\n"+
-		"       fleetd submit FILE... [--id ID] [--replace] [--json]\n"+
+		"       fleetd submit FILE... [--id ID] [--replace] [--retries N] [--in DURATION | --at RFC3339] [--json]\n"+
 		"       fleetd status [--json]\n"+
 		"       fleetd requeue ID... | --failed [--older-than DURATION] [--json]\n"+
 		"       fleetd inspect ID [--json]\n"+
@@ -463,6 +497,7 @@ func printUsage(w io.Writer) {
 		"       fleetd pause [--all] | fleetd resume [--all]\n"+
 		"       fleetd prune --older-than DURATION [--state completed|failed] [--dry-run] [--json]\n"+
 		"       fleetd ui [--listen 127.0.0.1:8080] [--allow-remote] [--allow-actions]\n"+
+		"       fleetd schedule add NAME --cron EXPR SPEC-FILE | schedule ls | schedule rm NAME\n"+
 		"       fleetd help [TOOL] | fleetd version\n\n"+
 		"fleetd runs execution-cell specs from an S3 queue. Each setting is a flag or an\n"+
 		"environment variable; a flag wins over its variable. AWS credentials and region\n"+
@@ -478,4 +513,40 @@ func printUsage(w io.Writer) {
 	}
 	fmt.Fprintf(tw, "--version, -V\t\t\tprint the version and exit\n")
 	tw.Flush()
+}
+
+// Lane is one lane of CELLOS_FLEET_LANES: a queue name ("" for the prefix's
+// own, written _) and its weight.
+type Lane struct {
+	Name   string
+	Weight int
+}
+
+// parseLanes reads CELLOS_FLEET_LANES: name=weight, comma-separated.
+func parseLanes(raw string) ([]Lane, error) {
+	var lanes []Lane
+	seen := map[string]bool{}
+	for _, part := range strings.Split(raw, ",") {
+		name, w, ok := strings.Cut(strings.TrimSpace(part), "=")
+		name = strings.TrimSpace(name)
+		if !ok || name == "" {
+			return nil, fmt.Errorf("%q is not name=weight", part)
+		}
+		if name == "_" {
+			name = ""
+		}
+		if strings.ContainsAny(name, "/ \t") {
+			return nil, fmt.Errorf("lane %q: no / or spaces", name)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("lane %q given twice", cmp.Or(name, "_"))
+		}
+		seen[name] = true
+		n, err := strconv.Atoi(strings.TrimSpace(w))
+		if err != nil || n < 1 || n > 1000 {
+			return nil, fmt.Errorf("lane %q: weight %q", cmp.Or(name, "_"), w)
+		}
+		lanes = append(lanes, Lane{Name: name, Weight: n})
+	}
+	return lanes, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"maps"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -22,10 +23,11 @@ func TestParseConfigDefaults(t *testing.T) {
 		PollInterval: 5 * time.Second, Heartbeat: 30 * time.Second, Concurrency: 1,
 		S3Timeout: 10 * time.Second, S3Attempts: 5,
 		MaxSpecBytes: 1 << 20, OutputBytes: 1 << 20, LeaseTTL: time.Minute, MaxAttempts: 3, StopGrace: 10 * time.Second, Freeze: true,
+		RetryBackoff: 10 * time.Second, SpecRetries: -1,
 		Notify:   NotifyConfig{PollInterval: time.Minute},
 		LogLevel: "info", LogFormat: "json",
 	}
-	if cfg != want {
+	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", cfg, want)
 	}
 }
@@ -265,6 +267,33 @@ func TestLevenshtein(t *testing.T) {
 	}{{"", "", 0}, {"a", "", 1}, {"", "abc", 3}, {"kitten", "sitting", 3}, {"CONCURENCY", "CONCURRENCY", 1}, {"ab", "ba", 2}} {
 		if got := levenshtein(tt.a, tt.b); got != tt.want {
 			t.Errorf("levenshtein(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+func TestParseConfigRetries(t *testing.T) {
+	env := map[string]string{"CELLOS_FLEET_BUCKET": "b", "CELLOS_FLEET_NODE_ID": "n1", "CELLOS_FLEET_RETRIES": "3", "CELLOS_FLEET_RETRY_BACKOFF_MS": "250"}
+	cfg, _, err := parseConfig(nil, envOf(env), &bytes.Buffer{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Retries != 3 || cfg.RetryBackoff != 250*time.Millisecond || cfg.SpecRetries != -1 {
+		t.Errorf("from the environment: retries %d backoff %v spec retries %d, want 3, 250ms, -1 (an agent's default is no spec's own limit)",
+			cfg.Retries, cfg.RetryBackoff, cfg.SpecRetries)
+	}
+	// On the command line (fleetd submit --retries 0) it is the spec's own.
+	cfg, _, err = parseConfig([]string{"--retries", "0"}, envOf(env), &bytes.Buffer{}, nil)
+	if err != nil || cfg.SpecRetries != 0 {
+		t.Errorf("--retries 0: spec retries %d (err %v), want 0", cfg.SpecRetries, err)
+	}
+	for _, bad := range []map[string]string{{"CELLOS_FLEET_RETRIES": "-1"}, {"CELLOS_FLEET_RETRIES": "1001"}, {"CELLOS_FLEET_RETRY_BACKOFF_MS": "soon"}} {
+		e := maps.Clone(env)
+		maps.Copy(e, bad)
+		_, _, err := parseConfig(nil, envOf(e), &bytes.Buffer{}, nil)
+		for name := range bad {
+			if err == nil || !strings.Contains(err.Error(), name) {
+				t.Errorf("%v: err %v, want one naming %s", bad, err, name)
+			}
 		}
 	}
 }

@@ -37,6 +37,15 @@ var statusTool = tool{
 		if r.Counts["pending"] > 0 {
 			fmt.Fprintf(w, "oldest pending: %s\n", seconds(r.OldestPendingSeconds))
 		}
+		if len(r.Delayed) > 0 {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "DELAYED (%s)\tDUE (UTC)\tIN\n", count("delayed"))
+			now := time.Now()
+			for _, d := range r.Delayed {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", d.ID, d.Due.UTC().Format(time.RFC3339), max(0, d.Due.Sub(now)).Round(time.Second))
+			}
+			tw.Flush()
+		}
 		if len(r.InFlight) == 0 {
 			fmt.Fprintln(w, "in flight: none")
 			return

@@ -43,6 +43,9 @@ type toolFlags struct {
 	json      bool
 	id        string
 	replace   bool
+	in        duration
+	at        string
+	cron      string
 	failed    bool
 	olderThan duration
 	state     string
@@ -66,16 +69,17 @@ type toolEnv struct {
 }
 
 var tools = map[string]tool{
-	"submit":  submitTool,
-	"status":  statusTool,
-	"requeue": requeueTool,
-	"inspect": inspectTool,
-	"prune":   pruneTool,
-	"cancel":  cancelTool,
-	"pause":   pauseTool,
-	"resume":  resumeTool,
-	"ui":      uiTool,
-	"logs":    logsTool,
+	"submit":   submitTool,
+	"status":   statusTool,
+	"requeue":  requeueTool,
+	"inspect":  inspectTool,
+	"prune":    pruneTool,
+	"cancel":   cancelTool,
+	"pause":    pauseTool,
+	"resume":   resumeTool,
+	"ui":       uiTool,
+	"schedule": scheduleTool,
+	"logs":     logsTool,
 }
 
 // runTool runs a subcommand and returns the exit code.

@@ -4,6 +4,7 @@
 package admin
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -66,13 +67,36 @@ type SpecFile struct {
 type Submitted struct {
 	ID  string `json:"id"`
 	Key string `json:"key"`
+	// NotBefore is when a delayed spec becomes pending (zero: at once).
+	NotBefore time.Time `json:"not_before,omitzero"`
+}
+
+// SubmitOptions are the per-spec choices of fleetd submit.
+type SubmitOptions struct {
+	Replace bool
+	// Retries, when not negative, is the spec's own retry limit, over the
+	// agents' CELLOS_FLEET_RETRIES.
+	Retries int
+	// NotBefore, if set, delays the spec until then.
+	NotBefore time.Time
 }
 
 // Submit checks every spec, then puts each in pending/. id, if set, names the
 // one spec; otherwise spec.id, else the file name. Without replace a spec
 // already pending or in flight is refused.
 func (a *Admin) Submit(ctx context.Context, files []SpecFile, id string, replace bool) ([]Submitted, error) {
+	return a.SubmitWith(ctx, files, id, SubmitOptions{Replace: replace, Retries: -1})
+}
+
+// SubmitWith is Submit with a spec's own retry limit and a time not to start
+// before. A delayed spec is written under pending/.delayed/ and made pending
+// by the fleet when due; it cannot replace a pending one.
+func (a *Admin) SubmitWith(ctx context.Context, files []SpecFile, id string, opt SubmitOptions) ([]Submitted, error) {
 	done := []Submitted{}
+	replace := opt.Replace
+	if replace && !opt.NotBefore.IsZero() {
+		return done, usagef("submit: --replace cannot go with --in or --at")
+	}
 	if len(files) == 0 {
 		return done, usagef("submit: no FILE given")
 	}
@@ -90,6 +114,11 @@ func (a *Admin) Submit(ctx context.Context, files []SpecFile, id string, replace
 		if err != nil {
 			return done, err
 		}
+		if !opt.NotBefore.IsZero() {
+			if n := len(a.layout.DelayedKey(sid, opt.NotBefore)); n > queue.MaxKeyBytes {
+				return done, fmt.Errorf("submit %s: id %q: its delayed key would be %d bytes, over S3's limit of %d", f.Name, sid, n, queue.MaxKeyBytes)
+			}
+		}
 		specs = append(specs, spec{sid, f.Body})
 	}
 	for _, s := range specs {
@@ -105,7 +134,14 @@ func (a *Admin) Submit(ctx context.Context, files []SpecFile, id string, replace
 			}
 		}
 		key := a.layout.Key(queue.Pending, s.id)
-		if err := a.proto.Submit(ctx, s.id, s.body, replace); err != nil {
+		popt := protocol.SubmitOptions{Replace: replace, NotBefore: opt.NotBefore}
+		if opt.Retries >= 0 {
+			popt.Metadata = protocol.RetryLimitMetadata(opt.Retries)
+		}
+		if !opt.NotBefore.IsZero() {
+			key = a.layout.DelayedKey(s.id, opt.NotBefore)
+		}
+		if err := a.proto.SubmitWith(ctx, s.id, s.body, popt); err != nil {
 			switch {
 			case errors.Is(err, protocol.ErrPending):
 				err = fmt.Errorf("spec %s was submitted meanwhile; use --replace to overwrite it", s.id)
@@ -114,7 +150,7 @@ func (a *Admin) Submit(ctx context.Context, files []SpecFile, id string, replace
 			}
 			return done, fmt.Errorf("submit: %w", err)
 		}
-		done = append(done, Submitted{ID: s.id, Key: key})
+		done = append(done, Submitted{ID: s.id, Key: key, NotBefore: opt.NotBefore})
 	}
 	return done, nil
 }
@@ -173,6 +209,16 @@ type Status struct {
 	AtLeast              map[string]bool `json:"at_least"`
 	OldestPendingSeconds float64         `json:"oldest_pending_seconds"`
 	InFlight             []InFlight      `json:"in_flight"`
+	// Delayed are the specs waiting under pending/.delayed/ (retries,
+	// submit --in/--at), soonest first, up to CountLimit (Counts["delayed"]).
+	Delayed []Delayed `json:"delayed"`
+}
+
+// Delayed is one spec not to start before Due.
+type Delayed struct {
+	ID  string    `json:"id"`
+	Due time.Time `json:"due"`
+	Key string    `json:"key"`
 }
 
 // InFlight is one spec held by a lease.
@@ -186,7 +232,7 @@ type InFlight struct {
 
 // Status counts the specs in each state and lists those in flight.
 func (a *Admin) Status(ctx context.Context) (Status, error) {
-	res := Status{Counts: map[string]int{}, AtLeast: map[string]bool{}, InFlight: []InFlight{}}
+	res := Status{Counts: map[string]int{}, AtLeast: map[string]bool{}, InFlight: []InFlight{}, Delayed: []Delayed{}}
 	by, err := a.pausedBy(ctx, a.layout)
 	if err != nil {
 		return res, fmt.Errorf("status: %w", err)
@@ -204,6 +250,11 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 					oldest = max(oldest, p.ServerTime.Sub(o.LastModified))
 					claimed[id] = claimed[id] || st == queue.Claimed
 				}
+				// The same listing shows the delayed specs, first (their
+				// directory sorts before ids of letters and digits).
+				if id, due, err := a.layout.ParseDelayed(o.Key); err == nil && len(res.Delayed) < CountLimit {
+					res.Delayed = append(res.Delayed, Delayed{ID: id, Due: due, Key: o.Key})
+				}
 			}
 			if res.Counts[string(st)] >= CountLimit {
 				res.AtLeast[string(st)] = true
@@ -216,6 +267,8 @@ func (a *Admin) Status(ctx context.Context) (Status, error) {
 		}
 		if st == queue.Pending {
 			res.OldestPendingSeconds = oldest.Round(time.Second).Seconds()
+			slices.SortFunc(res.Delayed, func(a, b Delayed) int { return a.Due.Compare(b.Due) })
+			res.Counts["delayed"], res.AtLeast["delayed"] = len(res.Delayed), len(res.Delayed) == CountLimit
 		}
 	}
 	var leases []queue.Object
@@ -412,7 +465,44 @@ func (a *Admin) pruneAll(ctx context.Context, objs []queue.Object, olderThan tim
 // of its session (see protocol.Cancel). by says who asked, for the result
 // record.
 func (a *Admin) Cancel(ctx context.Context, id, by string) (protocol.CancelResult, error) {
-	return a.proto.Cancel(ctx, id, by)
+	// A copy waiting under pending/.delayed/ (a retry's backoff, submit --in)
+	// is the spec too: it is filed cancelled as well. First, so that one
+	// promoted to pending/ meanwhile is found there by the cancel of the
+	// pending or running spec that follows.
+	n, derr := a.proto.CancelDelayed(ctx, id, by)
+	busy := errors.Is(derr, protocol.ErrPending) || errors.Is(derr, protocol.ErrHeld)
+	if derr != nil && !busy {
+		return protocol.CancelResult{}, derr
+	}
+	res, err := a.proto.Cancel(ctx, id, by)
+	if busy {
+		// A delayed copy waited for the pending or running one: that one is
+		// cancelled now; cancel the delayed copy behind it.
+		m, derr := a.proto.CancelDelayed(ctx, id, by)
+		n += m
+		if derr != nil && (err == nil || errors.Is(err, protocol.ErrNotCancellable)) {
+			return res, fmt.Errorf("cancel %s: a delayed copy is left: %w; try again", id, derr)
+		}
+		// The delayed copy may have been promoted to pending/ (and claimed)
+		// while the cancel waited for the one ahead of it: cancel it there.
+		again, aerr := a.proto.Cancel(ctx, id, by)
+		switch {
+		case aerr == nil:
+			res.Filed, res.Node = res.Filed || again.Filed, cmp.Or(again.Node, res.Node)
+			if err != nil && errors.Is(err, protocol.ErrNotCancellable) {
+				err = nil
+			}
+		case !errors.Is(aerr, protocol.ErrNotCancellable):
+			return res, aerr
+		}
+	}
+	if n > 0 && errors.Is(err, protocol.ErrNotCancellable) {
+		return protocol.CancelResult{Filed: true}, nil
+	}
+	if err == nil && n > 0 {
+		res.Filed = true
+	}
+	return res, err
 }
 
 // pause is the body of a lane's pause marker.

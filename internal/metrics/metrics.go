@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"runtime"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +46,20 @@ type Metrics struct {
 	storeInfo      *prometheus.GaugeVec
 	notifyUp       prometheus.Gauge
 	notifyEvents   *prometheus.CounterVec
+
+	// Per lane, with CELLOS_FLEET_LANES (Lane*): the gauges above then
+	// sum (depth) or combine (paused: all lanes) the lanes.
+	lanePaused  *prometheus.GaugeVec
+	lanePending *prometheus.GaugeVec
+	laneOldest  *prometheus.GaugeVec
+	laneMu      sync.Mutex
+	lanes       map[string]laneState
+}
+
+type laneState struct {
+	paused  bool
+	pending int
+	oldest  time.Duration
 }
 
 // New registers fleetd's metrics, Go runtime and process collectors included,
@@ -97,6 +112,13 @@ func New(concurrency int, version, revision string, outcomes ...string) *Metrics
 		Help: "1 while bucket notifications flow (pending/ is then polled as a safety net), else 0; always 0 with CELLOS_FLEET_NOTIFY_URL unset."})
 	m.notifyEvents = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetd_notify_events_total",
 		Help: "Notification messages received, by result: hint (a key under pending/, handed to a worker), ignored (this bucket, another key or a test event), dropped (garbled, oversized or another bucket's)."}, []string{"result"})
+	m.lanePaused = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "fleetd_lane_paused",
+		Help: "With CELLOS_FLEET_LANES: 1 while the lane is paused, else 0 (\"_\": the prefix's own lane)."}, []string{"lane"})
+	m.lanePending = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "fleetd_lane_pending",
+		Help: "With CELLOS_FLEET_LANES: specs in the lane's pending/ at this agent's last poll of it."}, []string{"lane"})
+	m.laneOldest = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "fleetd_lane_oldest_pending_seconds",
+		Help: "With CELLOS_FLEET_LANES: age of the oldest spec the lane's last poll listed."}, []string{"lane"})
+	m.lanes = map[string]laneState{}
 	conc := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_concurrency", Help: "Configured CELLOS_FLEET_CONCURRENCY."})
 	conc.Set(float64(concurrency))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetd_build_info", Help: "Always 1; the labels say which build runs.",
@@ -105,6 +127,7 @@ func New(concurrency int, version, revision string, outcomes ...string) *Metrics
 	for _, c := range []prometheus.Collector{m.cellsStarted, m.cellsFinished, m.cellsInFlight, m.cellDuration, m.claimConflicts, m.gateSkips,
 		m.s3Requests, m.s3Errors, m.s3Latency, m.rateWait, m.leaseRenewals, m.leaseTakeovers, m.sessionsEnded, m.cellHolds, m.cellsFrozen, m.lastPoll, m.slowDowns, m.bounced, m.hostBroken, m.startFailures,
 		m.paused, m.pending, m.oldestPending, m.fleetLeases, m.storeInfo, m.notifyUp, m.notifyEvents, conc, info,
+		m.lanePaused, m.lanePending, m.laneOldest,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -254,6 +277,55 @@ func (m *Metrics) Depth() (pending int, oldest time.Duration, ok bool) {
 		return 0, 0, false
 	}
 	return d.pending, d.oldest, true
+}
+
+// LanePaused records whether one lane of several is paused; fleetd_queue_paused
+// is then 1 only while every lane is.
+func (m *Metrics) LanePaused(lane string, paused bool) {
+	m.laneMu.Lock()
+	defer m.laneMu.Unlock()
+	st := m.lanes[lane]
+	st.paused = paused
+	m.lanes[lane] = st
+	m.lanePaused.WithLabelValues(laneLabel(lane)).Set(boolValue(paused))
+	all := true
+	for _, s := range m.lanes {
+		all = all && s.paused
+	}
+	m.SetPaused(all)
+}
+
+// LaneDepth records what the last poll of one lane of several saw;
+// fleetd_queue_pending is then their sum, and the oldest age their oldest.
+func (m *Metrics) LaneDepth(lane string, pending int, oldest time.Duration) {
+	m.laneMu.Lock()
+	defer m.laneMu.Unlock()
+	st := m.lanes[lane]
+	st.pending, st.oldest = pending, oldest
+	m.lanes[lane] = st
+	m.lanePending.WithLabelValues(laneLabel(lane)).Set(float64(pending))
+	m.laneOldest.WithLabelValues(laneLabel(lane)).Set(oldest.Seconds())
+	total, oldestAll := 0, time.Duration(0)
+	for _, s := range m.lanes {
+		total += s.pending
+		oldestAll = max(oldestAll, s.oldest)
+	}
+	m.QueueDepth(total, oldestAll)
+}
+
+// laneLabel names the prefix's own lane "_", as CELLOS_FLEET_LANES does.
+func laneLabel(lane string) string {
+	if lane == "" {
+		return "_"
+	}
+	return lane
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // StoreMode records the delete mode the store self-test chose.

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/cellos/fleetd/internal/protocol"
 )
@@ -15,6 +16,9 @@ type Protocol interface {
 	Claim(ctx context.Context, quit <-chan struct{}, spec protocol.Spec) (Claim, error)
 	// Reject files a spec that can never run under failed/ with reason.
 	Reject(ctx context.Context, quit <-chan struct{}, spec protocol.Spec, reason string) error
+	// Promote moves a delayed spec that is due to pending/ (see
+	// protocol.Protocol.Promote), returning the pending/ ETag.
+	Promote(ctx context.Context, quit <-chan struct{}, key string, now time.Time) (string, error)
 }
 
 // Claim is a spec whose lease this node holds, ended by WriteResult and its
@@ -35,6 +39,10 @@ type Claim interface {
 	// after (see protocol.Claim.WriteResult).
 	WriteResult(ctx context.Context, rec protocol.Record) (cleanup func(ctx context.Context, quit <-chan struct{}), err error)
 	Release(ctx context.Context, quit <-chan struct{}, countRun bool) error
+	// Retries is the spec's retry state; Retry returns a failed run's spec
+	// to run again not before notBefore (see protocol.Claim.Retry).
+	Retries() protocol.RetryState
+	Retry(ctx context.Context, quit <-chan struct{}, reason string, notBefore time.Time) error
 	// Drop stops keeping the lease alive, leaving the spec to recovery.
 	Drop()
 }
@@ -50,6 +58,10 @@ func (c claims) Claim(ctx context.Context, quit <-chan struct{}, spec protocol.S
 		return nil, err
 	}
 	return heldClaim{cl}, nil
+}
+
+func (c claims) Promote(ctx context.Context, quit <-chan struct{}, key string, now time.Time) (string, error) {
+	return c.p.Promote(ctx, quit, key, now)
 }
 
 func (c claims) Reject(ctx context.Context, quit <-chan struct{}, spec protocol.Spec, reason string) error {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,6 +72,13 @@ type Config struct {
 	// frozen until it is renewed, and killed if the claim was taken over
 	// meanwhile; otherwise it is stopped and the spec returned to pending/.
 	Freeze bool
+	// Retries is how many times a failed run is retried when its spec sets
+	// no limit of its own; RetryBackoff is the first retry's backoff
+	// (doubling, full jitter, see backoff). Jitter, if set, draws the
+	// jitter: a number in [0, n); nil: math/rand/v2.
+	Retries      int
+	RetryBackoff time.Duration
+	Jitter       func(n int64) int64
 	// Hints, if set, are bucket notifications: keys handed out as they come,
 	// the poll every NetInterval while they flow (see lister.Config.Hints).
 	Hints       lister.Hints
@@ -78,6 +86,10 @@ type Config struct {
 	// Output, if set, keeps each cell's output while it runs; it goes to
 	// output/<id>.txt with the result.
 	Output Outputs
+	// Lane, with MultiLane, names this pipeline's lane among several run
+	// by one Lanes: its depth and pause are then reported per lane.
+	Lane      string
+	MultiLane bool
 	// Rand is the lister's source of jitter (see lister.Config.Rand).
 	Rand    *rand.Rand
 	Logger  *slog.Logger
@@ -101,6 +113,8 @@ type Pipeline struct {
 	frozen atomic.Int64 // of which frozen
 	idle   idleWorkers
 	polled atomic.Int64 // unix nanos of the last successful listing of pending/
+	depth  atomic.Int64 // specs the last listing of pending/ counted
+	listed atomic.Bool  // a listing of pending/ has ended (depth is known)
 }
 
 // New returns a pipeline. It starts nothing until Run. A nil cfg.Metrics gets
@@ -159,14 +173,19 @@ func (p *Pipeline) work(keys <-chan lister.Item) {
 		if !ok {
 			return
 		}
-		var pc panics.Catcher
-		pc.Try(func() { p.process(it) })
-		if r := pc.Recovered(); r != nil {
-			// A claim caught mid-way keeps its lease; recovery returns it.
-			p.log.Error("worker panic", "event", "worker.panic", "spec_id", it.ID, "err", r.AsError())
-		}
-		p.intake.Done(it)
+		p.handle(it)
 	}
+}
+
+// handle takes one key through the stages. A panic fails only that key.
+func (p *Pipeline) handle(it lister.Item) {
+	var pc panics.Catcher
+	pc.Try(func() { p.process(it) })
+	if r := pc.Recovered(); r != nil {
+		// A claim caught mid-way keeps its lease; recovery returns it.
+		p.log.Error("worker panic", "event", "worker.panic", "spec_id", it.ID, "err", r.AsError())
+	}
+	p.intake.Done(it)
 }
 
 // HostBroken returns why this host cannot start the supervisor, nil when it
@@ -191,14 +210,30 @@ func (p *Pipeline) LastPoll() time.Time {
 func (p *Pipeline) listPending(ctx context.Context, fn func([]lister.Entry) error) error {
 	// The depth gauges come from this listing: no request of their own.
 	count, oldest := 0, time.Duration(0)
-	defer func() { p.m.QueueDepth(count, oldest) }()
+	defer func() {
+		p.depth.Store(int64(count))
+		p.listed.Store(true)
+		if p.cfg.MultiLane {
+			p.m.LaneDepth(p.cfg.Lane, count, oldest)
+			return
+		}
+		p.m.QueueDepth(count, oldest)
+	}()
+	promote := newPromotions(ctx, p)
 	return p.store.List(ctx, p.cfg.Layout.Dir(queue.Pending), func(page queue.Page) error {
 		now := time.Now()
 		p.polled.Store(now.UnixNano())
 		p.m.Polled(now)
-		entries := make([]lister.Entry, len(page.Objects))
-		for i, o := range page.Objects {
-			entries[i] = lister.Entry{Key: o.Key, ETag: o.ETag}
+		entries := make([]lister.Entry, 0, len(page.Objects))
+		for _, o := range page.Objects {
+			if strings.HasPrefix(o.Key, p.cfg.Layout.DelayedDir()) {
+				// Delayed: not work until due (delayed.go).
+				if e, ok := promote.due(o, page.ServerTime); ok {
+					entries = append(entries, e)
+				}
+				continue
+			}
+			entries = append(entries, lister.Entry{Key: o.Key, ETag: o.ETag})
 			if _, err := p.cfg.Layout.ParseID(queue.Pending, o.Key); err == nil {
 				count++
 				oldest = max(oldest, page.ServerTime.Sub(o.LastModified))
@@ -214,7 +249,11 @@ func (p *Pipeline) setPaused(paused bool) {
 	if p.paused.Swap(paused) == paused {
 		return
 	}
-	p.m.SetPaused(paused)
+	if p.cfg.MultiLane {
+		p.m.LanePaused(p.cfg.Lane, paused)
+	} else {
+		p.m.SetPaused(paused)
+	}
 	if paused {
 		p.log.Warn("queue paused: claiming nothing until fleetd resume", "event", "queue.paused")
 	} else {

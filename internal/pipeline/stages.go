@@ -61,7 +61,7 @@ func (p *Pipeline) process(it lister.Item) {
 func (p *Pipeline) peek(ctx context.Context, log *slog.Logger, it lister.Item) (protocol.Spec, bool) {
 	obj, err := p.store.Get(ctx, it.Key, p.cfg.MaxSpecBytes)
 	spec := protocol.Spec{ID: it.ID, Key: it.Key, ETag: obj.ETag, Modified: obj.LastModified, VersionID: obj.VersionID, Body: obj.Body,
-		Attempts: protocol.PriorAttempts(obj.Metadata, p.cfg.MaxAttempts)}
+		Attempts: protocol.PriorAttempts(obj.Metadata, p.cfg.MaxAttempts), Retry: protocol.ParseRetry(obj.Metadata)}
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		log.Debug("spec gone before peek: taken by another node", "event", "peek.gone")
@@ -321,6 +321,9 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 		rec.Outcome = protocol.Completed
 	default:
 		rec.Outcome, rec.Reason = protocol.Failed, "supervisor "+res.String()
+	}
+	if p.retryLater(c, rec) { // retry.go
+		return
 	}
 	// The cell ended on its own: its result is written, never rerun, for as
 	// long as the lease is ours — held in memory while the store cannot be

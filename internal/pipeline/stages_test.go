@@ -39,6 +39,10 @@ func (f *fakeProtocol) Reject(ctx context.Context, quit <-chan struct{}, spec pr
 	return f.reject(ctx, quit, spec, reason)
 }
 
+func (f *fakeProtocol) Promote(context.Context, <-chan struct{}, string, time.Time) (string, error) {
+	return "", protocol.ErrHeld
+}
+
 // fakeClaim records how the pipeline ended it.
 type fakeClaim struct {
 	spec      protocol.Spec
@@ -50,7 +54,8 @@ type fakeClaim struct {
 	lost     bool
 	changed  chan struct{}
 	finished []protocol.Record
-	released []bool // countRun of each Release
+	released []bool      // countRun of each Release
+	retried  []time.Time // notBefore of each Retry
 	dropped  bool
 }
 
@@ -71,6 +76,15 @@ func (c *fakeClaim) set(lapsed, lost bool) {
 	c.lapsed, c.lost = lapsed, lost
 	close(c.changed)
 	c.changed = make(chan struct{})
+}
+
+func (c *fakeClaim) Retries() protocol.RetryState { return c.spec.Retry }
+
+func (c *fakeClaim) Retry(_ context.Context, _ <-chan struct{}, reason string, notBefore time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.retried = append(c.retried, notBefore)
+	return nil
 }
 
 func (c *fakeClaim) Cancelled() <-chan struct{} { return c.cancelled }

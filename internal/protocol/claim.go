@@ -25,6 +25,8 @@ type Spec struct {
 	// Attempts is the count of runs so far from the spec's metadata. A
 	// submitter can set it, so it is clamped: every spec gets at least one run.
 	Attempts int
+	// Retry is the spec's retry state, from its metadata (ParseRetry).
+	Retry RetryState
 }
 
 func (s Spec) version() version { return version{etag: s.ETag, modified: s.Modified, id: s.VersionID} }
@@ -103,6 +105,7 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 		return nil, err
 	}
 	c.Body, c.Attempt = spec.Body, spec.Attempts+1
+	c.retry = spec.Retry
 
 	// Another node may have claimed, run and finished this version between
 	// our read and our lease. Only a lease holder deletes pending/, and we hold
@@ -130,8 +133,9 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 	// learn pending/ is gone (another node finished the spec) is one recovery
 	// would return to pending/ — a second run — if our cleanup of it never
 	// landed (a death, or an outage past the ttl).
-	meta := map[string]string{metaNode: p.cfg.Node, metaToken: c.origin,
-		metaAttempts: strconv.Itoa(c.Attempt), metaPendingETag: spec.ETag}
+	meta := spec.Retry.metadata() // for a recoverer that returns the spec
+	meta[metaNode], meta[metaToken] = p.cfg.Node, c.origin
+	meta[metaAttempts], meta[metaPendingETag] = strconv.Itoa(c.Attempt), spec.ETag
 	claimedKey := p.cfg.Layout.Key(queue.Claimed, spec.ID)
 	err = c.act(ctx, quit, "write claimed", func(ctx context.Context) (err error) {
 		c.claimedETag, err = p.store.Put(ctx, claimedKey, spec.Body, queue.PutOptions{Metadata: meta})
@@ -202,13 +206,15 @@ func (p *Protocol) endUnconsumed(ctx context.Context, quit <-chan struct{}, c *C
 	if c.CancelledBy() == "" && c.endLease(ctx, quit, true) {
 		return
 	}
-	p.cancelPending(ctx, quit, c, c.CancelledBy())
+	_ = p.cancelPending(ctx, quit, c, c.CancelledBy()) // an error leaves it to recovery
 }
 
 // cancelPending files the version pending/ holds now cancelled, under c: the
 // lease first turns to the file intent for that version, so a successor
-// finishes the filing rather than leaving pending/ to run.
-func (p *Protocol) cancelPending(ctx context.Context, quit <-chan struct{}, c *Claim, by string) {
+// finishes the filing rather than leaving pending/ to run. It returns the
+// error that stopped it (the claim then left to recovery); nothing pending is
+// no error.
+func (p *Protocol) cancelPending(ctx context.Context, quit <-chan struct{}, c *Claim, by string) error {
 	key := p.cfg.Layout.Key(queue.Pending, c.id)
 	var head queue.Object
 	err := c.act(ctx, quit, "read pending", func(ctx context.Context) (err error) {
@@ -218,10 +224,10 @@ func (p *Protocol) cancelPending(ctx context.Context, quit <-chan struct{}, c *C
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		c.end(ctx, quit) // nothing pending: settled elsewhere
-		return
+		return nil
 	case err != nil:
 		p.leave(c, err)
-		return
+		return err
 	}
 	spec := Spec{ID: c.id, Key: key, ETag: head.ETag, Modified: head.LastModified, VersionID: head.VersionID}
 	c.mu.Lock()
@@ -230,9 +236,11 @@ func (p *Protocol) cancelPending(ctx context.Context, quit <-chan struct{}, c *C
 	c.mu.Unlock()
 	if err := c.act(ctx, quit, "turn to filing", c.renew); err != nil {
 		p.leave(c, err)
-		return
+		return err
 	}
 	if err := p.fileUnder(ctx, quit, c, spec, Cancelled, "cancelled by "+by); err != nil && !errors.Is(err, ErrGone) {
 		p.leave(c, err)
+		return err
 	}
+	return nil
 }

@@ -39,7 +39,7 @@ const (
 // clean-up ends it.
 func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx context.Context, quit <-chan struct{}), err error) {
 	c.setState(stateFinishing)
-	rec.node, rec.token, rec.attempts = c.p.cfg.Node, c.origin, c.Attempt
+	rec.node, rec.token, rec.attempts, rec.retry = c.p.cfg.Node, c.origin, c.Attempt, c.Retries()
 	state := queue.Failed
 	if rec.Outcome == Completed {
 		state = queue.Completed
@@ -128,7 +128,10 @@ func (c *Claim) release(ctx context.Context, quit <-chan struct{}, attempts int)
 // requeue writes body to pending/ create-only. A pending/ object already
 // there (the version we never consumed, or a resubmission) stands for it.
 func (p *Protocol) requeue(ctx context.Context, quit <-chan struct{}, c *Claim, body []byte, attempts int) error {
-	meta := map[string]string{metaAttempts: strconv.Itoa(attempts)}
+	// The retry state travels with the spec (a run lost to a dead node does
+	// not reset its retries).
+	meta := c.Retries().metadata()
+	meta[metaAttempts] = strconv.Itoa(attempts)
 	err := c.act(ctx, quit, "write pending", func(ctx context.Context) error {
 		_, err := p.store.Put(ctx, p.cfg.Layout.Key(queue.Pending, c.id), body, queue.PutOptions{IfAbsent: true, Metadata: meta})
 		if errors.Is(err, queue.ErrUnknown) && errors.Is(err, queue.ErrPrecondition) {

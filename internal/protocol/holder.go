@@ -38,6 +38,8 @@ type Claim struct {
 
 	claimedETag string // of claimed/, once written
 
+	retry RetryState // the spec's retries so far (retry.go); guarded by mu
+
 	mu         sync.Mutex
 	lease      leaseBody
 	etag       string    // of our last lease write that landed

@@ -24,6 +24,8 @@ const (
 	statePruning    = "pruning"    // fleetd prune deleting a result
 	stateSubmitting = "submitting" // fleetd submit writing pending/
 	stateAlive      = "alive"      // a session object
+	statePromoting  = "promoting"  // moving a delayed spec that is due to pending/
+	stateScheduling = "scheduling" // submitting a schedule's due time (schedule.go)
 )
 
 // Intents: what the holder of a lease is doing to the spec's objects. A
@@ -31,12 +33,14 @@ const (
 // it as its first holder would have (or undoes it where that is the rule), so
 // a chain of stopped holders ends where the first would have.
 const (
-	intentRun     = "run"     // claim, run, finish or release (Claim)
-	intentFile    = "file"    // move pending_etag to failed/ unrun (reject, cancel)
-	intentRequeue = "requeue" // move failed_etag back to pending/
-	intentPrune   = "prune"   // delete the result judged (result_etag)
-	intentSubmit  = "submit"  // write pending/ (fleetd submit)
-	intentSession = "session" // a session's own object (see Session)
+	intentRun      = "run"      // claim, run, finish or release (Claim)
+	intentFile     = "file"     // move pending_etag to failed/ unrun (reject, cancel)
+	intentRequeue  = "requeue"  // move failed_etag back to pending/
+	intentPrune    = "prune"    // delete the result judged (result_etag)
+	intentSubmit   = "submit"   // write pending/ (fleetd submit)
+	intentPromote  = "promote"  // move delayed_key to pending/ (delayed.go)
+	intentSchedule = "schedule" // submit a schedule's due time once (schedule.go)
+	intentSession  = "session"  // a session's own object (see Session)
 )
 
 // leaseBody is the body of leases/<id>.json.
@@ -75,6 +79,17 @@ type leaseBody struct {
 	// ResultKey and ResultETag name the result a prune judged old.
 	ResultKey  string `json:"result_key,omitempty"`
 	ResultETag string `json:"result_etag,omitempty"`
+	// RetryKey and RetryMeta: the holder was returning the failed spec to
+	// run again, to this delayed key with this metadata (Claim.Retry).
+	RetryKey  string            `json:"retry_key,omitempty"`
+	RetryMeta map[string]string `json:"retry_meta,omitempty"`
+	// DelayedKey is the delayed spec a promotion moves to pending/.
+	DelayedKey string `json:"delayed_key,omitempty"`
+	// ScheduleDue, MarkerKey and DefKey: the schedule's due time a holder
+	// submits, its marker and its definition (SubmitDue).
+	ScheduleDue string `json:"schedule_due,omitempty"`
+	MarkerKey   string `json:"marker_key,omitempty"`
+	DefKey      string `json:"def_key,omitempty"`
 	// Cancel, when set, names who asked for the spec to be cancelled; the
 	// holder stops its cell and files it cancelled (see Protocol.Cancel).
 	Cancel string `json:"cancel,omitempty"`

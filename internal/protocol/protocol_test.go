@@ -24,6 +24,10 @@ type faultStore struct {
 	lose func(op, key string) bool
 	// losePut, if set, loses the answer of the PUTs whose body it picks.
 	losePut func(key string, body []byte) bool
+	// dropPut, if set, lets the PUTs it picks land and reports a bare
+	// ErrUnknown, as a store whose every attempt timed out does: the
+	// caller's repeat then meets its own write.
+	dropPut func(key string) bool
 	// stallPut, if set, holds the PUTs it picks until their context ends, as
 	// S3 does when it stops answering; landed is told of every PUT that lands.
 	stallPut func(key string) bool
@@ -59,6 +63,9 @@ func (s *faultStore) Put(ctx context.Context, key string, body []byte, opt queue
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.dropPut != nil && s.dropPut(key) {
+		return "", fmt.Errorf("put %s: %w", key, queue.ErrUnknown)
+	}
 	if s.lost("PUT", key) || s.losePut != nil && s.losePut(key, body) {
 		// The retry of a conditional write that landed is refused by it.
 		return "", fmt.Errorf("put %s: %w: %w", key, queue.ErrUnknown, queue.ErrPrecondition)

@@ -38,13 +38,14 @@ const (
 	Abandoned Outcome = "abandoned" // max attempts reached
 	Lost      Outcome = "lost"      // lease taken over while this node held it
 	Cancelled Outcome = "cancelled" // by fleetd cancel: filed under failed/
+	Retried   Outcome = "retried"   // failed, returned to run again after a backoff
 )
 
 // OutcomeLabels returns every outcome as a string, for whoever must know them
 // all in advance: metrics show each at zero from the start.
 func OutcomeLabels() []string {
 	return []string{string(Completed), string(Failed), string(Timeout), string(Rejected),
-		string(Released), string(Abandoned), string(Lost), string(Cancelled)}
+		string(Released), string(Abandoned), string(Lost), string(Cancelled), string(Retried)}
 }
 
 // maxReason keeps a result record well inside S3's 2 KB metadata limit.
@@ -65,6 +66,7 @@ type Record struct {
 	node     string
 	token    string
 	attempts int
+	retry    RetryState // the runs before this one that failed and were retried
 }
 
 func (r Record) metadata() map[string]string {
@@ -83,6 +85,17 @@ func (r Record) metadata() map[string]string {
 	}
 	if r.Reason != "" {
 		m[metaReason] = asciiHeader(r.Reason)
+	}
+	if r.retry.Done > 0 {
+		// Every failed run's reason, this one's last if it failed too.
+		reasons := r.retry.Reasons
+		if r.Outcome != Completed && r.Reason != "" {
+			reasons = append(append([]string(nil), reasons...), r.Reason)
+		}
+		r.retry.Reasons = reasons
+	}
+	for k, v := range r.retry.metadata() {
+		m[k] = v
 	}
 	if !r.Started.IsZero() {
 		m[metaStarted] = r.Started.UTC().Format(time.RFC3339Nano)
@@ -106,6 +119,10 @@ type RecordInfo struct {
 	Reason   string
 	Node     string
 	Attempts int
+	// Retried is how many failed runs were retried; Reasons their reasons,
+	// oldest first (with the last run's, when it failed too).
+	Retried  int
+	Reasons  []string
 	Started  time.Time
 	Finished time.Time
 	// ExitCode is set when the supervisor exited; Signal when a signal ended it.
@@ -123,6 +140,8 @@ func ParseRecord(meta map[string]string) RecordInfo {
 		Signal:  meta[metaSignal],
 	}
 	r.Attempts, _ = strconv.Atoi(meta[metaAttempts])
+	retry := ParseRetry(meta)
+	r.Retried, r.Reasons = retry.Done, retry.Reasons
 	r.Started, _ = time.Parse(time.RFC3339Nano, meta[metaStarted])
 	r.Finished, _ = time.Parse(time.RFC3339Nano, meta[metaFinished])
 	if v, ok := meta[metaExitCode]; ok {

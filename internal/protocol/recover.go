@@ -173,6 +173,10 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 		p.finishRequeue(ctx, quit, c, mine.FailedETag)
 	case intentFile:
 		p.finishFile(ctx, quit, c, mine.pending())
+	case intentPromote:
+		p.finishPromote(ctx, quit, c, mine.DelayedKey) // delayed.go
+	case intentSchedule:
+		p.finishSchedule(ctx, quit, c, mine) // schedule.go
 	case intentPrune, intentSubmit:
 		// Each has one write: whether or not it landed, only the lease is
 		// left (a pending/ the submit wrote stands). The tool said nothing
@@ -313,11 +317,18 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 		return
 	}
 	c.claimedETag, c.Body, c.Attempt = claimed.ETag, claimed.Body, attempts
+	c.mu.Lock()
+	c.retry = ParseRetry(claimed.Metadata)
+	c.mu.Unlock()
 	if by := c.CancelledBy(); by != "" {
 		// Cancelled while its holder ran it: honour the mark the holder left.
 		if err := c.Finish(ctx, quit, Record{Outcome: Cancelled, Reason: "cancelled by " + by, Finished: time.Now()}); err != nil {
 			p.leave(c, err)
 		}
+		return
+	}
+	if key, meta, ok := c.retrying(); ok {
+		p.finishRetry(ctx, quit, c, key, meta) // retry.go
 		return
 	}
 	if attempts < p.cfg.MaxAttempts {

@@ -21,6 +21,8 @@ import (
 //	filed-and-ran    cancelled or rejected, then run with no new submission
 //	cancel-ignored   a confirmed cancel, then a run not stopped, with no new submission
 //	requeue-forgotten a confirmed requeue that never led to a result
+//	early            a delayed spec (a retry, submit --in) made pending over a second before its due time
+//	schedule-twice   a schedule's due time written to pending/ twice
 
 func (s *scenario) checkFinal() {
 	h := s.hist
@@ -31,9 +33,11 @@ func (s *scenario) checkFinal() {
 	bodies := map[queue.State]map[string][]byte{}
 	for _, st := range []queue.State{queue.Completed, queue.Failed} {
 		results[st], bodies[st] = map[string]int64{}, map[string][]byte{}
-		for _, o := range s.store.Snapshot(s.layout.Dir(st)) {
-			if id, ok := s.layout.ID(st, o.Key); ok {
-				results[st][id], bodies[st][id] = o.Version, o.Body
+		for _, l := range h.lanes {
+			for _, o := range s.store.Snapshot(l.Dir(st)) {
+				if id, ok := l.ID(st, o.Key); ok {
+					results[st][id], bodies[st][id] = o.Version, o.Body
+				}
 			}
 		}
 	}
@@ -42,7 +46,7 @@ func (s *scenario) checkFinal() {
 	submitted := map[string][][]byte{}
 	var ids []string
 	for _, w := range h.writes {
-		if w.state == queue.Pending && w.by.role == "submit" {
+		if (w.state == queue.Pending || w.state == stateDelayed) && w.by.role == "submit" {
 			if submitted[w.id] == nil {
 				ids = append(ids, w.id)
 			}
@@ -73,7 +77,7 @@ func (s *scenario) checkFinal() {
 				first, last = fw, cw
 			}
 			// A requeue puts the bytes back in pending/: a submission too.
-			if cw.n == fw.n && !h.submittedBetween(id, first.t, last.t) {
+			if cw.n == fw.n && !h.submittedBetween(id, first.t, last.t) && h.chainsEnded(id, cw.n, last.t) {
 				h.violatef0("both-folders: %s n=%d is in completed/ (%s) and failed/ (%s, %s), with no submission of it between the two",
 					id, cw.n, fmtVer(c), fmtVer(f), fw.outcome)
 			}
@@ -115,7 +119,7 @@ func (h *history) writeOf(v int64) writeRec {
 // submission or a requeue) in (from, to). h.mu is held.
 func (h *history) submittedBetween(id string, from, to time.Time) bool {
 	for _, w := range h.writes {
-		if w.id == id && w.state == queue.Pending && (w.by.role == "submit" || w.by.role == "requeue") &&
+		if w.id == id && (w.state == queue.Pending || w.state == stateDelayed && w.by.role == "submit") && (w.by.role == "submit" || w.by.role == "requeue") &&
 			w.t.After(from) && w.t.Before(to) {
 			return true
 		}
@@ -140,10 +144,31 @@ func (s *scenario) checkHistory() {
 				h.violatef0("overlap: %s ran on %s from %v and on %s from %v, both making progress at %v", a.id, a.inc, h.at(a.start), b.inc, h.at(b.start), h.at(at))
 				continue
 			}
-			if a.n == b.n && a.how == "exit" && h.resultBy(a.inc, a.id, a.end, b.start) && !h.submittedBetween(a.id, a.start, b.start) {
+			// A run of a spec retried fewer times than a is no rerun of a:
+			// it descends from another submission of the same bytes, whose
+			// retries run beside a's (a spec's retries only grow).
+			if a.n == b.n && a.how == "exit" && h.resultBy(a.inc, a.id, a.end, b.start) && !h.submittedBetween(a.id, a.start, b.start) &&
+				h.chainsEnded(a.id, a.n, b.start) {
 				h.violatef0("ran-twice: %s n=%d exited on %s at %v and its result landed, then ran again on %s at %v with no new submission",
 					a.id, a.n, a.inc, h.at(a.end), b.inc, h.at(b.start))
 			}
+		}
+	}
+	schedWrites := map[string]int{}
+	for _, w := range h.writes {
+		if w.sched && w.state == queue.Pending {
+			schedWrites[w.id]++
+			if schedWrites[w.id] == 2 {
+				h.violatef0("schedule-twice: %s was written to pending/ twice (the second at %v by %s)", w.id, h.at(w.t), w.by.name)
+			}
+		}
+	}
+	for _, d := range h.deletes {
+		// A delayed spec is promoted only when due, by the promoter's clock
+		// and not over a second early by the store's (a cancel files it at
+		// once: a tool's delete).
+		if _, due, err := h.layout.ParseDelayed(d.key); err == nil && d.by.role == "node" && d.t.Before(due.Add(-time.Second)) {
+			h.violatef0("early: %s promoted at %v, due at %v", d.key, h.at(d.t), h.at(due))
 		}
 	}
 	for _, w := range h.writes {
@@ -151,7 +176,7 @@ func (s *scenario) checkHistory() {
 			continue
 		}
 		for _, r := range h.runs {
-			if r.id == w.id && r.n == w.n && r.start.After(w.t) && !h.submittedBetween(w.id, w.t, r.start) {
+			if r.id == w.id && r.n == w.n && r.start.After(w.t) && !h.submittedBetween(w.id, w.t, r.start) && h.chainsEnded(w.id, w.n, r.start) {
 				h.violatef0("filed-and-ran: %s n=%d was filed %s at %v by %s, then ran on %s at %v with no new submission",
 					w.id, w.n, w.outcome, h.at(w.t), w.by.name, r.inc, h.at(r.start))
 				break
@@ -185,7 +210,6 @@ func (s *scenario) checkHistory() {
 	}
 }
 
-// resultBy reports whether inc landed a result of id in [from, to). h.mu is held.
 // bothProgress returns an instant at which runs a and b both made progress,
 // if there is one; a run still going counts until until.
 func bothProgress(a, b *runRec, until time.Time) (time.Time, bool) {
@@ -207,11 +231,77 @@ func bothProgress(a, b *runRec, until time.Time) (time.Time, bool) {
 	return time.Time{}, false
 }
 
+// chainsEnded reports whether, by t, every submission of id's bytes n had
+// ended in a result. Without retries or delayed specs one submission is one
+// run, and a run after another's result with no submission between is a
+// rerun: the rules above stand as they are. With them, a submission is a
+// chain of runs, or waits under pending/.delayed/ while another submission of
+// the same bytes runs: a run (or a second result) is one too many only when
+// as many results as submissions had landed. h.mu is held.
+func (h *history) chainsEnded(id string, n int, t time.Time) bool {
+	delayed := false
+	for _, w := range h.writes {
+		delayed = delayed || w.id == id && w.state == stateDelayed && w.t.Before(t)
+	}
+	if !delayed {
+		return true
+	}
+	type call struct {
+		by  *Handle
+		req int64
+	}
+	// A submission is counted per version that landed: a plain PUT (no
+	// lease, no condition) retried after a lost answer can land twice, and
+	// each landing is a copy that runs. A chain ends with a run that exited
+	// and whose result its node wrote (not a retry), or with a filing
+	// (cancelled, rejected, abandoned): counted per write call.
+	subs, filings := map[int64]bool{}, map[call]bool{}
+	for _, w := range h.writes {
+		if w.id != id || w.n != n || !w.t.Before(t) {
+			continue
+		}
+		switch {
+		case (w.state == queue.Pending || w.state == stateDelayed) && (w.by.role == "submit" || w.by.role == "requeue"):
+			subs[w.version] = true
+		case w.state == queue.Failed && (w.outcome == "cancelled" || w.outcome == "rejected" || w.outcome == "abandoned"):
+			filings[call{w.by, w.req}] = true
+		}
+	}
+	ended := len(filings)
+	for _, r := range h.runs {
+		if r.id != id || r.n != n || r.how != "exit" || !r.end.Before(t) {
+			continue
+		}
+		// The run's own result: its node's first write of id after it, a
+		// result that is not a filing (counted above).
+		for _, w := range h.writes {
+			if w.id != id || w.by.name != r.inc || w.t.Before(r.end) || !w.t.Before(t) {
+				continue
+			}
+			if (w.state == queue.Completed || w.state == queue.Failed) && !filings[call{w.by, w.req}] {
+				ended++
+			}
+			if w.state == queue.Completed || w.state == queue.Failed || w.state == stateDelayed {
+				break
+			}
+		}
+	}
+	return ended >= len(subs)
+}
+
+// resultBy reports whether inc landed a result of id in [from, to), the
+// first of its writes of id there: one whose first write is a retry (the spec
+// under pending/.delayed/) returned the run to be retried. h.mu is held.
 func (h *history) resultBy(inc, id string, from, to time.Time) bool {
 	for _, w := range h.writes {
-		if w.id == id && w.by.name == inc && (w.state == queue.Completed || w.state == queue.Failed) &&
-			!w.t.Before(from) && w.t.Before(to) {
+		if w.id != id || w.by.name != inc || w.t.Before(from) || !w.t.Before(to) {
+			continue
+		}
+		switch w.state {
+		case queue.Completed, queue.Failed:
 			return true
+		case stateDelayed:
+			return false
 		}
 	}
 	return false

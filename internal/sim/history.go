@@ -18,7 +18,10 @@ import (
 // run of a cell, each operator action, each crash.
 type history struct {
 	layout queue.Layout
-	t0     time.Time
+	// lanes are every lane's layout, the scenario's own first (a node may
+	// serve a second lane, CELLOS_FLEET_LANES); ids differ across lanes.
+	lanes []queue.Layout
+	t0    time.Time
 
 	mu         sync.Mutex
 	trace      []traceLine
@@ -47,6 +50,8 @@ type writeRec struct {
 	version int64
 	n       int    // the submission the bytes are, from the spec's "n"
 	outcome string // of a result record
+	retried int    // the failed runs the spec had retried when written (fleetd-retried)
+	sched   bool   // a schedule's due time, written to pending/ (fleetd-schedule)
 	body    []byte
 }
 
@@ -114,7 +119,7 @@ type actionRec struct {
 }
 
 func newHistory(layout queue.Layout) *history {
-	return &history{layout: layout, t0: time.Now(), crashed: map[string]time.Time{}}
+	return &history{layout: layout, lanes: []queue.Layout{layout, queue.NewLayout("fleet", laneX)}, t0: time.Now(), crashed: map[string]time.Time{}}
 }
 
 func (h *history) tracef(who, format string, args ...any) {
@@ -131,11 +136,24 @@ func (h *history) violatef(format string, args ...any) {
 	h.mu.Unlock()
 }
 
+// laneX is the second lane some scenarios' nodes serve beside the
+// scenario's own (CELLOS_FLEET_LANES).
+const laneX = "x"
+
+// stateDelayed stands for pending/.delayed/<due>/<id>.json in the history: a
+// spec that becomes pending when due.
+const stateDelayed queue.State = "delayed"
+
 // split returns the state and id of a key of the queue, ok false for others.
 func (h *history) split(key string) (queue.State, string, bool) {
-	for _, s := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed, queue.Leases} {
-		if id, ok := h.layout.ID(s, key); ok {
-			return s, id, true
+	for _, l := range h.lanes {
+		if id, _, err := l.ParseDelayed(key); err == nil {
+			return stateDelayed, id, true
+		}
+		for _, s := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed, queue.Leases} {
+			if id, ok := l.ID(s, key); ok {
+				return s, id, true
+			}
 		}
 	}
 	return "", "", false
@@ -149,7 +167,7 @@ func (h *history) wrote(by *Handle, req int64, key string, v int64, body []byte,
 	}
 	h.mu.Lock()
 	h.writes = append(h.writes, writeRec{t: time.Now(), by: by, req: req, key: key, state: st, id: id, version: v,
-		n: specN(body), outcome: meta["fleetd-outcome"], body: body})
+		n: specN(body), outcome: meta["fleetd-outcome"], retried: atoi(meta["fleetd-retried"]), sched: meta["fleetd-schedule"] != "", body: body})
 	h.mu.Unlock()
 }
 
@@ -232,6 +250,11 @@ func (h *history) action(a *actionRec) {
 	h.mu.Lock()
 	h.actions = append(h.actions, a)
 	h.mu.Unlock()
+}
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
 }
 
 // specN reads the "n" the simulator puts in every spec it submits: which

@@ -18,6 +18,7 @@ import (
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/recovery"
+	"github.com/cellos/fleetd/internal/schedule"
 )
 
 // nodeCfg is one agent's settings; agents of a fleet differ.
@@ -33,6 +34,12 @@ type nodeCfg struct {
 	// freeze: cells are frozen while the session lapses (else stopped);
 	// legacy: no session, every lease renews itself (an older agent).
 	freeze, legacy bool
+	retries        int // CELLOS_FLEET_RETRIES
+	retryBackoff   time.Duration
+	// lanes, if set, are the weights of the scenario's lane and lane x
+	// (CELLOS_FLEET_LANES); strict: CELLOS_FLEET_LANE_ORDER=strict.
+	lanes  []int
+	strict bool
 }
 
 // incarnation is one run of an agent process: the real pipeline, protocol,
@@ -61,40 +68,80 @@ func (s *scenario) startNode(cfg nodeCfg, gen int) *incarnation {
 	root, kill := context.WithCancel(context.Background())
 	inc.kill = kill
 	inc.d = drain.New(root, 2*s.policy.Timeout)
-	p := pipeline.New(pipeline.Config{Node: cfg.name, Layout: s.layout, Concurrency: cfg.concurrency, PollInterval: cfg.poll,
+	pcfg := pipeline.Config{Node: cfg.name, Layout: s.layout, Concurrency: cfg.concurrency, PollInterval: cfg.poll,
 		MaxSpecBytes: cfg.maxSpecBytes, MaxAttempts: cfg.maxAttempts, CellTimeout: cfg.cellTimeout, Freeze: cfg.freeze, Logger: log,
-		Rand: s.rand(name, "lister")},
-		inc.h, proto, &runner{inc: inc}, inc.d)
-	rescuer := recovery.New(proto, inc.d, cfg.ttl, log, s.rand(name, "rescuer"))
-	s.hist.tracef(name, "START ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v clock_rate=%.4f freeze=%v legacy=%v",
-		cfg.ttl, cfg.concurrency, cfg.maxAttempts, cfg.maxSpecBytes, cfg.poll, cfg.cellTimeout, cfg.rate, cfg.freeze, cfg.legacy)
+		Rand: s.rand(name, "lister"), Retries: cfg.retries, RetryBackoff: cfg.retryBackoff, Jitter: lockedJitter(s.rand(name, "retry"))}
+	var p interface{ Run() }
+	protos := []*protocol.Protocol{proto}
+	rescuers := []*recovery.Rescuer{recovery.New(proto, inc.d, cfg.ttl, log, s.rand(name, "rescuer"))}
+	if cfg.lanes == nil {
+		p = pipeline.New(pcfg, inc.h, proto, &runner{inc: inc}, inc.d)
+	} else {
+		// CELLOS_FLEET_LANES: the scenario's lane and lane x on one pool
+		// of workers, each lane its own protocol and recovery.
+		protoX := protocol.New(protocol.Config{Layout: s.hist.lanes[1], Node: cfg.name, TTL: cfg.ttl, MaxAttempts: cfg.maxAttempts,
+			Logger: log, Clock: newSkewClock(cfg.rate)}, inc.h)
+		protos = append(protos, protoX)
+		rescuers = append(rescuers, recovery.New(protoX, inc.d, cfg.ttl, log, s.rand(name, "rescuer-x")))
+		own, x := pcfg, pcfg
+		own.MultiLane = true
+		x.Layout, x.Lane, x.MultiLane, x.Rand = s.hist.lanes[1], laneX, true, s.rand(name, "lister-x")
+		x.Jitter = lockedJitter(s.rand(name, "retry-x"))
+		p = pipeline.NewLanes([]*pipeline.Pipeline{
+			pipeline.New(own, inc.h, proto, &runner{inc: inc}, inc.d),
+			pipeline.New(x, inc.h, protoX, &runner{inc: inc}, inc.d),
+		}, cfg.lanes, cfg.strict, cfg.concurrency, inc.d)
+	}
+	scheduler := schedule.New(schedule.Config{Prefix: "fleet", Interval: cfg.poll, IdleInterval: cfg.poll, MaxSpecBytes: 1 << 20, Logger: log},
+		inc.h, oneLane{proto})
+	s.hist.tracef(name, "START ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v clock_rate=%.4f retries=%d backoff=%v lanes=%v strict=%v freeze=%v legacy=%v",
+		cfg.ttl, cfg.concurrency, cfg.maxAttempts, cfg.maxSpecBytes, cfg.poll, cfg.cellTimeout, cfg.rate, cfg.retries, cfg.retryBackoff, cfg.lanes, cfg.strict, cfg.freeze, cfg.legacy)
 	go func() {
 		defer close(inc.done)
-		var sess *protocol.Session
 		if !cfg.legacy {
-			// As the agent does at start-up: no work before the session.
-			for try := 0; sess == nil; try++ {
-				var err error
-				if sess, err = proto.StartSession(inc.d.Intake()); err == nil {
-					break
-				}
-				select {
-				case <-inc.d.Intake().Done():
+			// As the agent does at start-up: no work before the sessions,
+			// one per lane.
+			for _, pr := range protos {
+				sess, ok := inc.startSession(pr)
+				if !ok {
 					return
-				case <-time.After(time.Duration(100<<min(try, 4)) * time.Millisecond):
 				}
+				defer sess.Close(inc.d.Abort())
 			}
-			defer sess.Close(inc.d.Abort())
 		}
-		rescued := make(chan struct{})
+		rescued, scheduled := make(chan struct{}), make(chan struct{})
 		go func() {
 			defer close(rescued)
-			rescuer.Run(inc.d.Intake())
+			var rs sync.WaitGroup
+			for _, r := range rescuers {
+				rs.Go(func() { r.Run(inc.d.Intake()) })
+			}
+			rs.Wait()
+		}()
+		go func() {
+			defer close(scheduled)
+			scheduler.Run(inc.d.Intake())
 		}()
 		p.Run()
 		<-rescued
+		<-scheduled
 	}()
 	return inc
+}
+
+// startSession starts pr's session, retrying until it lands or the process
+// is told to stop (false).
+func (inc *incarnation) startSession(pr *protocol.Protocol) (*protocol.Session, bool) {
+	for try := 0; ; try++ {
+		if sess, err := pr.StartSession(inc.d.Intake()); err == nil {
+			return sess, true
+		}
+		select {
+		case <-inc.d.Intake().Done():
+			return nil, false
+		case <-time.After(time.Duration(100<<min(try, 4)) * time.Millisecond):
+		}
+	}
 }
 
 // crash ends the process at once: no request of its is sent from now on, its
@@ -249,10 +296,27 @@ func (c skewClock) AfterFunc(d time.Duration, f func()) interface{ Stop() bool }
 	return time.AfterFunc(time.Duration(float64(d)/c.rate), f)
 }
 
+// lockedJitter draws a retry's jitter from r for every worker of a node.
+func lockedJitter(r *rand.Rand) func(n int64) int64 {
+	var mu sync.Mutex
+	return func(n int64) int64 {
+		mu.Lock()
+		defer mu.Unlock()
+		return r.Int64N(n)
+	}
+}
+
 // rand returns a source for one goroutine of process name, drawn from the
 // scenario's seed and what it is for, so that a seed replays.
 func (s *scenario) rand(name, what string) *rand.Rand {
 	f := fnv.New64a()
 	fmt.Fprintf(f, "%d/%s/%s", s.seed, name, what)
 	return rand.New(rand.NewPCG(s.seed, f.Sum64()))
+}
+
+// oneLane submits every schedule's due times on the scenario's one lane.
+type oneLane struct{ p *protocol.Protocol }
+
+func (o oneLane) SubmitDue(ctx context.Context, quit <-chan struct{}, _ string, d protocol.Due) (bool, error) {
+	return o.p.SubmitDue(ctx, quit, d)
 }

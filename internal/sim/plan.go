@@ -41,6 +41,7 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 	var b strings.Builder
 	fmt.Fprintf(&b, "seed %d, store %s\n", s.seed, s.opt.Store)
 	ms := func(lo, hi int) time.Duration { return time.Duration(lo+rng.IntN(hi-lo+1)) * time.Millisecond }
+	lanes := rng.IntN(3) == 0 // some nodes serve lane x too, and specs go there
 	for i := range 2 + rng.IntN(3) {
 		c := nodeCfg{name: fmt.Sprintf("n%d", i+1), ttl: time.Duration(3+rng.IntN(4)) * time.Second,
 			concurrency: 1 + rng.IntN(3), maxAttempts: 1 + rng.IntN(3), maxSpecBytes: 1 << 20,
@@ -51,14 +52,20 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 		if rng.IntN(7) == 0 {
 			c.cellTimeout = ms(1500, 5000)
 		}
+		if rng.IntN(3) == 0 {
+			c.retries, c.retryBackoff = 1+rng.IntN(2), ms(100, 1500)
+		}
+		if i == 0 && lanes || i > 0 && lanes && rng.IntN(2) == 0 {
+			c.lanes, c.strict = []int{1 + rng.IntN(6), 1 + rng.IntN(6)}, rng.IntN(3) == 0
+		}
 		// Drawn apart, so that the rest of a seed's plan stays as it was:
-		// most agents freeze their cells; some stop them; some are older
-		// agents without a session, in the same fleet.
+		// most agents freeze their cells; some stop them; some are agents
+		// without a session, in the same fleet.
 		mode := s.rand(c.name, "mode")
 		c.freeze, c.legacy = mode.IntN(4) != 0, mode.IntN(6) == 0
 		nodes = append(nodes, c)
-		fmt.Fprintf(&b, "node %s ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v rate=%.4f freeze=%v legacy=%v\n",
-			c.name, c.ttl, c.concurrency, c.maxAttempts, c.maxSpecBytes, c.poll, c.cellTimeout, c.rate, c.freeze, c.legacy)
+		fmt.Fprintf(&b, "node %s ttl=%v conc=%d max_attempts=%d max_spec_bytes=%d poll=%v cell_timeout=%v rate=%.4f retries=%d backoff=%v lanes=%v strict=%v freeze=%v legacy=%v\n",
+			c.name, c.ttl, c.concurrency, c.maxAttempts, c.maxSpecBytes, c.poll, c.cellTimeout, c.rate, c.retries, c.retryBackoff, c.lanes, c.strict, c.freeze, c.legacy)
 	}
 	if rng.IntN(4) != 0 {
 		faults = Faults{PreError: rng.Float64() * 0.05, SlowDown: rng.Float64() * 0.03, LostAnswer: rng.Float64() * 0.05,
@@ -71,8 +78,8 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 	var specs []*specDef
 	for i := range 1 + rng.IntN(4) {
 		d := &specDef{id: fmt.Sprintf("s%d", i+1), ms: 200 + rng.IntN(2500), pads: map[int]int{}}
-		if rng.IntN(5) == 0 {
-			d.exit = 1
+		if rng.IntN(3) == 0 {
+			d.exit = 1 // retried by agents and specs with retries
 		}
 		if rng.IntN(25) == 0 {
 			d.panic = 1
@@ -97,9 +104,25 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 		if replace {
 			kind = "replace"
 		}
-		events = append(events, event{at: at, what: fmt.Sprintf("%s %s n=%d (%d bytes) interrupt=%v", kind, d.id, sn, len(body), cut), do: func() {
+		opt := admin.SubmitOptions{Replace: replace, Retries: -1}
+		if rng.IntN(4) == 0 {
+			opt.Retries = rng.IntN(3) // fleetd submit --retries
+		}
+		var in time.Duration // fleetd submit --in
+		if !replace && rng.IntN(4) == 0 {
+			in = ms(0, 3000)
+		}
+		byHand := in > 0 && rng.IntN(3) == 0 // as aws s3 cp would write it
+		events = append(events, event{at: at, what: fmt.Sprintf("%s %s n=%d (%d bytes) retries=%d in=%v by_hand=%v interrupt=%v", kind, d.id, sn, len(body), opt.Retries, in, byHand, cut), do: func() {
 			s.tool("submit", d.id, sn, cut, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
-				_, err := a.Submit(ctx, []admin.SpecFile{{Name: d.id + ".json", Body: body}}, d.id, replace)
+				if in > 0 {
+					opt.NotBefore = time.Now().Add(in)
+				}
+				if byHand {
+					_, err := rec.h.Put(ctx, s.layout.DelayedKey(d.id, opt.NotBefore), body, queue.PutOptions{})
+					return err
+				}
+				_, err := a.SubmitWith(ctx, []admin.SpecFile{{Name: d.id + ".json", Body: body}}, d.id, opt)
 				return err
 			})
 		}})
@@ -107,7 +130,39 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 	for _, d := range specs {
 		submit(ms(0, 2000), d, false)
 	}
+	if lanes {
+		// Specs of lane x, run only by the nodes that serve it, beside the
+		// scenario's own on the same workers.
+		for i := range 1 + rng.IntN(4) {
+			n++
+			id, sn, at := fmt.Sprintf("x%d", i+1), n, ms(0, 4000)
+			d := &specDef{id: id, ms: 200 + rng.IntN(1500), pads: map[int]int{}}
+			if rng.IntN(4) == 0 {
+				d.exit = 1
+			}
+			body := d.body(sn, 0)
+			events = append(events, event{at: at, what: fmt.Sprintf("submit %s n=%d to lane x", id, sn), do: func() {
+				s.toolOn(s.hist.lanes[1], "submit", id, sn, 0, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
+					_, err := a.Submit(ctx, []admin.SpecFile{{Name: id + ".json", Body: body}}, id, false)
+					return err
+				})
+			}})
+		}
+	}
 	end = time.Duration(10+rng.IntN(12)) * time.Second
+	if rng.IntN(3) == 0 {
+		// A periodic spec (fleetd schedule add), removed when the faults
+		// end so that the fleet can settle.
+		at, every, cut := ms(0, 3000), 1+rng.IntN(3), interrupt()
+		body := fmt.Appendf(nil, `{"apiVersion":"cellos/v1","kind":"ExecutionCell","spec":{"id":"tick","n":%d,"ms":%d,"exit":0}}`, scheduleN, 100+rng.IntN(900))
+		events = append(events, event{at: at, what: fmt.Sprintf("schedule add tick @every %ds interrupt=%v", every, cut), do: func() {
+			s.tool("schedule", "tick", -1, cut, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
+				_, err := a.AddSchedule(ctx, "fleet", "", "tick", fmt.Sprintf("@every %ds", every), admin.SpecFile{Name: "tick.json", Body: body})
+				return err
+			})
+		}})
+		s.scheduled = true
+	}
 	for range 2 + rng.IntN(7) {
 		at := ms(500, int(end/time.Millisecond))
 		d := specs[rng.IntN(len(specs))]
@@ -218,6 +273,10 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 	fmt.Fprintf(&b, "faults end at %v\n---\n", end)
 	return nodes, events, faults, end, b.String()
 }
+
+// scheduleN is the "n" of the schedule's spec: every due time's spec has
+// the same bytes under an id of its own.
+const scheduleN = 1 << 20
 
 func sortEvents(es []event) {
 	for i := 1; i < len(es); i++ {

@@ -103,6 +103,8 @@ type scenario struct {
 	nTool int
 	busy  int // tools running
 	ended bool
+	// scheduled: the plan adds a schedule, removed at the end of faults.
+	scheduled bool
 }
 
 // event is one thing the plan does at a moment.
@@ -166,6 +168,21 @@ func Run(seed uint64, opt Options) *Result {
 		if !up {
 			s.restart(c)
 		}
+	}
+	if s.scheduled {
+		// No more due times: the fleet settles what was submitted. A
+		// removal that meets an add still under way (interrupted and
+		// retried) repeats until the schedule is gone.
+		s.tool("schedule", "tick", -1, 0, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
+			for {
+				err := a.RemoveSchedule(ctx, "fleet", "tick")
+				if err == nil || strings.Contains(err.Error(), "no schedule") || ctx.Err() != nil {
+					return err
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		})
+		s.tools.Wait()
 	}
 	s.tool("resume", "", 0, 0, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
 		_, err := a.Resume(ctx, "fleet", false)
@@ -248,11 +265,18 @@ func (s *scenario) quiet() bool {
 
 func (s *scenario) stuck() []string {
 	var keys []string
-	for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Leases} {
-		for _, o := range s.store.Snapshot(s.layout.Dir(st)) {
-			if _, ok := s.layout.ID(st, o.Key); ok {
-				keys = append(keys, o.Key)
+	for _, l := range s.hist.lanes {
+		for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Leases} {
+			for _, o := range s.store.Snapshot(l.Dir(st)) {
+				if _, ok := l.ID(st, o.Key); ok {
+					keys = append(keys, o.Key)
+				}
 			}
+		}
+		// A delayed spec (a retry, say) is work not yet due; every delay in
+		// a scenario is short, so one left at the end was never promoted.
+		for _, o := range s.store.Snapshot(l.DelayedDir()) {
+			keys = append(keys, o.Key)
 		}
 	}
 	return keys
@@ -262,6 +286,11 @@ func (s *scenario) stuck() []string {
 // handle; interrupt, if positive, cancels its context that long after it
 // starts (Ctrl-C, a browser hanging up). When it returns, the process exits.
 func (s *scenario) tool(kind, id string, n int, interrupt time.Duration, fn func(ctx context.Context, a *admin.Admin, rec *actionRec) error) {
+	s.toolOn(s.layout, kind, id, n, interrupt, fn)
+}
+
+// toolOn is tool on the lane of layout.
+func (s *scenario) toolOn(layout queue.Layout, kind, id string, n int, interrupt time.Duration, fn func(ctx context.Context, a *admin.Admin, rec *actionRec) error) {
 	s.mu.Lock()
 	s.nTool++
 	name := fmt.Sprintf("op%d", s.nTool)
@@ -269,8 +298,8 @@ func (s *scenario) tool(kind, id string, n int, interrupt time.Duration, fn func
 	s.mu.Unlock()
 	h := newHandle(s.bus, name, "ops", kind, s.policy, s.seed, s.opt)
 	log := slog_(s.hist, name)
-	proto := protocol.New(protocol.Config{Layout: s.layout, Node: "ops", TTL: 5 * time.Second, MaxAttempts: 3, Logger: log}, h)
-	a := admin.New(h, proto, s.layout, 1<<20)
+	proto := protocol.New(protocol.Config{Layout: layout, Node: "ops", TTL: 5 * time.Second, MaxAttempts: 3, Logger: log}, h)
+	a := admin.New(h, proto, layout, 1<<20)
 	rec := &actionRec{kind: kind, id: id, n: n, start: time.Now(), h: h}
 	s.hist.action(rec)
 	what := fmt.Sprintf("TOOL %s %s", kind, id)

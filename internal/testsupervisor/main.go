@@ -7,13 +7,16 @@
 //	          "barrier": {"dir": "/path", "n": 4}, "ignoreTerm": true,
 //	          "print": "text for stdout", "printEnv": true,
 //	          "bulk": {"bytes": 3145728, "secretEnv": "VAR", "secretAt": [0.5, 0.8]},
-//	          "beat": {"dir": "/path", "everyMs": 20}}}}
+//	          "beat": {"dir": "/path", "everyMs": 20},
+//	          "failRuns": {"dir": "/path", "n": 2}}}}
 //
 // bulk prints numbered 64-byte lines up to bytes, every 100th on stderr,
 // and the value of $secretEnv inside the line at each fraction of secretAt.
 // beat appends the time (unix nanos) to <dir>/<id>.<pid> every everyMs while
 // the cell runs: the cell's own proof of when it made progress (a frozen
 // cell writes none).
+// failRuns makes the first n runs of the spec (counted in dir) exit 7 and
+// every later one exit as "exit" says.
 package main
 
 import (
@@ -48,6 +51,10 @@ type behaviour struct {
 		Dir     string `json:"dir"`
 		EveryMs int    `json:"everyMs"`
 	} `json:"beat"`
+	FailRuns *struct {
+		Dir string `json:"dir"`
+		N   int    `json:"n"`
+	} `json:"failRuns"`
 }
 
 func main() {
@@ -101,6 +108,13 @@ func main() {
 	}
 	time.Sleep(time.Duration(b.SleepMs) * time.Millisecond)
 	event("end", id)
+	if f := b.FailRuns; f != nil {
+		entries, _ := os.ReadDir(f.Dir)
+		_ = os.WriteFile(filepath.Join(f.Dir, fmt.Sprintf("run-%d-%d", len(entries), os.Getpid())), nil, 0o600)
+		if len(entries) < f.N {
+			os.Exit(7)
+		}
+	}
 	os.Exit(b.Exit)
 }
 

@@ -25,6 +25,9 @@ type Snapshot struct {
 	// pending count a lower bound, it is a lower bound too.
 	OldestPending time.Duration
 	InFlight      []Flight
+	// Delayed are the specs under pending/.delayed/ (retries, submit --in),
+	// soonest first, as many as the pending listing held.
+	Delayed []Delayed
 	// Failures are the latest failures, newest first.
 	Failures []Failure
 	Nodes    []Node
@@ -52,6 +55,14 @@ type Flight struct {
 	HasClaim bool
 	// Stale: past ttl + 1 s since its last write, so recovery may take it over.
 	Stale bool
+}
+
+// Delayed is one spec not to start before Due.
+type Delayed struct {
+	ID  string
+	Due time.Time
+	// In is how long until it is due, on the server's clock (0: due now).
+	In time.Duration
 }
 
 // Failure is one spec in failed/ with its result record.
@@ -128,6 +139,7 @@ type listing struct {
 	serverTime time.Time
 	atLeast    bool
 	paused     bool // pending/ only: the pause marker, listed first
+	delayed    []Delayed
 }
 
 func (r *reader) list(ctx context.Context, st queue.State) (listing, error) {
@@ -137,6 +149,9 @@ func (r *reader) list(ctx context.Context, st queue.State) (listing, error) {
 		for _, o := range p.Objects {
 			if _, ok := r.layout.ID(st, o.Key); !ok {
 				l.paused = l.paused || st == queue.Pending && o.Key == r.layout.PauseKey()
+				if id, due, err := r.layout.ParseDelayed(o.Key); err == nil && st == queue.Pending && len(l.delayed) < r.lim.keys {
+					l.delayed = append(l.delayed, Delayed{ID: id, Due: due, In: max(0, due.Sub(p.ServerTime))})
+				}
 				continue
 			}
 			if len(l.objs) == r.lim.keys {
@@ -158,7 +173,7 @@ func (r *reader) list(ctx context.Context, st queue.State) (listing, error) {
 func (r *reader) Snapshot(ctx context.Context) (*Snapshot, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := &Snapshot{Counts: []Count{}, InFlight: []Flight{}, Failures: []Failure{}, Nodes: []Node{}}
+	s := &Snapshot{Counts: []Count{}, InFlight: []Flight{}, Delayed: []Delayed{}, Failures: []Failure{}, Nodes: []Node{}}
 	// claimed/ before leases/, as recovery lists them: a claim whose lease
 	// appears in between is live, since a holder writes its lease first.
 	lists := map[queue.State]listing{}
@@ -179,6 +194,8 @@ func (r *reader) Snapshot(ctx context.Context) (*Snapshot, error) {
 		return nil, fmt.Errorf("ui: read the queue: %w", firstErr)
 	}
 	s.Paused = lists[queue.Pending].paused
+	s.Delayed = append([]Delayed{}, lists[queue.Pending].delayed...)
+	slices.SortFunc(s.Delayed, func(a, b Delayed) int { return a.Due.Compare(b.Due) })
 	if p := lists[queue.Pending]; len(p.objs) > 0 {
 		for _, o := range p.objs {
 			s.OldestPending = max(s.OldestPending, p.serverTime.Sub(o.LastModified))

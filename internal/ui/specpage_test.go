@@ -23,6 +23,7 @@ func TestSpecPageShowsTheRecordsAndTheOutput(t *testing.T) {
 	f := queueFixture()
 	meta := failure("node-<i>x</i>", "<script>alert(1)</script>", "7")
 	meta["fleetd-token"], meta["fleetd-started"] = "tok1", now.Add(-2*time.Minute).Format(time.RFC3339Nano)
+	meta["fleetd-retried"], meta["fleetd-reasons"] = "1", "supervisor exit 3 | <b>timeout</b>"
 	f.put("fleet/failed/"+hostileID+".json", object{body: []byte(`{"x":"</pre><script>window.pwned=2</script>"}`), age: 2 * time.Hour, meta: meta})
 	f.put("fleet/output/"+hostileID+".txt", object{body: []byte(hostileOutput), age: 2 * time.Hour, meta: outputMeta("tok1", "node-<i>x</i>", "2", "7", true)})
 	h := setup(t, f, nil)
@@ -31,7 +32,7 @@ func TestSpecPageShowsTheRecordsAndTheOutput(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("spec page = %d\n%s", code, page)
 	}
-	for _, bad := range []string{"<script>", "<img", "<i>x"} {
+	for _, bad := range []string{"<script>", "<img", "<i>x", "<b>timeout"} {
 		if strings.Contains(page, bad) {
 			t.Errorf("the page holds %q unescaped", bad)
 		}
@@ -40,7 +41,8 @@ func TestSpecPageShowsTheRecordsAndTheOutput(t *testing.T) {
 		`<span id="spec-id">&lt;script&gt;window.pwned=1</span>`,
 		`id="rec-reason" class="reason">&lt;script&gt;alert(1)&lt;/script&gt;</td>`,
 		`id="rec-node">node-&lt;i&gt;x&lt;/i&gt;</td>`,
-		`id="rec-attempts">2</td>`,
+		`id="rec-attempts">2, 1 failed runs retried</td>`,
+		`<li class="reason">supervisor exit 3</li><li class="reason">&lt;b&gt;timeout&lt;/b&gt;</li>`,
 		`id="rec-exit">7</td>`,
 		`id="rec-duration">1m0s</td>`,
 		`id="rec-finished">2025-06-01 11:59:00Z</td>`,
