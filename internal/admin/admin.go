@@ -4,7 +4,6 @@
 package admin
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -460,49 +459,12 @@ func (a *Admin) pruneAll(ctx context.Context, objs []queue.Object, olderThan tim
 	return int(deleted.Load()), err
 }
 
-// Cancel stops a spec: a pending one is filed under failed/ as cancelled, a
-// running one is marked so that its holder stops it within a renewal period
-// of its session (see protocol.Cancel). by says who asked, for the result
-// record.
+// Cancel stops a spec: a pending or delayed one is filed under failed/ as
+// cancelled, a running one is marked so that its holder stops it within a
+// renewal period of its session (see protocol.Cancel). by says who asked,
+// for the result record.
 func (a *Admin) Cancel(ctx context.Context, id, by string) (protocol.CancelResult, error) {
-	// A copy waiting under pending/.delayed/ (a retry's backoff, submit --in)
-	// is the spec too: it is filed cancelled as well. First, so that one
-	// promoted to pending/ meanwhile is found there by the cancel of the
-	// pending or running spec that follows.
-	n, derr := a.proto.CancelDelayed(ctx, id, by)
-	busy := errors.Is(derr, protocol.ErrPending) || errors.Is(derr, protocol.ErrHeld)
-	if derr != nil && !busy {
-		return protocol.CancelResult{}, derr
-	}
-	res, err := a.proto.Cancel(ctx, id, by)
-	if busy {
-		// A delayed copy waited for the pending or running one: that one is
-		// cancelled now; cancel the delayed copy behind it.
-		m, derr := a.proto.CancelDelayed(ctx, id, by)
-		n += m
-		if derr != nil && (err == nil || errors.Is(err, protocol.ErrNotCancellable)) {
-			return res, fmt.Errorf("cancel %s: a delayed copy is left: %w; try again", id, derr)
-		}
-		// The delayed copy may have been promoted to pending/ (and claimed)
-		// while the cancel waited for the one ahead of it: cancel it there.
-		again, aerr := a.proto.Cancel(ctx, id, by)
-		switch {
-		case aerr == nil:
-			res.Filed, res.Node = res.Filed || again.Filed, cmp.Or(again.Node, res.Node)
-			if err != nil && errors.Is(err, protocol.ErrNotCancellable) {
-				err = nil
-			}
-		case !errors.Is(aerr, protocol.ErrNotCancellable):
-			return res, aerr
-		}
-	}
-	if n > 0 && errors.Is(err, protocol.ErrNotCancellable) {
-		return protocol.CancelResult{Filed: true}, nil
-	}
-	if err == nil && n > 0 {
-		res.Filed = true
-	}
-	return res, err
+	return a.proto.Cancel(ctx, id, by)
 }
 
 // pause is the body of a lane's pause marker.

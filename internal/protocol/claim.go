@@ -206,28 +206,34 @@ func (p *Protocol) endUnconsumed(ctx context.Context, quit <-chan struct{}, c *C
 	if c.CancelledBy() == "" && c.endLease(ctx, quit, true) {
 		return
 	}
-	_ = p.cancelPending(ctx, quit, c, c.CancelledBy()) // an error leaves it to recovery
+	_, _ = p.cancelPending(ctx, quit, c, c.CancelledBy()) // an error leaves it to recovery
 }
 
-// cancelPending files the version pending/ holds now cancelled, under c: the
-// lease first turns to the file intent for that version, so a successor
-// finishes the filing rather than leaving pending/ to run. It returns the
-// error that stopped it (the claim then left to recovery); nothing pending is
-// no error.
-func (p *Protocol) cancelPending(ctx context.Context, quit <-chan struct{}, c *Claim, by string) error {
+// cancelPending files every copy of c's spec that is not running cancelled,
+// under c: each delayed copy (cancelDelayed), then the version pending/ holds
+// now — the lease first turns to the file intent for that version, so a
+// successor finishes the filing rather than leaving pending/ to run — and c
+// ends. It returns how many copies it filed, and the error that stopped it
+// (the claim then left to recovery); nothing to file is no error.
+func (p *Protocol) cancelPending(ctx context.Context, quit <-chan struct{}, c *Claim, by string) (int, error) {
+	n, err := p.cancelDelayed(ctx, quit, c, by)
+	if err != nil {
+		p.leave(c, err)
+		return n, err
+	}
 	key := p.cfg.Layout.Key(queue.Pending, c.id)
 	var head queue.Object
-	err := c.act(ctx, quit, "read pending", func(ctx context.Context) (err error) {
+	err = c.act(ctx, quit, "read pending", func(ctx context.Context) (err error) {
 		head, err = p.store.Head(ctx, key)
 		return err
 	})
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		c.end(ctx, quit) // nothing pending: settled elsewhere
-		return nil
+		return n, nil
 	case err != nil:
 		p.leave(c, err)
-		return err
+		return n, err
 	}
 	spec := Spec{ID: c.id, Key: key, ETag: head.ETag, Modified: head.LastModified, VersionID: head.VersionID}
 	c.mu.Lock()
@@ -236,11 +242,15 @@ func (p *Protocol) cancelPending(ctx context.Context, quit <-chan struct{}, c *C
 	c.mu.Unlock()
 	if err := c.act(ctx, quit, "turn to filing", c.renew); err != nil {
 		p.leave(c, err)
-		return err
+		return n, err
 	}
-	if err := p.fileUnder(ctx, quit, c, spec, Cancelled, "cancelled by "+by); err != nil && !errors.Is(err, ErrGone) {
+	err = p.fileUnder(ctx, quit, c, spec, Cancelled, "cancelled by "+by)
+	switch {
+	case err == nil:
+		n++
+	case !errors.Is(err, ErrGone):
 		p.leave(c, err)
-		return err
+		return n, err
 	}
-	return nil
+	return n, nil
 }

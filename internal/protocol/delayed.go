@@ -37,14 +37,7 @@ func (p *Protocol) Promote(ctx context.Context, quit <-chan struct{}, key string
 	if now.Before(due) {
 		return "", fmt.Errorf("promote %s: %w", key, ErrNotDue)
 	}
-	return p.promote(ctx, quit, id, key, "")
-}
-
-// promote is Promote of id's delayed key; with cancelBy set it then files the
-// spec cancelled (CancelDelayed), the lease carrying the mark from the start
-// so that a successor does the same.
-func (p *Protocol) promote(ctx context.Context, quit <-chan struct{}, id, key, cancelBy string) (string, error) {
-	c, err := p.acquire(ctx, id, leaseBody{State: statePromoting, Intent: intentPromote, DelayedKey: key, Cancel: cancelBy})
+	c, err := p.acquire(ctx, id, leaseBody{State: statePromoting, Intent: intentPromote, DelayedKey: key})
 	if err != nil {
 		return "", fmt.Errorf("promote %s: %w", key, err)
 	}
@@ -100,51 +93,9 @@ func (p *Protocol) promote(ctx context.Context, quit <-chan struct{}, id, key, c
 		return "", fmt.Errorf("promote %s: %w", key, c.stop(err))
 	}
 	p.deleteDelayed(ctx, quit, c, key, queue.Version{ETag: o.ETag, Modified: o.LastModified, ID: o.VersionID})
-	if cancelBy != "" {
-		if err := p.cancelPending(ctx, quit, c, cancelBy); err != nil {
-			return "", fmt.Errorf("cancel %s: %w", key, err)
-		}
-		c.log.Info("delayed spec cancelled", "event", "spec.cancelled", "key", key, "by", cancelBy)
-		return "", nil
-	}
 	c.end(ctx, quit)
 	c.log.Info("delayed spec due: now pending", "event", "spec.promoted", "key", key)
 	return etag, nil
-}
-
-// CancelDelayed files every delayed copy of id (a retry waiting for its
-// backoff, a spec submitted with --in or --at) cancelled, each under the
-// id's lease: it is made pending and filed at once, as fleetd cancel files a
-// pending spec. It returns how many it filed. ErrPending: pending/ holds the
-// id (cancel that first); ErrHeld: the id is in flight.
-func (p *Protocol) CancelDelayed(ctx context.Context, id, by string) (int, error) {
-	var keys []string
-	err := p.store.List(ctx, p.cfg.Layout.DelayedDir(), func(page queue.Page) error {
-		for _, o := range page.Objects {
-			if did, _, err := p.cfg.Layout.ParseDelayed(o.Key); err == nil && did == id {
-				keys = append(keys, o.Key)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("cancel %s: %w", id, err)
-	}
-	quit := make(chan struct{})
-	close(quit) // a tool does not wait out an outage
-	n := 0
-	for _, key := range keys {
-		_, err := p.promote(ctx, quit, id, key, by)
-		switch {
-		case errors.Is(err, queue.ErrNotFound):
-			// Promoted (or cancelled) since the listing.
-		case err != nil:
-			return n, err
-		default:
-			n++
-		}
-	}
-	return n, nil
 }
 
 // deleteDelayed deletes the delayed version v under c. Gone or replaced is
@@ -191,12 +142,6 @@ func (p *Protocol) finishPromote(ctx context.Context, quit <-chan struct{}, c *C
 		case d.ETag == copied.ETag && d.LastModified.Truncate(time.Second).Equal(modified.Truncate(time.Second)) &&
 			(copied.ID == "" || d.VersionID == "" || d.VersionID == copied.ID):
 			p.deleteDelayed(ctx, quit, c, key, copied)
-		}
-		if by := c.CancelledBy(); by != "" {
-			// A cancel of the delayed spec: the copy is filed as its holder
-			// would have filed it.
-			_ = p.cancelPending(ctx, quit, c, by) // an error leaves it to the next scan
-			return
 		}
 	}
 	c.end(ctx, quit)

@@ -49,6 +49,13 @@ func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx c
 	// lease lapsed on a slow renewal would leave it to recovery, which runs it
 	// again (issue 8, case 8). Cleanup after the result may give up: recovery
 	// finds the result by its token.
+	if rec.Outcome == Cancelled && c.intentIs(intentRun) {
+		// Copies waiting under pending/.delayed/ are the spec too, and
+		// nobody promotes them while we hold the lease: they go first.
+		if _, err := c.p.cancelDelayed(ctx, nil, c, c.CancelledBy()); err != nil {
+			return nil, c.stop(err)
+		}
+	}
 	if err = c.writeOutput(ctx, rec); err != nil {
 		return nil, c.stop(err)
 	}

@@ -155,6 +155,13 @@ func (c *Claim) remaining() time.Duration {
 	return c.validUntil.Sub(c.p.clock.Now())
 }
 
+// intentIs reports whether the lease is held for intent.
+func (c *Claim) intentIs(intent string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lease.intent() == intent
+}
+
 func (c *Claim) setState(s string) {
 	c.mu.Lock()
 	c.lease.State = s

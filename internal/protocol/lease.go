@@ -26,6 +26,7 @@ const (
 	stateAlive      = "alive"      // a session object
 	statePromoting  = "promoting"  // moving a delayed spec that is due to pending/
 	stateScheduling = "scheduling" // submitting a schedule's due time (schedule.go)
+	stateCancelling = "cancelling" // fleetd cancel filing every copy of the spec
 )
 
 // Intents: what the holder of a lease is doing to the spec's objects. A
@@ -40,6 +41,7 @@ const (
 	intentSubmit   = "submit"   // write pending/ (fleetd submit)
 	intentPromote  = "promote"  // move delayed_key to pending/ (delayed.go)
 	intentSchedule = "schedule" // submit a schedule's due time once (schedule.go)
+	intentCancel   = "cancel"   // file every copy not running cancelled (cancel.go)
 	intentSession  = "session"  // a session's own object (see Session)
 )
 

@@ -177,6 +177,8 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 		p.finishPromote(ctx, quit, c, mine.DelayedKey) // delayed.go
 	case intentSchedule:
 		p.finishSchedule(ctx, quit, c, mine) // schedule.go
+	case intentCancel:
+		p.finishCancel(ctx, quit, c) // cancel.go
 	case intentPrune, intentSubmit:
 		// Each has one write: whether or not it landed, only the lease is
 		// left (a pending/ the submit wrote stands). The tool said nothing

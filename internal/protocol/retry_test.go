@@ -160,18 +160,15 @@ func TestPromoteLeavesAResubmissionAlone(t *testing.T) {
 
 // TestRecoveryFinishesAnInterruptedPromotion: whoever takes a stopped
 // promotion over ends with exactly one copy of the spec: pending/ if the
-// copy landed (the delayed one deleted), the delayed one otherwise; with a
-// cancel mark, filed cancelled.
+// copy landed (the delayed one deleted), the delayed one otherwise.
 func TestRecoveryFinishesAnInterruptedPromotion(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
 		landed bool
-		cancel string
 		want   []string
 	}{
-		{"copy landed", true, "", []string{"fleet/pending/a.json"}},
-		{"nothing copied: undone", false, "", []string{"DELAYED"}},
-		{"a cancel, copy landed: filed", true, "alice", []string{"fleet/failed/a.json"}},
+		{"copy landed", true, []string{"fleet/pending/a.json"}},
+		{"nothing copied: undone", false, []string{"DELAYED"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p, s := setup(t)
@@ -182,7 +179,7 @@ func TestRecoveryFinishesAnInterruptedPromotion(t *testing.T) {
 					metaDelayedModified: o.LastModified.UTC().Format(time.RFC3339Nano)}, time.Now())
 			}
 			staleLease(p, s, "a", leaseBody{Node: "dead", Token: "t1", Epoch: 1, Intent: intentPromote, State: statePromoting,
-				DelayedKey: key, Cancel: tt.cancel})
+				DelayedKey: key})
 			recoverNow(t, p)
 			want := slices.Clone(tt.want)
 			for i, k := range want {
@@ -193,24 +190,70 @@ func TestRecoveryFinishesAnInterruptedPromotion(t *testing.T) {
 			if got := sortedKeys(s); !slices.Equal(got, want) {
 				t.Fatalf("objects after recovery = %v, want %v", got, want)
 			}
-			if tt.cancel != "" {
-				if o, _ := s.object("fleet/failed/a.json"); !strings.Contains(o.Metadata[metaReason], "cancelled by alice") {
-					t.Errorf("failed/ record %v, want cancelled by alice", o.Metadata)
-				}
-			}
 		})
 	}
 }
 
-func TestCancelDelayedFilesEveryCopy(t *testing.T) {
+// TestCancelFilesEveryCopy: a cancel files the spec's pending copy and each
+// of its delayed copies (a retry, submit --in), and no other spec's.
+func TestCancelFilesEveryCopy(t *testing.T) {
 	p, s := setup(t)
 	delayed(t, p, s, "a")
+	s.PutAt(p.cfg.Layout.DelayedKey("a", time.Now().Add(time.Hour)), []byte(`{}`), nil, time.Now())
+	pending(t, p, s, "a")
 	s.PutAt(p.cfg.Layout.DelayedKey("b", time.Now()), []byte(`{}`), nil, time.Now())
-	n, err := p.CancelDelayed(context.Background(), "a", "alice")
-	if err != nil || n != 1 {
-		t.Fatalf("cancel: %d filed, %v; want 1", n, err)
+	res, err := p.Cancel(context.Background(), "a", "alice")
+	if err != nil || !res.Filed {
+		t.Fatalf("cancel = %+v, %v; want filed", res, err)
 	}
 	if got := sortedKeys(s); len(got) != 2 || got[0] != "fleet/failed/a.json" || !strings.HasSuffix(got[1], "/b.json") {
 		t.Errorf("objects = %v, want a filed and b's delayed copy untouched", got)
+	}
+	if o, _ := s.object("fleet/failed/a.json"); o.Metadata[metaOutcome] != "cancelled" {
+		t.Errorf("failed/a.json metadata %v, want outcome cancelled", o.Metadata)
+	}
+}
+
+// TestRecoveryFinishesAnInterruptedCancel: a cancel that stopped holding the
+// lease is finished by whoever takes it over: every copy filed.
+func TestRecoveryFinishesAnInterruptedCancel(t *testing.T) {
+	p, s := setup(t)
+	delayed(t, p, s, "a")
+	pending(t, p, s, "a")
+	staleLease(p, s, "a", leaseBody{Node: "tool", Token: "t1", Epoch: 1, Intent: intentCancel, State: stateCancelling, Cancel: "alice"})
+	recoverNow(t, p)
+	if got := sortedKeys(s); !slices.Equal(got, []string{"fleet/failed/a.json"}) {
+		t.Fatalf("objects after recovery = %v, want only failed/a.json", got)
+	}
+}
+
+// TestCancelledRunTakesItsDelayedCopies: the holder of a run it was asked
+// to cancel files the spec's delayed copies too before it lets the lease go
+// (nobody could promote them meanwhile), so none runs after the cancel.
+func TestCancelledRunTakesItsDelayedCopies(t *testing.T) {
+	p, s := setup(t)
+	spec := pending(t, p, s, "a")
+	c, err := p.Claim(context.Background(), make(chan struct{}), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := delayed(t, p, s, "a")
+	res, err := New(p.cfg, s).Cancel(context.Background(), "a", "bob")
+	if err != nil || res.Node != "n1" {
+		t.Fatalf("cancel = %+v, %v; want the holder n1 asked", res, err)
+	}
+	select {
+	case <-c.Cancelled():
+	case <-time.After(3 * MinTTL):
+		t.Fatal("the holder never saw the cancel mark")
+	}
+	if err := c.Finish(context.Background(), make(chan struct{}), Record{Outcome: Cancelled, Reason: "cancelled by bob", Finished: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.object(key); ok {
+		t.Errorf("delayed copy %s still there after the cancelled run ended", key)
+	}
+	if got := sortedKeys(s); !slices.Equal(got, []string{"fleet/failed/a.json"}) {
+		t.Errorf("objects = %v, want only failed/a.json", got)
 	}
 }

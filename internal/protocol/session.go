@@ -373,33 +373,35 @@ func (s *Session) wasAbandoned(id, token string, take bool) bool {
 }
 
 // rung is told, by the session object obj, that fleetd cancel marked the
-// leases of ids: each claim of ours among them reads its lease, and stops
-// its cell if the mark is there. Until it has, the id stays in the session's
-// ring, so the tool, which waits for it to leave, knows when it was heard.
-func (s *Session) rung(obj *Claim, ids []string) {
+// leases of the claims in entries (see ringEntry): each claim of ours among
+// them reads its lease, and stops its cell if the mark is there. Until it
+// has, the entry stays in the session's ring, so the tool, which waits for it
+// to leave, knows when it was heard.
+func (s *Session) rung(obj *Claim, entries []string) {
 	obj.mu.Lock()
-	for _, id := range ids {
-		if !slices.Contains(obj.lease.Ring, id) {
-			obj.lease.Ring = append(obj.lease.Ring, id)
-			go s.answer(obj, id)
+	for _, e := range entries {
+		if !slices.Contains(obj.lease.Ring, e) {
+			obj.lease.Ring = append(obj.lease.Ring, e)
+			go s.answer(obj, e)
 		}
 	}
 	obj.mu.Unlock()
 }
 
-// answer reads the lease of id for its cancel mark, then takes id out of
-// obj's ring.
-func (s *Session) answer(obj *Claim, id string) {
+// answer reads the lease of the claim named by entry for its cancel mark,
+// then takes entry out of obj's ring.
+func (s *Session) answer(obj *Claim, entry string) {
 	defer func() {
 		obj.mu.Lock()
-		obj.lease.Ring = slices.DeleteFunc(obj.lease.Ring, func(r string) bool { return r == id })
+		obj.lease.Ring = slices.DeleteFunc(obj.lease.Ring, func(r string) bool { return r == entry })
 		obj.mu.Unlock()
 	}()
+	id, token := parseRingEntry(entry)
 	for try := 0; s.ctx.Err() == nil; try++ {
 		var c *Claim
 		s.mu.Lock()
 		for k := range s.claims {
-			if k.id == id {
+			if k.id == id && k.token == token {
 				c = k
 			}
 		}
