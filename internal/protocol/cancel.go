@@ -76,6 +76,20 @@ func (p *Protocol) Cancel(ctx context.Context, id, by string) (CancelResult, err
 	return CancelResult{}, fmt.Errorf("cancel %s: the spec kept moving; try again", id)
 }
 
+// endRun ends a run's claim once its result is written. A cancel mark found
+// on the lease then (one that came too late to stop the cell) still takes
+// the spec's delayed copies, which nobody could promote meanwhile.
+func (c *Claim) endRun(ctx context.Context, quit <-chan struct{}) {
+	if c.endLease(ctx, quit, true) {
+		return
+	}
+	if _, err := c.p.cancelDelayed(ctx, quit, c, c.CancelledBy()); err != nil {
+		c.p.leave(c, err) // the mark stays for recovery
+		return
+	}
+	c.end(ctx, quit)
+}
+
 // finishCancel ends a cancel whose holder (the tool) stopped, as it would
 // have: the cancel was asked for, and filing the copies again is harmless.
 func (p *Protocol) finishCancel(ctx context.Context, quit <-chan struct{}, c *Claim) {

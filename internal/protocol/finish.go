@@ -49,10 +49,11 @@ func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx c
 	// lease lapsed on a slow renewal would leave it to recovery, which runs it
 	// again (issue 8, case 8). Cleanup after the result may give up: recovery
 	// finds the result by its token.
-	if rec.Outcome == Cancelled && c.intentIs(intentRun) {
-		// Copies waiting under pending/.delayed/ are the spec too, and
-		// nobody promotes them while we hold the lease: they go first.
-		if _, err := c.p.cancelDelayed(ctx, nil, c, c.CancelledBy()); err != nil {
+	if by := c.CancelledBy(); by != "" && c.intentIs(intentRun) {
+		// Asked to cancel the spec (the cell may have ended first): copies
+		// waiting under pending/.delayed/ are the spec too, and nobody
+		// promotes them while we hold the lease, so they go first.
+		if _, err := c.p.cancelDelayed(ctx, nil, c, by); err != nil {
 			return nil, c.stop(err)
 		}
 	}
@@ -73,7 +74,7 @@ func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx c
 		// or retried one could remove the claimed/ of a new claim made in
 		// between.
 		c.clearClaimed(ctx, quit)
-		c.end(ctx, quit)
+		c.endRun(ctx, quit)
 		c.p.cfg.Metrics.Finished(string(rec.Outcome))
 		attrs := []any{"event", "spec.finalised", "state", string(state), "outcome", string(rec.Outcome), "attempt", c.Attempt}
 		if rec.Reason != "" {

@@ -291,7 +291,7 @@ func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, p
 				c.log.Info("recovery: result already written; clearing the claim", "event", "recovery.result_found", "state", string(s))
 				p.adoptClaimed(ctx, quit, c)
 				c.clearClaimed(ctx, quit)
-				c.end(ctx, quit)
+				c.endRun(ctx, quit)
 				return
 			}
 		}

@@ -77,7 +77,7 @@ func (s *scenario) checkFinal() {
 				first, last = fw, cw
 			}
 			// A requeue puts the bytes back in pending/: a submission too.
-			if cw.n == fw.n && !h.submittedBetween(id, first.t, last.t) && h.chainsEnded(id, cw.n, last.t) {
+			if cw.n == fw.n && !h.submittedBetween(id, first.t, last.t) && h.chainsEnded(id, cw.n, h.landing(last).t) {
 				h.violatef0("both-folders: %s n=%d is in completed/ (%s) and failed/ (%s, %s), with no submission of it between the two",
 					id, cw.n, fmtVer(c), fmtVer(f), fw.outcome)
 			}
@@ -113,6 +113,24 @@ func (h *history) writeOf(v int64) writeRec {
 		}
 	}
 	return writeRec{}
+}
+
+// landing returns the first write of the result that w repeats: a result
+// retried after a lost answer lands twice, and was in its folder from the
+// first landing on. h.mu is held.
+func (h *history) landing(w writeRec) writeRec {
+	first := w
+	for i := len(h.writes) - 1; i >= 0; i-- {
+		x := h.writes[i]
+		if x.id != w.id || x.by != w.by || !x.t.Before(first.t) {
+			continue
+		}
+		if x.state != w.state || x.n != w.n {
+			break
+		}
+		first = x
+	}
+	return first
 }
 
 // submittedBetween reports whether an operator put id in pending/ (a
@@ -268,6 +286,7 @@ func (h *history) chainsEnded(id string, n int, t time.Time) bool {
 		}
 	}
 	ended := len(filings)
+	counted := map[call]bool{} // a result ends one chain, not every run before it on its node
 	for _, r := range h.runs {
 		if r.id != id || r.n != n || r.how != "exit" || !r.end.Before(t) {
 			continue
@@ -278,7 +297,8 @@ func (h *history) chainsEnded(id string, n int, t time.Time) bool {
 			if w.id != id || w.by.name != r.inc || w.t.Before(r.end) || !w.t.Before(t) {
 				continue
 			}
-			if (w.state == queue.Completed || w.state == queue.Failed) && !filings[call{w.by, w.req}] {
+			if (w.state == queue.Completed || w.state == queue.Failed) && !filings[call{w.by, w.req}] && !counted[call{w.by, w.req}] {
+				counted[call{w.by, w.req}] = true
 				ended++
 			}
 			if w.state == queue.Completed || w.state == queue.Failed || w.state == stateDelayed {
