@@ -71,7 +71,7 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 
 	// Past the drain deadline, cells get the stop grace to exit and their
 	// release two S3 request timeouts; then fleetd exits and leaves the rest
-	// to recovery. See the README's stop-timeout formula.
+	// to recovery. See the stop-timeout formula in docs/operations.md, "Stopping: drain".
 	d := drain.New(context.Background(), cfg.StopGrace+2*cfg.S3Timeout)
 	hints, err := dialNotify(cfg, layout, log, m)
 	if err != nil {

@@ -65,7 +65,7 @@ func envFile(t *testing.T, path string) map[string]string {
 }
 
 // stopBound is how long fleetd may take to exit after SIGTERM with cfg, from
-// the README: drain timeout + stop grace + 2 × S3 timeout + 1 s.
+// docs/operations.md, "Stopping: drain": drain timeout + stop grace + 2 × S3 timeout + 1 s.
 func stopBound(cfg Config) time.Duration {
 	return cfg.DrainTimeout + cfg.StopGrace + 2*cfg.S3Timeout + time.Second
 }

@@ -15,7 +15,8 @@ import (
 var pruneTool = tool{
 	usage: "fleetd prune --older-than DURATION [--state completed|failed] [--dry-run] [--json]\n\n" +
 		"Deletes results (completed/, failed/, or both) older than DURATION (90s, 15m, 2h,\n" +
-		"7d), each under its spec's lease. An S3 lifecycle rule can do the same: see the README.",
+		"7d), each under its spec's lease. An S3 lifecycle rule can do the same: see\n" +
+		"docs/operations.md, \"Queue tools\".",
 	flags: func(fs *flag.FlagSet, tf *toolFlags) {
 		fs.Var(&tf.olderThan, "older-than", "delete results last written longer ago than this (90s, 15m, 2h, 7d)")
 		fs.StringVar(&tf.state, "state", "", "completed or failed (default: both)")

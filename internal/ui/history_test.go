@@ -139,7 +139,8 @@ func (b *bigStore) counts() [3]int {
 	return [3]int{b.lists, b.heads, b.gets}
 }
 
-// The README's statement of what a refresh costs, with 100,000 results
+// The statement in docs/operations.md (fleetd ui, "What a refresh costs") of
+// what a refresh costs, with 100,000 results
 // (50,000 completed, 50,000 failed, finished over the last two days):
 // snapshot 3 LISTs (pending/, claimed/, leases/) + 11 each for completed/
 // and failed/ (10,000 keys, then the page that finds the limit) + a HEAD
