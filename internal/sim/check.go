@@ -115,6 +115,19 @@ func (h *history) writeOf(v int64) writeRec {
 	return writeRec{}
 }
 
+// filedBefore reports whether the last write of d's id by d's process
+// before d filed it cancelled: d is then a cancel's delete, not a promotion.
+// h.mu is held.
+func (h *history) filedBefore(d deleteRec) bool {
+	var last writeRec
+	for _, w := range h.writes {
+		if w.id == d.id && w.by == d.by && !w.t.After(d.t) {
+			last = w
+		}
+	}
+	return last.state == queue.Failed && last.outcome == "cancelled"
+}
+
 // landing returns the first write of the result that w repeats: a result
 // retried after a lost answer lands twice, and was in its folder from the
 // first landing on. h.mu is held.
@@ -184,8 +197,9 @@ func (s *scenario) checkHistory() {
 	for _, d := range h.deletes {
 		// A delayed spec is promoted only when due, by the promoter's clock
 		// and not over a second early by the store's (a cancel files it at
-		// once: a tool's delete).
-		if _, due, err := h.layout.ParseDelayed(d.key); err == nil && d.by.role == "node" && d.t.Before(due.Add(-time.Second)) {
+		// once: a tool's delete, or a node's that files it cancelled).
+		if _, due, err := h.layout.ParseDelayed(d.key); err == nil && d.by.role == "node" && d.t.Before(due.Add(-time.Second)) &&
+			!h.filedBefore(d) {
 			h.violatef0("early: %s promoted at %v, due at %v", d.key, h.at(d.t), h.at(due))
 		}
 	}
