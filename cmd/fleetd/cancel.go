@@ -9,9 +9,10 @@ import (
 
 var cancelTool = tool{
 	usage: "fleetd cancel ID [--json]\n\n" +
-		"Stops a spec. A pending one goes to failed/ with outcome cancelled, never run; a\n" +
-		"running one is stopped by its node (SIGTERM, SIGKILL after the grace) and filed the\n" +
-		"same way. The node hears within a renewal period of its session (ttl/3); the tool\n" +
+		"Stops a spec. A pending one, and every copy waiting under pending/.delayed/ (a\n" +
+		"retry's backoff, submit --in/--at), goes to failed/ with outcome cancelled, never\n" +
+		"run; a running one is stopped by its node (SIGTERM, SIGKILL after the grace) and\n" +
+		"filed the same way, its delayed copies with it. The node hears within a renewal period of its session (ttl/3); the tool\n" +
 		"waits for that, up to two periods, and exits 1 if the node has not heard yet (it\n" +
 		"will once it reaches the store). A cancel racing with the spec's completion leaves\n" +
 		"exactly one result.",
@@ -32,7 +33,7 @@ var cancelTool = tool{
 	text: func(w io.Writer, result any) {
 		r := result.(cancelled)
 		if r.Filed {
-			fmt.Fprintf(w, "cancelled %s: it was pending; filed under failed/\n", r.ID)
+			fmt.Fprintf(w, "cancelled %s: it was waiting (pending or delayed); filed under failed/\n", r.ID)
 			return
 		}
 		fmt.Fprintf(w, "cancel of %s requested: node %s stops it and files it cancelled\n", r.ID, r.Node)

@@ -77,7 +77,7 @@ func (s *Server) cancel(r *http.Request) (string, error) {
 	case err != nil:
 		return "", err
 	case res.Filed:
-		return fmt.Sprintf("cancelled %s: it was pending; filed under failed/", id), nil
+		return fmt.Sprintf("cancelled %s: it was waiting (pending or delayed); filed under failed/", id), nil
 	default:
 		return fmt.Sprintf("cancel of %s requested: node %s stops it within a lease renewal period", id, res.Node), nil
 	}
