@@ -11,6 +11,7 @@ import (
 
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/queueview"
 	"github.com/cellos/fleetd/internal/s3mem"
 )
 
@@ -112,17 +113,17 @@ func (p *pagedStore) List(_ context.Context, prefix string, fn func(queue.Page) 
 }
 
 func TestStatusCountsAreBounded(t *testing.T) {
-	s := &pagedStore{Store: s3mem.New(s3mem.Quirks{}), n: 3 * CountLimit}
+	s := &pagedStore{Store: s3mem.New(s3mem.Quirks{}), n: 3 * queueview.KeyLimit}
 	a := New(s, nil, queue.NewLayout("fleet", ""), 1<<20)
 	st, err := a.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Counts["completed"] != CountLimit || !st.AtLeast["completed"] {
-		t.Errorf("completed = %d (at least: %v), want %d as a lower bound", st.Counts["completed"], st.AtLeast["completed"], CountLimit)
+	if st.Counts["completed"] != queueview.KeyLimit || !st.AtLeast["completed"] {
+		t.Errorf("completed = %d (at least: %v), want %d as a lower bound", st.Counts["completed"], st.AtLeast["completed"], queueview.KeyLimit)
 	}
 	// Four states stop at the limit, and leases/ is read whole.
-	if max := 4*CountLimit/1000 + 3*CountLimit/1000; s.pages > max {
+	if max := 4*queueview.KeyLimit/1000 + 3*queueview.KeyLimit/1000; s.pages > max {
 		t.Errorf("status listed %d pages, want at most %d", s.pages, max)
 	}
 }

@@ -109,8 +109,9 @@ func validFor(ttl time.Duration) time.Duration { return ttl - max(time.Second, t
 // so recovery does not apply its own limit (S3's largest single PUT).
 const recoverLimit = 5 << 30
 
-// maxLeaseBytes bounds a lease read; ours are about 300 bytes.
-const maxLeaseBytes = 64 << 10
+// MaxLeaseBytes bounds a lease read; ours are about 300 bytes. Everyone who
+// reads a lease reads at most this much.
+const MaxLeaseBytes = 64 << 10
 
 // Config is what the protocol needs to know.
 type Config struct {
