@@ -26,9 +26,9 @@ import (
 
 // Store is the S3 queue as the protocol uses it; *queue.Store implements it.
 type Store interface {
-	List(ctx context.Context, prefix string, fn func(queue.Page) error) error
-	Get(ctx context.Context, key string, limit int64) (queue.Object, error)
-	Head(ctx context.Context, key string) (queue.Object, error)
+	queue.Lister
+	queue.Getter
+	queue.Header
 	Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error)
 	Copy(ctx context.Context, src, dst string, opt queue.CopyOptions) error
 	Delete(ctx context.Context, key, ifMatch string) error

@@ -19,9 +19,9 @@ import (
 
 // Store is the bucket as the read model reads it; *queue.Store implements it.
 type Store interface {
-	List(ctx context.Context, prefix string, fn func(queue.Page) error) error
-	Get(ctx context.Context, key string, limit int64) (queue.Object, error)
-	Head(ctx context.Context, key string) (queue.Object, error)
+	queue.Lister
+	queue.Getter
+	queue.Header
 }
 
 var _ Store = (*queue.Store)(nil)
