@@ -135,6 +135,7 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		}
 		p = pipeline.NewLanes(pipes, weights, cfg.LaneStrict, cfg.Concurrency, d)
 	}
+	prog.CountCells(p.Cells)
 	scheduler := schedule.New(schedule.Config{Prefix: cfg.Prefix, Interval: cfg.PollInterval, IdleInterval: max(cfg.PollInterval, time.Minute),
 		MaxSpecBytes: cfg.MaxSpecBytes, Logger: log}, store, lanes)
 	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
