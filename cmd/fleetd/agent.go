@@ -37,7 +37,7 @@ import (
 func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) string, stdout, stderr io.Writer) int {
 	supervisor, err := exec.Check(cfg.Supervisor)
 	if err != nil {
-		fmt.Fprintf(stderr, "fleetd: CELLOS_FLEET_SUPERVISOR: %v\n", err)
+		fmt.Fprintf(stderr, "fleetd: %s: %v\n", config.Supervisor, err)
 		return 2
 	}
 	log := newLogger(cfg, stderr).With("node", cfg.NodeID)
@@ -308,7 +308,7 @@ func awaitDrain(cfg config.Config, log *slog.Logger, sigs <-chan os.Signal, d *d
 				cut()
 				return
 			}
-			log.Warn("second signal ignored: cells keep running until they end (set CELLOS_FLEET_DRAIN_TIMEOUT_MS to bound the drain)", "event", "drain.second_signal.ignored",
+			log.Warn("second signal ignored: cells keep running until they end (set "+string(config.DrainTimeout)+" to bound the drain)", "event", "drain.second_signal.ignored",
 				"signal", s.String(), "in_flight", inFlight())
 		}
 	}()

@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/cellos/fleetd/internal/admin"
+	"github.com/cellos/fleetd/internal/config"
 )
 
 // logsFlags are fleetd logs' own flags.
@@ -15,10 +16,10 @@ var logsTool = toolOf[logsFlags]{
 	noDeletes: true,
 	usage: "fleetd logs ID [--lane NAME] [--json]\n\n" +
 		"Prints the end of what the spec's last run printed (stdout and stderr, the\n" +
-		"last CELLOS_FLEET_OUTPUT_BYTES, secrets redacted), as written beside its\n" +
+		"last " + string(config.OutputBytes) + ", secrets redacted), as written beside its\n" +
 		"result. Exit 1 when it has none.",
 	flags: func(fs *flag.FlagSet, f *logsFlags) {
-		fs.StringVar(&f.lane, "lane", "", "queue lane of the spec (default: CELLOS_FLEET_QUEUE_NAME)")
+		fs.StringVar(&f.lane, "lane", "", "queue lane of the spec (default: "+string(config.QueueName)+")")
 	},
 	args: oneID[logsFlags],
 	lane: func(f *logsFlags) string { return f.lane },

@@ -6,12 +6,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+
+	"github.com/cellos/fleetd/internal/config"
 )
 
 var pauseTool = toolOf[laneFlags]{
 	noDeletes: true,
 	usage: "fleetd pause [--all] [--json]\n\n" +
-		"Stops every agent on the queue lane (CELLOS_FLEET_QUEUE_NAME; with --all, every\n" +
+		"Stops every agent on the queue lane (" + string(config.QueueName) + "; with --all, every\n" +
 		"lane under the prefix) from claiming, within one poll interval. Cells running\n" +
 		"finish; agents stay up, ready, and say they are paused. The state lives in the\n" +
 		"bucket (pending/!paused): it survives restarts and reaches every host.",

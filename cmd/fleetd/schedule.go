@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/admin"
+	"github.com/cellos/fleetd/internal/config"
 )
 
 // scheduleFlags are fleetd schedule's own flags.
@@ -18,7 +19,7 @@ type scheduleFlags struct{ cron string }
 var scheduleTool = toolOf[scheduleFlags]{
 	usage: "fleetd schedule add NAME --cron EXPR SPEC-FILE | schedule ls | schedule rm NAME [--json]\n\n" +
 		"Periodic specs, stored under {prefix}/schedules/. At each due time the fleet submits\n" +
-		"pending/NAME-<due UTC>.json to the lane of CELLOS_FLEET_QUEUE_NAME (as it was at\n" +
+		"pending/NAME-<due UTC>.json to the lane of " + string(config.QueueName) + " (as it was at\n" +
 		"add), once however many agents run; after a time when no agent ran, only the most\n" +
 		"recent missed due time. EXPR: 5 cron fields in UTC (minute hour day-of-month month\n" +
 		"day-of-week; CRON_TZ=Zone first for another zone), @hourly, @daily, @weekly,\n" +

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/admin"
+	"github.com/cellos/fleetd/internal/config"
 )
 
 // submitFlags are fleetd submit's own flags (--retries is the setting's:
@@ -24,7 +25,7 @@ var submitTool = toolOf[submitFlags]{
 	usage: "fleetd submit FILE... [--id ID] [--replace] [--retries N] [--in DURATION | --at RFC3339] [--json]\n\n" +
 		"Puts specs in pending/. FILE - reads one spec from standard input. The id is\n" +
 		"--id, else spec.id, else the file name without .json. --retries N retries a\n" +
-		"failed run N times (over the agents' CELLOS_FLEET_RETRIES); --in or --at delays\n" +
+		"failed run N times (over the agents' " + string(config.Retries) + "); --in or --at delays\n" +
 		"the spec (written under pending/.delayed/<due UTC>/<id>.json) until then.",
 	flags: func(fs *flag.FlagSet, tf *submitFlags) {
 		fs.StringVar(&tf.id, "id", "", "spec id (one FILE only; default: spec.id, else the file name)")

@@ -28,7 +28,7 @@ var uiTool = toolOf[uiFlags]{
 		"why, the nodes. It reads the bucket with these settings; no agent needs to be\n" +
 		"reachable. It runs until SIGINT or SIGTERM. Loopback only unless --allow-remote;\n" +
 		"requeue, cancel and pause/resume only with --allow-actions, which on a non-loopback\n" +
-		"address needs CELLOS_FLEET_UI_TOKEN (asked for once by a login form).",
+		"address needs " + string(config.UIToken) + " (asked for once by a login form).",
 	flags: func(fs *flag.FlagSet, tf *uiFlags) {
 		fs.StringVar(&tf.listen, "listen", "127.0.0.1:8080", "address to serve on (HOST:PORT; port 0 picks a free one)")
 		fs.BoolVar(&tf.allowRemote, "allow-remote", false, "serve on a non-loopback address: whoever reaches it sees the queue")

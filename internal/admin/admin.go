@@ -16,6 +16,7 @@ import (
 
 	"github.com/sourcegraph/conc/pool"
 
+	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/gate"
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
@@ -155,7 +156,7 @@ func (a *Admin) SubmitWith(ctx context.Context, files []SpecFile, id string, opt
 // check validates one spec and returns its id.
 func (a *Admin) check(f SpecFile, id string) (string, error) {
 	if int64(len(f.Body)) > a.maxSpecBytes {
-		return "", fmt.Errorf("submit %s: %d bytes, over CELLOS_FLEET_MAX_SPEC_BYTES=%d", f.Name, len(f.Body), a.maxSpecBytes)
+		return "", fmt.Errorf("submit %s: %d bytes, over %s=%d", f.Name, len(f.Body), config.MaxSpecBytes, a.maxSpecBytes)
 	}
 	view, err := gate.Parse(f.Body)
 	if err != nil {

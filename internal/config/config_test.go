@@ -4,6 +4,7 @@ import (
 	"flag"
 	"io"
 	"maps"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -170,4 +171,106 @@ func TestUnknownVariables(t *testing.T) {
 		t.Error("known variables reported as unknown")
 	}
 
+}
+
+// TestReferenceIsCurrent: docs/configuration.md is what the settings say;
+// after changing one, run go generate ./internal/config.
+func TestReferenceIsCurrent(t *testing.T) {
+	var want strings.Builder
+	if err := WriteReference(&want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want.String() {
+		t.Error("docs/configuration.md is stale: run go generate ./internal/config")
+	}
+	for _, s := range Settings() {
+		if !strings.Contains(string(got), "`"+string(s.Var)+"` | `--"+s.Flag+"`") {
+			t.Errorf("docs/configuration.md lacks %s", s.Var)
+		}
+	}
+}
+
+// TestSettingsAreWellFormed: each setting has its own variable and flag,
+// help, and a field to go to; and every default parses.
+func TestSettingsAreWellFormed(t *testing.T) {
+	vars, flags := map[Var]bool{}, map[string]bool{}
+	for _, s := range Settings() {
+		if vars[s.Var] || flags[s.Flag] || s.Flag == "" || s.Help == "" || s.set == nil {
+			t.Errorf("setting %s (--%s): duplicate, or without flag, help or field", s.Var, s.Flag)
+		}
+		vars[s.Var], flags[s.Flag] = true, true
+		if s.Var != EndpointURL && !strings.HasPrefix(string(s.Var), variablePrefix) {
+			t.Errorf("%s is not a %s* variable", s.Var, variablePrefix)
+		}
+	}
+	if _, err := FromEnv(envOf(map[string]string{string(Bucket): "b", string(NodeID): "n"})); err != nil {
+		t.Errorf("the defaults do not parse: %v", err)
+	}
+}
+
+// TestEachSettingReachesItsField: a value given for a setting changes
+// Config, in fields no other setting's value changes alone, so no setter is
+// bound to another's field.
+func TestEachSettingReachesItsField(t *testing.T) {
+	base := map[string]string{string(Bucket): "b", string(NodeID): "n"}
+	def, err := FromEnv(envOf(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	given := map[Var]string{
+		Bucket: "other", Prefix: "p2", QueueName: "q", PoolID: "gpu", Lanes: "a=1", LaneOrder: "strict", Supervisor: "/bin/true",
+		PollInterval: "7", HeartbeatInterval: "7", NodeID: "n2", Concurrency: "7", S3RPS: "7", S3Burst: "7", S3Timeout: "700",
+		S3MaxAttempts: "7", EndpointURL: "http://h:1", S3PathStyle: "true", MaxSpecBytes: "7", OutputBytes: "7", LeaseTTL: "7000",
+		OnLapse: "stop", MaxAttempts: "7", Retries: "7", RetryBackoff: "7", DrainTimeout: "7", CellTimeout: "7", StopGrace: "7",
+		MetricsAddr: "h:1", NotifyURL: "", NotifySubject: "s", NotifyPollInterval: "7", NotifyKeys: "url", NotifyCreds: "c",
+		NotifyTLSCA: "ca", NotifyTLSCert: "", NotifyTLSKey: "k", LogLevel: "debug", LogFormat: "text",
+	}
+	seen := map[string]Var{}
+	for _, s := range Settings() {
+		v, ok := given[s.Var]
+		if !ok {
+			t.Errorf("no test value for %s", s.Var)
+			continue
+		}
+		if v == "" {
+			continue // checked with others (notify URL, TLS cert)
+		}
+		env := maps.Clone(base)
+		env[string(s.Var)] = v
+		cfg, err := FromEnv(envOf(env))
+		if err != nil {
+			t.Errorf("%s=%s: %v", s.Var, v, err)
+			continue
+		}
+		fields := changed(reflect.ValueOf(cfg), reflect.ValueOf(def), "")
+		if fields == "" {
+			t.Errorf("%s=%s changes nothing in Config", s.Var, v)
+		}
+		if other, ok := seen[fields]; ok {
+			t.Errorf("%s and %s both change only %s", other, s.Var, fields)
+		}
+		seen[fields] = s.Var
+	}
+}
+
+// changed names the fields (Notify's by theirs) in which a and b differ.
+func changed(a, b reflect.Value, prefix string) string {
+	var names []string
+	for i := range a.NumField() {
+		name := prefix + a.Type().Field(i).Name
+		if a.Field(i).Kind() == reflect.Struct {
+			if n := changed(a.Field(i), b.Field(i), name+"."); n != "" {
+				names = append(names, n)
+			}
+			continue
+		}
+		if !reflect.DeepEqual(a.Field(i).Interface(), b.Field(i).Interface()) {
+			names = append(names, name)
+		}
+	}
+	return strings.Join(names, ",")
 }

@@ -174,7 +174,7 @@ func Settings() []Setting {
 			set:  integer(func(c *Config) *int { return &c.OutputBytes }, 0, MaxOutputBytes)},
 		{Var: LeaseTTL, Flag: "lease-ttl-ms", Default: "60000",
 			Help: "session time-to-live (min 3000): the agent's one heartbeat is renewed every ttl/3; a dead agent's specs come back about 2 ttl after it died",
-			Doc:  "session time-to-live (min 3000): the agent's one heartbeat, renewed every ttl/3; see \"The ttl\" in PROTOCOL.md",
+			Doc:  "session time-to-live (min 3000): the agent's one heartbeat, renewed every ttl/3; see \"The ttl\"",
 			set:  millis(func(c *Config) *time.Duration { return &c.LeaseTTL }, int(protocol.MinTTL/time.Millisecond))},
 		{Var: OnLapse, Flag: "on-lapse", Default: "freeze",
 			Help: "what a cell does while the store cannot be reached in time: freeze (SIGSTOP its process group; thawed when the store answers, killed if its spec was taken over) or stop (SIGTERM; the spec returns to pending/)",

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/queueview"
@@ -184,7 +185,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "/login", http.StatusSeeOther)
 			return
 		}
-		http.Error(w, "fleetd ui: log in first (CELLOS_FLEET_UI_TOKEN)", http.StatusUnauthorized)
+		http.Error(w, "fleetd ui: log in first ("+string(config.UIToken)+")", http.StatusUnauthorized)
 		return
 	}
 	s.mux.ServeHTTP(w, r)
