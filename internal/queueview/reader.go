@@ -24,11 +24,14 @@ type Snapshot struct {
 	// OldestPending is the age of the oldest pending spec listed; with the
 	// pending count a lower bound, it is a lower bound too.
 	OldestPending time.Duration
-	InFlight      []Flight
+	// InFlight joins claimed/ and leases/ by id, sorted by id.
+	InFlight []Flight
 	// Delayed are the specs under pending/.delayed/ (retries, submit --in),
 	// soonest first, as many as the pending listing held.
 	Delayed []Delayed
-	// Failures are the latest failures, newest first.
+	// Failures are the latest failures, newest first, and Nodes every
+	// node named by a lease or one of the latest results: with Parts.Results
+	// only.
 	Failures []Failure
 	Nodes    []Node
 	// Problems are what could not be read; the rest of the snapshot stands.
