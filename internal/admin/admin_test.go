@@ -152,3 +152,20 @@ func TestPauseAllFindsEveryLane(t *testing.T) {
 		t.Error("resume --all left a marker")
 	}
 }
+
+// TestStatusReadsThePauseMarkerOnlyWhenListed: status learns that the lane is
+// paused from its listing of pending/, and reads who paused it only then.
+func TestStatusReadsThePauseMarkerOnlyWhenListed(t *testing.T) {
+	ctx := context.Background()
+	a, _ := setup(t, 1<<20, "fleet/pending/a.json", "fleet/claimed/b.json", "fleet/failed/c.json")
+	st, err := a.Status(ctx)
+	if err != nil || st.Paused != "" || st.Counts["pending"] != 1 || st.Counts["claimed"] != 1 || st.Counts["failed"] != 1 || len(st.InFlight) != 0 {
+		t.Fatalf("Status = %+v, %v; want 1 pending, 1 claimed without a lease (not listed in flight), 1 failed", st, err)
+	}
+	if _, err := a.Pause(ctx, "fleet", false, "ops@n1"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = a.Status(ctx); err != nil || st.Paused != "ops@n1" || st.Counts["pending"] != 1 {
+		t.Errorf("paused: Status = %+v, %v; want paused by ops@n1, the marker not counted", st, err)
+	}
+}
