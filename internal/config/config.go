@@ -83,10 +83,10 @@ func Usagef(format string, args ...any) error {
 }
 
 // ErrNoBucket: the one setting with no default is missing.
-var ErrNoBucket = UsageError{string(Bucket) + " is required (or " + FlagOf(Bucket) + ")"}
+var ErrNoBucket = UsageError{string(Bucket) + " is required (or " + flagOf(Bucket) + ")"}
 
-// FlagOf returns the flag of the setting read from v, with its dashes.
-func FlagOf(v Var) string {
+// flagOf returns the flag of the setting read from v, with its dashes.
+func flagOf(v Var) string {
 	for _, s := range Settings() {
 		if s.Var == v {
 			return "--" + s.Flag
@@ -115,8 +115,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	return (*Flags)(nil).Load(getenv)
 }
 
-// Value is a setting's raw value and where it came from.
-type Value struct {
+// value is a setting's raw value and where it came from.
+type value struct {
 	Name string // the flag (--name) or variable it came from
 	Raw  string
 	// Set: given by the user, not the default; FromFlag: on the command line.
@@ -132,18 +132,18 @@ func (f *Flags) Load(getenv func(string) string) (Config, error) {
 	if f != nil {
 		f.fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
 	}
-	values := map[Var]Value{}
+	values := map[Var]value{}
 	var cfg Config
 	p := parser{}
 	for _, s := range Settings() {
-		v := Value{Name: string(s.Var), Raw: s.Default}
+		v := value{Name: string(s.Var), Raw: s.Default}
 		switch {
 		case given[s.Flag]:
-			v = Value{Name: "--" + s.Flag, Raw: *f.values[s.Var], Set: true, FromFlag: true}
+			v = value{Name: "--" + s.Flag, Raw: *f.values[s.Var], Set: true, FromFlag: true}
 		case getenv(string(s.Var)) != "":
-			v = Value{Name: string(s.Var), Raw: getenv(string(s.Var)), Set: true}
+			v = value{Name: string(s.Var), Raw: getenv(string(s.Var)), Set: true}
 		case s.Var == EndpointURL && getenv(string(endpointURLAnyService)) != "":
-			v = Value{Name: string(endpointURLAnyService), Raw: getenv(string(endpointURLAnyService)), Set: true}
+			v = value{Name: string(endpointURLAnyService), Raw: getenv(string(endpointURLAnyService)), Set: true}
 		}
 		values[s.Var] = v
 		s.set(&cfg, &p, v)
@@ -176,7 +176,7 @@ func (f *Flags) Load(getenv func(string) string) (Config, error) {
 
 // checkNotify checks the notification settings together. A bad URL is named
 // without its value, which may hold a password.
-func checkNotify(p *parser, n NotifyConfig, values map[Var]Value) {
+func checkNotify(p *parser, n NotifyConfig, values map[Var]value) {
 	if n.URL == "" {
 		return
 	}
@@ -200,13 +200,13 @@ func checkNotify(p *parser, n NotifyConfig, values map[Var]Value) {
 // parser converts values and keeps the first error.
 type parser struct{ err error }
 
-func (p *parser) fail(v Value, want string) {
+func (p *parser) fail(v value, want string) {
 	if p.err == nil {
 		p.err = Usagef("invalid %s=%q: want %s", v.Name, v.Raw, want)
 	}
 }
 
-func (p *parser) integer(v Value, lo, hi int) int {
+func (p *parser) integer(v value, lo, hi int) int {
 	n, err := strconv.Atoi(strings.TrimSpace(v.Raw))
 	if err != nil || n < lo || n > hi {
 		p.fail(v, fmt.Sprintf("an integer from %d to %d", lo, hi))
@@ -214,7 +214,7 @@ func (p *parser) integer(v Value, lo, hi int) int {
 	return n
 }
 
-func (p *parser) float(v Value) float64 {
+func (p *parser) float(v value) float64 {
 	f, err := strconv.ParseFloat(strings.TrimSpace(v.Raw), 64)
 	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
 		p.fail(v, "a number >= 0")
@@ -222,7 +222,7 @@ func (p *parser) float(v Value) float64 {
 	return f
 }
 
-func (p *parser) boolean(v Value) bool {
+func (p *parser) boolean(v value) bool {
 	b, err := strconv.ParseBool(strings.TrimSpace(v.Raw))
 	if err != nil {
 		p.fail(v, "true or false")
@@ -230,7 +230,7 @@ func (p *parser) boolean(v Value) bool {
 	return b
 }
 
-func (p *parser) oneOf(v Value, allowed ...string) string {
+func (p *parser) oneOf(v value, allowed ...string) string {
 	s := strings.ToLower(strings.TrimSpace(v.Raw))
 	for _, a := range allowed {
 		if s == a {

@@ -83,7 +83,7 @@ type Setting struct {
 	// (Markdown); empty: Default and Help.
 	DocDefault, Doc string
 	// set parses v into its field of c; errors go to p.
-	set func(c *Config, p *parser, v Value)
+	set func(c *Config, p *parser, v value)
 }
 
 // Settings returns every setting, in --help order.
@@ -102,7 +102,7 @@ func Settings() []Setting {
 			DocDefault: "empty (one lane: `" + string(QueueName) + "`)",
 			Doc: "serve several lanes with weights, e.g. `critical=6,default=3,low=1`; `_` is the prefix's own lane; names distinct, weights 1–1000; not with `" +
 				string(QueueName) + "` or `" + string(NotifyURL) + "` (see Weighted lanes)",
-			set: func(c *Config, p *parser, v Value) {
+			set: func(c *Config, p *parser, v value) {
 				if strings.TrimSpace(v.Raw) == "" {
 					return
 				}
@@ -126,7 +126,7 @@ func Settings() []Setting {
 			set: millis(func(c *Config) *time.Duration { return &c.Heartbeat }, 1)},
 		{Var: NodeID, Flag: "node-id", Help: "node identity in logs and claims (default: hostname)", DocDefault: "hostname",
 			Doc: "node identity in logs, claims, leases, results: 1–128 printable ASCII characters, no spaces; in the hostname default every other character becomes `-`",
-			set: func(c *Config, p *parser, v Value) {
+			set: func(c *Config, p *parser, v value) {
 				c.NodeID = strings.TrimSpace(v.Raw)
 				if c.NodeID != "" && !ValidNodeID(c.NodeID) {
 					p.fail(v, fmt.Sprintf("1 to %d printable ASCII characters, no spaces", MaxNodeID))
@@ -147,7 +147,7 @@ func Settings() []Setting {
 			set: integer(func(c *Config) *int { return &c.S3Attempts }, 1, 100)},
 		{Var: EndpointURL, Flag: "endpoint-url", Help: "S3 endpoint URL (also read from " + string(endpointURLAnyService) + ")", DocDefault: "AWS",
 			Doc: "S3-compatible endpoint; also read from `" + string(endpointURLAnyService) + "`",
-			set: func(c *Config, p *parser, v Value) {
+			set: func(c *Config, p *parser, v value) {
 				c.Endpoint = v.Raw
 				if c.Endpoint == "" {
 					return
@@ -158,7 +158,7 @@ func Settings() []Setting {
 			}},
 		{Var: S3PathStyle, Flag: "s3-path-style", Help: "path-style S3 addressing (default: true when an endpoint is set)",
 			DocDefault: "true when an endpoint is set", Doc: "path-style addressing",
-			set: func(c *Config, p *parser, v Value) {
+			set: func(c *Config, p *parser, v value) {
 				// Unset, it follows the endpoint, which is parsed before it.
 				c.PathStyle = c.Endpoint != ""
 				if v.Raw != "" {
@@ -186,7 +186,7 @@ func Settings() []Setting {
 		{Var: Retries, Flag: "retries", Default: "0", DocDefault: "`0` (off)",
 			Help: "times a failed cell (non-zero exit, signal, timeout) runs again, after a backoff, before its spec goes to failed/ (0-1000; fleetd submit --retries sets it per spec)",
 			Doc:  "times a failed cell (non-zero exit, signal, timeout) runs again after a backoff before its spec goes to `failed/` (0–1000); `fleetd submit --retries N` sets it per spec (see Retries)",
-			set: func(c *Config, p *parser, v Value) {
+			set: func(c *Config, p *parser, v value) {
 				c.Retries = p.integer(v, 0, 1000)
 				// On a tool's command line it is the spec's own limit.
 				c.SpecRetries = -1
@@ -210,7 +210,7 @@ func Settings() []Setting {
 		{Var: MetricsAddr, Flag: "metrics-addr", DocDefault: "empty (off)",
 			Help: "serve /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464 (empty: off)",
 			Doc:  "serve `/metrics`, `/healthz`, `/readyz` and `/depth`, e.g. `127.0.0.1:9464`",
-			set: func(c *Config, p *parser, v Value) {
+			set: func(c *Config, p *parser, v value) {
 				c.MetricsAddr = strings.TrimSpace(v.Raw)
 				if c.MetricsAddr == "" {
 					return
@@ -252,33 +252,33 @@ func Settings() []Setting {
 
 // The binders below make a Setting's set from a pointer to its field.
 
-func text(field func(*Config) *string) func(*Config, *parser, Value) {
-	return func(c *Config, _ *parser, v Value) { *field(c) = v.Raw }
+func text(field func(*Config) *string) func(*Config, *parser, value) {
+	return func(c *Config, _ *parser, v value) { *field(c) = v.Raw }
 }
 
-func trimmed(field func(*Config) *string) func(*Config, *parser, Value) {
-	return func(c *Config, _ *parser, v Value) { *field(c) = strings.TrimSpace(v.Raw) }
+func trimmed(field func(*Config) *string) func(*Config, *parser, value) {
+	return func(c *Config, _ *parser, v value) { *field(c) = strings.TrimSpace(v.Raw) }
 }
 
-func integer[T int | int64](field func(*Config) *T, lo, hi int) func(*Config, *parser, Value) {
-	return func(c *Config, p *parser, v Value) { *field(c) = T(p.integer(v, lo, hi)) }
+func integer[T int | int64](field func(*Config) *T, lo, hi int) func(*Config, *parser, value) {
+	return func(c *Config, p *parser, v value) { *field(c) = T(p.integer(v, lo, hi)) }
 }
 
-func millis(field func(*Config) *time.Duration, lo int) func(*Config, *parser, Value) {
-	return func(c *Config, p *parser, v Value) {
+func millis(field func(*Config) *time.Duration, lo int) func(*Config, *parser, value) {
+	return func(c *Config, p *parser, v value) {
 		*field(c) = time.Duration(p.integer(v, lo, math.MaxInt32)) * time.Millisecond
 	}
 }
 
-func number(field func(*Config) *float64) func(*Config, *parser, Value) {
-	return func(c *Config, p *parser, v Value) { *field(c) = p.float(v) }
+func number(field func(*Config) *float64) func(*Config, *parser, value) {
+	return func(c *Config, p *parser, v value) { *field(c) = p.float(v) }
 }
 
-func choice(field func(*Config) *string, allowed ...string) func(*Config, *parser, Value) {
-	return func(c *Config, p *parser, v Value) { *field(c) = p.oneOf(v, allowed...) }
+func choice(field func(*Config) *string, allowed ...string) func(*Config, *parser, value) {
+	return func(c *Config, p *parser, v value) { *field(c) = p.oneOf(v, allowed...) }
 }
 
 // flagIf sets a bool field: true when the value is on, one of allowed.
-func flagIf(field func(*Config) *bool, on string, allowed ...string) func(*Config, *parser, Value) {
-	return func(c *Config, p *parser, v Value) { *field(c) = p.oneOf(v, allowed...) == on }
+func flagIf(field func(*Config) *bool, on string, allowed ...string) func(*Config, *parser, value) {
+	return func(c *Config, p *parser, v value) { *field(c) = p.oneOf(v, allowed...) == on }
 }

@@ -11,9 +11,9 @@ import (
 // variablePrefix starts every variable of fleetd's own.
 const variablePrefix = "CELLOS_FLEET_"
 
-// Known returns the CELLOS_FLEET_* variables fleetd reads: the settings'
+// known returns the CELLOS_FLEET_* variables fleetd reads: the settings'
 // and UIToken.
-func Known() []string {
+func known() []string {
 	known := []string{string(UIToken)}
 	for _, s := range Settings() {
 		if strings.HasPrefix(string(s.Var), variablePrefix) {
@@ -27,15 +27,15 @@ func Known() []string {
 // read to the known one closest to it: a misspelt setting would otherwise be
 // ignored without a word.
 func Unknown(environ []string) map[string]string {
-	known := Known()
+	names := known()
 	unknown := map[string]string{}
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(name, variablePrefix) || slices.Contains(known, name) {
+		if !strings.HasPrefix(name, variablePrefix) || slices.Contains(names, name) {
 			continue
 		}
 		best, bestDist := "", math.MaxInt
-		for _, k := range known {
+		for _, k := range names {
 			if d := levenshtein(name, k); d < bestDist {
 				best, bestDist = k, d
 			}
