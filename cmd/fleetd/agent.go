@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/depth"
 	"github.com/cellos/fleetd/internal/drain"
 	"github.com/cellos/fleetd/internal/exec"
@@ -33,10 +34,10 @@ import (
 // ops from cfg, pass the store self-test, work until signalled, drain. It
 // returns the exit code (see run). unknown holds misspelt environment
 // variables, to be warned about once the logger exists.
-func runAgent(cfg Config, unknown map[string]string, getenv func(string) string, stdout, stderr io.Writer) int {
+func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) string, stdout, stderr io.Writer) int {
 	supervisor, err := exec.Check(cfg.Supervisor)
 	if err != nil {
-		fmt.Fprintf(stderr, "fleetd: CELLOS_FLEET_SUPERVISOR: %v\n", err)
+		fmt.Fprintf(stderr, "fleetd: %s: %v\n", config.Supervisor, err)
 		return 2
 	}
 	log := newLogger(cfg, stderr).With("node", cfg.NodeID)
@@ -135,6 +136,7 @@ func runAgent(cfg Config, unknown map[string]string, getenv func(string) string,
 		}
 		p = pipeline.NewLanes(pipes, weights, cfg.LaneStrict, cfg.Concurrency, d)
 	}
+	prog.CountCells(p.Cells)
 	scheduler := schedule.New(schedule.Config{Prefix: cfg.Prefix, Interval: cfg.PollInterval, IdleInterval: max(cfg.PollInterval, time.Minute),
 		MaxSpecBytes: cfg.MaxSpecBytes, Logger: log}, store, lanes)
 	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
@@ -256,7 +258,7 @@ func startSession(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Sig
 // dialNotify connects to the NATS server of cfg.Notify; nil, nil when
 // notifications are off. The agent's lane and pool share the events, each
 // event going to one of their agents.
-func dialNotify(cfg Config, layout queue.Layout, log *slog.Logger, m *metrics.Metrics) (*notify.Source, error) {
+func dialNotify(cfg config.Config, layout queue.Layout, log *slog.Logger, m *metrics.Metrics) (*notify.Source, error) {
 	n := cfg.Notify
 	if n.URL == "" {
 		return nil, nil
@@ -288,7 +290,7 @@ func dialNotify(cfg Config, layout queue.Layout, log *slog.Logger, m *metrics.Me
 // awaitDrain waits for the first signal, closes intake and drains the cells
 // in flight, bounded by the drain timeout if one is set; a second signal then
 // cuts the drain short. It reports whether cells had to be stopped.
-func awaitDrain(cfg Config, log *slog.Logger, sigs <-chan os.Signal, d *drain.Drainer, inFlight func() int) (stopped bool) {
+func awaitDrain(cfg config.Config, log *slog.Logger, sigs <-chan os.Signal, d *drain.Drainer, inFlight func() int) (stopped bool) {
 	sig := <-sigs
 	d.CloseIntake() // before the log line, so whoever reads it sees the node not ready
 	log.Info("drain started: no new claims; waiting for cells in flight", "event", "drain.started",
@@ -306,7 +308,7 @@ func awaitDrain(cfg Config, log *slog.Logger, sigs <-chan os.Signal, d *drain.Dr
 				cut()
 				return
 			}
-			log.Warn("second signal ignored: cells keep running until they end (set CELLOS_FLEET_DRAIN_TIMEOUT_MS to bound the drain)", "event", "drain.second_signal.ignored",
+			log.Warn("second signal ignored: cells keep running until they end (set "+string(config.DrainTimeout)+" to bound the drain)", "event", "drain.second_signal.ignored",
 				"signal", s.String(), "in_flight", inFlight())
 		}
 	}()
@@ -342,7 +344,7 @@ func selfTest(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal)
 	}
 }
 
-func newLogger(cfg Config, w io.Writer) *slog.Logger {
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated by parseConfig
 	opts := &slog.HandlerOptions{Level: level}
@@ -357,7 +359,7 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 // whatever a supervisor prints; in text mode lines pass through prefixed with
 // the spec id. The supervisor inherits fleetd's environment, secrets included,
 // so their values are redacted from what it prints.
-func newRunner(cfg Config, supervisor string, getenv func(string) string, stdout, stderr io.Writer) *exec.Runner {
+func newRunner(cfg config.Config, supervisor string, getenv func(string) string, stdout, stderr io.Writer) *exec.Runner {
 	r := &exec.Runner{Path: supervisor, Grace: cfg.StopGrace, Stdout: stdout, Stderr: stderr}
 	for _, name := range []string{"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"} {
 		if v := getenv(name); v != "" {

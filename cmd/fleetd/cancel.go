@@ -7,7 +7,7 @@ import (
 	"io"
 )
 
-var cancelTool = tool{
+var cancelTool = toolOf[noFlags]{
 	usage: "fleetd cancel ID [--json]\n\n" +
 		"Stops a spec. A pending one, and every copy waiting under pending/.delayed/ (a\n" +
 		"retry's backoff, submit --in/--at), goes to failed/ with outcome cancelled, never\n" +
@@ -16,13 +16,8 @@ var cancelTool = tool{
 		"waits for that, up to two periods, and exits 1 if the node has not heard yet (it\n" +
 		"will once it reaches the store). A cancel racing with the spec's completion leaves\n" +
 		"exactly one result.",
-	args: func(_ toolFlags, args []string) error {
-		if len(args) != 1 {
-			return fmt.Errorf("give exactly one ID")
-		}
-		return nil
-	},
-	run: func(ctx context.Context, t *toolEnv, args []string) (any, error) {
+	args: oneID[noFlags],
+	run: func(ctx context.Context, t *toolEnv, _ *noFlags, args []string) (any, error) {
 		by := cmp.Or(t.user, "someone") + "@" + t.cfg.NodeID
 		res, err := t.admin.Cancel(ctx, args[0], by)
 		if err != nil {

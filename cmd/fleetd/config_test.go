@@ -2,65 +2,14 @@ package main
 
 import (
 	"bytes"
-	"maps"
-	"reflect"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/cellos/fleetd/internal/config"
 )
 
 func envOf(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
-}
-
-func TestParseConfigDefaults(t *testing.T) {
-	cfg, _, err := parseConfig(nil, envOf(map[string]string{"CELLOS_FLEET_BUCKET": "b", "CELLOS_FLEET_NODE_ID": "n1"}), &bytes.Buffer{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := Config{
-		Bucket: "b", Prefix: "fleet", Supervisor: "cellos-supervisor", NodeID: "n1",
-		PollInterval: 5 * time.Second, Heartbeat: 30 * time.Second, Concurrency: 1,
-		S3Timeout: 10 * time.Second, S3Attempts: 5,
-		MaxSpecBytes: 1 << 20, OutputBytes: 1 << 20, LeaseTTL: time.Minute, MaxAttempts: 3, StopGrace: 10 * time.Second, Freeze: true,
-		RetryBackoff: 10 * time.Second, SpecRetries: -1,
-		Notify:   NotifyConfig{PollInterval: time.Minute},
-		LogLevel: "info", LogFormat: "json",
-	}
-	if !reflect.DeepEqual(cfg, want) {
-		t.Errorf("defaults:\n got %+v\nwant %+v", cfg, want)
-	}
-}
-
-func TestParseConfigFlagsWinAndTrim(t *testing.T) {
-	env := map[string]string{
-		"CELLOS_FLEET_BUCKET":      "env-bucket",
-		"CELLOS_FLEET_CONCURRENCY": "2",
-		"CELLOS_FLEET_QUEUE_NAME":  "  lane  ",
-		"CELLOS_FLEET_POOL_ID":     " gpu ",
-		"AWS_ENDPOINT_URL":         "http://127.0.0.1:9000",
-		"CELLOS_FLEET_S3_RPS":      "2.5",
-	}
-	cfg, _, err := parseConfig([]string{"--concurrency", "8", "--bucket=flag-bucket"}, envOf(env), &bytes.Buffer{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.Bucket != "flag-bucket" || cfg.Concurrency != 8 {
-		t.Errorf("flags did not win: bucket %q concurrency %d", cfg.Bucket, cfg.Concurrency)
-	}
-	if cfg.QueueName != "lane" || cfg.PoolID != "gpu" {
-		t.Errorf("queue %q pool %q, want trimmed", cfg.QueueName, cfg.PoolID)
-	}
-	if cfg.Endpoint != "http://127.0.0.1:9000" || !cfg.PathStyle {
-		t.Errorf("endpoint %q path style %v, want the generic endpoint and path style on", cfg.Endpoint, cfg.PathStyle)
-	}
-	if cfg.S3RPS != 2.5 || cfg.S3Burst != 3 {
-		t.Errorf("rps %v burst %d, want 2.5 and 3", cfg.S3RPS, cfg.S3Burst)
-	}
-	env["CELLOS_FLEET_S3_PATH_STYLE"] = "false"
-	if cfg, _, _ := parseConfig(nil, envOf(env), &bytes.Buffer{}, nil); cfg.PathStyle {
-		t.Error("CELLOS_FLEET_S3_PATH_STYLE=false ignored")
-	}
 }
 
 func TestParseConfigErrorsNameTheSetting(t *testing.T) {
@@ -106,19 +55,6 @@ func TestParseConfigErrorsNameTheSetting(t *testing.T) {
 	}
 }
 
-func TestParseConfigNotify(t *testing.T) {
-	env := map[string]string{"CELLOS_FLEET_BUCKET": "b", "CELLOS_FLEET_NOTIFY_URL": " nats://a:1,tls://b:2 ",
-		"CELLOS_FLEET_NOTIFY_SUBJECT": "s3.events", "CELLOS_FLEET_NOTIFY_KEYS": "URL", "CELLOS_FLEET_NOTIFY_POLL_INTERVAL_MS": "30000"}
-	cfg, _, err := parseConfig([]string{"--notify-subject", "s3.fleet"}, envOf(env), &bytes.Buffer{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := NotifyConfig{URL: "nats://a:1,tls://b:2", Subject: "s3.fleet", PollInterval: 30 * time.Second, URLKeys: true}
-	if cfg.Notify != want {
-		t.Errorf("notify:\n got %+v\nwant %+v", cfg.Notify, want)
-	}
-}
-
 func TestRunVersionReadsNoConfig(t *testing.T) {
 	for _, arg := range []string{"--version", "-V"} {
 		var stdout, stderr bytes.Buffer
@@ -136,9 +72,9 @@ func TestRunHelpListsEverySetting(t *testing.T) {
 	if code := run([]string{"--help"}, envOf(nil), nil, nil, &stdout, &stderr); code != 0 {
 		t.Fatalf("--help exit %d", code)
 	}
-	for _, s := range settings {
-		if !strings.Contains(stdout.String(), "--"+s.flag) || !strings.Contains(stdout.String(), s.env) {
-			t.Errorf("--help lacks %s / %s", s.flag, s.env)
+	for _, s := range config.Settings() {
+		if !strings.Contains(stdout.String(), "--"+s.Flag) || !strings.Contains(stdout.String(), string(s.Var)) {
+			t.Errorf("--help lacks %s / %s", s.Flag, s.Var)
 		}
 	}
 	if !strings.Contains(stdout.String(), "cellos-supervisor") || !strings.Contains(stdout.String(), "5000") {
@@ -164,7 +100,7 @@ func TestVersionString(t *testing.T) {
 }
 
 func TestNodeID(t *testing.T) {
-	long := strings.Repeat("n", maxNodeID)
+	long := strings.Repeat("n", config.MaxNodeID)
 	tests := []struct {
 		id    string
 		valid bool
@@ -184,7 +120,7 @@ func TestNodeID(t *testing.T) {
 	}
 	for _, tt := range tests {
 		env := map[string]string{"CELLOS_FLEET_BUCKET": "b", "CELLOS_FLEET_NODE_ID": tt.id}
-		cfg, _, err := parseConfig(nil, envOf(env), &bytes.Buffer{}, nil)
+		cfg, err := config.FromEnv(envOf(env))
 		if tt.valid {
 			if err != nil || cfg.NodeID != tt.id {
 				t.Errorf("node id %q: %v, node %q; want accepted", tt.id, err, cfg.NodeID)
@@ -206,49 +142,8 @@ func TestNodeID(t *testing.T) {
 	}
 }
 
-func TestSanitizeNodeID(t *testing.T) {
-	tests := []struct{ host, want string }{
-		{"runner-7", "runner-7"},
-		{"hôte-7", "h-te-7"},
-		{"日本", "--"},
-		{"a b\tc", "a-b-c"},
-		{"x\xffy", "x-y"},
-		{strings.Repeat("h", 300), strings.Repeat("h", maxNodeID)},
-		{"", "-"},
-	}
-	for _, tt := range tests {
-		got := sanitizeNodeID(tt.host)
-		if got != tt.want || !validNodeID(got) {
-			t.Errorf("sanitizeNodeID(%q) = %q (valid %v), want %q", tt.host, got, validNodeID(got), tt.want)
-		}
-	}
-}
-
-func TestUnknownVariables(t *testing.T) {
-	environ := []string{
-		"CELLOS_FLEET_CONCURENCY=8",
-		"CELLOS_FLEET_BUCKET=b",
-		"CELLOS_FLEET_POLL_INTERVAL=100",
-		"CELLOS_FLEET_NODEID=n",
-		"CELLOS_FLEET_LOGLEVEL=debug",
-		"CELLOS_FLEET_BUKET=x",
-		"CELLOS_SUPERVISOR_FOO=1", // not fleetd's
-		"PATH=/bin",
-	}
-	want := map[string]string{
-		"CELLOS_FLEET_CONCURENCY":    "CELLOS_FLEET_CONCURRENCY",
-		"CELLOS_FLEET_POLL_INTERVAL": "CELLOS_FLEET_POLL_INTERVAL_MS",
-		"CELLOS_FLEET_NODEID":        "CELLOS_FLEET_NODE_ID",
-		"CELLOS_FLEET_LOGLEVEL":      "CELLOS_FLEET_LOG_LEVEL",
-		"CELLOS_FLEET_BUKET":         "CELLOS_FLEET_BUCKET",
-	}
-	got := unknownVariables(environ)
-	if !maps.Equal(got, want) {
-		t.Errorf("unknownVariables = %v, want %v", got, want)
-	}
-	if len(unknownVariables([]string{"CELLOS_FLEET_BUCKET=b", "HOME=/root"})) != 0 {
-		t.Error("known variables reported as unknown")
-	}
+func TestToolWarnsOfUnknownVariables(t *testing.T) {
+	environ := []string{"CELLOS_FLEET_CONCURENCY=8", "CELLOS_FLEET_BUCKET=b", "CELLOS_FLEET_NODEID=n"}
 
 	// A tool warns once on stderr, naming each unknown variable and its match.
 	var stdout, stderr bytes.Buffer
@@ -257,43 +152,5 @@ func TestUnknownVariables(t *testing.T) {
 	if strings.Count(line, "\n") != 1 || !strings.Contains(line, "CELLOS_FLEET_CONCURENCY (did you mean CELLOS_FLEET_CONCURRENCY?)") ||
 		!strings.Contains(line, "CELLOS_FLEET_NODEID (did you mean CELLOS_FLEET_NODE_ID?)") {
 		t.Errorf("tool stderr = %q, want one warning line naming every unknown variable", line)
-	}
-}
-
-func TestLevenshtein(t *testing.T) {
-	for _, tt := range []struct {
-		a, b string
-		want int
-	}{{"", "", 0}, {"a", "", 1}, {"", "abc", 3}, {"kitten", "sitting", 3}, {"CONCURENCY", "CONCURRENCY", 1}, {"ab", "ba", 2}} {
-		if got := levenshtein(tt.a, tt.b); got != tt.want {
-			t.Errorf("levenshtein(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
-		}
-	}
-}
-
-func TestParseConfigRetries(t *testing.T) {
-	env := map[string]string{"CELLOS_FLEET_BUCKET": "b", "CELLOS_FLEET_NODE_ID": "n1", "CELLOS_FLEET_RETRIES": "3", "CELLOS_FLEET_RETRY_BACKOFF_MS": "250"}
-	cfg, _, err := parseConfig(nil, envOf(env), &bytes.Buffer{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.Retries != 3 || cfg.RetryBackoff != 250*time.Millisecond || cfg.SpecRetries != -1 {
-		t.Errorf("from the environment: retries %d backoff %v spec retries %d, want 3, 250ms, -1 (an agent's default is no spec's own limit)",
-			cfg.Retries, cfg.RetryBackoff, cfg.SpecRetries)
-	}
-	// On the command line (fleetd submit --retries 0) it is the spec's own.
-	cfg, _, err = parseConfig([]string{"--retries", "0"}, envOf(env), &bytes.Buffer{}, nil)
-	if err != nil || cfg.SpecRetries != 0 {
-		t.Errorf("--retries 0: spec retries %d (err %v), want 0", cfg.SpecRetries, err)
-	}
-	for _, bad := range []map[string]string{{"CELLOS_FLEET_RETRIES": "-1"}, {"CELLOS_FLEET_RETRIES": "1001"}, {"CELLOS_FLEET_RETRY_BACKOFF_MS": "soon"}} {
-		e := maps.Clone(env)
-		maps.Copy(e, bad)
-		_, _, err := parseConfig(nil, envOf(e), &bytes.Buffer{}, nil)
-		for name := range bad {
-			if err == nil || !strings.Contains(err.Error(), name) {
-				t.Errorf("%v: err %v, want one naming %s", bad, err, name)
-			}
-		}
 	}
 }

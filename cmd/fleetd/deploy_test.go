@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/cellos/fleetd/internal/config"
 )
 
 // unitSettings reads the [Service] section of a systemd unit: key → values,
@@ -66,7 +68,7 @@ func envFile(t *testing.T, path string) map[string]string {
 
 // stopBound is how long fleetd may take to exit after SIGTERM with cfg, from
 // docs/operations.md, "Stopping: drain": drain timeout + stop grace + 2 × S3 timeout + 1 s.
-func stopBound(cfg Config) time.Duration {
+func stopBound(cfg config.Config) time.Duration {
 	return cfg.DrainTimeout + cfg.StopGrace + 2*cfg.S3Timeout + time.Second
 }
 
@@ -111,7 +113,7 @@ func TestSystemdUnitSettings(t *testing.T) {
 	}
 
 	vars := envFile(t, "../../deploy/fleetd.env")
-	cfg, _, err := parseConfig(nil, func(k string) string { return vars[k] }, io.Discard, nil)
+	cfg, err := config.FromEnv(func(k string) string { return vars[k] })
 	if err != nil {
 		t.Fatalf("deploy/fleetd.env: %v", err)
 	}
@@ -273,7 +275,7 @@ func TestKubernetesManifest(t *testing.T) {
 	for _, e := range c.Env {
 		env[e.Name] = e.Value
 	}
-	cfg, _, err := parseConfig(nil, func(k string) string { return env[k] }, io.Discard, nil)
+	cfg, err := config.FromEnv(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatalf("the pod's environment: %v", err)
 	}

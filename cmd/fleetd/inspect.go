@@ -10,16 +10,11 @@ import (
 	"github.com/cellos/fleetd/internal/admin"
 )
 
-var inspectTool = tool{
+var inspectTool = toolOf[noFlags]{
 	noDeletes: true,
 	usage:     "fleetd inspect ID [--json]\n\nShows where a spec is, its result record and its lease.",
-	args: func(_ toolFlags, args []string) error {
-		if len(args) != 1 {
-			return fmt.Errorf("give exactly one ID")
-		}
-		return nil
-	},
-	run: func(ctx context.Context, t *toolEnv, args []string) (any, error) {
+	args:      oneID[noFlags],
+	run: func(ctx context.Context, t *toolEnv, _ *noFlags, args []string) (any, error) {
 		in, err := t.admin.Inspect(ctx, args[0])
 		if err != nil {
 			return nil, err

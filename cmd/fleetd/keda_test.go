@@ -16,6 +16,8 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/cellos/fleetd/internal/config"
 )
 
 // kedaDoc is the part of a KEDA or Kubernetes object these tests read.
@@ -170,7 +172,7 @@ func TestKEDAValueLocationFindsTheDepth(t *testing.T) {
 		b.submit(id, map[string]any{}, pool("elsewhere")) // stays pending
 	}
 	const token = "a-token-for-the-scaler"
-	ui := startUIWith(t, b, []string{uiTokenVariable + "=" + token})
+	ui := startUIWith(t, b, []string{string(config.UIToken) + "=" + token})
 	get := func(u string, token string) []byte {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodGet, u, nil)

@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+
+	"github.com/cellos/fleetd/internal/config"
 )
 
 // version is fleetd's semantic version; revision may be set with
@@ -25,7 +27,7 @@ func main() {
 // returns the exit code: 0 after a drain, 1 on a runtime failure, 2 on bad
 // usage or configuration. environ is only searched for misspelt settings.
 func run(args []string, getenv func(string) string, environ []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	unknown := unknownVariables(environ)
+	unknown := config.Unknown(environ)
 	if len(args) > 0 {
 		switch name := args[0]; name {
 		case "help":
@@ -41,33 +43,34 @@ func run(args []string, getenv func(string) string, environ []string, stdin io.R
 		default:
 			if t, ok := tools[name]; ok {
 				if len(unknown) > 0 {
-					fmt.Fprintf(stderr, "fleetd: warning: unknown variables ignored: %s\n", describeUnknown(unknown))
+					fmt.Fprintf(stderr, "fleetd: warning: unknown variables ignored: %s\n", config.DescribeUnknown(unknown))
 				}
 				return runTool(name, t, args[1:], getenv, stdin, stdout, stderr)
 			}
 		}
 	}
-	cfg, positional, err := parseConfig(args, getenv, stdout, nil)
-	if err == nil && len(positional) > 0 {
-		err = usagef("unexpected argument %q (see fleetd --help)", positional[0])
+	cl, err := parseCommandLine(args, getenv, nil)
+	if err == nil && len(cl.args) > 0 {
+		err = usagef("unexpected argument %q (see fleetd --help)", cl.args[0])
 	}
 	switch {
 	case err != nil:
 		fmt.Fprintf(stderr, "fleetd: %v\n", err)
 		if len(unknown) > 0 {
-			fmt.Fprintf(stderr, "fleetd: warning: unknown variables ignored: %s\n", describeUnknown(unknown))
+			fmt.Fprintf(stderr, "fleetd: warning: unknown variables ignored: %s\n", config.DescribeUnknown(unknown))
 		}
 		if errors.As(err, new(usageError)) {
 			return 2
 		}
 		return 1
-	case cfg.ShowVersion:
+	case cl.version:
 		fmt.Fprintln(stdout, versionString())
 		return 0
-	case cfg.help:
+	case cl.help:
+		printUsage(stdout)
 		return 0
 	}
-	return runAgent(cfg, unknown, getenv, stdout, stderr)
+	return runAgent(cl.cfg, unknown, getenv, stdout, stderr)
 }
 
 // firstArg returns the first argument, or "" when there is none.

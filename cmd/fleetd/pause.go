@@ -6,19 +6,21 @@ import (
 	"flag"
 	"fmt"
 	"io"
+
+	"github.com/cellos/fleetd/internal/config"
 )
 
-var pauseTool = tool{
+var pauseTool = toolOf[laneFlags]{
 	noDeletes: true,
 	usage: "fleetd pause [--all] [--json]\n\n" +
-		"Stops every agent on the queue lane (CELLOS_FLEET_QUEUE_NAME; with --all, every\n" +
+		"Stops every agent on the queue lane (" + string(config.QueueName) + "; with --all, every\n" +
 		"lane under the prefix) from claiming, within one poll interval. Cells running\n" +
 		"finish; agents stay up, ready, and say they are paused. The state lives in the\n" +
 		"bucket (pending/!paused): it survives restarts and reaches every host.",
-	flags: laneFlags,
-	args:  noArgs,
-	run: func(ctx context.Context, t *toolEnv, _ []string) (any, error) {
-		lanes, err := t.admin.Pause(ctx, t.cfg.Prefix, t.flags.all, cmp.Or(t.user, "someone")+"@"+t.cfg.NodeID)
+	flags: declareLaneFlags,
+	args:  noArgs[laneFlags],
+	run: func(ctx context.Context, t *toolEnv, f *laneFlags, _ []string) (any, error) {
+		lanes, err := t.admin.Pause(ctx, t.cfg.Prefix, f.all, cmp.Or(t.user, "someone")+"@"+t.cfg.NodeID)
 		return lanesResult{Paused: lanes}, err
 	},
 	text: func(w io.Writer, result any) {
@@ -28,12 +30,12 @@ var pauseTool = tool{
 	},
 }
 
-var resumeTool = tool{
+var resumeTool = toolOf[laneFlags]{
 	usage: "fleetd resume [--all] [--json]\n\nUndoes fleetd pause: agents claim again within one poll interval.",
-	flags: laneFlags,
-	args:  noArgs,
-	run: func(ctx context.Context, t *toolEnv, _ []string) (any, error) {
-		lanes, err := t.admin.Resume(ctx, t.cfg.Prefix, t.flags.all)
+	flags: declareLaneFlags,
+	args:  noArgs[laneFlags],
+	run: func(ctx context.Context, t *toolEnv, f *laneFlags, _ []string) (any, error) {
+		lanes, err := t.admin.Resume(ctx, t.cfg.Prefix, f.all)
 		return lanesResult{Resumed: lanes}, err
 	},
 	text: func(w io.Writer, result any) {
@@ -43,8 +45,11 @@ var resumeTool = tool{
 	},
 }
 
-func laneFlags(fs *flag.FlagSet, tf *toolFlags) {
-	fs.BoolVar(&tf.all, "all", false, "every queue lane under the prefix (those found now), and the flat layout")
+// laneFlags are pause's and resume's own flags.
+type laneFlags struct{ all bool }
+
+func declareLaneFlags(fs *flag.FlagSet, f *laneFlags) {
+	fs.BoolVar(&f.all, "all", false, "every queue lane under the prefix (those found now), and the flat layout")
 }
 
 type lanesResult struct {

@@ -12,17 +12,24 @@ import (
 	"github.com/cellos/fleetd/internal/queue"
 )
 
-var pruneTool = tool{
+// pruneFlags are fleetd prune's own flags.
+type pruneFlags struct {
+	olderThan duration
+	state     string
+	dryRun    bool
+}
+
+var pruneTool = toolOf[pruneFlags]{
 	usage: "fleetd prune --older-than DURATION [--state completed|failed] [--dry-run] [--json]\n\n" +
 		"Deletes results (completed/, failed/, or both) older than DURATION (90s, 15m, 2h,\n" +
 		"7d), each under its spec's lease. An S3 lifecycle rule can do the same: see\n" +
 		"docs/operations.md, \"Queue tools\".",
-	flags: func(fs *flag.FlagSet, tf *toolFlags) {
+	flags: func(fs *flag.FlagSet, tf *pruneFlags) {
 		fs.Var(&tf.olderThan, "older-than", "delete results last written longer ago than this (90s, 15m, 2h, 7d)")
 		fs.StringVar(&tf.state, "state", "", "completed or failed (default: both)")
 		fs.BoolVar(&tf.dryRun, "dry-run", false, "count what would be deleted, delete nothing")
 	},
-	args: func(tf toolFlags, args []string) error {
+	args: func(tf *pruneFlags, args []string) error {
 		switch {
 		case len(args) > 0:
 			return fmt.Errorf("unexpected argument %q", args[0])
@@ -33,12 +40,12 @@ var pruneTool = tool{
 		}
 		return nil
 	},
-	run: func(ctx context.Context, t *toolEnv, _ []string) (any, error) {
+	run: func(ctx context.Context, t *toolEnv, f *pruneFlags, _ []string) (any, error) {
 		states := []queue.State{queue.Completed, queue.Failed}
-		if t.flags.state != "" {
-			states = []queue.State{queue.State(t.flags.state)}
+		if f.state != "" {
+			states = []queue.State{queue.State(f.state)}
 		}
-		return t.admin.Prune(ctx, states, time.Duration(t.flags.olderThan), t.flags.dryRun)
+		return t.admin.Prune(ctx, states, time.Duration(f.olderThan), f.dryRun)
 	},
 	text: func(w io.Writer, result any) {
 		var parts []string

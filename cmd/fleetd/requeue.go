@@ -8,14 +8,20 @@ import (
 	"time"
 )
 
-var requeueTool = tool{
+// requeueFlags are fleetd requeue's own flags.
+type requeueFlags struct {
+	failed    bool
+	olderThan duration
+}
+
+var requeueTool = toolOf[requeueFlags]{
 	usage: "fleetd requeue ID... | --failed [--older-than DURATION] [--json]\n\n" +
 		"Moves failed specs back to pending/ with a fresh attempt count. DURATION: 90s, 15m, 2h, 7d.",
-	flags: func(fs *flag.FlagSet, tf *toolFlags) {
+	flags: func(fs *flag.FlagSet, tf *requeueFlags) {
 		fs.BoolVar(&tf.failed, "failed", false, "requeue every failed spec")
 		fs.Var(&tf.olderThan, "older-than", "with --failed: only specs failed longer ago than this (90s, 15m, 2h, 7d)")
 	},
-	args: func(tf toolFlags, ids []string) error {
+	args: func(tf *requeueFlags, ids []string) error {
 		switch {
 		case tf.failed && len(ids) > 0:
 			return fmt.Errorf("give IDs or --failed, not both")
@@ -26,8 +32,8 @@ var requeueTool = tool{
 		}
 		return nil
 	},
-	run: func(ctx context.Context, t *toolEnv, ids []string) (any, error) {
-		done, err := t.admin.Requeue(ctx, ids, t.flags.failed, time.Duration(t.flags.olderThan))
+	run: func(ctx context.Context, t *toolEnv, f *requeueFlags, ids []string) (any, error) {
+		done, err := t.admin.Requeue(ctx, ids, f.failed, time.Duration(f.olderThan))
 		return requeued{IDs: done}, err
 	},
 	text: func(w io.Writer, result any) {

@@ -8,10 +8,11 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
-	"github.com/aws/aws-sdk-go-v2/config"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"golang.org/x/time/rate"
 
+	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/queue"
 )
@@ -21,18 +22,18 @@ import (
 
 // newS3Client builds the S3 client; each request attempt's status (0: no
 // answer) is also told to every function in attempts.
-func newS3Client(cfg Config, getenv func(string) string, m *metrics.Metrics, attempts ...func(status int)) (*s3.Client, error) {
+func newS3Client(cfg config.Config, getenv func(string) string, m *metrics.Metrics, attempts ...func(status int)) (*s3.Client, error) {
 	ctx := context.Background()
-	opts := []func(*config.LoadOptions) error{
+	opts := []func(*awsconfig.LoadOptions) error{
 		// The store bounds and retries every request itself, so that it knows
 		// when a write's outcome is unknown; the SDK must not retry.
-		config.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(cfg.S3Timeout + time.Second)),
-		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
+		awsconfig.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(cfg.S3Timeout + time.Second)),
+		awsconfig.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
 	}
 	if getenv("AWS_REGION") == "" && getenv("AWS_DEFAULT_REGION") == "" {
-		opts = append(opts, config.WithRegion("us-east-1"))
+		opts = append(opts, awsconfig.WithRegion("us-east-1"))
 	}
-	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	awsCfg, err := awsconfig.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS config: %w", err)
 	}
@@ -72,6 +73,6 @@ func redactURL(raw string) string {
 }
 
 // s3Policy is the store's retry policy from the settings.
-func s3Policy(cfg Config, m *metrics.Metrics) queue.Policy {
+func s3Policy(cfg config.Config, m *metrics.Metrics) queue.Policy {
 	return queue.Policy{Attempts: cfg.S3Attempts, Timeout: cfg.S3Timeout, SlowDown: m.SlowDown}
 }

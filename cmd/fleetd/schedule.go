@@ -10,20 +10,24 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/admin"
+	"github.com/cellos/fleetd/internal/config"
 )
 
-var scheduleTool = tool{
+// scheduleFlags are fleetd schedule's own flags.
+type scheduleFlags struct{ cron string }
+
+var scheduleTool = toolOf[scheduleFlags]{
 	usage: "fleetd schedule add NAME --cron EXPR SPEC-FILE | schedule ls | schedule rm NAME [--json]\n\n" +
 		"Periodic specs, stored under {prefix}/schedules/. At each due time the fleet submits\n" +
-		"pending/NAME-<due UTC>.json to the lane of CELLOS_FLEET_QUEUE_NAME (as it was at\n" +
+		"pending/NAME-<due UTC>.json to the lane of " + string(config.QueueName) + " (as it was at\n" +
 		"add), once however many agents run; after a time when no agent ran, only the most\n" +
 		"recent missed due time. EXPR: 5 cron fields in UTC (minute hour day-of-month month\n" +
 		"day-of-week; CRON_TZ=Zone first for another zone), @hourly, @daily, @weekly,\n" +
 		"@monthly, @yearly, or @every DURATION (whole seconds, due at multiples of it).",
-	flags: func(fs *flag.FlagSet, tf *toolFlags) {
+	flags: func(fs *flag.FlagSet, tf *scheduleFlags) {
 		fs.StringVar(&tf.cron, "cron", "", "schedule add: when (5 cron fields, @daily, @every 5m, ...)")
 	},
-	args: func(tf toolFlags, args []string) error {
+	args: func(tf *scheduleFlags, args []string) error {
 		if len(args) == 0 {
 			return fmt.Errorf("want add, ls or rm")
 		}
@@ -48,14 +52,14 @@ var scheduleTool = tool{
 		}
 		return nil
 	},
-	run: func(ctx context.Context, t *toolEnv, args []string) (any, error) {
+	run: func(ctx context.Context, t *toolEnv, f *scheduleFlags, args []string) (any, error) {
 		switch args[0] {
 		case "add":
 			body, err := os.ReadFile(args[2])
 			if err != nil {
 				return nil, fmt.Errorf("schedule add: %w", err)
 			}
-			info, err := t.admin.AddSchedule(ctx, t.cfg.Prefix, t.cfg.QueueName, args[1], t.flags.cron, admin.SpecFile{Name: args[2], Body: body})
+			info, err := t.admin.AddSchedule(ctx, t.cfg.Prefix, t.cfg.QueueName, args[1], f.cron, admin.SpecFile{Name: args[2], Body: body})
 			if err != nil {
 				return nil, err
 			}

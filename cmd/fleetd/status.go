@@ -10,11 +10,11 @@ import (
 	"github.com/cellos/fleetd/internal/admin"
 )
 
-var statusTool = tool{
+var statusTool = toolOf[noFlags]{
 	noDeletes: true,
 	usage:     "fleetd status [--json]\n\nCounts the specs in each state and lists those in flight, with their node and lease age.",
-	args:      noArgs,
-	run: func(ctx context.Context, t *toolEnv, _ []string) (any, error) {
+	args:      noArgs[noFlags],
+	run: func(ctx context.Context, t *toolEnv, _ *noFlags, _ []string) (any, error) {
 		st, err := t.admin.Status(ctx)
 		if err != nil {
 			return nil, err

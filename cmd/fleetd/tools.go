@@ -20,45 +20,77 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/admin"
+	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
 )
 
-// tool is one subcommand.
-type tool struct {
-	usage string // the synopsis and what it does
-	flags func(*flag.FlagSet, *toolFlags)
+// tool is one subcommand, whatever its flags.
+type tool interface {
+	// synopsis is the usage line and what the tool does.
+	synopsis() string
+	// readOnly: the tool deletes nothing, so it needs no store self-test to
+	// learn how deletes work on the store (see Protocol.SelfTest).
+	readOnly() bool
+	// bind declares the tool's own flags on fs and returns the command that
+	// reads them.
+	bind(fs *flag.FlagSet) command
+}
+
+// command is a tool bound to its flags' values.
+type command struct {
 	// args checks the positional arguments before any setting is read, so a
 	// call that is wrong says so first.
-	args func(tf toolFlags, args []string) error
+	args func(args []string) error
 	run  func(ctx context.Context, t *toolEnv, args []string) (result any, err error)
 	text func(w io.Writer, result any)
-	// noDeletes: the tool deletes nothing, so it needs no store self-test to
-	// learn how deletes work on the store (see Protocol.SelfTest).
+	// lane is the queue lane the tool acts on, when a flag names one ("":
+	// CELLOS_FLEET_QUEUE_NAME).
+	lane func() string
+}
+
+// toolOf is a tool whose own flags are the fields of F: each tool declares
+// its flags and nothing else's.
+type toolOf[F any] struct {
+	usage string
+	flags func(fs *flag.FlagSet, f *F)
+	args  func(f *F, args []string) error
+	run   func(ctx context.Context, t *toolEnv, f *F, args []string) (result any, err error)
+	text  func(w io.Writer, result any)
+	lane  func(f *F) string
+	// noDeletes: see tool.readOnly.
 	noDeletes bool
 }
 
-type toolFlags struct {
-	json      bool
-	id        string
-	replace   bool
-	in        duration
-	at        string
-	cron      string
-	failed    bool
-	olderThan duration
-	state     string
-	dryRun    bool
-	all       bool
-	lane      string
-	ui        uiFlags
+func (t toolOf[F]) synopsis() string { return t.usage }
+func (t toolOf[F]) readOnly() bool   { return t.noDeletes }
+
+func (t toolOf[F]) bind(fs *flag.FlagSet) command {
+	f := new(F)
+	if t.flags != nil {
+		t.flags(fs, f)
+	}
+	c := command{
+		args: func(args []string) error { return t.args(f, args) },
+		run: func(ctx context.Context, env *toolEnv, args []string) (any, error) {
+			return t.run(ctx, env, f, args)
+		},
+		text: t.text,
+		lane: func() string { return "" },
+	}
+	if t.lane != nil {
+		c.lane = func() string { return t.lane(f) }
+	}
+	return c
 }
 
+// noFlags is the flags of a tool that has none of its own.
+type noFlags struct{}
+
 type toolEnv struct {
-	cfg   Config
+	cfg   config.Config
 	admin *admin.Admin
-	flags toolFlags
 	stdin io.Reader
 	user  string // who runs the tool, for records of what it did
 	// For a tool that serves (ui): the store it reads, the environment
@@ -84,31 +116,31 @@ var tools = map[string]tool{
 
 // runTool runs a subcommand and returns the exit code.
 func runTool(name string, t tool, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
-	var tf toolFlags
-	cfg, positional, err := parseConfig(args, getenv, nil, func(fs *flag.FlagSet) {
-		fs.BoolVar(&tf.json, "json", false, "print JSON")
-		if t.flags != nil {
-			t.flags(fs, &tf)
-		}
+	var asJSON bool
+	var cmd command
+	cl, err := parseCommandLine(args, getenv, func(fs *flag.FlagSet) {
+		fs.BoolVar(&asJSON, "json", false, "print JSON")
+		cmd = t.bind(fs)
 	})
 	switch {
-	case cfg.help:
+	case cl.help:
 		printToolUsage(stdout, name, t)
 		return 0
-	case cfg.ShowVersion:
+	case cl.version:
 		fmt.Fprintln(stdout, versionString())
 		return 0
 	}
-	if err == nil || errors.Is(err, errNoBucket) {
-		if aerr := t.args(tf, positional); aerr != nil {
+	if err == nil || errors.Is(err, config.ErrNoBucket) {
+		if aerr := cmd.args(cl.args); aerr != nil {
 			err = usagef("%s: %v (see fleetd %s --help)", name, aerr, name)
 		}
 	}
 	if err != nil {
 		return fail(stderr, err)
 	}
-	if tf.lane != "" {
-		cfg.QueueName = tf.lane
+	cfg := cl.cfg
+	if lane := cmd.lane(); lane != "" {
+		cfg.QueueName = lane
 	}
 	m := metrics.New(1, version, shortRevision())
 	client, err := newS3Client(cfg, getenv, m)
@@ -119,28 +151,28 @@ func runTool(name string, t tool, args []string, getenv func(string) string, std
 	layout := queue.NewLayout(cfg.Prefix, cfg.QueueName)
 	proto := protocol.New(protocol.Config{Layout: layout, Node: cfg.NodeID, TTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts,
 		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}, store)
-	env := &toolEnv{cfg: cfg, admin: admin.New(store, proto, layout, cfg.MaxSpecBytes), flags: tf, stdin: stdin, user: getenv("USER"),
+	env := &toolEnv{cfg: cfg, admin: admin.New(store, proto, layout, cfg.MaxSpecBytes), stdin: stdin, user: getenv("USER"),
 		store: store, getenv: getenv, stderr: stderr}
-	if !t.noDeletes {
+	if !t.readOnly() {
 		mode, err := proto.SelfTest(context.Background())
 		if err != nil {
 			return fail(stderr, env.cause(fmt.Errorf("store self-test: %w", err)))
 		}
 		store.SetDeleteMode(mode)
 	}
-	result, err := t.run(context.Background(), env, positional)
+	result, err := cmd.run(context.Background(), env, cl.args)
 	if result != nil {
-		if tf.json {
+		if asJSON {
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
 			_ = enc.Encode(result)
 		} else {
-			t.text(stdout, result)
+			cmd.text(stdout, result)
 		}
 	}
 	if err != nil {
 		if errors.Is(err, admin.ErrUsage) {
-			err = usageError{err.Error()}
+			err = usageError{Msg: err.Error()}
 		}
 		return fail(stderr, env.cause(err))
 	}
@@ -157,16 +189,13 @@ func fail(stderr io.Writer, err error) int {
 }
 
 func printToolUsage(w io.Writer, name string, t tool) {
-	fmt.Fprintf(w, "Usage: %s\n\n", t.usage)
+	fmt.Fprintf(w, "Usage: %s\n\n", t.synopsis())
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.Bool("json", false, "print JSON")
-	var tf toolFlags
-	if t.flags != nil {
-		t.flags(fs, &tf)
-	}
+	t.bind(fs)
 	fmt.Fprintln(w, "Flags:")
 	fs.VisitAll(func(f *flag.Flag) { fmt.Fprintf(w, "  --%s\t%s\n", f.Name, f.Usage) })
-	fmt.Fprintln(w, "\nThe queue is chosen by the daemon's settings (CELLOS_FLEET_BUCKET, _PREFIX,\n_QUEUE_NAME, the endpoint): see fleetd --help.")
+	fmt.Fprintf(w, "\nThe queue is chosen by the daemon's settings (%s, %s,\n%s, the endpoint): see fleetd --help.\n", config.Bucket, config.Prefix, config.QueueName)
 }
 
 // cause puts the reason an S3 call failed at the front of its error, naming
@@ -175,7 +204,7 @@ func (t *toolEnv) cause(err error) error {
 	var netErr *net.OpError
 	switch {
 	case errors.Is(err, queue.ErrNoSuchBucket):
-		return fmt.Errorf("bucket %q does not exist (CELLOS_FLEET_BUCKET): %w", t.cfg.Bucket, err)
+		return fmt.Errorf("bucket %q does not exist (%s): %w", t.cfg.Bucket, config.Bucket, err)
 	case errors.Is(err, queue.ErrAccessDenied):
 		return fmt.Errorf("access denied to bucket %q (check the AWS credentials): %w", t.cfg.Bucket, err)
 	case errors.As(err, &netErr):
@@ -206,7 +235,15 @@ func (d *duration) Set(s string) error {
 	return nil
 }
 
-func noArgs(_ toolFlags, args []string) error {
+// oneID is the args check of a tool that takes exactly one spec id.
+func oneID[F any](_ *F, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("give exactly one ID")
+	}
+	return nil
+}
+
+func noArgs[F any](_ *F, args []string) error {
 	if len(args) > 0 {
 		return fmt.Errorf("unexpected argument %q", args[0])
 	}

@@ -10,43 +10,40 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/ui"
 )
 
-// uiTokenVariable holds the token the UI asks for; an environment variable,
-// not a flag, so it stays out of ps and shell history.
-const uiTokenVariable = "CELLOS_FLEET_UI_TOKEN"
-
+// uiFlags are fleetd ui's own flags.
 type uiFlags struct {
 	listen       string
 	allowRemote  bool
 	allowActions bool
 }
 
-var uiTool = tool{
+var uiTool = toolOf[uiFlags]{
 	usage: "fleetd ui [--listen 127.0.0.1:8080] [--allow-remote] [--allow-actions]\n\n" +
 		"Serves a dashboard of the queue: counts, what runs where, the latest failures and\n" +
 		"why, the nodes. It reads the bucket with these settings; no agent needs to be\n" +
 		"reachable. It runs until SIGINT or SIGTERM. Loopback only unless --allow-remote;\n" +
 		"requeue, cancel and pause/resume only with --allow-actions, which on a non-loopback\n" +
-		"address needs CELLOS_FLEET_UI_TOKEN (asked for once by a login form).",
-	flags: func(fs *flag.FlagSet, tf *toolFlags) {
-		fs.StringVar(&tf.ui.listen, "listen", "127.0.0.1:8080", "address to serve on (HOST:PORT; port 0 picks a free one)")
-		fs.BoolVar(&tf.ui.allowRemote, "allow-remote", false, "serve on a non-loopback address: whoever reaches it sees the queue")
-		fs.BoolVar(&tf.ui.allowActions, "allow-actions", false, "show and accept requeue, cancel and pause/resume")
+		"address needs " + string(config.UIToken) + " (asked for once by a login form).",
+	flags: func(fs *flag.FlagSet, tf *uiFlags) {
+		fs.StringVar(&tf.listen, "listen", "127.0.0.1:8080", "address to serve on (HOST:PORT; port 0 picks a free one)")
+		fs.BoolVar(&tf.allowRemote, "allow-remote", false, "serve on a non-loopback address: whoever reaches it sees the queue")
+		fs.BoolVar(&tf.allowActions, "allow-actions", false, "show and accept requeue, cancel and pause/resume")
 	},
-	args: func(tf toolFlags, args []string) error {
+	args: func(tf *uiFlags, args []string) error {
 		if err := noArgs(tf, args); err != nil {
 			return err
 		}
 		// The token is an environment variable, checked once the settings are read.
-		_, err := ui.CheckListen(tf.ui.listen, tf.ui.allowRemote, false, "")
+		_, err := ui.CheckListen(tf.listen, tf.allowRemote, false, "")
 		return err
 	},
-	run: func(ctx context.Context, t *toolEnv, _ []string) (any, error) {
-		f := t.flags.ui
-		token := t.getenv(uiTokenVariable)
+	run: func(ctx context.Context, t *toolEnv, f *uiFlags, _ []string) (any, error) {
+		token := t.getenv(string(config.UIToken))
 		loopback, err := ui.CheckListen(f.listen, f.allowRemote, f.allowActions, token)
 		if err != nil {
 			return nil, usagef("ui: %v (see fleetd ui --help)", err)

@@ -15,25 +15,23 @@ import (
 
 	"github.com/sourcegraph/conc/pool"
 
+	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/gate"
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/queueview"
 )
 
-// Store is the S3 queue as the tools use it; *queue.Store implements it.
+// Store is the S3 queue as the tools use it: the read model's reads and the
+// writes of pause, resume and prune. *queue.Store implements it.
 type Store interface {
-	List(ctx context.Context, prefix string, fn func(queue.Page) error) error
-	Get(ctx context.Context, key string, limit int64) (queue.Object, error)
-	Head(ctx context.Context, key string) (queue.Object, error)
+	queueview.Store
 	Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error)
 	Delete(ctx context.Context, key, ifMatch string) error
 	Dirs(ctx context.Context, prefix string) ([]string, error)
 }
 
 var _ Store = (*queue.Store)(nil)
-
-// maxLeaseBytes bounds a lease read; leases are about 300 bytes.
-const maxLeaseBytes = 64 << 10
 
 // ErrUsage marks an error in how a tool was called.
 var ErrUsage = errors.New("usage")
@@ -157,7 +155,7 @@ func (a *Admin) SubmitWith(ctx context.Context, files []SpecFile, id string, opt
 // check validates one spec and returns its id.
 func (a *Admin) check(f SpecFile, id string) (string, error) {
 	if int64(len(f.Body)) > a.maxSpecBytes {
-		return "", fmt.Errorf("submit %s: %d bytes, over CELLOS_FLEET_MAX_SPEC_BYTES=%d", f.Name, len(f.Body), a.maxSpecBytes)
+		return "", fmt.Errorf("submit %s: %d bytes, over %s=%d", f.Name, len(f.Body), config.MaxSpecBytes, a.maxSpecBytes)
 	}
 	view, err := gate.Parse(f.Body)
 	if err != nil {
@@ -194,22 +192,19 @@ func baseName(p string) string {
 	return p
 }
 
-// CountLimit bounds the keys Status lists per state: completed/ and failed/
-// grow without end, and a status must stay cheap. A count at the limit is a
-// lower bound and says so.
-const CountLimit = 10_000
-
 // Status is the queue at a glance. Ages are in seconds.
 type Status struct {
 	// Paused names who paused the lane ("" if it is not paused).
 	Paused string         `json:"paused"`
 	Counts map[string]int `json:"counts"`
-	// AtLeast says, per state, that its count stopped at CountLimit.
+	// AtLeast says, per state, that its count stopped at queueview.KeyLimit
+	// with more to come.
 	AtLeast              map[string]bool `json:"at_least"`
 	OldestPendingSeconds float64         `json:"oldest_pending_seconds"`
 	InFlight             []InFlight      `json:"in_flight"`
 	// Delayed are the specs waiting under pending/.delayed/ (retries,
-	// submit --in/--at), soonest first, up to CountLimit (Counts["delayed"]).
+	// submit --in/--at), soonest first, up to queueview.KeyLimit
+	// (Counts["delayed"]).
 	Delayed []Delayed `json:"delayed"`
 }
 
@@ -229,73 +224,37 @@ type InFlight struct {
 	LeaseAgeSeconds float64 `json:"lease_age_seconds"`
 }
 
-// Status counts the specs in each state and lists those in flight.
+// Status counts the specs in each state (up to queueview.KeyLimit) and lists
+// those in flight, as the read model sees them; it fails if any part could
+// not be read. Who paused the lane is read only when it is paused.
 func (a *Admin) Status(ctx context.Context) (Status, error) {
 	res := Status{Counts: map[string]int{}, AtLeast: map[string]bool{}, InFlight: []InFlight{}, Delayed: []Delayed{}}
-	by, err := a.pausedBy(ctx, a.layout)
+	v, err := queueview.NewReader(a.store, a.layout, 0, queueview.Limits{}).Snapshot(ctx, queueview.Parts{})
+	if err == nil && len(v.Problems) > 0 {
+		err = v.Problems[0]
+	}
 	if err != nil {
 		return res, fmt.Errorf("status: %w", err)
 	}
-	res.Paused = by
-	claimed := map[string]bool{}
-	for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed} {
-		res.Counts[string(st)] = 0
-		res.AtLeast[string(st)] = false
-		var oldest time.Duration
-		err := a.store.List(ctx, a.layout.Dir(st), func(p queue.Page) error {
-			for _, o := range p.Objects {
-				if id, ok := a.layout.ID(st, o.Key); ok {
-					res.Counts[string(st)]++
-					oldest = max(oldest, p.ServerTime.Sub(o.LastModified))
-					claimed[id] = claimed[id] || st == queue.Claimed
-				}
-				// The same listing shows the delayed specs, first (their
-				// directory sorts before ids of letters and digits).
-				if id, due, err := a.layout.ParseDelayed(o.Key); err == nil && len(res.Delayed) < CountLimit {
-					res.Delayed = append(res.Delayed, Delayed{ID: id, Due: due, Key: o.Key})
-				}
-			}
-			if res.Counts[string(st)] >= CountLimit {
-				res.AtLeast[string(st)] = true
-				return errFirstPage
-			}
-			return nil
-		})
-		if err != nil && !errors.Is(err, errFirstPage) {
+	if v.Paused {
+		if res.Paused, err = a.pausedBy(ctx, a.layout); err != nil {
 			return res, fmt.Errorf("status: %w", err)
 		}
-		if st == queue.Pending {
-			res.OldestPendingSeconds = oldest.Round(time.Second).Seconds()
-			slices.SortFunc(res.Delayed, func(a, b Delayed) int { return a.Due.Compare(b.Due) })
-			res.Counts["delayed"], res.AtLeast["delayed"] = len(res.Delayed), len(res.Delayed) == CountLimit
-		}
 	}
-	var leases []queue.Object
-	err = a.store.List(ctx, a.layout.Dir(queue.Leases), func(p queue.Page) error {
-		leases = append(leases, p.Objects...)
-		return nil
-	})
-	if err != nil {
-		return res, fmt.Errorf("status: %w", err)
+	for _, c := range v.Counts {
+		res.Counts[c.State], res.AtLeast[c.State] = c.N, c.AtLeast
 	}
-	for _, o := range leases {
-		id, ok := a.layout.ID(queue.Leases, o.Key)
-		if !ok {
-			continue
+	res.Counts["delayed"], res.AtLeast["delayed"] = len(v.Delayed), len(v.Delayed) == queueview.KeyLimit
+	res.OldestPendingSeconds = v.OldestPending.Round(time.Second).Seconds()
+	for _, d := range v.Delayed {
+		res.Delayed = append(res.Delayed, Delayed{ID: d.ID, Due: d.Due, Key: d.Key})
+	}
+	for _, f := range v.InFlight {
+		if f.State == queueview.NoLease {
+			continue // status lists leases; a bare claim is recovery's
 		}
-		l, err := a.store.Get(ctx, o.Key, maxLeaseBytes)
-		if errors.Is(err, queue.ErrNotFound) {
-			continue // finished since the listing
-		}
-		if err != nil {
-			return res, fmt.Errorf("status: %w", err)
-		}
-		body, _ := protocol.ParseLease(l.Body) // an unreadable lease shows empty fields
-		// Both times are the server's, to the second: a lease written this second
-		// can look a second old or, never shown, younger than new.
-		age := max(0, l.ServerTime.Sub(l.LastModified).Round(time.Second))
-		res.InFlight = append(res.InFlight, InFlight{ID: id, Node: body.Node, Attempts: body.Attempts, State: body.Shown(claimed[id]),
-			LeaseAgeSeconds: age.Seconds()})
+		res.InFlight = append(res.InFlight, InFlight{ID: f.ID, Node: f.Node, Attempts: f.Attempt, State: f.State,
+			LeaseAgeSeconds: f.LeaseAge.Seconds()})
 	}
 	return res, nil
 }
@@ -370,7 +329,7 @@ func (a *Admin) Inspect(ctx context.Context, id string) (Inspection, error) {
 			res.Record = o.Metadata
 		}
 	}
-	l, err := a.store.Get(ctx, a.layout.Key(queue.Leases, id), maxLeaseBytes)
+	l, err := a.store.Get(ctx, a.layout.Key(queue.Leases, id), protocol.MaxLeaseBytes)
 	switch {
 	case err == nil:
 		res.Lease = l.Body

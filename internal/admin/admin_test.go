@@ -11,6 +11,7 @@ import (
 
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/queueview"
 	"github.com/cellos/fleetd/internal/s3mem"
 )
 
@@ -112,17 +113,17 @@ func (p *pagedStore) List(_ context.Context, prefix string, fn func(queue.Page) 
 }
 
 func TestStatusCountsAreBounded(t *testing.T) {
-	s := &pagedStore{Store: s3mem.New(s3mem.Quirks{}), n: 3 * CountLimit}
+	s := &pagedStore{Store: s3mem.New(s3mem.Quirks{}), n: 3 * queueview.KeyLimit}
 	a := New(s, nil, queue.NewLayout("fleet", ""), 1<<20)
 	st, err := a.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Counts["completed"] != CountLimit || !st.AtLeast["completed"] {
-		t.Errorf("completed = %d (at least: %v), want %d as a lower bound", st.Counts["completed"], st.AtLeast["completed"], CountLimit)
+	if st.Counts["completed"] != queueview.KeyLimit || !st.AtLeast["completed"] {
+		t.Errorf("completed = %d (at least: %v), want %d as a lower bound", st.Counts["completed"], st.AtLeast["completed"], queueview.KeyLimit)
 	}
 	// Four states stop at the limit, and leases/ is read whole.
-	if max := 4*CountLimit/1000 + 3*CountLimit/1000; s.pages > max {
+	if max := 4*queueview.KeyLimit/1000 + 3*queueview.KeyLimit/1000; s.pages > max {
 		t.Errorf("status listed %d pages, want at most %d", s.pages, max)
 	}
 }
@@ -149,5 +150,22 @@ func TestPauseAllFindsEveryLane(t *testing.T) {
 	}
 	if slices.Contains(keys(store, ""), "fleet/gpu/pending/!paused") {
 		t.Error("resume --all left a marker")
+	}
+}
+
+// TestStatusReadsThePauseMarkerOnlyWhenListed: status learns that the lane is
+// paused from its listing of pending/, and reads who paused it only then.
+func TestStatusReadsThePauseMarkerOnlyWhenListed(t *testing.T) {
+	ctx := context.Background()
+	a, _ := setup(t, 1<<20, "fleet/pending/a.json", "fleet/claimed/b.json", "fleet/failed/c.json")
+	st, err := a.Status(ctx)
+	if err != nil || st.Paused != "" || st.Counts["pending"] != 1 || st.Counts["claimed"] != 1 || st.Counts["failed"] != 1 || len(st.InFlight) != 0 {
+		t.Fatalf("Status = %+v, %v; want 1 pending, 1 claimed without a lease (not listed in flight), 1 failed", st, err)
+	}
+	if _, err := a.Pause(ctx, "fleet", false, "ops@n1"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = a.Status(ctx); err != nil || st.Paused != "ops@n1" || st.Counts["pending"] != 1 {
+		t.Errorf("paused: Status = %+v, %v; want paused by ops@n1, the marker not counted", st, err)
 	}
 }

@@ -6,15 +6,13 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
 )
 
 // ErrNoOutput: the spec has no output object.
 var ErrNoOutput = errors.New("no output")
-
-// maxOutputRead bounds an output read: the largest CELLOS_FLEET_OUTPUT_BYTES.
-const maxOutputRead = 64 << 20
 
 // SpecOutput is the tail of a spec's last run's output, as `fleetd logs`
 // shows it.
@@ -34,7 +32,7 @@ func (a *Admin) Output(ctx context.Context, id string) (SpecOutput, error) {
 		return SpecOutput{}, usagef("logs: %q is not a spec id: %v", id, err)
 	}
 	key := a.layout.OutputKey(id)
-	o, err := a.store.Get(ctx, key, maxOutputRead)
+	o, err := a.store.Get(ctx, key, config.MaxOutputBytes) // the largest output an agent writes
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		return SpecOutput{}, fmt.Errorf("logs: spec %s has no output at %s (not finished yet, run with output off, cancelled, rejected or pruned): %w", id, key, ErrNoOutput)

@@ -34,7 +34,7 @@ func (s *server) health() health {
 		draining:     s.cfg.Draining(),
 		lastPoll:     s.cfg.Agent.LastPoll(),
 		lastProgress: time.Unix(0, s.cfg.Progress.last.Load()),
-		running:      int(s.cfg.Progress.running.Load()),
+		running:      s.cfg.Agent.Cells(),
 		concurrency:  s.cfg.Concurrency,
 		pollInterval: s.cfg.PollInterval,
 		window:       livenessWindow(s.cfg.PollInterval, s.cfg.LeaseTTL, s.cfg.S3Timeout),

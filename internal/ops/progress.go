@@ -18,12 +18,24 @@ type Runner interface {
 
 // Progress records the signs that fleetd's loops are turning, for /healthz
 // and /readyz. It is fed from the two places main wires: the supervisor
-// runner (a cell started or ended) and the S3 request observer. It is safe
-// for concurrent use.
+// runner (a cell started or ended) and the S3 request observer. It counts no
+// cells itself: the agent does (CountCells). It is safe for concurrent use.
 type Progress struct {
 	last    atomic.Int64 // unix nanos of the last sign of progress
 	started atomic.Int64 // unix nanos of the last cell start
-	running atomic.Int64 // cells running now
+	cells   atomic.Pointer[func() int]
+}
+
+// CountCells tells p where to read the number of cells running now (the
+// agent's own count); until then it reads none running.
+func (p *Progress) CountCells(cells func() int) { p.cells.Store(&cells) }
+
+// running is the number of cells running now.
+func (p *Progress) running() int {
+	if f := p.cells.Load(); f != nil {
+		return (*f)()
+	}
+	return 0
 }
 
 // NewProgress returns a Progress whose liveness window starts at now, the
@@ -34,7 +46,8 @@ func NewProgress(now time.Time) *Progress {
 	return p
 }
 
-// Runner wraps r so that each cell's start and end count as progress.
+// Runner wraps r so that each cell's start and end count as progress (as
+// times, not as a count of cells).
 func (p *Progress) Runner(r Runner) Runner { return progressRunner{r, p} }
 
 type progressRunner struct {
@@ -43,20 +56,14 @@ type progressRunner struct {
 }
 
 func (r progressRunner) Run(ctx context.Context, specPath, specID string, started func(exec.Cell)) exec.Result {
-	var began atomic.Bool
 	res := r.Runner.Run(ctx, specPath, specID, func(cell exec.Cell) {
 		now := time.Now().UnixNano()
 		r.p.started.Store(now)
 		r.p.last.Store(now)
-		r.p.running.Add(1)
-		began.Store(true)
 		if started != nil {
 			started(cell)
 		}
 	})
-	if began.Load() {
-		r.p.running.Add(-1)
-	}
 	r.p.last.Store(time.Now().UnixNano())
 	return res
 }
@@ -69,7 +76,7 @@ func (r progressRunner) Run(ctx context.Context, specPath, specID string, starte
 // agent shows progress by listing pending/.
 func (p *Progress) S3Attempt(status int) {
 	failed := status == 0 || status == http.StatusTooManyRequests || status >= 500
-	if failed || p.running.Load() > 0 {
+	if failed || p.running() > 0 {
 		p.last.Store(time.Now().UnixNano())
 	}
 }

@@ -26,8 +26,8 @@ import (
 // Store is the S3 queue as the pipeline reads it; *queue.Store implements
 // it. Every write goes through the protocol.
 type Store interface {
-	List(ctx context.Context, prefix string, fn func(queue.Page) error) error
-	Get(ctx context.Context, key string, limit int64) (queue.Object, error)
+	queue.Lister
+	queue.Getter
 }
 
 var _ Store = (*queue.Store)(nil)

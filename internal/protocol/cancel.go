@@ -178,7 +178,7 @@ func (p *Protocol) ring(ctx context.Context, tok, entry string, ttl time.Duratio
 		if try > 0 && p.sleep(ctx, min(time.Duration(100<<min(try, 4))*time.Millisecond, ttl/6)) != nil {
 			return false
 		}
-		o, err := p.store.Get(ctx, key, maxLeaseBytes)
+		o, err := p.store.Get(ctx, key, MaxLeaseBytes)
 		switch {
 		case errors.Is(err, queue.ErrNotFound):
 			return true
@@ -229,7 +229,7 @@ var errNotRunning = errors.New("lease not held for a run")
 func (p *Protocol) markCancel(ctx context.Context, id, by string) (string, error) {
 	key := p.cfg.Layout.Key(queue.Leases, id)
 	for range 5 {
-		o, err := p.store.Get(ctx, key, maxLeaseBytes)
+		o, err := p.store.Get(ctx, key, MaxLeaseBytes)
 		if err != nil {
 			return "", err
 		}

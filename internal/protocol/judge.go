@@ -86,7 +86,7 @@ func (p *Protocol) endSession(ctx context.Context, tok string, ttl time.Duration
 		return false
 	}
 	key := p.cfg.Layout.Key(queue.Sessions, tok)
-	o, err := p.store.Get(ctx, key, maxLeaseBytes)
+	o, err := p.store.Get(ctx, key, MaxLeaseBytes)
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		return true

@@ -242,7 +242,7 @@ func encodeLease(l *leaseBody, now time.Time) (body []byte, nonce string) {
 // readLease reads the lease at key and returns it and its ETag if it holds
 // token; ErrPrecondition if it holds another (or is unreadable).
 func (p *Protocol) readLease(ctx context.Context, key, token string) (leaseBody, string, error) {
-	o, err := p.store.Get(ctx, key, maxLeaseBytes)
+	o, err := p.store.Get(ctx, key, MaxLeaseBytes)
 	if err != nil {
 		return leaseBody{}, "", err
 	}

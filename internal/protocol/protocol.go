@@ -26,9 +26,9 @@ import (
 
 // Store is the S3 queue as the protocol uses it; *queue.Store implements it.
 type Store interface {
-	List(ctx context.Context, prefix string, fn func(queue.Page) error) error
-	Get(ctx context.Context, key string, limit int64) (queue.Object, error)
-	Head(ctx context.Context, key string) (queue.Object, error)
+	queue.Lister
+	queue.Getter
+	queue.Header
 	Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error)
 	Copy(ctx context.Context, src, dst string, opt queue.CopyOptions) error
 	Delete(ctx context.Context, key, ifMatch string) error
@@ -109,8 +109,9 @@ func validFor(ttl time.Duration) time.Duration { return ttl - max(time.Second, t
 // so recovery does not apply its own limit (S3's largest single PUT).
 const recoverLimit = 5 << 30
 
-// maxLeaseBytes bounds a lease read; ours are about 300 bytes.
-const maxLeaseBytes = 64 << 10
+// MaxLeaseBytes bounds a lease read; ours are about 300 bytes. Everyone who
+// reads a lease reads at most this much.
+const MaxLeaseBytes = 64 << 10
 
 // Config is what the protocol needs to know.
 type Config struct {

@@ -101,7 +101,7 @@ func stopped(ctx context.Context, quit <-chan struct{}) bool {
 func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id string, j *judge) {
 	log := p.log.With("spec_id", id)
 	key := p.cfg.Layout.Key(queue.Leases, id)
-	obj, err := p.store.Get(ctx, key, maxLeaseBytes)
+	obj, err := p.store.Get(ctx, key, MaxLeaseBytes)
 	if err != nil {
 		if !errors.Is(err, queue.ErrNotFound) {
 			log.Warn("recovery: read lease failed", "event", "recovery.read_lease_failed", "err", err)

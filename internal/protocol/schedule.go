@@ -129,7 +129,7 @@ func (p *Protocol) finishDue(ctx context.Context, quit <-chan struct{}, c *Claim
 			_, err := p.store.Put(ctx, markerKey, m, queue.PutOptions{IfMatch: etag, IfAbsent: etag == ""})
 			if errors.Is(err, queue.ErrUnknown) {
 				// Read back: is our write there?
-				o, gerr := p.store.Get(ctx, markerKey, maxLeaseBytes)
+				o, gerr := p.store.Get(ctx, markerKey, MaxLeaseBytes)
 				if gerr == nil && string(o.Body) == string(m) {
 					return nil
 				}
@@ -161,7 +161,7 @@ func (p *Protocol) finishDue(ctx context.Context, quit <-chan struct{}, c *Claim
 func (p *Protocol) readMarker(ctx context.Context, quit <-chan struct{}, c *Claim, key string) (time.Time, string, error) {
 	var o queue.Object
 	err := c.act(ctx, quit, "read marker", func(ctx context.Context) (err error) {
-		o, err = p.store.Get(ctx, key, maxLeaseBytes)
+		o, err = p.store.Get(ctx, key, MaxLeaseBytes)
 		return err
 	})
 	switch {

@@ -249,7 +249,7 @@ func TestPreSessionAgentLeavesSessionLeasesAlone(t *testing.T) {
 	defer c.Drop()
 	key := p1.cfg.Layout.Key(queue.Leases, "a")
 	for deadline := time.Now().Add(2*MinTTL + 1500*time.Millisecond); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
-		o, err := store.Store.Get(ctx, key, maxLeaseBytes)
+		o, err := store.Store.Get(ctx, key, MaxLeaseBytes)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,8 +13,8 @@ import (
 
 // Store is the S3 queue as the runner reads it; *queue.Store implements it.
 type Store interface {
-	List(ctx context.Context, prefix string, fn func(queue.Page) error) error
-	Get(ctx context.Context, key string, limit int64) (queue.Object, error)
+	queue.Lister
+	queue.Getter
 }
 
 var _ Store = (*queue.Store)(nil)

@@ -2,8 +2,6 @@ package ui
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -11,6 +9,7 @@ import (
 
 	"github.com/cellos/fleetd/internal/depth"
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/queueview"
 )
 
 // depthCache keeps each lane's depth for snapshotReuse, so scalers polling
@@ -30,8 +29,7 @@ const maxDepthLanes = 64
 
 // depth serves a lane's depth for autoscalers (KEDA's metrics-api scaler):
 // this UI's lane, or ?lane=NAME under the same prefix (?lane= is the flat
-// layout). It lists pending/ (up to KeyLimit) and leases/ (up to
-// LeaseLimit): ⌈keys/1000⌉ LISTs each, at most once a second per lane.
+// layout). It reads queueview.Depth at most once a second per lane.
 func (s *Server) depth(w http.ResponseWriter, r *http.Request) {
 	layout := s.cfg.Layout
 	lane := s.cfg.Lane
@@ -58,41 +56,10 @@ func (s *Server) laneDepth(ctx context.Context, lane string, layout queue.Layout
 	if c, ok := s.depths.lanes[lane]; ok && s.cfg.Now().Sub(c.at) < snapshotReuse {
 		return c.l, nil
 	}
-	l := depth.Lane{Lane: lane, Source: "listing"}
-	err := s.cfg.Store.List(ctx, layout.Dir(queue.Pending), func(p queue.Page) error {
-		for _, o := range p.Objects {
-			if _, ok := layout.ID(queue.Pending, o.Key); !ok {
-				continue
-			}
-			if l.Pending == s.cfg.KeyLimit {
-				l.AtLeast = true
-				return errLimit
-			}
-			l.Pending++
-			l.OldestPendingSeconds = max(l.OldestPendingSeconds, p.ServerTime.Sub(o.LastModified).Seconds())
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errLimit) {
-		return l, fmt.Errorf("list %s: %w", layout.Dir(queue.Pending), err)
+	l, err := queueview.Depth(ctx, s.cfg.Store, layout, lane, s.cfg.limits())
+	if err != nil {
+		return l, err
 	}
-	err = s.cfg.Store.List(ctx, layout.Dir(queue.Leases), func(p queue.Page) error {
-		for _, o := range p.Objects {
-			if _, ok := layout.ID(queue.Leases, o.Key); !ok {
-				continue
-			}
-			if l.Running == s.cfg.LeaseLimit {
-				l.AtLeast = true
-				return errLimit
-			}
-			l.Running++
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errLimit) {
-		return l, fmt.Errorf("list %s: %w", layout.Dir(queue.Leases), err)
-	}
-	l.OldestPendingSeconds = max(0, l.OldestPendingSeconds)
 	if len(s.depths.lanes) >= maxDepthLanes {
 		clear(s.depths.lanes)
 	}

@@ -2,7 +2,6 @@ package ui
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"html/template"
 	"strings"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/queueview"
 )
 
 // History is how many specs finished, completed and failed, per minute over
@@ -60,29 +60,18 @@ func (h *history) get(ctx context.Context) (*History, error) {
 	hist := &History{}
 	var stamps [2][]time.Time
 	for i, st := range []queue.State{queue.Completed, queue.Failed} {
-		n := 0
-		err := h.store.List(ctx, h.layout.Dir(st), func(p queue.Page) error {
-			hist.At = later(hist.At, p.ServerTime)
-			for _, o := range p.Objects {
-				if _, ok := h.layout.ID(st, o.Key); !ok {
-					continue
-				}
-				if n == h.limit {
-					hist.AtLeast = true
-					return errLimit
-				}
-				n++
-				// Older than a day counts nowhere: not kept.
-				if p.ServerTime.Sub(o.LastModified) <= 24*time.Hour {
-					stamps[i] = append(stamps[i], o.LastModified)
-				}
+		w, err := queueview.Walk(ctx, h.store, h.layout, st, h.limit, func(o queue.Object, now time.Time) {
+			// Older than a day counts nowhere: not kept.
+			if now.Sub(o.LastModified) <= 24*time.Hour {
+				stamps[i] = append(stamps[i], o.LastModified)
 			}
-			return nil
-		})
-		if err != nil && !errors.Is(err, errLimit) {
-			return nil, fmt.Errorf("ui: history: list %s: %w", h.layout.Dir(st), err)
+		}, nil)
+		if err != nil {
+			return nil, fmt.Errorf("ui: history: %w", err)
 		}
-		hist.Listed += n
+		hist.At = later(hist.At, w.ServerTime)
+		hist.Listed += w.N
+		hist.AtLeast = hist.AtLeast || w.AtLeast
 	}
 	if hist.At.IsZero() {
 		hist.At = h.now()

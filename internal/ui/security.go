@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/cellos/fleetd/internal/config"
 )
 
 // The cookies of the UI. The CSRF cookie is SameSite=Strict: a POST another
@@ -135,7 +137,7 @@ func CheckListen(addr string, allowRemote, allowActions bool, token string) (loo
 			"add --allow-remote to serve it there, or keep 127.0.0.1 and reach it through an SSH tunnel or kubectl port-forward", addr)
 	}
 	if allowActions && token == "" {
-		return false, fmt.Errorf("--allow-actions on the non-loopback address %s needs a token: set CELLOS_FLEET_UI_TOKEN", addr)
+		return false, fmt.Errorf("--allow-actions on the non-loopback address %s needs a token: set %s", addr, config.UIToken)
 	}
 	return false, nil
 }

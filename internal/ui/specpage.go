@@ -91,7 +91,9 @@ func (s *Server) readSpec(ctx context.Context, id string, want queue.State) (spe
 	for i, st := range states {
 		wg.Go(func() { heads[i], errs[i] = s.cfg.Store.Head(ctx, s.cfg.Layout.Key(st, id)) })
 	}
-	wg.Go(func() { lease, leaseErr = s.cfg.Store.Get(ctx, s.cfg.Layout.Key(queue.Leases, id), maxLeaseBytes) })
+	wg.Go(func() {
+		lease, leaseErr = s.cfg.Store.Get(ctx, s.cfg.Layout.Key(queue.Leases, id), protocol.MaxLeaseBytes)
+	})
 	wg.Go(func() { output, outputErr = s.cfg.Store.Get(ctx, s.cfg.Layout.OutputKey(id), s.cfg.OutputLimit) })
 	wg.Wait()
 

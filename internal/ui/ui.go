@@ -21,18 +21,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/protocol"
 	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/queueview"
 )
 
-// Store is the bucket as the UI reads it; *queue.Store implements it.
-type Store interface {
-	List(ctx context.Context, prefix string, fn func(queue.Page) error) error
-	Get(ctx context.Context, key string, limit int64) (queue.Object, error)
-	Head(ctx context.Context, key string) (queue.Object, error)
-}
-
-var _ Store = (*queue.Store)(nil)
+// Store is the bucket as the UI reads it: the read model's.
+type Store = queueview.Store
 
 // Admin is what the actions call: the queue tools' own code, so a button does
 // exactly what the command line does. *admin.Admin implements it.
@@ -68,10 +64,10 @@ type Config struct {
 	// a loopback host. A page another site rebinds to 127.0.0.1 names its own.
 	LoopbackHosts bool
 
-	// KeyLimit bounds the keys listed per state (default 10,000);
-	// ResultLimit the latest results read per state (default 100);
-	// LeaseLimit the leases read per refresh (default 1,000);
-	// BodyLimit the spec bytes shown (default 64 KiB).
+	// KeyLimit bounds the keys listed per state (default
+	// queueview.KeyLimit); ResultLimit the latest results read per state
+	// (queueview.ResultLimit); LeaseLimit the leases read per refresh
+	// (queueview.LeaseLimit); BodyLimit the spec bytes shown (default 64 KiB).
 	KeyLimit, ResultLimit, LeaseLimit int
 	BodyLimit                         int64
 	// HistoryLimit bounds the results listed per state for the chart
@@ -88,10 +84,15 @@ type Config struct {
 	Now func() time.Time
 }
 
+// limits are the read model's bounds.
+func (c Config) limits() queueview.Limits {
+	return queueview.Limits{Keys: c.KeyLimit, Results: c.ResultLimit, Leases: c.LeaseLimit}
+}
+
 // Server serves the UI.
 type Server struct {
 	cfg     Config
-	reader  *reader
+	reader  *queueview.Reader
 	page    *template.Template
 	secrets secrets
 	mux     *http.ServeMux
@@ -100,7 +101,7 @@ type Server struct {
 	history *history
 
 	mu      sync.Mutex // one snapshot at a time, shared by every open page
-	last    *Snapshot
+	last    *queueview.Snapshot
 	lastErr error
 	lastAt  time.Time
 }
@@ -117,9 +118,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("ui: no store")
 	}
-	cfg.KeyLimit = cmp.Or(cfg.KeyLimit, 10_000)
-	cfg.ResultLimit = cmp.Or(cfg.ResultLimit, 100)
-	cfg.LeaseLimit = cmp.Or(cfg.LeaseLimit, 1_000)
+	cfg.KeyLimit = cmp.Or(cfg.KeyLimit, queueview.KeyLimit)
+	cfg.ResultLimit = cmp.Or(cfg.ResultLimit, queueview.ResultLimit)
+	cfg.LeaseLimit = cmp.Or(cfg.LeaseLimit, queueview.LeaseLimit)
 	cfg.BodyLimit = cmp.Or(cfg.BodyLimit, 64<<10)
 	cfg.HistoryLimit = cmp.Or(cfg.HistoryLimit, 100_000)
 	cfg.HistoryEvery = cmp.Or(cfg.HistoryEvery, time.Minute)
@@ -145,7 +146,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, page: page, secrets: sec, depths: depthCache{lanes: map[string]depthRead{}},
 		history: &history{store: cfg.Store, layout: cfg.Layout, limit: cfg.HistoryLimit, every: cfg.HistoryEvery, now: cfg.Now},
-		reader:  newReader(cfg.Store, cfg.Layout, cfg.TTL, limits{keys: cfg.KeyLimit, results: cfg.ResultLimit, inFlight: cfg.LeaseLimit})}
+		reader:  queueview.NewReader(cfg.Store, cfg.Layout, cfg.TTL, cfg.limits())}
 	static, _ := fs.Sub(files, "static")
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", s.index)
@@ -184,18 +185,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "/login", http.StatusSeeOther)
 			return
 		}
-		http.Error(w, "fleetd ui: log in first (CELLOS_FLEET_UI_TOKEN)", http.StatusUnauthorized)
+		http.Error(w, "fleetd ui: log in first ("+string(config.UIToken)+")", http.StatusUnauthorized)
 		return
 	}
 	s.mux.ServeHTTP(w, r)
 }
 
 // snapshot returns a snapshot no older than snapshotReuse.
-func (s *Server) snapshot(ctx context.Context) (*Snapshot, error) {
+func (s *Server) snapshot(ctx context.Context) (*queueview.Snapshot, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if now := s.cfg.Now(); s.lastAt.IsZero() || now.Sub(s.lastAt) >= snapshotReuse {
-		s.last, s.lastErr = s.reader.Snapshot(ctx)
+		s.last, s.lastErr = s.reader.Snapshot(ctx, queueview.Parts{Results: true, Sessions: true})
+		if s.lastErr != nil {
+			s.lastErr = fmt.Errorf("ui: %w", s.lastErr)
+		}
 		s.lastAt = s.cfg.Now()
 		if s.lastErr != nil {
 			s.cfg.Logger.Warn("read the queue", "event", "ui.read_failed", "err", s.lastErr)
@@ -215,11 +219,11 @@ func (s *Server) invalidate() {
 type view struct {
 	Bucket   string
 	Base     string
-	Snap     *Snapshot
+	Snap     *queueview.Snapshot
 	Err      string
 	Paused   bool
 	Filter   string
-	Failures []Failure
+	Failures []queueview.Failure
 	// FailuresRead is how many of the latest failures were read to filter.
 	FailuresRead int
 	KeyLimit     int

@@ -1,4 +1,4 @@
-package ui
+package queueview
 
 import (
 	"cmp"
@@ -24,23 +24,18 @@ type Snapshot struct {
 	// OldestPending is the age of the oldest pending spec listed; with the
 	// pending count a lower bound, it is a lower bound too.
 	OldestPending time.Duration
-	InFlight      []Flight
+	// InFlight joins claimed/ and leases/ by id, sorted by id.
+	InFlight []Flight
 	// Delayed are the specs under pending/.delayed/ (retries, submit --in),
 	// soonest first, as many as the pending listing held.
 	Delayed []Delayed
-	// Failures are the latest failures, newest first.
+	// Failures are the latest failures, newest first, and Nodes every
+	// node named by a lease or one of the latest results: with Parts.Results
+	// only.
 	Failures []Failure
 	Nodes    []Node
 	// Problems are what could not be read; the rest of the snapshot stands.
-	Problems []string
-}
-
-// Count is the number of specs in one state.
-type Count struct {
-	State string
-	N     int
-	// AtLeast: the listing stopped at the limit, so N is a lower bound.
-	AtLeast bool
+	Problems []error
 }
 
 // Flight is one spec in flight: a claimed/ object, a lease, or both.
@@ -48,7 +43,7 @@ type Flight struct {
 	ID       string
 	Node     string
 	Attempt  int
-	State    string // the lease's state; "no lease" for a claim without one
+	State    string // the lease's state; NoLease or Unreadable
 	LeaseAge time.Duration
 	// Running is how long ago claimed/ was written: about when the cell started.
 	Running  time.Duration
@@ -57,13 +52,11 @@ type Flight struct {
 	Stale bool
 }
 
-// Delayed is one spec not to start before Due.
-type Delayed struct {
-	ID  string
-	Due time.Time
-	// In is how long until it is due, on the server's clock (0: due now).
-	In time.Duration
-}
+// What Flight.State says when the lease does not.
+const (
+	NoLease    = "no lease"   // a claim without a lease
+	Unreadable = "unreadable" // a lease that could not be parsed
+)
 
 // Failure is one spec in failed/ with its result record.
 type Failure struct {
@@ -87,24 +80,15 @@ type Node struct {
 	Last    *Result
 }
 
-// limits bound the work of one snapshot.
-type limits struct {
-	keys     int // keys listed per state
-	results  int // latest failed/ and completed/ objects read (HEAD) per refresh
-	inFlight int // leases read (GET) per refresh
-}
-
-// errLimit stops a listing at the limit.
-var errLimit = errors.New("listing limit reached")
-
-// reader takes snapshots. It caches what it read by key and version, so a
-// refresh reads only what changed: a result record is HEADed once, a lease
-// once per renewal.
-type reader struct {
+// Reader takes snapshots of one lane. It caches what it read by key and
+// version, so a refresh reads only what changed: a result record is HEADed
+// once, a lease once per renewal. It is safe for concurrent use; snapshots
+// are taken one at a time.
+type Reader struct {
 	store  Store
 	layout queue.Layout
 	ttl    time.Duration // ours, for a claim with no lease to read one from
-	lim    limits
+	lim    Limits
 
 	mu      sync.Mutex
 	records map[string]cached[queue.Object]
@@ -128,80 +112,60 @@ func version(o queue.Object) string {
 	return o.ETag + "@" + o.LastModified.UTC().Format(time.RFC3339Nano)
 }
 
-func newReader(store Store, layout queue.Layout, ttl time.Duration, lim limits) *reader {
-	return &reader{store: store, layout: layout, ttl: ttl, lim: lim,
+// NewReader returns a reader of layout on store. ttl is the agents' lease
+// ttl, by which a claim with no lease is judged.
+func NewReader(store Store, layout queue.Layout, ttl time.Duration, lim Limits) *Reader {
+	return &Reader{store: store, layout: layout, ttl: ttl, lim: lim.withDefaults(),
 		records: map[string]cached[queue.Object]{}, leases: map[string]cached[leaseRead]{}}
 }
 
-// listing is the work keys of one state, up to the limit.
-type listing struct {
-	objs       []queue.Object
-	serverTime time.Time
-	atLeast    bool
-	paused     bool // pending/ only: the pause marker, listed first
-	delayed    []Delayed
+// Parts are the parts of a snapshot that cost requests beyond one listing of
+// each state and a GET of each lease.
+type Parts struct {
+	// Results: HEAD the latest results of failed/ and completed/ (up to
+	// Limits.Results each, once per version) for Failures and Nodes.
+	Results bool
+	// Sessions: list sessions/ when a lease names a session, to judge
+	// whether it is stale. Without it such a lease is never marked stale.
+	Sessions bool
 }
 
-func (r *reader) list(ctx context.Context, st queue.State) (listing, error) {
-	var l listing
-	err := r.store.List(ctx, r.layout.Dir(st), func(p queue.Page) error {
-		l.serverTime = p.ServerTime
-		for _, o := range p.Objects {
-			if _, ok := r.layout.ID(st, o.Key); !ok {
-				l.paused = l.paused || st == queue.Pending && o.Key == r.layout.PauseKey()
-				if id, due, err := r.layout.ParseDelayed(o.Key); err == nil && st == queue.Pending && len(l.delayed) < r.lim.keys {
-					l.delayed = append(l.delayed, Delayed{ID: id, Due: due, In: max(0, due.Sub(p.ServerTime))})
-				}
-				continue
-			}
-			if len(l.objs) == r.lim.keys {
-				l.atLeast = true
-				return errLimit
-			}
-			l.objs = append(l.objs, o)
-		}
-		return nil
-	})
-	if errors.Is(err, errLimit) {
-		err = nil
-	}
-	return l, err
-}
-
-// Snapshot reads the queue. It fails only when no state could be listed; a
-// part that could not be read is named in Problems.
-func (r *reader) Snapshot(ctx context.Context) (*Snapshot, error) {
+// Snapshot reads the queue: pending/, claimed/, completed/, failed/ and
+// leases/ listed (up to Limits.Keys each), new lease versions read (up to
+// Limits.Leases), and the parts asked for. It fails only when no state could
+// be listed; a part that could not be read is in Problems.
+func (r *Reader) Snapshot(ctx context.Context, parts Parts) (*Snapshot, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := &Snapshot{Counts: []Count{}, InFlight: []Flight{}, Delayed: []Delayed{}, Failures: []Failure{}, Nodes: []Node{}}
 	// claimed/ before leases/, as recovery lists them: a claim whose lease
 	// appears in between is live, since a holder writes its lease first.
-	lists := map[queue.State]listing{}
+	lists := map[queue.State]Listing{}
 	var firstErr error
 	for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed, queue.Leases} {
-		l, err := r.list(ctx, st)
+		l, err := List(ctx, r.store, r.layout, st, r.lim.Keys)
 		if err != nil {
 			firstErr = cmp.Or(firstErr, err)
-			s.Problems = append(s.Problems, fmt.Sprintf("list %s: %v", st, err))
+			s.Problems = append(s.Problems, err)
 			continue
 		}
 		lists[st] = l
 		if st != queue.Leases {
-			s.Counts = append(s.Counts, Count{State: string(st), N: len(l.objs), AtLeast: l.atLeast})
+			s.Counts = append(s.Counts, l.Count())
 		}
 	}
 	if len(lists) == 0 {
-		return nil, fmt.Errorf("ui: read the queue: %w", firstErr)
+		return nil, fmt.Errorf("read the queue: %w", firstErr)
 	}
-	s.Paused = lists[queue.Pending].paused
-	s.Delayed = append([]Delayed{}, lists[queue.Pending].delayed...)
+	pending := lists[queue.Pending]
+	s.Paused = pending.Paused
+	s.Delayed = append(s.Delayed, pending.Delayed...)
 	slices.SortFunc(s.Delayed, func(a, b Delayed) int { return a.Due.Compare(b.Due) })
-	if p := lists[queue.Pending]; len(p.objs) > 0 {
-		for _, o := range p.objs {
-			s.OldestPending = max(s.OldestPending, p.serverTime.Sub(o.LastModified))
-		}
+	s.OldestPending = pending.Oldest()
+	s.InFlight = r.inFlight(ctx, lists[queue.Claimed], lists[queue.Leases], parts.Sessions, s)
+	if !parts.Results {
+		return s, nil
 	}
-	s.InFlight = r.inFlight(ctx, lists[queue.Claimed], lists[queue.Leases], s)
 	failed := r.latest(ctx, queue.Failed, lists[queue.Failed], s)
 	completed := r.latest(ctx, queue.Completed, lists[queue.Completed], s)
 	for _, o := range failed {
@@ -219,7 +183,7 @@ func age(o queue.Object) time.Duration {
 
 // inFlight joins claimed/ and leases/ by id, reading each lease (once per
 // version) for its node, attempt and state.
-func (r *reader) inFlight(ctx context.Context, claimed, leases listing, s *Snapshot) []Flight {
+func (r *Reader) inFlight(ctx context.Context, claimed, leases Listing, judgeSessions bool, s *Snapshot) []Flight {
 	byID := map[string]*Flight{}
 	var order []string
 	get := func(id string) *Flight {
@@ -231,25 +195,25 @@ func (r *reader) inFlight(ctx context.Context, claimed, leases listing, s *Snaps
 		}
 		return f
 	}
-	for _, o := range claimed.objs {
+	for _, o := range claimed.Objects {
 		id, _ := r.layout.ID(queue.Claimed, o.Key)
 		f := get(id)
 		f.HasClaim = true
-		f.Running = max(0, claimed.serverTime.Sub(o.LastModified).Round(time.Second))
+		f.Running = max(0, claimed.ServerTime.Sub(o.LastModified).Round(time.Second))
 		// Without a lease, the claim is judged by our ttl, as recovery does.
-		f.State, f.LeaseAge = "no lease", f.Running
-		f.Stale = protocol.Stale(claimed.serverTime.Sub(o.LastModified), r.ttl)
+		f.State, f.LeaseAge = NoLease, f.Running
+		f.Stale = protocol.Stale(claimed.ServerTime.Sub(o.LastModified), r.ttl)
 	}
 	seen := map[string]bool{}
 	reads := 0
 	var sessions map[string]time.Duration // listed once, if a lease names one
 	var sessionsErr error
-	for _, o := range leases.objs {
+	for _, o := range leases.Objects {
 		id, _ := r.layout.ID(queue.Leases, o.Key)
 		seen[o.Key] = true
 		c, ok := r.leases[o.Key]
 		if !ok || c.version != version(o) {
-			if reads == r.lim.inFlight {
+			if reads == r.lim.Leases {
 				continue // shown at the next refresh
 			}
 			reads++
@@ -258,7 +222,7 @@ func (r *reader) inFlight(ctx context.Context, claimed, leases listing, s *Snaps
 				continue // finished since the listing
 			}
 			if err != nil {
-				s.Problems = append(s.Problems, fmt.Sprintf("read lease of %s: %v", id, err))
+				s.Problems = append(s.Problems, fmt.Errorf("read lease of %s: %w", id, err))
 				continue
 			}
 			c = cached[leaseRead]{version: version(o), value: lr}
@@ -266,10 +230,10 @@ func (r *reader) inFlight(ctx context.Context, claimed, leases listing, s *Snaps
 		}
 		f := get(id)
 		// The age is the listing's: a cached read is as old as its version.
-		a := leases.serverTime.Sub(o.LastModified)
+		a := leases.ServerTime.Sub(o.LastModified)
 		f.LeaseAge = max(0, a.Round(time.Second))
 		if !c.value.ok {
-			f.State, f.Stale = "unreadable", protocol.Stale(a, r.ttl)
+			f.State, f.Stale = Unreadable, protocol.Stale(a, r.ttl)
 			continue
 		}
 		l := c.value.info
@@ -277,6 +241,10 @@ func (r *reader) inFlight(ctx context.Context, claimed, leases listing, s *Snaps
 		f.Stale = protocol.Stale(a, l.TTL)
 		if l.Session != "" {
 			// Alive while its session is, however old the lease.
+			if !judgeSessions {
+				f.Stale = false
+				continue
+			}
 			if sessions == nil {
 				sessions, sessionsErr = r.sessions(ctx)
 			}
@@ -299,7 +267,7 @@ func (r *reader) inFlight(ctx context.Context, claimed, leases listing, s *Snaps
 
 // sessions lists the agents' sessions: token → age of its last write, by the
 // server's clock.
-func (r *reader) sessions(ctx context.Context) (map[string]time.Duration, error) {
+func (r *Reader) sessions(ctx context.Context) (map[string]time.Duration, error) {
 	ages := map[string]time.Duration{}
 	err := r.store.List(ctx, r.layout.Dir(queue.Sessions), func(p queue.Page) error {
 		for _, o := range p.Objects {
@@ -312,8 +280,8 @@ func (r *reader) sessions(ctx context.Context) (map[string]time.Duration, error)
 	return ages, err
 }
 
-func (r *reader) readLease(ctx context.Context, key string) (leaseRead, error) {
-	o, err := r.store.Get(ctx, key, maxLeaseBytes)
+func (r *Reader) readLease(ctx context.Context, key string) (leaseRead, error) {
+	o, err := r.store.Get(ctx, key, protocol.MaxLeaseBytes)
 	if err != nil && !errors.Is(err, queue.ErrTooLarge) {
 		return leaseRead{}, err
 	}
@@ -321,21 +289,18 @@ func (r *reader) readLease(ctx context.Context, key string) (leaseRead, error) {
 	return leaseRead{info: info, ok: err == nil && perr == nil}, nil
 }
 
-// maxLeaseBytes bounds a lease read; leases are about 300 bytes.
-const maxLeaseBytes = 64 << 10
-
 // headers bounds the HEAD requests of one refresh that run at once.
 const headers = 8
 
-// latest returns the newest results of a listing, newest first, with their
+// latest returns the newest results of a Listing, newest first, with their
 // metadata (HEAD, once per version). S3 lists in key order, so "newest" is
 // among the keys listed: with the count a lower bound, newer ones may exist.
-func (r *reader) latest(ctx context.Context, st queue.State, l listing, s *Snapshot) []queue.Object {
-	objs := slices.Clone(l.objs)
+func (r *Reader) latest(ctx context.Context, st queue.State, l Listing, s *Snapshot) []queue.Object {
+	objs := slices.Clone(l.Objects)
 	slices.SortFunc(objs, func(a, b queue.Object) int {
 		return cmp.Or(b.LastModified.Compare(a.LastModified), cmp.Compare(a.Key, b.Key))
 	})
-	objs = objs[:min(len(objs), r.lim.results)]
+	objs = objs[:min(len(objs), r.lim.Results)]
 	// Drop the cached records of this state that are no longer among the
 	// latest, so the cache holds at most the latest of each state.
 	keep := map[string]bool{}
@@ -355,7 +320,7 @@ func (r *reader) latest(ctx context.Context, st queue.State, l listing, s *Snaps
 	for i, o := range objs {
 		if c, ok := r.records[o.Key]; ok && c.version == version(o) {
 			out[i] = c.value
-			out[i].ServerTime = l.serverTime
+			out[i].ServerTime = l.ServerTime
 			continue
 		}
 		wg.Go(func() {
@@ -379,7 +344,7 @@ func (r *reader) latest(ctx context.Context, st queue.State, l listing, s *Snaps
 		case errors.Is(errs[i], queue.ErrNotFound):
 			// requeued or pruned since the listing
 		case errs[i] != nil:
-			s.Problems = append(s.Problems, fmt.Sprintf("read %s: %v", objs[i].Key, errs[i]))
+			s.Problems = append(s.Problems, fmt.Errorf("read %s: %w", objs[i].Key, errs[i]))
 		default:
 			r.records[o.Key] = cached[queue.Object]{version: version(o), value: o}
 			res = append(res, o)
