@@ -217,7 +217,7 @@ func checkExpr(t *testing.T, where, expr string, exported func(string) bool) {
 // test for a metric name: a family, or a histogram's _bucket, _sum or _count.
 func exportedMetrics(t *testing.T) func(string) bool {
 	t.Helper()
-	m := metrics.New(4, "test", "abc1234", protocol.OutcomeLabels()...) // the agent pre-creates a series per outcome
+	m := metrics.New(4, "test", "abc1234", protocol.EndingLabels()...) // the agent pre-creates a series per outcome
 	m.S3Request("GetObject", 503, time.Millisecond)
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))

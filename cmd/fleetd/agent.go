@@ -45,7 +45,7 @@ func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) 
 		// Keyed by the unknown variable, valued by the closest known one.
 		log.Warn("unknown variables ignored", "event", "config.unknown_vars", "did_you_mean", unknown)
 	}
-	m := metrics.New(cfg.Concurrency, version, shortRevision(), protocol.OutcomeLabels()...)
+	m := metrics.New(cfg.Concurrency, version, shortRevision(), protocol.EndingLabels()...)
 	prog := ops.NewProgress(time.Now())
 
 	client, err := newS3Client(cfg, getenv, m, prog.S3Attempt)

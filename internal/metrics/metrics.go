@@ -64,7 +64,7 @@ type laneState struct {
 
 // New registers fleetd's metrics, Go runtime and process collectors included,
 // on a registry of its own. outcomes are the values of
-// fleetd_cells_finished_total's outcome label (protocol.OutcomeLabels): each
+// fleetd_cells_finished_total's outcome label (protocol.EndingLabels): each
 // is shown at zero from the start, so rates work before the first event.
 // Metrics defines none of its own, so the protocol's set is the only one.
 func New(concurrency int, version, revision string, outcomes ...string) *Metrics {

@@ -16,7 +16,7 @@ const MaxRetryBackoff = time.Hour
 // claim is ended that way. Cancellations, and results of runs that did not
 // fail, are written as they are.
 func (p *Pipeline) retryLater(c Claim, rec protocol.Record) bool {
-	if rec.Outcome != protocol.Failed && rec.Outcome != protocol.Timeout {
+	if rec.Outcome != protocol.Failed {
 		return false
 	}
 	state := c.Retries()
@@ -27,7 +27,7 @@ func (p *Pipeline) retryLater(c Claim, rec protocol.Record) bool {
 	notBefore := time.Now().Add(wait)
 	c.Log().Info("cell failed; retrying after a backoff", "event", "cell.retry", "reason", rec.Reason,
 		"retry", state.Done+1, "backoff_ms", wait.Milliseconds())
-	p.settle(c, c.Retry(p.drain.Abort(), p.drain.Intake().Done(), rec.Reason, notBefore))
+	p.logEnd(c, c.Retry(p.drain.Abort(), p.drain.Intake().Done(), rec.Reason, notBefore))
 	return true
 }
 

@@ -291,13 +291,13 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 		// Another node runs the spec: nothing of ours is written.
 		c.Drop()
 		p.m.Finished(string(protocol.Lost))
-		c.Log().Warn("lease taken over by another node; not finalising", "event", "lease.lost")
+		c.Log().Warn("lease taken over by another node; not finishing", "event", "lease.lost")
 		return
 	case end.panicked != nil:
 		rec.Outcome, rec.Reason, rec.Result = protocol.Failed, fmt.Sprintf("worker panic: %v", end.panicked), nil
 	case res.Stopped && errors.Is(end.cause, errFenced):
 		c.Log().Warn("cell stopped: the lease could not be renewed in time; returning the spec", "event", "cell.fenced", "result", res.String())
-		p.settle(c, c.Release(abort, quit, false))
+		p.logEnd(c, c.Release(abort, quit, false))
 		return
 	case res.Stopped && errors.Is(end.cause, errCancelled):
 		rec.Outcome, rec.Reason = protocol.Cancelled, "cancelled by "+c.CancelledBy()
@@ -305,17 +305,17 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 	case res.Stopped && errors.Is(end.cause, errCellTimeout):
 		// Filed as failed (0.5.1 readers know two outcomes); the reason
 		// names the outcome.
-		rec.Outcome, rec.Reason = protocol.Timeout, string(protocol.Timeout)
+		rec.Outcome, rec.Reason, rec.TimedOut = protocol.Failed, string(protocol.Timeout), true
 	case res.Stopped:
 		c.Log().Warn("cell stopped by the drain deadline; releasing to pending/", "event", "cell.drain_stopped", "result", res.String())
-		p.settle(c, c.Release(abort, quit, false))
+		p.logEnd(c, c.Release(abort, quit, false))
 		return
 	case res.StartErr != nil:
 		// The host's fault, not the spec's: the spec goes back as it came,
 		// its attempt not counted, and the node stops claiming.
 		p.host.startFailed(ticket, res.StartErr)
 		c.Log().Warn("supervisor could not be started; returning the spec to pending/", "event", "cell.start_failed", "err", res.StartErr)
-		p.settle(c, c.Release(abort, quit, false))
+		p.logEnd(c, c.Release(abort, quit, false))
 		return
 	case res.Succeeded():
 		rec.Outcome = protocol.Completed
@@ -330,7 +330,7 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 	// reached, and written once the session is renewed.
 	cleanup, err := c.WriteResult(abort, rec)
 	if err != nil {
-		p.settle(c, err)
+		p.logEnd(c, err)
 		return
 	}
 	// The spec is settled once its result is durable: the clean-up's two
@@ -346,12 +346,12 @@ func (p *Pipeline) finish(c Claim, end cellEnd, ticket uint64) {
 	}()
 }
 
-// settle logs how a claim ended when it did not end cleanly.
-func (p *Pipeline) settle(c Claim, err error) {
+// logEnd logs how a claim ended when it did not end cleanly.
+func (p *Pipeline) logEnd(c Claim, err error) {
 	switch {
 	case err == nil:
 	case errors.Is(err, protocol.ErrLost):
-		c.Log().Warn("lease taken over by another node; not finalising", "event", "lease.lost")
+		c.Log().Warn("lease taken over by another node; not finishing", "event", "lease.lost")
 	default:
 		c.Log().Warn("spec left to recovery", "event", "spec.left_to_recovery", "err", err)
 	}

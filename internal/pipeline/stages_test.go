@@ -501,7 +501,7 @@ func TestCellTimeoutFinishesWithOutcomeTimeout(t *testing.T) {
 	if len(b.claim.released) != 0 || len(b.claim.finished) != 1 {
 		t.Fatalf("released %v, finished %+v; want one Finish", b.claim.released, b.claim.finished)
 	}
-	if rec := b.claim.finished[0]; rec.Outcome != protocol.Timeout || rec.Reason != "timeout" {
+	if rec := b.claim.finished[0]; rec.Outcome != protocol.Failed || !rec.TimedOut || rec.Reason != "timeout" {
 		t.Errorf("finished with %q %q, want outcome timeout, reason timeout", rec.Outcome, rec.Reason)
 	}
 }

@@ -75,7 +75,7 @@ func (p *Protocol) acquire(ctx context.Context, id string, l leaseBody) (*Claim,
 		if err != nil && p.session != nil {
 			// If our create lands after all, it names our live session:
 			// our own recovery clears it, as it would a dead node's.
-			p.session.abandonToken(id, l.Token)
+			p.session.leaveToken(id, l.Token)
 		}
 		if errors.Is(err, queue.ErrNotFound) {
 			// Not there now. If our create still lands, nobody renews it: it

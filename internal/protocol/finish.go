@@ -75,7 +75,7 @@ func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx c
 		// between.
 		c.clearClaimed(ctx, quit)
 		c.endRun(ctx, quit)
-		c.p.cfg.Metrics.Finished(string(rec.Outcome))
+		c.p.cfg.Metrics.Finished(string(rec.ending()))
 		attrs := []any{"event", "spec.finalised", "state", string(state), "outcome", string(rec.Outcome), "attempt", c.Attempt}
 		if rec.Reason != "" {
 			attrs = append(attrs, "reason", rec.Reason)

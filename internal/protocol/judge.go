@@ -121,10 +121,10 @@ func (p *Protocol) patient() bool {
 	return p.reach.patient(p.clock.Now(), p.cfg.TTL)
 }
 
-// ownAbandoned reports whether the lease of id held by token is one this
+// ownLeft reports whether the lease of id held by token is one this
 // node let go while it named our session; take forgets it.
-func (p *Protocol) ownAbandoned(id, token string, take bool) bool {
-	return p.session != nil && p.session.wasAbandoned(id, token, take)
+func (p *Protocol) ownLeft(id, token string, take bool) bool {
+	return p.session != nil && p.session.wasLeft(id, token, take)
 }
 
 // leaseCache remembers what recovery read of leases, by key and ETag: a

@@ -24,28 +24,44 @@ const (
 	metaSignal      = "fleetd-signal"
 )
 
-// Outcome is how a spec left a node. Completed goes to completed/, the others
-// that end a spec to failed/.
+// Outcome is what a result record says of a spec (fleetd-outcome).
+// Completed goes to completed/, the others to failed/.
 type Outcome string
 
-// The outcomes, also the values of fleetd_cells_finished_total's label.
+// The record outcomes.
 const (
 	Completed Outcome = "completed"
 	Failed    Outcome = "failed"
-	Timeout   Outcome = "timeout"
 	Rejected  Outcome = "rejected"  // never run: a bad spec
-	Released  Outcome = "released"  // returned to pending/: drain, fencing or recovery
+	Cancelled Outcome = "cancelled" // by fleetd cancel
 	Abandoned Outcome = "abandoned" // max attempts reached
-	Lost      Outcome = "lost"      // lease taken over while this node held it
-	Cancelled Outcome = "cancelled" // by fleetd cancel: filed under failed/
-	Retried   Outcome = "retried"   // failed, returned to run again after a backoff
 )
 
-// OutcomeLabels returns every outcome as a string, for whoever must know them
-// all in advance: metrics show each at zero from the start.
-func OutcomeLabels() []string {
+// Ending is how a spec left a node: the outcome label of
+// fleetd_cells_finished_total. Every record outcome is one; these are the
+// others.
+type Ending string
+
+const (
+	Timeout  Ending = "timeout"  // stopped by the cell timeout: recorded failed
+	Released Ending = "released" // returned to pending/: drain, lapse or recovery
+	Lost     Ending = "lost"     // lease taken over while this node held it
+	Retried  Ending = "retried"  // failed, returned to run again after a backoff
+)
+
+// EndingLabels returns every ending, for whoever must know them all in
+// advance: metrics show each at zero from the start.
+func EndingLabels() []string {
 	return []string{string(Completed), string(Failed), string(Timeout), string(Rejected),
 		string(Released), string(Abandoned), string(Lost), string(Cancelled), string(Retried)}
+}
+
+// ending is how the record counts in fleetd_cells_finished_total.
+func (r Record) ending() Ending {
+	if r.TimedOut {
+		return Timeout
+	}
+	return Ending(r.Outcome)
 }
 
 // maxReason keeps a result record well inside S3's 2 KB metadata limit.
@@ -54,7 +70,10 @@ const maxReason = 512
 // Record is the result record written as metadata on completed/ and failed/
 // objects, beside the unchanged spec bytes.
 type Record struct {
-	Outcome  Outcome
+	Outcome Outcome
+	// TimedOut: the cell timeout stopped the run (Outcome Failed, counted
+	// as the Timeout ending).
+	TimedOut bool
 	Reason   string
 	Started  time.Time
 	Finished time.Time
@@ -70,13 +89,9 @@ type Record struct {
 }
 
 func (r Record) metadata() map[string]string {
-	outcome := r.Outcome
-	if outcome == Timeout {
-		outcome = Failed // the reason says timeout; 0.5.1 readers know two outcomes
-	}
 	m := map[string]string{
 		metaNode:     r.node,
-		metaOutcome:  string(outcome),
+		metaOutcome:  string(r.Outcome),
 		metaFinished: r.Finished.UTC().Format(time.RFC3339Nano),
 		metaToken:    r.token,
 	}

@@ -23,7 +23,7 @@ func TestParseRecordReadsWhatFinishWrites(t *testing.T) {
 		{"never ran", nil, nil, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			rec := Record{Outcome: Timeout, Reason: "timeout\n<x>", Started: started, Finished: started.Add(time.Second),
+			rec := Record{Outcome: Failed, TimedOut: true, Reason: "timeout\n<x>", Started: started, Finished: started.Add(time.Second),
 				Result: tt.result, node: "n1", token: "tok", attempts: 2}
 			got := ParseRecord(rec.metadata())
 			if got.Outcome != "failed" || got.Reason != "timeout?<x>" || got.Node != "n1" || got.Attempts != 2 {

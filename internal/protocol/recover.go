@@ -70,7 +70,7 @@ func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withCl
 		}
 		id, _ := p.cfg.Layout.ID(queue.Leases, o.Key)
 		if seen, ok := p.seen.get(o.Key, o.ETag); ok && seen.session != "" && j.alive(ctx, seen.session, seen.ttl) &&
-			!p.ownAbandoned(id, seen.token, false) {
+			!p.ownLeft(id, seen.token, false) {
 			continue // read before, unchanged, and its session lives: no request
 		}
 		p.takeOverLease(ctx, quit, id, j)
@@ -124,7 +124,7 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 	case old.Session != "":
 		// Alive while its session is: taken over once the session is ended
 		// (by us or another), or when it is ours and we let it go.
-		if !p.ownAbandoned(id, old.Token, false) && !j.ended(ctx, old.Session, ttl) {
+		if !p.ownLeft(id, old.Token, false) && !j.ended(ctx, old.Session, ttl) {
 			return
 		}
 	case age <= staleAfter(ttl):
@@ -151,7 +151,7 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 	if errors.Is(err, queue.ErrUnknown) {
 		etag, err = p.readBack(wctx, key, mine.Token, nonce)
 		if err != nil && p.session != nil {
-			p.session.abandonToken(id, mine.Token) // see acquire
+			p.session.leaveToken(id, mine.Token) // see acquire
 		}
 	}
 	if err != nil {
@@ -162,7 +162,7 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 		}
 		return
 	}
-	p.ownAbandoned(id, old.Token, true) // settled from here on, if it was
+	p.ownLeft(id, old.Token, true) // settled from here on, if it was
 	p.cfg.Metrics.LeaseTakenOver()
 	log.Warn("recovery: took over a stale lease", "event", "lease.takeover", "holder", old.Node, "holder_state", old.State,
 		"intent", mine.Intent, "lease_age_ms", age.Milliseconds(), "epoch", mine.Epoch)
@@ -185,7 +185,7 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 		// it did not see land.
 		c.end(ctx, quit)
 	default:
-		p.settle(ctx, quit, c, old.Token, mine.pending(), mine.Attempts)
+		p.recoverRun(ctx, quit, c, old.Token, mine.pending(), mine.Attempts)
 	}
 }
 
@@ -230,14 +230,14 @@ func (p *Protocol) takeOverOrphan(ctx context.Context, quit <-chan struct{}, id 
 	p.cfg.Metrics.LeaseTakenOver()
 	log.Warn("recovery: claim without a lease; settling it", "event", "recovery.orphan")
 	attempts, _ := strconv.Atoi(o.Metadata[metaAttempts])
-	p.settle(ctx, quit, c, o.Metadata[metaToken], version{etag: o.Metadata[metaPendingETag]}, attempts)
+	p.recoverRun(ctx, quit, c, o.Metadata[metaToken], version{etag: o.Metadata[metaPendingETag]}, attempts)
 }
 
-// settle decides, under our lease, what becomes of a spec whose holder
+// recoverRun decides, under our lease, what becomes of a spec whose holder
 // (token prev) stopped: nothing to return if it never consumed pending/, only
 // cleanup if its result is written, otherwise back to pending/ or, with its
 // attempts used up, to failed/.
-func (p *Protocol) settle(ctx context.Context, quit <-chan struct{}, c *Claim, prev string, judged version, attempts int) {
+func (p *Protocol) recoverRun(ctx context.Context, quit <-chan struct{}, c *Claim, prev string, judged version, attempts int) {
 	id := c.id
 	var pending queue.Object
 	err := c.act(ctx, quit, "check pending", func(ctx context.Context) (err error) {

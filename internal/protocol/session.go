@@ -35,10 +35,10 @@ type Session struct {
 	// claims maps each claim the session vouches for to the session token
 	// its lease names; one naming an ended session is moved before it is valid.
 	claims map[*Claim]string
-	// abandoned maps the tokens of claims dropped while their leases name a
+	// left maps the tokens of claims dropped while their leases name a
 	// live session of ours (or whose create may still land): nobody else
 	// would ever take them over, so this node's own recovery does.
-	abandoned map[string]abandonedLease
+	left map[string]leftLease
 	// steady is when renewals began to land without a failure between;
 	// zero while they fail. A recoverer waits a ttl of it (see patient).
 	steady time.Time
@@ -54,7 +54,7 @@ var errNoSession = errors.New("session not valid: the store has not answered in 
 // StartSession creates this agent's session; from then on every lease the
 // protocol writes names it. Close ends it.
 func (p *Protocol) StartSession(ctx context.Context) (*Session, error) {
-	s := &Session{p: p, claims: map[*Claim]string{}, abandoned: map[string]abandonedLease{}, creating: map[string]int{}}
+	s := &Session{p: p, claims: map[*Claim]string{}, left: map[string]leftLease{}, creating: map[string]int{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.create(ctx); err != nil {
 		s.cancel()
@@ -292,19 +292,19 @@ func (s *Session) creatingLease(id string) (done func()) {
 	}
 }
 
-// forget stops vouching for c; abandoned: its lease still names our session,
+// forget stops vouching for c; left: its lease still names our session,
 // so our own recovery takes it over.
-func (s *Session) forget(c *Claim, abandoned bool) {
+func (s *Session) forget(c *Claim, left bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.claims, c)
-	if abandoned {
-		s.abandoned[c.token] = abandonedLease{id: c.id, at: s.p.clock.Now()}
+	if left {
+		s.left[c.token] = leftLease{id: c.id, at: s.p.clock.Now()}
 	}
 }
 
-// abandonedLease is a lease of ours that only we would settle.
-type abandonedLease struct {
+// leftLease is a lease of ours that only we would recover.
+type leftLease struct {
 	id string
 	at time.Time
 	// absent is when recovery last read the lease and found it not held
@@ -312,31 +312,31 @@ type abandonedLease struct {
 	absent time.Time
 }
 
-// abandonedFor is how long after a lease was let go a write of it may still
+// leftFor is how long after a lease was let go a write of it may still
 // land: a lease PUT is signed in its headers (not presigned), and the store
 // accepts one up to 15 minutes after its X-Amz-Date. Only a read made later
 // than that, finding the lease not ours, lets the lease be forgotten: an
 // outage longer than this, or a create held on its way, must not leave a
 // lease naming our live session that no node would ever take over.
-func abandonedFor(ttl time.Duration) time.Duration { return max(10*ttl, 16*time.Minute) }
+func leftFor(ttl time.Duration) time.Duration { return max(10*ttl, 16*time.Minute) }
 
-// abandonToken gives the lease of id written with token, if it ever lands,
+// leaveToken gives the lease of id written with token, if it ever lands,
 // to our own recovery: a create or takeover whose outcome we never learnt.
-func (s *Session) abandonToken(id, token string) {
+func (s *Session) leaveToken(id, token string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.abandoned[token] = abandonedLease{id: id, at: s.p.clock.Now()}
+	s.left[token] = leftLease{id: id, at: s.p.clock.Now()}
 }
 
-// abandonedIDs returns the ids of the leases we let go, forgetting those
+// leftIDs returns the ids of the leases we let go, forgetting those
 // given up longer ago than any request of ours could still land.
-func (s *Session) abandonedIDs() []string {
+func (s *Session) leftIDs() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var ids []string
-	for tok, a := range s.abandoned {
-		if !a.absent.IsZero() && a.absent.Sub(a.at) > abandonedFor(s.p.cfg.TTL) {
-			delete(s.abandoned, tok)
+	for tok, a := range s.left {
+		if !a.absent.IsZero() && a.absent.Sub(a.at) > leftFor(s.p.cfg.TTL) {
+			delete(s.left, tok)
 			continue
 		}
 		ids = append(ids, a.id)
@@ -345,29 +345,29 @@ func (s *Session) abandonedIDs() []string {
 }
 
 // notHeld is told that recovery read the lease of id and found it held with
-// token holder ("": no lease): every abandoned write of it with another
+// token holder ("": no lease): every left write of it with another
 // token has not landed, as of now.
 func (s *Session) notHeld(id, holder string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for tok, a := range s.abandoned {
+	for tok, a := range s.left {
 		if a.id == id && tok != holder {
 			a.absent = s.p.clock.Now()
-			s.abandoned[tok] = a
+			s.left[tok] = a
 		}
 	}
 }
 
-// wasAbandoned reports whether the lease of id held by token was let go by
+// wasLeft reports whether the lease of id held by token was let go by
 // this node while naming its session; take forgets it.
-func (s *Session) wasAbandoned(id, token string, take bool) bool {
+func (s *Session) wasLeft(id, token string, take bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if a, ok := s.abandoned[token]; !ok || a.id != id {
+	if a, ok := s.left[token]; !ok || a.id != id {
 		return false
 	}
 	if take {
-		delete(s.abandoned, token)
+		delete(s.left, token)
 	}
 	return true
 }
@@ -438,7 +438,7 @@ func (s *Session) answer(obj *Claim, entry string) {
 func (s *Session) Close(ctx context.Context) {
 	s.cancel()
 	s.mu.Lock()
-	obj, busy := s.obj, len(s.claims)+len(s.abandoned) > 0
+	obj, busy := s.obj, len(s.claims)+len(s.left) > 0
 	s.mu.Unlock()
 	if obj == nil {
 		return

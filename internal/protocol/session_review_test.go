@@ -148,8 +148,8 @@ func TestReviewSessionMoveToAnEndedSessionIsNotValid(t *testing.T) {
 
 // TestReviewSessionAbandonedCreateForgotten: a lease create whose answer is
 // lost, with the store unreachable for its read-back, is given to this
-// node's own recovery (Session.abandonToken): nobody else would judge a lease
-// naming our live session. But abandonedIDs forgets it 10 ttl after it was
+// node's own recovery (Session.leaveToken): nobody else would judge a lease
+// naming our live session. But leftIDs forgets it 10 ttl after it was
 // abandoned, whether or not recovery ever managed to read the lease. An
 // outage of over 10 ttl (10 minutes at the default ttl) that starts as the
 // create lands leaves, once the store answers again, a lease that names a

@@ -144,7 +144,7 @@ func (p *Protocol) recoverOwn(ctx context.Context, quit <-chan struct{}) {
 		return
 	}
 	j := &judge{p: p}
-	for _, id := range p.session.abandonedIDs() {
+	for _, id := range p.session.leftIDs() {
 		if stopped(ctx, quit) {
 			return
 		}
