@@ -8,9 +8,9 @@ import (
 	"strings"
 )
 
-// Spec is the part of an ExecutionCell spec fleetd reads. Everything else is
+// Fields are the part of an ExecutionCell spec fleetd reads. Everything else is
 // passed to the supervisor as it is.
-type Spec struct {
+type Fields struct {
 	ID     string
 	PoolID string
 }
@@ -21,7 +21,7 @@ var ErrInvalid = errors.New("invalid spec")
 // Parse reads the spec view from raw spec bytes. The bytes must be a JSON
 // object; "spec", "spec.id" and "spec.placement.poolId" are optional, as 0.5.1
 // accepted specs without them, but must have the right types when present.
-func Parse(raw []byte) (Spec, error) {
+func Parse(raw []byte) (Fields, error) {
 	var doc struct {
 		Spec *struct {
 			ID        string `json:"id"`
@@ -32,15 +32,15 @@ func Parse(raw []byte) (Spec, error) {
 	}
 	var probe any
 	if err := json.Unmarshal(raw, &probe); err != nil {
-		return Spec{}, fmt.Errorf("%w: not JSON: %v", ErrInvalid, err)
+		return Fields{}, fmt.Errorf("%w: not JSON: %v", ErrInvalid, err)
 	}
 	if _, ok := probe.(map[string]any); !ok {
-		return Spec{}, fmt.Errorf("%w: not a JSON object", ErrInvalid)
+		return Fields{}, fmt.Errorf("%w: not a JSON object", ErrInvalid)
 	}
 	if err := json.Unmarshal(raw, &doc); err != nil {
-		return Spec{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return Fields{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	var s Spec
+	var s Fields
 	if doc.Spec != nil {
 		s.ID = doc.Spec.ID
 		if doc.Spec.Placement != nil {
@@ -53,6 +53,6 @@ func Parse(raw []byte) (Spec, error) {
 // Accepts reports whether a runner in pool runnerPool may take spec: a runner
 // with no pool takes every spec, a spec with no pool goes to every runner, and
 // otherwise the two must be equal.
-func Accepts(runnerPool string, spec Spec) bool {
+func Accepts(runnerPool string, spec Fields) bool {
 	return runnerPool == "" || spec.PoolID == "" || runnerPool == spec.PoolID
 }

@@ -19,7 +19,7 @@ func TestAccepts(t *testing.T) {
 		{"cpu", "gpu", false},
 	}
 	for _, tt := range tests {
-		if got := Accepts(tt.runner, Spec{PoolID: tt.spec}); got != tt.want {
+		if got := Accepts(tt.runner, Fields{PoolID: tt.spec}); got != tt.want {
 			t.Errorf("Accepts(runner %q, spec %q) = %v, want %v", tt.runner, tt.spec, got, tt.want)
 		}
 	}
@@ -29,18 +29,18 @@ func TestParse(t *testing.T) {
 	tests := []struct {
 		name    string
 		raw     string
-		want    Spec
+		want    Fields
 		invalid bool
 	}{
-		{"full", `{"kind":"ExecutionCell","spec":{"id":"a","placement":{"poolId":" gpu "}}}`, Spec{ID: "a", PoolID: "gpu"}, false},
-		{"no placement", `{"spec":{"id":"a"}}`, Spec{ID: "a"}, false},
-		{"no spec", `{"kind":"ExecutionCell"}`, Spec{}, false},
-		{"null placement", `{"spec":{"placement":null}}`, Spec{}, false},
-		{"not json", `{"spec":`, Spec{}, true},
-		{"array", `[1,2]`, Spec{}, true},
-		{"string", `"x"`, Spec{}, true},
-		{"pool not a string", `{"spec":{"placement":{"poolId":7}}}`, Spec{}, true},
-		{"empty", ``, Spec{}, true},
+		{"full", `{"kind":"ExecutionCell","spec":{"id":"a","placement":{"poolId":" gpu "}}}`, Fields{ID: "a", PoolID: "gpu"}, false},
+		{"no placement", `{"spec":{"id":"a"}}`, Fields{ID: "a"}, false},
+		{"no spec", `{"kind":"ExecutionCell"}`, Fields{}, false},
+		{"null placement", `{"spec":{"placement":null}}`, Fields{}, false},
+		{"not json", `{"spec":`, Fields{}, true},
+		{"array", `[1,2]`, Fields{}, true},
+		{"string", `"x"`, Fields{}, true},
+		{"pool not a string", `{"spec":{"placement":{"poolId":7}}}`, Fields{}, true},
+		{"empty", ``, Fields{}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

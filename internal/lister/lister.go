@@ -103,7 +103,7 @@ type Lister struct {
 
 	mu       sync.Mutex
 	inFlight map[string]bool
-	rejected map[string]remembered // gate-rejected key → the ETag it was rejected at
+	skipped  map[string]remembered // key the gate skipped → the ETag it was skipped at
 	tried    map[string]remembered // key → the ETag it was last handed out at
 	ignored  map[string]bool       // non-work keys already logged
 	pass     int
@@ -127,7 +127,7 @@ func New(cfg Config) *Lister {
 		staleAlarm: make(chan struct{}, 1),
 		listNow:    make(chan struct{}, 1),
 		inFlight:   map[string]bool{},
-		rejected:   map[string]remembered{},
+		skipped:    map[string]remembered{},
 		tried:      map[string]remembered{},
 		ignored:    map[string]bool{},
 	}
@@ -351,13 +351,13 @@ func (l *Lister) Done(it Item) {
 	l.mu.Unlock()
 }
 
-// Reject remembers that key was refused at etag, so it is not handed out again
+// Skip remembers that key was skipped (refused by the placement gate) at etag, so it is not handed out again
 // while it is listed with the same ETag.
-func (l *Lister) Reject(key, etag string) {
+func (l *Lister) Skip(key, etag string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.rejected) < maxRemembered {
-		l.rejected[key] = remembered{etag: etag, lastSeen: l.pass}
+	if len(l.skipped) < maxRemembered {
+		l.skipped[key] = remembered{etag: etag, lastSeen: l.pass}
 	}
 }
 
@@ -448,13 +448,13 @@ func (l *Lister) candidates(page []Entry, pass int) (items []Item, paused bool) 
 			}
 			continue
 		}
-		if r, ok := l.rejected[e.Key]; ok {
+		if r, ok := l.skipped[e.Key]; ok {
 			if r.etag == e.ETag {
 				r.lastSeen = pass
-				l.rejected[e.Key] = r
+				l.skipped[e.Key] = r
 				continue
 			}
-			delete(l.rejected, e.Key) // the spec changed: look again
+			delete(l.skipped, e.Key) // the spec changed: look again
 		}
 		if t, ok := l.tried[e.Key]; ok {
 			t.lastSeen = pass
@@ -472,7 +472,7 @@ func (l *Lister) candidates(page []Entry, pass int) (items []Item, paused bool) 
 func (l *Lister) forgetUnlisted(pass int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, m := range []map[string]remembered{l.rejected, l.tried} {
+	for _, m := range []map[string]remembered{l.skipped, l.tried} {
 		for k, r := range m {
 			if r.lastSeen < pass {
 				delete(m, k)

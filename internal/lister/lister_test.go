@@ -141,9 +141,9 @@ func TestListOnceSkips(t *testing.T) {
 		t.Fatalf("a is in flight, yet handed out %v", got)
 	}
 	l.Done(Item{Key: "pending/a.json"})
-	l.Reject("pending/a.json", "1")
+	l.Skip("pending/a.json", "1")
 	if got := collect(t, l); len(got) != 0 {
-		t.Fatalf("rejected a at the same ETag, yet handed out %v", got)
+		t.Fatalf("skipped a at the same ETag, yet handed out %v", got)
 	}
 	q.set(Entry{"pending/a.json", "2"})
 	if got := collect(t, l); len(got) != 1 || got[0] != "a" {
@@ -154,19 +154,19 @@ func TestListOnceSkips(t *testing.T) {
 	}
 }
 
-func TestRejectionsForgottenWhenKeyGoes(t *testing.T) {
+func TestSkipsForgottenWhenKeyGoes(t *testing.T) {
 	t.Parallel()
 	q := &fakeQueue{}
 	l := newLister(q)
-	l.Reject("pending/a.json", "1")
+	l.Skip("pending/a.json", "1")
 	q.set(Entry{"pending/a.json", "1"})
 	if got := collect(t, l); len(got) != 0 {
-		t.Fatalf("rejected key handed out: %v", got)
+		t.Fatalf("skipped key handed out: %v", got)
 	}
 	q.set()
 	collect(t, l)
-	if len(l.rejected) != 0 {
-		t.Fatalf("rejected = %v after the key left the listing, want empty", l.rejected)
+	if len(l.skipped) != 0 {
+		t.Fatalf("skipped = %v after the key left the listing, want empty", l.skipped)
 	}
 }
 

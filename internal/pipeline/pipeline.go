@@ -51,7 +51,7 @@ type Outputs interface {
 // *lister.Lister implements it.
 type intake interface {
 	Stale(lister.Item)
-	Reject(key, etag string)
+	Skip(key, etag string)
 	Done(lister.Item)
 }
 

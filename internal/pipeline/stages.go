@@ -90,7 +90,7 @@ func (p *Pipeline) gate(log *slog.Logger, it lister.Item, spec protocol.Spec) bo
 	if !gate.Accepts(p.cfg.Pool, view) {
 		log.Debug("gate: spec belongs to another pool", "event", "gate.skip", "spec_pool", view.PoolID, "pool_id", p.cfg.Pool)
 		p.m.GateSkip()
-		p.intake.Reject(it.Key, spec.ETag)
+		p.intake.Skip(it.Key, spec.ETag)
 		return false
 	}
 	return true

@@ -127,7 +127,7 @@ func (f *fakeIntake) Stale(it lister.Item) {
 	f.stale = append(f.stale, it.Key)
 }
 
-func (f *fakeIntake) Reject(key, etag string) {
+func (f *fakeIntake) Skip(key, etag string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.rejected[key] = etag
