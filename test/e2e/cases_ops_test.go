@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Deterministic tests of issue 8's cases 8-15 and the startup self-test: the
 // real fleetd binary against versitygw, with a fault proxy in between that

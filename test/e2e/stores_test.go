@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Stores (issue 20): the self-test picks the delete mode the store can
 // serve, says which, and refuses a store that can serve neither.

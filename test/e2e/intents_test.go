@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Issue 18's six ways to lose a spec, file it twice or drop an operator's
 // word, each forced at its exact step through the real fleetd binary,

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -118,7 +118,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		{"fleetd_concurrency", nil, 4},
 		{"fleetd_gate_skips_total", nil, 1},
 		{"fleetd_cell_duration_seconds", nil, 13},
-		{"fleetd_build_info", []string{"version", version}, 1},
+		{"fleetd_build_info", []string{"version", env.version}, 1},
 	}
 	for _, c := range checks {
 		if got := sample(t, fams, c.name, c.labels...); got != c.want {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The integration harness: one versitygw per package run, a bucket per test,
 // the real fleetd binary and the test supervisor as child processes.
@@ -26,6 +26,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/cellos/fleetd/internal/localstore"
+	"github.com/cellos/fleetd/internal/toolbin"
 )
 
 // env is what TestMain set up for every test in the package.
@@ -36,14 +37,27 @@ var env struct {
 	store      string
 	server     *localstore.Server
 	fleetd     string // binary
+	version    string // the binary's, as `fleetd version` prints it
 	supervisor string // test supervisor binary
 	client     *s3.Client
+	// missing, when set, is why no store could be started: every test that
+	// needs one skips with it (outside CI only: toolbin.MaySkip).
+	missing string
+}
+
+// needStore skips a test when the store is not installed here.
+func needStore(t *testing.T) {
+	t.Helper()
+	if env.missing != "" {
+		t.Skipf("no %s here: %s", env.store, env.missing)
+	}
 }
 
 // onlyOn skips a test on every store but kind: one that depends on how that
 // store answers (its requests, its backend on disk).
 func onlyOn(t *testing.T, kind, why string) {
 	t.Helper()
+	needStore(t)
 	if env.store != kind {
 		t.Skipf("on %s only: %s", kind, why)
 	}
@@ -55,6 +69,14 @@ func TestMain(m *testing.M) {
 
 func testMain(m *testing.M) int {
 	env.store = cmp.Or(os.Getenv("FLEETD_TEST_STORE"), "versitygw")
+	if _, err := localstore.Binary(env.store); err != nil {
+		if !toolbin.MaySkip(err) {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		env.missing = err.Error()
+		return m.Run()
+	}
 	tmp, err := os.MkdirTemp("", "fleetd-it-*")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -63,7 +85,7 @@ func testMain(m *testing.M) int {
 	defer os.RemoveAll(tmp)
 	env.fleetd = filepath.Join(tmp, "fleetd")
 	env.supervisor = filepath.Join(tmp, "testsupervisor")
-	for out, pkg := range map[string]string{env.fleetd: ".", env.supervisor: "../../internal/testsupervisor"} {
+	for out, pkg := range map[string]string{env.fleetd: "../../cmd/fleetd", env.supervisor: "../../internal/testsupervisor"} {
 		args := []string{"build", "-o", out}
 		if out == env.fleetd && raceEnabled {
 			args = append(args, "-race")
@@ -72,6 +94,18 @@ func testMain(m *testing.M) int {
 			fmt.Fprintf(os.Stderr, "go build %s: %v\n%s", pkg, err, b)
 			return 1
 		}
+	}
+	out, err := exec.Command(env.fleetd, "version").Output()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fleetd version: %v\n", err)
+		return 1
+	}
+	// "fleetd 0.6.0 (abc1234)"
+	if f := strings.Fields(string(out)); len(f) == 3 && f[0] == "fleetd" {
+		env.version = f[1]
+	} else {
+		fmt.Fprintf(os.Stderr, "fleetd version printed %q\n", out)
+		return 1
 	}
 	data := filepath.Join(tmp, "s3")
 	if err := os.Mkdir(data, 0o700); err != nil {
@@ -99,6 +133,7 @@ type bucket struct {
 
 func newBucket(t *testing.T) *bucket {
 	t.Helper()
+	needStore(t)
 	name := fmt.Sprintf("it-%d-%d", os.Getpid(), bucketSeq.Add(1))
 	// On MinIO, with versioning on (a plain bucket is refused:
 	// TestStorePlainMinIORefused).

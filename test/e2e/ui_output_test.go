@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // fleetd ui's spec page and chart in a real browser, on specs the daemon ran:
 // the 3 MiB output with a secret shows as its last MiB, redacted; a hostile

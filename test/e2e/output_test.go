@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // A spec's output: the tail of what its cell printed, redacted, beside its
 // result, and `fleetd logs`.

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Integration tests of hostile ids, long keys, submitted attempt counts, busy
 // nodes' readiness and hosts that cannot start the supervisor (issue 9).

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Issue 22, periodic specs: three agents, a schedule @every 5s, one agent
 // killed and restarted, S3 faults through the proxy: every due time is

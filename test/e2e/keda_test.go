@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // deploy/keda: the ScaledObjects have the fields KEDA requires, and the
 // metrics-api one's valueLocation finds a number in what /depth serves —
@@ -170,7 +170,7 @@ func TestKEDAValueLocationFindsTheDepth(t *testing.T) {
 		b.submit(id, map[string]any{}, pool("elsewhere")) // stays pending
 	}
 	const token = "a-token-for-the-scaler"
-	ui := startUIWith(t, b, []string{uiTokenVariable + "=" + token})
+	ui := startUIWith(t, b, []string{"CELLOS_FLEET_UI_TOKEN=" + token})
 	get := func(u string, token string) []byte {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodGet, u, nil)

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Deterministic tests of issue 8's cases 1-7: the claim protocol when S3
 // answers ambiguously, slowly or not at all. Each test puts a fault proxy

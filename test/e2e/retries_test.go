@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Issue 22, retries: a failed cell runs again after a backoff, up to the
 // spec's (or the agent's) limit, each failure's reason in the record; the

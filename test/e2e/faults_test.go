@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Helpers of the tests that drive fleetd through the fault proxy and check
 // the claim protocol's invariant against S3 directly.

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The randomized soak: several agents behind a fault-injecting proxy, random
 // faults of every kind, an outage, and one agent killed -9 and restarted. It

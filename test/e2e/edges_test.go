@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Integration tests of the edges a real fleet hits: misspelt settings,
 // supervisor output (secrets, forged lines, JSON records) and leftover

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // fleetd ui in a real browser: headless Chromium (Debian's chromium package)
 // driven by chromedp, against the real binary on versitygw, on a queue made by

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Adversarial scenarios against the claim protocol: each one is a sequence of
 // S3 answers (and, where it takes one, a kill) that broke the invariant —

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Issue 22, delayed specs: `fleetd submit --in/--at`, or a key written by
 // hand under pending/.delayed/<due>/, starts no sooner than its due time and

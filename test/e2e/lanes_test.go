@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Issue 22, weighted lanes: one agent serves several lanes, free slots going
 // to lanes with work in proportion to their weights (smooth weighted
