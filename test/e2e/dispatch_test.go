@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 	"syscall"
 	"testing"
 )
@@ -135,44 +134,6 @@ func maxOverlap(evs []cellEvent) int {
 	return peak
 }
 
-// TestDrainFinishesCellsAndClaimsNothing sends SIGTERM (twice) while cells run:
-// they finish and are finalised, nothing new is claimed, and fleetd exits 0.
-func TestDrainFinishesCellsAndClaimsNothing(t *testing.T) {
-	t.Parallel()
-	b := newBucket(t)
-	release := filepath.Join(t.TempDir(), "release")
-	b.submit("long-1", map[string]any{"waitFor": release})
-	b.submit("long-2", map[string]any{"waitFor": release})
-	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": "2"})
-	a.logs.awaitEvent(t, "cell.started", 2)
-	for i := range 3 {
-		b.submit(fmt.Sprintf("later-%d", i), map[string]any{})
-	}
-
-	a.signal(syscall.SIGTERM)
-	a.logs.awaitEvent(t, "drain.started", 1)
-	a.signal(syscall.SIGTERM)
-	a.logs.awaitEvent(t, "drain.second_signal.ignored", 1)
-	if err := os.WriteFile(release, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if code := a.wait(); code != 0 {
-		t.Fatalf("exit code %d, want 0", code)
-	}
-	if a.logs.countEvent("drain.complete") != 1 {
-		t.Error("no drain complete line")
-	}
-	if got := b.ids("completed"); !slices.Equal(got, []string{"long-1", "long-2"}) {
-		t.Errorf("completed = %v, want the two cells in flight at SIGTERM", got)
-	}
-	if got := b.ids("pending"); len(got) != 3 {
-		t.Errorf("pending = %v, want the 3 specs submitted before SIGTERM untouched", got)
-	}
-	if got := starts(a.cellEvents()); len(got) != 2 {
-		t.Errorf("cells started = %v, want only the two long ones", got)
-	}
-}
-
 // TestTwoAgentsRunEachSpecOnce puts two agents on one queue.
 func TestTwoAgentsRunEachSpecOnce(t *testing.T) {
 	t.Parallel()
@@ -210,91 +171,22 @@ func TestTwoAgentsRunEachSpecOnce(t *testing.T) {
 	t.Logf("node-a ran %d cells, node-b %d", len(starts(a1.cellEvents())), len(starts(a2.cellEvents())))
 }
 
-// TestBadInput: specs that can never run go to failed/ with a reason and the
-// agent keeps going; keys that are not work are left alone and logged once.
-func TestBadInput(t *testing.T) {
-	t.Parallel()
-	b := newBucket(t)
-	big := append([]byte(`{"spec":{"id":"big","pad":"`), bytes.Repeat([]byte("x"), 300)...)
-	big = append(big, `"}}`...)
-	b.putRaw(b.key("pending", "big"), big)
-	b.putRaw(b.key("pending", "not-json"), []byte(`{"spec":`))
-	b.putRaw(b.key("pending", "array"), []byte(`[1,2,3]`))
-	b.putRaw("fleet/pending/readme.txt", []byte("hello"))
-	b.putRaw("fleet/pending/nested/x.json", []byte(`{"spec":{}}`))
-	b.submit("good", map[string]any{})
-
-	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_MAX_SPEC_BYTES": "256"})
-	b.waitCount("failed", 3)
-	b.waitCount("completed", 1)
-	// Let several polls pass to show the junk keys are logged only once.
-	awaitPolls(t, a, 3)
-	a.signal(syscall.SIGTERM)
-	if code := a.wait(); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
-	wantReason := map[string]string{
-		"big":      fmt.Sprintf("spec is %d bytes, over the limit of 256", len(big)),
-		"not-json": "invalid spec: not JSON",
-		"array":    "invalid spec: not a JSON object",
-	}
-	for id, want := range wantReason {
-		body, meta := b.get(b.key("failed", id))
-		if !strings.HasPrefix(meta["fleetd-reason"], want) || meta["fleetd-outcome"] != "rejected" {
-			t.Errorf("failed/%s metadata = %v, want reason %q", id, meta, want)
-		}
-		if len(body) == 0 {
-			t.Errorf("failed/%s.json lost its bytes", id)
-		}
-	}
-	if got := starts(a.cellEvents()); len(got) != 1 || got["good"] != 1 {
-		t.Errorf("cells started = %v, want only good", got)
-	}
-	for _, key := range []string{"fleet/pending/readme.txt", "fleet/pending/nested/x.json"} {
-		if !b.exists(key) {
-			t.Errorf("%s was touched", key)
-		}
-		if n := len(a.logs.eventsWith("lister.not_work", "key", key)); n != 1 {
-			t.Errorf("%s logged %d times, want once", key, n)
-		}
-	}
-}
-
-// TestNoSecretsInLogs runs at debug level through success and failure paths
-// and checks that no credential or signature reaches any output.
-func TestNoSecretsInLogs(t *testing.T) {
-	t.Parallel()
-	b := newBucket(t)
-	b.submit("ok", map[string]any{})
-	b.putRaw(b.key("pending", "bad"), []byte("nope"))
-	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_LOG_LEVEL": "debug"})
-	b.waitCount("completed", 1)
-	b.waitCount("failed", 1)
-	a.signal(syscall.SIGTERM)
-	a.wait()
-
-	// A second agent with a wrong secret is refused by S3: the self-test logs
-	// the answer and stops fleetd (exit 2), and still must not log the secret.
-	const wrongSecret = "fleetd-distinctive-secret-7f3a9c"
-	bad := startAgent(t, b, map[string]string{"AWS_SECRET_ACCESS_KEY": wrongSecret})
-	if code := bad.wait(); code != 2 {
-		t.Errorf("fleetd with a wrong secret exited %d, want 2", code)
-	}
-	if bad.logs.countEvent("selftest.failed") != 1 {
-		t.Errorf("no self-test failure logged:\n%s", bad.logs.text())
-	}
-
-	for _, out := range []string{a.logs.text(), a.stdout.text(), bad.logs.text(), bad.stdout.text()} {
-		for _, secret := range []string{env.server.SecretKey, wrongSecret, "Signature=", "Authorization", "X-Amz-Security-Token"} {
-			if strings.Contains(out, secret) {
-				t.Errorf("output contains %q", secret)
-			}
-		}
-	}
-}
-
 // awaitPolls waits for n more complete listings of pending/.
 func awaitPolls(t *testing.T, a *agent, n int) {
 	t.Helper()
 	a.logs.awaitEvent(t, "lister.listed", a.logs.countEvent("lister.listed")+n)
+}
+
+func TestCellTimeout(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	b.submit("slow", map[string]any{"waitFor": filepath.Join(t.TempDir(), "never")})
+	a := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_CELL_TIMEOUT_MS": "300"}))
+	b.waitCount("failed", 1)
+	a.signal(syscall.SIGTERM)
+	a.wait()
+	_, meta := b.get(b.key("failed", "slow"))
+	if meta["fleetd-reason"] != "timeout" || meta["fleetd-signal"] != "SIGTERM" {
+		t.Errorf("failed/slow metadata = %v, want reason timeout, signal SIGTERM", meta)
+	}
 }

@@ -23,7 +23,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
 

@@ -19,12 +19,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/cellos/fleetd/internal/natsserver"
 	"github.com/cellos/fleetd/internal/toolbin"
 	"github.com/cellos/fleetd/internal/versitygw"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // notifyRig is one test's NATS server and event-publishing gateway.

@@ -5,14 +5,39 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
+
+// Case 15: a spec claimed under a 1 MB limit and recovered by a node with a
+// 1 KB limit goes back to pending/ once, then to failed/ as too large: the
+// recoverer does not re-take its lease every ttl.
+func TestCase15RecoveryIgnoresItsSpecSizeLimit(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	body := b.submit("large", map[string]any{"waitFor": filepath.Join(t.TempDir(), "never"), "pad": strings.Repeat("x", 4000)})
+	a := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_NODE_ID": "claimer"}))
+	a.logs.awaitEvent(t, "cell.started", 1)
+	a.crash()
+
+	r := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_NODE_ID": "small", "CELLOS_FLEET_MAX_SPEC_BYTES": "1024"}))
+	b.waitCount("failed", 1)
+	caseBPoll(t, "an empty leases/", func() bool { return len(b.ids("leases")) == 0 })
+	caseBStop(t, r)
+	assertInvariant(t, b, map[string]finalState{"large": {"failed", body}})
+	if _, meta := b.get(b.key("failed", "large")); !strings.Contains(meta["fleetd-reason"], "over the limit of 1024") {
+		t.Errorf("failed/large reason = %q, want too large", meta["fleetd-reason"])
+	}
+	if n := r.logs.countEvent("lease.takeover"); n != 1 {
+		t.Errorf("%d lease takeovers, want exactly 1", n)
+	}
+	if n := len(r.cellEvents()); n != 0 {
+		t.Errorf("the small node ran the spec (%d events)", n)
+	}
+}
 
 // fast makes leases and recovery quick enough for tests.
 func fast(settings map[string]string) map[string]string {
@@ -200,61 +225,6 @@ func TestMaxAttemptsGoesToFailed(t *testing.T) {
 		if left := b.ids(state); len(left) != 0 {
 			t.Errorf("%s/ holds %v", state, left)
 		}
-	}
-}
-
-func TestDrainTimeoutRequeues(t *testing.T) {
-	t.Parallel()
-	b := newBucket(t)
-	never := filepath.Join(t.TempDir(), "never")
-	b.submit("d-1", map[string]any{"waitFor": never, "ignoreTerm": true}) // needs SIGKILL
-	b.submit("d-2", map[string]any{"waitFor": never})                     // stops on SIGTERM
-	const timeout, grace = 1000 * time.Millisecond, 500 * time.Millisecond
-	a := startAgent(t, b, fast(map[string]string{
-		"CELLOS_FLEET_CONCURRENCY":      "2",
-		"CELLOS_FLEET_DRAIN_TIMEOUT_MS": fmt.Sprint(timeout.Milliseconds()),
-		"CELLOS_FLEET_STOP_GRACE_MS":    fmt.Sprint(grace.Milliseconds()),
-	}))
-	a.logs.awaitEvent(t, "cell.started", 2)
-	sent := time.Now()
-	a.signal(syscall.SIGTERM)
-	if code := a.wait(); code != 0 {
-		t.Fatalf("exit code %d, want 0", code)
-	}
-	// Generous slack for a loaded machine; the point is that it does not wait
-	// for cells that never end.
-	if took := time.Since(sent); took > timeout+grace+15*time.Second {
-		t.Errorf("drain took %v", took)
-	}
-	if got := b.ids("pending"); !slices.Equal(got, []string{"d-1", "d-2"}) {
-		t.Errorf("pending = %v, want both specs back", got)
-	}
-	for _, id := range []string{"d-1", "d-2"} {
-		if _, meta := b.get(b.key("pending", id)); meta["fleetd-attempts"] != "0" {
-			t.Errorf("pending/%s attempts = %q, want 0 (unchanged)", id, meta["fleetd-attempts"])
-		}
-	}
-	for _, state := range []string{"claimed", "leases", "completed", "failed"} {
-		if left := b.ids(state); len(left) != 0 {
-			t.Errorf("%s/ holds %v", state, left)
-		}
-	}
-	if !strings.Contains(a.logs.text(), `"cells_stopped":true`) {
-		t.Error("drain complete does not say cells were stopped")
-	}
-}
-
-func TestCellTimeout(t *testing.T) {
-	t.Parallel()
-	b := newBucket(t)
-	b.submit("slow", map[string]any{"waitFor": filepath.Join(t.TempDir(), "never")})
-	a := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_CELL_TIMEOUT_MS": "300"}))
-	b.waitCount("failed", 1)
-	a.signal(syscall.SIGTERM)
-	a.wait()
-	_, meta := b.get(b.key("failed", "slow"))
-	if meta["fleetd-reason"] != "timeout" || meta["fleetd-signal"] != "SIGTERM" {
-		t.Errorf("failed/slow metadata = %v, want reason timeout, signal SIGTERM", meta)
 	}
 }
 

@@ -1,14 +1,12 @@
-package e2e
+package deploy
 
-// deploy/keda: the ScaledObjects have the fields KEDA requires, and the
-// metrics-api one's valueLocation finds a number in what /depth serves —
-// fleetd ui's and an agent's, from the real binary on versitygw.
+// deploy/keda: the ScaledObjects have the fields KEDA requires. (That the
+// metrics-api one's valueLocation finds a number in what the real /depth
+// serves is checked in test/e2e.)
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"strconv"
@@ -66,30 +64,6 @@ func kedaDocs(t *testing.T, path string) map[string]kedaDoc {
 	return docs
 }
 
-// valueAt reads a GJSON path of plain keys (a.b.c), as KEDA's metrics-api
-// scaler reads valueLocation, and wants a number there.
-func valueAt(t *testing.T, body []byte, path string) float64 {
-	t.Helper()
-	var v any
-	if err := json.Unmarshal(body, &v); err != nil {
-		t.Fatalf("/depth is not JSON: %v: %q", err, body)
-	}
-	for _, k := range strings.Split(path, ".") {
-		m, ok := v.(map[string]any)
-		if !ok {
-			t.Fatalf("valueLocation %q: %q is not an object in %s", path, k, body)
-		}
-		if v, ok = m[k]; !ok {
-			t.Fatalf("valueLocation %q: no %q in %s", path, k, body)
-		}
-	}
-	n, ok := v.(float64)
-	if !ok {
-		t.Fatalf("valueLocation %q holds %v, not a number", path, v)
-	}
-	return n
-}
-
 // checkScaledObject checks what KEDA requires of every ScaledObject.
 func checkScaledObject(t *testing.T, so kedaDoc, trigger string) {
 	t.Helper()
@@ -110,7 +84,7 @@ func checkScaledObject(t *testing.T, so kedaDoc, trigger string) {
 
 func TestKEDAScaledObjects(t *testing.T) {
 	t.Parallel()
-	docs := kedaDocs(t, "../../deploy/keda/scaledobject.yaml")
+	docs := kedaDocs(t, "keda/scaledobject.yaml")
 	so, ok := docs["ScaledObject"]
 	if !ok {
 		t.Fatal("deploy/keda/scaledobject.yaml has no ScaledObject")
@@ -141,7 +115,7 @@ func TestKEDAScaledObjects(t *testing.T) {
 		t.Errorf("TriggerAuthentication %+v does not give the token of Secret %q", ta.Spec.SecretTargetRef, sec.Metadata.Name)
 	}
 
-	prom := kedaDocs(t, "../../deploy/keda/scaledobject-prometheus.yaml")["ScaledObject"]
+	prom := kedaDocs(t, "keda/scaledobject-prometheus.yaml")["ScaledObject"]
 	checkScaledObject(t, prom, "prometheus")
 	pm := prom.Spec.Triggers[0].Metadata
 	for _, f := range []string{"serverAddress", "query", "threshold"} {
@@ -157,47 +131,5 @@ func TestKEDAScaledObjects(t *testing.T) {
 	}
 	if *prom.Spec.MinReplicaCount < 1 {
 		t.Error("the prometheus ScaledObject scales to zero, where no agent exports the metric")
-	}
-}
-
-// The ScaledObject's valueLocation, against /depth of the real fleetd ui
-// (with the bearer token, as KEDA sends it) and of a real agent.
-func TestKEDAValueLocationFindsTheDepth(t *testing.T) {
-	t.Parallel()
-	m := kedaDocs(t, "../../deploy/keda/scaledobject.yaml")["ScaledObject"].Spec.Triggers[0].Metadata
-	b := newBucket(t)
-	for _, id := range []string{"d1", "d2", "d3"} {
-		b.submit(id, map[string]any{}, pool("elsewhere")) // stays pending
-	}
-	const token = "a-token-for-the-scaler"
-	ui := startUIWith(t, b, []string{"CELLOS_FLEET_UI_TOKEN=" + token})
-	get := func(u string, token string) []byte {
-		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, u, nil)
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("GET %s = %d %q", u, resp.StatusCode, body)
-		}
-		return body
-	}
-	path := strings.TrimPrefix(m["url"], "http://fleetd-ui:8080")
-	if got := valueAt(t, get(strings.TrimSuffix(ui, "/")+path, token), m["valueLocation"]); got != 3 {
-		t.Errorf("fleetd ui: %s = %v, want the 3 pending", m["valueLocation"], got)
-	}
-
-	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0", "CELLOS_FLEET_POOL_ID": "mine"})
-	a.logs.awaitEvent(t, "ops.serving", 1)
-	addr, _ := a.logs.events("ops.serving")[0]["addr"].(string)
-	a.logs.awaitEvent(t, "lister.listed", 1) // its first poll: /depth has something to say
-	if got := valueAt(t, get("http://"+addr+"/depth", ""), m["valueLocation"]); got != 3 {
-		t.Errorf("agent: %s = %v, want the 3 pending", m["valueLocation"], got)
 	}
 }

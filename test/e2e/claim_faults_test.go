@@ -24,7 +24,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
 
@@ -535,4 +534,105 @@ func TestCase1_AmbiguousRenewalUnresolved(t *testing.T) {
 	}
 	claimBadEvents(t, a, "lease.lost", "spec.left_to_recovery",
 		"cell.fenced", "spec.cancelled", "cell.drain_stopped", "cell.start_failed")
+}
+
+// Case 12: a replacement landing while the claim's DELETE of pending/ is in
+// flight is not deleted: the claim deletes only the version it read, and the
+// new version runs after the old one.
+func TestCase12ReplacementDuringClaimIsKept(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := startProxy(t)
+	b.submit("r", map[string]any{"sleepMs": 0})
+	rule := protocolDelete(keyOf(b, "pending", "r"), "")
+	rule.Action, rule.Times = faultproxy.Hold, 1
+	del := p.Add(rule)
+	a := startAgent(t, b, caseBVia(p, nil))
+	awaitFired(t, del, 1)
+	// The new version is told apart by its run: it sleeps 700 ms.
+	replaced := b.submit("r", map[string]any{"sleepMs": 700})
+	del.Release()
+	caseBPoll(t, "completed/r with the new bytes", func() bool {
+		if !b.exists(b.key("completed", "r")) || len(b.ids("pending")) != 0 {
+			return false
+		}
+		got, _ := b.get(b.key("completed", "r"))
+		return bytes.Equal(got, replaced)
+	})
+	caseBStop(t, a)
+	assertInvariant(t, b, map[string]finalState{"r": {"completed", replaced}})
+	evs := a.cellEvents()
+	if got := starts(evs); got["r"] != 2 {
+		t.Fatalf("runs = %v, want r twice: the old version, then the new", got)
+	}
+	started := map[int]int64{}
+	long := 0
+	for _, e := range evs {
+		switch e.what {
+		case "start":
+			started[e.pid] = e.at
+		case "end":
+			if time.Duration(e.at-started[e.pid]) >= 700*time.Millisecond {
+				long++
+			}
+		}
+	}
+	if long != 1 {
+		t.Errorf("%d runs of the new (700 ms) version, want 1", long)
+	}
+}
+
+// Case 13: a rejection files only the version it judged bad. Replaced while
+// its failed/ write is held, the valid version is neither deleted nor filed
+// with the old reason: it runs. An oversized spec with an awkward id is
+// copied server-side to failed/ and leaves pending/.
+func TestCase13RejectActsOnJudgedVersionOnly(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := startProxy(t)
+	b.putRaw(b.key("pending", "v"), []byte("not json"))
+	write := p.Add(faultproxy.Rule{Method: "PUT", Key: keyOf(b, "failed", "v"), Action: faultproxy.Hold, Times: 1})
+	a := startAgent(t, b, caseBVia(p, nil))
+	awaitFired(t, write, 1)
+	valid := b.submit("v", map[string]any{})
+	write.Release()
+	b.waitCount("completed", 1)
+	caseBPoll(t, "an empty pending/ and leases/", func() bool { return len(b.ids("pending"))+len(b.ids("leases")) == 0 })
+	caseBStop(t, a)
+	if got, _ := b.get(b.key("completed", "v")); !bytes.Equal(got, valid) {
+		t.Errorf("completed/v = %q, want the valid version", got)
+	}
+	if b.exists(b.key("failed", "v")) {
+		// The bad version's own record may stand; the valid one must not be there.
+		if got, meta := b.get(b.key("failed", "v")); string(got) != "not json" {
+			t.Errorf("failed/v = %q %v: the valid version was filed as bad", got, meta)
+		}
+	}
+	for _, state := range []string{"pending", "claimed", "leases"} {
+		if left := b.ids(state); len(left) != 0 {
+			t.Errorf("%s/ holds %v", state, left)
+		}
+	}
+	if got := starts(a.cellEvents()); got["v"] != 1 {
+		t.Errorf("runs = %v, want v once", got)
+	}
+
+	t.Run("oversized", func(t *testing.T) {
+		t.Parallel()
+		b := newBucket(t)
+		p := startProxy(t)
+		const id = "big %+ x"
+		big := b.submit(id, map[string]any{"pad": strings.Repeat("x", 200)})
+		a := startAgent(t, b, caseBVia(p, map[string]string{"CELLOS_FLEET_MAX_SPEC_BYTES": "100"}))
+		b.waitCount("failed", 1)
+		caseBPoll(t, "an empty leases/", func() bool { return len(b.ids("leases")) == 0 })
+		caseBStop(t, a)
+		assertInvariant(t, b, map[string]finalState{id: {"failed", big}})
+		if _, meta := b.get(b.key("failed", id)); !strings.Contains(meta["fleetd-reason"], "over the limit of 100") {
+			t.Errorf("failed/%s reason = %q", id, meta["fleetd-reason"])
+		}
+		if n := len(a.cellEvents()); n != 0 {
+			t.Errorf("an oversized spec was run (%d events)", n)
+		}
+	})
 }

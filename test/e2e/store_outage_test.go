@@ -1,5 +1,10 @@
 package e2e
 
+// Store outages and cut-off hosts: cells freeze and thaw instead of dying,
+// sessions are judged stale only after the fleet's patience, leases are never
+// stolen from healthy nodes, and retries outlast an outage (issue 8's cases
+// 10 and 11, and the liveness tests).
+
 import (
 	"fmt"
 	"os"
@@ -11,6 +16,94 @@ import (
 
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
+
+// Case 10: a 4 s outage of 503s while 30 cells are in flight on 2 agents:
+// every result is written once the store is back, nothing runs twice, and
+// retries are never switched off by a client-side quota.
+func TestCase10OutageDoesNotExhaustRetries(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	p := startProxy(t)
+	release := filepath.Join(t.TempDir(), "release")
+	want := map[string]finalState{}
+	for i := range 30 {
+		id := fmt.Sprintf("q-%02d", i)
+		want[id] = finalState{"completed", b.submit(id, map[string]any{"waitFor": release})}
+	}
+	settings := func(node string) map[string]string {
+		return caseBVia(p, map[string]string{"CELLOS_FLEET_NODE_ID": node, "CELLOS_FLEET_CONCURRENCY": "15",
+			"CELLOS_FLEET_LEASE_TTL_MS": "10000"})
+	}
+	agents := []*agent{startAgent(t, b, settings("n0")), startAgent(t, b, settings("n1"))}
+	b.waitCount("claimed", 30) // all 30 in flight
+	p.SetDown(503)
+	// The cells end during the outage: their results must wait for the store.
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * time.Second) // the outage's length is the fault, not a synchronisation
+	p.SetUp()
+	b.waitCount("completed", 30)
+	runs := map[string]int{}
+	for _, a := range agents {
+		caseBStop(t, a)
+		for id, n := range starts(a.cellEvents()) {
+			runs[id] += n
+		}
+	}
+	assertInvariant(t, b, want)
+	for id := range want {
+		if runs[id] != 1 {
+			t.Errorf("spec %s ran %d times, want once", id, runs[id])
+		}
+	}
+	for _, a := range agents {
+		// "retry quota exceeded" is the AWS SDK's error text, not a log line of
+		// fleetd's: it has no event of ours to count, so its wording is matched.
+		if n := a.logs.count("retry quota exceeded"); n != 0 {
+			t.Errorf("%d log lines say retry quota exceeded", n)
+		}
+	}
+}
+
+// Case 11: a ttl below what 1-second timestamps can judge is refused; at the
+// minimum ttl, cells longer than the ttl on 2 healthy nodes are never taken
+// over.
+func TestCase11TTLFloorAndNoStolenLeases(t *testing.T) {
+	t.Parallel()
+	b := newBucket(t)
+	code, _, errOut := runCLIEnv(t, b, map[string]string{"CELLOS_FLEET_LEASE_TTL_MS": "500", "CELLOS_FLEET_SUPERVISOR": env.supervisor})
+	if code != 2 || !strings.Contains(errOut, "CELLOS_FLEET_LEASE_TTL_MS") {
+		t.Errorf("ttl 500 ms: exit %d %q, want 2 naming CELLOS_FLEET_LEASE_TTL_MS", code, errOut)
+	}
+
+	want := map[string]finalState{}
+	for i := range 4 {
+		id := fmt.Sprintf("long-%d", i)
+		want[id] = finalState{"completed", b.submit(id, map[string]any{"sleepMs": 4000})}
+	}
+	settings := func(node string) map[string]string {
+		return fast(map[string]string{"CELLOS_FLEET_NODE_ID": node, "CELLOS_FLEET_CONCURRENCY": "2", "CELLOS_FLEET_LEASE_TTL_MS": "3000"})
+	}
+	agents := []*agent{startAgent(t, b, settings("n0")), startAgent(t, b, settings("n1"))}
+	b.waitCount("completed", 4)
+	runs := map[string]int{}
+	for _, a := range agents {
+		caseBStop(t, a)
+		for id, n := range starts(a.cellEvents()) {
+			runs[id] += n
+		}
+		if n := a.logs.countEvent("lease.takeover"); n != 0 {
+			t.Errorf("%d leases taken over from healthy nodes", n)
+		}
+	}
+	assertInvariant(t, b, want)
+	for id := range want {
+		if runs[id] != 1 {
+			t.Errorf("spec %s ran %d times, want once", id, runs[id])
+		}
+	}
+}
 
 // Liveness per host (issue 19): one session per agent keeps all its leases
 // alive; a host that cannot renew it freezes its cells instead of stopping

@@ -1,18 +1,48 @@
 package e2e
 
 // Helpers of the tests that drive fleetd through the fault proxy and check
-// the claim protocol's invariant against S3 directly.
+// the claim protocol's invariant against S3 directly (env.client, never
+// through the proxy).
 
 import (
 	"bytes"
 	"context"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
+
+// caseBVia returns fast() settings over extra, with fleetd pointed at the proxy.
+func caseBVia(p *faultproxy.Proxy, extra map[string]string) map[string]string {
+	m := fast(extra)
+	m["AWS_ENDPOINT_URL_S3"] = p.URL()
+	return m
+}
+
+// caseBStop sends SIGTERM and expects a clean exit.
+func caseBStop(t *testing.T, a *agent) {
+	t.Helper()
+	a.signal(syscall.SIGTERM)
+	if code := a.wait(); code != 0 {
+		t.Errorf("fleetd exit code %d, want 0", code)
+	}
+}
+
+// caseBPoll waits for cond, checking the bucket (or events) it reads every 20 ms.
+func caseBPoll(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within 60s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
 
 // startProxy starts a fault proxy in front of the test S3 server, closed
 // after the test's agents are stopped (cleanups run last-in first-out, so

@@ -1,20 +1,85 @@
 package e2e
 
 // Stores (issue 20): the self-test picks the delete mode the store can
-// serve, says which, and refuses a store that can serve neither.
+// serve, says which, and refuses a store that can serve neither; it refuses a
+// broken store or a missing bucket at start-up.
 
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
+
+// The startup self-test: a store that ignores If-None-Match and a missing
+// bucket are refused with exit 2; no answer at all is retried until SIGTERM.
+func TestCaseSelfTest(t *testing.T) {
+	t.Parallel()
+	t.Run("ignored If-None-Match", func(t *testing.T) {
+		t.Parallel()
+		b := newBucket(t)
+		p := startProxy(t)
+		// The second create-only PUT "succeeds" without reaching the server.
+		fake := p.Add(faultproxy.Rule{Method: "PUT", Key: regexp.MustCompile(`selftest/`), Header: map[string]string{"If-None-Match": "*"},
+			Action: faultproxy.ErrorBefore, Status: 200, Skip: 1, Times: 1})
+		a := startAgent(t, b, caseBVia(p, nil))
+		if code := a.wait(); code != 2 {
+			t.Errorf("exit code %d, want 2", code)
+		}
+		if fake.Fired() != 1 {
+			t.Errorf("rule fired %d times, want 1", fake.Fired())
+		}
+		if n := len(selfTestFailures(a, "If-None-Match")); n == 0 {
+			t.Error("no log line names If-None-Match")
+		}
+	})
+	t.Run("no such bucket", func(t *testing.T) {
+		t.Parallel()
+		b := newBucket(t)
+		a := startAgent(t, b, fast(map[string]string{"CELLOS_FLEET_BUCKET": b.name + "-missing"}))
+		if code := a.wait(); code != 2 {
+			t.Errorf("exit code %d, want 2", code)
+		}
+		if n := len(selfTestFailures(a, "NoSuchBucket")); n == 0 {
+			t.Error("no log line names NoSuchBucket")
+		}
+	})
+	t.Run("connection refused", func(t *testing.T) {
+		t.Parallel()
+		b := newBucket(t)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dead := "http://" + ln.Addr().String()
+		ln.Close()
+		a := startAgent(t, b, fast(map[string]string{"AWS_ENDPOINT_URL_S3": dead, "CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0"}))
+		addr := metricsAddr(t, a)
+		a.logs.awaitEvent(t, "selftest.retry", 2) // retried, not given up
+		if code, _ := httpGet(t, "http://"+addr+"/readyz"); code != 503 {
+			t.Errorf("/readyz = %d, want 503", code)
+		}
+		caseBStop(t, a)
+	})
+}
+
+// selfTestFailures are a's selftest.failed events whose err (the store's
+// error text) names code.
+func selfTestFailures(a *agent, code string) []map[string]any {
+	var out []map[string]any
+	for _, l := range a.logs.events("selftest.failed") {
+		if e, _ := l["err"].(string); strings.Contains(e, code) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
 
 // The mode the self-test chose is logged and exported, and a spec runs in it
 // with nothing left behind: on a versioned bucket, no version of pending/ or
