@@ -16,9 +16,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
 
-// TestBadInput: specs that can never run go to failed/ with a reason and the
-// agent keeps going; keys that are not work are left alone and logged once.
-func TestBadInput(t *testing.T) {
+// TestUnrunnableSpecsFailAndStrayKeysAreLeftAlone: specs that can never run go
+// to failed/ with a reason and the agent keeps going; keys that are not work
+// are left alone and logged once.
+// Was TestBadInput.
+func TestUnrunnableSpecsFailAndStrayKeysAreLeftAlone(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	big := append([]byte(`{"spec":{"id":"big","pad":"`), bytes.Repeat([]byte("x"), 300)...)

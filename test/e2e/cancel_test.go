@@ -9,9 +9,11 @@ import (
 	"testing"
 )
 
-// TestCancel: a pending spec is filed cancelled and never runs; a running one
-// is stopped by its node within a lease renewal period and filed cancelled.
-func TestCancel(t *testing.T) {
+// TestCancelFilesPendingAndStopsRunningSpecs: a pending spec is filed
+// cancelled and never runs; a running one is stopped by its node within a
+// lease renewal period and filed cancelled.
+// Was TestCancel.
+func TestCancelFilesPendingAndStopsRunningSpecs(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	b.submit("waiting", map[string]any{})

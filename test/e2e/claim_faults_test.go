@@ -161,11 +161,13 @@ func claimLogTime(t *testing.T, a *agent, name string) time.Time {
 	return at
 }
 
-// TestCase1_AmbiguousConditionalPut: a conditional PUT that lands but whose
-// answer is lost (500 after forwarding, or a reset after forwarding). The
-// store's retry then gets 412 from our own write; the protocol must read the
-// object back and carry on, not take it for another node's.
-func TestCase1_AmbiguousConditionalPut(t *testing.T) {
+// TestClaimReadsBackAConditionalPutWhoseAnswerWasLost: a conditional PUT that
+// lands but whose answer is lost (500 after forwarding, or a reset after
+// forwarding). The store's retry then gets 412 from our own write; the
+// protocol must read the object back and carry on, not take it for another
+// node's.
+// From issue 8, case 1; was TestCase1_AmbiguousConditionalPut.
+func TestClaimReadsBackAConditionalPutWhoseAnswerWasLost(t *testing.T) {
 	t.Parallel()
 	type step struct {
 		name   string
@@ -217,12 +219,13 @@ func TestCase1_AmbiguousConditionalPut(t *testing.T) {
 	}
 }
 
-// TestCase2_AmbiguousPendingDelete: the DELETE of pending/ during the claim
-// lands but is answered 503. The store's next attempt reads the key first
-// (DeleteWritten) and finds it gone: the delete is settled without sending it
-// again, however many more times the rule would have fired. The spec must not
-// be lost, and runs once.
-func TestCase2_AmbiguousPendingDelete(t *testing.T) {
+// TestClaimSettlesAPendingDeleteWhoseAnswerWasLost: the DELETE of pending/
+// during the claim lands but is answered 503. The store's next attempt reads
+// the key first (DeleteWritten) and finds it gone: the delete is settled
+// without sending it again, however many more times the rule would have fired.
+// The spec must not be lost, and runs once.
+// From issue 8, case 2; was TestCase2_AmbiguousPendingDelete.
+func TestClaimSettlesAPendingDeleteWhoseAnswerWasLost(t *testing.T) {
 	t.Parallel()
 	for _, times := range []int{1, 5} {
 		t.Run(fmt.Sprintf("Times%d", times), func(t *testing.T) {
@@ -247,12 +250,13 @@ func TestCase2_AmbiguousPendingDelete(t *testing.T) {
 	}
 }
 
-// TestCase3_ClaimSlowerThanTTL: the DELETE of pending/ that consumes the spec
-// is held for longer than a ttl (until the two agents' sessions have been
-// renewed 10 times, over the 4 s after which a session counts as stale) with
-// a second agent running alongside, ready to recover. The lease must stay
+// TestClaimSlowerThanTheTTLKeepsItsLease: the DELETE of pending/ that consumes
+// the spec is held for longer than a ttl (until the two agents' sessions have
+// been renewed 10 times, over the 4 s after which a session counts as stale)
+// with a second agent running alongside, ready to recover. The lease must stay
 // alive through the claim: no takeover, one run, completed, nothing left.
-func TestCase3_ClaimSlowerThanTTL(t *testing.T) {
+// From issue 8, case 3; was TestCase3_ClaimSlowerThanTTL.
+func TestClaimSlowerThanTheTTLKeepsItsLease(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	p := startProxy(t)
@@ -286,12 +290,13 @@ func TestCase3_ClaimSlowerThanTTL(t *testing.T) {
 	}
 }
 
-// TestCase4_LateCleanup: the first run's DELETE of claimed/ is held past a
-// ttl after its result is written; meanwhile x is resubmitted with other
-// bytes. Nothing of the newer submission may be deleted by the late cleanup:
-// both submissions run once each, the resubmission's result is the last, and
-// nothing is left.
-func TestCase4_LateCleanup(t *testing.T) {
+// TestLateCleanupSparesAResubmission: the first run's DELETE of claimed/ is
+// held past a ttl after its result is written; meanwhile x is resubmitted with
+// other bytes. Nothing of the newer submission may be deleted by the late
+// cleanup: both submissions run once each, the resubmission's result is the
+// last, and nothing is left.
+// From issue 8, case 4; was TestCase4_LateCleanup.
+func TestLateCleanupSparesAResubmission(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	p := startProxy(t)
@@ -349,15 +354,16 @@ func TestCase4_LateCleanup(t *testing.T) {
 	}
 }
 
-// TestCase5_RenewalsFailLongerThanTTL: every renewal of agent A's session is
-// answered 503 (never forwarded) while its cell runs; agent B, talking to S3
-// directly, may recover the spec. A must stop its cell making progress — by
-// default it freezes it, with CELLOS_FLEET_ON_LAPSE=stop it stops it — before
-// B can end A's session and take the lease over, and must never write a
-// result; once A reaches S3 again it learns of the takeover (a frozen cell is
-// then killed, never thawed). The spec ends in completed/ once, written by a
-// live lease, with nothing left.
-func TestCase5_RenewalsFailLongerThanTTL(t *testing.T) {
+// TestHolderWhoseRenewalsFailStopsItsCellBeforeTakeover: every renewal of
+// agent A's session is answered 503 (never forwarded) while its cell runs;
+// agent B, talking to S3 directly, may recover the spec. A must stop its cell
+// making progress — by default it freezes it, with CELLOS_FLEET_ON_LAPSE=stop
+// it stops it — before B can end A's session and take the lease over, and must
+// never write a result; once A reaches S3 again it learns of the takeover (a
+// frozen cell is then killed, never thawed). The spec ends in completed/ once,
+// written by a live lease, with nothing left.
+// From issue 8, case 5; was TestCase5_RenewalsFailLongerThanTTL.
+func TestHolderWhoseRenewalsFailStopsItsCellBeforeTakeover(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []string{"freeze", "stop"} {
 		t.Run(mode, func(t *testing.T) {
@@ -410,11 +416,12 @@ func TestCase5_RenewalsFailLongerThanTTL(t *testing.T) {
 	}
 }
 
-// TestCase6_FinalizeDuringOutage: the result PUT is answered 503 (never
+// TestResultIsRetriedThroughAnOutage: the result PUT is answered 503 (never
 // forwarded) 8 times: every attempt of the store's first call and 3 of the
 // next. A finished cell's result is retried while the lease is kept alive
 // until it is written: the spec runs once and completes.
-func TestCase6_FinalizeDuringOutage(t *testing.T) {
+// From issue 8, case 6; was TestCase6_FinalizeDuringOutage.
+func TestResultIsRetriedThroughAnOutage(t *testing.T) {
 	t.Parallel()
 	const outage = 20
 	b := newBucket(t)
@@ -443,14 +450,16 @@ func claimPut(t *testing.T, b *bucket, key string, body []byte, meta map[string]
 	}
 }
 
-// TestCase7_OrphanClaimRecovery: claims without a lease, as a late write can
-// leave behind (a claim deletes its lease only once the spec is settled, so a
-// lease-less claimed/ with a fleetd token is such a write). (a) One whose
+// TestLeaselessClaimsAreClearedOrRun: claims without a lease, as a late write
+// can leave behind (a claim deletes its lease only once the spec is settled,
+// so a lease-less claimed/ with a fleetd token is such a write). (a) One whose
 // result is already written is only cleared: never requeued, never run. (b)
 // One that never consumed pending/ and whose attempt count is the maximum is
-// not abandoned to failed/: the spec runs once and completes. The agent's peek of pending/ is held until recovery has settled
-// the orphan, so recovery, not a fresh claim, meets it.
-func TestCase7_OrphanClaimRecovery(t *testing.T) {
+// not abandoned to failed/: the spec runs once and completes. The agent's peek
+// of pending/ is held until recovery has settled the orphan, so recovery, not
+// a fresh claim, meets it.
+// From issue 8, case 7; was TestCase7_OrphanClaimRecovery.
+func TestLeaselessClaimsAreClearedOrRun(t *testing.T) {
 	t.Parallel()
 	t.Run("AlreadyCompleted", func(t *testing.T) {
 		t.Parallel()
@@ -505,13 +514,13 @@ func TestCase7_OrphanClaimRecovery(t *testing.T) {
 	})
 }
 
-// TestCase1_AmbiguousRenewalUnresolved: a renewal of the agent's session
-// lands and its answer is lost, and the read-back that would tell is answered
-// 503 on every attempt.
-// The holder's next renewal, If-Match the ETag it had, then gets 412 — from
-// its own landed write. That is not a takeover: the cell must not be killed
-// and the spec must run once.
-func TestCase1_AmbiguousRenewalUnresolved(t *testing.T) {
+// TestRenewalAnswered412ByItsOwnWriteIsNoTakeover: a renewal of the agent's
+// session lands and its answer is lost, and the read-back that would tell is
+// answered 503 on every attempt. The holder's next renewal, If-Match the ETag
+// it had, then gets 412 — from its own landed write. That is not a takeover:
+// the cell must not be killed and the spec must run once.
+// From issue 8, case 1 (the renewal's variant); was TestCase1_AmbiguousRenewalUnresolved.
+func TestRenewalAnswered412ByItsOwnWriteIsNoTakeover(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	p := startProxy(t)
@@ -536,10 +545,11 @@ func TestCase1_AmbiguousRenewalUnresolved(t *testing.T) {
 		"cell.fenced", "spec.cancelled", "cell.drain_stopped", "cell.start_failed")
 }
 
-// Case 12: a replacement landing while the claim's DELETE of pending/ is in
-// flight is not deleted: the claim deletes only the version it read, and the
-// new version runs after the old one.
-func TestCase12ReplacementDuringClaimIsKept(t *testing.T) {
+// TestReplacementDuringClaimIsKept: a replacement landing while the claim's
+// DELETE of pending/ is in flight is not deleted: the claim deletes only the
+// version it read, and the new version runs after the old one.
+// From issue 8, case 12; was TestCase12ReplacementDuringClaimIsKept.
+func TestReplacementDuringClaimIsKept(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	p := startProxy(t)
@@ -582,11 +592,12 @@ func TestCase12ReplacementDuringClaimIsKept(t *testing.T) {
 	}
 }
 
-// Case 13: a rejection files only the version it judged bad. Replaced while
-// its failed/ write is held, the valid version is neither deleted nor filed
-// with the old reason: it runs. An oversized spec with an awkward id is
-// copied server-side to failed/ and leaves pending/.
-func TestCase13RejectActsOnJudgedVersionOnly(t *testing.T) {
+// TestRejectFilesOnlyTheJudgedVersion: a rejection files only the version it
+// judged bad. Replaced while its failed/ write is held, the valid version is
+// neither deleted nor filed with the old reason: it runs. An oversized spec
+// with an awkward id is copied server-side to failed/ and leaves pending/.
+// From issue 8, case 13; was TestCase13RejectActsOnJudgedVersionOnly.
+func TestRejectFilesOnlyTheJudgedVersion(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	p := startProxy(t)

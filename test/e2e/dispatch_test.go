@@ -11,9 +11,11 @@ import (
 	"testing"
 )
 
-// TestEndToEnd runs specs of every outcome through one agent on a queue lane
-// with a trailing-slash prefix, as a 0.5.1 user might have configured it.
-func TestEndToEnd(t *testing.T) {
+// TestEveryOutcomeEndToEndOnALane runs specs of every outcome through one
+// agent on a queue lane with a trailing-slash prefix, as a 0.5.1 user might
+// have configured it.
+// Was TestEndToEnd.
+func TestEveryOutcomeEndToEndOnALane(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	b.base = "jobs/lane-a" // CELLOS_FLEET_PREFIX=jobs/ + CELLOS_FLEET_QUEUE_NAME=" lane-a "
@@ -177,7 +179,10 @@ func awaitPolls(t *testing.T, a *agent, n int) {
 	a.logs.awaitEvent(t, "lister.listed", a.logs.countEvent("lister.listed")+n)
 }
 
-func TestCellTimeout(t *testing.T) {
+// TestCellTimeoutFailsTheSpec: a cell running past CELLOS_FLEET_CELL_TIMEOUT_MS
+// is stopped with SIGTERM and its spec filed in failed/ with reason timeout.
+// Was TestCellTimeout.
+func TestCellTimeoutFailsTheSpec(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	b.submit("slow", map[string]any{"waitFor": filepath.Join(t.TempDir(), "never")})

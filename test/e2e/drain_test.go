@@ -17,11 +17,13 @@ import (
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
 
-// Case 8: a cell that exited 0 is finalised even when its lease lapsed on a
-// held renewal and the drain deadline passed meanwhile: the node waits for the
-// renewal (bounded by the abort deadline) instead of leaving a finished cell
-// to recovery, which would run it again.
-func TestCase8FinishedCellIsFinalisedPastDrainDeadline(t *testing.T) {
+// TestFinishedCellIsFinalisedPastDrainDeadline: a cell that exited 0 is
+// finalised even when its lease lapsed on a held renewal and the drain
+// deadline passed meanwhile: the node waits for the renewal (bounded by the
+// abort deadline) instead of leaving a finished cell to recovery, which would
+// run it again.
+// From issue 8, case 8; was TestCase8FinishedCellIsFinalisedPastDrainDeadline.
+func TestFinishedCellIsFinalisedPastDrainDeadline(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	p := startProxy(t)
@@ -60,10 +62,11 @@ func TestCase8FinishedCellIsFinalisedPastDrainDeadline(t *testing.T) {
 	}
 }
 
-// Case 9: with every S3 request hanging, SIGTERM still ends fleetd within
-// drain timeout + stop grace + 2 S3 timeouts (plus process slack); a second
-// agent then recovers the spec.
-func TestCase9StopUnderHangingS3IsBounded(t *testing.T) {
+// TestStopUnderHangingS3IsBounded: with every S3 request hanging, SIGTERM
+// still ends fleetd within drain timeout + stop grace + 2 S3 timeouts (plus
+// process slack); a second agent then recovers the spec.
+// From issue 8, case 9; was TestCase9StopUnderHangingS3IsBounded.
+func TestStopUnderHangingS3IsBounded(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	p := startProxy(t)

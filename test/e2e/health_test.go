@@ -141,7 +141,10 @@ func sample(t *testing.T, fams map[string]*dto.MetricFamily, name string, want .
 	return 0
 }
 
-func TestMetricsAndHealth(t *testing.T) {
+// TestMetricsCountAndProbesFollowTheAgent: /metrics counts every outcome,
+// start, skip and S3 request of a run; /readyz answers 200 while working and
+// 503 while draining, /healthz 200 throughout. Was TestMetricsAndHealth.
+func TestMetricsCountAndProbesFollowTheAgent(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	release := filepath.Join(t.TempDir(), "release")

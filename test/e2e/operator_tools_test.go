@@ -18,10 +18,11 @@ import (
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
 
-// Case 14: fleetd requeue holds the spec's lease until failed/ is deleted,
-// so no agent can claim, run and fail the spec again in between (whose new
-// failure record the requeue would then delete).
-func TestCase14RequeueHoldsTheLease(t *testing.T) {
+// TestRequeueHoldsTheLease: fleetd requeue holds the spec's lease until
+// failed/ is deleted, so no agent can claim, run and fail the spec again in
+// between (whose new failure record the requeue would then delete).
+// From issue 8, case 14; was TestCase14RequeueHoldsTheLease.
+func TestRequeueHoldsTheLease(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	p := startProxy(t)
@@ -209,7 +210,11 @@ func writeFile(t *testing.T, name, body string) string {
 	return p
 }
 
-func TestSubmit(t *testing.T) {
+// TestSubmitUploadsUnchangedAndRefusesDuplicates: fleetd submit uploads the
+// files' bytes unchanged under their spec id (or --id, or the file's name),
+// refuses a duplicate unless --replace, and bad input changes nothing.
+// Was TestSubmit.
+func TestSubmitUploadsUnchangedAndRefusesDuplicates(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	good := writeFile(t, "job.json", `{"kind":"ExecutionCell","spec":{"id":"from-spec"}}`)
@@ -257,7 +262,11 @@ func TestSubmit(t *testing.T) {
 	}
 }
 
-func TestStatusRequeueInspect(t *testing.T) {
+// TestStatusInspectAndRequeueReportAndMoveSpecs: fleetd status counts each
+// state and lists what is in flight, inspect shows one spec, requeue moves
+// failed specs back to pending/ (by id, or --failed --older-than), and refused
+// requeues change nothing. Was TestStatusRequeueInspect.
+func TestStatusInspectAndRequeueReportAndMoveSpecs(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	b.submit("waiting", map[string]any{})

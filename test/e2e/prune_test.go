@@ -11,8 +11,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
 
-// TestPrune deletes a few thousand old results in batches and keeps the new.
-func TestPrune(t *testing.T) {
+// TestPruneDeletesOldResultsInBatches deletes a few thousand old results in
+// batches and keeps the new.
+// Was TestPrune.
+func TestPruneDeletesOldResultsInBatches(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	putMany := func(state, prefix string, n int) {

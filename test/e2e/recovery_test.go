@@ -12,10 +12,11 @@ import (
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
 
-// Case 15: a spec claimed under a 1 MB limit and recovered by a node with a
-// 1 KB limit goes back to pending/ once, then to failed/ as too large: the
-// recoverer does not re-take its lease every ttl.
-func TestCase15RecoveryIgnoresItsSpecSizeLimit(t *testing.T) {
+// TestRecoveryIgnoresItsSpecSizeLimit: a spec claimed under a 1 MB limit and
+// recovered by a node with a 1 KB limit goes back to pending/ once, then to
+// failed/ as too large: the recoverer does not re-take its lease every ttl.
+// From issue 8, case 15; was TestCase15RecoveryIgnoresItsSpecSizeLimit.
+func TestRecoveryIgnoresItsSpecSizeLimit(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	body := b.submit("large", map[string]any{"waitFor": filepath.Join(t.TempDir(), "never"), "pad": strings.Repeat("x", 4000)})
@@ -228,9 +229,11 @@ func TestMaxAttemptsGoesToFailed(t *testing.T) {
 	}
 }
 
-// TestChaos: four agents, 400 short cells, one agent killed -9 and restarted
-// twice. Every spec completes; only specs in flight at a kill may run twice.
-func TestChaos(t *testing.T) {
+// TestAgentKilledTwiceLosesNoSpec: four agents, 400 short cells, one agent
+// killed -9 and restarted twice. Every spec completes; only specs in flight at
+// a kill may run twice.
+// Was TestChaos.
+func TestAgentKilledTwiceLosesNoSpec(t *testing.T) {
 	if testing.Short() {
 		t.Skip("long")
 	}

@@ -17,10 +17,11 @@ import (
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
 
-// Case 10: a 4 s outage of 503s while 30 cells are in flight on 2 agents:
-// every result is written once the store is back, nothing runs twice, and
-// retries are never switched off by a client-side quota.
-func TestCase10OutageDoesNotExhaustRetries(t *testing.T) {
+// TestOutageDoesNotExhaustRetries: a 4 s outage of 503s while 30 cells are in
+// flight on 2 agents: every result is written once the store is back, nothing
+// runs twice, and retries are never switched off by a client-side quota.
+// From issue 8, case 10; was TestCase10OutageDoesNotExhaustRetries.
+func TestOutageDoesNotExhaustRetries(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	p := startProxy(t)
@@ -66,10 +67,11 @@ func TestCase10OutageDoesNotExhaustRetries(t *testing.T) {
 	}
 }
 
-// Case 11: a ttl below what 1-second timestamps can judge is refused; at the
-// minimum ttl, cells longer than the ttl on 2 healthy nodes are never taken
-// over.
-func TestCase11TTLFloorAndNoStolenLeases(t *testing.T) {
+// TestTTLFloorAndNoStolenLeases: a ttl below what 1-second timestamps can
+// judge is refused; at the minimum ttl, cells longer than the ttl on 2 healthy
+// nodes are never taken over.
+// From issue 8, case 11; was TestCase11TTLFloorAndNoStolenLeases.
+func TestTTLFloorAndNoStolenLeases(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	code, _, errOut := runCLIEnv(t, b, map[string]string{"CELLOS_FLEET_LEASE_TTL_MS": "500", "CELLOS_FLEET_SUPERVISOR": env.supervisor})

@@ -17,9 +17,11 @@ import (
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
 
-// The startup self-test: a store that ignores If-None-Match and a missing
-// bucket are refused with exit 2; no answer at all is retried until SIGTERM.
-func TestCaseSelfTest(t *testing.T) {
+// TestSelfTestRefusesBrokenStoresAndRetriesASilentOne: a store that ignores
+// If-None-Match and a missing bucket are refused with exit 2; no answer at all
+// is retried until SIGTERM.
+// From issue 8, the start-up self-test; was TestCaseSelfTest.
+func TestSelfTestRefusesBrokenStoresAndRetriesASilentOne(t *testing.T) {
 	t.Parallel()
 	t.Run("ignored If-None-Match", func(t *testing.T) {
 		t.Parallel()
