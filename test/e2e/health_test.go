@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellos/fleetd/internal/faultproxy"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -23,12 +24,18 @@ import (
 // TestBusyNodeStaysReady: a node at capacity with a backlog keeps polling
 // and stays ready. Each poll shows as fleetd_last_poll_success_timestamp_seconds
 // advancing; /readyz answers 200 at every step over several poll intervals.
+// Then every listing fails: with its last poll older than the 3 poll
+// intervals readiness allows, the node is ready because every slot runs a
+// cell, not because it polled (issue 9; readiness at capacity checked where
+// only that rule can answer it).
 func TestBusyNodeStaysReady(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
+	p := startProxy(t)
 	release := filepath.Join(t.TempDir(), "release")
 	b.submit("long", map[string]any{"waitFor": release})
-	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": "1", "CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0"})
+	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": "1", "CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0",
+		"AWS_ENDPOINT_URL_S3": p.URL()})
 	addr := metricsAddr(t, a)
 	a.logs.awaitEvent(t, "cell.started", 1)
 	for i := range 5 {
@@ -65,6 +72,35 @@ func TestBusyNodeStaysReady(t *testing.T) {
 	if got := len(b.ids("pending")); got != 5 {
 		t.Errorf("pending/ holds %d specs, want the backlog of 5", got)
 	}
+
+	// No listing succeeds now; the cell runs on (its session's renewals are
+	// PUTs). Once the last poll is older than readiness allows, /readyz must
+	// still answer 200, over several more poll intervals.
+	lists := p.Add(faultproxy.Rule{Method: "GET", Query: "list-type=2", Action: faultproxy.ErrorBefore, Status: 503})
+	awaitFired(t, lists, 1)
+	staleChecks := 0
+	deadline = time.Now().Add(60 * time.Second)
+	for staleChecks < 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d readiness checks with a stale last poll within 60s", staleChecks)
+		}
+		fams := scrape(t, addr)
+		lastPoll := sample(t, fams, "fleetd_last_poll_success_timestamp_seconds")
+		stale := float64(time.Now().UnixNano())/1e9-lastPoll > 3*interval+0.1
+		code, body := httpGet(t, "http://"+addr+"/readyz")
+		if stale {
+			staleChecks++
+			if code != 200 {
+				t.Fatalf("/readyz = %d %q at capacity with the last poll %.1fs old, want 200", code, body, float64(time.Now().UnixNano())/1e9-lastPoll)
+			}
+		}
+		if got := sample(t, fams, "fleetd_cells_in_flight"); got != 1 {
+			t.Fatalf("cells in flight = %v while listings fail, want 1", got)
+		}
+		time.Sleep(100 * time.Millisecond) // half a poll interval
+	}
+	lists.Remove()
+
 	if err := os.WriteFile(release, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
