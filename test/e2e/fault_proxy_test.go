@@ -49,6 +49,7 @@ func caseBPoll(t *testing.T, what string, cond func() bool) {
 // call it before startAgent).
 func startProxy(t *testing.T) *faultproxy.Proxy {
 	t.Helper()
+	needStore(t)
 	p, err := faultproxy.Start(env.server.URL, 1)
 	if err != nil {
 		t.Fatal(err)

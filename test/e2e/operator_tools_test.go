@@ -120,6 +120,7 @@ func TestCLISubmitStdinAndJSONShapes(t *testing.T) {
 // vars over it, and returns its exit code and stderr.
 func runToolWith(t *testing.T, vars []string, args ...string) (int, string) {
 	t.Helper()
+	needStore(t)
 	cmd := exec.Command(env.fleetd, args...)
 	cmd.Env = append(append(os.Environ(), env.server.Env()...), vars...)
 	var errOut bytes.Buffer

@@ -17,6 +17,7 @@ import (
 // it must redact from what a cell prints.
 func serverSecret(t *testing.T) string {
 	t.Helper()
+	needStore(t)
 	for _, kv := range env.server.Env() {
 		if v, ok := strings.CutPrefix(kv, "AWS_SECRET_ACCESS_KEY="); ok && v != "" {
 			return v
