@@ -1,12 +1,12 @@
 package e2e
 
-// Deterministic tests of issue 8's cases 1-7: the claim protocol when S3
-// answers ambiguously, slowly or not at all. Each test puts a fault proxy
-// between fleetd and versitygw, injects exactly one fault at one step of the
-// protocol, and checks the queue's invariant directly against S3 (not through
-// the proxy): every spec in exactly one of completed/ or failed/ with its bytes
-// unchanged, nothing left in pending/, claimed/ or leases/, and each spec run
-// once where no node died.
+// Deterministic tests of issue 8's cases 1-7, 12 and 13: the claim protocol
+// when S3 answers ambiguously, slowly or not at all. Each test puts a fault
+// proxy between fleetd and versitygw, injects exactly one fault at one step of
+// the protocol, and checks the queue's invariant directly against S3 (not
+// through the proxy): every spec in exactly one of completed/ or failed/ with
+// its bytes unchanged, nothing left in pending/, claimed/ or leases/, and each
+// spec run once where no node died.
 
 import (
 	"bytes"

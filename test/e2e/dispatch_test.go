@@ -1,5 +1,8 @@
 package e2e
 
+// Dispatch: specs of every outcome run through an agent, N at a time and
+// never more, each once across agents, and a cell past its time limit fails.
+
 import (
 	"bytes"
 	"fmt"

@@ -1,5 +1,9 @@
 package e2e
 
+// Recovery: a dead or fenced-off node's specs come back and run, orphaned
+// claims are returned, the recovery turn survives lost answers, exhausted
+// attempts go to failed/, and a fleet with agents killed -9 loses nothing.
+
 import (
 	"fmt"
 	"math/rand/v2"
