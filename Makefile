@@ -16,6 +16,9 @@ PROMTOOL  := $(TOOLS)/bin/promtool
 # ships it: only that one binary is taken from the package (no daemon, no
 # dependencies installed). Elsewhere it is built from the Go module proxy.
 PROMTOOL_GO_VERSION := v0.316.0
+# staticcheck: lint beyond go vet, in make test through lint.
+STATICCHECK := $(TOOLS)/bin/staticcheck
+STATICCHECK_VERSION := v0.8.2
 REVISION  := $(shell git rev-parse --short=7 HEAD 2>/dev/null)
 VERSION   := $(shell sed -n 's/^[[:space:]]*version[[:space:]]*= "\(.*\)"$$/\1/p' cmd/fleetd/main.go)
 LDFLAGS   := -X main.revision=$(REVISION)
@@ -46,6 +49,9 @@ $(MINIO):
 $(NATS_SERVER):
 	GOBIN=$(TOOLS)/bin $(GO) install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION)
 
+$(STATICCHECK):
+	GOBIN=$(TOOLS)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
 promtool: $(PROMTOOL)
 
 $(PROMTOOL):
@@ -60,19 +66,19 @@ $(PROMTOOL):
 
 # bench/ is a module of its own (its chart library is no dependency of the
 # daemon); its smoke test keeps the harness working.
-# The binary-level tests run on versitygw; the claim, recovery, operator,
-# fault-proxy and short soak tests run again on MinIO with versioning on
-# (FLEETD_TEST_STORE: a store matrix, not a copy of the tests).
-STORE_MATRIX := ^Test(Case[0-9]|Adversarial|Intent|Soak|TwoAgentsRunEachSpecOnce|KilledNodeWorkIsRecovered|RecoveryTurn|OrphanedClaim|EndToEnd|Cancel$$|Submit$$|StatusRequeueInspect|Prune$$|PauseAcrossAgents|Store|Logs|CutOffHost|ShortCutOff|OutageOfFiveTTLs)
+# The binary-level tests (test/e2e) run on versitygw; the claim, recovery,
+# operator, fault-proxy and short soak tests run again on MinIO with
+# versioning on (FLEETD_TEST_STORE: a store matrix, not a copy of the tests).
+STORE_MATRIX := ^Test(Adversarial|Intent|Soak|Logs|Store|ClaimReadsBack|ClaimSettles|ClaimSlowerThanTheTTL|LateCleanup|HolderWhoseRenewalsFail|ResultIsRetriedThroughAnOutage|LeaselessClaims|RenewalAnswered412|FinishedCellIsFinalisedPastDrainDeadline|StopUnderHangingS3|OutageDoesNotExhaustRetries|TTLFloor|ReplacementDuringClaim|RejectFilesOnlyTheJudgedVersion|RequeueHoldsTheLease|RecoveryIgnoresItsSpecSizeLimit|TwoAgentsRunEachSpecOnce|KilledNodeWorkIsRecovered|RecoveryTurn|OrphanedClaim|EveryOutcomeEndToEnd|CancelFilesPending|SubmitUploads|StatusInspectAndRequeue|PruneDeletesOld|PauseAcrossAgents|CutOffHost|ShortCutOff|OutageOfFiveTTLs)
 test: $(VERSITYGW) $(MINIO) $(NATS_SERVER) $(PROMTOOL) lint
 	$(GO) test -race -count=1 -timeout 30m ./...
-	FLEETD_TEST_STORE=minio $(GO) test -race -count=1 -timeout 30m -run '$(STORE_MATRIX)' ./cmd/fleetd/
+	FLEETD_TEST_STORE=minio $(GO) test -race -count=1 -timeout 30m -run '$(STORE_MATRIX)' ./test/e2e/
 	cd bench && $(GO) test -race -count=1 -timeout 30m ./...
 
 # The long randomized soak of the claim protocol (4 agents, 400 specs, random S3
 # faults, a 20 s outage, an agent killed -9); FLEETD_SOAK_SEED=n replays a run.
 soak: $(VERSITYGW) $(MINIO)
-	FLEETD_SOAK=long $(GO) test -race -count=1 -timeout 60m -run 'TestSoak$$' -v ./cmd/fleetd/
+	FLEETD_SOAK=long $(GO) test -race -count=1 -timeout 60m -run 'TestSoak$$' -v ./test/e2e/
 
 # The long sweep of the fleet simulator (internal/sim): SIM_SEEDS scenarios
 # from SIM_SEED_BASE over every core; SIM_SEED=n replays one with its trace;
@@ -81,11 +87,13 @@ SIM_SEEDS ?= 1000000
 sim:
 	SIM_SEEDS=$(SIM_SEEDS) SIM_STORE=$(SIM_STORE) $(GO) test -count=1 -timeout 0 -run 'TestSweep$$' -v ./internal/sim/ | grep -v '^\s*--- PASS\|^=== '
 
-lint:
+lint: $(STATICCHECK)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.tools/*')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
 	cd bench && $(GO) vet ./...
+	$(STATICCHECK) ./...
+	cd bench && $(STATICCHECK) ./...
 
 # make demo STORE=minio runs it on MinIO (versioning on) instead of versitygw.
 STORE ?= versitygw

@@ -172,9 +172,9 @@ func TestSkipsForgottenWhenKeyGoes(t *testing.T) {
 
 // listBouncing makes one listing of n keys with one worker that calls Stale
 // on the items whose place in the hand-out order bounce says, Done on the
-// others, and stops taking items after stopAfter. It returns listOnce's error
-// and how many items the worker took.
-func listBouncing(t *testing.T, n, stopAfter int, bounce func(i int) bool) (error, int) {
+// others, and stops taking items after stopAfter. It returns how many items
+// the worker took and listOnce's error.
+func listBouncing(t *testing.T, n, stopAfter int, bounce func(i int) bool) (int, error) {
 	t.Helper()
 	q := &fakeQueue{}
 	var entries []Entry
@@ -210,14 +210,14 @@ func listBouncing(t *testing.T, n, stopAfter int, bounce func(i int) bool) (erro
 	defer cancel()
 	_, _, err := l.listOnce(ctx, out)
 	close(listed)
-	return err, <-took
+	return <-took, err
 }
 
 func TestStaleListingIsAbandoned(t *testing.T) {
 	t.Parallel()
 	// Two keys bounce in a row: the listing is out of date after the second.
 	// The worker would take every key; the lister must stop handing them out.
-	err, took := listBouncing(t, 10, 2, func(int) bool { return true })
+	took, err := listBouncing(t, 10, 2, func(int) bool { return true })
 	if !errors.Is(err, errStale) || took != 2 {
 		t.Fatalf("listOnce = %v after %d items; want errStale after 2", err, took)
 	}
@@ -227,13 +227,13 @@ func TestFewBouncesKeepTheListing(t *testing.T) {
 	t.Parallel()
 	// The first and the last bounce: 2 of 20, never more than an eighth, so
 	// the whole listing is handed out.
-	err, took := listBouncing(t, 20, 20, func(i int) bool { return i == 0 || i == 19 })
+	took, err := listBouncing(t, 20, 20, func(i int) bool { return i == 0 || i == 19 })
 	if err != nil || took != 20 {
 		t.Fatalf("listOnce = %v after %d of 20 items; want the whole listing handed out", err, took)
 	}
 	// The first bounces, twelve do not, then the fourteenth: 2 of 14, more
 	// than an eighth, so the listing is abandoned there.
-	err, took = listBouncing(t, 20, 14, func(i int) bool { return i == 0 || i == 13 })
+	took, err = listBouncing(t, 20, 14, func(i int) bool { return i == 0 || i == 13 })
 	if !errors.Is(err, errStale) || took != 14 {
 		t.Fatalf("listOnce = %v after %d items; want errStale after the fourteenth", err, took)
 	}

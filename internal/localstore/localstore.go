@@ -37,22 +37,18 @@ type Server struct {
 // Start starts a store of kind serving dir (a private directory). The
 // caller must Stop it.
 func Start(kind, dir string) (*Server, error) {
+	bin, err := Binary(kind)
+	if err != nil {
+		return nil, err
+	}
 	switch kind {
 	case "versitygw":
-		bin, err := versitygw.Binary()
-		if err != nil {
-			return nil, err
-		}
 		s, err := versitygw.Start(bin, dir)
 		if err != nil {
 			return nil, err
 		}
 		return FromVersitygw(s), nil
 	case "minio":
-		bin, err := minio.Binary()
-		if err != nil {
-			return nil, err
-		}
 		s, err := minio.Start(bin, dir)
 		if err != nil {
 			return nil, err
@@ -60,6 +56,18 @@ func Start(kind, dir string) (*Server, error) {
 		return &Server{kind, minio.Version, s.URL, s.AccessKey, s.SecretKey, s.Dir, s.Env, s.Stop, s.Pid}, nil
 	}
 	return nil, fmt.Errorf("unknown store %q: want one of %v", kind, Kinds)
+}
+
+// Binary finds the server binary of kind (toolbin.Find: a missing one is
+// toolbin.ErrNotFound).
+func Binary(kind string) (string, error) {
+	switch kind {
+	case "versitygw":
+		return versitygw.Binary()
+	case "minio":
+		return minio.Binary()
+	}
+	return "", fmt.Errorf("unknown store %q: want one of %v", kind, Kinds)
 }
 
 // FromVersitygw is a versitygw the caller started (with options Start does

@@ -28,7 +28,8 @@ func faultyStore(t *testing.T) (*Store, *faultproxy.Proxy, *atomic.Int64) {
 // faultyStoreTimeout is faultyStore with attempts of timeout each.
 func faultyStoreTimeout(t *testing.T, timeout time.Duration) (*Store, *faultproxy.Proxy, *atomic.Int64) {
 	t.Helper()
-	direct := newStore(t)
+	direct := newStore(t) // skips where there is no store
+
 	p, err := faultproxy.Start(server.URL, 1)
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 // MinIO bucket, its requests through a fault proxy.
 func minioStore(t *testing.T) (*Store, *faultproxy.Proxy) {
 	t.Helper()
+	needServers(t)
 	name := fmt.Sprintf("queue-v-%d", seq.Add(1))
 	if err := minioServer.CreateBucket(context.Background(), minioServer.Client(), name); err != nil {
 		t.Fatal(err)

@@ -148,10 +148,10 @@ func Run(seed uint64, opt Options) *Result {
 	}
 	t0 := time.Now()
 	for _, e := range events {
-		time.Sleep(t0.Add(e.at).Sub(time.Now()))
+		time.Sleep(time.Until(t0.Add(e.at)))
 		e.do()
 	}
-	time.Sleep(t0.Add(end).Sub(time.Now()))
+	time.Sleep(time.Until(t0.Add(end)))
 
 	// Quiescence: faults off, cut nodes heard again, dead ones restarted, the
 	// lane resumed; then the fleet must settle every spec.

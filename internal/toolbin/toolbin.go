@@ -3,6 +3,7 @@
 package toolbin
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -26,8 +27,19 @@ func Find(env, name string) (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", fmt.Errorf("%s not found in .tools/bin at or above the working directory: run `make test` (it installs it) or set %s", name, env)
+			return "", fmt.Errorf("%s %w in .tools/bin at or above the working directory: run `make test` (it installs it) or set %s", name, ErrNotFound, env)
 		}
 		dir = parent
 	}
+}
+
+// ErrNotFound is Find's error when neither $env nor .tools/bin names the
+// binary.
+var ErrNotFound = errors.New("not found")
+
+// MaySkip reports whether a test that needs a server Find could not find may
+// skip: everywhere but CI (the CI variable set), where a missing server must
+// fail the run instead of letting it pass without the tests that need it.
+func MaySkip(err error) bool {
+	return errors.Is(err, ErrNotFound) && os.Getenv("CI") == ""
 }
