@@ -212,7 +212,7 @@ func (r *rig) latency(bin, build string, c, n int, delay time.Duration) (latency
 	if err != nil {
 		return row, err
 	}
-	werr := waitFinalised(10*time.Minute, int64(n), a)
+	werr := waitFinished(10*time.Minute, int64(n), a)
 	done := time.Now()
 	cells := a.cellLog()
 	if _, err := a.stop(); err != nil || werr != nil {

@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/localstore"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // allScenarios in report order.
@@ -331,6 +331,6 @@ func measureStores(r *rig, o options, rep *report, step func(string, ...any)) er
 // storeRow is one throughput row on one store.
 type storeRow struct {
 	Kind, Version string
-	Mode          queue.DeleteMode
+	Mode          store.DeleteMode
 	throughput
 }

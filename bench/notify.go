@@ -15,7 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // notifyPickup is one row of pickup latency.
@@ -102,9 +102,9 @@ func (r *rig) putter(bucket string, quiet bool) func(key string, body []byte) er
 	if quiet {
 		client = r.client(r.quiet.URL)
 	}
-	store := queue.New(client, bucket, queue.Policy{})
+	storage := store.New(client, bucket, store.Policy{})
 	return func(key string, body []byte) error {
-		_, err := store.Put(context.Background(), key, body, queue.PutOptions{})
+		_, err := storage.Put(context.Background(), key, body, store.PutOptions{})
 		return err
 	}
 }
@@ -328,7 +328,7 @@ func (r *rig) notifyFleet(k, n int, notify bool) (notifyFleet, error) {
 			return row, err
 		}
 	}
-	if err := waitFinalised(10*time.Minute, int64(n), agents...); err != nil {
+	if err := waitFinished(10*time.Minute, int64(n), agents...); err != nil {
 		return row, err
 	}
 	if !notify {

@@ -72,7 +72,7 @@ func (r *rig) outputRun(setting string, c, n int) (outputRow, error) {
 	if err != nil {
 		return row, err
 	}
-	werr := waitFinalised(10*time.Minute, int64(n), a)
+	werr := waitFinished(10*time.Minute, int64(n), a)
 	elapsed := time.Since(a.readyAt())
 	ops := r.counts.ops()
 	var reqs int64

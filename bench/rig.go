@@ -33,14 +33,14 @@ import (
 
 	"github.com/cellos/fleetd/internal/localstore"
 	"github.com/cellos/fleetd/internal/natsserver"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 	"github.com/cellos/fleetd/internal/versitygw"
 )
 
 type rig struct {
 	dir    string
 	server *localstore.Server
-	mode   queue.DeleteMode // the store's, for the raw runs
+	mode   store.DeleteMode // the store's, for the raw runs
 	// On versitygw (the notify scenario's store): nats carries the bucket
 	// events the server publishes; quiet serves the same directory and
 	// publishes nothing, a store that dropped the event.
@@ -167,9 +167,9 @@ func repoRoot() (string, error) {
 // newRig starts the server (a localstore kind) and the proxy; fleetd, if not
 // empty, is the binary to measure instead of one built from ./cmd/fleetd.
 func newRig(dir, fleetd, kind string) (*rig, error) {
-	r := &rig{dir: dir, counts: &counter{byOp: map[opArea]int64{}}, mode: queue.IfMatchDeletes}
+	r := &rig{dir: dir, counts: &counter{byOp: map[opArea]int64{}}, mode: store.IfMatchDeletes}
 	if kind == "minio" {
-		r.mode = queue.VersionedDeletes
+		r.mode = store.VersionedDeletes
 	}
 	data := filepath.Join(dir, "s3")
 	if err := os.MkdirAll(data, 0o700); err != nil {
@@ -324,7 +324,7 @@ func noopSpec(id string, test string) []byte {
 
 // submit puts n specs into pending/ directly (not through the proxy).
 func (r *rig) submit(bucket string, n int, test string) error {
-	store := queue.New(r.direct, bucket, queue.Policy{})
+	storage := store.New(r.direct, bucket, store.Policy{})
 	sem := make(chan struct{}, 32)
 	var wg sync.WaitGroup
 	var firstErr atomic.Value
@@ -335,7 +335,7 @@ func (r *rig) submit(bucket string, n int, test string) error {
 			defer wg.Done()
 			defer func() { <-sem }()
 			id := fmt.Sprintf("spec-%06d", i)
-			if _, err := store.Put(context.Background(), "fleet/pending/"+id+".json", noopSpec(id, test), queue.PutOptions{}); err != nil {
+			if _, err := storage.Put(context.Background(), "fleet/pending/"+id+".json", noopSpec(id, test), store.PutOptions{}); err != nil {
 				firstErr.CompareAndSwap(nil, err)
 			}
 		}()
@@ -351,7 +351,7 @@ func (r *rig) submit(bucket string, n int, test string) error {
 type agent struct {
 	cmd       *exec.Cmd
 	started   time.Time
-	finalised atomic.Int64
+	finished  atomic.Int64
 	connected atomic.Int64   // notify.connected lines
 	lost      atomic.Int64   // notify.lost lines
 	hinted    atomic.Int64   // lister.hinted lines (log level debug only)
@@ -454,8 +454,8 @@ func (r *rig) startAgent(bucket string, settings map[string]string, watchStarts 
 				continue
 			}
 			switch {
-			case rec.Event == "spec.finalised":
-				a.finalised.Add(1)
+			case rec.Event == "spec.finished":
+				a.finished.Add(1)
 			case rec.Event == "notify.connected":
 				a.connected.Add(1)
 			case rec.Event == "notify.lost":
@@ -496,19 +496,19 @@ func (r *rig) startAgent(bucket string, settings map[string]string, watchStarts 
 	return a, nil
 }
 
-// waitFinalised waits until the agents together finalised n specs.
-func waitFinalised(timeout time.Duration, n int64, agents ...*agent) error {
+// waitFinished waits until the agents together finished n specs.
+func waitFinished(timeout time.Duration, n int64, agents ...*agent) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		var got int64
 		for _, a := range agents {
-			got += a.finalised.Load()
+			got += a.finished.Load()
 		}
 		if got >= n {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d of %d specs finalised within %v", got, n, timeout)
+			return fmt.Errorf("%d of %d specs finished within %v", got, n, timeout)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // throughput is one row of scenarios 1 and 2.
@@ -44,7 +44,7 @@ func (r *rig) throughput(c, n int) (throughput, error) {
 	if err != nil {
 		return row, err
 	}
-	werr := waitFinalised(10*time.Minute, int64(n), a)
+	werr := waitFinished(10*time.Minute, int64(n), a)
 	elapsed := time.Since(a.readyAt())
 	reqs := r.counts.total.Load()
 	row.ByOp = perOp(r.counts.ops(), float64(n))
@@ -88,8 +88,8 @@ func (r *rig) rawRun(c, n int, cell func() error) (reqsPerSec, specsPerSec float
 	if err := r.submit(bucket, n, ""); err != nil {
 		return 0, 0, err
 	}
-	store := queue.New(r.proxied, bucket, queue.Policy{})
-	store.SetDeleteMode(r.mode)
+	storage := store.New(r.proxied, bucket, store.Policy{})
+	storage.SetDeleteMode(r.mode)
 	lease := []byte(`{"node":"bench","token":"0123456789abcdef01234567","nonce":"0123456789abcdef01234567","epoch":1,"ttl_ms":60000,"attempts":1,"state":"running","written":"2026-01-01T00:00:00.000000000Z"}`)
 	meta := map[string]string{"fleetd-node": "bench", "fleetd-attempts": "1", "fleetd-token": "0123456789abcdef01234567"}
 	ids := make(chan string, n)
@@ -102,7 +102,7 @@ func (r *rig) rawRun(c, n int, cell func() error) (reqsPerSec, specsPerSec float
 	var wg sync.WaitGroup
 	errs := make(chan error, c)
 	// One LIST, as fleetd's lister makes per page.
-	if err := store.List(context.Background(), "fleet/pending/", func(queue.Page) error { return nil }); err != nil {
+	if err := storage.List(context.Background(), "fleet/pending/", func(store.Page) error { return nil }); err != nil {
 		return 0, 0, err
 	}
 	for range c {
@@ -111,7 +111,7 @@ func (r *rig) rawRun(c, n int, cell func() error) (reqsPerSec, specsPerSec float
 			defer wg.Done()
 			ctx := context.Background()
 			for id := range ids {
-				if err := rawSpec(ctx, store, id, lease, meta, cell); err != nil {
+				if err := rawSpec(ctx, storage, id, lease, meta, cell); err != nil {
 					errs <- err
 					return
 				}
@@ -128,20 +128,20 @@ func (r *rig) rawRun(c, n int, cell func() error) (reqsPerSec, specsPerSec float
 }
 
 // rawSpec is the claim protocol's happy path for one spec.
-func rawSpec(ctx context.Context, s *queue.Store, id string, lease []byte, meta map[string]string, cell func() error) error {
+func rawSpec(ctx context.Context, s *store.Store, id string, lease []byte, meta map[string]string, cell func() error) error {
 	key := func(state string) string { return "fleet/" + state + "/" + id + ".json" }
 	o, err := s.Get(ctx, key("pending"), 1<<20)
 	if err != nil {
 		return err
 	}
-	tag, err := s.Put(ctx, key("leases"), lease, queue.PutOptions{IfAbsent: true})
+	tag, err := s.Put(ctx, key("leases"), lease, store.PutOptions{IfAbsent: true})
 	if err != nil {
 		return err
 	}
 	if _, err := s.Head(ctx, key("pending")); err != nil {
 		return err
 	}
-	claimed, err := s.Put(ctx, key("claimed"), o.Body, queue.PutOptions{Metadata: meta})
+	claimed, err := s.Put(ctx, key("claimed"), o.Body, store.PutOptions{Metadata: meta})
 	if err != nil {
 		return err
 	}
@@ -153,7 +153,7 @@ func rawSpec(ctx context.Context, s *queue.Store, id string, lease []byte, meta 
 			return err
 		}
 	}
-	if _, err := s.Put(ctx, key("completed"), o.Body, queue.PutOptions{Metadata: meta}); err != nil {
+	if _, err := s.Put(ctx, key("completed"), o.Body, store.PutOptions{Metadata: meta}); err != nil {
 		return err
 	}
 	if err := s.Delete(ctx, key("claimed"), claimed); err != nil {
@@ -241,7 +241,7 @@ func (r *rig) scalingRun(n, specs int) (specsPerSec, reqPerSpec float64, err err
 	if err != nil {
 		return 0, 0, err
 	}
-	werr := waitFinalised(10*time.Minute, int64(specs), a)
+	werr := waitFinished(10*time.Minute, int64(specs), a)
 	elapsed := time.Since(a.readyAt())
 	reqPerSpec = float64(countWork(r.counts.ops())) / float64(specs)
 	if _, err := a.stop(); err != nil || werr != nil {
@@ -270,7 +270,7 @@ func (r *rig) pickup(n int) (pickup, error) {
 		return res, err
 	}
 	defer a.stop()
-	store := queue.New(r.direct, bucket, queue.Policy{})
+	storage := store.New(r.direct, bucket, store.Policy{})
 	var lat []time.Duration
 	// Moments drawn on a fixed timeline, one in each window of two poll
 	// intervals: independent of when fleetd polls or last picked a spec up.
@@ -280,7 +280,7 @@ func (r *rig) pickup(n int) (pickup, error) {
 		at := base.Add(time.Duration(i)*window + time.Duration(rand.Int64N(int64(window))))
 		time.Sleep(time.Until(at))
 		id := fmt.Sprintf("pick-%03d", i)
-		if _, err := store.Put(context.Background(), "fleet/pending/"+id+".json", noopSpec(id, ""), queue.PutOptions{}); err != nil {
+		if _, err := storage.Put(context.Background(), "fleet/pending/"+id+".json", noopSpec(id, ""), store.PutOptions{}); err != nil {
 			return res, err
 		}
 		put := time.Now()
@@ -409,14 +409,14 @@ type fleet struct {
 // listCost lists bucket's pending/ n times, one page each as fleetd's lister
 // asks for, and returns the server's and the harness's CPU per LIST.
 func (r *rig) listCost(bucket string, n int) (serverMs, clientMs float64, err error) {
-	store := queue.New(r.proxied, bucket, queue.Policy{})
+	storage := store.New(r.proxied, bucket, store.Policy{})
 	s0, err := readProc(r.server.Pid())
 	if err != nil {
 		return 0, 0, err
 	}
 	c0 := selfCPU()
 	for range n {
-		if err := store.List(context.Background(), "fleet/pending/", func(queue.Page) error { return errStop }); err != nil && !errors.Is(err, errStop) {
+		if err := storage.List(context.Background(), "fleet/pending/", func(store.Page) error { return errStop }); err != nil && !errors.Is(err, errStop) {
 			return 0, 0, err
 		}
 	}
@@ -469,7 +469,7 @@ func (r *rig) fleet(k, n int) (fleet, error) {
 		}
 		agents = append(agents, a)
 	}
-	werr := waitFinalised(10*time.Minute, int64(n), agents...)
+	werr := waitFinished(10*time.Minute, int64(n), agents...)
 	start := agents[0].readyAt()
 	for _, a := range agents[1:] {
 		if t := a.readyAt(); t.Before(start) {

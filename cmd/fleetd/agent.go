@@ -25,9 +25,9 @@ import (
 	"github.com/cellos/fleetd/internal/output"
 	"github.com/cellos/fleetd/internal/pipeline"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/recovery"
 	"github.com/cellos/fleetd/internal/schedule"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // runAgent is the daemon: wire the store, protocol, pipeline, recovery and
@@ -53,8 +53,8 @@ func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) 
 		log.Error("S3 client", "event", "agent.s3_client_failed", "err", err)
 		return 1
 	}
-	layout := queue.NewLayout(cfg.Prefix, cfg.QueueName)
-	store := queue.New(client, cfg.Bucket, s3Policy(cfg, m))
+	layout := store.NewLayout(cfg.Prefix, cfg.QueueName)
+	storage := store.New(client, cfg.Bucket, s3Policy(cfg, m))
 	proto := protocol.New(protocol.Config{
 		Layout:      layout,
 		Node:        cfg.NodeID,
@@ -62,7 +62,7 @@ func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) 
 		MaxAttempts: cfg.MaxAttempts,
 		Logger:      log,
 		Metrics:     m,
-	}, store)
+	}, storage)
 
 	// Signals are counted rather than handled with NotifyContext: the first
 	// starts the drain, a second may cut it short.
@@ -109,8 +109,8 @@ func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) 
 	}
 	work := prog.Runner(runner)
 	lanes := &laneProtocols{protos: map[string]*protocol.Protocol{cfg.QueueName: proto}, make: func(lane string) *protocol.Protocol {
-		return protocol.New(protocol.Config{Layout: queue.NewLayout(cfg.Prefix, lane), Node: cfg.NodeID, TTL: cfg.LeaseTTL,
-			MaxAttempts: cfg.MaxAttempts, Logger: log, Metrics: m}, store)
+		return protocol.New(protocol.Config{Layout: store.NewLayout(cfg.Prefix, lane), Node: cfg.NodeID, TTL: cfg.LeaseTTL,
+			MaxAttempts: cfg.MaxAttempts, Logger: log, Metrics: m}, storage)
 	}}
 	// One lane, or several on one pool of workers (CELLOS_FLEET_LANES):
 	// each lane its own protocol, lister, recovery and session.
@@ -118,7 +118,7 @@ func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) 
 	var rescuers []*recovery.Rescuer
 	served := []*protocol.Protocol{proto}
 	if len(cfg.Lanes) == 0 {
-		p = pipeline.New(pcfg, store, proto, work, d)
+		p = pipeline.New(pcfg, storage, proto, work, d)
 		rescuers = append(rescuers, recovery.New(proto, d, cfg.LeaseTTL, log, nil))
 	} else {
 		var pipes []*pipeline.Pipeline
@@ -128,9 +128,9 @@ func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) 
 			lp := lanes.get(l.Name)
 			served = append(served, lp)
 			lcfg := pcfg
-			lcfg.Layout, lcfg.Lane, lcfg.MultiLane = queue.NewLayout(cfg.Prefix, l.Name), l.Name, true
+			lcfg.Layout, lcfg.Lane, lcfg.MultiLane = store.NewLayout(cfg.Prefix, l.Name), l.Name, true
 			lcfg.Logger = log.With("queue_name", l.Name)
-			pipes = append(pipes, pipeline.New(lcfg, store, lp, work, d))
+			pipes = append(pipes, pipeline.New(lcfg, storage, lp, work, d))
 			weights = append(weights, l.Weight)
 			rescuers = append(rescuers, recovery.New(lp, d, cfg.LeaseTTL, log.With("queue_name", l.Name), nil))
 		}
@@ -138,7 +138,7 @@ func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) 
 	}
 	prog.CountCells(p.Cells)
 	scheduler := schedule.New(schedule.Config{Prefix: cfg.Prefix, Interval: cfg.PollInterval, IdleInterval: max(cfg.PollInterval, time.Minute),
-		MaxSpecBytes: cfg.MaxSpecBytes, Logger: log}, store, lanes)
+		MaxSpecBytes: cfg.MaxSpecBytes, Logger: log}, storage, lanes)
 	beat := ops.HeartbeatConfig{Interval: cfg.Heartbeat, Bucket: cfg.Bucket, Prefix: cfg.Prefix, QueueName: cfg.QueueName,
 		Pool: cfg.PoolID, Concurrency: cfg.Concurrency, InFlight: p.Cells, Logger: log}
 
@@ -178,7 +178,7 @@ func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) 
 	if !ok {
 		return code
 	}
-	store.SetDeleteMode(mode)
+	storage.SetDeleteMode(mode)
 	m.StoreMode(string(mode))
 	log.Info("store self-test passed", "event", "selftest.passed", "mode", string(mode))
 	var started []*protocol.Session
@@ -258,7 +258,7 @@ func startSession(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Sig
 // dialNotify connects to the NATS server of cfg.Notify; nil, nil when
 // notifications are off. The agent's lane and pool share the events, each
 // event going to one of their agents.
-func dialNotify(cfg config.Config, layout queue.Layout, log *slog.Logger, m *metrics.Metrics) (*notify.Source, error) {
+func dialNotify(cfg config.Config, layout store.Layout, log *slog.Logger, m *metrics.Metrics) (*notify.Source, error) {
 	n := cfg.Notify
 	if n.URL == "" {
 		return nil, nil
@@ -277,9 +277,9 @@ func dialNotify(cfg config.Config, layout queue.Layout, log *slog.Logger, m *met
 		URL:       n.URL,
 		Subject:   n.Subject,
 		Bucket:    cfg.Bucket,
-		Dir:       layout.Dir(queue.Pending),
+		Dir:       layout.Dir(store.Pending),
 		URLKeys:   n.URLKeys,
-		Group:     layout.Dir(queue.Pending) + "\x00" + cfg.PoolID,
+		Group:     layout.Dir(store.Pending) + "\x00" + cfg.PoolID,
 		Options:   opts,
 		Logger:    log,
 		Counted:   m.NotifyEvent,
@@ -319,7 +319,7 @@ func awaitDrain(cfg config.Config, log *slog.Logger, sigs <-chan os.Signal, d *d
 // mode it chose. A definite failure stops fleetd with exit 2; no answer is
 // retried with backoff (the store or the network may still be coming up),
 // and a signal meanwhile exits 0.
-func selfTest(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal) (mode queue.DeleteMode, code int, ok bool) {
+func selfTest(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Signal) (mode store.DeleteMode, code int, ok bool) {
 	ctx, cancel := untilSignal(sigs)
 	defer cancel()
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {

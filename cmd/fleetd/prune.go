@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/admin"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // pruneFlags are fleetd prune's own flags.
@@ -35,15 +35,15 @@ var pruneTool = toolOf[pruneFlags]{
 			return fmt.Errorf("unexpected argument %q", args[0])
 		case tf.olderThan <= 0:
 			return fmt.Errorf("--older-than is required")
-		case tf.state != "" && tf.state != string(queue.Completed) && tf.state != string(queue.Failed):
+		case tf.state != "" && tf.state != string(store.Completed) && tf.state != string(store.Failed):
 			return fmt.Errorf("--state is completed or failed, not %q", tf.state)
 		}
 		return nil
 	},
 	run: func(ctx context.Context, t *toolEnv, f *pruneFlags, _ []string) (any, error) {
-		states := []queue.State{queue.Completed, queue.Failed}
+		states := []store.Area{store.Completed, store.Failed}
 		if f.state != "" {
-			states = []queue.State{queue.State(f.state)}
+			states = []store.Area{store.Area(f.state)}
 		}
 		return t.admin.Prune(ctx, states, time.Duration(f.olderThan), f.dryRun)
 	},

@@ -14,7 +14,7 @@ import (
 
 	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/metrics"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // The S3 client is built here for the agent and the queue tools alike, from
@@ -51,9 +51,9 @@ func newS3Client(cfg config.Config, getenv func(string) string, m *metrics.Metri
 		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 		o.DisableLogOutputChecksumValidationSkipped = true
 		if limiter != nil {
-			o.APIOptions = append(o.APIOptions, queue.RateLimit(limiter, m.RateLimitWaited))
+			o.APIOptions = append(o.APIOptions, store.RateLimit(limiter, m.RateLimitWaited))
 		}
-		o.APIOptions = append(o.APIOptions, queue.Observe(func(operation string, status int, d time.Duration) {
+		o.APIOptions = append(o.APIOptions, store.Observe(func(operation string, status int, d time.Duration) {
 			m.S3Request(operation, status, d)
 			for _, f := range attempts {
 				f(status)
@@ -73,6 +73,6 @@ func redactURL(raw string) string {
 }
 
 // s3Policy is the store's retry policy from the settings.
-func s3Policy(cfg config.Config, m *metrics.Metrics) queue.Policy {
-	return queue.Policy{Attempts: cfg.S3Attempts, Timeout: cfg.S3Timeout, SlowDown: m.SlowDown}
+func s3Policy(cfg config.Config, m *metrics.Metrics) store.Policy {
+	return store.Policy{Attempts: cfg.S3Attempts, Timeout: cfg.S3Timeout, SlowDown: m.SlowDown}
 }

@@ -23,7 +23,7 @@ import (
 	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // tool is one subcommand, whatever its flags.
@@ -95,7 +95,7 @@ type toolEnv struct {
 	user  string // who runs the tool, for records of what it did
 	// For a tool that serves (ui): the store it reads, the environment
 	// (secrets are not flags) and where it logs.
-	store  *queue.Store
+	store  *store.Store
 	getenv func(string) string
 	stderr io.Writer
 }
@@ -147,18 +147,18 @@ func runTool(name string, t tool, args []string, getenv func(string) string, std
 	if err != nil {
 		return fail(stderr, err)
 	}
-	store := queue.New(client, cfg.Bucket, s3Policy(cfg, m))
-	layout := queue.NewLayout(cfg.Prefix, cfg.QueueName)
+	storage := store.New(client, cfg.Bucket, s3Policy(cfg, m))
+	layout := store.NewLayout(cfg.Prefix, cfg.QueueName)
 	proto := protocol.New(protocol.Config{Layout: layout, Node: cfg.NodeID, TTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts,
-		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}, store)
-	env := &toolEnv{cfg: cfg, admin: admin.New(store, proto, layout, cfg.MaxSpecBytes), stdin: stdin, user: getenv("USER"),
-		store: store, getenv: getenv, stderr: stderr}
+		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}, storage)
+	env := &toolEnv{cfg: cfg, admin: admin.New(storage, proto, layout, cfg.MaxSpecBytes), stdin: stdin, user: getenv("USER"),
+		store: storage, getenv: getenv, stderr: stderr}
 	if !t.readOnly() {
 		mode, err := proto.SelfTest(context.Background())
 		if err != nil {
 			return fail(stderr, env.cause(fmt.Errorf("store self-test: %w", err)))
 		}
-		store.SetDeleteMode(mode)
+		storage.SetDeleteMode(mode)
 	}
 	result, err := cmd.run(context.Background(), env, cl.args)
 	if result != nil {
@@ -203,9 +203,9 @@ func printToolUsage(w io.Writer, name string, t tool) {
 func (t *toolEnv) cause(err error) error {
 	var netErr *net.OpError
 	switch {
-	case errors.Is(err, queue.ErrNoSuchBucket):
+	case errors.Is(err, store.ErrNoSuchBucket):
 		return fmt.Errorf("bucket %q does not exist (%s): %w", t.cfg.Bucket, config.Bucket, err)
-	case errors.Is(err, queue.ErrAccessDenied):
+	case errors.Is(err, store.ErrAccessDenied):
 		return fmt.Errorf("access denied to bucket %q (check the AWS credentials): %w", t.cfg.Bucket, err)
 	case errors.As(err, &netErr):
 		return fmt.Errorf("cannot reach the S3 endpoint (%s): %w", cmp.Or(redactURL(t.cfg.Endpoint), "AWS"), err)

@@ -11,7 +11,7 @@ import (
 	"syscall"
 
 	"github.com/cellos/fleetd/internal/config"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 	"github.com/cellos/fleetd/internal/ui"
 )
 
@@ -51,7 +51,7 @@ var uiTool = toolOf[uiFlags]{
 		log := newLogger(t.cfg, t.stderr).With("node", t.cfg.NodeID)
 		srv, err := ui.New(ui.Config{
 			Store:         t.store,
-			Layout:        queue.NewLayout(t.cfg.Prefix, t.cfg.QueueName),
+			Layout:        store.NewLayout(t.cfg.Prefix, t.cfg.QueueName),
 			Bucket:        t.cfg.Bucket,
 			Prefix:        t.cfg.Prefix,
 			Lane:          t.cfg.QueueName,

@@ -18,20 +18,20 @@ import (
 	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/gate"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/queueview"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Store is the S3 queue as the tools use it: the read model's reads and the
-// writes of pause, resume and prune. *queue.Store implements it.
+// writes of pause, resume and prune. *store.Store implements it.
 type Store interface {
 	queueview.Store
-	Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error)
+	Put(ctx context.Context, key string, body []byte, opt store.PutOptions) (string, error)
 	Delete(ctx context.Context, key, ifMatch string) error
 	Dirs(ctx context.Context, prefix string) ([]string, error)
 }
 
-var _ Store = (*queue.Store)(nil)
+var _ Store = (*store.Store)(nil)
 
 // ErrUsage marks an error in how a tool was called.
 var ErrUsage = errors.New("usage")
@@ -44,13 +44,13 @@ func usagef(format string, args ...any) error {
 type Admin struct {
 	store        Store
 	proto        *protocol.Protocol
-	layout       queue.Layout
+	layout       store.Layout
 	maxSpecBytes int64
 }
 
 // New returns the tools for layout on store.
-func New(store Store, proto *protocol.Protocol, layout queue.Layout, maxSpecBytes int64) *Admin {
-	return &Admin{store: store, proto: proto, layout: layout, maxSpecBytes: maxSpecBytes}
+func New(storage Store, proto *protocol.Protocol, layout store.Layout, maxSpecBytes int64) *Admin {
+	return &Admin{store: storage, proto: proto, layout: layout, maxSpecBytes: maxSpecBytes}
 }
 
 // SpecFile is a spec to submit: its bytes and where they came from (a file
@@ -112,25 +112,25 @@ func (a *Admin) SubmitWith(ctx context.Context, files []SpecFile, id string, opt
 			return done, err
 		}
 		if !opt.NotBefore.IsZero() {
-			if n := len(a.layout.DelayedKey(sid, opt.NotBefore)); n > queue.MaxKeyBytes {
-				return done, fmt.Errorf("submit %s: id %q: its delayed key would be %d bytes, over S3's limit of %d", f.Name, sid, n, queue.MaxKeyBytes)
+			if n := len(a.layout.DelayedKey(sid, opt.NotBefore)); n > store.MaxKeyBytes {
+				return done, fmt.Errorf("submit %s: id %q: its delayed key would be %d bytes, over S3's limit of %d", f.Name, sid, n, store.MaxKeyBytes)
 			}
 		}
 		specs = append(specs, spec{sid, f.Body})
 	}
 	for _, s := range specs {
 		if !replace {
-			for _, st := range []queue.State{queue.Pending, queue.Claimed} {
+			for _, st := range []store.Area{store.Pending, store.Claimed} {
 				_, err := a.store.Head(ctx, a.layout.Key(st, s.id))
 				if err == nil {
 					return done, fmt.Errorf("submit: spec %s is already in %s/; use --replace to overwrite it", s.id, st)
 				}
-				if !errors.Is(err, queue.ErrNotFound) {
+				if !errors.Is(err, store.ErrNotFound) {
 					return done, fmt.Errorf("submit %s: %w", s.id, err)
 				}
 			}
 		}
-		key := a.layout.Key(queue.Pending, s.id)
+		key := a.layout.Key(store.Pending, s.id)
 		popt := protocol.SubmitOptions{Replace: replace, NotBefore: opt.NotBefore}
 		if opt.Retries >= 0 {
 			popt.Metadata = protocol.RetryLimitMetadata(opt.Retries)
@@ -175,11 +175,11 @@ func (a *Admin) check(f SpecFile, id string) (string, error) {
 	if id == "" {
 		return "", usagef("submit %s: no spec id: give --id or spec.id", f.Name)
 	}
-	if err := a.layout.CheckID(id); errors.Is(err, queue.ErrIDTooLong) {
+	if err := a.layout.CheckID(id); errors.Is(err, store.ErrIDTooLong) {
 		// fleetd leaves such a key alone: refuse it here rather than let it sit.
 		return "", fmt.Errorf("submit %s: spec id of %d bytes is too long for this queue: %w", f.Name, len(id), err)
 	}
-	if _, ok := a.layout.ID(queue.Pending, a.layout.Key(queue.Pending, id)); !ok || strings.ContainsAny(id, " \t\n") {
+	if _, ok := a.layout.ID(store.Pending, a.layout.Key(store.Pending, id)); !ok || strings.ContainsAny(id, " \t\n") {
 		return "", fmt.Errorf("submit %s: %q is not a usable spec id (no '/', no spaces)", f.Name, id)
 	}
 	return id, nil
@@ -272,12 +272,12 @@ func (a *Admin) Requeue(ctx context.Context, ids []string, all bool, olderThan t
 		return done, usagef("requeue: --older-than goes with --failed")
 	}
 	if all {
-		err := a.store.List(ctx, a.layout.Dir(queue.Failed), func(p queue.Page) error {
+		err := a.store.List(ctx, a.layout.Dir(store.Failed), func(p store.Page) error {
 			for _, o := range p.Objects {
 				// Without --older-than, every one: the Date of the listing has
 				// whole seconds, so a record of this second can look younger
 				// than new.
-				if id, ok := a.layout.ID(queue.Failed, o.Key); ok && (olderThan == 0 || p.ServerTime.Sub(o.LastModified) >= olderThan) {
+				if id, ok := a.layout.ID(store.Failed, o.Key); ok && (olderThan == 0 || p.ServerTime.Sub(o.LastModified) >= olderThan) {
 					ids = append(ids, id)
 				}
 			}
@@ -290,7 +290,7 @@ func (a *Admin) Requeue(ctx context.Context, ids []string, all bool, olderThan t
 	for _, id := range ids {
 		err := a.proto.Requeue(ctx, id)
 		switch {
-		case errors.Is(err, queue.ErrNotFound):
+		case errors.Is(err, store.ErrNotFound):
 			return done, fmt.Errorf("requeue: spec %s is not in failed/", id)
 		case errors.Is(err, protocol.ErrHeld):
 			return done, fmt.Errorf("requeue: spec %s is in flight; try again when it has finished", id)
@@ -316,33 +316,33 @@ var ErrNoSpec = errors.New("no such spec")
 // Inspect finds a spec in every state.
 func (a *Admin) Inspect(ctx context.Context, id string) (Inspection, error) {
 	res := Inspection{ID: id, States: []string{}, Record: map[string]string{}, Lease: json.RawMessage("null")}
-	for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed} {
+	for _, st := range []store.Area{store.Pending, store.Claimed, store.Completed, store.Failed} {
 		o, err := a.store.Head(ctx, a.layout.Key(st, id))
-		if errors.Is(err, queue.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			continue
 		}
 		if err != nil {
 			return res, fmt.Errorf("inspect: %w", err)
 		}
 		res.States = append(res.States, string(st))
-		if len(o.Metadata) > 0 && (len(res.Record) == 0 || st == queue.Completed || st == queue.Failed) {
+		if len(o.Metadata) > 0 && (len(res.Record) == 0 || st == store.Completed || st == store.Failed) {
 			res.Record = o.Metadata
 		}
 	}
-	l, err := a.store.Get(ctx, a.layout.Key(queue.Leases, id), protocol.MaxLeaseBytes)
+	l, err := a.store.Get(ctx, a.layout.Key(store.Leases, id), protocol.MaxLeaseBytes)
 	switch {
 	case err == nil:
 		res.Lease = l.Body
-	case !errors.Is(err, queue.ErrNotFound):
+	case !errors.Is(err, store.ErrNotFound):
 		return res, fmt.Errorf("inspect: %w", err)
 	}
 	if len(res.States) == 0 && err != nil {
 		// A HEAD answers a bare 404 for a missing bucket too; a listing says which.
-		err := a.store.List(ctx, a.layout.Dir(queue.Pending), func(queue.Page) error { return errFirstPage })
+		err := a.store.List(ctx, a.layout.Dir(store.Pending), func(store.Page) error { return errFirstPage })
 		if err != nil && !errors.Is(err, errFirstPage) {
 			return res, fmt.Errorf("inspect: %w", err)
 		}
-		return res, fmt.Errorf("inspect: spec %s not found under %s: %w", id, strings.TrimSuffix(a.layout.Dir(queue.Pending), "pending/"), ErrNoSpec)
+		return res, fmt.Errorf("inspect: spec %s not found under %s: %w", id, strings.TrimSuffix(a.layout.Dir(store.Pending), "pending/"), ErrNoSpec)
 	}
 	return res, nil
 }
@@ -362,15 +362,15 @@ type Pruned struct {
 // lease, only if it is still the version listed and still that old (see
 // protocol.Prune): a fresh result of an identical rerun is never taken for
 // the one judged. Up to pruneWorkers at once. With dryRun it only counts.
-func (a *Admin) Prune(ctx context.Context, states []queue.State, olderThan time.Duration, dryRun bool) ([]Pruned, error) {
+func (a *Admin) Prune(ctx context.Context, states []store.Area, olderThan time.Duration, dryRun bool) ([]Pruned, error) {
 	res := []Pruned{}
 	for _, st := range states {
-		if st != queue.Completed && st != queue.Failed {
+		if st != store.Completed && st != store.Failed {
 			return res, usagef("prune: --state is completed or failed, not %q", st)
 		}
 		p := Pruned{State: string(st)}
-		err := a.store.List(ctx, a.layout.Dir(st), func(page queue.Page) error {
-			var old []queue.Object
+		err := a.store.List(ctx, a.layout.Dir(st), func(page store.Page) error {
+			var old []store.Object
 			for _, o := range page.Objects {
 				if _, ok := a.layout.ID(st, o.Key); ok && page.ServerTime.Sub(o.LastModified) > olderThan {
 					old = append(old, o)
@@ -398,7 +398,7 @@ const pruneWorkers = 16
 
 // pruneAll prunes objs and returns how many it deleted. One that changed or
 // is in flight is left; any other failure is returned, after the rest.
-func (a *Admin) pruneAll(ctx context.Context, objs []queue.Object, olderThan time.Duration) (int, error) {
+func (a *Admin) pruneAll(ctx context.Context, objs []store.Object, olderThan time.Duration) (int, error) {
 	var deleted atomic.Int64
 	wp := pool.New().WithErrors().WithMaxGoroutines(pruneWorkers)
 	for _, o := range objs {
@@ -443,7 +443,7 @@ func (a *Admin) Pause(ctx context.Context, prefix string, all bool, by string) (
 	body, _ := json.Marshal(pause{By: by, At: time.Now().UTC().Format(time.RFC3339)})
 	done := []string{}
 	for _, l := range lanes {
-		if _, err := a.store.Put(ctx, l.PauseKey(), body, queue.PutOptions{}); err != nil {
+		if _, err := a.store.Put(ctx, l.PauseKey(), body, store.PutOptions{}); err != nil {
 			return done, fmt.Errorf("pause %s: %w", l.Base(), err)
 		}
 		done = append(done, l.Base())
@@ -470,29 +470,29 @@ func (a *Admin) Resume(ctx context.Context, prefix string, all bool) ([]string, 
 
 // lanes is this admin's lane, or with all the flat layout under prefix and
 // every queue lane found below it (a directory holding a pending/).
-func (a *Admin) lanes(ctx context.Context, prefix string, all bool) ([]queue.Layout, error) {
+func (a *Admin) lanes(ctx context.Context, prefix string, all bool) ([]store.Layout, error) {
 	if !all {
-		return []queue.Layout{a.layout}, nil
+		return []store.Layout{a.layout}, nil
 	}
-	flat := queue.NewLayout(prefix, "")
-	root := strings.TrimSuffix(flat.Dir(queue.Pending), "pending/")
+	flat := store.NewLayout(prefix, "")
+	root := strings.TrimSuffix(flat.Dir(store.Pending), "pending/")
 	dirs, err := a.store.Dirs(ctx, root)
 	if err != nil {
 		return nil, err
 	}
-	lanes := []queue.Layout{flat}
+	lanes := []store.Layout{flat}
 	for _, d := range dirs {
 		name := strings.TrimSuffix(strings.TrimPrefix(d, root), "/")
-		switch queue.State(name) {
-		case queue.Pending, queue.Claimed, queue.Completed, queue.Failed, queue.Leases, "recovery", "selftest":
+		switch store.Area(name) {
+		case store.Pending, store.Claimed, store.Completed, store.Failed, store.Leases, "recovery", "selftest":
 			continue
 		}
-		lane := queue.NewLayout(prefix, name)
+		lane := store.NewLayout(prefix, name)
 		sub, err := a.store.Dirs(ctx, d)
 		if err != nil {
 			return nil, err
 		}
-		if slices.Contains(sub, lane.Dir(queue.Pending)) {
+		if slices.Contains(sub, lane.Dir(store.Pending)) {
 			lanes = append(lanes, lane)
 		}
 	}
@@ -500,10 +500,10 @@ func (a *Admin) lanes(ctx context.Context, prefix string, all bool) ([]queue.Lay
 }
 
 // pausedBy reads the lane's pause marker: who paused it, "" if nobody did.
-func (a *Admin) pausedBy(ctx context.Context, l queue.Layout) (string, error) {
+func (a *Admin) pausedBy(ctx context.Context, l store.Layout) (string, error) {
 	o, err := a.store.Get(ctx, l.PauseKey(), 4<<10)
 	switch {
-	case errors.Is(err, queue.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		return "", nil
 	case err != nil:
 		return "", err

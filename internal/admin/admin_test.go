@@ -10,25 +10,25 @@ import (
 	"testing"
 
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/queueview"
 	"github.com/cellos/fleetd/internal/s3mem"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // setup returns the tools on an in-memory store holding keys (empty
 // objects), with a real protocol.
 func setup(t *testing.T, maxSpecBytes int64, keys ...string) (*Admin, *s3mem.Store) {
 	t.Helper()
-	store := s3mem.New(s3mem.Quirks{})
+	storage := s3mem.New(s3mem.Quirks{})
 	for _, k := range keys {
-		if _, err := store.Put(context.Background(), k, []byte("{}"), queue.PutOptions{}); err != nil {
+		if _, err := storage.Put(context.Background(), k, []byte("{}"), store.PutOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	layout := queue.NewLayout("fleet", "")
+	layout := store.NewLayout("fleet", "")
 	proto := protocol.New(protocol.Config{Layout: layout, Node: "tool", TTL: protocol.MinTTL, MaxAttempts: 3,
-		Logger: slog.New(slog.DiscardHandler)}, store)
-	return New(store, proto, layout, maxSpecBytes), store
+		Logger: slog.New(slog.DiscardHandler)}, storage)
+	return New(storage, proto, layout, maxSpecBytes), storage
 }
 
 // keys returns the keys under prefix.
@@ -59,13 +59,13 @@ func TestSubmitRules(t *testing.T) {
 		{"too large", []SpecFile{{"a.json", []byte(`{"spec":{"id":"` + strings.Repeat("x", 100) + `"}}`)}}, "", nil, "over CELLOS_FLEET_MAX_SPEC_BYTES"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			a, store := setup(t, 64)
+			a, storage := setup(t, 64)
 			got, err := a.Submit(ctx, tt.files, tt.id, false)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("Submit = %v, want an error with %q", err, tt.wantErr)
 				}
-				if got := keys(store, ""); len(got) != 0 {
+				if got := keys(storage, ""); len(got) != 0 {
 					t.Errorf("a refused submit wrote %v", got)
 				}
 				return
@@ -73,7 +73,7 @@ func TestSubmitRules(t *testing.T) {
 			if err != nil || len(got) != len(tt.wantIDs) || got[0].ID != tt.wantIDs[0] {
 				t.Fatalf("Submit = %v, %v; want ids %v", got, err, tt.wantIDs)
 			}
-			if got, want := keys(store, ""), []string{"fleet/pending/" + tt.wantIDs[0] + ".json"}; !slices.Equal(got, want) {
+			if got, want := keys(storage, ""), []string{"fleet/pending/" + tt.wantIDs[0] + ".json"}; !slices.Equal(got, want) {
 				t.Errorf("objects after submit = %v, want %v (the lease deleted)", got, want)
 			}
 		})
@@ -98,11 +98,11 @@ type pagedStore struct {
 	pages int
 }
 
-func (p *pagedStore) List(_ context.Context, prefix string, fn func(queue.Page) error) error {
+func (p *pagedStore) List(_ context.Context, prefix string, fn func(store.Page) error) error {
 	for start := 0; start < p.n; start += 1000 {
-		page := queue.Page{}
+		page := store.Page{}
 		for i := start; i < min(start+1000, p.n); i++ {
-			page.Objects = append(page.Objects, queue.Object{Key: prefix + "k" + strconv.Itoa(i) + ".json"})
+			page.Objects = append(page.Objects, store.Object{Key: prefix + "k" + strconv.Itoa(i) + ".json"})
 		}
 		p.pages++
 		if err := fn(page); err != nil {
@@ -114,7 +114,7 @@ func (p *pagedStore) List(_ context.Context, prefix string, fn func(queue.Page) 
 
 func TestStatusCountsAreBounded(t *testing.T) {
 	s := &pagedStore{Store: s3mem.New(s3mem.Quirks{}), n: 3 * queueview.KeyLimit}
-	a := New(s, nil, queue.NewLayout("fleet", ""), 1<<20)
+	a := New(s, nil, store.NewLayout("fleet", ""), 1<<20)
 	st, err := a.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +131,7 @@ func TestStatusCountsAreBounded(t *testing.T) {
 // TestPauseAllFindsEveryLane: --all pauses the flat layout and each lane that
 // has a pending/, and nothing that is one of the layout's own directories.
 func TestPauseAllFindsEveryLane(t *testing.T) {
-	a, store := setup(t, 1<<20,
+	a, storage := setup(t, 1<<20,
 		"fleet/pending/a.json", "fleet/completed/b.json", "fleet/leases/c.json",
 		"fleet/gpu/pending/d.json", "fleet/cpu/pending/e.json", "fleet/notalane/x",
 		"fleet/recovery/scan.json")
@@ -141,14 +141,14 @@ func TestPauseAllFindsEveryLane(t *testing.T) {
 		t.Fatalf("Pause --all = %v, %v; want fleet, fleet/cpu, fleet/gpu", lanes, err)
 	}
 	for _, k := range []string{"fleet/pending/!paused", "fleet/gpu/pending/!paused", "fleet/cpu/pending/!paused"} {
-		if !slices.Contains(keys(store, ""), k) {
+		if !slices.Contains(keys(storage, ""), k) {
 			t.Errorf("no marker %s", k)
 		}
 	}
 	if _, err := a.Resume(context.Background(), "fleet", true); err != nil {
 		t.Fatal(err)
 	}
-	if slices.Contains(keys(store, ""), "fleet/gpu/pending/!paused") {
+	if slices.Contains(keys(storage, ""), "fleet/gpu/pending/!paused") {
 		t.Error("resume --all left a marker")
 	}
 }

@@ -8,7 +8,7 @@ import (
 
 	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // ErrNoOutput: the spec has no output object.
@@ -34,7 +34,7 @@ func (a *Admin) Output(ctx context.Context, id string) (SpecOutput, error) {
 	key := a.layout.OutputKey(id)
 	o, err := a.store.Get(ctx, key, config.MaxOutputBytes) // the largest output an agent writes
 	switch {
-	case errors.Is(err, queue.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		return SpecOutput{}, fmt.Errorf("logs: spec %s has no output at %s (not finished yet, run with output off, cancelled, rejected or pruned): %w", id, key, ErrNoOutput)
 	case err != nil:
 		return SpecOutput{}, fmt.Errorf("logs: read %s: %w", key, err)

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/schedule"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // ScheduleInfo is one schedule, for fleetd schedule ls.
@@ -37,7 +37,7 @@ func (a *Admin) AddSchedule(ctx context.Context, prefix, queueName, name, expr s
 	if err != nil {
 		return ScheduleInfo{}, usagef("schedule add: --cron: %v", err)
 	}
-	layout := queue.NewLayout(prefix, queueName)
+	layout := store.NewLayout(prefix, queueName)
 	if err := layout.CheckID(schedule.SpecID(name, time.Now())); err != nil {
 		return ScheduleInfo{}, usagef("schedule add: name %q: its specs' ids cannot be keys: %v", name, err)
 	}
@@ -45,12 +45,12 @@ func (a *Admin) AddSchedule(ctx context.Context, prefix, queueName, name, expr s
 		return ScheduleInfo{}, err
 	}
 	key := schedule.DefKey(prefix, name)
-	_, err = a.store.Put(ctx, key, f.Body, queue.PutOptions{IfAbsent: true,
+	_, err = a.store.Put(ctx, key, f.Body, store.PutOptions{IfAbsent: true,
 		Metadata: map[string]string{schedule.MetaCron: strings.TrimSpace(expr), schedule.MetaQueue: strings.TrimSpace(queueName)}})
-	if errors.Is(err, queue.ErrPrecondition) && !errors.Is(err, queue.ErrUnknown) {
+	if errors.Is(err, store.ErrPrecondition) && !errors.Is(err, store.ErrUnknown) {
 		return ScheduleInfo{}, fmt.Errorf("schedule add: %s exists; remove it first (fleetd schedule rm %s)", name, name)
 	}
-	if err != nil && !errors.Is(err, queue.ErrPrecondition) {
+	if err != nil && !errors.Is(err, store.ErrPrecondition) {
 		return ScheduleInfo{}, fmt.Errorf("schedule add %s: %w", key, err)
 	}
 	return ScheduleInfo{Name: name, Cron: strings.TrimSpace(expr), Queue: strings.TrimSpace(queueName), Next: e.Next(time.Now())}, nil
@@ -62,7 +62,7 @@ func (a *Admin) Schedules(ctx context.Context, prefix string) ([]ScheduleInfo, e
 	dir := schedule.Dir(prefix)
 	var names []string
 	markers := map[string]bool{}
-	err := a.store.List(ctx, dir, func(p queue.Page) error {
+	err := a.store.List(ctx, dir, func(p store.Page) error {
 		for _, o := range p.Objects {
 			rest := strings.TrimPrefix(o.Key, dir)
 			if n, ok := strings.CutSuffix(rest, ".json"); ok && schedule.CheckName(n) == nil {
@@ -79,7 +79,7 @@ func (a *Admin) Schedules(ctx context.Context, prefix string) ([]ScheduleInfo, e
 	out := []ScheduleInfo{}
 	for _, n := range names {
 		h, err := a.store.Head(ctx, schedule.DefKey(prefix, n))
-		if errors.Is(err, queue.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			continue // removed since the listing
 		}
 		if err != nil {
@@ -118,13 +118,13 @@ func (a *Admin) RemoveSchedule(ctx context.Context, prefix, name string) error {
 	}
 	key := schedule.DefKey(prefix, name)
 	h, err := a.store.Head(ctx, key)
-	if errors.Is(err, queue.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("schedule rm: no schedule %s", name)
 	} else if err != nil {
 		return fmt.Errorf("schedule rm %s: %w", key, err)
 	}
 	// The version read: one added again meanwhile stays.
-	if err := a.store.Delete(ctx, key, h.ETag); err != nil && !errors.Is(err, queue.ErrNotFound) {
+	if err := a.store.Delete(ctx, key, h.ETag); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("schedule rm %s: %w", key, err)
 	}
 	return nil

@@ -47,7 +47,7 @@ type Config struct {
 	After func(time.Duration) <-chan time.Time
 	// PauseKey, if listed, pauses the lane: the lister hands out nothing while
 	// a listing shows it. It sorts before the ids it holds back (see
-	// queue.Layout.PauseKey), so it is seen on the first page.
+	// store.Layout.PauseKey), so it is seen on the first page.
 	PauseKey string
 	// Paused, if set, is told after each listing whether the lane is paused.
 	Paused func(paused bool)

@@ -7,7 +7,7 @@ import (
 
 	"github.com/cellos/fleetd/internal/lister"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // promotions moves the delayed specs a listing of pending/ finds due to
@@ -27,7 +27,7 @@ func newPromotions(ctx context.Context, p *Pipeline) *promotions {
 
 // due promotes the delayed spec o if its time has come, and returns the
 // pending/ entry it made. serverTime is the listing's Date (zero: unknown).
-func (pr *promotions) due(o queue.Object, serverTime time.Time) (lister.Entry, bool) {
+func (pr *promotions) due(o store.Object, serverTime time.Time) (lister.Entry, bool) {
 	p := pr.p
 	id, due, err := p.cfg.Layout.ParseDelayed(o.Key)
 	if err != nil {
@@ -45,7 +45,7 @@ func (pr *promotions) due(o queue.Object, serverTime time.Time) (lister.Entry, b
 	log := p.log.With("spec_id", id)
 	etag, err := p.proto.Promote(pr.ctx, p.drain.Intake().Done(), o.Key, now)
 	switch {
-	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrPending), errors.Is(err, queue.ErrNotFound):
+	case errors.Is(err, protocol.ErrHeld), errors.Is(err, protocol.ErrPending), errors.Is(err, store.ErrNotFound):
 		// In flight, pending already (a resubmission: the delayed spec
 		// waits for it to go), or promoted elsewhere.
 		log.Debug("delayed spec not promoted", "event", "promote.skipped", "key", o.Key, "err", err)
@@ -56,5 +56,5 @@ func (pr *promotions) due(o queue.Object, serverTime time.Time) (lister.Entry, b
 		}
 		return lister.Entry{}, false
 	}
-	return lister.Entry{Key: p.cfg.Layout.Key(queue.Pending, id), ETag: etag}, true
+	return lister.Entry{Key: p.cfg.Layout.Key(store.Pending, id), ETag: etag}, true
 }

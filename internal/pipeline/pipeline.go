@@ -20,17 +20,17 @@ import (
 	"github.com/cellos/fleetd/internal/lister"
 	"github.com/cellos/fleetd/internal/metrics"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
-// Store is the S3 queue as the pipeline reads it; *queue.Store implements
+// Store is the S3 queue as the pipeline reads it; *store.Store implements
 // it. Every write goes through the protocol.
 type Store interface {
-	queue.Lister
-	queue.Getter
+	store.Lister
+	store.Getter
 }
 
-var _ Store = (*queue.Store)(nil)
+var _ Store = (*store.Store)(nil)
 
 // Runner runs the supervisor on one spec file, calling started (if not nil)
 // once it runs; *exec.Runner implements it.
@@ -62,7 +62,7 @@ var _ intake = (*lister.Lister)(nil)
 type Config struct {
 	Node         string
 	Pool         string
-	Layout       queue.Layout
+	Layout       store.Layout
 	Concurrency  int
 	PollInterval time.Duration
 	MaxSpecBytes int64
@@ -119,19 +119,19 @@ type Pipeline struct {
 
 // New returns a pipeline. It starts nothing until Run. A nil cfg.Metrics gets
 // a private set nobody serves.
-func New(cfg Config, store Store, proto *protocol.Protocol, runner Runner, d *drain.Drainer) *Pipeline {
-	return newPipeline(cfg, store, claims{proto}, runner, d)
+func New(cfg Config, storage Store, proto *protocol.Protocol, runner Runner, d *drain.Drainer) *Pipeline {
+	return newPipeline(cfg, storage, claims{proto}, runner, d)
 }
 
-func newPipeline(cfg Config, store Store, proto Protocol, runner Runner, d *drain.Drainer) *Pipeline {
+func newPipeline(cfg Config, storage Store, proto Protocol, runner Runner, d *drain.Drainer) *Pipeline {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New(cfg.Concurrency, "", "")
 	}
-	p := &Pipeline{cfg: cfg, store: store, proto: proto, runner: runner, drain: d, log: cfg.Logger, m: cfg.Metrics,
+	p := &Pipeline{cfg: cfg, store: storage, proto: proto, runner: runner, drain: d, log: cfg.Logger, m: cfg.Metrics,
 		host: newHost(cfg.PollInterval, cfg.Logger, cfg.Metrics), idle: newIdleWorkers()}
 	p.lister = lister.New(lister.Config{
 		List:     p.listPending,
-		ID:       func(key string) (string, error) { return cfg.Layout.ParseID(queue.Pending, key) },
+		ID:       func(key string) (string, error) { return cfg.Layout.ParseID(store.Pending, key) },
 		Interval: cfg.PollInterval,
 		Logger:   cfg.Logger,
 		Bounced:  cfg.Metrics.ListingBounced,
@@ -220,7 +220,7 @@ func (p *Pipeline) listPending(ctx context.Context, fn func([]lister.Entry) erro
 		p.m.QueueDepth(count, oldest)
 	}()
 	promote := newPromotions(ctx, p)
-	return p.store.List(ctx, p.cfg.Layout.Dir(queue.Pending), func(page queue.Page) error {
+	return p.store.List(ctx, p.cfg.Layout.Dir(store.Pending), func(page store.Page) error {
 		now := time.Now()
 		p.polled.Store(now.UnixNano())
 		p.m.Polled(now)
@@ -234,7 +234,7 @@ func (p *Pipeline) listPending(ctx context.Context, fn func([]lister.Entry) erro
 				continue
 			}
 			entries = append(entries, lister.Entry{Key: o.Key, ETag: o.ETag})
-			if _, err := p.cfg.Layout.ParseID(queue.Pending, o.Key); err == nil {
+			if _, err := p.cfg.Layout.ParseID(store.Pending, o.Key); err == nil {
 				count++
 				oldest = max(oldest, page.ServerTime.Sub(o.LastModified))
 			}

@@ -7,7 +7,7 @@ import (
 
 	"github.com/cellos/fleetd/internal/exec"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 func TestFailedRunIsRetriedWhileRetriesAreLeft(t *testing.T) {
@@ -31,7 +31,7 @@ func TestFailedRunIsRetriedWhileRetriesAreLeft(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			p, b := setup(t, Config{Retries: tt.retries, RetryBackoff: time.Second})
-			if _, err := b.store.Put(context.Background(), key, []byte(specBody), queue.PutOptions{Metadata: tt.meta}); err != nil {
+			if _, err := b.store.Put(context.Background(), key, []byte(specBody), store.PutOptions{Metadata: tt.meta}); err != nil {
 				t.Fatal(err)
 			}
 			b.runner.run = func(_ context.Context, _, _ string, started func(exec.Cell)) exec.Result {

@@ -15,7 +15,7 @@ import (
 	"github.com/cellos/fleetd/internal/gate"
 	"github.com/cellos/fleetd/internal/lister"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // process takes one pending key as far as it goes on this node: peek, gate,
@@ -63,11 +63,11 @@ func (p *Pipeline) peek(ctx context.Context, log *slog.Logger, it lister.Item) (
 	spec := protocol.Spec{ID: it.ID, Key: it.Key, ETag: obj.ETag, Modified: obj.LastModified, VersionID: obj.VersionID, Body: obj.Body,
 		Attempts: protocol.PriorAttempts(obj.Metadata, p.cfg.MaxAttempts), Retry: protocol.ParseRetry(obj.Metadata)}
 	switch {
-	case errors.Is(err, queue.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		log.Debug("spec gone before peek: taken by another node", "event", "peek.gone")
 		p.intake.Stale(it)
 		return spec, false
-	case errors.Is(err, queue.ErrTooLarge):
+	case errors.Is(err, store.ErrTooLarge):
 		p.reject(log, it, spec, fmt.Sprintf("spec is %d bytes, over the limit of %d", obj.Size, p.cfg.MaxSpecBytes))
 		return spec, false
 	case err != nil:

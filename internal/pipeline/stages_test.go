@@ -14,8 +14,8 @@ import (
 	"github.com/cellos/fleetd/internal/exec"
 	"github.com/cellos/fleetd/internal/lister"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/s3mem"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 type fakeRunner struct {
@@ -179,7 +179,7 @@ func setup(t *testing.T, cfg Config) (*Pipeline, *bundle) {
 		started(&fakeCell{})
 		return exec.Result{}
 	}}
-	cfg.Layout = queue.NewLayout("fleet", "")
+	cfg.Layout = store.NewLayout("fleet", "")
 	cfg.Concurrency, cfg.PollInterval, cfg.MaxSpecBytes, cfg.MaxAttempts = 1, time.Hour, 1<<20, 3
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	p := newPipeline(cfg, b.store, b.proto, b.runner, b.drain)
@@ -190,7 +190,7 @@ func setup(t *testing.T, cfg Config) (*Pipeline, *bundle) {
 // withBody makes body the pending spec at key.
 func withBody(t *testing.T, b *bundle, body string) {
 	t.Helper()
-	if _, err := b.store.Put(context.Background(), key, []byte(body), queue.PutOptions{}); err != nil {
+	if _, err := b.store.Put(context.Background(), key, []byte(body), store.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -275,7 +275,7 @@ func TestClaimFailureIsRetriedNotStale(t *testing.T) {
 	t.Parallel()
 	p, b := setup(t, Config{})
 	b.proto.claim = func(context.Context, <-chan struct{}, protocol.Spec) (Claim, error) {
-		return nil, fmt.Errorf("create lease: %w", queue.ErrUnknown)
+		return nil, fmt.Errorf("create lease: %w", store.ErrUnknown)
 	}
 	p.process(item)
 	if len(b.intake.stale) != 0 {

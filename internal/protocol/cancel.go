@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // CancelResult is what Cancel did.
@@ -68,7 +68,7 @@ func (p *Protocol) Cancel(ctx context.Context, id, by string) (CancelResult, err
 		}
 		node, err := p.markCancel(ctx, id, by)
 		switch {
-		case errors.Is(err, errNotRunning), errors.Is(err, queue.ErrNotFound):
+		case errors.Is(err, errNotRunning), errors.Is(err, store.ErrNotFound):
 			continue // ends shortly, or has ended: take the lease
 		}
 		return CancelResult{Node: node}, err
@@ -104,7 +104,7 @@ func (p *Protocol) cancelDelayed(ctx context.Context, quit <-chan struct{}, c *C
 	var keys []string
 	err := c.act(ctx, quit, "list delayed", func(ctx context.Context) error {
 		keys = keys[:0]
-		return p.store.List(ctx, p.cfg.Layout.DelayedDir(), func(page queue.Page) error {
+		return p.store.List(ctx, p.cfg.Layout.DelayedDir(), func(page store.Page) error {
 			for _, o := range page.Objects {
 				if id, _, err := p.cfg.Layout.ParseDelayed(o.Key); err == nil && id == c.id {
 					keys = append(keys, o.Key)
@@ -118,13 +118,13 @@ func (p *Protocol) cancelDelayed(ctx context.Context, quit <-chan struct{}, c *C
 	}
 	n := 0
 	for _, key := range keys {
-		var o queue.Object
+		var o store.Object
 		err := c.act(ctx, quit, "read delayed", func(ctx context.Context) (err error) {
 			o, err = p.store.Get(ctx, key, recoverLimit)
 			return err
 		})
 		switch {
-		case errors.Is(err, queue.ErrNotFound):
+		case errors.Is(err, store.ErrNotFound):
 			continue
 		case err != nil:
 			return n, err
@@ -132,13 +132,13 @@ func (p *Protocol) cancelDelayed(ctx context.Context, quit <-chan struct{}, c *C
 		rec := Record{Outcome: Cancelled, Reason: "cancelled by " + by, Finished: time.Now(), node: p.cfg.Node, token: c.origin,
 			retry: ParseRetry(o.Metadata)}
 		err = c.act(ctx, quit, "write cancelled", func(ctx context.Context) error {
-			_, err := p.store.Put(ctx, p.cfg.Layout.Key(queue.Failed, c.id), o.Body, queue.PutOptions{Metadata: rec.metadata()})
+			_, err := p.store.Put(ctx, p.cfg.Layout.Key(store.Failed, c.id), o.Body, store.PutOptions{Metadata: rec.metadata()})
 			return err
 		})
 		if err != nil {
 			return n, err
 		}
-		p.deleteDelayed(ctx, quit, c, key, queue.Version{ETag: o.ETag, Modified: o.LastModified, ID: o.VersionID})
+		p.deleteDelayed(ctx, quit, c, key, store.Version{ETag: o.ETag, Modified: o.LastModified, ID: o.VersionID})
 		p.cfg.Metrics.Finished(string(Cancelled))
 		c.log.Info("delayed spec cancelled", "event", "spec.cancelled", "key", key, "by", by)
 		n++
@@ -171,7 +171,7 @@ var ErrCancelUnheard = errors.New("cancel not yet heard by its holder")
 // loses it, and either way the mark is read. ring reports whether the holder
 // heard within two renewal periods.
 func (p *Protocol) ring(ctx context.Context, tok, entry string, ttl time.Duration) bool {
-	key := p.cfg.Layout.Key(queue.Sessions, tok)
+	key := p.cfg.Layout.Key(store.Sessions, tok)
 	rang := false
 	giveUp := p.clock.Now().Add(2 * ttl / 3)
 	for try := 0; p.clock.Now().Before(giveUp); try++ {
@@ -180,7 +180,7 @@ func (p *Protocol) ring(ctx context.Context, tok, entry string, ttl time.Duratio
 		}
 		o, err := p.store.Get(ctx, key, MaxLeaseBytes)
 		switch {
-		case errors.Is(err, queue.ErrNotFound):
+		case errors.Is(err, store.ErrNotFound):
 			return true
 		case err != nil:
 			continue
@@ -198,7 +198,7 @@ func (p *Protocol) ring(ctx context.Context, tok, entry string, ttl time.Duratio
 		}
 		l.Ring = append(l.Ring, entry)
 		body, _ := encodeLease(&l, p.clock.Now())
-		_, err = p.store.Put(ctx, key, body, queue.PutOptions{IfMatch: o.ETag})
+		_, err = p.store.Put(ctx, key, body, store.PutOptions{IfMatch: o.ETag})
 		rang = err == nil // renewed meanwhile, or unknown: ring the version we read next
 	}
 	return false
@@ -227,7 +227,7 @@ var errNotRunning = errors.New("lease not held for a run")
 // token: to the holder it is a write of unknown age over its own, which it
 // adopts (see writeLease). ErrNotFound: there is no lease.
 func (p *Protocol) markCancel(ctx context.Context, id, by string) (string, error) {
-	key := p.cfg.Layout.Key(queue.Leases, id)
+	key := p.cfg.Layout.Key(store.Leases, id)
 	for range 5 {
 		o, err := p.store.Get(ctx, key, MaxLeaseBytes)
 		if err != nil {
@@ -256,17 +256,17 @@ func (p *Protocol) markCancel(ctx context.Context, id, by string) (string, error
 		}
 		l.Cancel = by
 		body, nonce := encodeLease(&l, p.clock.Now())
-		_, err = p.store.Put(ctx, key, body, queue.PutOptions{IfMatch: o.ETag})
-		if errors.Is(err, queue.ErrUnknown) {
+		_, err = p.store.Put(ctx, key, body, store.PutOptions{IfMatch: o.ETag})
+		if errors.Is(err, store.ErrUnknown) {
 			_, err = p.readBack(ctx, key, l.Token, nonce)
 		}
 		switch {
 		case err == nil:
 			p.log.Info("cancel requested", "event", "spec.cancel_requested", "spec_id", id, "holder", l.Node, "by", by)
 			return l.Node, p.heard(ctx, id, l)
-		case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrUnknown):
+		case errors.Is(err, store.ErrPrecondition), errors.Is(err, store.ErrUnknown):
 			continue // renewed meanwhile: mark the new version
-		case errors.Is(err, queue.ErrNotFound):
+		case errors.Is(err, store.ErrNotFound):
 			return "", err
 		default:
 			return "", fmt.Errorf("cancel %s: %w", id, err)

@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Spec is a pending spec as a node read it.
@@ -44,7 +44,7 @@ func PriorAttempts(meta map[string]string, maxAttempts int) int {
 // acquire creates the spec's lease (create-only) in state and returns the
 // claim holding it, its keeper running. ErrHeld: another node holds it.
 func (p *Protocol) acquire(ctx context.Context, id string, l leaseBody) (*Claim, error) {
-	key := p.cfg.Layout.Key(queue.Leases, id)
+	key := p.cfg.Layout.Key(store.Leases, id)
 	l.Node, l.Token, l.Epoch, l.TTLMillis = p.cfg.Node, newToken(), 1, p.cfg.TTL.Milliseconds()
 	l.Origin = l.Token
 	if l.Intent == "" {
@@ -68,8 +68,8 @@ func (p *Protocol) acquire(ctx context.Context, id string, l leaseBody) (*Claim,
 	}
 	body, nonce := encodeLease(&l, p.clock.Now())
 	sent := p.clock.Now()
-	etag, err := p.store.Put(ctx, key, body, queue.PutOptions{IfAbsent: true})
-	if errors.Is(err, queue.ErrUnknown) {
+	etag, err := p.store.Put(ctx, key, body, store.PutOptions{IfAbsent: true})
+	if errors.Is(err, store.ErrUnknown) {
 		// A 412 on a retry may be our own create; read the lease back.
 		etag, err = p.readBack(ctx, key, l.Token, nonce)
 		if err != nil && p.session != nil {
@@ -77,13 +77,13 @@ func (p *Protocol) acquire(ctx context.Context, id string, l leaseBody) (*Claim,
 			// our own recovery clears it, as it would a dead node's.
 			p.session.leaveToken(id, l.Token)
 		}
-		if errors.Is(err, queue.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			// Not there now. If our create still lands, nobody renews it: it
 			// goes stale and recovery clears it, pending/ untouched.
 			return nil, fmt.Errorf("create lease %s: did not land: %w", key, err)
 		}
 	}
-	if errors.Is(err, queue.ErrPrecondition) && !errors.Is(err, queue.ErrUnknown) {
+	if errors.Is(err, store.ErrPrecondition) && !errors.Is(err, store.ErrUnknown) {
 		return nil, fmt.Errorf("create lease %s: %w", key, ErrHeld)
 	}
 	if err != nil {
@@ -111,7 +111,7 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 	// our read and our lease. Only a lease holder deletes pending/, and we hold
 	// the lease now: pending/ still holding what we read proves it was not
 	// consumed, and nobody but us can consume it from here on.
-	var head queue.Object
+	var head store.Object
 	err = c.act(ctx, quit, "confirm pending", func(ctx context.Context) (err error) {
 		head, err = p.store.Head(ctx, spec.Key)
 		return err
@@ -119,7 +119,7 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 	if err == nil && !spec.version().is(head) {
 		err = fmt.Errorf("%s: ETag %s, read %s: %w", spec.Key, head.ETag, spec.ETag, ErrGone)
 	}
-	if errors.Is(err, queue.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		err = fmt.Errorf("%s: %w", spec.Key, ErrGone)
 	}
 	if err != nil {
@@ -136,9 +136,9 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 	meta := spec.Retry.metadata() // for a recoverer that returns the spec
 	meta[metaNode], meta[metaToken] = p.cfg.Node, c.origin
 	meta[metaAttempts], meta[metaPendingETag] = strconv.Itoa(c.Attempt), spec.ETag
-	claimedKey := p.cfg.Layout.Key(queue.Claimed, spec.ID)
+	claimedKey := p.cfg.Layout.Key(store.Claimed, spec.ID)
 	err = c.act(ctx, quit, "write claimed", func(ctx context.Context) (err error) {
-		c.claimedETag, err = p.store.Put(ctx, claimedKey, spec.Body, queue.PutOptions{Metadata: meta})
+		c.claimedETag, err = p.store.Put(ctx, claimedKey, spec.Body, store.PutOptions{Metadata: meta})
 		return err
 	})
 	if err != nil {
@@ -151,7 +151,7 @@ func (p *Protocol) Claim(ctx context.Context, quit <-chan struct{}, spec Spec) (
 	// else may delete it while we hold the lease.
 	err = c.deletePending(ctx, quit, spec.version())
 	switch {
-	case errors.Is(err, queue.ErrPrecondition):
+	case errors.Is(err, store.ErrPrecondition):
 		// Replaced after our confirm: the new version stays pending and runs
 		// on its own; the version we claimed runs now.
 		c.log.Info("pending spec replaced during the claim; the new version stays pending", "event", "claim.spec_replaced")
@@ -186,7 +186,7 @@ func (p *Protocol) giveBack(ctx context.Context, quit <-chan struct{}, c *Claim,
 		c.drop()
 		return
 	}
-	c.log.Debug("claim abandoned before the run", "event", "claim.abandoned", "err", cause)
+	c.log.Debug("claim left before the run", "event", "claim.left", "err", cause)
 	if consumed {
 		if _, err := c.release(ctx, quit, c.Attempt-1); err != nil {
 			c.log.Warn("claim not undone; recovery will", "event", "claim.undo_failed", "err", err)
@@ -221,14 +221,14 @@ func (p *Protocol) cancelPending(ctx context.Context, quit <-chan struct{}, c *C
 		p.leave(c, err)
 		return n, err
 	}
-	key := p.cfg.Layout.Key(queue.Pending, c.id)
-	var head queue.Object
+	key := p.cfg.Layout.Key(store.Pending, c.id)
+	var head store.Object
 	err = c.act(ctx, quit, "read pending", func(ctx context.Context) (err error) {
 		head, err = p.store.Head(ctx, key)
 		return err
 	})
 	switch {
-	case errors.Is(err, queue.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		c.end(ctx, quit) // nothing pending: settled elsewhere
 		return n, nil
 	case err != nil:

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Metadata a promotion writes on pending/: who promoted it (the intent's
@@ -42,13 +42,13 @@ func (p *Protocol) Promote(ctx context.Context, quit <-chan struct{}, key string
 		return "", fmt.Errorf("promote %s: %w", key, err)
 	}
 	// Read under the lease: the version read is the one deleted below.
-	var o queue.Object
+	var o store.Object
 	err = c.act(ctx, quit, "read delayed", func(ctx context.Context) (err error) {
 		o, err = p.store.Get(ctx, key, recoverLimit)
 		return err
 	})
 	switch {
-	case errors.Is(err, queue.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		c.end(ctx, quit)
 		return "", fmt.Errorf("promote %s: %w", key, err)
 	case err != nil:
@@ -69,30 +69,30 @@ func (p *Protocol) Promote(ctx context.Context, quit <-chan struct{}, key string
 	// answer was lost (in this call or an earlier repeat of it): pending/
 	// then carries our origin, and under our lease nobody consumes it.
 	var etag string
-	pendingKey := p.cfg.Layout.Key(queue.Pending, id)
+	pendingKey := p.cfg.Layout.Key(store.Pending, id)
 	err = c.act(ctx, quit, "write pending", func(ctx context.Context) (err error) {
-		etag, err = p.store.Put(ctx, pendingKey, o.Body, queue.PutOptions{IfAbsent: true, Metadata: meta})
-		if errors.Is(err, queue.ErrPrecondition) {
+		etag, err = p.store.Put(ctx, pendingKey, o.Body, store.PutOptions{IfAbsent: true, Metadata: meta})
+		if errors.Is(err, store.ErrPrecondition) {
 			h, herr := p.store.Head(ctx, pendingKey)
 			switch {
-			case herr != nil && !errors.Is(herr, queue.ErrNotFound):
+			case herr != nil && !errors.Is(herr, store.ErrNotFound):
 				return herr // unknown: repeat
 			case herr == nil && h.Metadata[metaToken] == c.origin:
 				etag, err = h.ETag, nil
 			default:
-				err = fmt.Errorf("%s: %w", pendingKey, queue.ErrPrecondition)
+				err = fmt.Errorf("%s: %w", pendingKey, store.ErrPrecondition)
 			}
 		}
 		return err
 	})
 	switch {
-	case errors.Is(err, queue.ErrPrecondition):
+	case errors.Is(err, store.ErrPrecondition):
 		c.end(ctx, quit)
 		return "", fmt.Errorf("promote %s: %w", key, ErrPending)
 	case err != nil:
 		return "", fmt.Errorf("promote %s: %w", key, c.stop(err))
 	}
-	p.deleteDelayed(ctx, quit, c, key, queue.Version{ETag: o.ETag, Modified: o.LastModified, ID: o.VersionID})
+	p.deleteDelayed(ctx, quit, c, key, store.Version{ETag: o.ETag, Modified: o.LastModified, ID: o.VersionID})
 	c.end(ctx, quit)
 	c.log.Info("delayed spec due: now pending", "event", "spec.promoted", "key", key)
 	return etag, nil
@@ -101,11 +101,11 @@ func (p *Protocol) Promote(ctx context.Context, quit <-chan struct{}, key string
 // deleteDelayed deletes the delayed version v under c. Gone or replaced is
 // done as far as this intent goes: a version written since is another
 // submission, promoted on its own.
-func (p *Protocol) deleteDelayed(ctx context.Context, quit <-chan struct{}, c *Claim, key string, v queue.Version) {
+func (p *Protocol) deleteDelayed(ctx context.Context, quit <-chan struct{}, c *Claim, key string, v store.Version) {
 	err := c.act(ctx, quit, "delete delayed", func(ctx context.Context) error {
 		return p.store.DeleteWritten(ctx, key, v)
 	})
-	if err != nil && !errors.Is(err, queue.ErrNotFound) && !errors.Is(err, queue.ErrPrecondition) {
+	if err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrPrecondition) {
 		c.log.Warn("delayed spec not deleted after its promotion", "event", "promote.delete_failed", "key", key, "err", err)
 	}
 }
@@ -115,12 +115,12 @@ func (p *Protocol) deleteDelayed(ctx context.Context, quit <-chan struct{}, c *C
 // copied goes; otherwise nothing was promoted, and the lease goes alone (the
 // delayed spec is promoted again at a later poll).
 func (p *Protocol) finishPromote(ctx context.Context, quit <-chan struct{}, c *Claim, key string) {
-	var h queue.Object
+	var h store.Object
 	err := c.act(ctx, quit, "check pending", func(ctx context.Context) (err error) {
-		h, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Pending, c.id))
+		h, err = p.store.Head(ctx, p.cfg.Layout.Key(store.Pending, c.id))
 		return err
 	})
-	if err != nil && !errors.Is(err, queue.ErrNotFound) {
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		p.leave(c, err)
 		return
 	}
@@ -128,14 +128,14 @@ func (p *Protocol) finishPromote(ctx context.Context, quit <-chan struct{}, c *C
 		// The copy is ours: the delayed version it copied goes, if it is
 		// still there — read first, so that only that version is deleted.
 		modified, _ := time.Parse(time.RFC3339Nano, h.Metadata[metaDelayedModified])
-		copied := queue.Version{ETag: h.ETag, Modified: modified, ID: h.Metadata[metaDelayedVersion]}
-		var d queue.Object
+		copied := store.Version{ETag: h.ETag, Modified: modified, ID: h.Metadata[metaDelayedVersion]}
+		var d store.Object
 		err = c.act(ctx, quit, "read delayed", func(ctx context.Context) (err error) {
 			d, err = p.store.Head(ctx, key)
 			return err
 		})
 		switch {
-		case errors.Is(err, queue.ErrNotFound):
+		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
 			p.leave(c, err)
 			return

@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Reject files a spec that can never run under failed/ with the reason,
@@ -40,7 +40,7 @@ func (p *Protocol) file(ctx context.Context, quit <-chan struct{}, spec Spec, ou
 func (p *Protocol) fileUnder(ctx context.Context, quit <-chan struct{}, c *Claim, spec Spec, outcome Outcome, reason string) error {
 	c.Body = spec.Body
 	rec := Record{Outcome: outcome, Reason: reason, Finished: time.Now(), node: p.cfg.Node, token: c.origin}
-	failedKey := p.cfg.Layout.Key(queue.Failed, spec.ID)
+	failedKey := p.cfg.Layout.Key(store.Failed, spec.ID)
 	if outcome == Cancelled {
 		// A cancelled spec's record has no output: one left from an earlier
 		// run (before a requeue) goes first, so it is not read as this one's.
@@ -55,19 +55,19 @@ func (p *Protocol) fileUnder(ctx context.Context, quit <-chan struct{}, c *Claim
 		head, err := p.store.Head(ctx, spec.Key)
 		if err == nil && !spec.version().is(head) {
 			// Definite: act must not repeat it (ErrPrecondition).
-			return fmt.Errorf("%s: %w: %w", spec.Key, ErrGone, queue.ErrPrecondition)
+			return fmt.Errorf("%s: %w: %w", spec.Key, ErrGone, store.ErrPrecondition)
 		}
 		if err != nil {
 			return err
 		}
 		if spec.Body != nil {
-			_, err = p.store.Put(ctx, failedKey, spec.Body, queue.PutOptions{Metadata: rec.metadata()})
+			_, err = p.store.Put(ctx, failedKey, spec.Body, store.PutOptions{Metadata: rec.metadata()})
 			return err
 		}
-		return p.store.Copy(ctx, spec.Key, failedKey, queue.CopyOptions{SourceIfMatch: spec.ETag, Metadata: rec.metadata()})
+		return p.store.Copy(ctx, spec.Key, failedKey, store.CopyOptions{SourceIfMatch: spec.ETag, Metadata: rec.metadata()})
 	})
 	if err != nil {
-		if errors.Is(err, ErrGone) || errors.Is(err, queue.ErrNotFound) || errors.Is(err, queue.ErrPrecondition) {
+		if errors.Is(err, ErrGone) || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrPrecondition) {
 			c.end(ctx, quit) // changed since we judged it: judge again next poll
 			return fmt.Errorf("%s %s: %w", outcome, spec.ID, ErrGone)
 		}
@@ -86,7 +86,7 @@ func (p *Protocol) fileUnder(ctx context.Context, quit <-chan struct{}, c *Claim
 // judged on its own.
 func (p *Protocol) consumeFiled(ctx context.Context, quit <-chan struct{}, c *Claim, judged version) error {
 	err := c.deletePending(ctx, quit, judged)
-	if errors.Is(err, queue.ErrPrecondition) || errors.Is(err, queue.ErrNotFound) {
+	if errors.Is(err, store.ErrPrecondition) || errors.Is(err, store.ErrNotFound) {
 		return nil
 	}
 	return err
@@ -101,9 +101,9 @@ func (p *Protocol) consumeFiled(ctx context.Context, quit <-chan struct{}, c *Cl
 // nothing was filed, a filing that honours a cancel mark is done now; any
 // other is undone: only the lease goes, and pending/ is judged again.
 func (p *Protocol) finishFile(ctx context.Context, quit <-chan struct{}, c *Claim, judged version) {
-	var res queue.Object
+	var res store.Object
 	err := c.act(ctx, quit, "check failed", func(ctx context.Context) (err error) {
-		res, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Failed, c.id))
+		res, err = p.store.Head(ctx, p.cfg.Layout.Key(store.Failed, c.id))
 		return err
 	})
 	switch {
@@ -114,14 +114,14 @@ func (p *Protocol) finishFile(ctx context.Context, quit <-chan struct{}, c *Clai
 			return
 		}
 		c.log.Info("recovery: finished an interrupted filing", "event", "recovery.file_finished", "outcome", res.Metadata[metaOutcome])
-	case (err == nil || errors.Is(err, queue.ErrNotFound)) && c.CancelledBy() != "":
-		key := p.cfg.Layout.Key(queue.Pending, c.id)
+	case (err == nil || errors.Is(err, store.ErrNotFound)) && c.CancelledBy() != "":
+		key := p.cfg.Layout.Key(store.Pending, c.id)
 		spec := Spec{ID: c.id, Key: key, ETag: judged.etag, Modified: judged.modified, VersionID: judged.id}
 		if err := p.fileUnder(ctx, quit, c, spec, Cancelled, "cancelled by "+c.CancelledBy()); err != nil && !errors.Is(err, ErrGone) {
 			p.leave(c, err)
 		}
 		return
-	case err == nil, errors.Is(err, queue.ErrNotFound):
+	case err == nil, errors.Is(err, store.ErrNotFound):
 		c.log.Info("recovery: an interrupted filing wrote nothing; pending/ stays", "event", "recovery.file_undone")
 	default:
 		p.leave(c, err)
@@ -134,13 +134,13 @@ func (p *Protocol) finishFile(ctx context.Context, quit <-chan struct{}, c *Clai
 // the holder's delete landed: it deletes pending/ only while it still holds
 // the version judged, not an identical resubmission written since.
 func (p *Protocol) consumeJudged(ctx context.Context, quit <-chan struct{}, c *Claim, judged version) error {
-	var head queue.Object
+	var head store.Object
 	err := c.act(ctx, quit, "read pending", func(ctx context.Context) (err error) {
-		head, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Pending, c.id))
+		head, err = p.store.Head(ctx, p.cfg.Layout.Key(store.Pending, c.id))
 		return err
 	})
 	switch {
-	case errors.Is(err, queue.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		return nil
 	case err != nil:
 		return err

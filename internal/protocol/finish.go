@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Finish records the result of the run and ends the claim: the result under
@@ -40,9 +40,9 @@ const (
 func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx context.Context, quit <-chan struct{}), err error) {
 	c.setState(stateFinishing)
 	rec.node, rec.token, rec.attempts, rec.retry = c.p.cfg.Node, c.origin, c.Attempt, c.Retries()
-	state := queue.Failed
+	state := store.Failed
 	if rec.Outcome == Completed {
-		state = queue.Completed
+		state = store.Completed
 	}
 	// Not quit: a draining node gives up waiting for the store only at ctx's
 	// end (the drain's abort bound). Giving up on a finished cell because its
@@ -61,7 +61,7 @@ func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx c
 		return nil, c.stop(err)
 	}
 	err = c.act(ctx, nil, stepWriteResult, func(ctx context.Context) error {
-		_, err := c.p.store.Put(ctx, c.p.cfg.Layout.Key(state, c.id), c.Body, queue.PutOptions{Metadata: rec.metadata()})
+		_, err := c.p.store.Put(ctx, c.p.cfg.Layout.Key(state, c.id), c.Body, store.PutOptions{Metadata: rec.metadata()})
 		return err
 	})
 	if err != nil {
@@ -76,11 +76,11 @@ func (c *Claim) WriteResult(ctx context.Context, rec Record) (cleanup func(ctx c
 		c.clearClaimed(ctx, quit)
 		c.endRun(ctx, quit)
 		c.p.cfg.Metrics.Finished(string(rec.ending()))
-		attrs := []any{"event", "spec.finalised", "state", string(state), "outcome", string(rec.Outcome), "attempt", c.Attempt}
+		attrs := []any{"event", "spec.finished", "state", string(state), "outcome", string(rec.Outcome), "attempt", c.Attempt}
 		if rec.Reason != "" {
 			attrs = append(attrs, "reason", rec.Reason)
 		}
-		c.log.Info("spec finalised", attrs...)
+		c.log.Info("spec finished", attrs...)
 	}, nil
 }
 
@@ -141,13 +141,13 @@ func (p *Protocol) requeue(ctx context.Context, quit <-chan struct{}, c *Claim, 
 	meta := c.Retries().metadata()
 	meta[metaAttempts] = strconv.Itoa(attempts)
 	err := c.act(ctx, quit, "write pending", func(ctx context.Context) error {
-		_, err := p.store.Put(ctx, p.cfg.Layout.Key(queue.Pending, c.id), body, queue.PutOptions{IfAbsent: true, Metadata: meta})
-		if errors.Is(err, queue.ErrUnknown) && errors.Is(err, queue.ErrPrecondition) {
+		_, err := p.store.Put(ctx, p.cfg.Layout.Key(store.Pending, c.id), body, store.PutOptions{IfAbsent: true, Metadata: meta})
+		if errors.Is(err, store.ErrUnknown) && errors.Is(err, store.ErrPrecondition) {
 			return nil // our own create, or another version: either stands
 		}
 		return err
 	})
-	if errors.Is(err, queue.ErrPrecondition) {
+	if errors.Is(err, store.ErrPrecondition) {
 		c.log.Info("pending/ already holds this id; keeping it", "event", "spec.release_kept")
 		return nil
 	}
@@ -162,7 +162,7 @@ func (c *Claim) clearClaimed(ctx context.Context, quit <-chan struct{}) {
 	// Under our lease nobody else writes claimed/, so its ETag (the spec's MD5,
 	// the same for every claim of these bytes) is still ours.
 	err := c.act(ctx, quit, "delete claimed", func(ctx context.Context) error {
-		return c.p.store.Delete(ctx, c.p.cfg.Layout.Key(queue.Claimed, c.id), c.claimedETag)
+		return c.p.store.Delete(ctx, c.p.cfg.Layout.Key(store.Claimed, c.id), c.claimedETag)
 	})
 	if err != nil {
 		c.log.Warn("claimed/ not deleted", "event", "claim.delete_failed", "err", err)

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Claim is this node's ownership of one spec: a lease it holds, alive from
@@ -71,7 +71,7 @@ type Claim struct {
 // lease naming a session is vouched for by p's session; any other is kept by
 // a keeper of its own.
 func (p *Protocol) newClaim(id string, l leaseBody, etag string, sent time.Time) *Claim {
-	c := p.newHolder(p.cfg.Layout.Key(queue.Leases, id), id, l, etag)
+	c := p.newHolder(p.cfg.Layout.Key(store.Leases, id), id, l, etag)
 	if l.Session != "" {
 		c.sess = p.session
 		c.sess.vouch(c, l.Session)
@@ -292,16 +292,16 @@ func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error 
 	body, nonce := encodeLease(&l, c.p.clock.Now())
 	sent := c.p.clock.Now()
 	wctx, cancel := context.WithTimeout(ctx, c.tryFor())
-	tag, err := c.p.store.Put(wctx, c.key, body, queue.PutOptions{IfMatch: etag})
+	tag, err := c.p.store.Put(wctx, c.key, body, store.PutOptions{IfMatch: etag})
 	cancel()
 	if err == nil {
 		c.unknown = nil
 		c.renewed(tag, sent)
 		return nil
 	}
-	if errors.Is(err, queue.ErrUnknown) {
+	if errors.Is(err, store.ErrUnknown) {
 		c.unknown = append(c.unknown, leaseWrite{nonce: nonce, sent: sent})
-	} else if !errors.Is(err, queue.ErrPrecondition) && !errors.Is(err, queue.ErrNotFound) {
+	} else if !errors.Is(err, store.ErrPrecondition) && !errors.Is(err, store.ErrNotFound) {
 		return err // not sent, or refused: try again
 	}
 	// The write may have landed with its answer lost, and a 412 may come from
@@ -312,7 +312,7 @@ func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error 
 	defer cancel()
 	tag, landed, held, err := c.resolve(rctx)
 	switch {
-	case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrNotFound):
+	case errors.Is(err, store.ErrPrecondition), errors.Is(err, store.ErrNotFound):
 		return fmt.Errorf("%w: %w", ErrLost, err)
 	case err != nil:
 		return err // cannot tell yet: try again soon, the lease is not given up
@@ -322,17 +322,17 @@ func (c *Claim) writeLease(ctx context.Context, l leaseBody, etag string) error 
 	switch {
 	case landed.IsZero() && tag == etag:
 		// Our write did not land; the lease is as we left it.
-		return fmt.Errorf("lease %s: our write did not land: %w", c.key, queue.ErrUnknown)
+		return fmt.Errorf("lease %s: our write did not land: %w", c.key, store.ErrUnknown)
 	case landed.IsZero():
 		// The lease holds a write of ours we cannot date (fleetd cancel's
 		// mark or ring keeps our token): go on from its ETag without
 		// extending the validity, and renew again soon.
-		return fmt.Errorf("lease %s: went on from a write of ours of unknown age: %w: %w", c.key, errAdopted, queue.ErrUnknown)
+		return fmt.Errorf("lease %s: went on from a write of ours of unknown age: %w: %w", c.key, errAdopted, store.ErrUnknown)
 	case held != nonce:
 		// It holds an earlier write of ours (a renewal whose answer was
 		// lost), not l: a state this write carried (releasing, finishing) is
 		// not there yet. Write it again, from that ETag.
-		return fmt.Errorf("lease %s: holds an earlier write of ours, not this one: %w: %w", c.key, errAdopted, queue.ErrUnknown)
+		return fmt.Errorf("lease %s: holds an earlier write of ours, not this one: %w: %w", c.key, errAdopted, store.ErrUnknown)
 	}
 	return nil
 }
@@ -460,7 +460,7 @@ func (c *Claim) endLease(ctx context.Context, quit <-chan struct{}, unlessMarked
 			return nil
 		}
 		err := c.p.store.Delete(ctx, c.key, etag)
-		if errors.Is(err, queue.ErrPrecondition) {
+		if errors.Is(err, store.ErrPrecondition) {
 			// A cancel mark, or a late write of ours, may have changed the
 			// ETag: if the lease is still ours, delete that version.
 			if tag, _, _, rerr := c.resolve(ctx); rerr == nil {
@@ -531,13 +531,13 @@ func (c *Claim) stop(err error) error {
 // and takes gone, or the same bytes written at another time, for its own
 // delete having landed (the store does the same between its own attempts).
 func (c *Claim) deletePending(ctx context.Context, quit <-chan struct{}, v version) error {
-	key := c.p.cfg.Layout.Key(queue.Pending, c.id)
+	key := c.p.cfg.Layout.Key(store.Pending, c.id)
 	mayHaveLanded := false
 	return c.act(ctx, quit, "delete pending", func(ctx context.Context) error {
 		if mayHaveLanded && !v.modified.IsZero() {
 			o, err := c.p.store.Head(ctx, key)
 			switch {
-			case errors.Is(err, queue.ErrNotFound):
+			case errors.Is(err, store.ErrNotFound):
 				return nil
 			case err != nil:
 				return err
@@ -546,7 +546,7 @@ func (c *Claim) deletePending(ctx context.Context, quit <-chan struct{}, v versi
 			}
 		}
 		err := c.p.store.DeleteWritten(ctx, key, v.named())
-		mayHaveLanded = mayHaveLanded || errors.Is(err, queue.ErrUnknown)
+		mayHaveLanded = mayHaveLanded || errors.Is(err, store.ErrUnknown)
 		return err
 	})
 }

@@ -7,15 +7,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/s3mem"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // staleLease writes l as a lease its holder stopped renewing long ago.
 func staleLease(p *Protocol, s *faultStore, id string, l leaseBody) {
 	l.TTLMillis = MinTTL.Milliseconds()
 	body, _ := encodeLease(&l, time.Now())
-	key := p.cfg.Layout.Key(queue.Leases, id)
+	key := p.cfg.Layout.Key(store.Leases, id)
 	s.PutAt(key, body, nil, time.Now().Add(-MinTTL-2*time.Second))
 }
 
@@ -54,7 +54,7 @@ func TestRecoveryFinishesAnInterruptedFiling(t *testing.T) {
 			l.Node, l.PendingETag = "tool", spec.ETag
 			staleLease(p, s, "a", l)
 			if tt.written {
-				failed := p.cfg.Layout.Key(queue.Failed, "a")
+				failed := p.cfg.Layout.Key(store.Failed, "a")
 				s.PutAt(failed, spec.Body, map[string]string{metaToken: "t1", metaOutcome: string(Cancelled)}, time.Now())
 			}
 			recoverNow(t, p)
@@ -71,7 +71,7 @@ func TestRecoveryFinishesAnInterruptedFiling(t *testing.T) {
 func TestRequeueSurvivesTwoStoppedHolders(t *testing.T) {
 	p, s := setup(t)
 	spec := pending(t, p, s, "a")
-	failed := p.cfg.Layout.Key(queue.Failed, "a")
+	failed := p.cfg.Layout.Key(store.Failed, "a")
 	s.PutAt(failed, spec.Body, nil, time.Now())
 	tool := leaseBody{Node: "tool", Token: "t1", Epoch: 1, Intent: intentRequeue, State: stateRequeueing, FailedETag: spec.ETag}
 	staleLease(p, s, "a", tool.successor("r1", "t2", MinTTL))
@@ -128,7 +128,7 @@ func TestCancelMarkOnAnUnconsumedClaimIsHonoured(t *testing.T) {
 func TestPruneLeavesAFreshResultOfAnIdenticalRerun(t *testing.T) {
 	p, s := setup(t)
 	body := []byte(`{"spec":{"id":"a"}}`)
-	key := p.cfg.Layout.Key(queue.Completed, "a")
+	key := p.cfg.Layout.Key(store.Completed, "a")
 	for _, tt := range []struct {
 		name    string
 		age     time.Duration
@@ -145,7 +145,7 @@ func TestPruneLeavesAFreshResultOfAnIdenticalRerun(t *testing.T) {
 		if got := s.has(key); got != (tt.wantErr != nil) {
 			t.Errorf("%s: result present after prune = %v", tt.name, got)
 		}
-		if s.has(p.cfg.Layout.Key(queue.Leases, "a")) {
+		if s.has(p.cfg.Layout.Key(store.Leases, "a")) {
 			t.Errorf("%s: prune left its lease", tt.name)
 		}
 	}

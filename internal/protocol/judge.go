@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // judge decides, once per scan, which sessions are alive. It lists
@@ -29,9 +29,9 @@ func (j *judge) list(ctx context.Context) {
 		return
 	}
 	listed := map[string]time.Duration{}
-	j.listErr = j.p.store.List(ctx, j.p.cfg.Layout.Dir(queue.Sessions), func(page queue.Page) error {
+	j.listErr = j.p.store.List(ctx, j.p.cfg.Layout.Dir(store.Sessions), func(page store.Page) error {
 		for _, o := range page.Objects {
-			if tok, ok := j.p.cfg.Layout.ID(queue.Sessions, o.Key); ok {
+			if tok, ok := j.p.cfg.Layout.ID(store.Sessions, o.Key); ok {
 				listed[tok] = page.ServerTime.Sub(o.LastModified)
 			}
 		}
@@ -85,10 +85,10 @@ func (p *Protocol) endSession(ctx context.Context, tok string, ttl time.Duration
 	if !p.patient() {
 		return false
 	}
-	key := p.cfg.Layout.Key(queue.Sessions, tok)
+	key := p.cfg.Layout.Key(store.Sessions, tok)
 	o, err := p.store.Get(ctx, key, MaxLeaseBytes)
 	switch {
-	case errors.Is(err, queue.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		return true
 	case err != nil:
 		return false
@@ -101,8 +101,8 @@ func (p *Protocol) endSession(ctx context.Context, tok string, ttl time.Duration
 	if age <= staleAfter(ttl) {
 		return false
 	}
-	err = p.store.DeleteWritten(ctx, key, queue.Version{ETag: o.ETag, Modified: o.LastModified, ID: o.VersionID})
-	if err != nil && !errors.Is(err, queue.ErrNotFound) {
+	err = p.store.DeleteWritten(ctx, key, store.Version{ETag: o.ETag, Modified: o.LastModified, ID: o.VersionID})
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return false // renewed first, or unknown: judged again next scan
 	}
 	p.cfg.Metrics.SessionEnded()
@@ -157,7 +157,7 @@ func (c *leaseCache) put(key, etag string, l leaseBody) {
 }
 
 // keepOnly forgets every lease not in listed.
-func (c *leaseCache) keepOnly(listed []queue.Object) {
+func (c *leaseCache) keepOnly(listed []store.Object) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	keep := make(map[string]seenLease, len(listed))

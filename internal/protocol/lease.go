@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Lease states, written for operators to read; recovery decides from the
@@ -141,14 +141,14 @@ type version struct {
 }
 
 // is reports whether o is the version v.
-func (v version) is(o queue.Object) bool {
+func (v version) is(o store.Object) bool {
 	return o.ETag == v.etag && (v.modified.IsZero() || o.LastModified.Equal(v.modified)) &&
 		(v.id == "" || o.VersionID == "" || o.VersionID == v.id)
 }
 
 // named is v as the store names it for a conditional delete.
-func (v version) named() queue.Version {
-	return queue.Version{ETag: v.etag, Modified: v.modified, ID: v.id}
+func (v version) named() store.Version {
+	return store.Version{ETag: v.etag, Modified: v.modified, ID: v.id}
 }
 
 // pending returns the pending/ version the lease's intent judged.
@@ -248,7 +248,7 @@ func (p *Protocol) readLease(ctx context.Context, key, token string) (leaseBody,
 	}
 	var l leaseBody
 	if json.Unmarshal(o.Body, &l) != nil || l.Token != token {
-		return leaseBody{}, "", fmt.Errorf("lease %s: held by token %q: %w", key, l.Token, queue.ErrPrecondition)
+		return leaseBody{}, "", fmt.Errorf("lease %s: held by token %q: %w", key, l.Token, store.ErrPrecondition)
 	}
 	return l, o.ETag, nil
 }
@@ -263,7 +263,7 @@ func (p *Protocol) readBack(ctx context.Context, key, token, nonce string) (stri
 	case err != nil:
 		return "", err
 	case l.Nonce != nonce:
-		return "", fmt.Errorf("lease %s: our write did not land: %w", key, queue.ErrUnknown)
+		return "", fmt.Errorf("lease %s: our write did not land: %w", key, store.ErrUnknown)
 	}
 	return etag, nil
 }

@@ -9,7 +9,7 @@ import (
 	"errors"
 	"strconv"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Output is the tail of a run's output, written with its result.
@@ -52,7 +52,7 @@ func (c *Claim) writeOutput(ctx context.Context, rec Record) error {
 		return nil
 	}
 	return c.act(ctx, nil, stepWriteOutput, func(ctx context.Context) error {
-		_, err := c.p.store.Put(ctx, c.p.cfg.Layout.OutputKey(c.id), rec.Output.Body, queue.PutOptions{Metadata: rec.outputMetadata(rec.Output)})
+		_, err := c.p.store.Put(ctx, c.p.cfg.Layout.OutputKey(c.id), rec.Output.Body, store.PutOptions{Metadata: rec.outputMetadata(rec.Output)})
 		return err
 	})
 }
@@ -64,7 +64,7 @@ func (c *Claim) writeOutput(ctx context.Context, rec Record) error {
 func (c *Claim) deleteOutput(ctx context.Context, quit <-chan struct{}) error {
 	return c.act(ctx, quit, "delete output", func(ctx context.Context) error {
 		err := c.p.store.Delete(ctx, c.p.cfg.Layout.OutputKey(c.id), "")
-		if errors.Is(err, queue.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			return nil
 		}
 		return err

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/exec"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // The output is one PUT under the lease, before the result, with the run's
@@ -57,7 +57,7 @@ func TestFinishWritesTheOutputBeforeTheResult(t *testing.T) {
 func TestPruneAndCancelRemoveTheOutput(t *testing.T) {
 	p, s := setup(t)
 	body := []byte(`{"spec":{"id":"a"}}`)
-	key := p.cfg.Layout.Key(queue.Completed, "a")
+	key := p.cfg.Layout.Key(store.Completed, "a")
 	s.PutAt(key, body, nil, time.Now().Add(-2*time.Hour))
 	s.PutAt("fleet/output/a.txt", []byte("out"), nil, time.Now().Add(-2*time.Hour))
 	if err := p.Prune(context.Background(), key, etagOf(t, s, key), time.Hour); err != nil {

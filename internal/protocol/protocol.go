@@ -21,25 +21,25 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
-// Store is the S3 queue as the protocol uses it; *queue.Store implements it.
+// Store is the S3 queue as the protocol uses it; *store.Store implements it.
 type Store interface {
-	queue.Lister
-	queue.Getter
-	queue.Header
-	Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error)
-	Copy(ctx context.Context, src, dst string, opt queue.CopyOptions) error
+	store.Lister
+	store.Getter
+	store.Header
+	Put(ctx context.Context, key string, body []byte, opt store.PutOptions) (string, error)
+	Copy(ctx context.Context, src, dst string, opt store.CopyOptions) error
 	Delete(ctx context.Context, key, ifMatch string) error
-	DeleteWritten(ctx context.Context, key string, v queue.Version) error
+	DeleteWritten(ctx context.Context, key string, v store.Version) error
 	// Versions and DeleteVersions serve the self-test's probe of a
 	// versioned bucket.
-	Versions(ctx context.Context, key string) ([]queue.ObjectVersion, error)
+	Versions(ctx context.Context, key string) ([]store.ObjectVersion, error)
 	DeleteVersions(ctx context.Context, key string, ids []string) error
 }
 
-var _ Store = (*queue.Store)(nil)
+var _ Store = (*store.Store)(nil)
 
 // Metrics is told what the protocol does; *metrics.Metrics implements it.
 type Metrics interface {
@@ -115,7 +115,7 @@ const MaxLeaseBytes = 64 << 10
 
 // Config is what the protocol needs to know.
 type Config struct {
-	Layout      queue.Layout
+	Layout      store.Layout
 	Node        string
 	TTL         time.Duration // at least MinTTL
 	MaxAttempts int
@@ -141,14 +141,14 @@ type Protocol struct {
 }
 
 // New returns the protocol for cfg.Layout on store.
-func New(cfg Config, store Store) *Protocol {
+func New(cfg Config, storage Store) *Protocol {
 	if cfg.Clock == nil {
 		cfg.Clock = realClock{}
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = nopMetrics{}
 	}
-	return &Protocol{cfg: cfg, store: store, log: cfg.Logger, clock: cfg.Clock}
+	return &Protocol{cfg: cfg, store: storage, log: cfg.Logger, clock: cfg.Clock}
 }
 
 type nopMetrics struct{}
@@ -194,8 +194,8 @@ func definite(err error) bool {
 	if err == nil {
 		return true
 	}
-	if errors.Is(err, queue.ErrUnknown) {
+	if errors.Is(err, store.ErrUnknown) {
 		return false
 	}
-	return errors.Is(err, queue.ErrNotFound) || errors.Is(err, queue.ErrPrecondition) || errors.Is(err, queue.ErrTooLarge)
+	return errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrPrecondition) || errors.Is(err, store.ErrTooLarge)
 }

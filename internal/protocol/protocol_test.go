@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/s3mem"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // faultStore is an s3mem bucket whose answers a test can make ambiguous:
@@ -42,20 +42,20 @@ func (s *faultStore) lost(op, key string) bool {
 	return s.lose != nil && s.lose(op, key)
 }
 
-func (s *faultStore) List(ctx context.Context, prefix string, fn func(queue.Page) error) error {
+func (s *faultStore) List(ctx context.Context, prefix string, fn func(store.Page) error) error {
 	s.mu.Lock()
 	s.log = append(s.log, "LIST "+prefix)
 	s.mu.Unlock()
 	return s.Store.List(ctx, prefix, fn)
 }
 
-func (s *faultStore) Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
+func (s *faultStore) Put(ctx context.Context, key string, body []byte, opt store.PutOptions) (string, error) {
 	s.mu.Lock()
 	stall := s.stallPut != nil && s.stallPut(key)
 	s.mu.Unlock()
 	if stall {
 		<-ctx.Done()
-		return "", fmt.Errorf("put %s: %w: %w", key, queue.ErrUnknown, ctx.Err())
+		return "", fmt.Errorf("put %s: %w: %w", key, store.ErrUnknown, ctx.Err())
 	}
 	etag, err := s.Store.Put(ctx, key, body, opt)
 	if err != nil {
@@ -64,11 +64,11 @@ func (s *faultStore) Put(ctx context.Context, key string, body []byte, opt queue
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.dropPut != nil && s.dropPut(key) {
-		return "", fmt.Errorf("put %s: %w", key, queue.ErrUnknown)
+		return "", fmt.Errorf("put %s: %w", key, store.ErrUnknown)
 	}
 	if s.lost("PUT", key) || s.losePut != nil && s.losePut(key, body) {
 		// The retry of a conditional write that landed is refused by it.
-		return "", fmt.Errorf("put %s: %w: %w", key, queue.ErrUnknown, queue.ErrPrecondition)
+		return "", fmt.Errorf("put %s: %w: %w", key, store.ErrUnknown, store.ErrPrecondition)
 	}
 	if s.landed != nil {
 		s.landed <- key
@@ -83,14 +83,14 @@ func (s *faultStore) Delete(ctx context.Context, key, ifMatch string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.lost("DELETE", key) {
-		return fmt.Errorf("delete %s: %w", key, queue.ErrUnknown)
+		return fmt.Errorf("delete %s: %w", key, store.ErrUnknown)
 	}
 	return nil
 }
 
 // DeleteWritten goes through Delete, so its faults apply (s3mem's own
 // DeleteWritten would bypass them).
-func (s *faultStore) DeleteWritten(ctx context.Context, key string, v queue.Version) error {
+func (s *faultStore) DeleteWritten(ctx context.Context, key string, v store.Version) error {
 	return s.Delete(ctx, key, v.ETag)
 }
 
@@ -100,7 +100,7 @@ func (s *faultStore) has(key string) bool {
 }
 
 // object returns key as a GET reads it, and whether it exists.
-func (s *faultStore) object(key string) (queue.Object, bool) {
+func (s *faultStore) object(key string) (store.Object, bool) {
 	o, err := s.Store.Get(context.Background(), key, 1<<20)
 	return o, err == nil
 }
@@ -124,18 +124,18 @@ func (s *faultStore) remove(t *testing.T, key string) {
 
 func setup(t *testing.T) (*Protocol, *faultStore) {
 	t.Helper()
-	store := newFaultStore()
-	p := New(Config{Layout: queue.NewLayout("fleet", ""), Node: "n1", TTL: MinTTL, MaxAttempts: 3,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, store)
-	return p, store
+	storage := newFaultStore()
+	p := New(Config{Layout: store.NewLayout("fleet", ""), Node: "n1", TTL: MinTTL, MaxAttempts: 3,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, storage)
+	return p, storage
 }
 
 // pending submits id and returns the spec as a node reads it.
 func pending(t *testing.T, p *Protocol, s *faultStore, id string) Spec {
 	t.Helper()
-	key := p.cfg.Layout.Key(queue.Pending, id)
+	key := p.cfg.Layout.Key(store.Pending, id)
 	body := []byte(`{"spec":{"id":"` + id + `"}}`)
-	etag, err := s.Put(context.Background(), key, body, queue.PutOptions{})
+	etag, err := s.Put(context.Background(), key, body, store.PutOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,9 +209,9 @@ func staleClaim(t *testing.T, p *Protocol, s *faultStore, spec Spec, attempts in
 	l := leaseBody{Node: "dead", Token: "old", Epoch: 1, TTLMillis: MinTTL.Milliseconds(), Attempts: attempts,
 		State: stateRunning, PendingETag: spec.ETag}
 	body, _ := encodeLease(&l, time.Now())
-	key := p.cfg.Layout.Key(queue.Leases, spec.ID)
+	key := p.cfg.Layout.Key(store.Leases, spec.ID)
 	s.PutAt(key, body, nil, time.Now().Add(-MinTTL-2*time.Second))
-	s.PutAt(p.cfg.Layout.Key(queue.Claimed, spec.ID), spec.Body, nil, time.Now())
+	s.PutAt(p.cfg.Layout.Key(store.Claimed, spec.ID), spec.Body, nil, time.Now())
 }
 
 func TestRecoverySettles(t *testing.T) {
@@ -252,7 +252,7 @@ func TestRecoveryOnlyCleansUpAFinishedClaim(t *testing.T) {
 	spec := pending(t, p, s, "a")
 	staleClaim(t, p, s, spec, 1)
 	s.remove(t, spec.Key)
-	done := p.cfg.Layout.Key(queue.Completed, "a")
+	done := p.cfg.Layout.Key(store.Completed, "a")
 	s.PutAt(done, spec.Body, map[string]string{metaToken: "old"}, time.Now())
 	if err := p.recoverScan(context.Background(), make(chan struct{}), true); err != nil {
 		t.Fatal(err)
@@ -348,7 +348,7 @@ func TestClaimsListedOncePerPeriod(t *testing.T) {
 	claimLists := func() int {
 		n := 0
 		for _, op := range s.log {
-			if op == "LIST "+p.cfg.Layout.Dir(queue.Claimed) {
+			if op == "LIST "+p.cfg.Layout.Dir(store.Claimed) {
 				n++
 			}
 		}
@@ -466,12 +466,12 @@ func TestCancelMarkWhoseAnswerWasLost(t *testing.T) {
 // it lapses: the cell is not stopped. Found by the soak: after an outage, one
 // renewal outlasted the validity and a healthy cell ran twice.
 func TestHungRenewalIsGivenUpInTime(t *testing.T) {
-	store := newFaultStore()
+	storage := newFaultStore()
 	// A ttl of 6 s: the validity left at a renewal (2.8 s) holds the hung
 	// write's half, its read-back and the retry with room for a loaded machine.
-	p := New(Config{Layout: queue.NewLayout("fleet", ""), Node: "n1", TTL: 6 * time.Second, MaxAttempts: 3,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, store)
-	spec := pending(t, p, store, "a")
+	p := New(Config{Layout: store.NewLayout("fleet", ""), Node: "n1", TTL: 6 * time.Second, MaxAttempts: 3,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, storage)
+	spec := pending(t, p, storage, "a")
 	c, err := p.Claim(context.Background(), make(chan struct{}), spec)
 	if err != nil {
 		t.Fatal(err)
@@ -480,20 +480,20 @@ func TestHungRenewalIsGivenUpInTime(t *testing.T) {
 
 	landed := make(chan string, 16)
 	hung := false
-	store.mu.Lock()
-	store.stallPut = func(key string) bool { // the first renewal after the claim
+	storage.mu.Lock()
+	storage.stallPut = func(key string) bool { // the first renewal after the claim
 		hit := !hung && key == "fleet/leases/a.json"
 		hung = hung || hit
 		return hit
 	}
-	store.landed = landed
-	store.mu.Unlock()
+	storage.landed = landed
+	storage.mu.Unlock()
 	for {
 		select {
 		case key := <-landed:
-			store.mu.Lock()
+			storage.mu.Lock()
 			after := hung
-			store.mu.Unlock()
+			storage.mu.Unlock()
 			if key == "fleet/leases/a.json" && after {
 				return // a renewal after the hung one landed, in time
 			}

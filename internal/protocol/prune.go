@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Prune deletes the result at key (under completed/ or failed/) if, under
@@ -29,7 +29,7 @@ func (p *Protocol) Prune(ctx context.Context, key, etag string, olderThan time.D
 	}
 	quit := make(chan struct{})
 	close(quit) // a tool does not wait out an outage
-	var head queue.Object
+	var head store.Object
 	err = c.act(ctx, quit, "check "+string(st), func(ctx context.Context) (err error) {
 		head, err = p.store.Head(ctx, key)
 		return err
@@ -51,7 +51,7 @@ func (p *Protocol) Prune(ctx context.Context, key, etag string, olderThan time.D
 		}
 		c.end(ctx, quit)
 		return nil
-	case errors.Is(err, ErrGone), errors.Is(err, queue.ErrNotFound), errors.Is(err, queue.ErrPrecondition):
+	case errors.Is(err, ErrGone), errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrPrecondition):
 		c.end(ctx, quit)
 		return fmt.Errorf("prune %s: %w", key, ErrGone)
 	}
@@ -59,8 +59,8 @@ func (p *Protocol) Prune(ctx context.Context, key, etag string, olderThan time.D
 }
 
 // resultID returns the id and state of a result key.
-func (p *Protocol) resultID(key string) (string, queue.State, bool) {
-	for _, st := range []queue.State{queue.Completed, queue.Failed} {
+func (p *Protocol) resultID(key string) (string, store.Area, bool) {
+	for _, st := range []store.Area{store.Completed, store.Failed} {
 		if id, ok := p.cfg.Layout.ID(st, key); ok {
 			return id, st, true
 		}

@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // recoverScan takes over the stale leases (and, withClaims, the lease-less
@@ -22,9 +22,9 @@ import (
 func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withClaims bool) error {
 	// Claims are listed before leases: a claim whose lease appears in between
 	// is live (a holder writes its lease before its claim).
-	var orphans []queue.Object
+	var orphans []store.Object
 	if withClaims {
-		err := p.store.List(ctx, p.cfg.Layout.Dir(queue.Claimed), func(page queue.Page) error {
+		err := p.store.List(ctx, p.cfg.Layout.Dir(store.Claimed), func(page store.Page) error {
 			for _, o := range page.Objects {
 				if page.ServerTime.Sub(o.LastModified) > staleAfter(p.cfg.TTL) {
 					orphans = append(orphans, o)
@@ -38,10 +38,10 @@ func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withCl
 	}
 	leased := map[string]bool{}
 	leases := 0
-	var old []queue.Object
-	err := p.store.List(ctx, p.cfg.Layout.Dir(queue.Leases), func(page queue.Page) error {
+	var old []store.Object
+	err := p.store.List(ctx, p.cfg.Layout.Dir(store.Leases), func(page store.Page) error {
 		for _, o := range page.Objects {
-			id, ok := p.cfg.Layout.ID(queue.Leases, o.Key)
+			id, ok := p.cfg.Layout.ID(store.Leases, o.Key)
 			if !ok {
 				continue
 			}
@@ -68,7 +68,7 @@ func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withCl
 		if stopped(ctx, quit) {
 			return nil
 		}
-		id, _ := p.cfg.Layout.ID(queue.Leases, o.Key)
+		id, _ := p.cfg.Layout.ID(store.Leases, o.Key)
 		if seen, ok := p.seen.get(o.Key, o.ETag); ok && seen.session != "" && j.alive(ctx, seen.session, seen.ttl) &&
 			!p.ownLeft(id, seen.token, false) {
 			continue // read before, unchanged, and its session lives: no request
@@ -77,7 +77,7 @@ func (p *Protocol) recoverScan(ctx context.Context, quit <-chan struct{}, withCl
 	}
 	p.seen.keepOnly(old)
 	for _, o := range orphans {
-		id, ok := p.cfg.Layout.ID(queue.Claimed, o.Key)
+		id, ok := p.cfg.Layout.ID(store.Claimed, o.Key)
 		if !ok || leased[id] || stopped(ctx, quit) {
 			continue
 		}
@@ -100,10 +100,10 @@ func stopped(ctx context.Context, quit <-chan struct{}) bool {
 // the spec.
 func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id string, j *judge) {
 	log := p.log.With("spec_id", id)
-	key := p.cfg.Layout.Key(queue.Leases, id)
+	key := p.cfg.Layout.Key(store.Leases, id)
 	obj, err := p.store.Get(ctx, key, MaxLeaseBytes)
 	if err != nil {
-		if !errors.Is(err, queue.ErrNotFound) {
+		if !errors.Is(err, store.ErrNotFound) {
 			log.Warn("recovery: read lease failed", "event", "recovery.read_lease_failed", "err", err)
 		} else if p.session != nil {
 			p.session.notHeld(id, "")
@@ -147,15 +147,15 @@ func (p *Protocol) takeOverLease(ctx context.Context, quit <-chan struct{}, id s
 	}
 	body, nonce := encodeLease(&mine, p.clock.Now())
 	sent := p.clock.Now()
-	etag, err := p.store.Put(wctx, key, body, queue.PutOptions{IfMatch: obj.ETag})
-	if errors.Is(err, queue.ErrUnknown) {
+	etag, err := p.store.Put(wctx, key, body, store.PutOptions{IfMatch: obj.ETag})
+	if errors.Is(err, store.ErrUnknown) {
 		etag, err = p.readBack(wctx, key, mine.Token, nonce)
 		if err != nil && p.session != nil {
 			p.session.leaveToken(id, mine.Token) // see acquire
 		}
 	}
 	if err != nil {
-		if errors.Is(err, queue.ErrPrecondition) || errors.Is(err, queue.ErrNotFound) {
+		if errors.Is(err, store.ErrPrecondition) || errors.Is(err, store.ErrNotFound) {
 			log.Debug("recovery: lease changed under us; another node has it", "event", "recovery.lease_changed")
 		} else {
 			log.Warn("recovery: lease takeover failed", "event", "recovery.takeover_failed", "err", err)
@@ -202,12 +202,12 @@ func (p *Protocol) takeOverOrphan(ctx context.Context, quit <-chan struct{}, id 
 		return
 	}
 	// Read the claim under our lease: nobody changes it from here on.
-	var o queue.Object
+	var o store.Object
 	err = c.act(ctx, quit, "read orphaned claim", func(ctx context.Context) (err error) {
-		o, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Claimed, id))
+		o, err = p.store.Head(ctx, p.cfg.Layout.Key(store.Claimed, id))
 		return err
 	})
-	if errors.Is(err, queue.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		c.end(ctx, quit) // finished and cleared since the listing
 		return
 	}
@@ -239,9 +239,9 @@ func (p *Protocol) takeOverOrphan(ctx context.Context, quit <-chan struct{}, id 
 // attempts used up, to failed/.
 func (p *Protocol) recoverRun(ctx context.Context, quit <-chan struct{}, c *Claim, prev string, judged version, attempts int) {
 	id := c.id
-	var pending queue.Object
+	var pending store.Object
 	err := c.act(ctx, quit, "check pending", func(ctx context.Context) (err error) {
-		pending, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Pending, id))
+		pending, err = p.store.Head(ctx, p.cfg.Layout.Key(store.Pending, id))
 		return err
 	})
 	// A pending/ of the same bytes written since (a resubmission) is not
@@ -251,9 +251,9 @@ func (p *Protocol) recoverRun(ctx context.Context, quit <-chan struct{}, c *Clai
 	c.mu.Lock()
 	released := c.lease.Released
 	c.mu.Unlock()
-	consumed := errors.Is(err, queue.ErrNotFound) ||
+	consumed := errors.Is(err, store.ErrNotFound) ||
 		err == nil && judged.etag != "" && !judged.is(pending) && !(released && pending.ETag == judged.etag)
-	if err != nil && !errors.Is(err, queue.ErrNotFound) {
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		p.leave(c, err)
 		return
 	}
@@ -264,12 +264,12 @@ func (p *Protocol) recoverRun(ctx context.Context, quit <-chan struct{}, c *Clai
 	if prev != "" {
 		tokens[prev] = true
 	}
-	var claimedHead queue.Object
+	var claimedHead store.Object
 	err = c.act(ctx, quit, "read claimed", func(ctx context.Context) (err error) {
-		claimedHead, err = p.store.Head(ctx, p.cfg.Layout.Key(queue.Claimed, id))
+		claimedHead, err = p.store.Head(ctx, p.cfg.Layout.Key(store.Claimed, id))
 		return err
 	})
-	if err != nil && !errors.Is(err, queue.ErrNotFound) {
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		p.leave(c, err)
 		return
 	}
@@ -277,13 +277,13 @@ func (p *Protocol) recoverRun(ctx context.Context, quit <-chan struct{}, c *Clai
 		tokens[t] = true
 	}
 	if len(tokens) > 0 {
-		for _, s := range []queue.State{queue.Completed, queue.Failed} {
-			var res queue.Object
+		for _, s := range []store.Area{store.Completed, store.Failed} {
+			var res store.Object
 			err := c.act(ctx, quit, "check result", func(ctx context.Context) (err error) {
 				res, err = p.store.Head(ctx, p.cfg.Layout.Key(s, id))
 				return err
 			})
-			if err != nil && !errors.Is(err, queue.ErrNotFound) {
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
 				p.leave(c, err)
 				return
 			}
@@ -304,12 +304,12 @@ func (p *Protocol) recoverRun(ctx context.Context, quit <-chan struct{}, c *Clai
 		p.endUnconsumed(ctx, quit, c)
 		return
 	}
-	var claimed queue.Object
+	var claimed store.Object
 	err = c.act(ctx, quit, "read claimed", func(ctx context.Context) (err error) {
-		claimed, err = p.store.Get(ctx, p.cfg.Layout.Key(queue.Claimed, id), recoverLimit)
+		claimed, err = p.store.Get(ctx, p.cfg.Layout.Key(store.Claimed, id), recoverLimit)
 		return err
 	})
-	if errors.Is(err, queue.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		c.log.Warn("recovery: no claimed/ spec and no result of the holder; removing the lease", "event", "recovery.lease_removed")
 		c.end(ctx, quit)
 		return
@@ -348,13 +348,13 @@ func (p *Protocol) recoverRun(ctx context.Context, quit <-chan struct{}, c *Clai
 // adoptClaimed learns claimed/'s ETag so the cleanup deletes only that.
 func (p *Protocol) adoptClaimed(ctx context.Context, quit <-chan struct{}, c *Claim) {
 	err := c.act(ctx, quit, "read claimed", func(ctx context.Context) error {
-		o, err := p.store.Head(ctx, p.cfg.Layout.Key(queue.Claimed, c.id))
+		o, err := p.store.Head(ctx, p.cfg.Layout.Key(store.Claimed, c.id))
 		if err == nil {
 			c.claimedETag = o.ETag
 		}
 		return err
 	})
-	if err != nil && !errors.Is(err, queue.ErrNotFound) {
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		c.log.Warn("recovery: read claimed/ failed", "event", "recovery.read_claim_failed", "err", err)
 	}
 }

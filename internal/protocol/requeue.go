@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Requeue moves a spec from failed/ back to pending/ with a fresh attempt
@@ -24,13 +24,13 @@ func (p *Protocol) Requeue(ctx context.Context, id string) error {
 	}
 	quit := make(chan struct{})
 	close(quit) // a tool does not wait out an outage
-	var o queue.Object
+	var o store.Object
 	err = c.act(ctx, quit, "read failed", func(ctx context.Context) (err error) {
-		o, err = p.store.Get(ctx, p.cfg.Layout.Key(queue.Failed, id), recoverLimit)
+		o, err = p.store.Get(ctx, p.cfg.Layout.Key(store.Failed, id), recoverLimit)
 		return err
 	})
 	switch {
-	case errors.Is(err, queue.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		c.end(ctx, quit)
 		return fmt.Errorf("requeue %s: %w", id, err)
 	case err != nil:
@@ -49,9 +49,9 @@ func (p *Protocol) Requeue(ctx context.Context, id string) error {
 // writes failed/: a successor that does not know the version its first
 // holder read (failedETag "") deletes the one there.
 func (p *Protocol) finishRequeue(ctx context.Context, quit <-chan struct{}, c *Claim, failedETag string) {
-	failedKey := p.cfg.Layout.Key(queue.Failed, c.id)
+	failedKey := p.cfg.Layout.Key(store.Failed, c.id)
 	err := c.act(ctx, quit, "check pending", func(ctx context.Context) error {
-		_, err := p.store.Head(ctx, p.cfg.Layout.Key(queue.Pending, c.id))
+		_, err := p.store.Head(ctx, p.cfg.Layout.Key(store.Pending, c.id))
 		return err
 	})
 	if err == nil && failedETag == "" {
@@ -66,7 +66,7 @@ func (p *Protocol) finishRequeue(ctx context.Context, quit <-chan struct{}, c *C
 			return p.store.Delete(ctx, failedKey, failedETag)
 		})
 	}
-	if err != nil && !errors.Is(err, queue.ErrNotFound) && !errors.Is(err, queue.ErrPrecondition) {
+	if err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrPrecondition) {
 		p.leave(c, err)
 		return
 	}

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Metadata of a spec's retries, carried on pending/, delayed and claimed/
@@ -166,8 +166,8 @@ func (c *Claim) Retry(ctx context.Context, quit <-chan struct{}, reason string, 
 // holders write it: a 412 is an earlier attempt of ours, or a predecessor's.
 func (p *Protocol) writeRetry(ctx context.Context, quit <-chan struct{}, c *Claim, body []byte, key string, meta map[string]string) error {
 	err := c.act(ctx, quit, "write retry", func(ctx context.Context) error {
-		_, err := p.store.Put(ctx, key, body, queue.PutOptions{IfAbsent: true, Metadata: meta})
-		if errors.Is(err, queue.ErrPrecondition) {
+		_, err := p.store.Put(ctx, key, body, store.PutOptions{IfAbsent: true, Metadata: meta})
+		if errors.Is(err, store.ErrPrecondition) {
 			return nil
 		}
 		return err

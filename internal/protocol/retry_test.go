@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // runningClaim claims a pending spec with retry state r and returns it.
@@ -63,7 +63,7 @@ func TestRecoveryFinishesAnInterruptedRetry(t *testing.T) {
 			spec := pending(t, p, s, "a")
 			s.remove(t, spec.Key) // consumed by the claim
 			if tt.claimed {
-				s.PutAt(p.cfg.Layout.Key(queue.Claimed, "a"), spec.Body, map[string]string{metaToken: "t1", metaAttempts: "1"}, time.Now())
+				s.PutAt(p.cfg.Layout.Key(store.Claimed, "a"), spec.Body, map[string]string{metaToken: "t1", metaAttempts: "1"}, time.Now())
 			}
 			if tt.landed {
 				s.PutAt(key, spec.Body, meta, time.Now())
@@ -86,7 +86,7 @@ func delayed(t *testing.T, p *Protocol, s *faultStore, id string) (string, []byt
 	t.Helper()
 	key := p.cfg.Layout.DelayedKey(id, time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC))
 	body := []byte(`{"spec":{"id":"` + id + `"}}`)
-	if _, err := s.Put(context.Background(), key, body, queue.PutOptions{Metadata: map[string]string{metaRetried: "1"}}); err != nil {
+	if _, err := s.Put(context.Background(), key, body, store.PutOptions{Metadata: map[string]string{metaRetried: "1"}}); err != nil {
 		t.Fatal(err)
 	}
 	return key, body

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // hookStore is a faultStore whose requests a test can see before they are
@@ -41,21 +41,21 @@ func (h *hookStore) setBefore(f func(op, key string) error) {
 	h.mu.Unlock()
 }
 
-func (h *hookStore) Get(ctx context.Context, key string, limit int64) (queue.Object, error) {
+func (h *hookStore) Get(ctx context.Context, key string, limit int64) (store.Object, error) {
 	if err := h.hook("GET", key); err != nil {
-		return queue.Object{}, err
+		return store.Object{}, err
 	}
 	return h.faultStore.Get(ctx, key, limit)
 }
 
-func (h *hookStore) Head(ctx context.Context, key string) (queue.Object, error) {
+func (h *hookStore) Head(ctx context.Context, key string) (store.Object, error) {
 	if err := h.hook("HEAD", key); err != nil {
-		return queue.Object{}, err
+		return store.Object{}, err
 	}
 	return h.faultStore.Head(ctx, key)
 }
 
-func (h *hookStore) Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
+func (h *hookStore) Put(ctx context.Context, key string, body []byte, opt store.PutOptions) (string, error) {
 	if err := h.hook("PUT", key); err != nil {
 		return "", err
 	}
@@ -69,11 +69,11 @@ func (h *hookStore) Delete(ctx context.Context, key, ifMatch string) error {
 	return h.faultStore.Delete(ctx, key, ifMatch)
 }
 
-func (h *hookStore) DeleteWritten(ctx context.Context, key string, v queue.Version) error {
+func (h *hookStore) DeleteWritten(ctx context.Context, key string, v store.Version) error {
 	return h.Delete(ctx, key, v.ETag)
 }
 
-func (h *hookStore) Copy(ctx context.Context, src, dst string, opt queue.CopyOptions) error {
+func (h *hookStore) Copy(ctx context.Context, src, dst string, opt store.CopyOptions) error {
 	if err := h.hook("COPY", dst); err != nil {
 		return err
 	}
@@ -82,7 +82,7 @@ func (h *hookStore) Copy(ctx context.Context, src, dst string, opt queue.CopyOpt
 
 // ageLease makes the lease of id look as a holder that stopped long ago left it.
 func ageLease(p *Protocol, s *faultStore, id string) {
-	key := p.cfg.Layout.Key(queue.Leases, id)
+	key := p.cfg.Layout.Key(store.Leases, id)
 	o, _ := s.object(key)
 	s.PutAt(key, o.Body, o.Metadata, time.Now().Add(-MinTTL-2*time.Second))
 }
@@ -98,12 +98,12 @@ func ageLease(p *Protocol, s *faultStore, id string) {
 func TestReviewFilingSuccessorDeletesAnIdenticalResubmission(t *testing.T) {
 	p, s := setup(t)
 	spec := pending(t, p, s, "a")
-	leaseKey := p.cfg.Layout.Key(queue.Leases, "a")
+	leaseKey := p.cfg.Layout.Key(store.Leases, "a")
 	h := &hookStore{faultStore: s}
 	// Once pending/ is gone, every request about the lease goes unanswered.
 	h.setBefore(func(op, key string) error {
 		if key == leaseKey && !s.has(spec.Key) {
-			return fmt.Errorf("%s %s: %w: 503", op, key, queue.ErrUnknown)
+			return fmt.Errorf("%s %s: %w: 503", op, key, store.ErrUnknown)
 		}
 		return nil
 	})
@@ -118,7 +118,7 @@ func TestReviewFilingSuccessorDeletesAnIdenticalResubmission(t *testing.T) {
 
 	// The operator submits the same file again: pending/ and claimed/ are
 	// empty, so `fleetd submit` accepts it.
-	if _, err := s.Put(context.Background(), spec.Key, spec.Body, queue.PutOptions{IfAbsent: true}); err != nil {
+	if _, err := s.Put(context.Background(), spec.Key, spec.Body, store.PutOptions{IfAbsent: true}); err != nil {
 		t.Fatal(err)
 	}
 	// Meanwhile the fleet cannot claim it: the filing's lease holds the id.
@@ -162,7 +162,7 @@ func TestReviewCancelMarkFilesAnIdenticalResubmission(t *testing.T) {
 		t.Fatalf("Cancel = %+v, %v; want node n1 asked", res, err)
 	}
 	// submit --replace of the same file.
-	if _, err := s.Put(context.Background(), spec.Key, spec.Body, queue.PutOptions{}); err != nil {
+	if _, err := s.Put(context.Background(), spec.Key, spec.Body, store.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	ageLease(p, s, "a")
@@ -188,7 +188,7 @@ func TestReviewCancelMarkDroppedByRecoveryOfAnUnconsumedClaim(t *testing.T) {
 	p, s := setup(t)
 	spec := pending(t, p, s, "a")
 	staleClaim(t, p, s, spec, 1) // lease + claimed/, pending/ never consumed
-	claimedKey := p.cfg.Layout.Key(queue.Claimed, "a")
+	claimedKey := p.cfg.Layout.Key(store.Claimed, "a")
 	h := &hookStore{faultStore: s}
 	var once sync.Once
 	var res CancelResult
@@ -228,7 +228,7 @@ func TestReviewCancelMarkDroppedByAClaimThatGivesUp(t *testing.T) {
 	h.setBefore(func(op, key string) error {
 		if op == "HEAD" && key == spec.Key {
 			once.Do(func() {
-				if _, err := s.Put(context.Background(), spec.Key, []byte(`{"spec":{"id":"a","v":2}}`), queue.PutOptions{}); err != nil {
+				if _, err := s.Put(context.Background(), spec.Key, []byte(`{"spec":{"id":"a","v":2}}`), store.PutOptions{}); err != nil {
 					t.Error(err)
 				}
 				go func() {
@@ -300,7 +300,7 @@ func TestStateWriteIsNotTakenForAnEarlierRenewal(t *testing.T) {
 	l, before := c.lease, c.etag
 	c.mu.Unlock()
 	body, nonce := encodeLease(&l, time.Now())
-	renewal, err := s.Store.Put(context.Background(), c.key, body, queue.PutOptions{IfMatch: before})
+	renewal, err := s.Store.Put(context.Background(), c.key, body, store.PutOptions{IfMatch: before})
 	if err != nil {
 		t.Fatal(err)
 	}

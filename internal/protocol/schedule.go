@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Due is one due time of a schedule, to submit as the spec ID.
@@ -77,7 +77,7 @@ func (p *Protocol) finishDue(ctx context.Context, quit <-chan struct{}, c *Claim
 		c.end(ctx, quit) // submitted already, by us or another agent
 		return false, nil
 	}
-	pendingKey := p.cfg.Layout.Key(queue.Pending, c.id)
+	pendingKey := p.cfg.Layout.Key(store.Pending, c.id)
 	if body == nil {
 		// A successor: the holder may have written pending/ already.
 		err := c.act(ctx, quit, "check pending", func(ctx context.Context) error {
@@ -86,13 +86,13 @@ func (p *Protocol) finishDue(ctx context.Context, quit <-chan struct{}, c *Claim
 		})
 		switch {
 		case err == nil:
-		case errors.Is(err, queue.ErrNotFound):
+		case errors.Is(err, store.ErrNotFound):
 			err = c.act(ctx, quit, "read schedule", func(ctx context.Context) error {
 				o, err := p.store.Get(ctx, defKey, recoverLimit)
 				body = o.Body
 				return err
 			})
-			if errors.Is(err, queue.ErrNotFound) {
+			if errors.Is(err, store.ErrNotFound) {
 				c.end(ctx, quit) // the schedule was removed before its spec was written
 				return false, nil
 			}
@@ -107,9 +107,9 @@ func (p *Protocol) finishDue(ctx context.Context, quit <-chan struct{}, c *Claim
 	}
 	if body != nil {
 		err := c.act(ctx, quit, "write pending", func(ctx context.Context) error {
-			_, err := p.store.Put(ctx, pendingKey, body, queue.PutOptions{IfAbsent: true,
+			_, err := p.store.Put(ctx, pendingKey, body, store.PutOptions{IfAbsent: true,
 				Metadata: map[string]string{metaToken: c.origin, metaSchedule: defKey}})
-			if errors.Is(err, queue.ErrPrecondition) {
+			if errors.Is(err, store.ErrPrecondition) {
 				// Our earlier attempt, or a predecessor's in the chain:
 				// under the lease nobody else writes or consumes it.
 				return nil
@@ -126,8 +126,8 @@ func (p *Protocol) finishDue(ctx context.Context, quit <-chan struct{}, c *Claim
 	for {
 		m, _ := json.Marshal(marker{Due: due.UTC(), Node: p.cfg.Node, Nonce: newToken()})
 		err := c.act(ctx, quit, "move marker", func(ctx context.Context) error {
-			_, err := p.store.Put(ctx, markerKey, m, queue.PutOptions{IfMatch: etag, IfAbsent: etag == ""})
-			if errors.Is(err, queue.ErrUnknown) {
+			_, err := p.store.Put(ctx, markerKey, m, store.PutOptions{IfMatch: etag, IfAbsent: etag == ""})
+			if errors.Is(err, store.ErrUnknown) {
 				// Read back: is our write there?
 				o, gerr := p.store.Get(ctx, markerKey, MaxLeaseBytes)
 				if gerr == nil && string(o.Body) == string(m) {
@@ -139,7 +139,7 @@ func (p *Protocol) finishDue(ctx context.Context, quit <-chan struct{}, c *Claim
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, queue.ErrPrecondition) && !errors.Is(err, queue.ErrNotFound) {
+		if !errors.Is(err, store.ErrPrecondition) && !errors.Is(err, store.ErrNotFound) {
 			p.leave(c, err)
 			return false, err
 		}
@@ -159,13 +159,13 @@ func (p *Protocol) finishDue(ctx context.Context, quit <-chan struct{}, c *Claim
 // readMarker reads a schedule's marker under c: the last due time submitted
 // (zero if none) and its ETag ("" if none).
 func (p *Protocol) readMarker(ctx context.Context, quit <-chan struct{}, c *Claim, key string) (time.Time, string, error) {
-	var o queue.Object
+	var o store.Object
 	err := c.act(ctx, quit, "read marker", func(ctx context.Context) (err error) {
 		o, err = p.store.Get(ctx, key, MaxLeaseBytes)
 		return err
 	})
 	switch {
-	case errors.Is(err, queue.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		return time.Time{}, "", nil
 	case err != nil:
 		return time.Time{}, "", err

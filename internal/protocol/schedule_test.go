@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 func due(at time.Time, body []byte) Due {
@@ -103,7 +103,7 @@ func TestRecoveryFinishesAScheduleSubmission(t *testing.T) {
 			if moved := markerAt(t, s).Equal(t0); moved != tt.wantMarkerMove {
 				t.Errorf("marker %v, want moved to %v: %v", markerAt(t, s), t0, tt.wantMarkerMove)
 			}
-			if s.has(p.cfg.Layout.Key(queue.Leases, "tick-20261206T190000Z")) {
+			if s.has(p.cfg.Layout.Key(store.Leases, "tick-20261206T190000Z")) {
 				t.Error("lease left")
 			}
 		})

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // ErrUnfit wraps a self-test failure that no retry will change: the store
@@ -24,21 +24,21 @@ const racers = 8
 //     of one fresh key exactly one wins (a store that checks the condition
 //     but not atomically is refused);
 //   - If-Match on PUT;
-//   - If-Match on DELETE: queue.IfMatchDeletes. A store that ignores it
-//     (MinIO) is used with queue.VersionedDeletes if the bucket keeps
+//   - If-Match on DELETE: store.IfMatchDeletes. A store that ignores it
+//     (MinIO) is used with store.VersionedDeletes if the bucket keeps
 //     versions and DELETE with a version id removes exactly that version;
 //     otherwise it is unfit, and the error says how to fix it.
 //
 // It makes about 20 requests (about 28 on a versioned bucket) and removes
 // what it wrote. An error wrapping ErrUnfit is definite; any other error (no
 // answer, an unknown outcome) may pass on a later try.
-func (p *Protocol) SelfTest(ctx context.Context) (mode queue.DeleteMode, err error) {
+func (p *Protocol) SelfTest(ctx context.Context) (mode store.DeleteMode, err error) {
 	key := p.cfg.Layout.Key("selftest", p.cfg.Node+"-"+newToken())
 	race := key + ".race"
 	defer func() {
 		// Best effort: a later try uses new keys.
 		for _, k := range []string{key, race} {
-			if mode == queue.VersionedDeletes || err != nil {
+			if mode == store.VersionedDeletes || err != nil {
 				p.removeVersions(ctx, k)
 			} else {
 				_ = p.store.Delete(ctx, k, "")
@@ -48,22 +48,22 @@ func (p *Protocol) SelfTest(ctx context.Context) (mode queue.DeleteMode, err err
 	if err := p.raceCreates(ctx, race); err != nil {
 		return "", err
 	}
-	put := func(body string, opt queue.PutOptions) (string, error) {
+	put := func(body string, opt store.PutOptions) (string, error) {
 		return p.store.Put(ctx, key, []byte(body), opt)
 	}
-	etag1, err := put(`{"selftest":1}`, queue.PutOptions{IfAbsent: true})
+	etag1, err := put(`{"selftest":1}`, store.PutOptions{IfAbsent: true})
 	if err != nil {
 		return "", unfit("", err)
 	}
-	_, err = put(`{"selftest":2}`, queue.PutOptions{IfAbsent: true})
+	_, err = put(`{"selftest":2}`, store.PutOptions{IfAbsent: true})
 	if !isDefinitePrecondition(err) {
 		return "", unfit("PUT with If-None-Match: * replaced an existing object", err)
 	}
-	_, err = put(`{"selftest":3}`, queue.PutOptions{IfMatch: `"00000000000000000000000000000000"`})
+	_, err = put(`{"selftest":3}`, store.PutOptions{IfMatch: `"00000000000000000000000000000000"`})
 	if !isDefinitePrecondition(err) {
 		return "", unfit("PUT with If-Match on a wrong ETag replaced the object", err)
 	}
-	etag2, err := put(`{"selftest":4}`, queue.PutOptions{IfMatch: etag1})
+	etag2, err := put(`{"selftest":4}`, store.PutOptions{IfMatch: etag1})
 	if err != nil {
 		return "", unfit("", err)
 	}
@@ -73,10 +73,10 @@ func (p *Protocol) SelfTest(ctx context.Context) (mode queue.DeleteMode, err err
 		if err := p.store.Delete(ctx, key, etag2); err != nil {
 			return "", unfit("", err)
 		}
-		if _, err := p.store.Head(ctx, key); !errors.Is(err, queue.ErrNotFound) {
+		if _, err := p.store.Head(ctx, key); !errors.Is(err, store.ErrNotFound) {
 			return "", unfit("DELETE with If-Match on the current ETag left the object", err)
 		}
-		return queue.IfMatchDeletes, nil
+		return store.IfMatchDeletes, nil
 	case err != nil:
 		return "", unfit("", err)
 	}
@@ -91,7 +91,7 @@ func (p *Protocol) raceCreates(ctx context.Context, key string) error {
 	var wg sync.WaitGroup
 	for i := range racers {
 		wg.Go(func() {
-			_, errs[i] = p.store.Put(ctx, key, fmt.Appendf(nil, `{"selftest_racer":%d}`, i), queue.PutOptions{IfAbsent: true})
+			_, errs[i] = p.store.Put(ctx, key, fmt.Appendf(nil, `{"selftest_racer":%d}`, i), store.PutOptions{IfAbsent: true})
 		})
 	}
 	wg.Wait()
@@ -111,10 +111,10 @@ func (p *Protocol) raceCreates(ctx context.Context, key string) error {
 }
 
 // probeVersions decides whether a store that ignores If-Match on DELETE can
-// run in queue.VersionedDeletes: key had two versions written and a DELETE
+// run in store.VersionedDeletes: key had two versions written and a DELETE
 // since. The bucket must have kept them, each with an id of its own, and a
 // versioned delete must remove exactly the version it names.
-func (p *Protocol) probeVersions(ctx context.Context, key string) (queue.DeleteMode, error) {
+func (p *Protocol) probeVersions(ctx context.Context, key string) (store.DeleteMode, error) {
 	const fix = "DELETE ignores If-Match and the bucket keeps no versions: enable versioning on the bucket " +
 		"(MinIO: `mc version enable ALIAS/BUCKET`; S3 API: PutBucketVersioning Status=Enabled)"
 	vs, err := p.store.Versions(ctx, key)
@@ -130,26 +130,26 @@ func (p *Protocol) probeVersions(ctx context.Context, key string) (queue.DeleteM
 	if len(ids) < 2 {
 		return "", fmt.Errorf("%w: %s", ErrUnfit, fix)
 	}
-	etag1, err := p.store.Put(ctx, key, []byte(`{"selftest":5}`), queue.PutOptions{IfAbsent: true})
+	etag1, err := p.store.Put(ctx, key, []byte(`{"selftest":5}`), store.PutOptions{IfAbsent: true})
 	if err != nil {
 		return "", unfit("", err)
 	}
-	etag2, err := p.store.Put(ctx, key, []byte(`{"selftest":6}`), queue.PutOptions{IfMatch: etag1})
+	etag2, err := p.store.Put(ctx, key, []byte(`{"selftest":6}`), store.PutOptions{IfMatch: etag1})
 	if err != nil {
 		return "", unfit("", err)
 	}
-	err = queue.DeleteByVersions(ctx, p.store, key, queue.Version{ETag: etag1})
+	err = store.DeleteByVersions(ctx, p.store, key, store.Version{ETag: etag1})
 	if !isDefinitePrecondition(err) {
 		return "", unfit("a versioned delete of a replaced version was not refused", err)
 	}
-	if err := queue.DeleteByVersions(ctx, p.store, key, queue.Version{ETag: etag2}); err != nil {
+	if err := store.DeleteByVersions(ctx, p.store, key, store.Version{ETag: etag2}); err != nil {
 		return "", unfit("", err)
 	}
-	if o, err := p.store.Head(ctx, key); !errors.Is(err, queue.ErrNotFound) {
+	if o, err := p.store.Head(ctx, key); !errors.Is(err, store.ErrNotFound) {
 		// The version under it came back, or the delete was ignored.
 		return "", unfit(fmt.Sprintf("DELETE by version id left the key holding ETag %s", o.ETag), err)
 	}
-	return queue.VersionedDeletes, nil
+	return store.VersionedDeletes, nil
 }
 
 // removeVersions deletes every version of a scratch key, best effort.
@@ -172,12 +172,12 @@ func unfit(what string, err error) error {
 	if err == nil {
 		return fmt.Errorf("%w: %s", ErrUnfit, what)
 	}
-	if queue.Refused(err) {
+	if store.Refused(err) {
 		return fmt.Errorf("%w: %w", ErrUnfit, err)
 	}
 	return err // no definite answer: try again later
 }
 
 func isDefinitePrecondition(err error) bool {
-	return errors.Is(err, queue.ErrPrecondition) && !errors.Is(err, queue.ErrUnknown)
+	return errors.Is(err, store.ErrPrecondition) && !errors.Is(err, store.ErrUnknown)
 }

@@ -9,8 +9,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/s3mem"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // racyStore checks If-None-Match, then writes without it: a store whose
@@ -24,12 +24,12 @@ type racyStore struct {
 	ready chan struct{}
 }
 
-func (s *racyStore) Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
+func (s *racyStore) Put(ctx context.Context, key string, body []byte, opt store.PutOptions) (string, error) {
 	if !opt.IfAbsent || !strings.HasSuffix(key, ".race") {
 		return s.Store.Put(ctx, key, body, opt)
 	}
 	if _, err := s.Head(ctx, key); err == nil {
-		return "", queue.ErrPrecondition
+		return "", store.ErrPrecondition
 	}
 	s.mu.Lock()
 	if s.seen++; s.seen == s.n {
@@ -48,23 +48,23 @@ func TestSelfTestPicksTheDeleteMode(t *testing.T) {
 		name   string
 		quirks s3mem.Quirks
 		racy   bool
-		mode   queue.DeleteMode
+		mode   store.DeleteMode
 		unfit  string
 	}{
-		{"DELETE honours If-Match", s3mem.Quirks{}, false, queue.IfMatchDeletes, ""},
-		{"versioned bucket honours If-Match", s3mem.Quirks{Versioning: true}, false, queue.IfMatchDeletes, ""},
-		{"DELETE ignores If-Match, versioned bucket", s3mem.Quirks{IgnoreDeleteIfMatch: true, Versioning: true}, false, queue.VersionedDeletes, ""},
+		{"DELETE honours If-Match", s3mem.Quirks{}, false, store.IfMatchDeletes, ""},
+		{"versioned bucket honours If-Match", s3mem.Quirks{Versioning: true}, false, store.IfMatchDeletes, ""},
+		{"DELETE ignores If-Match, versioned bucket", s3mem.Quirks{IgnoreDeleteIfMatch: true, Versioning: true}, false, store.VersionedDeletes, ""},
 		{"DELETE ignores If-Match, plain bucket", s3mem.Quirks{IgnoreDeleteIfMatch: true}, false, "", "enable versioning on the bucket"},
 		{"create-only PUT not atomic", s3mem.Quirks{}, true, "", "not atomically"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			mem := s3mem.New(tt.quirks)
-			var store Store = mem
+			var storage Store = mem
 			if tt.racy {
-				store = &racyStore{Store: mem, n: racers, ready: make(chan struct{})}
+				storage = &racyStore{Store: mem, n: racers, ready: make(chan struct{})}
 			}
-			p := New(Config{Layout: queue.NewLayout("fleet", ""), Node: "n1", TTL: MinTTL, MaxAttempts: 3,
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, store)
+			p := New(Config{Layout: store.NewLayout("fleet", ""), Node: "n1", TTL: MinTTL, MaxAttempts: 3,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, storage)
 			mode, err := p.SelfTest(context.Background())
 			switch {
 			case tt.unfit != "":

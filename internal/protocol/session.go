@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Session is an agent's liveness: one object, sessions/<token>.json, renewed
@@ -70,11 +70,11 @@ func (s *Session) create(ctx context.Context) error {
 	l := leaseBody{Node: p.cfg.Node, Token: newToken(), Epoch: 1, TTLMillis: p.cfg.TTL.Milliseconds(),
 		State: stateAlive, Intent: intentSession}
 	l.Origin = l.Token
-	key := p.cfg.Layout.Key(queue.Sessions, l.Token)
+	key := p.cfg.Layout.Key(store.Sessions, l.Token)
 	body, nonce := encodeLease(&l, p.clock.Now())
 	sent := p.clock.Now()
-	etag, err := p.store.Put(ctx, key, body, queue.PutOptions{IfAbsent: true})
-	if errors.Is(err, queue.ErrUnknown) {
+	etag, err := p.store.Put(ctx, key, body, store.PutOptions{IfAbsent: true})
+	if errors.Is(err, store.ErrUnknown) {
 		etag, err = p.readBack(ctx, key, l.Token, nonce)
 	}
 	if err != nil {
@@ -420,7 +420,7 @@ func (s *Session) answer(obj *Claim, entry string) {
 					c.markCancelled(l.Cancel)
 				}
 				return
-			case errors.Is(err, queue.ErrPrecondition), errors.Is(err, queue.ErrNotFound):
+			case errors.Is(err, store.ErrPrecondition), errors.Is(err, store.ErrNotFound):
 				return // taken over or ended: the mark is its successor's
 			}
 		}

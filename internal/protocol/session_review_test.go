@@ -15,20 +15,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
-var errOutage = fmt.Errorf("%w: the store does not answer (outage)", queue.ErrUnknown)
+var errOutage = fmt.Errorf("%w: the store does not answer (outage)", store.ErrUnknown)
 
 func reviewCfg(node string, clock Clock) Config {
-	return Config{Layout: queue.NewLayout("fleet", ""), Node: node, TTL: MinTTL, MaxAttempts: 3,
+	return Config{Layout: store.NewLayout("fleet", ""), Node: node, TTL: MinTTL, MaxAttempts: 3,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: clock}
 }
 
 // sessionAge is the age of session tok's last write on the server's clock.
 func sessionAge(t *testing.T, p *Protocol, s *faultStore, tok string) time.Duration {
 	t.Helper()
-	o, err := s.Store.Head(context.Background(), p.cfg.Layout.Key(queue.Sessions, tok))
+	o, err := s.Store.Head(context.Background(), p.cfg.Layout.Key(store.Sessions, tok))
 	if err != nil {
 		t.Fatalf("session %s: %v", tok, err)
 	}
@@ -46,9 +46,9 @@ func sessionAge(t *testing.T, p *Protocol, s *faultStore, tok string) time.Durat
 // holder still says the claim is valid.
 func TestReviewSessionMoveToAnEndedSessionIsNotValid(t *testing.T) {
 	ctx, quit := context.Background(), make(chan struct{})
-	store := newFaultStore()
-	h1 := &hookStore{faultStore: store}
-	p1, p2 := New(reviewCfg("n1", nil), h1), New(reviewCfg("n2", nil), store)
+	storage := newFaultStore()
+	h1 := &hookStore{faultStore: storage}
+	p1, p2 := New(reviewCfg("n1", nil), h1), New(reviewCfg("n2", nil), storage)
 	s1, err := p1.StartSession(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +59,7 @@ func TestReviewSessionMoveToAnEndedSessionIsNotValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close(ctx)
-	c, err := p1.Claim(ctx, quit, pending(t, p1, store, "a"))
+	c, err := p1.Claim(ctx, quit, pending(t, p1, storage, "a"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func TestReviewSessionMoveToAnEndedSessionIsNotValid(t *testing.T) {
 	for !p2.patient() { // n2 has reached the store for a ttl: it may judge
 		time.Sleep(100 * time.Millisecond)
 	}
-	leaseKey := p1.cfg.Layout.Key(queue.Leases, "a")
+	leaseKey := p1.cfg.Layout.Key(store.Leases, "a")
 	obj := func() *Claim {
 		s1.mu.Lock()
 		defer s1.mu.Unlock()
@@ -76,7 +76,7 @@ func TestReviewSessionMoveToAnEndedSessionIsNotValid(t *testing.T) {
 	// endAndWait ends session o as a recoverer would (a delete), makes the
 	// holder learn it, and waits for the next session.
 	endAndWait := func(o *Claim) string {
-		store.remove(t, o.key)
+		storage.remove(t, o.key)
 		s1.lost(o)
 		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 			if tok, _, ok := s1.current(); ok && tok != o.token {
@@ -115,7 +115,7 @@ func TestReviewSessionMoveToAnEndedSessionIsNotValid(t *testing.T) {
 			h1.setBefore(nil)
 			p2.takeOverLease(ctx, quit, "a", &judge{p: p2})
 			// n2 took the lease over and settled the spec: back in pending/.
-			taken := store.has(p1.cfg.Layout.Key(queue.Pending, "a"))
+			taken := storage.has(p1.cfg.Layout.Key(store.Pending, "a"))
 			valid, lost, _ := c.Hold()
 			mu.Lock()
 			takenOver, validAtTake = taken, valid && !lost
@@ -159,36 +159,36 @@ func TestReviewSessionMoveToAnEndedSessionIsNotValid(t *testing.T) {
 // the same without an outage.)
 func TestReviewSessionAbandonedCreateForgotten(t *testing.T) {
 	ctx, quit := context.Background(), make(chan struct{})
-	store := newFaultStore()
-	h1 := &hookStore{faultStore: store}
+	storage := newFaultStore()
+	h1 := &hookStore{faultStore: storage}
 	clk := &stepClock{now: time.Now()}
 	p1 := New(reviewCfg("n1", clk), h1)
-	p2 := New(reviewCfg("n2", nil), store) // any other node
+	p2 := New(reviewCfg("n2", nil), storage) // any other node
 	s1, err := p1.StartSession(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s1.Close(ctx)
-	spec := pending(t, p1, store, "a")
-	leaseKey := p1.cfg.Layout.Key(queue.Leases, "a")
+	spec := pending(t, p1, storage, "a")
+	leaseKey := p1.cfg.Layout.Key(store.Leases, "a")
 
 	// The create lands; its answer is lost, and the outage begins.
-	store.mu.Lock()
-	store.losePut = func(key string, body []byte) bool {
+	storage.mu.Lock()
+	storage.losePut = func(key string, body []byte) bool {
 		if key == leaseKey {
 			h1.setBefore(func(op, key string) error { return errOutage })
 			return true
 		}
 		return false
 	}
-	store.mu.Unlock()
+	storage.mu.Unlock()
 	if _, err := p1.Claim(ctx, quit, spec); err == nil {
 		t.Fatal("claim succeeded; want its create unresolved")
 	}
-	store.mu.Lock()
-	store.losePut = nil
-	store.mu.Unlock()
-	if !store.has(leaseKey) {
+	storage.mu.Lock()
+	storage.losePut = nil
+	storage.mu.Unlock()
+	if !storage.has(leaseKey) {
 		t.Fatal("the lease create did not land")
 	}
 	// During the outage each recovery offer tries the abandoned lease, and fails.
@@ -213,7 +213,7 @@ func TestReviewSessionAbandonedCreateForgotten(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if store.has(leaseKey) {
+	if storage.has(leaseKey) {
 		_, err := p2.Claim(ctx, quit, spec)
 		t.Errorf("a lease naming n1's live session outlived n1's memory of it: no node takes it over, "+
 			"and pending/a cannot be claimed (%v)", err)
@@ -235,21 +235,21 @@ func TestReviewSessionAbandonedCreateForgotten(t *testing.T) {
 func TestPreSessionAgentLeavesSessionLeasesAlone(t *testing.T) {
 	t.Parallel()
 	ctx, quit := context.Background(), make(chan struct{})
-	store := newFaultStore()
-	p1 := New(reviewCfg("n1", nil), store)
+	storage := newFaultStore()
+	p1 := New(reviewCfg("n1", nil), storage)
 	s1, err := p1.StartSession(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s1.Close(ctx)
-	c, err := p1.Claim(ctx, quit, pending(t, p1, store, "a"))
+	c, err := p1.Claim(ctx, quit, pending(t, p1, storage, "a"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Drop()
-	key := p1.cfg.Layout.Key(queue.Leases, "a")
+	key := p1.cfg.Layout.Key(store.Leases, "a")
 	for deadline := time.Now().Add(2*MinTTL + 1500*time.Millisecond); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
-		o, err := store.Store.Get(ctx, key, MaxLeaseBytes)
+		o, err := storage.Store.Get(ctx, key, MaxLeaseBytes)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -267,7 +267,7 @@ func TestPreSessionAgentLeavesSessionLeasesAlone(t *testing.T) {
 	if valid, lost, _ := c.Hold(); !valid || lost {
 		t.Errorf("claim valid %v lost %v; want it held throughout", valid, lost)
 	}
-	if l := leaseOf(t, store, "a"); l.ttl() != MinTTL {
+	if l := leaseOf(t, storage, "a"); l.ttl() != MinTTL {
 		t.Errorf("the lease's own ttl reads %v, want the holder's %v", l.ttl(), MinTTL)
 	}
 }
@@ -283,10 +283,10 @@ func TestPreSessionAgentLeavesSessionLeasesAlone(t *testing.T) {
 // counted. (The simulator's "legacy" agents are such agents.)
 func TestReviewSessionLegacyRecovererIsNotPatient(t *testing.T) {
 	ctx, quit := context.Background(), make(chan struct{})
-	store := newFaultStore()
-	h1 := &hookStore{faultStore: store} // the holder
-	h3 := &hookStore{faultStore: store} // a recoverer with a session
-	h2 := &hookStore{faultStore: store} // a recoverer without one (legacy)
+	storage := newFaultStore()
+	h1 := &hookStore{faultStore: storage} // the holder
+	h3 := &hookStore{faultStore: storage} // a recoverer with a session
+	h2 := &hookStore{faultStore: storage} // a recoverer without one (legacy)
 	p1, p2, p3 := New(reviewCfg("n1", nil), h1), New(reviewCfg("n2", nil), h2), New(reviewCfg("n3", nil), h3)
 	s1, err := p1.StartSession(ctx)
 	if err != nil {
@@ -298,7 +298,7 @@ func TestReviewSessionLegacyRecovererIsNotPatient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s3.Close(ctx)
-	c, err := p1.Claim(ctx, quit, pending(t, p1, store, "a"))
+	c, err := p1.Claim(ctx, quit, pending(t, p1, storage, "a"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +310,7 @@ func TestReviewSessionLegacyRecovererIsNotPatient(t *testing.T) {
 	for _, h := range []*hookStore{h1, h2, h3} {
 		h.setBefore(outage)
 	}
-	for deadline := time.Now().Add(15 * time.Second); sessionAge(t, p1, store, tok) <= staleAfter(MinTTL); {
+	for deadline := time.Now().Add(15 * time.Second); sessionAge(t, p1, storage, tok) <= staleAfter(MinTTL); {
 		if time.Now().After(deadline) {
 			t.Fatal("the holder's session never went stale during the outage")
 		}
@@ -335,7 +335,7 @@ func TestReviewSessionLegacyRecovererIsNotPatient(t *testing.T) {
 	}
 	h1.setBefore(nil)
 
-	o, ok := store.object(p1.cfg.Layout.Key(queue.Leases, "a"))
+	o, ok := storage.object(p1.cfg.Layout.Key(store.Leases, "a"))
 	if !ok {
 		o.Body = []byte("(gone)")
 	}
@@ -360,7 +360,7 @@ type answerStore struct {
 	after func(key string)
 }
 
-func (s *answerStore) Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
+func (s *answerStore) Put(ctx context.Context, key string, body []byte, opt store.PutOptions) (string, error) {
 	etag, err := s.faultStore.Put(ctx, key, body, opt)
 	s.mu.Lock()
 	f := s.after
@@ -384,21 +384,21 @@ func (s *answerStore) Put(ctx context.Context, key string, body []byte, opt queu
 func TestReviewSessionRingBeforeTheClaimIsVouchedFor(t *testing.T) {
 	ctx, quit := context.Background(), make(chan struct{})
 	fs := newFaultStore()
-	store := &answerStore{faultStore: fs}
-	p1 := New(reviewCfg("n1", nil), store)
+	storage := &answerStore{faultStore: fs}
+	p1 := New(reviewCfg("n1", nil), storage)
 	s1, err := p1.StartSession(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s1.Close(ctx)
 	spec := pending(t, p1, fs, "a")
-	leaseKey := p1.cfg.Layout.Key(queue.Leases, "a")
+	leaseKey := p1.cfg.Layout.Key(store.Leases, "a")
 	var (
 		res    CancelResult
 		cerr   error
 		called bool
 	)
-	store.after = func(key string) {
+	storage.after = func(key string) {
 		if key != leaseKey || called {
 			return
 		}

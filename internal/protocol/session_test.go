@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // withSession starts p's session, ended with the test.
@@ -129,7 +129,7 @@ func TestEndedSessionLosesTheLeasesTakenOver(t *testing.T) {
 	s.remove(t, "fleet/sessions/"+old+".json")
 	l := leaseOf(t, s, "a").successor("n2", newToken(), MinTTL)
 	body, _ := encodeLease(&l, time.Now())
-	if _, err := s.Store.Put(context.Background(), "fleet/leases/a.json", body, queue.PutOptions{}); err != nil {
+	if _, err := s.Store.Put(context.Background(), "fleet/leases/a.json", body, store.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	await(t, "lost claim", c.Lost)

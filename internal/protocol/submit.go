@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // ErrPending: pending/ already holds the id (Submit without replace).
@@ -31,7 +31,7 @@ type SubmitOptions struct {
 	// Metadata goes on the object written (RetryLimitMetadata, say).
 	Metadata map[string]string
 	// NotBefore, if set, delays the spec: it is written under its delayed
-	// key (queue.Layout.DelayedKey), create-only, and made pending when due.
+	// key (store.Layout.DelayedKey), create-only, and made pending when due.
 	NotBefore time.Time
 }
 
@@ -44,21 +44,21 @@ func (p *Protocol) SubmitWith(ctx context.Context, id string, body []byte, opt S
 	}
 	quit := make(chan struct{})
 	close(quit) // a tool does not wait out an outage
-	key, ifAbsent := p.cfg.Layout.Key(queue.Pending, id), !opt.Replace
+	key, ifAbsent := p.cfg.Layout.Key(store.Pending, id), !opt.Replace
 	if !opt.NotBefore.IsZero() {
 		// Under the id's lease a delayed spec is not promoted either, so a
 		// retried create cannot land a second copy after a run of the first.
 		key, ifAbsent = p.cfg.Layout.DelayedKey(id, opt.NotBefore), true
 	}
 	err = c.act(ctx, quit, "write pending", func(ctx context.Context) error {
-		_, err := p.store.Put(ctx, key, body, queue.PutOptions{IfAbsent: ifAbsent, Metadata: opt.Metadata})
-		if errors.Is(err, queue.ErrUnknown) && errors.Is(err, queue.ErrPrecondition) {
+		_, err := p.store.Put(ctx, key, body, store.PutOptions{IfAbsent: ifAbsent, Metadata: opt.Metadata})
+		if errors.Is(err, store.ErrUnknown) && errors.Is(err, store.ErrPrecondition) {
 			return nil // our own create refusing its retry: nobody consumes it under our lease
 		}
 		return err
 	})
 	switch {
-	case errors.Is(err, queue.ErrPrecondition):
+	case errors.Is(err, store.ErrPrecondition):
 		c.end(ctx, quit)
 		return fmt.Errorf("submit %s: %w", id, ErrPending)
 	case err != nil:

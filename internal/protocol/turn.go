@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // scanTurn is what this node knows of the fleet's recovery marker.
@@ -85,7 +85,7 @@ func (p *Protocol) recoverIfDue(ctx context.Context, quit <-chan struct{}) (bool
 		// nobody stale, so it leaves the turn to one that would. Without a
 		// session, the marker's HEAD tells it whether it reaches the store.
 		if p.session == nil {
-			if _, err := p.store.Head(ctx, key); err != nil && !errors.Is(err, queue.ErrNotFound) {
+			if _, err := p.store.Head(ctx, key); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return false, err
 			}
 		}
@@ -98,37 +98,37 @@ func (p *Protocol) recoverIfDue(ctx context.Context, quit <-chan struct{}) (bool
 		// The last scan was ours: its time is on our clock.
 		now := p.clock.Now()
 		claims := claimsDue(p.turn.at, now, p.cfg.TTL)
-		etag, err := p.store.Put(ctx, key, body, queue.PutOptions{IfMatch: p.turn.etag})
+		etag, err := p.store.Put(ctx, key, body, store.PutOptions{IfMatch: p.turn.etag})
 		if err == nil {
 			return p.scanNow(ctx, quit, etag, now, claims)
 		}
 		p.turn.etag = ""
-		if errors.Is(err, queue.ErrUnknown) {
+		if errors.Is(err, store.ErrUnknown) {
 			return p.scanNow(ctx, quit, "", now, claims) // a scan too many is harmless: every takeover is a compare-and-swap
 		}
-		if !errors.Is(err, queue.ErrPrecondition) {
+		if !errors.Is(err, store.ErrPrecondition) {
 			return false, err
 		}
 		// Another node scanned since ours: look at the marker like everyone else.
 	}
-	opt := queue.PutOptions{IfAbsent: true}
+	opt := store.PutOptions{IfAbsent: true}
 	claims := true
 	o, err := p.store.Head(ctx, key)
 	switch {
-	case errors.Is(err, queue.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 	case err != nil:
 		return false, err
 	case o.ServerTime.Sub(o.LastModified) < scanEvery(p.cfg.TTL):
 		return false, nil // scanned lately by someone
 	default:
-		opt = queue.PutOptions{IfMatch: o.ETag}
+		opt = store.PutOptions{IfMatch: o.ETag}
 		claims = claimsDue(o.LastModified, o.ServerTime, p.cfg.TTL) // both on the server's clock
 	}
 	etag, err := p.store.Put(ctx, key, body, opt)
 	switch {
-	case errors.Is(err, queue.ErrUnknown):
+	case errors.Is(err, store.ErrUnknown):
 		return p.scanNow(ctx, quit, "", p.clock.Now(), claims)
-	case errors.Is(err, queue.ErrPrecondition):
+	case errors.Is(err, store.ErrPrecondition):
 		return false, nil // another node took this turn
 	case err != nil:
 		return false, err

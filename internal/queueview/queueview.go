@@ -14,17 +14,17 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/depth"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
-// Store is the bucket as the read model reads it; *queue.Store implements it.
+// Store is the bucket as the read model reads it; *store.Store implements it.
 type Store interface {
-	queue.Lister
-	queue.Getter
-	queue.Header
+	store.Lister
+	store.Getter
+	store.Header
 }
 
-var _ Store = (*queue.Store)(nil)
+var _ Store = (*store.Store)(nil)
 
 // The bounds of one reading, unless Limits says otherwise. completed/ and
 // failed/ grow without end, and a reading must stay cheap: a count that stops
@@ -79,8 +79,8 @@ type Delayed struct {
 
 // Listing is the work keys of one state, up to a limit.
 type Listing struct {
-	State      queue.State
-	Objects    []queue.Object
+	State      store.Area
+	Objects    []store.Object
 	ServerTime time.Time
 	// AtLeast: a work key past the limit was listed, so there are more.
 	AtLeast bool
@@ -123,10 +123,10 @@ type Walked struct {
 // specs). It stops at the first work key past the limit, so a state of
 // exactly limit keys is counted exactly and one of more is marked AtLeast,
 // without listing further. Both are called with the page's server time.
-func Walk(ctx context.Context, store Store, layout queue.Layout, st queue.State, limit int,
-	work, other func(o queue.Object, serverTime time.Time)) (Walked, error) {
+func Walk(ctx context.Context, storage Store, layout store.Layout, st store.Area, limit int,
+	work, other func(o store.Object, serverTime time.Time)) (Walked, error) {
 	var w Walked
-	err := store.List(ctx, layout.Dir(st), func(p queue.Page) error {
+	err := storage.List(ctx, layout.Dir(st), func(p store.Page) error {
 		w.ServerTime = p.ServerTime
 		for _, o := range p.Objects {
 			if _, ok := layout.ID(st, o.Key); !ok {
@@ -152,12 +152,12 @@ func Walk(ctx context.Context, store Store, layout queue.Layout, st queue.State,
 
 // List lists the work keys of st in layout, up to limit (see Walk), and in
 // pending/ the pause marker and the delayed specs.
-func List(ctx context.Context, store Store, layout queue.Layout, st queue.State, limit int) (Listing, error) {
+func List(ctx context.Context, storage Store, layout store.Layout, st store.Area, limit int) (Listing, error) {
 	l := Listing{State: st}
-	w, err := Walk(ctx, store, layout, st, limit,
-		func(o queue.Object, _ time.Time) { l.Objects = append(l.Objects, o) },
-		func(o queue.Object, now time.Time) {
-			if st != queue.Pending {
+	w, err := Walk(ctx, storage, layout, st, limit,
+		func(o store.Object, _ time.Time) { l.Objects = append(l.Objects, o) },
+		func(o store.Object, now time.Time) {
+			if st != store.Pending {
 				return
 			}
 			l.Paused = l.Paused || o.Key == layout.PauseKey()
@@ -171,14 +171,14 @@ func List(ctx context.Context, store Store, layout queue.Layout, st queue.State,
 
 // Depth is how deep a lane is for an autoscaler: pending/ listed up to
 // lim.Keys and leases/ up to lim.Leases, ⌈keys/1000⌉ LISTs each.
-func Depth(ctx context.Context, store Store, layout queue.Layout, lane string, lim Limits) (depth.Lane, error) {
+func Depth(ctx context.Context, storage Store, layout store.Layout, lane string, lim Limits) (depth.Lane, error) {
 	lim = lim.withDefaults()
 	d := depth.Lane{Lane: lane, Source: "listing"}
-	pending, err := List(ctx, store, layout, queue.Pending, lim.Keys)
+	pending, err := List(ctx, storage, layout, store.Pending, lim.Keys)
 	if err != nil {
 		return d, err
 	}
-	leases, err := List(ctx, store, layout, queue.Leases, lim.Leases)
+	leases, err := List(ctx, storage, layout, store.Leases, lim.Leases)
 	if err != nil {
 		return d, err
 	}

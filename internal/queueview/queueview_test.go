@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/s3mem"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // countingStore counts the requests the read model makes of the in-memory
@@ -19,24 +19,24 @@ type countingStore struct {
 	pages, gets, heads atomic.Int64
 }
 
-func (c *countingStore) List(ctx context.Context, prefix string, fn func(queue.Page) error) error {
-	return c.Store.List(ctx, prefix, func(p queue.Page) error {
+func (c *countingStore) List(ctx context.Context, prefix string, fn func(store.Page) error) error {
+	return c.Store.List(ctx, prefix, func(p store.Page) error {
 		c.pages.Add(1)
 		return fn(p)
 	})
 }
 
-func (c *countingStore) Get(ctx context.Context, key string, limit int64) (queue.Object, error) {
+func (c *countingStore) Get(ctx context.Context, key string, limit int64) (store.Object, error) {
 	c.gets.Add(1)
 	return c.Store.Get(ctx, key, limit)
 }
 
-func (c *countingStore) Head(ctx context.Context, key string) (queue.Object, error) {
+func (c *countingStore) Head(ctx context.Context, key string) (store.Object, error) {
 	c.heads.Add(1)
 	return c.Store.Head(ctx, key)
 }
 
-var layout = queue.NewLayout("fleet", "")
+var layout = store.NewLayout("fleet", "")
 
 func setup(t *testing.T, pageSize int) *countingStore {
 	t.Helper()
@@ -69,12 +69,12 @@ func TestListBounds(t *testing.T) {
 		{"empty", 0, 5, 0, false, 1},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			store := setup(t, 3)
+			storage := setup(t, 3)
 			for i := range tt.keys {
-				store.put(layout.Key(queue.Completed, "s"+strconv.Itoa(i)), "{}", nil, time.Minute)
+				storage.put(layout.Key(store.Completed, "s"+strconv.Itoa(i)), "{}", nil, time.Minute)
 			}
-			store.put("fleet/completed/notes.txt", "", nil, time.Hour) // not work
-			l, err := List(context.Background(), store, layout, queue.Completed, tt.limit)
+			storage.put("fleet/completed/notes.txt", "", nil, time.Hour) // not work
+			l, err := List(context.Background(), storage, layout, store.Completed, tt.limit)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -82,7 +82,7 @@ func TestListBounds(t *testing.T) {
 			if c.N != tt.wantN || c.AtLeast != tt.wantAtLeast || c.State != "completed" {
 				t.Errorf("count = %+v, want %d (at least: %v)", c, tt.wantN, tt.wantAtLeast)
 			}
-			if got := store.pages.Load(); got != tt.wantPages {
+			if got := storage.pages.Load(); got != tt.wantPages {
 				t.Errorf("listed %d pages, want %d", got, tt.wantPages)
 			}
 		})
@@ -92,13 +92,13 @@ func TestListBounds(t *testing.T) {
 // TestListPendingShowsPauseAndDelayed: the pending listing finds the pause
 // marker and the delayed specs, which are not counted as pending.
 func TestListPendingShowsPauseAndDelayed(t *testing.T) {
-	store := setup(t, 0)
+	storage := setup(t, 0)
 	due := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
-	store.put(layout.DelayedKey("later", due), "{}", nil, 0)
-	store.put(layout.PauseKey(), `{"by":"ops"}`, nil, 0)
-	store.put(layout.Key(queue.Pending, "old"), "{}", nil, 90*time.Second)
-	store.put(layout.Key(queue.Pending, "new"), "{}", nil, 10*time.Second)
-	l, err := List(context.Background(), store, layout, queue.Pending, 10)
+	storage.put(layout.DelayedKey("later", due), "{}", nil, 0)
+	storage.put(layout.PauseKey(), `{"by":"ops"}`, nil, 0)
+	storage.put(layout.Key(store.Pending, "old"), "{}", nil, 90*time.Second)
+	storage.put(layout.Key(store.Pending, "new"), "{}", nil, 10*time.Second)
+	l, err := List(context.Background(), storage, layout, store.Pending, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,22 +111,22 @@ func TestListPendingShowsPauseAndDelayed(t *testing.T) {
 }
 
 func fixture(t *testing.T) *countingStore {
-	store := setup(t, 0)
-	store.put(layout.Key(queue.Pending, "p1"), "{}", nil, 30*time.Second)
-	store.put(layout.Key(queue.Claimed, "run-a"), "{}", nil, 20*time.Second)
-	store.put(layout.Key(queue.Leases, "run-a"), lease("node-a", 2), nil, 2*time.Second)
-	store.put(layout.Key(queue.Claimed, "orphan"), "{}", nil, 10*time.Minute)
-	store.put(layout.Key(queue.Leases, "garbled"), "not json", nil, time.Second)
-	store.put(layout.Key(queue.Completed, "c1"), "{}", map[string]string{"fleetd-outcome": "completed", "fleetd-node": "node-c"}, 5*time.Second)
-	store.put(layout.Key(queue.Failed, "f1"), "{}", map[string]string{"fleetd-outcome": "failed", "fleetd-node": "node-a", "fleetd-reason": "supervisor exit 3"}, time.Minute)
-	return store
+	storage := setup(t, 0)
+	storage.put(layout.Key(store.Pending, "p1"), "{}", nil, 30*time.Second)
+	storage.put(layout.Key(store.Claimed, "run-a"), "{}", nil, 20*time.Second)
+	storage.put(layout.Key(store.Leases, "run-a"), lease("node-a", 2), nil, 2*time.Second)
+	storage.put(layout.Key(store.Claimed, "orphan"), "{}", nil, 10*time.Minute)
+	storage.put(layout.Key(store.Leases, "garbled"), "not json", nil, time.Second)
+	storage.put(layout.Key(store.Completed, "c1"), "{}", map[string]string{"fleetd-outcome": "completed", "fleetd-node": "node-c"}, 5*time.Second)
+	storage.put(layout.Key(store.Failed, "f1"), "{}", map[string]string{"fleetd-outcome": "failed", "fleetd-node": "node-a", "fleetd-reason": "supervisor exit 3"}, time.Minute)
+	return storage
 }
 
 // TestSnapshotWithoutResultsMakesNoHeads: what status reads costs one
 // listing of each state and a GET of each lease, and nothing else.
 func TestSnapshotWithoutResultsMakesNoHeads(t *testing.T) {
-	store := fixture(t)
-	s, err := NewReader(store, layout, time.Minute, Limits{}).Snapshot(context.Background(), Parts{})
+	storage := fixture(t)
+	s, err := NewReader(storage, layout, time.Minute, Limits{}).Snapshot(context.Background(), Parts{})
 	if err != nil || len(s.Problems) > 0 {
 		t.Fatal(err, s.Problems)
 	}
@@ -134,8 +134,8 @@ func TestSnapshotWithoutResultsMakesNoHeads(t *testing.T) {
 	if fmt.Sprint(s.Counts) != fmt.Sprint(want) {
 		t.Errorf("counts = %v, want %v", s.Counts, want)
 	}
-	if store.pages.Load() != 5 || store.gets.Load() != 2 || store.heads.Load() != 0 {
-		t.Errorf("requests: %d LIST, %d GET, %d HEAD; want 5, 2, 0", store.pages.Load(), store.gets.Load(), store.heads.Load())
+	if storage.pages.Load() != 5 || storage.gets.Load() != 2 || storage.heads.Load() != 0 {
+		t.Errorf("requests: %d LIST, %d GET, %d HEAD; want 5, 2, 0", storage.pages.Load(), storage.gets.Load(), storage.heads.Load())
 	}
 	got := map[string]Flight{}
 	for _, f := range s.InFlight {
@@ -158,8 +158,8 @@ func TestSnapshotWithoutResultsMakesNoHeads(t *testing.T) {
 // TestSnapshotReadsEachVersionOnce: the latest results and the leases are
 // read once per version; a second snapshot only lists.
 func TestSnapshotReadsEachVersionOnce(t *testing.T) {
-	store := fixture(t)
-	r := NewReader(store, layout, time.Minute, Limits{})
+	storage := fixture(t)
+	r := NewReader(storage, layout, time.Minute, Limits{})
 	s, err := r.Snapshot(context.Background(), Parts{Results: true, Sessions: true})
 	if err != nil {
 		t.Fatal(err)
@@ -170,51 +170,51 @@ func TestSnapshotReadsEachVersionOnce(t *testing.T) {
 	if len(s.Nodes) != 2 || s.Nodes[0].Name != "node-a" || s.Nodes[1].Last == nil || s.Nodes[1].Last.ID != "c1" {
 		t.Errorf("nodes = %+v", s.Nodes)
 	}
-	if store.heads.Load() != 2 || store.gets.Load() != 2 {
-		t.Errorf("first snapshot: %d HEAD, %d GET; want 2, 2", store.heads.Load(), store.gets.Load())
+	if storage.heads.Load() != 2 || storage.gets.Load() != 2 {
+		t.Errorf("first snapshot: %d HEAD, %d GET; want 2, 2", storage.heads.Load(), storage.gets.Load())
 	}
-	store.heads.Store(0)
-	store.gets.Store(0)
+	storage.heads.Store(0)
+	storage.gets.Store(0)
 	if _, err := r.Snapshot(context.Background(), Parts{Results: true, Sessions: true}); err != nil {
 		t.Fatal(err)
 	}
-	if store.heads.Load() != 0 || store.gets.Load() != 0 {
-		t.Errorf("second snapshot: %d HEAD, %d GET; want none", store.heads.Load(), store.gets.Load())
+	if storage.heads.Load() != 0 || storage.gets.Load() != 0 {
+		t.Errorf("second snapshot: %d HEAD, %d GET; want none", storage.heads.Load(), storage.gets.Load())
 	}
 }
 
 // TestSnapshotBounds: each limit holds, and a count that stopped at one
 // says so.
 func TestSnapshotBounds(t *testing.T) {
-	store := setup(t, 0)
+	storage := setup(t, 0)
 	for i := range 5 {
 		id := "s" + strconv.Itoa(i)
-		store.put(layout.Key(queue.Failed, id), "{}", map[string]string{"fleetd-node": "n"}, time.Minute)
-		store.put(layout.Key(queue.Leases, id), lease("n", 1), nil, time.Second)
+		storage.put(layout.Key(store.Failed, id), "{}", map[string]string{"fleetd-node": "n"}, time.Minute)
+		storage.put(layout.Key(store.Leases, id), lease("n", 1), nil, time.Second)
 	}
-	s, err := NewReader(store, layout, time.Minute, Limits{Keys: 4, Results: 2, Leases: 3}).Snapshot(context.Background(), Parts{Results: true})
+	s, err := NewReader(storage, layout, time.Minute, Limits{Keys: 4, Results: 2, Leases: 3}).Snapshot(context.Background(), Parts{Results: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c := s.Counts[3]; c.State != "failed" || c.N != 4 || !c.AtLeast {
 		t.Errorf("failed = %+v, want at least 4", c)
 	}
-	if len(s.Failures) != 2 || store.heads.Load() != 2 {
-		t.Errorf("%d failures read with %d HEADs, want 2", len(s.Failures), store.heads.Load())
+	if len(s.Failures) != 2 || storage.heads.Load() != 2 {
+		t.Errorf("%d failures read with %d HEADs, want 2", len(s.Failures), storage.heads.Load())
 	}
-	if len(s.InFlight) != 3 || store.gets.Load() != 3 {
-		t.Errorf("%d in flight read with %d GETs, want 3 (the lease limit)", len(s.InFlight), store.gets.Load())
+	if len(s.InFlight) != 3 || storage.gets.Load() != 3 {
+		t.Errorf("%d in flight read with %d GETs, want 3 (the lease limit)", len(s.InFlight), storage.gets.Load())
 	}
 }
 
 // TestDepth: an autoscaler's depth is bounded by the key limit (pending/)
 // and the lease limit (leases/), and marked when either stopped.
 func TestDepth(t *testing.T) {
-	store := setup(t, 0)
+	storage := setup(t, 0)
 	for i := range 4 {
-		store.put(layout.Key(queue.Pending, "p"+strconv.Itoa(i)), "{}", nil, time.Duration(i)*time.Minute)
+		storage.put(layout.Key(store.Pending, "p"+strconv.Itoa(i)), "{}", nil, time.Duration(i)*time.Minute)
 	}
-	store.put(layout.Key(queue.Leases, "r"), lease("n", 1), nil, 0)
+	storage.put(layout.Key(store.Leases, "r"), lease("n", 1), nil, 0)
 	for _, tt := range []struct {
 		lim                  Limits
 		pending, running     int
@@ -226,7 +226,7 @@ func TestDepth(t *testing.T) {
 		{Limits{Keys: 2}, 2, 1, true, 0, 200},
 		{Limits{Leases: 1, Keys: 10}, 4, 1, false, 179, 200},
 	} {
-		d, err := Depth(context.Background(), store, layout, "", tt.lim)
+		d, err := Depth(context.Background(), storage, layout, "", tt.lim)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -235,7 +235,7 @@ func TestDepth(t *testing.T) {
 			t.Errorf("Depth(%+v) = %+v", tt.lim, d)
 		}
 	}
-	if store.gets.Load() != 0 {
-		t.Errorf("depth read %d leases, want none (it only lists)", store.gets.Load())
+	if storage.gets.Load() != 0 {
+		t.Errorf("depth read %d leases, want none (it only lists)", storage.gets.Load())
 	}
 }

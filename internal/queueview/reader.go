@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Snapshot is the queue as one refresh saw it. Ages are on the server's
@@ -86,12 +86,12 @@ type Node struct {
 // are taken one at a time.
 type Reader struct {
 	store  Store
-	layout queue.Layout
+	layout store.Layout
 	ttl    time.Duration // ours, for a claim with no lease to read one from
 	lim    Limits
 
 	mu      sync.Mutex
-	records map[string]cached[queue.Object]
+	records map[string]cached[store.Object]
 	leases  map[string]cached[leaseRead]
 }
 
@@ -108,15 +108,15 @@ type leaseRead struct {
 
 // version identifies what was read. A result's ETag is its spec bytes', the
 // same for every run of them, so the write time is part of it.
-func version(o queue.Object) string {
+func version(o store.Object) string {
 	return o.ETag + "@" + o.LastModified.UTC().Format(time.RFC3339Nano)
 }
 
 // NewReader returns a reader of layout on store. ttl is the agents' lease
 // ttl, by which a claim with no lease is judged.
-func NewReader(store Store, layout queue.Layout, ttl time.Duration, lim Limits) *Reader {
-	return &Reader{store: store, layout: layout, ttl: ttl, lim: lim.withDefaults(),
-		records: map[string]cached[queue.Object]{}, leases: map[string]cached[leaseRead]{}}
+func NewReader(storage Store, layout store.Layout, ttl time.Duration, lim Limits) *Reader {
+	return &Reader{store: storage, layout: layout, ttl: ttl, lim: lim.withDefaults(),
+		records: map[string]cached[store.Object]{}, leases: map[string]cached[leaseRead]{}}
 }
 
 // Parts are the parts of a snapshot that cost requests beyond one listing of
@@ -140,9 +140,9 @@ func (r *Reader) Snapshot(ctx context.Context, parts Parts) (*Snapshot, error) {
 	s := &Snapshot{Counts: []Count{}, InFlight: []Flight{}, Delayed: []Delayed{}, Failures: []Failure{}, Nodes: []Node{}}
 	// claimed/ before leases/, as recovery lists them: a claim whose lease
 	// appears in between is live, since a holder writes its lease first.
-	lists := map[queue.State]Listing{}
+	lists := map[store.Area]Listing{}
 	var firstErr error
-	for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed, queue.Leases} {
+	for _, st := range []store.Area{store.Pending, store.Claimed, store.Completed, store.Failed, store.Leases} {
 		l, err := List(ctx, r.store, r.layout, st, r.lim.Keys)
 		if err != nil {
 			firstErr = cmp.Or(firstErr, err)
@@ -150,26 +150,26 @@ func (r *Reader) Snapshot(ctx context.Context, parts Parts) (*Snapshot, error) {
 			continue
 		}
 		lists[st] = l
-		if st != queue.Leases {
+		if st != store.Leases {
 			s.Counts = append(s.Counts, l.Count())
 		}
 	}
 	if len(lists) == 0 {
 		return nil, fmt.Errorf("read the queue: %w", firstErr)
 	}
-	pending := lists[queue.Pending]
+	pending := lists[store.Pending]
 	s.Paused = pending.Paused
 	s.Delayed = append(s.Delayed, pending.Delayed...)
 	slices.SortFunc(s.Delayed, func(a, b Delayed) int { return a.Due.Compare(b.Due) })
 	s.OldestPending = pending.Oldest()
-	s.InFlight = r.inFlight(ctx, lists[queue.Claimed], lists[queue.Leases], parts.Sessions, s)
+	s.InFlight = r.inFlight(ctx, lists[store.Claimed], lists[store.Leases], parts.Sessions, s)
 	if !parts.Results {
 		return s, nil
 	}
-	failed := r.latest(ctx, queue.Failed, lists[queue.Failed], s)
-	completed := r.latest(ctx, queue.Completed, lists[queue.Completed], s)
+	failed := r.latest(ctx, store.Failed, lists[store.Failed], s)
+	completed := r.latest(ctx, store.Completed, lists[store.Completed], s)
 	for _, o := range failed {
-		id, _ := r.layout.ID(queue.Failed, o.Key)
+		id, _ := r.layout.ID(store.Failed, o.Key)
 		s.Failures = append(s.Failures, Failure{ID: id, Age: age(o), RecordInfo: protocol.ParseRecord(o.Metadata)})
 	}
 	s.Nodes = nodes(r.layout, s.InFlight, failed, completed)
@@ -177,7 +177,7 @@ func (r *Reader) Snapshot(ctx context.Context, parts Parts) (*Snapshot, error) {
 }
 
 // age is how old o was when it was read, never negative.
-func age(o queue.Object) time.Duration {
+func age(o store.Object) time.Duration {
 	return max(0, o.ServerTime.Sub(o.LastModified).Round(time.Second))
 }
 
@@ -196,7 +196,7 @@ func (r *Reader) inFlight(ctx context.Context, claimed, leases Listing, judgeSes
 		return f
 	}
 	for _, o := range claimed.Objects {
-		id, _ := r.layout.ID(queue.Claimed, o.Key)
+		id, _ := r.layout.ID(store.Claimed, o.Key)
 		f := get(id)
 		f.HasClaim = true
 		f.Running = max(0, claimed.ServerTime.Sub(o.LastModified).Round(time.Second))
@@ -209,7 +209,7 @@ func (r *Reader) inFlight(ctx context.Context, claimed, leases Listing, judgeSes
 	var sessions map[string]time.Duration // listed once, if a lease names one
 	var sessionsErr error
 	for _, o := range leases.Objects {
-		id, _ := r.layout.ID(queue.Leases, o.Key)
+		id, _ := r.layout.ID(store.Leases, o.Key)
 		seen[o.Key] = true
 		c, ok := r.leases[o.Key]
 		if !ok || c.version != version(o) {
@@ -218,7 +218,7 @@ func (r *Reader) inFlight(ctx context.Context, claimed, leases Listing, judgeSes
 			}
 			reads++
 			lr, err := r.readLease(ctx, o.Key)
-			if errors.Is(err, queue.ErrNotFound) {
+			if errors.Is(err, store.ErrNotFound) {
 				continue // finished since the listing
 			}
 			if err != nil {
@@ -269,9 +269,9 @@ func (r *Reader) inFlight(ctx context.Context, claimed, leases Listing, judgeSes
 // server's clock.
 func (r *Reader) sessions(ctx context.Context) (map[string]time.Duration, error) {
 	ages := map[string]time.Duration{}
-	err := r.store.List(ctx, r.layout.Dir(queue.Sessions), func(p queue.Page) error {
+	err := r.store.List(ctx, r.layout.Dir(store.Sessions), func(p store.Page) error {
 		for _, o := range p.Objects {
-			if tok, ok := r.layout.ID(queue.Sessions, o.Key); ok {
+			if tok, ok := r.layout.ID(store.Sessions, o.Key); ok {
 				ages[tok] = p.ServerTime.Sub(o.LastModified)
 			}
 		}
@@ -282,7 +282,7 @@ func (r *Reader) sessions(ctx context.Context) (map[string]time.Duration, error)
 
 func (r *Reader) readLease(ctx context.Context, key string) (leaseRead, error) {
 	o, err := r.store.Get(ctx, key, protocol.MaxLeaseBytes)
-	if err != nil && !errors.Is(err, queue.ErrTooLarge) {
+	if err != nil && !errors.Is(err, store.ErrTooLarge) {
 		return leaseRead{}, err
 	}
 	info, perr := protocol.ParseLease(o.Body)
@@ -295,9 +295,9 @@ const headers = 8
 // latest returns the newest results of a Listing, newest first, with their
 // metadata (HEAD, once per version). S3 lists in key order, so "newest" is
 // among the keys listed: with the count a lower bound, newer ones may exist.
-func (r *Reader) latest(ctx context.Context, st queue.State, l Listing, s *Snapshot) []queue.Object {
+func (r *Reader) latest(ctx context.Context, st store.Area, l Listing, s *Snapshot) []store.Object {
 	objs := slices.Clone(l.Objects)
-	slices.SortFunc(objs, func(a, b queue.Object) int {
+	slices.SortFunc(objs, func(a, b store.Object) int {
 		return cmp.Or(b.LastModified.Compare(a.LastModified), cmp.Compare(a.Key, b.Key))
 	})
 	objs = objs[:min(len(objs), r.lim.Results)]
@@ -313,7 +313,7 @@ func (r *Reader) latest(ctx context.Context, st queue.State, l Listing, s *Snaps
 			delete(r.records, k)
 		}
 	}
-	out := make([]queue.Object, len(objs))
+	out := make([]store.Object, len(objs))
 	errs := make([]error, len(objs))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, headers)
@@ -338,15 +338,15 @@ func (r *Reader) latest(ctx context.Context, st queue.State, l Listing, s *Snaps
 		})
 	}
 	wg.Wait()
-	res := make([]queue.Object, 0, len(out))
+	res := make([]store.Object, 0, len(out))
 	for i, o := range out {
 		switch {
-		case errors.Is(errs[i], queue.ErrNotFound):
+		case errors.Is(errs[i], store.ErrNotFound):
 			// requeued or pruned since the listing
 		case errs[i] != nil:
 			s.Problems = append(s.Problems, fmt.Errorf("read %s: %w", objs[i].Key, errs[i]))
 		default:
-			r.records[o.Key] = cached[queue.Object]{version: version(o), value: o}
+			r.records[o.Key] = cached[store.Object]{version: version(o), value: o}
 			res = append(res, o)
 		}
 	}
@@ -354,7 +354,7 @@ func (r *Reader) latest(ctx context.Context, st queue.State, l Listing, s *Snaps
 }
 
 // nodes gathers every node named by a lease or a recent result.
-func nodes(layout queue.Layout, inFlight []Flight, failed, completed []queue.Object) []Node {
+func nodes(layout store.Layout, inFlight []Flight, failed, completed []store.Object) []Node {
 	byName := map[string]*Node{}
 	get := func(name string) *Node {
 		n, ok := byName[name]
@@ -372,9 +372,9 @@ func nodes(layout queue.Layout, inFlight []Flight, failed, completed []queue.Obj
 	}
 	// The newest result per node, across both states.
 	for _, results := range []struct {
-		st   queue.State
-		objs []queue.Object
-	}{{queue.Failed, failed}, {queue.Completed, completed}} {
+		st   store.Area
+		objs []store.Object
+	}{{store.Failed, failed}, {store.Completed, completed}} {
 		st := results.st
 		for _, o := range results.objs {
 			rec := protocol.ParseRecord(o.Metadata)

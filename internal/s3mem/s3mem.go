@@ -2,7 +2,7 @@
 // MD5 ETags, conditional PUT and DELETE, COPY with a source condition,
 // DeleteObjects, LastModified and the response Date to the second, LIST in
 // key order a page at a time, strong consistency. Its errors wrap the same
-// sentinels as *queue.Store, so code written against the real store runs on
+// sentinels as *store.Store, so code written against the real store runs on
 // it unchanged: the simulator's fleet, and unit tests that need a bucket.
 //
 // Every object write gets a version number of the store's own: an ETag says
@@ -30,7 +30,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Quirks switches on behaviours of S3-compatible stores that differ from AWS.
@@ -88,8 +88,8 @@ func ETag(body []byte) string {
 // Date have.
 func second(t time.Time) time.Time { return t.UTC().Truncate(time.Second) }
 
-func (s *Store) describe(o *object, key string, now time.Time) queue.Object {
-	d := queue.Object{Key: key, ETag: o.etag, Size: int64(len(o.body)), LastModified: o.modified,
+func (s *Store) describe(o *object, key string, now time.Time) store.Object {
+	d := store.Object{Key: key, ETag: o.etag, Size: int64(len(o.body)), LastModified: o.modified,
 		Metadata: maps.Clone(o.meta), ServerTime: second(now)}
 	if s.quirks.Versioning {
 		d.VersionID = strconv.FormatInt(o.version, 10)
@@ -110,7 +110,7 @@ func (s *Store) Version(key string) int64 {
 // Snapshot is one object as the store holds it, for checks over the whole
 // bucket.
 type Snapshot struct {
-	queue.Object
+	store.Object
 	Version int64
 }
 
@@ -141,7 +141,7 @@ func (s *Store) keysLocked(prefix, after string) []string {
 
 // ListPage returns up to a page of the objects under prefix whose keys sort
 // after after, and whether more follow: one ListObjectsV2 request.
-func (s *Store) ListPage(prefix, after string) (page queue.Page, versions []int64, more bool) {
+func (s *Store) ListPage(prefix, after string) (page store.Page, versions []int64, more bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
@@ -149,7 +149,7 @@ func (s *Store) ListPage(prefix, after string) (page queue.Page, versions []int6
 	if len(keys) > s.quirks.PageSize {
 		keys, more = keys[:s.quirks.PageSize], true
 	}
-	page = queue.Page{Objects: make([]queue.Object, 0, len(keys)), ServerTime: second(now)}
+	page = store.Page{Objects: make([]store.Object, 0, len(keys)), ServerTime: second(now)}
 	for _, k := range keys {
 		o := s.describe(s.objs[k], k, now)
 		o.Metadata = nil // LIST does not return metadata
@@ -160,7 +160,7 @@ func (s *Store) ListPage(prefix, after string) (page queue.Page, versions []int6
 }
 
 // List calls fn with each page of the keys under prefix, in key order.
-func (s *Store) List(ctx context.Context, prefix string, fn func(queue.Page) error) error {
+func (s *Store) List(ctx context.Context, prefix string, fn func(store.Page) error) error {
 	after := ""
 	for {
 		if err := ctx.Err(); err != nil {
@@ -198,64 +198,64 @@ func (s *Store) Dirs(ctx context.Context, prefix string) ([]string, error) {
 }
 
 // GetVersion is Get that also returns the version read (0 on an error).
-func (s *Store) GetVersion(key string, limit int64) (queue.Object, int64, error) {
+func (s *Store) GetVersion(key string, limit int64) (store.Object, int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	o := s.objs[key]
 	if o == nil {
-		return queue.Object{}, 0, fmt.Errorf("s3mem: get %s: %w", key, queue.ErrNotFound)
+		return store.Object{}, 0, fmt.Errorf("s3mem: get %s: %w", key, store.ErrNotFound)
 	}
 	d := s.describe(o, key, time.Now())
 	if d.Size > limit {
-		return d, o.version, fmt.Errorf("s3mem: get %s: %d bytes, limit %d: %w", key, d.Size, limit, queue.ErrTooLarge)
+		return d, o.version, fmt.Errorf("s3mem: get %s: %d bytes, limit %d: %w", key, d.Size, limit, store.ErrTooLarge)
 	}
 	d.Body = slices.Clone(o.body)
 	return d, o.version, nil
 }
 
 // Get reads an object whole; one over limit bytes is described, not read,
-// and the error wraps queue.ErrTooLarge.
-func (s *Store) Get(ctx context.Context, key string, limit int64) (queue.Object, error) {
+// and the error wraps store.ErrTooLarge.
+func (s *Store) Get(ctx context.Context, key string, limit int64) (store.Object, error) {
 	if err := ctx.Err(); err != nil {
-		return queue.Object{}, fmt.Errorf("s3mem: get %s: %w", key, err)
+		return store.Object{}, fmt.Errorf("s3mem: get %s: %w", key, err)
 	}
 	o, _, err := s.GetVersion(key, limit)
 	return o, err
 }
 
 // HeadVersion is Head that also returns the version described.
-func (s *Store) HeadVersion(key string) (queue.Object, int64, error) {
+func (s *Store) HeadVersion(key string) (store.Object, int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	o := s.objs[key]
 	if o == nil {
-		return queue.Object{}, 0, fmt.Errorf("s3mem: head %s: %w", key, queue.ErrNotFound)
+		return store.Object{}, 0, fmt.Errorf("s3mem: head %s: %w", key, store.ErrNotFound)
 	}
 	return s.describe(o, key, time.Now()), o.version, nil
 }
 
 // Head describes an object without reading it.
-func (s *Store) Head(ctx context.Context, key string) (queue.Object, error) {
+func (s *Store) Head(ctx context.Context, key string) (store.Object, error) {
 	if err := ctx.Err(); err != nil {
-		return queue.Object{}, fmt.Errorf("s3mem: head %s: %w", key, err)
+		return store.Object{}, fmt.Errorf("s3mem: head %s: %w", key, err)
 	}
 	o, _, err := s.HeadVersion(key)
 	return o, err
 }
 
 // PutVersion is Put that also returns the version written.
-func (s *Store) PutVersion(key string, body []byte, opt queue.PutOptions) (string, int64, error) {
+func (s *Store) PutVersion(key string, body []byte, opt store.PutOptions) (string, int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur := s.objs[key]
 	switch {
 	case opt.IfAbsent && cur != nil:
-		return "", 0, fmt.Errorf("s3mem: put %s: exists: %w", key, queue.ErrPrecondition)
+		return "", 0, fmt.Errorf("s3mem: put %s: exists: %w", key, store.ErrPrecondition)
 	case opt.IfMatch != "" && cur == nil:
-		// S3 answers 404; queue.Store reports it as a lost condition.
-		return "", 0, fmt.Errorf("s3mem: put %s: %w: key gone: %w", key, queue.ErrPrecondition, queue.ErrNotFound)
+		// S3 answers 404; store.Store reports it as a lost condition.
+		return "", 0, fmt.Errorf("s3mem: put %s: %w: key gone: %w", key, store.ErrPrecondition, store.ErrNotFound)
 	case opt.IfMatch != "" && cur.etag != opt.IfMatch:
-		return "", 0, fmt.Errorf("s3mem: put %s: ETag %s, not %s: %w", key, cur.etag, opt.IfMatch, queue.ErrPrecondition)
+		return "", 0, fmt.Errorf("s3mem: put %s: ETag %s, not %s: %w", key, cur.etag, opt.IfMatch, store.ErrPrecondition)
 	}
 	return s.writeLocked(key, slices.Clone(body), opt.Metadata, time.Now()), s.version, nil
 }
@@ -292,8 +292,8 @@ func lowerKeys(m map[string]string) map[string]string {
 }
 
 // Put writes body to key and returns its ETag. A failed condition wraps
-// queue.ErrPrecondition, If-Match on a missing key included.
-func (s *Store) Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
+// store.ErrPrecondition, If-Match on a missing key included.
+func (s *Store) Put(ctx context.Context, key string, body []byte, opt store.PutOptions) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", fmt.Errorf("s3mem: put %s: %w", key, err)
 	}
@@ -302,22 +302,22 @@ func (s *Store) Put(ctx context.Context, key string, body []byte, opt queue.PutO
 }
 
 // CopyVersion is Copy that also returns the version written.
-func (s *Store) CopyVersion(src, dst string, opt queue.CopyOptions) (int64, error) {
+func (s *Store) CopyVersion(src, dst string, opt store.CopyOptions) (int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	o := s.objs[src]
 	switch {
 	case o == nil:
-		return 0, fmt.Errorf("s3mem: copy %s to %s: %w", src, dst, queue.ErrNotFound)
+		return 0, fmt.Errorf("s3mem: copy %s to %s: %w", src, dst, store.ErrNotFound)
 	case opt.SourceIfMatch != "" && o.etag != opt.SourceIfMatch:
-		return 0, fmt.Errorf("s3mem: copy %s to %s: source ETag %s, not %s: %w", src, dst, o.etag, opt.SourceIfMatch, queue.ErrPrecondition)
+		return 0, fmt.Errorf("s3mem: copy %s to %s: source ETag %s, not %s: %w", src, dst, o.etag, opt.SourceIfMatch, store.ErrPrecondition)
 	}
 	s.writeLocked(dst, o.body, opt.Metadata, time.Now()) // bodies are never changed in place: sharing is safe
 	return s.version, nil
 }
 
 // Copy copies src to dst, replacing the metadata with opt's.
-func (s *Store) Copy(ctx context.Context, src, dst string, opt queue.CopyOptions) error {
+func (s *Store) Copy(ctx context.Context, src, dst string, opt store.CopyOptions) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("s3mem: copy %s to %s: %w", src, dst, err)
 	}
@@ -335,7 +335,7 @@ func (s *Store) DeleteVersion(key, ifMatch string) (int64, error) {
 	case o == nil:
 		return 0, nil // AWS 404, versitygw 204: both mean gone
 	case ifMatch != "" && o.etag != ifMatch && !s.quirks.IgnoreDeleteIfMatch:
-		return 0, fmt.Errorf("s3mem: delete %s: ETag %s, not %s: %w", key, o.etag, ifMatch, queue.ErrPrecondition)
+		return 0, fmt.Errorf("s3mem: delete %s: ETag %s, not %s: %w", key, o.etag, ifMatch, store.ErrPrecondition)
 	}
 	delete(s.objs, key)
 	if s.quirks.Versioning {
@@ -347,15 +347,15 @@ func (s *Store) DeleteVersion(key, ifMatch string) (int64, error) {
 }
 
 // SetDeleteMode sets how the store's conditional deletes work, as
-// queue.Store.SetDeleteMode: with queue.VersionedDeletes they are made of
-// requests that name versions (queue.DeleteByVersions).
-func (s *Store) SetDeleteMode(m queue.DeleteMode) { s.versioned.Store(m == queue.VersionedDeletes) }
+// store.Store.SetDeleteMode: with store.VersionedDeletes they are made of
+// requests that name versions (store.DeleteByVersions).
+func (s *Store) SetDeleteMode(m store.DeleteMode) { s.versioned.Store(m == store.VersionedDeletes) }
 
 // DeleteWritten deletes version v of key. This store answers every request,
-// so no attempt's outcome is ever in doubt (see queue.Store.DeleteWritten).
-func (s *Store) DeleteWritten(ctx context.Context, key string, v queue.Version) error {
+// so no attempt's outcome is ever in doubt (see store.Store.DeleteWritten).
+func (s *Store) DeleteWritten(ctx context.Context, key string, v store.Version) error {
 	if s.versioned.Load() {
-		return queue.DeleteByVersions(ctx, s, key, v)
+		return store.DeleteByVersions(ctx, s, key, v)
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("s3mem: delete %s: %w", key, err)
@@ -366,21 +366,21 @@ func (s *Store) DeleteWritten(ctx context.Context, key string, v queue.Version) 
 
 // Delete removes key if its ETag is ifMatch (any version when ifMatch is "").
 // A key already gone is not an error; another version wraps
-// queue.ErrPrecondition.
+// store.ErrPrecondition.
 func (s *Store) Delete(ctx context.Context, key, ifMatch string) error {
-	return s.DeleteWritten(ctx, key, queue.Version{ETag: ifMatch})
+	return s.DeleteWritten(ctx, key, store.Version{ETag: ifMatch})
 }
 
 // Versions lists key's versions, the current one first (one
 // ListObjectVersions request). Without Versioning the one version is listed
 // with the id "null", as S3 does.
-func (s *Store) Versions(ctx context.Context, key string) ([]queue.ObjectVersion, error) {
+func (s *Store) Versions(ctx context.Context, key string) ([]store.ObjectVersion, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("s3mem: list versions %s: %w", key, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []queue.ObjectVersion
+	var out []store.ObjectVersion
 	if o := s.objs[key]; o != nil {
 		v := o.describeVersion()
 		if !s.quirks.Versioning {
@@ -395,8 +395,8 @@ func (s *Store) Versions(ctx context.Context, key string) ([]queue.ObjectVersion
 	return out, nil
 }
 
-func (o *object) describeVersion() queue.ObjectVersion {
-	return queue.ObjectVersion{ID: strconv.FormatInt(o.version, 10), ETag: o.etag, Modified: o.listed, Marker: o.marker}
+func (o *object) describeVersion() store.ObjectVersion {
+	return store.ObjectVersion{ID: strconv.FormatInt(o.version, 10), ETag: o.etag, Modified: o.listed, Marker: o.marker}
 }
 
 // DeleteVersions removes the versions ids of key (DELETE with a version id,

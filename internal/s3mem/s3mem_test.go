@@ -10,12 +10,12 @@ import (
 	"github.com/cellos/fleetd/internal/admin"
 	"github.com/cellos/fleetd/internal/pipeline"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/s3mem"
+	"github.com/cellos/fleetd/internal/store"
 	"github.com/cellos/fleetd/internal/ui"
 )
 
-// The store stands in for *queue.Store wherever one is used.
+// The store stands in for *store.Store wherever one is used.
 var (
 	_ protocol.Store = (*s3mem.Store)(nil)
 	_ pipeline.Store = (*s3mem.Store)(nil)
@@ -26,23 +26,23 @@ var (
 func TestConditionalPut(t *testing.T) {
 	ctx := context.Background()
 	s := s3mem.New(s3mem.Quirks{})
-	e1, err := s.Put(ctx, "k", []byte("a"), queue.PutOptions{IfAbsent: true})
+	e1, err := s.Put(ctx, "k", []byte("a"), store.PutOptions{IfAbsent: true})
 	if err != nil || e1 != s3mem.ETag([]byte("a")) {
 		t.Fatalf("create: %q %v", e1, err)
 	}
 	if e1 != `"0cc175b9c0f1b6a831c399e269772661"` {
 		t.Fatalf("ETag %s is not the quoted MD5", e1)
 	}
-	if _, err := s.Put(ctx, "k", []byte("b"), queue.PutOptions{IfAbsent: true}); !errors.Is(err, queue.ErrPrecondition) {
+	if _, err := s.Put(ctx, "k", []byte("b"), store.PutOptions{IfAbsent: true}); !errors.Is(err, store.ErrPrecondition) {
 		t.Fatalf("second create: %v, want 412", err)
 	}
-	if _, err := s.Put(ctx, "k", []byte("b"), queue.PutOptions{IfMatch: `"nope"`}); !errors.Is(err, queue.ErrPrecondition) {
+	if _, err := s.Put(ctx, "k", []byte("b"), store.PutOptions{IfMatch: `"nope"`}); !errors.Is(err, store.ErrPrecondition) {
 		t.Fatalf("If-Match wrong ETag: %v, want 412", err)
 	}
-	if _, err := s.Put(ctx, "gone", []byte("b"), queue.PutOptions{IfMatch: e1}); !errors.Is(err, queue.ErrPrecondition) {
-		t.Fatalf("If-Match on a missing key: %v, want 412 as queue.Store reports it", err)
+	if _, err := s.Put(ctx, "gone", []byte("b"), store.PutOptions{IfMatch: e1}); !errors.Is(err, store.ErrPrecondition) {
+		t.Fatalf("If-Match on a missing key: %v, want 412 as store.Store reports it", err)
 	}
-	e2, err := s.Put(ctx, "k", []byte("b"), queue.PutOptions{IfMatch: e1, Metadata: map[string]string{"Fleetd-X": "1"}})
+	e2, err := s.Put(ctx, "k", []byte("b"), store.PutOptions{IfMatch: e1, Metadata: map[string]string{"Fleetd-X": "1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,18 +50,18 @@ func TestConditionalPut(t *testing.T) {
 	if err != nil || string(o.Body) != "b" || o.ETag != e2 || o.Metadata["fleetd-x"] != "1" {
 		t.Fatalf("get: %+v %v", o, err)
 	}
-	if _, err := s.Get(ctx, "k", 0); !errors.Is(err, queue.ErrTooLarge) {
+	if _, err := s.Get(ctx, "k", 0); !errors.Is(err, store.ErrTooLarge) {
 		t.Fatalf("get over the limit: %v", err)
 	}
-	if _, err := s.Head(ctx, "nope"); !errors.Is(err, queue.ErrNotFound) {
+	if _, err := s.Head(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("head missing: %v", err)
 	}
 }
 
 func TestIdenticalWritesShareETagNotVersion(t *testing.T) {
 	s := s3mem.New(s3mem.Quirks{})
-	e1, v1, _ := s.PutVersion("k", []byte("same"), queue.PutOptions{})
-	e2, v2, _ := s.PutVersion("k", []byte("same"), queue.PutOptions{})
+	e1, v1, _ := s.PutVersion("k", []byte("same"), store.PutOptions{})
+	e2, v2, _ := s.PutVersion("k", []byte("same"), store.PutOptions{})
 	if e1 != e2 || v1 == v2 {
 		t.Fatalf("ETags %s %s versions %d %d: want equal ETags, distinct versions", e1, e2, v1, v2)
 	}
@@ -71,13 +71,13 @@ func TestConditionalDelete(t *testing.T) {
 	ctx := context.Background()
 	for _, quirk := range []bool{false, true} {
 		s := s3mem.New(s3mem.Quirks{IgnoreDeleteIfMatch: quirk})
-		e, _ := s.Put(ctx, "k", []byte("a"), queue.PutOptions{})
+		e, _ := s.Put(ctx, "k", []byte("a"), store.PutOptions{})
 		err := s.Delete(ctx, "k", `"stale"`)
 		_, herr := s.Head(ctx, "k")
-		if !quirk && (!errors.Is(err, queue.ErrPrecondition) || herr != nil) {
+		if !quirk && (!errors.Is(err, store.ErrPrecondition) || herr != nil) {
 			t.Fatalf("stale If-Match: %v, head %v: want 412 and the object kept", err, herr)
 		}
-		if quirk && (err != nil || !errors.Is(herr, queue.ErrNotFound)) {
+		if quirk && (err != nil || !errors.Is(herr, store.ErrNotFound)) {
 			t.Fatalf("MinIO quirk: %v, head %v: want deleted anyway", err, herr)
 		}
 		if !quirk {
@@ -94,14 +94,14 @@ func TestConditionalDelete(t *testing.T) {
 func TestCopy(t *testing.T) {
 	ctx := context.Background()
 	s := s3mem.New(s3mem.Quirks{})
-	e, _ := s.Put(ctx, "a", []byte("x"), queue.PutOptions{})
-	if err := s.Copy(ctx, "a", "b", queue.CopyOptions{SourceIfMatch: `"other"`}); !errors.Is(err, queue.ErrPrecondition) {
+	e, _ := s.Put(ctx, "a", []byte("x"), store.PutOptions{})
+	if err := s.Copy(ctx, "a", "b", store.CopyOptions{SourceIfMatch: `"other"`}); !errors.Is(err, store.ErrPrecondition) {
 		t.Fatalf("copy stale source: %v", err)
 	}
-	if err := s.Copy(ctx, "nope", "b", queue.CopyOptions{}); !errors.Is(err, queue.ErrNotFound) {
+	if err := s.Copy(ctx, "nope", "b", store.CopyOptions{}); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("copy missing source: %v", err)
 	}
-	if err := s.Copy(ctx, "a", "b", queue.CopyOptions{SourceIfMatch: e, Metadata: map[string]string{"m": "1"}}); err != nil {
+	if err := s.Copy(ctx, "a", "b", store.CopyOptions{SourceIfMatch: e, Metadata: map[string]string{"m": "1"}}); err != nil {
 		t.Fatal(err)
 	}
 	o, _ := s.Head(ctx, "b")
@@ -116,12 +116,12 @@ func TestListPagesAndTimes(t *testing.T) {
 		s := s3mem.New(s3mem.Quirks{PageSize: 2})
 		time.Sleep(1500 * time.Millisecond) // 00:00:01.5
 		for _, k := range []string{"p/c", "p/a", "p/d/x", "p/b", "q/z"} {
-			s.Put(ctx, k, []byte(k), queue.PutOptions{})
+			s.Put(ctx, k, []byte(k), store.PutOptions{})
 		}
 		time.Sleep(time.Second) // 00:00:02.5
 		var keys []string
 		pages := 0
-		err := s.List(ctx, "p/", func(p queue.Page) error {
+		err := s.List(ctx, "p/", func(p store.Page) error {
 			pages++
 			for _, o := range p.Objects {
 				keys = append(keys, o.Key)
@@ -151,7 +151,7 @@ func TestPutAtBackdates(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx := context.Background()
 		s := s3mem.New(s3mem.Quirks{})
-		_, v1, _ := s.PutVersion("k", []byte("a"), queue.PutOptions{})
+		_, v1, _ := s.PutVersion("k", []byte("a"), store.PutOptions{})
 		past := time.Now().Add(-90*time.Second - 300*time.Millisecond)
 		if e := s.PutAt("k", []byte("a"), map[string]string{"Fleetd-X": "1"}, past); e != s3mem.ETag([]byte("a")) {
 			t.Fatalf("PutAt ETag %s", e)
@@ -173,7 +173,7 @@ func TestVersioning(t *testing.T) {
 	ctx := context.Background()
 	s := s3mem.New(s3mem.Quirks{Versioning: true, IgnoreDeleteIfMatch: true})
 	for _, body := range []string{"one", "two"} {
-		if _, err := s.Put(ctx, "k", []byte(body), queue.PutOptions{}); err != nil {
+		if _, err := s.Put(ctx, "k", []byte(body), store.PutOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -194,10 +194,10 @@ func TestVersioning(t *testing.T) {
 	if err := s.Delete(ctx, "k", `"ignored"`); err != nil { // If-Match ignored: a marker
 		t.Fatal(err)
 	}
-	if _, err := s.Head(ctx, "k"); !errors.Is(err, queue.ErrNotFound) {
+	if _, err := s.Head(ctx, "k"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("HEAD under a delete marker = %v, want not found", err)
 	}
-	if _, err := s.Put(ctx, "k", []byte("three"), queue.PutOptions{IfAbsent: true}); err != nil {
+	if _, err := s.Put(ctx, "k", []byte("three"), store.PutOptions{IfAbsent: true}); err != nil {
 		t.Fatalf("create-only PUT over a delete marker: %v", err)
 	}
 	vs, _ = s.Versions(ctx, "k")

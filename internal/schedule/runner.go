@@ -8,16 +8,16 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
-// Store is the S3 queue as the runner reads it; *queue.Store implements it.
+// Store is the S3 queue as the runner reads it; *store.Store implements it.
 type Store interface {
-	queue.Lister
-	queue.Getter
+	store.Lister
+	store.Getter
 }
 
-var _ Store = (*queue.Store)(nil)
+var _ Store = (*store.Store)(nil)
 
 // Submitter submits one due time of a schedule to a lane, exactly once for
 // the fleet (protocol.Protocol.SubmitDue on that lane's layout).
@@ -65,8 +65,8 @@ type mark struct {
 }
 
 // New returns a runner. It starts nothing until Run.
-func New(cfg Config, store Store, submit Submitter) *Runner {
-	return &Runner{cfg: cfg, store: store, submit: submit, defs: map[string]*def{}, markers: map[string]mark{}}
+func New(cfg Config, storage Store, submit Submitter) *Runner {
+	return &Runner{cfg: cfg, store: storage, submit: submit, defs: map[string]*def{}, markers: map[string]mark{}}
 }
 
 // Run lists the schedules and submits their due times until ctx ends. It
@@ -94,9 +94,9 @@ func (r *Runner) Run(ctx context.Context) {
 // tick lists the schedules, submits what is due, and returns the next due
 // time it knows of (zero: none).
 func (r *Runner) tick(ctx context.Context) time.Time {
-	seenDefs, seenMarks := map[string]queue.Object{}, map[string]queue.Object{}
+	seenDefs, seenMarks := map[string]store.Object{}, map[string]store.Object{}
 	dir := Dir(r.cfg.Prefix)
-	err := r.store.List(ctx, dir, func(p queue.Page) error {
+	err := r.store.List(ctx, dir, func(p store.Page) error {
 		for _, o := range p.Objects {
 			name := strings.TrimPrefix(o.Key, dir)
 			if n, ok := strings.CutSuffix(name, ".json"); ok && CheckName(n) == nil {
@@ -150,13 +150,13 @@ func (r *Runner) tick(ctx context.Context) time.Time {
 }
 
 // load returns the schedule's definition, read again when its ETag changed.
-func (r *Runner) load(ctx context.Context, name string, o queue.Object) *def {
+func (r *Runner) load(ctx context.Context, name string, o store.Object) *def {
 	if d := r.defs[name]; d != nil && d.etag == o.ETag {
 		return d
 	}
 	obj, err := r.store.Get(ctx, o.Key, r.cfg.MaxSpecBytes)
 	if err != nil {
-		if !errors.Is(err, queue.ErrNotFound) && ctx.Err() == nil {
+		if !errors.Is(err, store.ErrNotFound) && ctx.Err() == nil {
 			r.cfg.Logger.Warn("read schedule failed; retrying", "event", "schedule.read_failed", "schedule", name, "err", err)
 		}
 		return nil
@@ -175,7 +175,7 @@ func (r *Runner) load(ctx context.Context, name string, o queue.Object) *def {
 
 // marker returns the last due time submitted (zero: none yet), read again
 // when the marker's ETag changed; false if it could not be read.
-func (r *Runner) marker(ctx context.Context, name string, seen map[string]queue.Object) (time.Time, bool) {
+func (r *Runner) marker(ctx context.Context, name string, seen map[string]store.Object) (time.Time, bool) {
 	o, ok := seen[name]
 	if !ok {
 		delete(r.markers, name)
@@ -185,7 +185,7 @@ func (r *Runner) marker(ctx context.Context, name string, seen map[string]queue.
 		return m.last, true
 	}
 	obj, err := r.store.Get(ctx, o.Key, 64<<10)
-	if errors.Is(err, queue.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		return time.Time{}, true
 	}
 	if err != nil {

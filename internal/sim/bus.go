@@ -10,8 +10,8 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/s3mem"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Faults are the rates at which the bus disturbs requests while faults are on.
@@ -100,8 +100,8 @@ type bus struct {
 	steps  int
 }
 
-func newBus(store *s3mem.Store, hist *history, rng *rand.Rand, timeout time.Duration) *bus {
-	return &bus{store: store, hist: hist, rng: rng, timeout: timeout, cut: map[string]time.Time{}, wake: make(chan struct{}, 1)}
+func newBus(storage *s3mem.Store, hist *history, rng *rand.Rand, timeout time.Duration) *bus {
+	return &bus{store: storage, hist: hist, rng: rng, timeout: timeout, cut: map[string]time.Time{}, wake: make(chan struct{}, 1)}
 }
 
 func (b *bus) submit(r *request) {
@@ -220,7 +220,7 @@ func (b *bus) step() {
 		rep = reply{status: 503, desc: "503 SlowDown (not applied)"}
 	default:
 		if !r.expires.IsZero() && now.After(r.expires) {
-			rep = reply{status: 403, expired: true, err: queue.ErrExpired, desc: "403 expired (not applied)"}
+			rep = reply{status: 403, expired: true, err: store.ErrExpired, desc: "403 expired (not applied)"}
 			break
 		}
 		rep = r.exec()

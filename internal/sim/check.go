@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // The invariant, checked when the fleet has settled (checkFinal) and over the
@@ -29,9 +29,9 @@ func (s *scenario) checkFinal() {
 	for _, k := range s.stuck() {
 		h.violatef("stuck: %s left behind after the fleet had %v to settle", k, 120*time.Second)
 	}
-	results := map[queue.State]map[string]int64{}
-	bodies := map[queue.State]map[string][]byte{}
-	for _, st := range []queue.State{queue.Completed, queue.Failed} {
+	results := map[store.Area]map[string]int64{}
+	bodies := map[store.Area]map[string][]byte{}
+	for _, st := range []store.Area{store.Completed, store.Failed} {
 		results[st], bodies[st] = map[string]int64{}, map[string][]byte{}
 		for _, l := range h.lanes {
 			for _, o := range s.store.Snapshot(l.Dir(st)) {
@@ -46,7 +46,7 @@ func (s *scenario) checkFinal() {
 	submitted := map[string][][]byte{}
 	var ids []string
 	for _, w := range h.writes {
-		if (w.state == queue.Pending || w.state == stateDelayed) && w.by.role == "submit" {
+		if (w.state == store.Pending || w.state == stateDelayed) && w.by.role == "submit" {
 			if submitted[w.id] == nil {
 				ids = append(ids, w.id)
 			}
@@ -54,8 +54,8 @@ func (s *scenario) checkFinal() {
 		}
 	}
 	for _, id := range ids {
-		c, inC := results[queue.Completed][id]
-		f, inF := results[queue.Failed][id]
+		c, inC := results[store.Completed][id]
+		f, inF := results[store.Failed][id]
 		switch {
 		case !inC && !inF:
 			pruned := false
@@ -82,7 +82,7 @@ func (s *scenario) checkFinal() {
 					id, cw.n, fmtVer(c), fmtVer(f), fw.outcome)
 			}
 		}
-		for _, st := range []queue.State{queue.Completed, queue.Failed} {
+		for _, st := range []store.Area{store.Completed, store.Failed} {
 			b, ok := bodies[st][id]
 			if !ok {
 				continue
@@ -125,7 +125,7 @@ func (h *history) filedBefore(d deleteRec) bool {
 			last = w
 		}
 	}
-	return last.state == queue.Failed && last.outcome == "cancelled"
+	return last.state == store.Failed && last.outcome == "cancelled"
 }
 
 // landing returns the first write of the result that w repeats: a result
@@ -150,7 +150,7 @@ func (h *history) landing(w writeRec) writeRec {
 // submission or a requeue) in (from, to). h.mu is held.
 func (h *history) submittedBetween(id string, from, to time.Time) bool {
 	for _, w := range h.writes {
-		if w.id == id && (w.state == queue.Pending || w.state == stateDelayed && w.by.role == "submit") && (w.by.role == "submit" || w.by.role == "requeue") &&
+		if w.id == id && (w.state == store.Pending || w.state == stateDelayed && w.by.role == "submit") && (w.by.role == "submit" || w.by.role == "requeue") &&
 			w.t.After(from) && w.t.Before(to) {
 			return true
 		}
@@ -187,7 +187,7 @@ func (s *scenario) checkHistory() {
 	}
 	schedWrites := map[string]int{}
 	for _, w := range h.writes {
-		if w.sched && w.state == queue.Pending {
+		if w.sched && w.state == store.Pending {
 			schedWrites[w.id]++
 			if schedWrites[w.id] == 2 {
 				h.violatef0("schedule-twice: %s was written to pending/ twice (the second at %v by %s)", w.id, h.at(w.t), w.by.name)
@@ -204,7 +204,7 @@ func (s *scenario) checkHistory() {
 		}
 	}
 	for _, w := range h.writes {
-		if w.state != queue.Failed || w.outcome != "cancelled" && w.outcome != "rejected" {
+		if w.state != store.Failed || w.outcome != "cancelled" && w.outcome != "rejected" {
 			continue
 		}
 		for _, r := range h.runs {
@@ -233,7 +233,7 @@ func (s *scenario) checkHistory() {
 		case "requeue":
 			found := false
 			for _, w := range h.writes {
-				found = found || w.id == a.id && (w.state == queue.Completed || w.state == queue.Failed) && w.t.After(a.start)
+				found = found || w.id == a.id && (w.state == store.Completed || w.state == store.Failed) && w.t.After(a.start)
 			}
 			if !found {
 				h.violatef0("requeue-forgotten: requeue of %s confirmed at %v, and no result was written after it", a.id, h.at(a.end))
@@ -293,9 +293,9 @@ func (h *history) chainsEnded(id string, n int, t time.Time) bool {
 			continue
 		}
 		switch {
-		case (w.state == queue.Pending || w.state == stateDelayed) && (w.by.role == "submit" || w.by.role == "requeue"):
+		case (w.state == store.Pending || w.state == stateDelayed) && (w.by.role == "submit" || w.by.role == "requeue"):
 			subs[w.version] = true
-		case w.state == queue.Failed && (w.outcome == "cancelled" || w.outcome == "rejected" || w.outcome == "abandoned"):
+		case w.state == store.Failed && (w.outcome == "cancelled" || w.outcome == "rejected" || w.outcome == "abandoned"):
 			filings[call{w.by, w.req}] = true
 		}
 	}
@@ -311,11 +311,11 @@ func (h *history) chainsEnded(id string, n int, t time.Time) bool {
 			if w.id != id || w.by.name != r.inc || w.t.Before(r.end) || !w.t.Before(t) {
 				continue
 			}
-			if (w.state == queue.Completed || w.state == queue.Failed) && !filings[call{w.by, w.req}] && !counted[call{w.by, w.req}] {
+			if (w.state == store.Completed || w.state == store.Failed) && !filings[call{w.by, w.req}] && !counted[call{w.by, w.req}] {
 				counted[call{w.by, w.req}] = true
 				ended++
 			}
-			if w.state == queue.Completed || w.state == queue.Failed || w.state == stateDelayed {
+			if w.state == store.Completed || w.state == store.Failed || w.state == stateDelayed {
 				break
 			}
 		}
@@ -332,7 +332,7 @@ func (h *history) resultBy(inc, id string, from, to time.Time) bool {
 			continue
 		}
 		switch w.state {
-		case queue.Completed, queue.Failed:
+		case store.Completed, store.Failed:
 			return true
 		case stateDelayed:
 			return false

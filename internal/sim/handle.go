@@ -13,35 +13,35 @@ import (
 	"github.com/cellos/fleetd/internal/admin"
 	"github.com/cellos/fleetd/internal/pipeline"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // A Handle is what one process (an agent's incarnation, or one run of an
-// operator tool) sees of the store: *queue.Store's methods and error mapping,
+// operator tool) sees of the store: *store.Store's methods and error mapping,
 // its retry loop included, with every attempt going through the bus.
 type Handle struct {
 	b      *bus
 	name   string // the incarnation: n1, n1#2, op3
 	node   string // the host: n1 (a network cut is the host's)
 	role   string // "node" or the tool: submit, cancel, requeue, prune, pause, resume
-	policy queue.Policy
+	policy store.Policy
 	seed   uint64
 	mut    Mutations
 
 	// dead: the process has exited; every new request is refused, with no
 	// effect on the store. Requests already sent may still land.
 	dead atomic.Bool
-	slow atomic.Int64 // the SlowDown pause, as queue.Store keeps it
+	slow atomic.Int64 // the SlowDown pause, as store.Store keeps it
 	reqs atomic.Int64 // numbers each write call, whose attempts may land more than once
 
 	mu       sync.Mutex
 	seen     map[string]map[int64]bool // key → versions this process saw or wrote
-	lastRead map[string]queue.Object   // pending/ key → its last GET, for the confirm mutation
+	lastRead map[string]store.Object   // pending/ key → its last GET, for the confirm mutation
 	lastVer  map[string]int64          // pending/ key → the version last seen there
 	late     map[string]time.Time      // key → until when a timed-out write of ours may land
 	unknown  map[string]bool           // keys of writes whose outcome was unknown (UnknownAsNotLanded)
-	// versionedDeletes: deletes name versions (queue.VersionedDeletes), and
-	// replacing writes prune the versions they replace, as queue.Store's do.
+	// versionedDeletes: deletes name versions (store.VersionedDeletes), and
+	// replacing writes prune the versions they replace, as store.Store's do.
 	versionedDeletes bool
 	replaced         map[string]int // key → replacing writes since its last prune
 }
@@ -52,10 +52,10 @@ var (
 	_ admin.Store    = (*Handle)(nil)
 )
 
-func newHandle(b *bus, name, node, role string, policy queue.Policy, seed uint64, opt Options) *Handle {
+func newHandle(b *bus, name, node, role string, policy store.Policy, seed uint64, opt Options) *Handle {
 	return &Handle{b: b, name: name, node: node, role: role, policy: policy, seed: seed, mut: opt.Mutations,
-		versionedDeletes: opt.Store == queue.VersionedDeletes,
-		seen:             map[string]map[int64]bool{}, lastRead: map[string]queue.Object{}, lastVer: map[string]int64{}, replaced: map[string]int{},
+		versionedDeletes: opt.Store == store.VersionedDeletes,
+		seen:             map[string]map[int64]bool{}, lastRead: map[string]store.Object{}, lastVer: map[string]int64{}, replaced: map[string]int{},
 		late: map[string]time.Time{}, unknown: map[string]bool{}}
 }
 
@@ -106,14 +106,14 @@ var errRefused = errors.New("process exited: request refused")
 func refusal(op string) reply {
 	switch op {
 	case "PUT", "COPY", "DELETE":
-		return reply{status: 412, err: fmt.Errorf("%w: %w", queue.ErrPrecondition, errRefused)}
+		return reply{status: 412, err: fmt.Errorf("%w: %w", store.ErrPrecondition, errRefused)}
 	case "GET", "HEAD":
-		return reply{status: 404, err: fmt.Errorf("%w: %w", queue.ErrNotFound, errRefused)}
+		return reply{status: 404, err: fmt.Errorf("%w: %w", store.ErrNotFound, errRefused)}
 	}
 	return reply{status: 403, err: errRefused}
 }
 
-// call runs one operation through the bus with queue.Store's retry policy:
+// call runs one operation through the bus with store.Store's retry policy:
 // it returns the last reply and whether an earlier attempt may have landed.
 func (h *Handle) call(ctx context.Context, op, key, cond string, exec func() reply) (rep reply, unsure bool) {
 	return h.callChecked(ctx, op, key, cond, exec, nil)
@@ -129,7 +129,7 @@ func (h *Handle) callChecked(ctx context.Context, op, key, cond string, exec fun
 			return r, false
 		}
 	}
-	// As queue.Store: first wait out a timed-out write of ours to key that
+	// As store.Store: first wait out a timed-out write of ours to key that
 	// may still land.
 	if d := time.Until(h.lateUntil(key)); d > 0 {
 		if sleep(ctx, d) != nil {
@@ -220,11 +220,11 @@ func (h *Handle) notLanded(op, key string) (reply, bool) {
 		return reply{}, false
 	}
 	delete(h.unknown, key)
-	return reply{status: 404, err: fmt.Errorf("%w (mutation: unknown read as not landed)", queue.ErrNotFound), desc: "404 (mutation)"}, true
+	return reply{status: 404, err: fmt.Errorf("%w (mutation: unknown read as not landed)", store.ErrNotFound), desc: "404 (mutation)"}, true
 }
 
 // expiry is when the store stops accepting a write attempt whose context is
-// ctx, as queue.Store presigns it: the attempt's deadline, but never under a
+// ctx, as store.Store presigns it: the attempt's deadline, but never under a
 // second away (X-Amz-Expires is whole seconds).
 func expiry(ctx context.Context) time.Time {
 	dl, _ := ctx.Deadline()
@@ -234,7 +234,7 @@ func expiry(ctx context.Context) time.Time {
 	return dl
 }
 
-// expectLate records that a write of key may land until t (queue.Store's
+// expectLate records that a write of key may land until t (store.Store's
 // lateWrites).
 func (h *Handle) expectLate(key string, t time.Time) {
 	h.mu.Lock()
@@ -250,7 +250,7 @@ func (h *Handle) lateUntil(key string) time.Time {
 	return h.late[key]
 }
 
-// jitter is queue.Store's full jitter, drawn from the request's identity
+// jitter is store.Store's full jitter, drawn from the request's identity
 // rather than a shared source, so it does not depend on goroutine order.
 func (h *Handle) jitter(d time.Duration, op, key string, i int) time.Duration {
 	f := fnv.New64a()
@@ -290,24 +290,24 @@ func answer(err error, res any, desc string) reply {
 	switch {
 	case err == nil:
 		return reply{status: 200, res: res, desc: desc}
-	case errors.Is(err, queue.ErrNotFound) && !errors.Is(err, queue.ErrPrecondition):
+	case errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrPrecondition):
 		return reply{status: 404, err: err, res: res, desc: "404"}
-	case errors.Is(err, queue.ErrPrecondition):
+	case errors.Is(err, store.ErrPrecondition):
 		return reply{status: 412, err: err, res: res, desc: "412"}
-	case errors.Is(err, queue.ErrTooLarge):
+	case errors.Is(err, store.ErrTooLarge):
 		return reply{status: 200, err: err, res: res, desc: "too large"}
 	}
 	return reply{status: 500, err: err, desc: err.Error()}
 }
 
 type listed struct {
-	page     queue.Page
+	page     store.Page
 	versions []int64
 	more     bool
 }
 
 // List calls fn with each page of the keys under prefix, one request a page.
-func (h *Handle) List(ctx context.Context, prefix string, fn func(queue.Page) error) error {
+func (h *Handle) List(ctx context.Context, prefix string, fn func(store.Page) error) error {
 	after := ""
 	for {
 		rep, _ := h.call(ctx, "LIST", prefix, after, func() reply {
@@ -344,18 +344,18 @@ func (h *Handle) Dirs(ctx context.Context, prefix string) ([]string, error) {
 }
 
 type versioned struct {
-	obj queue.Object
+	obj store.Object
 	ver int64
 }
 
-// Get reads an object whole (see queue.Store.Get).
-func (h *Handle) Get(ctx context.Context, key string, limit int64) (queue.Object, error) {
+// Get reads an object whole (see store.Store.Get).
+func (h *Handle) Get(ctx context.Context, key string, limit int64) (store.Object, error) {
 	rep, _ := h.call(ctx, "GET", key, "", func() reply {
 		o, v, err := h.b.store.GetVersion(key, limit)
 		return answer(err, versioned{o, v}, fmtVer(v)+" "+short(o.ETag))
 	})
 	if rep.status != 200 {
-		return queue.Object{}, fmt.Errorf("sim: get %s: %w", key, rep.err)
+		return store.Object{}, fmt.Errorf("sim: get %s: %w", key, rep.err)
 	}
 	vo := rep.res.(versioned)
 	h.saw(key, vo.ver)
@@ -371,7 +371,7 @@ func (h *Handle) Get(ctx context.Context, key string, limit int64) (queue.Object
 }
 
 // Head describes an object.
-func (h *Handle) Head(ctx context.Context, key string) (queue.Object, error) {
+func (h *Handle) Head(ctx context.Context, key string) (store.Object, error) {
 	if h.mut.SkipConfirm && h.role == "node" {
 		// The mutation: the claim's confirm answered from the node's own
 		// read instead of the store, once.
@@ -388,7 +388,7 @@ func (h *Handle) Head(ctx context.Context, key string) (queue.Object, error) {
 		return answer(err, versioned{o, v}, fmtVer(v)+" "+short(o.ETag))
 	})
 	if rep.status != 200 {
-		return queue.Object{}, fmt.Errorf("sim: head %s: %w", key, rep.err)
+		return store.Object{}, fmt.Errorf("sim: head %s: %w", key, rep.err)
 	}
 	vo := rep.res.(versioned)
 	h.saw(key, vo.ver)
@@ -400,8 +400,8 @@ type written struct {
 	ver  int64
 }
 
-// Put writes body to key (see queue.Store.Put for the errors).
-func (h *Handle) Put(ctx context.Context, key string, body []byte, opt queue.PutOptions) (string, error) {
+// Put writes body to key (see store.Store.Put for the errors).
+func (h *Handle) Put(ctx context.Context, key string, body []byte, opt store.PutOptions) (string, error) {
 	cond := ""
 	switch {
 	case opt.IfAbsent:
@@ -420,12 +420,12 @@ func (h *Handle) Put(ctx context.Context, key string, body []byte, opt queue.Put
 	})
 	if rep.status == 200 {
 		if opt.IfMatch != "" && h.pruneDue(key) {
-			_ = queue.PruneReplaced(ctx, h, key) // as queue.Store: best effort
+			_ = store.PruneReplaced(ctx, h, key) // as store.Store: best effort
 		}
 		return rep.res.(written).etag, nil
 	}
 	err := rep.err
-	// As queue.Store: after an attempt that may have landed, anything but a
+	// As store.Store: after an attempt that may have landed, anything but a
 	// definite 404 (a 412 included: it may answer our own write) is unknown.
 	if unsure && (rep.status != 404 && rep.status != 403 || ctx.Err() != nil) {
 		if h.mut.UnknownAsNotLanded {
@@ -436,13 +436,13 @@ func (h *Handle) Put(ctx context.Context, key string, body []byte, opt queue.Put
 			}
 			return "", fmt.Errorf("sim: put %s: not landed: %w", key, errStatus(rep.status))
 		}
-		err = fmt.Errorf("%w: %w", queue.ErrUnknown, err)
+		err = fmt.Errorf("%w: %w", store.ErrUnknown, err)
 	}
 	return "", fmt.Errorf("sim: put %s: %w", key, err)
 }
 
-// Copy copies src to dst within the bucket (see queue.Store.Copy).
-func (h *Handle) Copy(ctx context.Context, src, dst string, opt queue.CopyOptions) error {
+// Copy copies src to dst within the bucket (see store.Store.Copy).
+func (h *Handle) Copy(ctx context.Context, src, dst string, opt store.CopyOptions) error {
 	cond := ""
 	if opt.SourceIfMatch != "" {
 		cond = "x-amz-copy-source-if-match:" + short(opt.SourceIfMatch)
@@ -463,23 +463,23 @@ func (h *Handle) Copy(ctx context.Context, src, dst string, opt queue.CopyOption
 	return nil
 }
 
-// Delete removes key if its ETag is ifMatch (see queue.Store.Delete).
+// Delete removes key if its ETag is ifMatch (see store.Store.Delete).
 func (h *Handle) Delete(ctx context.Context, key, ifMatch string) error {
-	return h.DeleteWritten(ctx, key, queue.Version{ETag: ifMatch})
+	return h.DeleteWritten(ctx, key, store.Version{ETag: ifMatch})
 }
 
-// DeleteWritten deletes version v of key, as queue.Store.DeleteWritten: with
+// DeleteWritten deletes version v of key, as store.Store.DeleteWritten: with
 // If-Match, after an attempt that may have landed it first reads the key;
-// on a versioned store, by version ids (queue.DeleteByVersions).
-func (h *Handle) DeleteWritten(ctx context.Context, key string, v queue.Version) error {
+// on a versioned store, by version ids (store.DeleteByVersions).
+func (h *Handle) DeleteWritten(ctx context.Context, key string, v store.Version) error {
 	if h.mut.StripDeleteIfMatch {
-		v = queue.Version{}
+		v = store.Version{}
 	}
 	if h.versionedDeletes {
 		h.mu.Lock()
 		delete(h.replaced, key)
 		h.mu.Unlock()
-		return queue.DeleteByVersions(ctx, h, key, v)
+		return store.DeleteByVersions(ctx, h, key, v)
 	}
 	ifMatch, modified := v.ETag, v.Modified
 	cond := ""
@@ -491,7 +491,7 @@ func (h *Handle) DeleteWritten(ctx context.Context, key string, v queue.Version)
 		recheck = func(ctx context.Context) (reply, bool) {
 			o, err := h.Head(ctx, key)
 			switch {
-			case errors.Is(err, queue.ErrNotFound):
+			case errors.Is(err, store.ErrNotFound):
 				return reply{status: 200, desc: "gone"}, true
 			case err == nil && o.ETag == ifMatch && !o.LastModified.Equal(modified):
 				return reply{status: 200, desc: "a newer version"}, true
@@ -513,15 +513,15 @@ func (h *Handle) DeleteWritten(ctx context.Context, key string, v queue.Version)
 	case rep.status == 412:
 		return fmt.Errorf("sim: delete %s: %w", key, rep.err)
 	case (unsure || rep.status != 403) && !h.mut.UnknownAsNotLanded:
-		return fmt.Errorf("sim: delete %s: %w: %w", key, queue.ErrUnknown, rep.err)
+		return fmt.Errorf("sim: delete %s: %w: %w", key, store.ErrUnknown, rep.err)
 	}
 	return fmt.Errorf("sim: delete %s: %w", key, rep.err)
 }
 
 // Versions lists key's versions, the current one first (see
-// queue.Store.Versions). A listing of versions is not a read of the current
+// store.Store.Versions). A listing of versions is not a read of the current
 // one: a process that deletes it must have seen it otherwise.
-func (h *Handle) Versions(ctx context.Context, key string) ([]queue.ObjectVersion, error) {
+func (h *Handle) Versions(ctx context.Context, key string) ([]store.ObjectVersion, error) {
 	rep, _ := h.call(ctx, "LISTV", key, "", func() reply {
 		vs, err := h.b.store.Versions(context.Background(), key)
 		return answer(err, vs, fmt.Sprintf("%d versions", len(vs)))
@@ -529,11 +529,11 @@ func (h *Handle) Versions(ctx context.Context, key string) ([]queue.ObjectVersio
 	if rep.status != 200 {
 		return nil, fmt.Errorf("sim: list versions %s: %w", key, rep.err)
 	}
-	return rep.res.([]queue.ObjectVersion), nil
+	return rep.res.([]store.ObjectVersion), nil
 }
 
 // DeleteVersions removes versions ids of key, one request (see
-// queue.Store.DeleteVersions). Every attempt is idempotent.
+// store.Store.DeleteVersions). Every attempt is idempotent.
 func (h *Handle) DeleteVersions(ctx context.Context, key string, ids []string) error {
 	rep, unsure := h.call(ctx, "DELETE", key, "versions "+strings.Join(ids, ","), func() reply {
 		var gone []string
@@ -555,12 +555,12 @@ func (h *Handle) DeleteVersions(ctx context.Context, key string, ids []string) e
 	case rep.status == 200, rep.status == 404:
 		return nil
 	case unsure || rep.status != 403:
-		return fmt.Errorf("sim: delete %s versions %v: %w: %w", key, ids, queue.ErrUnknown, rep.err)
+		return fmt.Errorf("sim: delete %s versions %v: %w: %w", key, ids, store.ErrUnknown, rep.err)
 	}
 	return fmt.Errorf("sim: delete %s versions %v: %w", key, ids, rep.err)
 }
 
-// pruneEvery is queue.PruneEvery made short: a scenario's leases see a
+// pruneEvery is store.PruneEvery made short: a scenario's leases see a
 // dozen renewals, and a prune is safe at any rate, so every other replacing
 // write prunes, to meet every other step as often as it can.
 const pruneEvery = 2

@@ -10,17 +10,17 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // history is everything a scenario did, for the checker and the trace: each
 // write and delete as it landed (the driver records them, one at a time), each
 // run of a cell, each operator action, each crash.
 type history struct {
-	layout queue.Layout
+	layout store.Layout
 	// lanes are every lane's layout, the scenario's own first (a node may
 	// serve a second lane, CELLOS_FLEET_LANES); ids differ across lanes.
-	lanes []queue.Layout
+	lanes []store.Layout
 	t0    time.Time
 
 	mu         sync.Mutex
@@ -45,7 +45,7 @@ type writeRec struct {
 	by      *Handle
 	req     int64 // the write call: its attempts may land more than once
 	key     string
-	state   queue.State
+	state   store.Area
 	id      string
 	version int64
 	n       int    // the submission the bytes are, from the spec's "n"
@@ -59,7 +59,7 @@ type deleteRec struct {
 	t       time.Time
 	by      *Handle
 	key     string
-	state   queue.State
+	state   store.Area
 	id      string
 	version int64
 }
@@ -118,8 +118,8 @@ type actionRec struct {
 	h      *Handle
 }
 
-func newHistory(layout queue.Layout) *history {
-	return &history{layout: layout, lanes: []queue.Layout{layout, queue.NewLayout("fleet", laneX)}, t0: time.Now(), crashed: map[string]time.Time{}}
+func newHistory(layout store.Layout) *history {
+	return &history{layout: layout, lanes: []store.Layout{layout, store.NewLayout("fleet", laneX)}, t0: time.Now(), crashed: map[string]time.Time{}}
 }
 
 func (h *history) tracef(who, format string, args ...any) {
@@ -142,15 +142,15 @@ const laneX = "x"
 
 // stateDelayed stands for pending/.delayed/<due>/<id>.json in the history: a
 // spec that becomes pending when due.
-const stateDelayed queue.State = "delayed"
+const stateDelayed store.Area = "delayed"
 
 // split returns the state and id of a key of the queue, ok false for others.
-func (h *history) split(key string) (queue.State, string, bool) {
+func (h *history) split(key string) (store.Area, string, bool) {
 	for _, l := range h.lanes {
 		if id, _, err := l.ParseDelayed(key); err == nil {
 			return stateDelayed, id, true
 		}
-		for _, s := range []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed, queue.Leases} {
+		for _, s := range []store.Area{store.Pending, store.Claimed, store.Completed, store.Failed, store.Leases} {
 			if id, ok := l.ID(s, key); ok {
 				return s, id, true
 			}
@@ -162,7 +162,7 @@ func (h *history) split(key string) (queue.State, string, bool) {
 // wrote records a write that landed; the driver calls it.
 func (h *history) wrote(by *Handle, req int64, key string, v int64, body []byte, meta map[string]string) {
 	st, id, ok := h.split(key)
-	if !ok || st == queue.Leases {
+	if !ok || st == store.Leases {
 		return
 	}
 	h.mu.Lock()

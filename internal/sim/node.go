@@ -16,9 +16,9 @@ import (
 	"github.com/cellos/fleetd/internal/exec"
 	"github.com/cellos/fleetd/internal/pipeline"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/recovery"
 	"github.com/cellos/fleetd/internal/schedule"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // nodeCfg is one agent's settings; agents of a fleet differ.
@@ -193,7 +193,7 @@ func (r *runner) Run(ctx context.Context, specPath, specID string, started func(
 	var spec cellSpec
 	_ = json.Unmarshal(body, &spec)
 	rec := &runRec{node: inc.cfg.name, inc: inc.name, id: specID, n: spec.Spec.N, start: time.Now(),
-		version: inc.h.pendingVersion(inc.s.layout.Key(queue.Pending, specID))}
+		version: inc.h.pendingVersion(inc.s.layout.Key(store.Pending, specID))}
 	inc.s.hist.startRun(rec)
 	cell := &simCell{h: inc.s.hist, rec: rec, poke: make(chan struct{}, 1)}
 	if started != nil {

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/admin"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 func slog_(h *history, who string) *slog.Logger { return slog.New(&logHandler{h: h, who: who}) }
@@ -119,7 +119,7 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 					opt.NotBefore = time.Now().Add(in)
 				}
 				if byHand {
-					_, err := rec.h.Put(ctx, s.layout.DelayedKey(d.id, opt.NotBefore), body, queue.PutOptions{})
+					_, err := rec.h.Put(ctx, s.layout.DelayedKey(d.id, opt.NotBefore), body, store.PutOptions{})
 					return err
 				}
 				_, err := a.SubmitWith(ctx, []admin.SpecFile{{Name: d.id + ".json", Body: body}}, d.id, opt)
@@ -177,7 +177,7 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 			events = append(events, event{at: at, what: "raw PUT of a bad spec " + id, do: func() {
 				s.tool("submit", id, sn, 0, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
 					// As `aws s3 cp` would: how a spec that is not JSON gets there.
-					_, err := rec.h.Put(ctx, s.layout.Key(queue.Pending, id), body, queue.PutOptions{})
+					_, err := rec.h.Put(ctx, s.layout.Key(store.Pending, id), body, store.PutOptions{})
 					return err
 				})
 			}})
@@ -207,7 +207,7 @@ func (s *scenario) draw() (nodes []nodeCfg, events []event, faults Faults, end t
 			older, cut := ms(0, 3000), interrupt()
 			events = append(events, event{at: at, what: fmt.Sprintf("prune older than %v interrupt=%v", older, cut), do: func() {
 				s.tool("prune", "", -1, cut, func(ctx context.Context, a *admin.Admin, rec *actionRec) error {
-					res, err := a.Prune(ctx, []queue.State{queue.Completed, queue.Failed}, older, false)
+					res, err := a.Prune(ctx, []store.Area{store.Completed, store.Failed}, older, false)
 					rec.result = fmt.Sprint(res)
 					return err
 				})

@@ -29,8 +29,8 @@ import (
 
 	"github.com/cellos/fleetd/internal/admin"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/s3mem"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Mutations are deliberately broken rules, each applied in the store layer so
@@ -54,7 +54,7 @@ type Options struct {
 	// AWS, versitygw), "versioned" (MinIO with versioning on: DELETE ignores
 	// If-Match, so deletes name versions) or "" to draw it from the seed
 	// (every third scenario versioned).
-	Store queue.DeleteMode
+	Store store.DeleteMode
 }
 
 // Result is what a scenario found.
@@ -88,11 +88,11 @@ func (r *Result) Classes() []string {
 type scenario struct {
 	seed   uint64
 	opt    Options
-	layout queue.Layout
+	layout store.Layout
 	store  *s3mem.Store
 	bus    *bus
 	hist   *history
-	policy queue.Policy
+	policy store.Policy
 	rng    *rand.Rand // the plan's
 
 	mu    sync.Mutex
@@ -117,23 +117,23 @@ type event struct {
 // Run runs the scenario of seed. It must be called inside a synctest bubble
 // (synctest.Test), which it leaves with every goroutine it started ended.
 func Run(seed uint64, opt Options) *Result {
-	layout := queue.NewLayout("fleet", "")
+	layout := store.NewLayout("fleet", "")
 	hist := newHistory(layout)
 	if opt.Store == "" {
-		opt.Store = queue.IfMatchDeletes
+		opt.Store = store.IfMatchDeletes
 		if seed%3 == 0 {
-			opt.Store = queue.VersionedDeletes
+			opt.Store = store.VersionedDeletes
 		}
 	}
-	if opt.Store == queue.VersionedDeletes {
+	if opt.Store == store.VersionedDeletes {
 		opt.Quirks.Versioning, opt.Quirks.IgnoreDeleteIfMatch = true, true
 	}
-	store := s3mem.New(opt.Quirks)
-	s := &scenario{seed: seed, opt: opt, layout: layout, store: store, hist: hist,
+	storage := s3mem.New(opt.Quirks)
+	s := &scenario{seed: seed, opt: opt, layout: layout, store: storage, hist: hist,
 		rng:  rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15)),
 		live: map[string]*incarnation{}, gens: map[string]int{},
-		policy: queue.Policy{Attempts: 4, Timeout: time.Second, BaseDelay: 50 * time.Millisecond, MaxDelay: 500 * time.Millisecond}}
-	s.bus = newBus(store, hist, rand.New(rand.NewPCG(seed, 0xb5ad4eceda1ce2a9)), s.policy.Timeout)
+		policy: store.Policy{Attempts: 4, Timeout: time.Second, BaseDelay: 50 * time.Millisecond, MaxDelay: 500 * time.Millisecond}}
+	s.bus = newBus(storage, hist, rand.New(rand.NewPCG(seed, 0xb5ad4eceda1ce2a9)), s.policy.Timeout)
 
 	nodes, events, faults, end, plan := s.draw()
 	stop := make(chan struct{})
@@ -266,7 +266,7 @@ func (s *scenario) quiet() bool {
 func (s *scenario) stuck() []string {
 	var keys []string
 	for _, l := range s.hist.lanes {
-		for _, st := range []queue.State{queue.Pending, queue.Claimed, queue.Leases} {
+		for _, st := range []store.Area{store.Pending, store.Claimed, store.Leases} {
 			for _, o := range s.store.Snapshot(l.Dir(st)) {
 				if _, ok := l.ID(st, o.Key); ok {
 					keys = append(keys, o.Key)
@@ -290,7 +290,7 @@ func (s *scenario) tool(kind, id string, n int, interrupt time.Duration, fn func
 }
 
 // toolOn is tool on the lane of layout.
-func (s *scenario) toolOn(layout queue.Layout, kind, id string, n int, interrupt time.Duration, fn func(ctx context.Context, a *admin.Admin, rec *actionRec) error) {
+func (s *scenario) toolOn(layout store.Layout, kind, id string, n int, interrupt time.Duration, fn func(ctx context.Context, a *admin.Admin, rec *actionRec) error) {
 	s.mu.Lock()
 	s.nTool++
 	name := fmt.Sprintf("op%d", s.nTool)

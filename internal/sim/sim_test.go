@@ -12,7 +12,7 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // summary is what a sweep found.
@@ -97,7 +97,7 @@ func envInt(name string, def int) int {
 // SIM_STORE=conditional|versioned runs every scenario on that kind of store
 // (by default every third is versioned).
 func TestSweep(t *testing.T) {
-	opt := Options{Store: queue.DeleteMode(os.Getenv("SIM_STORE"))}
+	opt := Options{Store: store.DeleteMode(os.Getenv("SIM_STORE"))}
 	if v := os.Getenv("SIM_SEED"); v != "" {
 		seed, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/depth"
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/queueview"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // depthCache keeps each lane's depth for snapshotReuse, so scalers polling
@@ -39,7 +39,7 @@ func (s *Server) depth(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "fleetd ui: lane is a queue name: no /, at most 255 bytes", http.StatusBadRequest)
 			return
 		}
-		layout = queue.NewLayout(s.cfg.Prefix, lane)
+		layout = store.NewLayout(s.cfg.Prefix, lane)
 	}
 	l, err := s.laneDepth(r.Context(), lane, layout)
 	if err != nil {
@@ -50,7 +50,7 @@ func (s *Server) depth(w http.ResponseWriter, r *http.Request) {
 	depth.Write(w, l)
 }
 
-func (s *Server) laneDepth(ctx context.Context, lane string, layout queue.Layout) (depth.Lane, error) {
+func (s *Server) laneDepth(ctx context.Context, lane string, layout store.Layout) (depth.Lane, error) {
 	s.depths.mu.Lock()
 	defer s.depths.mu.Unlock()
 	if c, ok := s.depths.lanes[lane]; ok && s.cfg.Now().Sub(c.at) < snapshotReuse {

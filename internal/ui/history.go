@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/queueview"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // History is how many specs finished, completed and failed, per minute over
@@ -41,7 +41,7 @@ type Bucket struct {
 // LIST per 1,000 results. Only the counts are kept, not the keys.
 type history struct {
 	store  Store
-	layout queue.Layout
+	layout store.Layout
 	limit  int
 	every  time.Duration
 	now    func() time.Time
@@ -59,8 +59,8 @@ func (h *history) get(ctx context.Context) (*History, error) {
 	}
 	hist := &History{}
 	var stamps [2][]time.Time
-	for i, st := range []queue.State{queue.Completed, queue.Failed} {
-		w, err := queueview.Walk(ctx, h.store, h.layout, st, h.limit, func(o queue.Object, now time.Time) {
+	for i, st := range []store.Area{store.Completed, store.Failed} {
+		w, err := queueview.Walk(ctx, h.store, h.layout, st, h.limit, func(o store.Object, now time.Time) {
 			// Older than a day counts nowhere: not kept.
 			if now.Sub(o.LastModified) <= 24*time.Hour {
 				stamps[i] = append(stamps[i], o.LastModified)

@@ -14,25 +14,25 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/s3mem"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // The chart's bars, checked against a model: a bar holds the results whose
 // time is in [its start, its start + its step).
 func TestHistoryBuckets(t *testing.T) {
-	store := &countingStore{Store: s3mem.New(s3mem.Quirks{})}
+	storage := &countingStore{Store: s3mem.New(s3mem.Quirks{})}
 	ages := map[string][]time.Duration{
 		"completed": {10 * time.Second, 40 * time.Second, 70 * time.Second, 5 * time.Minute, 59 * time.Minute, 2 * time.Hour, 23 * time.Hour, 25 * time.Hour},
 		"failed":    {15 * time.Second, 3 * time.Minute, 90 * time.Minute, 30 * time.Hour},
 	}
 	for st, as := range ages {
 		for i, a := range as {
-			store.put(fmt.Sprintf("fleet/%s/%s-%d.json", st, st, i), object{body: []byte(`{}`), age: a})
+			storage.put(fmt.Sprintf("fleet/%s/%s-%d.json", st, st, i), object{body: []byte(`{}`), age: a})
 		}
 	}
-	store.put("fleet/completed/notes.txt", object{age: time.Second}) // not a result
-	h := &history{store: store, layout: queue.NewLayout("fleet", ""), limit: 1000, every: time.Minute, now: time.Now}
+	storage.put("fleet/completed/notes.txt", object{age: time.Second}) // not a result
+	h := &history{store: storage, layout: store.NewLayout("fleet", ""), limit: 1000, every: time.Minute, now: time.Now}
 	hist, err := h.get(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +41,7 @@ func TestHistoryBuckets(t *testing.T) {
 		t.Errorf("listed %d (at least %v), want 12", hist.Listed, hist.AtLeast)
 	}
 	times := map[bool][]time.Time{}
-	for _, o := range store.Snapshot("fleet/") {
+	for _, o := range storage.Snapshot("fleet/") {
 		if strings.HasSuffix(o.Key, ".json") {
 			times[strings.Contains(o.Key, "/failed/")] = append(times[strings.Contains(o.Key, "/failed/")], o.LastModified)
 		}
@@ -86,18 +86,18 @@ func TestHistoryBuckets(t *testing.T) {
 type bigStore struct {
 	mu           sync.Mutex
 	keys         []string
-	objs         map[string]queue.Object
+	objs         map[string]store.Object
 	lists, heads int
 	gets         int
 }
 
-func (b *bigStore) List(_ context.Context, prefix string, fn func(queue.Page) error) error {
+func (b *bigStore) List(_ context.Context, prefix string, fn func(store.Page) error) error {
 	i := sort.SearchStrings(b.keys, prefix)
 	for {
 		b.mu.Lock()
 		b.lists++
 		b.mu.Unlock()
-		page := queue.Page{ServerTime: time.Now().Truncate(time.Second)}
+		page := store.Page{ServerTime: time.Now().Truncate(time.Second)}
 		for ; i < len(b.keys) && strings.HasPrefix(b.keys[i], prefix) && len(page.Objects) < 1000; i++ {
 			o := b.objs[b.keys[i]]
 			o.Metadata = nil
@@ -112,17 +112,17 @@ func (b *bigStore) List(_ context.Context, prefix string, fn func(queue.Page) er
 	}
 }
 
-func (b *bigStore) Get(_ context.Context, key string, _ int64) (queue.Object, error) {
+func (b *bigStore) Get(_ context.Context, key string, _ int64) (store.Object, error) {
 	b.mu.Lock()
 	b.gets++
 	b.mu.Unlock()
 	if o, ok := b.objs[key]; ok {
 		return o, nil
 	}
-	return queue.Object{}, fmt.Errorf("get %s: %w", key, queue.ErrNotFound)
+	return store.Object{}, fmt.Errorf("get %s: %w", key, store.ErrNotFound)
 }
 
-func (b *bigStore) Head(_ context.Context, key string) (queue.Object, error) {
+func (b *bigStore) Head(_ context.Context, key string) (store.Object, error) {
 	b.mu.Lock()
 	b.heads++
 	b.mu.Unlock()
@@ -130,7 +130,7 @@ func (b *bigStore) Head(_ context.Context, key string) (queue.Object, error) {
 		o.ServerTime = time.Now().Truncate(time.Second)
 		return o, nil
 	}
-	return queue.Object{}, fmt.Errorf("head %s: %w", key, queue.ErrNotFound)
+	return store.Object{}, fmt.Errorf("head %s: %w", key, store.ErrNotFound)
 }
 
 func (b *bigStore) counts() [3]int {
@@ -150,7 +150,7 @@ func TestRefreshCostWith100000Results(t *testing.T) {
 	if testing.Short() {
 		t.Skip("100,000 results")
 	}
-	b := &bigStore{objs: map[string]queue.Object{}}
+	b := &bigStore{objs: map[string]store.Object{}}
 	now := time.Now()
 	for i := range 100_000 {
 		st := "completed"
@@ -159,12 +159,12 @@ func TestRefreshCostWith100000Results(t *testing.T) {
 		}
 		key := fmt.Sprintf("fleet/%s/spec-%06d.json", st, i)
 		b.keys = append(b.keys, key)
-		b.objs[key] = queue.Object{Key: key, ETag: `"e"`, LastModified: now.Add(-time.Duration(i) * 48 * time.Hour / 100_000).Truncate(time.Second),
+		b.objs[key] = store.Object{Key: key, ETag: `"e"`, LastModified: now.Add(-time.Duration(i) * 48 * time.Hour / 100_000).Truncate(time.Second),
 			Metadata: map[string]string{"fleetd-outcome": st, "fleetd-node": "n" + strconv.Itoa(i%7)}}
 	}
 	slices.Sort(b.keys)
 	clock := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
-	s, err := New(Config{Store: b, Layout: queue.NewLayout("fleet", ""), Bucket: "bkt", Prefix: "fleet", Now: func() time.Time { return clock }})
+	s, err := New(Config{Store: b, Layout: store.NewLayout("fleet", ""), Bucket: "bkt", Prefix: "fleet", Now: func() time.Time { return clock }})
 	if err != nil {
 		t.Fatal(err)
 	}

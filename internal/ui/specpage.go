@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // specPage is everything the records know of one spec.
@@ -62,9 +62,9 @@ type pageOutput struct {
 // ?state= picks whose bytes are shown (default: the result's, else
 // claimed/'s, else pending/'s). It costs 4 HEADs and up to 3 GETs.
 func (s *Server) spec(w http.ResponseWriter, r *http.Request) {
-	id, state := r.URL.Query().Get("id"), queue.State(r.URL.Query().Get("state"))
+	id, state := r.URL.Query().Get("id"), store.Area(r.URL.Query().Get("state"))
 	switch state {
-	case "", queue.Pending, queue.Claimed, queue.Completed, queue.Failed:
+	case "", store.Pending, store.Claimed, store.Completed, store.Failed:
 	default:
 		http.Error(w, "fleetd ui: state is pending, claimed, completed or failed", http.StatusBadRequest)
 		return
@@ -80,42 +80,42 @@ func (s *Server) spec(w http.ResponseWriter, r *http.Request) {
 	s.render(w, "spec.html", data)
 }
 
-func (s *Server) readSpec(ctx context.Context, id string, want queue.State) (specPage, int) {
+func (s *Server) readSpec(ctx context.Context, id string, want store.Area) (specPage, int) {
 	data := specPage{ID: id, State: string(want)}
-	states := []queue.State{queue.Pending, queue.Claimed, queue.Completed, queue.Failed}
-	heads := make([]queue.Object, len(states))
+	states := []store.Area{store.Pending, store.Claimed, store.Completed, store.Failed}
+	heads := make([]store.Object, len(states))
 	errs := make([]error, len(states))
-	var lease, output queue.Object
+	var lease, output store.Object
 	var leaseErr, outputErr error
 	var wg sync.WaitGroup
 	for i, st := range states {
 		wg.Go(func() { heads[i], errs[i] = s.cfg.Store.Head(ctx, s.cfg.Layout.Key(st, id)) })
 	}
 	wg.Go(func() {
-		lease, leaseErr = s.cfg.Store.Get(ctx, s.cfg.Layout.Key(queue.Leases, id), protocol.MaxLeaseBytes)
+		lease, leaseErr = s.cfg.Store.Get(ctx, s.cfg.Layout.Key(store.Leases, id), protocol.MaxLeaseBytes)
 	})
 	wg.Go(func() { output, outputErr = s.cfg.Store.Get(ctx, s.cfg.Layout.OutputKey(id), s.cfg.OutputLimit) })
 	wg.Wait()
 
 	var problems []error
-	found := map[queue.State]bool{}
+	found := map[store.Area]bool{}
 	for i, st := range states {
 		switch {
 		case errs[i] == nil:
 			found[st] = true
 			data.States = append(data.States, string(st))
-		case !errors.Is(errs[i], queue.ErrNotFound):
+		case !errors.Is(errs[i], store.ErrNotFound):
 			problems = append(problems, errs[i])
 		}
 	}
-	if o := heads[0]; found[queue.Pending] {
+	if o := heads[0]; found[store.Pending] {
 		data.Submitted, data.PriorAttempts = o.LastModified, o.Metadata["fleetd-attempts"]
 	}
-	if o := heads[1]; found[queue.Claimed] {
+	if o := heads[1]; found[store.Claimed] {
 		data.Claimed, data.ClaimedNode, data.ClaimAttempt = o.LastModified, o.Metadata["fleetd-node"], o.Metadata["fleetd-attempts"]
 	}
 	var resultMeta map[string]string
-	for i, st := range []queue.State{queue.Completed, queue.Failed} {
+	for i, st := range []store.Area{store.Completed, store.Failed} {
 		o := heads[2+i]
 		// Both can exist only in a moment between a requeue's steps: the
 		// newer is the record.
@@ -128,29 +128,29 @@ func (s *Server) readSpec(ctx context.Context, id string, want queue.State) (spe
 		}
 	}
 	switch {
-	case leaseErr == nil || errors.Is(leaseErr, queue.ErrTooLarge):
+	case leaseErr == nil || errors.Is(leaseErr, store.ErrTooLarge):
 		if l, err := protocol.ParseLease(lease.Body); err == nil {
 			data.Lease = &l
 			data.LeaseAge = max(0, lease.ServerTime.Sub(lease.LastModified).Round(time.Second))
 		}
-	case !errors.Is(leaseErr, queue.ErrNotFound):
+	case !errors.Is(leaseErr, store.ErrNotFound):
 		problems = append(problems, leaseErr)
 	}
 	switch {
-	case outputErr == nil, errors.Is(outputErr, queue.ErrTooLarge):
+	case outputErr == nil, errors.Is(outputErr, store.ErrTooLarge):
 		info := protocol.ParseOutput(output.Metadata)
 		data.Output = &pageOutput{OutputInfo: info, Text: string(output.Body), Size: output.Size, Cut: outputErr != nil,
 			Written: output.LastModified, Other: resultMeta != nil && !info.Matches(resultMeta)}
-	case !errors.Is(outputErr, queue.ErrNotFound):
+	case !errors.Is(outputErr, store.ErrNotFound):
 		problems = append(problems, outputErr)
 	}
 
 	// The bytes: of the state asked for, else the result's, else claimed/'s,
 	// else pending/'s.
 	if want == "" {
-		for _, st := range []queue.State{queue.Completed, queue.Failed, queue.Claimed, queue.Pending} {
+		for _, st := range []store.Area{store.Completed, store.Failed, store.Claimed, store.Pending} {
 			if found[st] {
-				want = cmp.Or(queue.State(data.ResultState), st)
+				want = cmp.Or(store.Area(data.ResultState), st)
 				break
 			}
 		}
@@ -171,9 +171,9 @@ func (s *Server) readSpec(ctx context.Context, id string, want queue.State) (spe
 	default:
 		o, err := s.cfg.Store.Get(ctx, s.cfg.Layout.Key(want, id), s.cfg.BodyLimit)
 		switch {
-		case errors.Is(err, queue.ErrTooLarge):
+		case errors.Is(err, store.ErrTooLarge):
 			data.Size, data.Cut = o.Size, true
-		case errors.Is(err, queue.ErrNotFound):
+		case errors.Is(err, store.ErrNotFound):
 			data.Err, status = fmt.Sprintf("not in %s/ (any more)", want), http.StatusNotFound
 		case err != nil:
 			data.Err, status = err.Error(), http.StatusBadGateway

@@ -23,8 +23,8 @@ import (
 
 	"github.com/cellos/fleetd/internal/config"
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/queueview"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // Store is the bucket as the UI reads it: the read model's.
@@ -42,7 +42,7 @@ type Admin interface {
 // Config is what the UI serves and how.
 type Config struct {
 	Store  Store
-	Layout queue.Layout
+	Layout store.Layout
 	Bucket string
 	// Prefix is the queue's prefix (CELLOS_FLEET_PREFIX), which Pause takes.
 	Prefix string
@@ -245,7 +245,7 @@ func (v view) RefreshSeconds() int64 { return max(10, 2*v.RefreshMS/1000) }
 
 func (s *Server) view(r *http.Request) view {
 	v := view{
-		Bucket: s.cfg.Bucket, Base: strings.TrimSuffix(s.cfg.Layout.Dir(queue.Pending), "pending/"),
+		Bucket: s.cfg.Bucket, Base: strings.TrimSuffix(s.cfg.Layout.Dir(store.Pending), "pending/"),
 		Filter: strings.TrimSpace(r.URL.Query().Get("reason")), KeyLimit: s.cfg.KeyLimit, ResultLimit: s.cfg.ResultLimit,
 		Actions: s.cfg.AllowActions, CSRF: s.secrets.csrf, RefreshMS: s.cfg.Refresh.Milliseconds(),
 	}

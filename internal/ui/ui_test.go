@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/cellos/fleetd/internal/protocol"
-	"github.com/cellos/fleetd/internal/queue"
 	"github.com/cellos/fleetd/internal/s3mem"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // now is the UI's clock, and when the results in the fixture finished.
@@ -47,21 +47,21 @@ func (f *countingStore) put(key string, o object) {
 	f.PutAt(key, o.body, o.meta, time.Now().Add(-o.age))
 }
 
-func (f *countingStore) List(ctx context.Context, prefix string, fn func(queue.Page) error) error {
+func (f *countingStore) List(ctx context.Context, prefix string, fn func(store.Page) error) error {
 	f.mu.Lock()
 	f.lists++
 	f.mu.Unlock()
 	return f.Store.List(ctx, prefix, fn)
 }
 
-func (f *countingStore) Get(ctx context.Context, key string, limit int64) (queue.Object, error) {
+func (f *countingStore) Get(ctx context.Context, key string, limit int64) (store.Object, error) {
 	f.mu.Lock()
 	f.gets++
 	f.mu.Unlock()
 	return f.Store.Get(ctx, key, limit)
 }
 
-func (f *countingStore) Head(ctx context.Context, key string) (queue.Object, error) {
+func (f *countingStore) Head(ctx context.Context, key string) (store.Object, error) {
 	f.mu.Lock()
 	f.heads++
 	f.mu.Unlock()
@@ -150,12 +150,12 @@ type harness struct {
 	clock  *time.Time
 }
 
-func setup(t *testing.T, store *countingStore, mod func(*Config)) *harness {
+func setup(t *testing.T, storage *countingStore, mod func(*Config)) *harness {
 	t.Helper()
 	clock := now
-	h := &harness{t: t, store: store, admin: &fakeAdmin{}, clock: &clock}
+	h := &harness{t: t, store: storage, admin: &fakeAdmin{}, clock: &clock}
 	var mu sync.Mutex
-	cfg := Config{Store: store, Layout: queue.NewLayout("fleet", ""), Bucket: "bkt", Prefix: "fleet", TTL: time.Minute,
+	cfg := Config{Store: storage, Layout: store.NewLayout("fleet", ""), Bucket: "bkt", Prefix: "fleet", TTL: time.Minute,
 		Admin: h.admin, Now: func() time.Time { mu.Lock(); defer mu.Unlock(); return *h.clock }}
 	if mod != nil {
 		mod(&cfg)

@@ -32,7 +32,7 @@ func TestCancelFilesPendingAndStopsRunningSpecs(t *testing.T) {
 		t.Fatalf("cancel of a running spec = %d %q %q", code, out, errOut)
 	}
 	a.logs.awaitEvent(t, "spec.cancelled", 1)
-	a.logs.awaitEvent(t, "spec.finalised", 1) // the result written, claimed/ and the lease deleted
+	a.logs.awaitEvent(t, "spec.finished", 1) // the result written, claimed/ and the lease deleted
 	b.waitCount("failed", 2)
 	if _, meta := b.get(b.key("failed", "long")); meta["fleetd-outcome"] != "cancelled" || meta["fleetd-node"] != "worker" {
 		t.Errorf("failed/long record = %v", meta)

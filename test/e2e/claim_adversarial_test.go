@@ -207,7 +207,7 @@ func TestAdversarialLateClaimedWriteRefused(t *testing.T) {
 	b.waitCount("completed", 1)
 	b.waitSettled("o")
 	v2 := b.submit("o", map[string]any{"sleepMs": 1})
-	a.logs.awaitEvent(t, "spec.finalised", 2)
+	a.logs.awaitEvent(t, "spec.finished", 2)
 	b.waitSettled("o")
 
 	held.Release()

@@ -508,7 +508,7 @@ func TestLeaselessClaimsAreClearedOrRun(t *testing.T) {
 			t.Errorf("completed/x attempts = %q, want 1: the orphan's attempt never started", got)
 		}
 		claimRunsOnce(t, []string{"x"}, a)
-		if n := a.logs.countEvent("claim.abandoned"); n != 0 {
+		if n := a.logs.countEvent("claim.left"); n != 0 {
 			t.Errorf("%d log lines about abandoning", n)
 		}
 	})

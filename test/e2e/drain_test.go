@@ -17,13 +17,13 @@ import (
 	"github.com/cellos/fleetd/internal/faultproxy"
 )
 
-// TestFinishedCellIsFinalisedPastDrainDeadline: a cell that exited 0 is
-// finalised even when its lease lapsed on a held renewal and the drain
+// TestFinishedCellIsRecordedPastDrainDeadline: a cell that exited 0 is
+// recorded even when its lease lapsed on a held renewal and the drain
 // deadline passed meanwhile: the node waits for the renewal (bounded by the
 // abort deadline) instead of leaving a finished cell to recovery, which would
 // run it again.
 // From issue 8, case 8; was TestCase8FinishedCellIsFinalisedPastDrainDeadline.
-func TestFinishedCellIsFinalisedPastDrainDeadline(t *testing.T) {
+func TestFinishedCellIsRecordedPastDrainDeadline(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)
 	p := startProxy(t)
@@ -57,8 +57,8 @@ func TestFinishedCellIsFinalisedPastDrainDeadline(t *testing.T) {
 	if got := starts(a.cellEvents()); got["x"] != 1 {
 		t.Errorf("runs = %v, want x once", got)
 	}
-	if n := a.logs.countEvent("spec.finalised"); n != 1 {
-		t.Errorf("%d finalisations logged, want 1", n)
+	if n := a.logs.countEvent("spec.finished"); n != 1 {
+		t.Errorf("%d finishes logged, want 1", n)
 	}
 }
 
@@ -108,7 +108,7 @@ func TestStopUnderHangingS3IsBounded(t *testing.T) {
 }
 
 // TestDrainFinishesCellsAndClaimsNothing sends SIGTERM (twice) while cells run:
-// they finish and are finalised, nothing new is claimed, and fleetd exits 0.
+// they finish and are recorded, nothing new is claimed, and fleetd exits 0.
 func TestDrainFinishesCellsAndClaimsNothing(t *testing.T) {
 	t.Parallel()
 	b := newBucket(t)

@@ -194,7 +194,7 @@ func TestMetricsCountAndProbesFollowTheAgent(t *testing.T) {
 	b.submit("other-pool", map[string]any{}, pool("gpu"))
 	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_CONCURRENCY": "4", "CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0", "CELLOS_FLEET_POOL_ID": "cpu"})
 	addr := metricsAddr(t, a)
-	a.logs.awaitEvent(t, "spec.finalised", 13)
+	a.logs.awaitEvent(t, "spec.finished", 13)
 
 	fams := scrape(t, addr)
 	checks := []struct {
@@ -307,7 +307,7 @@ func TestBusyAgentIsReadyAndLive(t *testing.T) {
 	if err := os.WriteFile(release, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a.logs.awaitEvent(t, "spec.finalised", 2)
+	a.logs.awaitEvent(t, "spec.finished", 2)
 	if code, body := httpGet(t, "http://"+addr+"/readyz"); code != 200 {
 		t.Errorf("/readyz = %d %q once idle, want 200", code, body)
 	}

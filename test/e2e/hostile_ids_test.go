@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/cellos/fleetd/internal/queue"
+	"github.com/cellos/fleetd/internal/store"
 )
 
 // TestHostileIDs: bad specs whose ids need escaping in a COPY's source (the
@@ -87,7 +87,7 @@ func TestOverlongIDsLeftAlone(t *testing.T) {
 		b.base += "/" + strings.Repeat(string(c), 200)
 	}
 	// completed/ is two bytes longer than pending/.
-	fits := strings.Repeat("f", queue.MaxKeyBytes-len(b.base+"/completed/.json"))
+	fits := strings.Repeat("f", store.MaxKeyBytes-len(b.base+"/completed/.json"))
 	over := map[string]int{strings.Repeat("o", len(fits)+1): 1023, strings.Repeat("v", len(fits)+2): 1024}
 	b.submit(fits, map[string]any{}, func(spec map[string]any) { spec["id"] = "fits" })
 	for id, n := range over {
@@ -99,8 +99,8 @@ func TestOverlongIDsLeftAlone(t *testing.T) {
 
 	a := startAgent(t, b, map[string]string{"CELLOS_FLEET_PREFIX": b.base})
 	b.waitCount("completed", 1)
-	if got := len(b.key("completed", fits)); got != queue.MaxKeyBytes {
-		t.Errorf("completed/ key of the id that fits is %d bytes, want %d", got, queue.MaxKeyBytes)
+	if got := len(b.key("completed", fits)); got != store.MaxKeyBytes {
+		t.Errorf("completed/ key of the id that fits is %d bytes, want %d", got, store.MaxKeyBytes)
 	}
 	awaitPolls(t, a, 3)
 	a.signal(syscall.SIGTERM)

@@ -269,7 +269,7 @@ func TestIntentCancelWhileFencedIsHonoured(t *testing.T) {
 	}
 	// The holder has ended its claim (or left it to recovery): its own
 	// recovery may list leases/ again.
-	a.logs.awaitEvents(t, 1, "spec.released", "spec.finalised", "spec.left_to_recovery")
+	a.logs.awaitEvents(t, 1, "spec.released", "spec.finished", "spec.left_to_recovery")
 	listing.Remove()
 	b.waitSettled("x")
 	caseBStop(t, a)
@@ -339,7 +339,7 @@ func TestIntentPruneSparesFreshRerunResult(t *testing.T) {
 	const olderThan = 5 * time.Second
 	body := b.submit("p", map[string]any{"sleepMs": 0})
 	a := startAgent(t, b, intentsAgent(nil, "a", nil))
-	a.logs.awaitEvent(t, "spec.finalised", 1)
+	a.logs.awaitEvent(t, "spec.finished", 1)
 	b.waitSettled("p")
 	// The first result must be old for prune: HEAD's Last-Modified and the
 	// server's Date have 1-second resolution, hence 2.5 s more. The age is
@@ -356,7 +356,7 @@ func TestIntentPruneSparesFreshRerunResult(t *testing.T) {
 	awaitFired(t, held, 1) // prune has judged completed/p old from its listing
 
 	b.submit("p", map[string]any{"sleepMs": 0}) // an identical rerun
-	a.logs.awaitEvent(t, "spec.finalised", 2)
+	a.logs.awaitEvent(t, "spec.finished", 2)
 	b.waitSettled("p")
 	held.Release()
 	if code := prune.wait(); code != 0 {

@@ -52,7 +52,7 @@ func TestWeightedLanesShareSlotsByWeight(t *testing.T) {
 		t.Errorf("%d of the first 20 starts from the lane of weight 3, want 13-17 (15 ± 2)", heavy)
 	}
 	// Every spec of both lanes runs, each in its own lane's folders.
-	a.logs.awaitEvent(t, "spec.finalised", 60)
+	a.logs.awaitEvent(t, "spec.finished", 60)
 	for _, lane := range []string{"heavy", "light"} {
 		if got := len(b.keys(b.base + "/" + lane + "/completed/")); got != 30 {
 			t.Errorf("%s/completed/ holds %d, want 30", lane, got)

@@ -135,11 +135,11 @@ func TestPausedNodeIsFencedOff(t *testing.T) {
 			t.Errorf("exit code %d", code)
 		}
 	}
-	if n := paused.logs.countEvent("spec.finalised"); n != 0 {
-		t.Errorf("the paused node finalised %d specs after losing its lease", n)
+	if n := paused.logs.countEvent("spec.finished"); n != 0 {
+		t.Errorf("the paused node finished %d specs after losing its lease", n)
 	}
-	if n := other.logs.countEvent("spec.finalised"); n != 1 {
-		t.Errorf("the other node finalised %d times, want 1", n)
+	if n := other.logs.countEvent("spec.finished"); n != 1 {
+		t.Errorf("the other node finished %d times, want 1", n)
 	}
 	_, meta := b.get(b.key("completed", "p"))
 	if meta["fleetd-node"] != "other" {
@@ -268,13 +268,13 @@ func TestAgentKilledTwiceLosesNoSpec(t *testing.T) {
 		}
 	}
 
-	// Specs in flight at a kill: claimed by a killed agent and not finalised by it.
+	// Specs in flight at a kill: claimed by a killed agent and not finished by it.
 	cut := map[string]bool{}
 	for _, a := range killed {
 		for _, l := range a.logs.events("spec.claimed") {
 			cut[l["spec_id"].(string)] = true
 		}
-		for _, l := range a.logs.events("spec.finalised") {
+		for _, l := range a.logs.events("spec.finished") {
 			delete(cut, l["spec_id"].(string))
 		}
 	}

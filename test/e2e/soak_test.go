@@ -110,13 +110,13 @@ func TestSoak(t *testing.T) {
 	victim.logs.awaitEvent(t, "cell.started", 3)
 	victim.crash()
 	// The specs it was running may run again elsewhere: every cell it started
-	// and did not finalise (a supervisor that had not yet written its own start
+	// and did not finish (a supervisor that had not yet written its own start
 	// event outlives the kill, so fleetd's log is the record).
 	inFlight := map[string]bool{}
 	for _, l := range victim.logs.events("cell.started") {
 		inFlight[l["spec_id"].(string)] = true
 	}
-	for _, l := range victim.logs.events("spec.finalised") {
+	for _, l := range victim.logs.events("spec.finished") {
 		delete(inFlight, l["spec_id"].(string))
 	}
 	agents = append(agents, startAgent(t, b, settings("n0-restarted")))

@@ -260,8 +260,8 @@ func TestCutOffHostIsFrozenThenKilled(t *testing.T) {
 		}
 	}
 	assertInvariant(t, b, want)
-	if n := a.logs.countEvents("cell.thawed", "spec.finalised"); n != 0 {
-		t.Errorf("the cut-off host thawed or finalised %d times after its specs were taken over", n)
+	if n := a.logs.countEvents("cell.thawed", "spec.finished"); n != 0 {
+		t.Errorf("the cut-off host thawed or finished %d times after its specs were taken over", n)
 	}
 	if runs := claimRuns(other); len(runs) != 3 {
 		t.Errorf("the other host ran %v, want each spec once", runs)

@@ -1,6 +1,6 @@
 // Package queue is fleetd's S3 work queue: the 0.5.1 key layout and the object
 // operations the claim protocol needs, with S3 errors mapped to sentinels.
-package queue
+package store
 
 import (
 	"errors"
@@ -9,23 +9,23 @@ import (
 	"strings"
 )
 
-// State is a directory of the queue layout.
-type State string
+// Area is a directory of the queue layout.
+type Area string
 
 // The queue's directories. Pending, Claimed, Completed and Failed are 0.5.1's;
 // Leases is fleetd's addition for crash recovery.
 const (
-	Pending   State = "pending"
-	Claimed   State = "claimed"
-	Completed State = "completed"
-	Failed    State = "failed"
-	Leases    State = "leases"
+	Pending   Area = "pending"
+	Claimed   Area = "claimed"
+	Completed Area = "completed"
+	Failed    Area = "failed"
+	Leases    Area = "leases"
 	// Sessions holds one object per agent process: its liveness, which
 	// every lease it holds relies on (docs/PROTOCOL.md, "Sessions").
-	Sessions State = "sessions"
+	Sessions Area = "sessions"
 	// Output holds each finished spec's last output, <id>.txt: written with
 	// its result, removed with it.
-	Output State = "output"
+	Output Area = "output"
 )
 
 // Layout maps spec ids to keys exactly as cellos-fleet 0.5.1 did:
@@ -49,7 +49,7 @@ func NewLayout(prefix, queueName string) Layout {
 }
 
 // Dir returns the key prefix of a state, ending in "/".
-func (l Layout) Dir(s State) string {
+func (l Layout) Dir(s Area) string {
 	if l.base == "" {
 		return string(s) + "/"
 	}
@@ -57,7 +57,7 @@ func (l Layout) Dir(s State) string {
 }
 
 // Key returns the key of spec id in state s.
-func (l Layout) Key(s State, id string) string {
+func (l Layout) Key(s Area, id string) string {
 	return l.Dir(s) + id + ".json"
 }
 
@@ -79,8 +79,8 @@ func (l Layout) Base() string { return l.base }
 // MaxKeyBytes is the longest key S3 accepts, in bytes.
 const MaxKeyBytes = 1024
 
-// states are the directories an id gets a key in.
-var states = []State{Pending, Claimed, Completed, Failed, Leases}
+// areas are the directories an id gets a key in.
+var areas = []Area{Pending, Claimed, Completed, Failed, Leases}
 
 // Why a key or an id is not work. Callers test them with errors.Is.
 var (
@@ -101,7 +101,7 @@ func (l Layout) CheckID(id string) error {
 	case strings.Contains(id, "/"):
 		return fmt.Errorf("%w: the id holds a /", ErrNotWork)
 	}
-	for _, s := range states {
+	for _, s := range areas {
 		if n := len(l.Key(s, id)); n > MaxKeyBytes {
 			return fmt.Errorf("%w: its %s/ key would be %d bytes, over S3's limit of %d", ErrIDTooLong, s, n, MaxKeyBytes)
 		}
@@ -111,7 +111,7 @@ func (l Layout) CheckID(id string) error {
 
 // ParseID returns the spec id of a key in state s, or an error saying why the
 // key is not work (see CheckID).
-func (l Layout) ParseID(s State, key string) (string, error) {
+func (l Layout) ParseID(s Area, key string) (string, error) {
 	name, found := strings.CutPrefix(key, l.Dir(s))
 	switch {
 	case !found:
@@ -131,7 +131,7 @@ func (l Layout) ParseID(s State, key string) (string, error) {
 // ID returns the spec id of a key in state s. ok is false for keys that are not
 // work: outside the directory, not ending in ".json", empty, in a
 // subdirectory, or with an id too long for every key of it to fit in S3.
-func (l Layout) ID(s State, key string) (id string, ok bool) {
+func (l Layout) ID(s Area, key string) (id string, ok bool) {
 	id, err := l.ParseID(s, key)
 	return id, err == nil
 }

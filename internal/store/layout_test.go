@@ -1,4 +1,4 @@
-package queue
+package store
 
 import (
 	"errors"
@@ -26,7 +26,7 @@ func TestLayoutKeys(t *testing.T) {
 		}
 	}
 	l := NewLayout("fleet", "")
-	for s, want := range map[State]string{Claimed: "fleet/claimed/a.json", Completed: "fleet/completed/a.json", Failed: "fleet/failed/a.json", Leases: "fleet/leases/a.json"} {
+	for s, want := range map[Area]string{Claimed: "fleet/claimed/a.json", Completed: "fleet/completed/a.json", Failed: "fleet/failed/a.json", Leases: "fleet/leases/a.json"} {
 		if got := l.Key(s, "a"); got != want {
 			t.Errorf("Key(%s) = %q, want %q", s, got, want)
 		}
