@@ -66,7 +66,7 @@ func (rep *report) markdown() string {
 	}
 	p("Run %s, %s. Machine: %d cores, %s/%s, %s. Server: versitygw %s (POSIX backend) on 127.0.0.1, behind a request-counting proxy in the harness process. ",
 		rep.started.UTC().Format(time.RFC3339), time.Since(rep.started).Round(time.Second), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), versitygw.Version)
-	p("Supervisor: `/bin/true` for no-op specs, the test supervisor for timed cells. fleetd: poll interval 1 s unless noted, leases on (ttl 60 s), S3 rate limit off, log level info. Throughput runs are timed from the agent's start-up self-test passing to the last spec finalised: start-up is paid once in an agent's life, and the raw runs they are compared with start ready. ")
+	p("Supervisor: `/bin/true` for no-op specs, the test supervisor for timed cells. fleetd: poll interval 1 s unless noted, leases on (ttl 60 s), S3 rate limit off, log level info. Throughput runs are timed from the agent's start-up self-test passing to the last spec finished: start-up is paid once in an agent's life, and the raw runs they are compared with start ready. ")
 	p("The machine is shared and noisy: compare ratios within this run, not absolute numbers across runs.\n\n")
 
 	if len(rep.throughput) > 0 {
