@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -74,11 +75,6 @@ func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) 
 	// release two S3 request timeouts; then fleetd exits and leaves the rest
 	// to recovery. See the stop-timeout formula in docs/operations.md, "Stopping: drain".
 	d := drain.New(context.Background(), cfg.StopGrace+2*cfg.S3Timeout)
-	hints, err := dialNotify(cfg, layout, log, m)
-	if err != nil {
-		log.Error("notifications", "event", "notify.dial_failed", "err", err)
-		return 1
-	}
 	// Readiness and liveness judge the poll at the slower of the two
 	// intervals: with notifications on, either may be the current one.
 	pollInterval := cfg.PollInterval
@@ -97,10 +93,43 @@ func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) 
 		Logger:       log,
 		Metrics:      m,
 	}
-	if hints != nil {
-		defer hints.Close()
-		pcfg.Hints, pcfg.NetInterval = hints, cfg.Notify.PollInterval
+	if cfg.Notify.URL != "" {
 		pollInterval = max(pollInterval, cfg.Notify.PollInterval)
+	}
+	var sources []*notify.Source
+	defer func() {
+		for _, s := range sources {
+			s.Close()
+		}
+	}()
+	// fleetd_notify_connected says hints flow when they flow to every lane.
+	var upMu sync.Mutex
+	var up []bool
+	connected := func(lane int) func(bool) {
+		return func(ok bool) {
+			upMu.Lock()
+			defer upMu.Unlock()
+			up[lane] = ok
+			m.NotifyConnected(!slices.Contains(up, false))
+		}
+	}
+	// withHints gives a pipeline the bucket notifications of its lane, when
+	// they are on: a consumer of its own per lane (and pool).
+	withHints := func(c pipeline.Config) (pipeline.Config, error) {
+		if cfg.Notify.URL == "" {
+			return c, nil
+		}
+		upMu.Lock()
+		up = append(up, false)
+		lane := len(up) - 1
+		upMu.Unlock()
+		h, err := dialNotify(cfg, c.Layout, c.Logger, m.NotifyEvent, connected(lane))
+		if err != nil {
+			return c, err
+		}
+		sources = append(sources, h)
+		c.Hints, c.NetInterval = h, cfg.Notify.PollInterval
+		return c, nil
 	}
 	runner := newRunner(cfg, supervisor, getenv, stdout, stderr)
 	if cfg.OutputBytes > 0 {
@@ -118,6 +147,10 @@ func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) 
 	var rescuers []*recovery.Rescuer
 	served := []*protocol.Protocol{proto}
 	if len(cfg.Lanes) == 0 {
+		if pcfg, err = withHints(pcfg); err != nil {
+			log.Error("notifications", "event", "notify.dial_failed", "err", err)
+			return 1
+		}
 		p = pipeline.New(pcfg, storage, proto, work, d)
 		rescuers = append(rescuers, recovery.New(proto, d, cfg.LeaseTTL, log, nil))
 	} else {
@@ -130,6 +163,10 @@ func runAgent(cfg config.Config, unknown map[string]string, getenv func(string) 
 			lcfg := pcfg
 			lcfg.Layout, lcfg.Lane, lcfg.MultiLane = store.NewLayout(cfg.Prefix, l.Name), l.Name, true
 			lcfg.Logger = log.With("queue_name", l.Name)
+			if lcfg, err = withHints(lcfg); err != nil {
+				lcfg.Logger.Error("notifications", "event", "notify.dial_failed", "err", err)
+				return 1
+			}
 			pipes = append(pipes, pipeline.New(lcfg, storage, lp, work, d))
 			weights = append(weights, l.Weight)
 			rescuers = append(rescuers, recovery.New(lp, d, cfg.LeaseTTL, log.With("queue_name", l.Name), nil))
@@ -255,14 +292,11 @@ func startSession(proto *protocol.Protocol, log *slog.Logger, sigs <-chan os.Sig
 	}
 }
 
-// dialNotify connects to the NATS server of cfg.Notify; nil, nil when
-// notifications are off. The agent's lane and pool share the events, each
-// event going to one of their agents.
-func dialNotify(cfg config.Config, layout store.Layout, log *slog.Logger, m *metrics.Metrics) (*notify.Source, error) {
+// dialNotify connects to the NATS server of cfg.Notify for the lane of
+// layout. The lane's agents of one pool share its events, each event going
+// to one of them.
+func dialNotify(cfg config.Config, layout store.Layout, log *slog.Logger, counted func(string), connected func(bool)) (*notify.Source, error) {
 	n := cfg.Notify
-	if n.URL == "" {
-		return nil, nil
-	}
 	var opts []nats.Option
 	if n.Creds != "" {
 		opts = append(opts, nats.UserCredentials(n.Creds))
@@ -282,8 +316,8 @@ func dialNotify(cfg config.Config, layout store.Layout, log *slog.Logger, m *met
 		Group:     layout.Dir(store.Pending) + "\x00" + cfg.PoolID,
 		Options:   opts,
 		Logger:    log,
-		Counted:   m.NotifyEvent,
-		Connected: m.NotifyConnected,
+		Counted:   counted,
+		Connected: connected,
 	})
 }
 

@@ -162,9 +162,6 @@ func (f *Flags) Load(getenv func(string) string) (Config, error) {
 		p.fail(values[Lanes], "lanes or "+string(QueueName)+", not both")
 	}
 	checkNotify(&p, cfg.Notify, values)
-	if len(cfg.Lanes) > 0 && cfg.Notify.URL != "" {
-		p.fail(values[Lanes], "one lane with "+string(NotifyURL)+" (notifications serve one lane's agents)")
-	}
 	if p.err != nil {
 		return cfg, p.err
 	}

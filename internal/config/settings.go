@@ -101,7 +101,7 @@ func Settings() []Setting {
 			Help:       "serve several lanes with weights, e.g. critical=6,default=3,low=1 (_ is the prefix's own lane); instead of " + string(QueueName),
 			DocDefault: "empty (one lane: `" + string(QueueName) + "`)",
 			Doc: "serve several lanes with weights, e.g. `critical=6,default=3,low=1`; `_` is the prefix's own lane; names distinct, weights 1–1000; not with `" +
-				string(QueueName) + "` or `" + string(NotifyURL) + "` (see Weighted lanes)",
+				string(QueueName) + "` (see Weighted lanes); with `" + string(NotifyURL) + "`, each lane takes its own events",
 			set: func(c *Config, p *parser, v value) {
 				if strings.TrimSpace(v.Raw) == "" {
 					return

@@ -68,8 +68,13 @@ func (ls *Lanes) Run() {
 	for range ls.workers {
 		workers.Go(func() {
 			for {
+				// A waiting worker is idle for every lane: each lane's
+				// lister may take a hint for it (at most one per lane
+				// waits for a worker, held by the dispatcher).
+				ls.idle(1)
 				idle <- struct{}{}
 				li, ok := <-items
+				ls.idle(-1)
 				if !ok {
 					return
 				}
@@ -81,6 +86,14 @@ func (ls *Lanes) Run() {
 	listers.Wait()
 	close(items)
 	workers.Wait()
+}
+
+// idle counts a worker waiting (d = 1) or no longer waiting (-1) for a key
+// in every lane, for their listers' hints.
+func (ls *Lanes) idle(d int) {
+	for _, l := range ls.lanes {
+		l.p.idle.add(d)
+	}
 }
 
 // dispatch gives each idle worker a key of the lane the order picks, until

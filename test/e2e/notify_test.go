@@ -410,3 +410,80 @@ func TestNotifyBusyAgentPassesHints(t *testing.T) {
 		}
 	}
 }
+
+// awaitLaneSettled is awaitSettled for one lane of an agent serving several:
+// its consumer connected, then a listing of the lane at the safety-net
+// interval.
+func awaitLaneSettled(t *testing.T, a *agent, lane string) {
+	t.Helper()
+	timeout := time.After(90 * time.Second)
+	for {
+		a.logs.mu.Lock()
+		changed, connected, done := a.logs.changed, false, false
+		for _, l := range a.logs.lines {
+			var rec struct {
+				Event  string `json:"event"`
+				Lane   string `json:"queue_name"`
+				PollMs int64  `json:"poll_ms"`
+			}
+			if json.Unmarshal([]byte(l), &rec) != nil || rec.Lane != lane {
+				continue
+			}
+			connected = connected || rec.Event == "notify.connected"
+			done = done || connected && rec.Event == "lister.listed" && rec.PollMs >= 1000
+		}
+		a.logs.mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("lane %s: no listing after its notify.connected within 90s", lane)
+		}
+	}
+}
+
+// TestNotifyServesEveryLane: an agent serving two lanes (issue 22's weighted
+// lanes) takes each lane's events through a consumer of its own: specs
+// submitted to either lane start by a hint, with the poll ten minutes away,
+// and fleetd_notify_connected is 1 with both up.
+func TestNotifyServesEveryLane(t *testing.T) {
+	t.Parallel()
+	r := startNotify(t)
+	b := newBucket(t)
+	a := startAgent(t, b, r.settings(map[string]string{"CELLOS_FLEET_LANES": "urgent=3,batch=1",
+		"CELLOS_FLEET_CONCURRENCY": "2", "CELLOS_FLEET_METRICS_ADDR": "127.0.0.1:0"}))
+	lanes := []string{"urgent", "batch"}
+	for _, lane := range lanes {
+		awaitLaneSettled(t, a, lane)
+	}
+	listed := a.logs.countEvent("lister.listed")
+	for _, lane := range lanes {
+		for i := range 2 {
+			id := fmt.Sprintf("%s%d", lane, i)
+			body, _ := json.Marshal(map[string]any{"kind": "ExecutionCell", "spec": map[string]any{"id": id}})
+			key := b.base + "/" + lane + "/pending/" + id + ".json"
+			if _, err := r.client.PutObject(context.Background(), &s3.PutObjectInput{Bucket: &b.name, Key: &key, Body: bytes.NewReader(body)}); err != nil {
+				t.Fatalf("put %s: %v", key, err)
+			}
+		}
+	}
+	a.logs.awaitEvent(t, "spec.finished", 4)
+	for _, lane := range lanes {
+		if got := len(b.keys(b.base + "/" + lane + "/completed/")); got != 2 {
+			t.Errorf("%s/completed/ holds %d, want 2", lane, got)
+		}
+		for i := range 2 {
+			if id := fmt.Sprintf("%s%d", lane, i); !hinted(a, id) {
+				t.Errorf("spec %s of lane %s did not start by a hint", id, lane)
+			}
+		}
+	}
+	if n := a.logs.countEvent("lister.listed"); n != listed {
+		t.Errorf("%d listings while notifications flowed to both lanes, want none", n-listed)
+	}
+	if v := sample(t, scrape(t, metricsAddr(t, a)), "fleetd_notify_connected"); v != 1 {
+		t.Errorf("fleetd_notify_connected = %v, want 1", v)
+	}
+}
