@@ -31,7 +31,7 @@ type Handle struct {
 	// dead: the process has exited; every new request is refused, with no
 	// effect on the store. Requests already sent may still land.
 	dead atomic.Bool
-	slow atomic.Int64 // the SlowDown pause, as store.Store keeps it
+	pace store.Pace   // the SlowDown pause, as store.Store keeps it
 	reqs atomic.Int64 // numbers each write call, whose attempts may land more than once
 
 	mu       sync.Mutex
@@ -138,10 +138,7 @@ func (h *Handle) callChecked(ctx context.Context, op, key, cond string, exec fun
 	}
 	write := op == "PUT" || op == "COPY" || op == "DELETE"
 	for i := 0; ; i++ {
-		if d := time.Duration(h.slow.Load()); d > 0 {
-			if dl, ok := ctx.Deadline(); ok {
-				d = max(1, min(d, time.Until(dl)/4))
-			}
+		if d := h.pace.Pause(ctx); d > 0 {
 			if sleep(ctx, h.jitter(d, op, key, -i-1)) != nil {
 				return reply{status: 0, err: ctx.Err()}, unsure
 			}
@@ -259,18 +256,11 @@ func (h *Handle) jitter(d time.Duration, op, key string, i int) time.Duration {
 }
 
 func (h *Handle) adapt(status int) {
-	if status == 503 {
-		cur := time.Duration(h.slow.Load())
-		h.slow.Store(int64(min(h.policy.MaxDelay, max(2*cur, 50*time.Millisecond))))
-		return
-	}
-	if status == 200 {
-		if cur := h.slow.Load(); cur > 0 {
-			if cur < int64(time.Millisecond) {
-				cur = 0
-			}
-			h.slow.Store(cur / 2)
-		}
+	switch status {
+	case 503:
+		h.pace.SlowedDown(h.policy.MaxDelay)
+	case 200:
+		h.pace.Succeeded()
 	}
 }
 

@@ -100,9 +100,8 @@ type Store struct {
 	client *s3.Client
 	bucket string
 	policy Policy
-	// slow is the pause before each attempt, in nanoseconds: raised when S3
-	// says SlowDown, lowered by every success, so the agent backs off as a whole.
-	slow atomic.Int64
+	// pace is the pause before each attempt: the agent backs off as a whole.
+	pace Pace
 	// clock bounds the store's clock, for the expiry of each write attempt.
 	clock  serverClock
 	signer *v4.Signer
@@ -159,12 +158,7 @@ func (s *Store) do(ctx context.Context, key string, fn func(ctx context.Context)
 		}
 	}
 	for i := 0; ; i++ {
-		if d := time.Duration(s.slow.Load()); d > 0 {
-			// The pause takes at most a quarter of what the caller has left: a
-			// lease renewal must still get its turn.
-			if dl, ok := ctx.Deadline(); ok {
-				d = max(1, min(d, time.Until(dl)/4))
-			}
+		if d := s.pace.Pause(ctx); d > 0 {
 			if werr := sleep(ctx, rand.N(d)+1); werr != nil {
 				return unsure, errors.Join(err, werr)
 			}
@@ -207,18 +201,47 @@ func (s *Store) adapt(err error) {
 		if s.policy.SlowDown != nil {
 			s.policy.SlowDown()
 		}
-		cur := time.Duration(s.slow.Load())
-		s.slow.Store(int64(min(s.policy.MaxDelay, max(2*cur, 50*time.Millisecond))))
+		s.pace.SlowedDown(s.policy.MaxDelay)
 		return
 	}
 	if err == nil {
-		if cur := s.slow.Load(); cur > 0 {
-			if cur < int64(time.Millisecond) {
-				cur = 0
-			}
-			s.slow.Store(cur / 2)
-		}
+		s.pace.Succeeded()
 	}
+}
+
+// Pace is how a client of the store backs off as a whole when S3 says
+// SlowDown: a pause before each attempt, raised by every SlowDown (doubled,
+// from 50 ms, up to a maximum) and halved by every success. The zero Pace
+// pauses nothing.
+type Pace struct{ ns atomic.Int64 }
+
+// SlowedDown raises the pause after a SlowDown (503 or 429), up to limit.
+func (p *Pace) SlowedDown(limit time.Duration) {
+	cur := time.Duration(p.ns.Load())
+	p.ns.Store(int64(min(limit, max(2*cur, 50*time.Millisecond))))
+}
+
+// Succeeded halves the pause (to none below a millisecond).
+func (p *Pace) Succeeded() {
+	if cur := p.ns.Load(); cur > 0 {
+		if cur < int64(time.Millisecond) {
+			cur = 0
+		}
+		p.ns.Store(cur / 2)
+	}
+}
+
+// Pause is the pause before the next attempt: at most a quarter of what ctx
+// has left, so that a lease renewal still gets its turn; 0 for none.
+func (p *Pace) Pause(ctx context.Context) time.Duration {
+	d := time.Duration(p.ns.Load())
+	if d <= 0 {
+		return 0
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		d = max(1, min(d, time.Until(dl)/4))
+	}
+	return d
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

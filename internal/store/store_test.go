@@ -56,7 +56,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		dir, err := os.MkdirTemp("", "queue-test-*")
+		dir, err := os.MkdirTemp("", "store-test-*")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
