@@ -69,7 +69,7 @@ $(PROMTOOL):
 # The binary-level tests (test/e2e) run on versitygw; the claim, recovery,
 # operator, fault-proxy and short soak tests run again on MinIO with
 # versioning on (FLEETD_TEST_STORE: a store matrix, not a copy of the tests).
-STORE_MATRIX := ^Test(Adversarial|Intent|Soak|Logs|Store|ClaimReadsBack|ClaimSettles|ClaimSlowerThanTheTTL|LateCleanup|HolderWhoseRenewalsFail|ResultIsRetriedThroughAnOutage|LeaselessClaims|RenewalAnswered412|FinishedCellIsFinalisedPastDrainDeadline|StopUnderHangingS3|OutageDoesNotExhaustRetries|TTLFloor|ReplacementDuringClaim|RejectFilesOnlyTheJudgedVersion|RequeueHoldsTheLease|RecoveryIgnoresItsSpecSizeLimit|TwoAgentsRunEachSpecOnce|KilledNodeWorkIsRecovered|RecoveryTurn|OrphanedClaim|EveryOutcomeEndToEnd|CancelFilesPending|SubmitUploads|StatusInspectAndRequeue|PruneDeletesOld|PauseAcrossAgents|CutOffHost|ShortCutOff|OutageOfFiveTTLs)
+STORE_MATRIX := ^Test(Adversarial|Intent|Soak|Logs|Store|ClaimReadsBack|ClaimSettles|ClaimSlowerThanTheTTL|LateCleanup|HolderWhoseRenewalsFail|ResultIsRetriedThroughAnOutage|LeaselessClaims|RenewalAnswered412|FinishedCellIsRecordedPastDrainDeadline|StopUnderHangingS3|OutageDoesNotExhaustRetries|TTLFloor|ReplacementDuringClaim|RejectFilesOnlyTheJudgedVersion|RequeueHoldsTheLease|RecoveryIgnoresItsSpecSizeLimit|TwoAgentsRunEachSpecOnce|KilledNodeWorkIsRecovered|RecoveryTurn|OrphanedClaim|EveryOutcomeEndToEnd|CancelFilesPending|SubmitUploads|StatusInspectAndRequeue|PruneDeletesOld|PauseAcrossAgents|CutOffHost|ShortCutOff|OutageOfFiveTTLs)
 test: $(VERSITYGW) $(MINIO) $(NATS_SERVER) $(PROMTOOL) lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 	FLEETD_TEST_STORE=minio $(GO) test -race -count=1 -timeout 30m -run '$(STORE_MATRIX)' ./test/e2e/
