@@ -237,12 +237,17 @@ func (p *Protocol) markCancel(ctx context.Context, id, by string) (string, error
 		if err := json.Unmarshal(o.Body, &l); err != nil {
 			return "", fmt.Errorf("cancel %s: unreadable lease: %w", id, err)
 		}
+		if l.intent() != intentRun {
+			// Not a run (another cancel, a filing, a promotion…): it ends
+			// shortly, and then the lease is ours to take.
+			return "", errNotRunning
+		}
 		if l.Cancel != "" {
 			// Asked already; a holder with a session may not have heard.
 			return l.Node, p.heard(ctx, id, l)
 		}
 		switch {
-		case l.intent() != intentRun, l.State == stateReleasing, l.State == stateFinishing, l.RetryKey != "":
+		case l.State == stateReleasing, l.State == stateFinishing, l.RetryKey != "":
 			// (RetryKey: a successor finishing a retry reads no mark.)
 			// A mark here might be read by nobody: the holder has chosen
 			// its last writes already.

@@ -310,6 +310,12 @@ func (p *Protocol) recoverRun(ctx context.Context, quit <-chan struct{}, c *Clai
 		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
+		if by := c.CancelledBy(); by != "" {
+			// Nothing of this claim ran, and the mark is honoured as its
+			// holder would have: every copy waiting is filed cancelled.
+			_, _ = p.cancelPending(ctx, quit, c, by) // an error leaves it to the next scan
+			return
+		}
 		c.log.Warn("recovery: no claimed/ spec and no result of the holder; removing the lease", "event", "recovery.lease_removed")
 		c.end(ctx, quit)
 		return

@@ -257,3 +257,36 @@ func TestCancelledRunTakesItsDelayedCopies(t *testing.T) {
 		t.Errorf("objects = %v, want only failed/a.json", got)
 	}
 }
+
+// TestSecondCancelWaitsForTheFirst: a cancel finding another cancel's lease
+// does not say the spec is being stopped (nobody runs it to stop): it waits
+// for that lease to go, and says "try again" if it does not.
+func TestSecondCancelWaitsForTheFirst(t *testing.T) {
+	p, s := setup(t)
+	pending(t, p, s, "a")
+	l := leaseBody{Node: "tool", Token: "t1", Epoch: 1, Intent: intentCancel, State: stateCancelling, Cancel: "alice",
+		TTLMillis: time.Hour.Milliseconds()}
+	body, _ := encodeLease(&l, time.Now())
+	s.PutAt("fleet/leases/a.json", body, nil, time.Now())
+	res, err := New(p.cfg, s).Cancel(context.Background(), "a", "bob")
+	if err == nil || res.Node != "" || res.Filed {
+		t.Fatalf("cancel = %+v, %v; want an error saying to try again, not a holder asked", res, err)
+	}
+}
+
+// TestRecoveryHonoursAMarkOnAClaimThatNeverRan: a marked claim whose
+// pending/ version was replaced before it consumed it (no claimed/, no
+// result) is not just removed: the mark files what is waiting.
+func TestRecoveryHonoursAMarkOnAClaimThatNeverRan(t *testing.T) {
+	p, s := setup(t)
+	pending(t, p, s, "a")
+	staleLease(p, s, "a", leaseBody{Node: "dead", Token: "t1", Epoch: 1, Intent: intentRun, State: stateClaiming,
+		PendingETag: `"another-version"`, Cancel: "alice"})
+	recoverNow(t, p)
+	if got := sortedKeys(s); !slices.Equal(got, []string{"fleet/failed/a.json"}) {
+		t.Fatalf("objects after recovery = %v, want only failed/a.json", got)
+	}
+	if o, _ := s.object("fleet/failed/a.json"); o.Metadata[metaOutcome] != "cancelled" {
+		t.Errorf("failed/a.json metadata %v, want outcome cancelled", o.Metadata)
+	}
+}

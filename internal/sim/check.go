@@ -305,10 +305,12 @@ func (h *history) chainsEnded(id string, n int, t time.Time) bool {
 		if r.id != id || r.n != n || r.how != "exit" || !r.end.Before(t) {
 			continue
 		}
-		// The run's own result: its node's first write of id after it, a
-		// result that is not a filing (counted above).
+		// The run's own result: its node's first write of id and these
+		// bytes after it (a cancelled delayed copy of other bytes, filed
+		// on the way, is not), a result that is not a filing (counted
+		// above).
 		for _, w := range h.writes {
-			if w.id != id || w.by.name != r.inc || w.t.Before(r.end) || !w.t.Before(t) {
+			if w.id != id || w.n != n || w.by.name != r.inc || w.t.Before(r.end) || !w.t.Before(t) {
 				continue
 			}
 			if (w.state == store.Completed || w.state == store.Failed) && !filings[call{w.by, w.req}] && !counted[call{w.by, w.req}] {
