@@ -288,8 +288,15 @@ func (h *history) chainsEnded(id string, n int, t time.Time) bool {
 	// and whose result its node wrote (not a retry), or with a filing
 	// (cancelled, rejected, abandoned): counted per write call.
 	subs, filings := map[int64]bool{}, map[call]bool{}
+	ended := 0
+	prev := map[*Handle]writeRec{} // each process's last write of id
 	for _, w := range h.writes {
-		if w.id != id || w.n != n || !w.t.Before(t) {
+		if w.id != id || !w.t.Before(t) {
+			continue
+		}
+		last := prev[w.by]
+		prev[w.by] = w
+		if w.n != n {
 			continue
 		}
 		switch {
@@ -297,9 +304,13 @@ func (h *history) chainsEnded(id string, n int, t time.Time) bool {
 			subs[w.version] = true
 		case w.state == store.Failed && (w.outcome == "cancelled" || w.outcome == "rejected" || w.outcome == "abandoned"):
 			filings[call{w.by, w.req}] = true
+			// A filing written again (its first answer lost, the
+			// protocol's step repeated) ends one chain, not two.
+			if last.state != w.state || last.outcome != w.outcome || last.n != w.n {
+				ended++
+			}
 		}
 	}
-	ended := len(filings)
 	counted := map[call]bool{} // a result ends one chain, not every run before it on its node
 	for _, r := range h.runs {
 		if r.id != id || r.n != n || r.how != "exit" || !r.end.Before(t) {
